@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs every test (unit and end-to-end) in release mode.
+#
+# The end-to-end tests need root (mknod, chown, mount), rsync, the attr and
+# acl tools, and FUSE. What a fresh Debian machine lacks is installed here.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+need_install=()
+for pair in fusermount3:fuse3 rsync:rsync getfattr:attr setfacl:acl setpriv:util-linux; do
+    cmd=${pair%%:*}
+    pkg=${pair#*:}
+    if ! command -v "$cmd" >/dev/null 2>&1; then
+        need_install+=("$pkg")
+    fi
+done
+if ((${#need_install[@]} > 0)); then
+    echo "installing: ${need_install[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update
+    apt-get install -y --no-install-recommends "${need_install[@]}"
+fi
+
+if [[ ! -e /dev/fuse ]]; then
+    echo "error: /dev/fuse does not exist; the mount tests need FUSE" >&2
+    exit 1
+fi
+if [[ $(id -u) -ne 0 ]]; then
+    echo "error: the end-to-end tests must run as root (mknod, chown, mount)" >&2
+    exit 1
+fi
+
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo build --release --all-targets
+    cargo nextest run --release --no-fail-fast
+    # nextest does not run doctests.
+    if [[ -f src/lib.rs ]]; then cargo test --release --doc; fi
+else
+    cargo test --release --no-fail-fast
+fi

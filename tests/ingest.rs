@@ -1,0 +1,497 @@
+//! Ingest and restore through the CLI: round trips of every kind of entry,
+//! deduplication, incremental ingest, and the command-line contract.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::process::Stdio;
+
+use crate::util::*;
+
+#[test]
+fn round_trip_preserves_every_kind_of_entry() {
+    let src_dir = tempdir();
+    let fixture = build_fixture(src_dir.path());
+    let repo = Repo::new();
+
+    let snap = repo.ingest(&["--name", "fixture"], &[&fixture.root]);
+    assert!(snap.num("files") > 300, "too few files counted: {}", snap.json);
+
+    let target_dir = tempdir();
+    let target = canonical(target_dir.path()).join("out");
+    repo.restore(&snap.id, &target);
+    let restored = restored_path(&target, &fixture.root);
+    assert_same_tree(&fixture.root, &restored);
+
+    // Owner, mode and mtime as an administrator would check them by hand.
+    for rel in [
+        "owners/setuid",
+        "owners/setgid",
+        "owners/foreign",
+        "owners/foreign-dir",
+        "owners/foreign-symlink",
+        "owners/sticky",
+        "owners/setgid-dir",
+        "owners/private",
+        "owners/no-permissions",
+        "read-only-dir",
+        "files/text.txt",
+        "files/empty",
+        "special/null-like",
+        "special/fifo",
+        "symlinks/dangling",
+        "xattrs/acl-dir",
+    ] {
+        let fmt = "%u %g %a %F %t:%T %y";
+        assert_eq!(
+            stat_c(fmt, &fixture.root.join(rel)),
+            stat_c(fmt, &restored.join(rel)),
+            "stat of {rel} differs after restore"
+        );
+    }
+    assert_eq!(stat_c("%a", &restored.join("owners/setuid")), "4755");
+    assert_eq!(stat_c("%a", &restored.join("owners/sticky")), "1777");
+    assert_eq!(stat_c("%u %g", &restored.join("owners/foreign")), "1234 5678");
+    assert_eq!(
+        stat_c("%y", &restored.join("files/text.txt")),
+        stat_c("%y", &fixture.root.join("files/text.txt"))
+    );
+
+    // The 255-byte and non-UTF-8 names survive byte for byte.
+    let long = restored.join("names").join(std::ffi::OsStr::from_bytes(&[b'n'; 255]));
+    assert_eq!(fs::read(&long).expect("read 255-byte name"), b"odd name 12\n");
+    assert!(restored.join("names").join(std::ffi::OsStr::from_bytes(b"line\nbreak")).is_file());
+
+    // Hard links come back as links, including the one across directories.
+    let x = fs::metadata(restored.join("links/x")).expect("stat x");
+    let z = fs::metadata(restored.join("links/other/deeper/z")).expect("stat z");
+    let e = fs::metadata(restored.join("files/x-from-elsewhere")).expect("stat link");
+    assert_eq!((x.ino(), x.nlink()), (z.ino(), 4));
+    assert_eq!(x.ino(), e.ino());
+
+    // The sparse file stays sparse: 1 GiB logical, a few MiB allocated.
+    let sparse = restored.join("sparse.img");
+    assert_eq!(fs::metadata(&sparse).expect("stat sparse").len(), SPARSE_LOGICAL);
+    let allocated = allocated_bytes(&sparse);
+    assert!(
+        allocated < 64 * MIB,
+        "restored sparse file allocates {allocated} bytes (source: {})",
+        allocated_bytes(&fixture.sparse)
+    );
+}
+
+#[test]
+fn restore_of_a_path_writes_that_directory_contents_into_target() {
+    let src_dir = tempdir();
+    let root = canonical(src_dir.path()).join("src");
+    mkdir(&root.join("sub/inner"));
+    write_file(&root.join("top"), b"top level\n");
+    write_file(&root.join("sub/a"), b"in sub\n");
+    write_file(&root.join("sub/inner/b"), &random_bytes(1, 100_000));
+    let repo = Repo::new();
+    let snap = repo.ingest(&[], &[&root]);
+
+    let target_dir = tempdir();
+    let target = canonical(target_dir.path()).join("out");
+    let mut spec = std::ffi::OsString::from(format!("{}:", snap.id));
+    spec.push(root.join("sub").as_os_str());
+    repo.restore(&spec, &target);
+    assert_same_tree(&root.join("sub"), &target);
+    assert!(!target.join("top").exists(), "restore of a subdirectory wrote its sibling");
+}
+
+#[test]
+fn restore_finds_snapshots_by_name_id_prefix_and_latest() {
+    let src_dir = tempdir();
+    let root = canonical(src_dir.path()).join("src");
+    mkdir(&root);
+    let file = root.join("version");
+    write_file(&file, b"one\n");
+    let repo = Repo::new();
+    let first = repo.ingest(&["--name", "first"], &[&root]);
+    write_file(&file, b"two, longer\n");
+    let second = repo.ingest(&["--name", "second"], &[&root]);
+    assert_ne!(first.id, second.id);
+    assert_eq!(first.name, "first");
+    assert_eq!(second.name, "second");
+
+    // The shortest prefix of the first id that the second does not share, plus one.
+    let common = first
+        .id
+        .bytes()
+        .zip(second.id.bytes())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let prefix = &first.id[..(common + 2).min(first.id.len())];
+
+    let target_dir = tempdir();
+    let base = canonical(target_dir.path());
+    for (i, (spec, want)) in [
+        ("first", "one\n"),
+        ("second", "two, longer\n"),
+        (first.id.as_str(), "one\n"),
+        (prefix, "one\n"),
+        ("latest", "two, longer\n"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let target = base.join(format!("t{i}"));
+        repo.restore(spec, &target);
+        let got = fs::read(restored_path(&target, &file))
+            .unwrap_or_else(|e| panic!("restore {spec}: file missing: {e}"));
+        assert_eq!(String::from_utf8_lossy(&got), want, "restore of {spec:?}");
+    }
+
+    // An unknown snapshot is an error, not an empty restore.
+    let target = base.join("unknown");
+    let out = run_expect(
+        repo.cmd().arg("restore").arg("no-such-snapshot").arg(&target),
+        1,
+    );
+    assert!(!out.stderr.is_empty(), "no message for an unknown snapshot");
+}
+
+#[test]
+fn snapshots_json_describes_each_snapshot() {
+    let src_dir = tempdir();
+    let base = canonical(src_dir.path());
+    let a = base.join("a");
+    let b = base.join("b");
+    build_plain_tree(&a, 1, 3, 12, 50_000);
+    build_plain_tree(&b, 2, 2, 5, 10_000);
+    let repo = Repo::new();
+    let snap = repo.ingest(&["--name", "nightly", "--tag", "daily", "--tag", "srv"], &[&a, &b]);
+    assert_eq!(snap.num("files"), 17, "files in {}", snap.json);
+    assert!(snap.num("added_bytes") > 0, "added_bytes in {}", snap.json);
+
+    let list = repo.snapshots();
+    assert_eq!(list.len(), 1, "{list:?}");
+    let s = &list[0];
+    assert_eq!(json_str(s, "id"), snap.id);
+    assert_eq!(json_str(s, "name"), "nightly");
+    assert!(s.get("time").is_some_and(|t| !t.is_null()), "no time in {s}");
+    assert!(!json_str(s, "host").is_empty(), "empty host in {s}");
+    let sources: Vec<&str> = s["sources"]
+        .as_array()
+        .unwrap_or_else(|| panic!("sources is not an array in {s}"))
+        .iter()
+        .map(|v| v.as_str().expect("source as string"))
+        .collect();
+    assert_eq!(
+        sources,
+        vec![a.to_str().expect("utf-8 temp path"), b.to_str().expect("utf-8 temp path")]
+    );
+    let tags: Vec<&str> = s["tags"]
+        .as_array()
+        .unwrap_or_else(|| panic!("tags is not an array in {s}"))
+        .iter()
+        .map(|v| v.as_str().expect("tag as string"))
+        .collect();
+    assert!(tags.contains(&"daily") && tags.contains(&"srv"), "tags: {tags:?}");
+    assert_eq!(json_u64(s, "files"), 17);
+    // The logical size of the files, give or take what directories count.
+    let size = dir_bytes(&a) + dir_bytes(&b);
+    let reported = json_u64(s, "size");
+    assert!(
+        (size..size + 64 * KIB).contains(&reported),
+        "size {reported} in {s}, files hold {size} bytes"
+    );
+    assert_eq!(json_u64(s, "added_bytes"), snap.num("added_bytes"));
+
+    // Both sources come back at their absolute paths.
+    let target_dir = tempdir();
+    let target = canonical(target_dir.path()).join("out");
+    repo.restore("nightly", &target);
+    assert_same_tree(&a, &restored_path(&target, &a));
+    assert_same_tree(&b, &restored_path(&target, &b));
+
+    // The plain listing mentions the snapshot too.
+    let out = run_ok(repo.cmd().arg("snapshots"));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("nightly"),
+        "{}",
+        describe("snapshots", &out)
+    );
+}
+
+#[test]
+fn reingest_of_unchanged_tree_adds_almost_nothing() {
+    let src_dir = tempdir();
+    let fixture = build_fixture(src_dir.path());
+    let repo = Repo::new();
+    let first = repo.ingest(&[], &[&fixture.root]);
+    let packs_after_first = repo.packs_bytes();
+    assert!(
+        packs_after_first > 10 * MIB,
+        "packs hold only {packs_after_first} bytes after the first ingest: {}",
+        first.json
+    );
+
+    let second = repo.ingest(&[], &[&fixture.root]);
+    let growth = repo.packs_bytes() - packs_after_first;
+    assert!(growth < 64 * KIB, "re-ingest grew packs by {growth} bytes: {}", second.json);
+    assert!(
+        second.num("added_bytes") < 64 * KIB,
+        "re-ingest reports added_bytes: {}",
+        second.json
+    );
+    assert_eq!(repo.snapshots().len(), 2);
+}
+
+#[test]
+fn second_ingest_of_unchanged_tree_reads_no_file_contents() {
+    let src_dir = tempdir();
+    let fixture = build_fixture(src_dir.path());
+    let repo = Repo::new();
+    let first = repo.ingest(&[], &[&fixture.root]);
+    assert!(
+        first.num("bytes_read") >= 100 * MIB,
+        "the first ingest cannot have read everything: {}",
+        first.json
+    );
+    let second = repo.ingest(&[], &[&fixture.root]);
+    assert_eq!(second.num("bytes_read"), 0, "second ingest read contents: {}", second.json);
+    assert_eq!(second.num("files"), first.num("files"));
+}
+
+#[test]
+fn incremental_ingest_reads_only_what_changed() {
+    let src_dir = tempdir();
+    let root = canonical(src_dir.path()).join("src");
+    build_plain_tree(&root, 9, 4, 40, 200_000);
+    let repo = Repo::new();
+    repo.ingest(&[], &[&root]);
+
+    // Same size and same mtime, new content: only ctime tells.
+    let sneaky = root.join("d01/file-00005");
+    let meta = fs::metadata(&sneaky).expect("stat");
+    let size = meta.len();
+    write_random_file(&sneaky, 12_345, size);
+    set_mtime(&sneaky, meta.mtime(), meta.mtime_nsec());
+    // A grown file, a new file, a removed file.
+    let grown = root.join("d02/file-00006");
+    let mut f = fs::OpenOptions::new().append(true).open(&grown).expect("open");
+    f.write_all(b"appended\n").expect("append");
+    drop(f);
+    let added = root.join("d03/new-file");
+    write_random_file(&added, 777, 33_333);
+    fs::remove_file(root.join("d00/file-00000")).expect("remove");
+
+    let expected = size + fs::metadata(&grown).expect("stat").len() + 33_333;
+    let snap = repo.ingest(&[], &[&root]);
+    assert_eq!(
+        snap.num("bytes_read"),
+        expected,
+        "bytes_read should be exactly the changed and new files: {}",
+        snap.json
+    );
+
+    let target_dir = tempdir();
+    let target = canonical(target_dir.path()).join("out");
+    repo.restore("latest", &target);
+    assert_same_tree(&root, &restored_path(&target, &root));
+}
+
+#[test]
+fn one_byte_insert_in_64_mib_file_costs_a_few_chunks() {
+    let src_dir = tempdir();
+    let root = canonical(src_dir.path()).join("src");
+    mkdir(&root);
+    let file = root.join("big.bin");
+    write_random_file(&file, 64, 64 * MIB);
+    let repo = Repo::new();
+    repo.ingest(&[], &[&root]);
+    let before = repo.packs_bytes();
+    assert!(before >= 60 * MIB, "64 MiB of random data took only {before} bytes");
+
+    let mut data = fs::read(&file).expect("read");
+    data.insert(0, b'!');
+    write_file(&file, &data);
+    drop(data);
+    let snap = repo.ingest(&[], &[&root]);
+    let growth = repo.packs_bytes() - before;
+    assert!(
+        growth < 8 * MIB,
+        "a one-byte insertion grew packs by {growth} bytes: {}",
+        snap.json
+    );
+    assert!(snap.num("added_bytes") < 8 * MIB, "{}", snap.json);
+
+    let target_dir = tempdir();
+    let target = canonical(target_dir.path()).join("out");
+    repo.restore(&snap.id, &target);
+    assert_same_tree(&root, &restored_path(&target, &root));
+}
+
+#[test]
+fn identical_files_are_stored_once() {
+    let src_dir = tempdir();
+    let root = canonical(src_dir.path()).join("src");
+    mkdir(&root.join("copy"));
+    write_random_file(&root.join("original"), 5, 20 * MIB);
+    fs::copy(root.join("original"), root.join("copy/same")).expect("copy");
+    let repo = Repo::new();
+    let snap = repo.ingest(&[], &[&root]);
+    let packs = repo.packs_bytes();
+    assert!(packs < 21 * MIB, "two identical 20 MiB files take {packs} bytes: {}", snap.json);
+
+    let target_dir = tempdir();
+    let target = canonical(target_dir.path()).join("out");
+    repo.restore(&snap.id, &target);
+    assert_same_tree(&root, &restored_path(&target, &root));
+}
+
+#[test]
+fn compressible_data_is_stored_compressed() {
+    let src_dir = tempdir();
+    let root = canonical(src_dir.path()).join("src");
+    mkdir(&root);
+    let mut text = Vec::new();
+    let mut i = 0u64;
+    while text.len() < 30 * MIB as usize {
+        writeln!(text, "line {i}: lorem ipsum dolor sit amet, consectetur adipiscing").expect("fmt");
+        i += 1;
+    }
+    write_file(&root.join("log.txt"), &text);
+    let repo = Repo::new();
+    let snap = repo.ingest(&["--compression", "3"], &[&root]);
+    let packs = repo.packs_bytes();
+    assert!(packs < 10 * MIB, "30 MiB of text take {packs} bytes: {}", snap.json);
+
+    let target_dir = tempdir();
+    let target = canonical(target_dir.path()).join("out");
+    repo.restore(&snap.id, &target);
+    assert_same_tree(&root, &restored_path(&target, &root));
+}
+
+#[test]
+fn stdin_is_stored_as_one_file() {
+    let repo = Repo::new();
+    let mut data = random_bytes(31, 3 * MIB as usize + 5);
+    data.extend_from_slice(&b"and some text at the end\n".repeat(1000));
+    let mut child = repo
+        .cmd()
+        .args(["ingest", "--json", "--stdin", "--stdin-name", "dump.sql"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ingest --stdin");
+    {
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(&data).expect("feed stdin");
+    }
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(0), "{}", describe("ingest --stdin", &out));
+    let snap = Ingested::from_output(&out);
+
+    let target_dir = tempdir();
+    let target = canonical(target_dir.path()).join("out");
+    repo.restore(&snap.id, &target);
+    let files: Vec<_> = walk(&target)
+        .into_iter()
+        .filter(|p| fs::symlink_metadata(p).map(|m| m.is_file()).unwrap_or(false))
+        .collect();
+    assert_eq!(files.len(), 1, "expected one file, restored {files:?}");
+    assert_eq!(files[0].file_name().expect("name"), "dump.sql");
+    assert!(fs::read(&files[0]).expect("read") == data, "stdin content differs");
+}
+
+#[test]
+fn exclude_options_leave_out_matching_entries() {
+    let src_dir = tempdir();
+    let base = canonical(src_dir.path());
+    let root = base.join("src");
+    mkdir(&root.join("keep/deeper"));
+    mkdir(&root.join("skip-me/sub"));
+    mkdir(&root.join("cache"));
+    write_file(&root.join("keep/a.txt"), b"kept\n");
+    write_file(&root.join("keep/deeper/b.txt"), b"kept too\n");
+    write_file(&root.join("keep/scratch.tmp"), b"excluded by --exclude\n");
+    write_file(&root.join("top.tmp"), b"excluded by --exclude\n");
+    write_file(&root.join("skip-me/sub/c"), b"excluded by --exclude-file\n");
+    write_file(
+        &root.join("cache/CACHEDIR.TAG"),
+        b"Signature: 8a477f597d28d172789f06886806bc55\n# a cache directory\n",
+    );
+    write_file(&root.join("cache/blob"), b"excluded by --exclude-caches\n");
+    let exclude_file = base.join("excludes");
+    write_file(&exclude_file, b"# patterns, one a line\n\n**/skip-me\n");
+
+    let repo = Repo::new();
+    let snap = repo.ingest(
+        &[
+            "--exclude",
+            "*.tmp",
+            "--exclude-file",
+            exclude_file.to_str().expect("utf-8 temp path"),
+            "--exclude-caches",
+        ],
+        &[&root],
+    );
+    let target_dir = tempdir();
+    let target = canonical(target_dir.path()).join("out");
+    repo.restore(&snap.id, &target);
+    let r = restored_path(&target, &root);
+    assert!(r.join("keep/a.txt").is_file());
+    assert!(r.join("keep/deeper/b.txt").is_file());
+    for gone in ["keep/scratch.tmp", "top.tmp", "skip-me/sub/c", "skip-me", "cache/blob"] {
+        assert!(
+            fs::symlink_metadata(r.join(gone)).is_err(),
+            "{gone} should have been excluded"
+        );
+    }
+}
+
+#[test]
+fn one_file_system_stays_on_the_source_filesystem() {
+    let src_dir = tempdir();
+    let root = canonical(src_dir.path()).join("src");
+    mkdir(&root);
+    write_file(&root.join("here"), b"on the source filesystem\n");
+    let mnt = Tmpfs::mount(&root.join("mnt"), "4m");
+    write_file(&mnt.path.join("elsewhere"), b"on another filesystem\n");
+
+    let repo = Repo::new();
+    let crossing = repo.ingest(&[], &[&root]);
+    let staying = repo.ingest(&["--one-file-system"], &[&root]);
+
+    let target_dir = tempdir();
+    let base = canonical(target_dir.path());
+    repo.restore(&crossing.id, &base.join("crossing"));
+    repo.restore(&staying.id, &base.join("staying"));
+    let crossed = restored_path(&base.join("crossing"), &root);
+    let stayed = restored_path(&base.join("staying"), &root);
+    assert!(crossed.join("mnt/elsewhere").is_file(), "without the flag the mount is walked");
+    assert!(stayed.join("here").is_file());
+    assert!(
+        fs::symlink_metadata(stayed.join("mnt/elsewhere")).is_err(),
+        "--one-file-system descended into a mount"
+    );
+}
+
+#[test]
+fn init_refuses_a_non_empty_directory_that_is_not_a_repository() {
+    let dir = tempdir();
+    let path = canonical(dir.path());
+    write_file(&path.join("precious"), b"do not touch\n");
+    let out = run_expect(snapfs().arg("--repo").arg(&path).arg("init"), 1);
+    assert!(!out.stderr.is_empty(), "init refused without a message");
+    assert_eq!(fs::read(path.join("precious")).expect("read"), b"do not touch\n");
+    assert!(!path.join("catalog.db").exists(), "init wrote into a foreign directory");
+    assert!(!path.join("packs").exists(), "init wrote into a foreign directory");
+}
+
+#[test]
+fn repository_is_found_through_snapfs_repo() {
+    let dir = tempdir();
+    let repo_path = canonical(dir.path()).join("repo");
+    let root = canonical(dir.path()).join("src");
+    build_plain_tree(&root, 3, 1, 3, 1000);
+    run_ok(snapfs().env("SNAPFS_REPO", &repo_path).arg("init"));
+    run_ok(snapfs().env("SNAPFS_REPO", &repo_path).arg("ingest").arg(&root));
+    let repo = Repo::at(&repo_path);
+    assert_eq!(repo.snapshots().len(), 1);
+}

@@ -1,0 +1,11 @@
+//! End-to-end tests of the `snapfs` binary: one integration test binary
+//! (see `Cargo.toml`), split by concern.
+//!
+//! - `util`: fixtures (repositories, trees, comparison helpers)
+//! - `ingest`: round trips, deduplication, incremental ingest, the CLI contract
+//! - `faults`: bad input, full disks, kills and concurrent writers
+
+mod util;
+
+mod faults;
+mod ingest;
