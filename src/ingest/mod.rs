@@ -1,0 +1,348 @@
+//! `snapfs ingest`: make one snapshot of some source paths.
+//!
+//! The walk (`walk`) reads sources and builds trees; the pipeline
+//! (`pipeline`) compresses and packs new chunks on every core. A snapshot
+//! appears in one final commit, after every pack it uses is durable.
+
+pub mod pipeline;
+pub mod walk;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use serde::Serialize;
+
+use crate::catalog::{Catalog, SnapshotRow, encode_paths};
+use crate::codec::Encoder;
+use crate::error::{Error, IoContext, Result};
+use crate::ids::SnapshotId;
+use crate::pack::ChunkKind;
+use crate::repo::Repository;
+use pipeline::{Pipeline, PipelineOptions};
+use walk::{Plan, WalkOptions, Walker};
+
+/// Names the mount uses for itself at its root.
+pub const RESERVED_NAMES: &[&str] = &["latest", "history"];
+
+#[derive(Clone, Debug, Default)]
+pub struct IngestOptions {
+    pub name: Option<String>,
+    pub tags: Vec<String>,
+    pub excludes: Vec<String>,
+    pub exclude_files: Vec<PathBuf>,
+    pub exclude_caches: bool,
+    pub one_file_system: bool,
+    /// zstd level; None for the repository's default.
+    pub compression: Option<i32>,
+    /// Store standard input as one file at this path instead of walking sources.
+    pub stdin_name: Option<PathBuf>,
+}
+
+/// Something the user should know about that did not stop the snapshot.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Warning {
+    Unreadable { path: PathBuf, error: String },
+    Vanished { path: PathBuf },
+    Changed { path: PathBuf },
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Warning::Unreadable { path, error } => {
+                write!(f, "{}: not backed up: {error}", path.display())
+            }
+            Warning::Vanished { path } => {
+                write!(
+                    f,
+                    "{}: vanished while the snapshot was made; skipped",
+                    path.display()
+                )
+            }
+            Warning::Changed { path } => write!(
+                f,
+                "{}: changed while being read; kept as read (the next snapshot reads it again)",
+                path.display()
+            ),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct IngestStats {
+    pub snapshot_id: String,
+    pub snapshot_name: String,
+    pub files: u64,
+    pub dirs: u64,
+    /// Logical bytes of file content in the snapshot.
+    pub size: u64,
+    /// Bytes read from source files (0 when nothing changed).
+    pub bytes_read: u64,
+    /// Files reused from the previous snapshot without reading.
+    pub reused_files: u64,
+    pub new_chunks: u64,
+    /// Bytes of new packs written to the repository.
+    pub added_bytes: u64,
+    pub skipped_sockets: u64,
+    pub unreadable: u64,
+    pub warnings: Vec<Warning>,
+    pub seconds: f64,
+}
+
+fn build_excludes(opts: &IngestOptions) -> Result<(GlobSet, GlobSet)> {
+    let mut patterns = opts.excludes.clone();
+    for f in &opts.exclude_files {
+        let text = std::fs::read_to_string(f).at(f)?;
+        patterns.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(String::from),
+        );
+    }
+    let mut paths = GlobSetBuilder::new();
+    let mut names = GlobSetBuilder::new();
+    for p in patterns {
+        let p = p.trim_end_matches('/');
+        let glob = GlobBuilder::new(p)
+            .literal_separator(true)
+            .backslash_escape(true)
+            .build()
+            .map_err(|e| Error::invalid(format!("bad --exclude pattern {p:?}: {e}")))?;
+        // A pattern with a slash names paths; one without, names anywhere.
+        if p.contains('/') {
+            paths.add(glob);
+        } else {
+            names.add(glob);
+        }
+    }
+    let build = |b: GlobSetBuilder| b.build().map_err(|e| Error::invalid(e.to_string()));
+    Ok((build(paths)?, build(names)?))
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: buffer and length match.
+    let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if r != 0 {
+        return "localhost".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+pub fn check_name(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.contains('/')
+        || name.contains('\0')
+        || name.contains(':')
+        || name.starts_with('.')
+        || RESERVED_NAMES.contains(&name)
+        || name.len() > 200
+    {
+        return Err(Error::invalid(format!(
+            "{name:?} cannot be a snapshot name (reserved: {}; no '/' or ':', no leading '.')",
+            RESERVED_NAMES.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+fn choose_name(cat: &Catalog, wanted: Option<&str>, started_ns: i64) -> Result<String> {
+    if let Some(n) = wanted {
+        check_name(n)?;
+        if cat.name_taken(n)? {
+            return Err(Error::invalid(format!(
+                "a snapshot named {n:?} exists already"
+            )));
+        }
+        return Ok(n.to_string());
+    }
+    let base = crate::time::snapshot_stamp(started_ns);
+    let mut name = base.clone();
+    let mut i = 2;
+    while cat.name_taken(&name)? {
+        name = format!("{base}-{i}");
+        i += 1;
+    }
+    Ok(name)
+}
+
+/// Absolute, normalized source paths (symlinks are not followed).
+pub fn absolute_sources(sources: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let cwd = std::env::current_dir().at(".")?;
+    let mut out = Vec::new();
+    for s in sources {
+        let abs = if s.is_absolute() {
+            s.clone()
+        } else {
+            cwd.join(s)
+        };
+        let mut norm = PathBuf::from("/");
+        for c in abs.components() {
+            match c {
+                std::path::Component::ParentDir => {
+                    norm.pop();
+                }
+                std::path::Component::Normal(n) => norm.push(n),
+                _ => {}
+            }
+        }
+        std::fs::symlink_metadata(&norm).map_err(|e| {
+            Error::invalid(format!(
+                "source {}: {e}; nothing was written",
+                norm.display()
+            ))
+        })?;
+        out.push(norm);
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+pub fn ingest(repo: &Repository, sources: &[PathBuf], opts: &IngestOptions) -> Result<IngestStats> {
+    let t0 = Instant::now();
+    let started_ns = crate::time::now_ns();
+    let sources = if opts.stdin_name.is_some() {
+        Vec::new()
+    } else {
+        if sources.is_empty() {
+            return Err(Error::invalid(
+                "nothing to back up: name at least one SOURCE, or --stdin",
+            ));
+        }
+        absolute_sources(sources)?
+    };
+    let (excludes, exclude_names) = build_excludes(opts)?;
+    let level = opts.compression.unwrap_or(repo.config.compression);
+    let host = hostname();
+
+    let _lock = repo.lock("ingest")?;
+    let cat = repo.catalog()?;
+    let name = choose_name(&cat, opts.name.as_deref(), started_ns)?;
+    cat.begin()?;
+    let adopted = repo.adopt_orphan_packs(&cat)?;
+    if adopted > 0 {
+        log::info!("indexed {adopted} pack(s) left by an interrupted command");
+    }
+    let prev = if opts.stdin_name.is_some() {
+        None
+    } else {
+        cat.previous_snapshot(&host, &sources)?
+    };
+
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let pipe = Pipeline::start(
+        repo.backend.clone(),
+        PipelineOptions {
+            level,
+            workers,
+            pack_size: repo.config.pack_size,
+            tmp_dir: repo.tmp_dir(),
+        },
+    )?;
+    let wopts = WalkOptions {
+        excludes,
+        exclude_names,
+        exclude_caches: opts.exclude_caches,
+        one_file_system: opts.one_file_system,
+        chunker: repo.config.chunker,
+    };
+    let mut stats = IngestStats::default();
+    let result = (|| -> Result<SnapshotId> {
+        let mut w = Walker::new(&cat, &pipe, &wopts, &mut stats);
+        let plan = match &opts.stdin_name {
+            Some(n) => Plan::for_stdin(n),
+            None => Plan::for_sources(&sources),
+        };
+        let root = w.walk_plan(Path::new("/"), &plan, prev.as_ref().map(|p| p.root_tree), 0)?;
+        let links = std::mem::take(&mut w.links);
+        let finished_ns = crate::time::now_ns();
+        let mut row = SnapshotRow {
+            id: SnapshotId(0),
+            hash: Default::default(),
+            name: name.clone(),
+            started_ns,
+            finished_ns,
+            host: host.clone(),
+            sources: sources.clone(),
+            tags: opts.tags.clone(),
+            root_tree: root.id,
+            files: 0,
+            dirs: 0,
+            size: 0,
+            added_bytes: 0,
+            read_bytes: 0,
+            warnings: 0,
+        };
+        let record = encode_record(&row, &root.hash, root.nodes, w.stats);
+        row.hash = w.put_chunk(ChunkKind::Snapshot, &record)?.0;
+        w.checkpoint()?;
+        let s = &*w.stats;
+        row.files = s.files;
+        row.dirs = s.dirs;
+        row.size = s.size;
+        row.added_bytes = s.added_bytes;
+        row.read_bytes = s.bytes_read;
+        row.warnings = s.warnings.len() as u64;
+        let id = cat.add_snapshot(&row)?;
+        for (key, (first, count)) in links {
+            if count > 1 {
+                cat.add_hardlink(id, key, first, count)?;
+            }
+        }
+        cat.commit()?;
+        stats.snapshot_id = row.hash.to_hex();
+        Ok(id)
+    })();
+    match result {
+        Ok(_) => {
+            pipe.finish();
+            stats.snapshot_name = name;
+            stats.seconds = t0.elapsed().as_secs_f64();
+            Ok(stats)
+        }
+        Err(e) => {
+            cat.rollback();
+            pipe.finish();
+            Err(e)
+        }
+    }
+}
+
+/// The snapshot's own record, stored in a pack so a lost catalog can be rebuilt.
+fn encode_record(
+    row: &SnapshotRow,
+    root: &crate::ids::TreeHash,
+    nodes: u64,
+    s: &IngestStats,
+) -> Vec<u8> {
+    let mut e = Encoder::new();
+    e.u8(1);
+    e.bytes(row.name.as_bytes());
+    e.i64(row.started_ns);
+    e.i64(row.finished_ns);
+    e.bytes(row.host.as_bytes());
+    e.bytes(&encode_paths(&row.sources));
+    e.bytes(
+        serde_json::to_string(&row.tags)
+            .expect("tags serialize")
+            .as_bytes(),
+    );
+    e.hash(&root.0);
+    e.u64(nodes);
+    for v in [
+        s.files,
+        s.dirs,
+        s.size,
+        s.bytes_read,
+        s.warnings.len() as u64,
+    ] {
+        e.u64(v);
+    }
+    e.buf
+}

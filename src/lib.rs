@@ -1,0 +1,37 @@
+//! # snapfs
+//!
+//! Deduplicated backups in which every snapshot is a read-only directory.
+//!
+//! # Layout
+//! - `cli`: command-line syntax (clap types only); `report`: what commands print
+//! - `error`: the error type and its errno mapping; `ids`: hash and row id newtypes
+//! - `tree`: entries, metadata, and the encoded forms of trees and chunk lists
+//! - `codec`: the varint encoding of metadata stored in packs
+//! - `chunker`: content-defined chunking (FastCDC)
+//! - `store`: chunk ids, framed zstd compression, verification
+//! - `pack`: the pack file format; `backend`: where packs live
+//! - `catalog`: the SQLite catalog (the only module with SQL)
+//! - `repo`: a repository on disk: config, lock, catalog, packs
+//! - `ingest`: the walk and the chunk→store pipeline
+//! - `restore`: snapshots back out to a directory
+//! - `snapshot`: snapshot references (`latest~2`, id prefixes)
+//! - `time`: UTC timestamps
+
+pub mod backend;
+pub mod catalog;
+pub mod chunker;
+pub mod cli;
+pub mod codec;
+pub mod error;
+pub mod ids;
+pub mod ingest;
+pub mod pack;
+pub mod repo;
+pub mod report;
+pub mod restore;
+pub mod snapshot;
+pub mod store;
+pub mod time;
+pub mod tree;
+
+pub use error::{Error, Result};

@@ -1,0 +1,93 @@
+//! The `snapfs` command: parse, call one library function, report, exit.
+//! Exit codes: 0 success, 1 failure, 3 snapshot made but some files unreadable.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use snapfs::cli::{Cli, Command};
+use snapfs::{repo::Repository, report};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (_, 0) => "warn",
+        (_, 1) => "info",
+        _ => "debug",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_timestamp(None)
+        .format_target(false)
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(io) = find_io(&e)
+                && io.kind() == std::io::ErrorKind::BrokenPipe
+            {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("snapfs: error: {e}");
+            if e.is_disk_full() {
+                eprintln!(
+                    "snapfs: the disk is full; free space and run the command again (earlier snapshots are intact)"
+                );
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn find_io(e: &snapfs::Error) -> Option<&std::io::Error> {
+    match e {
+        snapfs::Error::Io { source, .. } => Some(source),
+        _ => None,
+    }
+}
+
+fn run(cli: Cli) -> snapfs::Result<ExitCode> {
+    let repo_path = cli.repo.unwrap_or_else(snapfs::repo::default_path);
+    match cli.command {
+        Command::Init { compression } => {
+            let config = snapfs::repo::Config {
+                compression,
+                ..Default::default()
+            };
+            Repository::init(&repo_path, config)?;
+            println!("created repository {}", repo_path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ingest(a) => {
+            let repo = Repository::open(&repo_path)?;
+            let opts = snapfs::ingest::IngestOptions {
+                name: a.name,
+                tags: a.tags,
+                excludes: a.excludes,
+                exclude_files: a.exclude_files,
+                exclude_caches: a.exclude_caches,
+                one_file_system: a.one_file_system,
+                compression: a.compression,
+                stdin_name: a.stdin.then_some(a.stdin_name),
+            };
+            let stats = snapfs::ingest::ingest(&repo, &a.sources, &opts)?;
+            report::ingest(&stats, a.json);
+            Ok(if stats.unreadable > 0 {
+                ExitCode::from(3)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Snapshots { json } => {
+            let repo = Repository::open(&repo_path)?;
+            let cat = repo.catalog()?;
+            report::snapshots(&cat.snapshots()?, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Restore { spec, target, json } => {
+            let repo = Repository::open(&repo_path)?;
+            let stats = snapfs::restore::restore(&repo, &spec, &target)?;
+            report::restore(&stats, json);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! A repository on disk: its config, catalog, packs, temporary files and lock.
+//!
+//! ```text
+//! repo/config        text: format version, chunker limits, settings
+//! repo/catalog.db    SQLite catalog (WAL)
+//! repo/packs/ab/<hash>.pack
+//! repo/tmp/          packs being written (removed when a writer starts)
+//! repo/lock          flock: one writer (ingest, gc) at a time
+//! ```
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::backend::{Backend, LocalDir, fsync_dir};
+use crate::catalog::{Catalog, ChunkLoc};
+use crate::chunker::ChunkerParams;
+use crate::error::{Error, IoContext, Result};
+use crate::ids::ChunkId;
+use crate::pack;
+use crate::store;
+
+pub const FORMAT: u32 = 1;
+
+/// Repository settings, fixed at `init` (the chunker limits must never change:
+/// dedup depends on them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub format: u32,
+    pub chunker: ChunkerParams,
+    pub pack_size: u64,
+    pub compression: i32,
+    pub append_only: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            format: FORMAT,
+            chunker: ChunkerParams::default(),
+            pack_size: 32 << 20,
+            compression: 3,
+            append_only: false,
+        }
+    }
+}
+
+impl Config {
+    fn render(&self) -> String {
+        format!(
+            "# snapfs repository configuration\nformat = {}\nchunk_min = {}\nchunk_avg = {}\nchunk_max = {}\nframe = {}\npack_size = {}\ncompression = {}\nappend_only = {}\n",
+            self.format,
+            self.chunker.min,
+            self.chunker.avg,
+            self.chunker.max,
+            store::FRAME,
+            self.pack_size,
+            self.compression,
+            self.append_only
+        )
+    }
+
+    fn parse(text: &str, path: &Path) -> Result<Config> {
+        let mut c = Config::default();
+        let bad = |what: &str| Error::UnsupportedFormat {
+            path: path.to_path_buf(),
+            found: what.to_string(),
+            supported: FORMAT,
+        };
+        let mut saw_format = false;
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (k, v) = line
+                .split_once('=')
+                .map(|(k, v)| (k.trim(), v.trim()))
+                .ok_or_else(|| bad(&format!("unreadable config line {line:?}")))?;
+            let num = || v.parse::<u64>().map_err(|_| bad(&format!("{k} = {v}")));
+            match k {
+                "format" => {
+                    saw_format = true;
+                    c.format = num()? as u32;
+                    if c.format != FORMAT {
+                        return Err(bad(&v.to_string()));
+                    }
+                }
+                "chunk_min" => c.chunker.min = num()? as usize,
+                "chunk_avg" => c.chunker.avg = num()? as usize,
+                "chunk_max" => c.chunker.max = num()? as usize,
+                "frame" if num()? as usize != store::FRAME => {
+                    return Err(bad(&format!("frame = {v}")));
+                }
+                "pack_size" => c.pack_size = num()?,
+                "compression" => {
+                    c.compression = v.parse().map_err(|_| bad(&format!("{k} = {v}")))?
+                }
+                "append_only" => c.append_only = v == "true",
+                _ => {}
+            }
+        }
+        if !saw_format {
+            return Err(bad("no format line"));
+        }
+        Ok(c)
+    }
+}
+
+pub struct Repository {
+    pub root: PathBuf,
+    pub config: Config,
+    pub backend: Arc<dyn Backend>,
+}
+
+/// Held while a command writes packs; released on drop (or process death).
+pub struct RepoLock {
+    _file: File,
+}
+
+impl Repository {
+    pub fn init(root: &Path, config: Config) -> Result<Repository> {
+        if root.join("config").exists() {
+            return Err(Error::invalid(format!(
+                "{} is already a snapfs repository",
+                root.display()
+            )));
+        }
+        if root.exists() && std::fs::read_dir(root).at(root)?.next().is_some() {
+            return Err(Error::NotEmpty(root.to_path_buf()));
+        }
+        std::fs::create_dir_all(root.join("packs")).at(root)?;
+        std::fs::create_dir_all(root.join("tmp")).at(root)?;
+        drop(Catalog::open(&root.join("catalog.db"), true)?);
+        // The config file goes last: its presence means "a complete repository".
+        let tmp = root.join("config.tmp");
+        std::fs::write(&tmp, config.render()).at(&tmp)?;
+        File::open(&tmp).at(&tmp)?.sync_all().at(&tmp)?;
+        std::fs::rename(&tmp, root.join("config")).at(root)?;
+        fsync_dir(root)?;
+        Repository::open(root)
+    }
+
+    pub fn open(root: &Path) -> Result<Repository> {
+        let cfg_path = root.join("config");
+        let text = match std::fs::read_to_string(&cfg_path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotARepository(root.to_path_buf()));
+            }
+            Err(e) => return Err(e).at(&cfg_path),
+        };
+        let config = Config::parse(&text, &cfg_path)?;
+        Ok(Repository {
+            root: root.to_path_buf(),
+            config,
+            backend: Arc::new(LocalDir::new(root.join("packs"))),
+        })
+    }
+
+    pub fn catalog_path(&self) -> PathBuf {
+        self.root.join("catalog.db")
+    }
+
+    pub fn catalog(&self) -> Result<Catalog> {
+        let p = self.catalog_path();
+        if !p.exists() {
+            return Err(Error::corrupt(format!(
+                "{} is missing; the repository's catalog is lost",
+                p.display()
+            )));
+        }
+        Catalog::open(&p, false)
+    }
+
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// Take the writer lock, waiting (and saying so) if another writer holds it.
+    /// Leftovers of a killed writer are removed once the lock is ours.
+    pub fn lock(&self, what: &str) -> Result<RepoLock> {
+        let path = self.root.join("lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .at(&path)?;
+        let fd = file.as_raw_fd();
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            log::warn!("waiting for another command to finish writing to the repository ({what})");
+            // SAFETY: as above.
+            if unsafe { libc::flock(fd, libc::LOCK_EX) } != 0 {
+                return Err(std::io::Error::last_os_error()).at(&path);
+            }
+        }
+        let tmp = self.tmp_dir();
+        std::fs::create_dir_all(&tmp).at(&tmp)?;
+        for e in std::fs::read_dir(&tmp).at(&tmp)? {
+            let e = e.at(&tmp)?;
+            let _ = std::fs::remove_file(e.path());
+        }
+        Ok(RepoLock { _file: file })
+    }
+
+    /// Index packs that are on disk but not in the catalog: the work of an
+    /// ingest killed after a pack was stored but before its catalog commit.
+    /// Their chunks are then reused instead of being written again.
+    pub fn adopt_orphan_packs(&self, cat: &Catalog) -> Result<usize> {
+        let known: HashSet<_> = cat.packs()?.into_iter().map(|p| p.1).collect();
+        let mut adopted = 0;
+        for name in self.backend.list()? {
+            if known.contains(&name) {
+                continue;
+            }
+            match self.read_pack_table(&name) {
+                Ok((size, entries)) => {
+                    cat.add_pack(&name, size, &entries)?;
+                    adopted += 1;
+                }
+                Err(e) => log::warn!("ignoring unreadable pack {name}: {e}"),
+            }
+        }
+        Ok(adopted)
+    }
+
+    /// A pack's size and its own table of chunks.
+    pub fn read_pack_table(
+        &self,
+        name: &crate::ids::PackName,
+    ) -> Result<(u64, Vec<pack::PackEntry>)> {
+        let size = self.backend.size(name)?;
+        if size < pack::HEADER_LEN + pack::FOOTER_LEN as u64 {
+            return Err(Error::corrupt(format!("pack {name} is truncated")));
+        }
+        let footer =
+            self.backend
+                .read_at(name, size - pack::FOOTER_LEN as u64, pack::FOOTER_LEN)?;
+        let (offset, count, check) = pack::parse_footer(&footer, size)?;
+        let table =
+            self.backend
+                .read_at(name, offset, (size - offset) as usize - pack::FOOTER_LEN)?;
+        Ok((size, pack::parse_table(&table, count, check)?))
+    }
+
+    /// Read, inflate and verify a whole chunk.
+    pub fn read_chunk(&self, id: &ChunkId, loc: &ChunkLoc) -> Result<Vec<u8>> {
+        let blob = self
+            .backend
+            .read_at(&loc.pack, loc.offset, loc.stored_len as usize)?;
+        store::decode_blob(&blob, id, loc.raw_len as usize)
+    }
+}
+
+/// The default repository when neither --repo nor SNAPFS_REPO is given.
+pub fn default_path() -> PathBuf {
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
+    home.join(".local/share/snapfs")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_round_trips_and_unknown_format_is_refused() {
+        let c = Config::default();
+        let p = Path::new("config");
+        assert_eq!(Config::parse(&c.render(), p).unwrap(), c);
+        let future = c.render().replace("format = 1", "format = 99");
+        assert!(matches!(
+            Config::parse(&future, p),
+            Err(Error::UnsupportedFormat { .. })
+        ));
+    }
+
+    #[test]
+    fn init_refuses_a_non_empty_directory() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("x"), b"x").unwrap();
+        assert!(matches!(
+            Repository::init(d.path(), Config::default()),
+            Err(Error::NotEmpty(_))
+        ));
+        let r = d.path().join("repo");
+        Repository::init(&r, Config::default()).unwrap();
+        assert!(Repository::init(&r, Config::default()).is_err());
+        Repository::open(&r).unwrap().catalog().unwrap();
+    }
+}

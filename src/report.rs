@@ -1,0 +1,157 @@
+//! What commands print: a human summary, or a stable JSON shape with `--json`.
+
+use serde::Serialize;
+
+use crate::catalog::SnapshotRow;
+use crate::ingest::IngestStats;
+use crate::restore::RestoreStats;
+
+/// `1.5 GiB`-style sizes for people.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn json<T: Serialize>(v: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("report serializes")
+    );
+}
+
+#[derive(Serialize)]
+struct SnapshotRef<'a> {
+    id: &'a str,
+    name: &'a str,
+}
+
+#[derive(Serialize)]
+struct IngestJson<'a> {
+    snapshot: SnapshotRef<'a>,
+    #[serde(flatten)]
+    stats: &'a IngestStats,
+}
+
+pub fn ingest(s: &IngestStats, as_json: bool) {
+    if as_json {
+        json(&IngestJson {
+            snapshot: SnapshotRef {
+                id: &s.snapshot_id,
+                name: &s.snapshot_name,
+            },
+            stats: s,
+        });
+        return;
+    }
+    println!(
+        "snapshot {} ({}) made: {} files, {} dirs, {}; read {}, added {} in {:.1}s",
+        s.snapshot_name,
+        &s.snapshot_id[..8],
+        s.files,
+        s.dirs,
+        bytes(s.size),
+        bytes(s.bytes_read),
+        bytes(s.added_bytes),
+        s.seconds
+    );
+    if !s.warnings.is_empty() {
+        eprintln!(
+            "{} warning(s); {} file(s) could not be read (named above)",
+            s.warnings.len(),
+            s.unreadable
+        );
+    }
+}
+
+#[derive(Serialize)]
+struct SnapshotJson<'a> {
+    id: String,
+    name: &'a str,
+    time: String,
+    finished: String,
+    host: &'a str,
+    sources: Vec<String>,
+    tags: &'a [String],
+    files: u64,
+    dirs: u64,
+    size: u64,
+    added_bytes: u64,
+    warnings: u64,
+}
+
+pub fn snapshots(list: &[SnapshotRow], as_json: bool) {
+    if as_json {
+        let rows: Vec<SnapshotJson> = list
+            .iter()
+            .map(|s| SnapshotJson {
+                id: s.hash.to_hex(),
+                name: &s.name,
+                time: crate::time::rfc3339(s.started_ns),
+                finished: crate::time::rfc3339(s.finished_ns),
+                host: &s.host,
+                sources: s
+                    .sources
+                    .iter()
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .collect(),
+                tags: &s.tags,
+                files: s.files,
+                dirs: s.dirs,
+                size: s.size,
+                added_bytes: s.added_bytes,
+                warnings: s.warnings,
+            })
+            .collect();
+        json(&rows);
+        return;
+    }
+    println!(
+        "{:<8}  {:<22}  {:<20}  {:<12}  {:>9}  {:>10}  {:>10}  sources",
+        "id", "name", "time", "host", "files", "size", "added"
+    );
+    for s in list {
+        let sources: Vec<String> = s.sources.iter().map(|p| p.display().to_string()).collect();
+        let mut srcs = sources.join(" ");
+        if !s.tags.is_empty() {
+            srcs.push_str(&format!("  [{}]", s.tags.join(",")));
+        }
+        println!(
+            "{:<8}  {:<22}  {:<20}  {:<12}  {:>9}  {:>10}  {:>10}  {}",
+            crate::snapshot::short_id(s),
+            s.name,
+            crate::time::display(s.started_ns),
+            s.host,
+            s.files,
+            bytes(s.size),
+            bytes(s.added_bytes),
+            srcs
+        );
+    }
+    println!("{} snapshot(s)", list.len());
+}
+
+pub fn restore(s: &RestoreStats, as_json: bool) {
+    if as_json {
+        json(s);
+    } else {
+        println!(
+            "restored {}: {} files, {} dirs, {} hard links, {} in {:.1}s",
+            s.snapshot,
+            s.files,
+            s.dirs,
+            s.links,
+            bytes(s.bytes),
+            s.seconds
+        );
+    }
+}
