@@ -50,6 +50,44 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve every snapshot as a read-only directory at MOUNTPOINT (foreground;
+    /// stop with `fusermount3 -u MOUNTPOINT` or Ctrl-C)
+    Mount {
+        mountpoint: PathBuf,
+        /// Let other users in (the kernel still enforces the original modes)
+        #[arg(long)]
+        allow_other: bool,
+        /// Memory for decoded file data, e.g. 256M, 1G
+        #[arg(long, default_value = "256M", value_parser = parse_size)]
+        cache_size: u64,
+        /// Threads serving requests
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+    },
+}
+
+/// `512K`, `256M`, `1G`, or plain bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let unit = s[i..].to_ascii_uppercase();
+            let m = match unit.trim_end_matches("IB").trim_end_matches('B') {
+                "" => 1,
+                "K" => 1 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                "T" => 1u64 << 40,
+                _ => return Err(format!("unknown size unit in {s:?}")),
+            };
+            (&s[..i], m)
+        }
+        None => (s, 1),
+    };
+    num.trim()
+        .parse::<u64>()
+        .map(|n| n * mult)
+        .map_err(|_| format!("not a size: {s:?}"))
 }
 
 #[derive(Args, Debug)]

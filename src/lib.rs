@@ -14,6 +14,8 @@
 //! - `repo`: a repository on disk: config, lock, catalog, packs
 //! - `ingest`: the walk and the chunk→store pipeline
 //! - `restore`: snapshots back out to a directory
+//! - `snapshot_fs`: snapshots as directories (lookup, readdir, read), no FUSE types
+//! - `mount`: the thin FUSE adapter over `snapshot_fs`
 //! - `snapshot`: snapshot references (`latest~2`, id prefixes)
 //! - `time`: UTC timestamps
 
@@ -25,11 +27,13 @@ pub mod codec;
 pub mod error;
 pub mod ids;
 pub mod ingest;
+pub mod mount;
 pub mod pack;
 pub mod repo;
 pub mod report;
 pub mod restore;
 pub mod snapshot;
+pub mod snapshot_fs;
 pub mod store;
 pub mod time;
 pub mod tree;

@@ -83,6 +83,29 @@ fn run(cli: Cli) -> snapfs::Result<ExitCode> {
             report::snapshots(&cat.snapshots()?, json);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Mount {
+            mountpoint,
+            allow_other,
+            cache_size,
+            threads,
+        } => {
+            let repo = Repository::open(&repo_path)?;
+            let req = snapfs::mount::MountRequest {
+                allow_other,
+                cache_bytes: cache_size as usize,
+                threads,
+            };
+            let shown = mountpoint.display().to_string();
+            snapfs::mount::mount(repo, &mountpoint, &req, || {
+                use std::io::Write;
+                println!(
+                    "mounted {} at {shown}; unmount with fusermount3 -u {shown}",
+                    repo_path.display()
+                );
+                let _ = std::io::stdout().flush();
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Restore { spec, target, json } => {
             let repo = Repository::open(&repo_path)?;
             let stats = snapfs::restore::restore(&repo, &spec, &target)?;

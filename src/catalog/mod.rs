@@ -148,6 +148,18 @@ fn snapshot_from_row(r: &Row) -> rusqlite::Result<SnapshotRow> {
 
 impl Catalog {
     /// Open (or with `create`, create) the catalog at `path`.
+    /// Open for reading only (the mount), without creating or migrating.
+    pub fn open_read(path: &Path) -> Result<Catalog> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(30))?;
+        conn.pragma_update(None, "cache_size", -8192)?;
+        conn.pragma_update(None, "query_only", true)?;
+        Ok(Catalog { conn })
+    }
+
     pub fn open(path: &Path, create: bool) -> Result<Catalog> {
         let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         if create {
@@ -386,6 +398,20 @@ impl Catalog {
         ))?;
         let rows = st.query_map(
             params![tree.0, after.unwrap_or(&[]), limit as i64],
+            node_from_row,
+        )?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// A directory listing in depth-first (= name) order from `node_offset`
+    /// onwards: the mount's readdir resumes here by a stable cookie.
+    pub fn entries_from(&self, tree: TreeId, min_offset: u64, limit: usize) -> Result<Vec<Node>> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {NODE_COLUMNS} FROM entries WHERE tree = ?1 AND node_offset >= ?2
+             ORDER BY node_offset LIMIT ?3"
+        ))?;
+        let rows = st.query_map(
+            params![tree.0, min_offset as i64, limit as i64],
             node_from_row,
         )?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

@@ -1,0 +1,431 @@
+//! The FUSE adapter: one match per callback over `snapshot_fs`, errors
+//! answered with `Error::errno`. Everything else lives in `snapshot_fs`.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyXattr, Request, Session, SessionACL,
+};
+
+use crate::error::{Error, IoContext, Result};
+use crate::repo::Repository;
+use crate::snapshot_fs::{Attr, MountOptions, SnapshotFs, inode};
+use crate::tree::Kind;
+
+/// Snapshots never change: the kernel may keep what it learns for long.
+const TTL: Duration = Duration::from_secs(24 * 3600);
+/// The root lists snapshots, which come and go.
+const ROOT_TTL: Duration = Duration::from_secs(1);
+
+struct Fuse {
+    fs: SnapshotFs,
+}
+
+fn errno(e: &Error) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+fn time(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+fn kind(k: Kind) -> FileType {
+    match k {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::CharDev => FileType::CharDevice,
+        Kind::BlockDev => FileType::BlockDevice,
+    }
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: time(a.atime_ns),
+        mtime: time(a.mtime_ns),
+        ctime: time(a.ctime_ns),
+        crtime: time(a.ctime_ns),
+        kind: kind(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        flags: 0,
+        blksize: 4096,
+    }
+}
+
+fn ttl_for(ino: u64) -> Duration {
+    if inode::decode(ino).is_some() {
+        TTL
+    } else {
+        ROOT_TTL
+    }
+}
+
+/// Answer a getxattr/listxattr-style request: size probe or data.
+fn reply_sized(reply: ReplyXattr, size: u32, data: &[u8]) {
+    if size == 0 {
+        reply.size(data.len() as u32);
+    } else if data.len() > size as usize {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(data);
+    }
+}
+
+impl Filesystem for Fuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_CACHE_SYMLINKS;
+        let _ = config.add_capabilities(wanted & config.capabilities());
+        let _ = config.set_max_readahead(1 << 20);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.fs.lookup(parent.0, name.as_bytes()) {
+            Ok(Some(a)) => reply.entry(&ttl_for(a.ino), &file_attr(&a), Generation(0)),
+            // A cached negative entry: file managers probe for names that do not exist.
+            Ok(None) => {
+                let mut none = file_attr(&Attr {
+                    ino: 0,
+                    kind: Kind::File,
+                    perm: 0,
+                    nlink: 0,
+                    uid: 0,
+                    gid: 0,
+                    size: 0,
+                    blocks: 0,
+                    atime_ns: 0,
+                    mtime_ns: 0,
+                    ctime_ns: 0,
+                    rdev: 0,
+                });
+                none.ino = INodeNo(0);
+                reply.entry(&ttl_for(parent.0), &none, Generation(0))
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.fs.getattr(ino.0) {
+            Ok(a) => reply.attr(&ttl_for(a.ino), &file_attr(&a)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.fs.readlink(ino.0) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        match self.fs.open(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.fs.read(fh.0, offset, size) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.release(fh.0);
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.opened(
+            FileHandle(0),
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+        );
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        match self.fs.readdir(ino.0, offset, 512) {
+            Ok(items) => {
+                for it in items {
+                    if reply.add(
+                        INodeNo(it.attr.ino),
+                        it.cookie,
+                        kind(it.attr.kind),
+                        OsStr::from_bytes(&it.name),
+                    ) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        match self.fs.readdir(ino.0, offset, 256) {
+            Ok(items) => {
+                for it in items {
+                    let ttl = ttl_for(it.attr.ino);
+                    if reply.add(
+                        INodeNo(it.attr.ino),
+                        it.cookie,
+                        OsStr::from_bytes(&it.name),
+                        &ttl,
+                        &file_attr(&it.attr),
+                        Generation(0),
+                    ) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.fs.usage() {
+            Ok((stored, _)) => reply.statfs(stored.div_ceil(4096), 0, 0, 0, 0, 4096, 255, 4096),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.fs.xattrs(ino.0) {
+            Ok(x) => match x.iter().find(|(k, _)| k.as_slice() == name.as_bytes()) {
+                Some((_, v)) => reply_sized(reply, size, v),
+                None => reply.error(Errno::NO_XATTR),
+            },
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.fs.xattrs(ino.0) {
+            Ok(x) => {
+                let mut names = Vec::new();
+                for (k, _) in &x {
+                    names.extend_from_slice(k);
+                    names.push(0);
+                }
+                reply_sized(reply, size, &names);
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let data = match whence {
+            libc::SEEK_DATA => true,
+            libc::SEEK_HOLE => false,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        match self.fs.seek(fh.0, offset.max(0) as u64, data) {
+            Ok(Some(o)) => reply.offset(o as i64),
+            Ok(None) => reply.error(Errno::ENXIO),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+}
+
+pub struct MountRequest {
+    pub allow_other: bool,
+    pub cache_bytes: usize,
+    pub threads: usize,
+}
+
+/// Check the mount point and FUSE itself, so failures are one clear line.
+fn preflight(mountpoint: &Path) -> Result<()> {
+    let md = std::fs::metadata(mountpoint).map_err(|e| {
+        Error::invalid(format!(
+            "mount point {}: {e}; create it with mkdir",
+            mountpoint.display()
+        ))
+    })?;
+    if !md.is_dir() {
+        return Err(Error::invalid(format!(
+            "mount point {} is not a directory",
+            mountpoint.display()
+        )));
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let canon = std::fs::canonicalize(mountpoint).at(mountpoint)?;
+    if mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|m| Path::new(m) == canon)
+        && mounts.lines().any(|l| {
+            l.split(' ').nth(4).is_some_and(|m| Path::new(m) == canon) && l.contains("fuse")
+        })
+    {
+        return Err(Error::invalid(format!(
+            "{} is already a mount point; unmount it first (fusermount3 -u {})",
+            mountpoint.display(),
+            mountpoint.display()
+        )));
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Err(Error::invalid(
+            "/dev/fuse is missing: load the fuse kernel module (modprobe fuse) or run where FUSE is available",
+        ));
+    }
+    Ok(())
+}
+
+/// Serve the repository at `mountpoint` until unmounted or SIGINT/SIGTERM.
+/// `ready` is called once the mount is usable.
+pub fn mount(
+    repo: Repository,
+    mountpoint: &Path,
+    req: &MountRequest,
+    ready: impl FnOnce(),
+) -> Result<()> {
+    preflight(mountpoint)?;
+    let fs = SnapshotFs::new(
+        repo,
+        MountOptions {
+            cache_bytes: req.cache_bytes,
+            ..Default::default()
+        },
+    )?;
+    // Block the stop signals in every thread; one thread waits for them.
+    // SAFETY: plain signal-mask calls on a zeroed, initialized sigset.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::RO,
+        MountOption::FSName("snapfs".into()),
+        MountOption::Subtype("snapfs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+        MountOption::Dev,
+        MountOption::Suid,
+    ];
+    if req.allow_other {
+        config.acl = SessionACL::All;
+    }
+    config.n_threads = Some(req.threads.max(1));
+    config.clone_fd = true;
+    let mut session = Session::new(Fuse { fs }, mountpoint, &config).map_err(|e| {
+        Error::invalid(format!(
+            "cannot mount at {}: {e} (is fusermount3 installed, and /dev/fuse usable?)",
+            mountpoint.display()
+        ))
+    })?;
+    let mut unmounter = session.unmount_callable();
+    let mp = mountpoint.to_path_buf();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut sig = 0;
+            // SAFETY: waiting on the set blocked above.
+            unsafe { libc::sigwait(&set, &mut sig) };
+            log::info!("signal {sig}: unmounting {}", mp.display());
+            if let Err(e) = unmounter.unmount() {
+                log::error!("unmount of {} failed: {e}", mp.display());
+            }
+        })
+        .expect("spawn signal thread");
+    let serving = std::thread::Builder::new()
+        .name("fuse".into())
+        .spawn(move || session.run())
+        .expect("spawn FUSE session thread");
+    // The first stat goes through the session: once answered, the mount is usable.
+    std::fs::metadata(mountpoint).at(mountpoint)?;
+    raise_readahead(mountpoint);
+    ready();
+    serving
+        .join()
+        .map_err(|_| Error::invalid("the FUSE session thread panicked"))?
+        .at(mountpoint)
+}
+
+/// Ask the kernel for 1 MiB reads instead of 128 KiB (root only; best effort).
+fn raise_readahead(mountpoint: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(md) = std::fs::metadata(mountpoint) else {
+        return;
+    };
+    let dev = md.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let p = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    if let Err(e) = std::fs::write(&p, "1024") {
+        log::debug!("cannot raise read-ahead ({p}): {e}");
+    }
+}

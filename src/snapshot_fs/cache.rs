@@ -1,0 +1,157 @@
+//! Decoded frames of chunks, kept in a bounded LRU so that sequential 128 KiB
+//! reads inflate each frame once, and read ahead by background threads since
+//! a file's chunk list says exactly what comes next.
+
+use std::collections::HashSet;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Condvar, Mutex};
+
+use lru::LruCache;
+
+use crate::ids::ChunkId;
+use crate::store::Header;
+
+pub type FrameKey = (ChunkId, u32);
+
+struct Lru {
+    frames: LruCache<FrameKey, Arc<Vec<u8>>>,
+    bytes: usize,
+}
+
+pub struct FrameCache {
+    lru: Mutex<Lru>,
+    capacity: usize,
+    /// Frames being decoded right now; a reader of one waits instead of
+    /// decoding it a second time.
+    loading: Mutex<HashSet<FrameKey>>,
+    loaded: Condvar,
+    headers: Mutex<LruCache<ChunkId, Arc<Header>>>,
+}
+
+impl FrameCache {
+    pub fn new(capacity: usize) -> FrameCache {
+        FrameCache {
+            lru: Mutex::new(Lru {
+                frames: LruCache::unbounded(),
+                bytes: 0,
+            }),
+            capacity,
+            loading: Mutex::new(HashSet::new()),
+            loaded: Condvar::new(),
+            headers: Mutex::new(LruCache::new(NonZeroUsize::new(4096).expect("non-zero"))),
+        }
+    }
+
+    pub fn get(&self, key: &FrameKey) -> Option<Arc<Vec<u8>>> {
+        self.lru
+            .lock()
+            .expect("frame cache lock")
+            .frames
+            .get(key)
+            .cloned()
+    }
+
+    pub fn contains(&self, key: &FrameKey) -> bool {
+        self.lru
+            .lock()
+            .expect("frame cache lock")
+            .frames
+            .contains(key)
+    }
+
+    fn insert(&self, key: FrameKey, data: Arc<Vec<u8>>) {
+        let mut l = self.lru.lock().expect("frame cache lock");
+        l.bytes += data.len();
+        if let Some(old) = l.frames.put(key, data) {
+            l.bytes -= old.len();
+        }
+        while l.bytes > self.capacity {
+            match l.frames.pop_lru() {
+                Some((_, v)) => l.bytes -= v.len(),
+                None => break,
+            }
+        }
+    }
+
+    /// The frame from the cache, or decoded by `load` exactly once however
+    /// many threads ask at the same time.
+    pub fn get_or_load(
+        &self,
+        key: FrameKey,
+        load: impl FnOnce() -> crate::Result<Vec<u8>>,
+    ) -> crate::Result<Arc<Vec<u8>>> {
+        loop {
+            if let Some(v) = self.get(&key) {
+                return Ok(v);
+            }
+            let mut loading = self.loading.lock().expect("loading lock");
+            if loading.contains(&key) {
+                let _unused = self.loaded.wait(loading).expect("loading lock");
+                continue;
+            }
+            // Re-check under the lock: it may have landed meanwhile.
+            if let Some(v) = self.get(&key) {
+                return Ok(v);
+            }
+            loading.insert(key);
+            break;
+        }
+        let result = load().map(Arc::new);
+        if let Ok(v) = &result {
+            self.insert(key, v.clone());
+        }
+        self.loading.lock().expect("loading lock").remove(&key);
+        self.loaded.notify_all();
+        result
+    }
+
+    /// True if nobody holds or decodes this frame: worth prefetching.
+    pub fn absent(&self, key: &FrameKey) -> bool {
+        !self.contains(key) && !self.loading.lock().expect("loading lock").contains(key)
+    }
+
+    pub fn header(&self, id: &ChunkId) -> Option<Arc<Header>> {
+        self.headers
+            .lock()
+            .expect("header cache lock")
+            .get(id)
+            .cloned()
+    }
+
+    pub fn put_header(&self, id: ChunkId, h: Arc<Header>) {
+        self.headers.lock().expect("header cache lock").put(id, h);
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.lru.lock().expect("frame cache lock").bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::Hash;
+
+    #[test]
+    fn stays_within_its_byte_budget_and_loads_once() {
+        let c = FrameCache::new(10_000);
+        for i in 0..100u32 {
+            let v = c
+                .get_or_load((ChunkId(Hash::of(b"x")), i), || Ok(vec![0u8; 1000]))
+                .unwrap();
+            assert_eq!(v.len(), 1000);
+        }
+        assert!(c.bytes() <= 10_000);
+        let key = (ChunkId(Hash::of(b"x")), 99);
+        let v = c
+            .get_or_load(key, || panic!("must come from the cache"))
+            .unwrap();
+        assert_eq!(v.len(), 1000);
+        assert!(
+            c.get_or_load((ChunkId(Hash::of(b"y")), 0), || Err(crate::Error::corrupt(
+                "bad"
+            )))
+            .is_err()
+        );
+    }
+}

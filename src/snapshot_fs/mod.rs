@@ -1,0 +1,762 @@
+//! Snapshots as directories, without FUSE types: lookup, getattr, readdir,
+//! read, xattrs, seek. `mount` is a thin adapter over this.
+//!
+//! Nothing is loaded at start: inodes are computed (`inode`), resolved from
+//! the catalog on demand and kept in a bounded cache; file data comes through
+//! a bounded cache of decoded frames with read-ahead (`cache`).
+
+pub mod cache;
+pub mod inode;
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Sender, bounded};
+use lru::LruCache;
+
+use crate::catalog::{Catalog, ChunkLoc, Node, SnapshotRow};
+use crate::error::{Error, Result};
+use crate::ids::{ChunkId, SnapshotId, TreeId};
+use crate::repo::Repository;
+use crate::store::{FRAME, Header, hash_chunk, header_len};
+use crate::tree::{ChunkList, Kind, Meta, decode_xattrs};
+use cache::FrameCache;
+
+/// What the kernel needs to know of a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: Kind,
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub blocks: u64,
+    pub atime_ns: i64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub rdev: u32,
+}
+
+/// One directory entry as listed; `cookie` resumes the listing after it.
+pub struct DirItem {
+    pub name: Vec<u8>,
+    pub cookie: u64,
+    pub attr: Attr,
+}
+
+/// A resolved inode inside a snapshot.
+#[derive(Clone, Debug)]
+struct Inode {
+    snap: SnapshotId,
+    pos: u64,
+    parent: u64,
+    /// None for the snapshot's own root directory.
+    node: Option<Node>,
+    /// For directories: the tree listed inside.
+    tree: Option<TreeId>,
+}
+
+struct OpenFile {
+    ino: u64,
+    chunks: ChunkList,
+    /// Start offset of each chunk, for a binary search by offset.
+    starts: Vec<u64>,
+    size: u64,
+    locs: Vec<OnceLock<ChunkLoc>>,
+    /// End of the last read, to recognize a sequential reader.
+    last_end: AtomicU64,
+}
+
+pub struct MountOptions {
+    pub cache_bytes: usize,
+    pub prefetch_threads: usize,
+    /// How far ahead of a sequential reader to decode.
+    pub readahead: u64,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            cache_bytes: 256 << 20,
+            prefetch_threads: 2,
+            readahead: 4 << 20,
+        }
+    }
+}
+
+struct SnapshotList {
+    loaded: Option<Instant>,
+    by_name: Vec<SnapshotRow>,
+    by_id: HashMap<i64, SnapshotRow>,
+}
+
+/// The part shared with read-ahead threads.
+struct Shared {
+    repo: Repository,
+    pool: Mutex<Vec<Catalog>>,
+    frames: FrameCache,
+    /// Chunk ids of runs of zeros, by length: holes for SEEK_HOLE and reads
+    /// that need no decoding.
+    zero_ids: Mutex<HashMap<u32, ChunkId>>,
+}
+
+pub struct SnapshotFs {
+    shared: Arc<Shared>,
+    snapshots: Mutex<SnapshotList>,
+    inodes: Mutex<LruCache<u64, Arc<Inode>>>,
+    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    next_fh: AtomicU64,
+    prefetch: Option<Sender<(Arc<OpenFile>, usize, u32)>>,
+    readahead: u64,
+    started_ns: i64,
+}
+
+/// How long the snapshot list may be served before it is read again.
+const SNAPSHOT_LIST_TTL: Duration = Duration::from_secs(1);
+const INODE_CACHE: usize = 32 * 1024;
+
+/// A catalog connection borrowed from the pool, returned on drop.
+struct Conn<'a> {
+    cat: Option<Catalog>,
+    pool: &'a Mutex<Vec<Catalog>>,
+}
+
+impl std::ops::Deref for Conn<'_> {
+    type Target = Catalog;
+    fn deref(&self) -> &Catalog {
+        self.cat.as_ref().expect("connection present until drop")
+    }
+}
+
+impl Drop for Conn<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.cat.take() {
+            self.pool.lock().expect("pool lock").push(c);
+        }
+    }
+}
+
+impl Shared {
+    fn conn(&self) -> Result<Conn<'_>> {
+        let cat = match self.pool.lock().expect("pool lock").pop() {
+            Some(c) => c,
+            None => Catalog::open_read(&self.repo.catalog_path())?,
+        };
+        Ok(Conn {
+            cat: Some(cat),
+            pool: &self.pool,
+        })
+    }
+
+    fn zero_id(&self, len: u32) -> ChunkId {
+        let mut z = self.zero_ids.lock().expect("zero id lock");
+        *z.entry(len)
+            .or_insert_with(|| hash_chunk(&vec![0u8; len as usize]).id)
+    }
+
+    fn loc(&self, f: &OpenFile, ci: usize) -> Result<ChunkLoc> {
+        if let Some(l) = f.locs[ci].get() {
+            return Ok(l.clone());
+        }
+        let id = f.chunks.get(ci).id;
+        let loc = self
+            .conn()?
+            .chunk_loc(&id)?
+            .ok_or_else(|| Error::corrupt(format!("chunk {id} is missing from the catalog")))?;
+        let _ = f.locs[ci].set(loc.clone());
+        Ok(loc)
+    }
+
+    /// Decoded frame `fi` of chunk `ci` of an open file, verified.
+    fn frame(&self, f: &OpenFile, ci: usize, fi: u32) -> Result<Arc<Vec<u8>>> {
+        let c = f.chunks.get(ci);
+        let key = (c.id, fi);
+        self.frames.get_or_load(key, || {
+            let raw_len = c.len as usize;
+            let frame_len = (raw_len - fi as usize * FRAME).min(FRAME);
+            if c.id == self.zero_id(c.len) {
+                return Ok(vec![0u8; frame_len]);
+            }
+            let loc = self.loc(f, ci)?;
+            let header = match self.frames.header(&c.id) {
+                Some(h) => h,
+                None => {
+                    let bytes =
+                        self.repo
+                            .backend
+                            .read_at(&loc.pack, loc.offset, header_len(raw_len))?;
+                    let h = Arc::new(Header::parse(&bytes, &c.id, raw_len)?);
+                    self.frames.put_header(c.id, h.clone());
+                    h
+                }
+            };
+            let (start, len) = header.frame_range(fi as usize);
+            if start + len > loc.stored_len as usize {
+                return Err(Error::corrupt(format!(
+                    "chunk {} frame {fi} lies outside it",
+                    c.id
+                )));
+            }
+            let stored = self
+                .repo
+                .backend
+                .read_at(&loc.pack, loc.offset + start as u64, len)?;
+            header.decode_frame(fi as usize, &stored, &c.id)
+        })
+    }
+}
+
+fn dir_attr(ino: u64, perm: u16, time_ns: i64) -> Attr {
+    Attr {
+        ino,
+        kind: Kind::Dir,
+        perm,
+        nlink: 2,
+        uid: 0,
+        gid: 0,
+        size: 0,
+        blocks: 0,
+        atime_ns: time_ns,
+        mtime_ns: time_ns,
+        ctime_ns: time_ns,
+        rdev: 0,
+    }
+}
+
+impl SnapshotFs {
+    pub fn new(repo: Repository, opts: MountOptions) -> Result<SnapshotFs> {
+        // Fail now, with a clear message, if the catalog cannot be opened.
+        let first = Catalog::open_read(&repo.catalog_path())?;
+        let shared = Arc::new(Shared {
+            repo,
+            pool: Mutex::new(vec![first]),
+            frames: FrameCache::new(opts.cache_bytes),
+            zero_ids: Mutex::new(HashMap::new()),
+        });
+        let prefetch = (opts.prefetch_threads > 0).then(|| {
+            let (tx, rx) = bounded::<(Arc<OpenFile>, usize, u32)>(256);
+            for i in 0..opts.prefetch_threads {
+                let rx = rx.clone();
+                let shared = shared.clone();
+                std::thread::Builder::new()
+                    .name(format!("readahead-{i}"))
+                    .spawn(move || {
+                        for (f, ci, fi) in rx {
+                            // Errors surface when the reader gets there.
+                            let _ = shared.frame(&f, ci, fi);
+                        }
+                    })
+                    .expect("spawn read-ahead thread");
+            }
+            tx
+        });
+        Ok(SnapshotFs {
+            shared,
+            snapshots: Mutex::new(SnapshotList {
+                loaded: None,
+                by_name: Vec::new(),
+                by_id: HashMap::new(),
+            }),
+            inodes: Mutex::new(LruCache::new(
+                NonZeroUsize::new(INODE_CACHE).expect("non-zero"),
+            )),
+            files: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            prefetch,
+            readahead: opts.readahead,
+            started_ns: crate::time::now_ns(),
+        })
+    }
+
+    /// The snapshot list, re-read at most once a second so that a snapshot
+    /// committed while mounted appears without a remount.
+    fn with_snapshots<T>(&self, fresh: bool, f: impl FnOnce(&SnapshotList) -> T) -> Result<T> {
+        let mut s = self.snapshots.lock().expect("snapshot list lock");
+        let stale = match s.loaded {
+            None => true,
+            Some(t) => fresh && t.elapsed() >= SNAPSHOT_LIST_TTL,
+        };
+        if stale {
+            let mut list = self.shared.conn()?.snapshots()?;
+            list.sort_by(|a, b| a.name.cmp(&b.name));
+            s.by_id = list.iter().map(|r| (r.id.0, r.clone())).collect();
+            s.by_name = list;
+            s.loaded = Some(Instant::now());
+        }
+        Ok(f(&s))
+    }
+
+    fn snapshot(&self, id: SnapshotId) -> Result<SnapshotRow> {
+        if let Some(s) = self.with_snapshots(false, |s| s.by_id.get(&id.0).cloned())? {
+            return Ok(s);
+        }
+        self.with_snapshots(true, |s| s.by_id.get(&id.0).cloned())?
+            .ok_or_else(|| Error::NoSuchSnapshot(id.to_string()))
+    }
+
+    fn newest(&self) -> Result<Option<SnapshotRow>> {
+        self.with_snapshots(true, |s| {
+            s.by_name
+                .iter()
+                .max_by_key(|r| (r.started_ns, r.id.0))
+                .cloned()
+        })
+    }
+
+    fn root_attr(&self) -> Attr {
+        dir_attr(inode::ROOT, 0o555, self.started_ns)
+    }
+
+    fn snapshot_attr(s: &SnapshotRow) -> Attr {
+        dir_attr(inode::encode(s.id, 0), 0o555, s.started_ns)
+    }
+
+    fn latest_attr(&self) -> Result<Option<Attr>> {
+        Ok(self.newest()?.map(|s| Attr {
+            ino: inode::LATEST,
+            kind: Kind::Symlink,
+            perm: 0o777,
+            nlink: 1,
+            uid: 0,
+            gid: 0,
+            size: s.name.len() as u64,
+            blocks: 0,
+            atime_ns: s.started_ns,
+            mtime_ns: s.started_ns,
+            ctime_ns: s.started_ns,
+            rdev: 0,
+        }))
+    }
+
+    fn cached(&self, ino: u64) -> Option<Arc<Inode>> {
+        self.inodes
+            .lock()
+            .expect("inode cache lock")
+            .get(&ino)
+            .cloned()
+    }
+
+    fn remember(&self, ino: u64, i: Inode) -> Arc<Inode> {
+        let a = Arc::new(i);
+        self.inodes
+            .lock()
+            .expect("inode cache lock")
+            .put(ino, a.clone());
+        a
+    }
+
+    /// Resolve an inode inside a snapshot: from the cache, or by descending
+    /// from the snapshot root along depth-first positions.
+    fn inode(&self, ino: u64) -> Result<Arc<Inode>> {
+        if let Some(i) = self.cached(ino) {
+            return Ok(i);
+        }
+        let (snap_id, pos) =
+            inode::decode(ino).ok_or_else(|| Error::NoSuchSnapshot(ino.to_string()))?;
+        let snap = self.snapshot(snap_id)?;
+        let gone = || Error::NoSuchSnapshot(format!("inode {ino}"));
+        let mut tree = snap.root_tree;
+        let mut base = 0u64;
+        let mut parent;
+        if pos == 0 {
+            return Ok(self.remember(
+                ino,
+                Inode {
+                    snap: snap_id,
+                    pos: 0,
+                    parent: inode::ROOT,
+                    node: None,
+                    tree: Some(tree),
+                },
+            ));
+        }
+        let cat = self.shared.conn()?;
+        loop {
+            let node = cat.entry_at(tree, pos - base - 1)?.ok_or_else(gone)?;
+            let npos = inode::child_pos(base, node.node_offset);
+            parent = inode::encode(snap_id, base);
+            if npos == pos {
+                let t = node.subtree;
+                return Ok(self.remember(
+                    ino,
+                    Inode {
+                        snap: snap_id,
+                        pos,
+                        parent,
+                        node: Some(node),
+                        tree: t,
+                    },
+                ));
+            }
+            match (node.kind, node.subtree) {
+                (Kind::Dir, Some(sub)) => {
+                    tree = sub;
+                    base = npos;
+                }
+                _ => return Err(gone()),
+            }
+        }
+    }
+
+    fn node_attr(&self, ino: u64, snap: SnapshotId, n: &Node) -> Result<Attr> {
+        let m: &Meta = &n.meta;
+        let nlink = match n.kind {
+            Kind::Dir => m.nlink.max(2),
+            _ if n.link_key != 0 => self
+                .shared
+                .conn()?
+                .hardlink(snap, n.link_key)?
+                .map_or(1, |(_, count)| count),
+            _ => 1,
+        };
+        let size = match n.kind {
+            Kind::Symlink => n.target.as_ref().map_or(0, |t| t.len() as u64),
+            Kind::Dir => m.size,
+            _ => m.size,
+        };
+        Ok(Attr {
+            ino,
+            kind: n.kind,
+            perm: (m.mode & 0o7777) as u16,
+            nlink: nlink as u32,
+            uid: m.uid,
+            gid: m.gid,
+            size,
+            blocks: m.blocks,
+            atime_ns: m.atime_ns,
+            mtime_ns: m.mtime_ns,
+            ctime_ns: m.ctime_ns,
+            rdev: m.rdev as u32,
+        })
+    }
+
+    /// The inode number the kernel sees for an entry: hard links share their
+    /// group's first position.
+    fn entry_ino(&self, snap: SnapshotId, pos: u64, n: &Node) -> Result<u64> {
+        if n.link_key != 0
+            && let Some((first, _)) = self.shared.conn()?.hardlink(snap, n.link_key)?
+        {
+            return Ok(inode::encode(snap, first));
+        }
+        Ok(inode::encode(snap, pos))
+    }
+
+    pub fn getattr(&self, ino: u64) -> Result<Attr> {
+        match ino {
+            inode::ROOT => Ok(self.root_attr()),
+            inode::LATEST => self
+                .latest_attr()?
+                .ok_or_else(|| Error::NoSuchSnapshot("latest".into())),
+            _ => {
+                let i = self.inode(ino)?;
+                match &i.node {
+                    None => Ok(Self::snapshot_attr(&self.snapshot(i.snap)?)),
+                    Some(n) => self.node_attr(ino, i.snap, n),
+                }
+            }
+        }
+    }
+
+    /// None: no such name (the kernel may cache that).
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Option<Attr>> {
+        if parent == inode::ROOT {
+            if name == b"latest" {
+                return self.latest_attr();
+            }
+            let name = String::from_utf8_lossy(name);
+            return self.with_snapshots(true, |s| {
+                s.by_name
+                    .iter()
+                    .find(|r| r.name == name)
+                    .map(Self::snapshot_attr)
+            });
+        }
+        let p = self.inode(parent)?;
+        let Some(tree) = p.tree else {
+            return Err(Error::Invalid("not a directory".into()));
+        };
+        let Some(node) = self.shared.conn()?.entry(tree, name)? else {
+            return Ok(None);
+        };
+        let pos = inode::child_pos(p.pos, node.node_offset);
+        let ino = self.entry_ino(p.snap, pos, &node)?;
+        let attr = self.node_attr(ino, p.snap, &node)?;
+        if self.cached(ino).is_none() {
+            let tree = node.subtree;
+            self.remember(
+                ino,
+                Inode {
+                    snap: p.snap,
+                    pos: inode::decode(ino).map_or(pos, |d| d.1),
+                    parent,
+                    node: Some(node),
+                    tree,
+                },
+            );
+        }
+        Ok(Some(attr))
+    }
+
+    /// Up to `max` entries after `cookie` (0 = from the start), `.` and `..` included.
+    pub fn readdir(&self, ino: u64, cookie: u64, max: usize) -> Result<Vec<DirItem>> {
+        let mut out = Vec::new();
+        if ino == inode::ROOT {
+            let root = self.root_attr();
+            let mut items = vec![
+                DirItem {
+                    name: b".".to_vec(),
+                    cookie: 1,
+                    attr: root.clone(),
+                },
+                DirItem {
+                    name: b"..".to_vec(),
+                    cookie: 2,
+                    attr: root,
+                },
+            ];
+            if let Some(l) = self.latest_attr()? {
+                items.push(DirItem {
+                    name: b"latest".to_vec(),
+                    cookie: 3,
+                    attr: l,
+                });
+            }
+            self.with_snapshots(true, |s| {
+                for (i, r) in s.by_name.iter().enumerate() {
+                    items.push(DirItem {
+                        name: r.name.as_bytes().to_vec(),
+                        cookie: 4 + i as u64,
+                        attr: Self::snapshot_attr(r),
+                    });
+                }
+            })?;
+            out.extend(items.into_iter().filter(|i| i.cookie > cookie).take(max));
+            return Ok(out);
+        }
+        let dir = self.inode(ino)?;
+        let tree = dir
+            .tree
+            .ok_or_else(|| Error::Invalid("not a directory".into()))?;
+        let self_attr = self.getattr(ino)?;
+        if cookie < 1 {
+            out.push(DirItem {
+                name: b".".to_vec(),
+                cookie: 1,
+                attr: self_attr.clone(),
+            });
+        }
+        if cookie < 2 {
+            let parent_attr = self.getattr(dir.parent).unwrap_or(self_attr);
+            out.push(DirItem {
+                name: b"..".to_vec(),
+                cookie: 2,
+                attr: parent_attr,
+            });
+        }
+        // Entry cookies are node_offset + 3: stable, and a resumable index seek.
+        let from = cookie.saturating_sub(2);
+        let nodes = self
+            .shared
+            .conn()?
+            .entries_from(tree, from, max.saturating_sub(out.len()))?;
+        for n in nodes {
+            let pos = inode::child_pos(dir.pos, n.node_offset);
+            let child = self.entry_ino(dir.snap, pos, &n)?;
+            let attr = self.node_attr(child, dir.snap, &n)?;
+            let cookie = n.node_offset + 3;
+            let name = n.name.clone();
+            if self.cached(child).is_none() {
+                let tree = n.subtree;
+                self.remember(
+                    child,
+                    Inode {
+                        snap: dir.snap,
+                        pos: inode::decode(child).map_or(pos, |d| d.1),
+                        parent: ino,
+                        node: Some(n),
+                        tree,
+                    },
+                );
+            }
+            out.push(DirItem { name, cookie, attr });
+        }
+        Ok(out)
+    }
+
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        if ino == inode::LATEST {
+            return Ok(self
+                .newest()?
+                .ok_or_else(|| Error::NoSuchSnapshot("latest".into()))?
+                .name
+                .into_bytes());
+        }
+        let i = self.inode(ino)?;
+        i.node
+            .as_ref()
+            .and_then(|n| n.target.clone())
+            .ok_or_else(|| Error::Invalid("not a symlink".into()))
+    }
+
+    pub fn xattrs(&self, ino: u64) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        if inode::decode(ino).is_none() {
+            return Ok(Vec::new());
+        }
+        let i = self.inode(ino)?;
+        match &i.node {
+            Some(n) => decode_xattrs(&n.xattrs),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Open a regular file; returns a handle for `read`.
+    pub fn open(&self, ino: u64) -> Result<u64> {
+        let i = self.inode(ino)?;
+        let n = i
+            .node
+            .as_ref()
+            .filter(|n| n.kind == Kind::File)
+            .ok_or_else(|| Error::Invalid("not a regular file".into()))?;
+        let chunks = match n.content {
+            Some(c) => self.shared.conn()?.content(c)?,
+            None => ChunkList::default(),
+        };
+        let mut starts = Vec::with_capacity(chunks.len());
+        let mut size = 0u64;
+        for c in chunks.iter() {
+            starts.push(size);
+            size += u64::from(c.len);
+        }
+        let locs = (0..chunks.len()).map(|_| OnceLock::new()).collect();
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.files.lock().expect("open files lock").insert(
+            fh,
+            Arc::new(OpenFile {
+                ino,
+                chunks,
+                starts,
+                size,
+                locs,
+                last_end: AtomicU64::new(u64::MAX),
+            }),
+        );
+        Ok(fh)
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.files.lock().expect("open files lock").remove(&fh);
+    }
+
+    fn file(&self, fh: u64) -> Result<Arc<OpenFile>> {
+        self.files
+            .lock()
+            .expect("open files lock")
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| Error::Invalid(format!("unknown file handle {fh}")))
+    }
+
+    /// Bytes `[offset, offset + size)` of an open file (short at its end).
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let f = self.file(fh)?;
+        if offset >= f.size || size == 0 {
+            return Ok(Vec::new());
+        }
+        let end = (offset + u64::from(size)).min(f.size);
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        let mut ci = f.starts.partition_point(|&s| s <= offset) - 1;
+        let mut pos = offset;
+        while pos < end {
+            let cstart = f.starts[ci];
+            let clen = u64::from(f.chunks.get(ci).len);
+            while pos < end && pos < cstart + clen {
+                let within = pos - cstart;
+                let fi = (within / FRAME as u64) as u32;
+                let frame = self.shared.frame(&f, ci, fi).map_err(|e| {
+                    log::error!("{}: {e}", self.describe(f.ino));
+                    e
+                })?;
+                let fstart = within - u64::from(fi) * FRAME as u64;
+                let take = ((end - pos) as usize).min(frame.len() - fstart as usize);
+                out.extend_from_slice(&frame[fstart as usize..fstart as usize + take]);
+                pos += take as u64;
+            }
+            ci += 1;
+        }
+        let sequential = f.last_end.swap(end, Ordering::Relaxed) == offset || offset == 0;
+        if sequential {
+            self.read_ahead(&f, end);
+        }
+        Ok(out)
+    }
+
+    /// Queue the frames of the next `readahead` bytes that nobody holds yet.
+    fn read_ahead(&self, f: &Arc<OpenFile>, from: u64) {
+        let Some(tx) = &self.prefetch else { return };
+        let until = (from + self.readahead).min(f.size);
+        let mut pos = from;
+        while pos < until {
+            let ci = f.starts.partition_point(|&s| s <= pos) - 1;
+            let c = f.chunks.get(ci);
+            let fi = ((pos - f.starts[ci]) / FRAME as u64) as u32;
+            if self.shared.frames.absent(&(c.id, fi)) && tx.try_send((f.clone(), ci, fi)).is_err() {
+                return;
+            }
+            pos = f.starts[ci] + (u64::from(fi) + 1) * FRAME as u64;
+        }
+    }
+
+    /// SEEK_DATA / SEEK_HOLE: runs of zero chunks are holes.
+    pub fn seek(&self, fh: u64, offset: u64, data: bool) -> Result<Option<u64>> {
+        let f = self.file(fh)?;
+        if offset >= f.size {
+            return Ok(None);
+        }
+        let mut ci = f.starts.partition_point(|&s| s <= offset) - 1;
+        while ci < f.chunks.len() {
+            let c = f.chunks.get(ci);
+            let is_hole = c.id == self.shared.zero_id(c.len);
+            if is_hole != data {
+                return Ok(Some(f.starts[ci].max(offset)));
+            }
+            ci += 1;
+        }
+        // Past the last data there is the implicit hole at the end of file.
+        Ok(if data { None } else { Some(f.size) })
+    }
+
+    /// Best-effort path of an inode for log lines: snapshot/…/name.
+    fn describe(&self, ino: u64) -> String {
+        let mut parts = Vec::new();
+        let mut cur = ino;
+        for _ in 0..4096 {
+            let Some(i) = self.cached(cur) else { break };
+            match &i.node {
+                Some(n) => parts.push(String::from_utf8_lossy(&n.name).into_owned()),
+                None => {
+                    if let Ok(s) = self.snapshot(i.snap) {
+                        parts.push(s.name);
+                    }
+                    break;
+                }
+            }
+            cur = i.parent;
+        }
+        parts.reverse();
+        let p: PathBuf = parts.iter().collect();
+        format!("{} (inode {ino})", p.display())
+    }
+
+    /// (stored bytes, number of snapshots) for statfs.
+    pub fn usage(&self) -> Result<(u64, u64)> {
+        let stored = self.shared.conn()?.stored_bytes()?;
+        let n = self.with_snapshots(true, |s| s.by_name.len() as u64)?;
+        Ok((stored, n))
+    }
+}
