@@ -100,7 +100,16 @@ ensure_snapfs() {
         (cd "$ROOT" && cargo build --release --quiet) || die "snapfs does not build (set BENCH_TOOLS to leave it out)"
     fi
     [[ -x $SNAPFS ]] || die "$SNAPFS missing"
+    # run a private copy: a rebuild during the run must not change the binary
+    mkdir -p "$BENCH_DIR/bin"
+    cp "$SNAPFS" "$BENCH_DIR/bin/snapfs"
+    SNAPFS=$BENCH_DIR/bin/snapfs
+    SNAPFS_VERSION=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '(no commit)')
+    if [[ -n $(cd "$ROOT" && git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null) ]]; then
+        SNAPFS_VERSION+=" + uncommitted changes"
+    fi
 }
+SNAPFS_VERSION="(not measured)"
 
 drop_caches() {
     [[ $BENCH_CACHE == cold ]] || return 0
@@ -452,7 +461,7 @@ report() {
 - date: $(date -u '+%Y-%m-%d %H:%M UTC')
 - machine: $(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM, kernel $(uname -r), $(df -T "$BENCH_DIR" | awk 'NR == 2 { print $2 }') under $BENCH_DIR
 - cache: $BENCH_CACHE$([[ $BENCH_CACHE == cold ]] && echo " (page cache dropped before every timed command)"); every timed command ends with \`sync\`
-- snapfs $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '(no commit)'), $(restic version | cut -d' ' -f1-2), $(borg --version), $(tar --version | head -n 1)
+- snapfs $SNAPFS_VERSION, $(restic version | cut -d' ' -f1-2), $(borg --version), $(tar --version | head -n 1)
 - mode: $([[ $BENCH_QUICK == 1 ]] && echo quick || echo full)
 
 | data | source | files | MiB |

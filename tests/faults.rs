@@ -24,10 +24,7 @@ fn pack_files(repo: &Repo) -> BTreeSet<PathBuf> {
     if !packs.exists() {
         return BTreeSet::new();
     }
-    walk(&packs)
-        .into_iter()
-        .filter(|p| p.is_file())
-        .collect()
+    walk(&packs).into_iter().filter(|p| p.is_file()).collect()
 }
 
 /// The string sources recorded for a snapshot in `snapshots --json`.
@@ -104,7 +101,9 @@ fn unreadable_entries_are_named_and_the_snapshot_is_still_made() {
 /// Content of the churned file `name`: fixed per name, so any version of it
 /// that lands in a snapshot has known bytes.
 fn churn_content(name: &str) -> Vec<u8> {
-    let seed = name.bytes().fold(17u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+    let seed = name
+        .bytes()
+        .fold(17u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
     random_bytes(seed, 20_000 + (seed % 50_000) as usize)
 }
 
@@ -134,7 +133,8 @@ fn files_vanishing_during_the_walk_do_not_break_the_snapshot() {
     let stop = Arc::new(AtomicBool::new(false));
     let churner = {
         let stop = Arc::clone(&stop);
-        let (churn, staging, files, dirs) = (churn.clone(), staging.clone(), files.clone(), dirs.clone());
+        let (churn, staging, files, dirs) =
+            (churn.clone(), staging.clone(), files.clone(), dirs.clone());
         thread::spawn(move || {
             let mut rng = Rng::new(99);
             let mut n = 0u64;
@@ -192,7 +192,10 @@ fn files_vanishing_during_the_walk_do_not_break_the_snapshot() {
 
     let listed = repo.snapshot_ids();
     for id in &made {
-        assert!(listed.contains(id), "snapshot {id} is not listed: {listed:?}");
+        assert!(
+            listed.contains(id),
+            "snapshot {id} is not listed: {listed:?}"
+        );
     }
     let target_dir = tempdir();
     let scratch = canonical(target_dir.path());
@@ -235,7 +238,11 @@ fn missing_source_fails_and_writes_nothing() {
         stderr.contains("does-not-exist"),
         "the missing source is not named:\n{stderr}"
     );
-    assert_eq!(repo.snapshot_ids(), vec![first.id.clone()], "a snapshot appeared");
+    assert_eq!(
+        repo.snapshot_ids(),
+        vec![first.id.clone()],
+        "a snapshot appeared"
+    );
     assert_eq!(pack_files(&repo), packs_before, "packs were written");
     assert_eq!(repo.packs_bytes(), bytes_before, "packs were written");
 
@@ -252,7 +259,10 @@ fn missing_repository_fails_with_a_message() {
     let nowhere = base.join("no-repo-here");
     let repo = Repo::at(&nowhere);
     for args in [
-        vec!["ingest".to_string(), src.to_str().expect("utf-8").to_string()],
+        vec![
+            "ingest".to_string(),
+            src.to_str().expect("utf-8").to_string(),
+        ],
         vec!["snapshots".to_string()],
         vec![
             "restore".to_string(),
@@ -268,7 +278,10 @@ fn missing_repository_fails_with_a_message() {
             args[0]
         );
     }
-    assert!(!nowhere.exists(), "a command created the missing repository");
+    assert!(
+        !nowhere.exists(),
+        "a command created the missing repository"
+    );
 }
 
 #[test]
@@ -287,13 +300,22 @@ fn repository_with_an_unknown_format_version_is_refused() {
     );
     let edited: String = text
         .lines()
-        .map(|l| if l.trim() == "format = 1" { "format = 99".to_string() } else { l.to_string() })
+        .map(|l| {
+            if l.trim() == "format = 1" {
+                "format = 99".to_string()
+            } else {
+                l.to_string()
+            }
+        })
         .map(|l| l + "\n")
         .collect();
     write_file(&config, edited.as_bytes());
     let packs_before = pack_files(&repo);
 
-    for args in [vec!["snapshots"], vec!["ingest", src.to_str().expect("utf-8")]] {
+    for args in [
+        vec!["snapshots"],
+        vec!["ingest", src.to_str().expect("utf-8")],
+    ] {
         let out = run_expect(repo.cmd().args(&args), 1);
         let stderr = stderr_of(&out).to_lowercase();
         assert!(
@@ -303,7 +325,11 @@ fn repository_with_an_unknown_format_version_is_refused() {
         );
     }
     assert_eq!(pack_files(&repo), packs_before, "packs were written");
-    assert_eq!(fs::read_to_string(&config).expect("read"), edited, "config was rewritten");
+    assert_eq!(
+        fs::read_to_string(&config).expect("read"),
+        edited,
+        "config was rewritten"
+    );
 }
 
 #[test]
@@ -318,13 +344,19 @@ fn catalog_from_a_newer_schema_is_refused() {
     let version: i64 = db
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .expect("read user_version");
-    assert!(version > 0, "the catalog does not record its schema in user_version");
+    assert!(
+        version > 0,
+        "the catalog does not record its schema in user_version"
+    );
     db.pragma_update(None, "user_version", version + 1000)
         .expect("set user_version");
     drop(db);
 
     let out = run_expect(repo.cmd().arg("snapshots"), 1);
-    assert!(!out.stderr.is_empty(), "a newer catalog is refused without a message");
+    assert!(
+        !out.stderr.is_empty(),
+        "a newer catalog is refused without a message"
+    );
     run_expect(repo.cmd().arg("ingest").arg(&src), 1);
 }
 
@@ -348,11 +380,17 @@ fn disk_full_while_writing_packs_leaves_the_repository_usable() {
     }
     let out = run_expect(&mut repo.ingest_cmd(&[], &[&big]), 1);
     let stderr = stderr_of(&out).to_lowercase();
-    assert!(stderr.contains("space"), "no word of the full disk:\n{stderr}");
+    assert!(
+        stderr.contains("space"),
+        "no word of the full disk:\n{stderr}"
+    );
 
     let listed = repo.snapshots();
     assert_eq!(
-        listed.iter().map(|s| json_str(s, "id").to_string()).collect::<Vec<_>>(),
+        listed
+            .iter()
+            .map(|s| json_str(s, "id").to_string())
+            .collect::<Vec<_>>(),
         vec![first.id.clone()],
         "a partial snapshot is listed"
     );
@@ -402,6 +440,10 @@ fn sigkill_during_ingest_never_leaves_a_broken_repository() {
     let mut rng = Rng::new(2024);
     let mut seen: BTreeSet<String> = BTreeSet::new();
     let mut kills = 0;
+    // How long the last uninterrupted ingest took: most kills are aimed
+    // inside that span so that they land in the middle of the work, not
+    // after it, however fast ingest is.
+    let mut last_duration = Duration::from_millis(1500);
     for round in 0..12u64 {
         // New data every round, so every ingest has packs to write.
         let generation = base.join(format!("gen-{round:02}"));
@@ -412,13 +454,28 @@ fn sigkill_during_ingest_never_leaves_a_broken_repository() {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn ingest");
-        let delay = Duration::from_millis(rng.below(1500));
+        let span_ms = if rng.below(3) == 0 {
+            1500
+        } else {
+            (last_duration.as_millis() as u64 * 9 / 10).clamp(1, 1500)
+        };
+        let delay = Duration::from_millis(rng.below(span_ms));
+        let started = std::time::Instant::now();
         match kill_after(&mut child, delay) {
-            None => kills += 1,
+            None => {
+                kills += 1;
+                eprintln!("round {round}: killed after {delay:?}");
+            }
             Some(status) => {
+                last_duration = started.elapsed();
+                eprintln!("round {round}: finished in {last_duration:?}");
                 let mut err = String::new();
                 use std::io::Read;
-                let _ = child.stderr.take().expect("stderr").read_to_string(&mut err);
+                let _ = child
+                    .stderr
+                    .take()
+                    .expect("stderr")
+                    .read_to_string(&mut err);
                 assert!(
                     status.success(),
                     "round {round}: an ingest after a kill failed ({status}):\n{err}"
@@ -427,7 +484,10 @@ fn sigkill_during_ingest_never_leaves_a_broken_repository() {
         }
 
         let listed = repo.snapshots();
-        let ids: BTreeSet<String> = listed.iter().map(|s| json_str(s, "id").to_string()).collect();
+        let ids: BTreeSet<String> = listed
+            .iter()
+            .map(|s| json_str(s, "id").to_string())
+            .collect();
         assert!(
             ids.is_superset(&seen),
             "round {round}: snapshots disappeared: had {seen:?}, now {ids:?}"
@@ -439,14 +499,25 @@ fn sigkill_during_ingest_never_leaves_a_broken_repository() {
         }
         seen = ids;
     }
-    assert!(kills >= 3, "only {kills} of 12 ingests were killed: the test proves little");
+    eprintln!(
+        "sigkill loop: {kills} of 12 ingests killed, {} snapshots",
+        seen.len()
+    );
+    assert!(
+        kills >= 3,
+        "only {kills} of 12 ingests were killed: the test proves little"
+    );
 
     // Every snapshot still restores; check the per-round part of each.
     for s in repo.snapshots() {
         let id = json_str(&s, "id");
         let generation = sources_of(&s)
             .into_iter()
-            .find(|p| p.starts_with(&base) && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("gen-")))
+            .find(|p| {
+                p.starts_with(&base)
+                    && p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("gen-"))
+            })
             .unwrap_or_else(|| panic!("snapshot without its generation source: {s}"));
         let target = scratch.join(format!("gen-of-{id}"));
         let mut spec = std::ffi::OsString::from(format!("{id}:"));

@@ -1,10 +1,12 @@
 //! Ingest and restore through the CLI: round trips of every kind of entry,
 //! deduplication, incremental ingest, and the command-line contract.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use crate::util::*;
@@ -16,7 +18,11 @@ fn round_trip_preserves_every_kind_of_entry() {
     let repo = Repo::new();
 
     let snap = repo.ingest(&["--name", "fixture"], &[&fixture.root]);
-    assert!(snap.num("files") > 300, "too few files counted: {}", snap.json);
+    assert!(
+        snap.num("files") > 300,
+        "too few files counted: {}",
+        snap.json
+    );
 
     let target_dir = tempdir();
     let target = canonical(target_dir.path()).join("out");
@@ -52,16 +58,29 @@ fn round_trip_preserves_every_kind_of_entry() {
     }
     assert_eq!(stat_c("%a", &restored.join("owners/setuid")), "4755");
     assert_eq!(stat_c("%a", &restored.join("owners/sticky")), "1777");
-    assert_eq!(stat_c("%u %g", &restored.join("owners/foreign")), "1234 5678");
+    assert_eq!(
+        stat_c("%u %g", &restored.join("owners/foreign")),
+        "1234 5678"
+    );
     assert_eq!(
         stat_c("%y", &restored.join("files/text.txt")),
         stat_c("%y", &fixture.root.join("files/text.txt"))
     );
 
     // The 255-byte and non-UTF-8 names survive byte for byte.
-    let long = restored.join("names").join(std::ffi::OsStr::from_bytes(&[b'n'; 255]));
-    assert_eq!(fs::read(&long).expect("read 255-byte name"), b"odd name 12\n");
-    assert!(restored.join("names").join(std::ffi::OsStr::from_bytes(b"line\nbreak")).is_file());
+    let long = restored
+        .join("names")
+        .join(std::ffi::OsStr::from_bytes(&[b'n'; 255]));
+    assert_eq!(
+        fs::read(&long).expect("read 255-byte name"),
+        b"odd name 12\n"
+    );
+    assert!(
+        restored
+            .join("names")
+            .join(std::ffi::OsStr::from_bytes(b"line\nbreak"))
+            .is_file()
+    );
 
     // Hard links come back as links, including the one across directories.
     let x = fs::metadata(restored.join("links/x")).expect("stat x");
@@ -72,7 +91,10 @@ fn round_trip_preserves_every_kind_of_entry() {
 
     // The sparse file stays sparse: 1 GiB logical, a few MiB allocated.
     let sparse = restored.join("sparse.img");
-    assert_eq!(fs::metadata(&sparse).expect("stat sparse").len(), SPARSE_LOGICAL);
+    assert_eq!(
+        fs::metadata(&sparse).expect("stat sparse").len(),
+        SPARSE_LOGICAL
+    );
     let allocated = allocated_bytes(&sparse);
     assert!(
         allocated < 64 * MIB,
@@ -98,7 +120,10 @@ fn restore_of_a_path_writes_that_directory_contents_into_target() {
     spec.push(root.join("sub").as_os_str());
     repo.restore(&spec, &target);
     assert_same_tree(&root.join("sub"), &target);
-    assert!(!target.join("top").exists(), "restore of a subdirectory wrote its sibling");
+    assert!(
+        !target.join("top").exists(),
+        "restore of a subdirectory wrote its sibling"
+    );
 }
 
 #[test]
@@ -116,14 +141,15 @@ fn restore_finds_snapshots_by_name_id_prefix_and_latest() {
     assert_eq!(first.name, "first");
     assert_eq!(second.name, "second");
 
-    // The shortest prefix of the first id that the second does not share, plus one.
+    // A prefix as the listing shows it (8 characters), longer if the two
+    // ids happen to share those.
     let common = first
         .id
         .bytes()
         .zip(second.id.bytes())
         .take_while(|(a, b)| a == b)
         .count();
-    let prefix = &first.id[..(common + 2).min(first.id.len())];
+    let prefix = &first.id[..(common + 1).max(8).min(first.id.len())];
 
     let target_dir = tempdir();
     let base = canonical(target_dir.path());
@@ -147,7 +173,10 @@ fn restore_finds_snapshots_by_name_id_prefix_and_latest() {
     // An unknown snapshot is an error, not an empty restore.
     let target = base.join("unknown");
     let out = run_expect(
-        repo.cmd().arg("restore").arg("no-such-snapshot").arg(&target),
+        repo.cmd()
+            .arg("restore")
+            .arg("no-such-snapshot")
+            .arg(&target),
         1,
     );
     assert!(!out.stderr.is_empty(), "no message for an unknown snapshot");
@@ -162,7 +191,10 @@ fn snapshots_json_describes_each_snapshot() {
     build_plain_tree(&a, 1, 3, 12, 50_000);
     build_plain_tree(&b, 2, 2, 5, 10_000);
     let repo = Repo::new();
-    let snap = repo.ingest(&["--name", "nightly", "--tag", "daily", "--tag", "srv"], &[&a, &b]);
+    let snap = repo.ingest(
+        &["--name", "nightly", "--tag", "daily", "--tag", "srv"],
+        &[&a, &b],
+    );
     assert_eq!(snap.num("files"), 17, "files in {}", snap.json);
     assert!(snap.num("added_bytes") > 0, "added_bytes in {}", snap.json);
 
@@ -171,7 +203,10 @@ fn snapshots_json_describes_each_snapshot() {
     let s = &list[0];
     assert_eq!(json_str(s, "id"), snap.id);
     assert_eq!(json_str(s, "name"), "nightly");
-    assert!(s.get("time").is_some_and(|t| !t.is_null()), "no time in {s}");
+    assert!(
+        s.get("time").is_some_and(|t| !t.is_null()),
+        "no time in {s}"
+    );
     assert!(!json_str(s, "host").is_empty(), "empty host in {s}");
     let sources: Vec<&str> = s["sources"]
         .as_array()
@@ -181,7 +216,10 @@ fn snapshots_json_describes_each_snapshot() {
         .collect();
     assert_eq!(
         sources,
-        vec![a.to_str().expect("utf-8 temp path"), b.to_str().expect("utf-8 temp path")]
+        vec![
+            a.to_str().expect("utf-8 temp path"),
+            b.to_str().expect("utf-8 temp path")
+        ]
     );
     let tags: Vec<&str> = s["tags"]
         .as_array()
@@ -189,7 +227,10 @@ fn snapshots_json_describes_each_snapshot() {
         .iter()
         .map(|v| v.as_str().expect("tag as string"))
         .collect();
-    assert!(tags.contains(&"daily") && tags.contains(&"srv"), "tags: {tags:?}");
+    assert!(
+        tags.contains(&"daily") && tags.contains(&"srv"),
+        "tags: {tags:?}"
+    );
     assert_eq!(json_u64(s, "files"), 17);
     // The logical size of the files, give or take what directories count.
     let size = dir_bytes(&a) + dir_bytes(&b);
@@ -231,7 +272,11 @@ fn reingest_of_unchanged_tree_adds_almost_nothing() {
 
     let second = repo.ingest(&[], &[&fixture.root]);
     let growth = repo.packs_bytes() - packs_after_first;
-    assert!(growth < 64 * KIB, "re-ingest grew packs by {growth} bytes: {}", second.json);
+    assert!(
+        growth < 64 * KIB,
+        "re-ingest grew packs by {growth} bytes: {}",
+        second.json
+    );
     assert!(
         second.num("added_bytes") < 64 * KIB,
         "re-ingest reports added_bytes: {}",
@@ -252,7 +297,12 @@ fn second_ingest_of_unchanged_tree_reads_no_file_contents() {
         first.json
     );
     let second = repo.ingest(&[], &[&fixture.root]);
-    assert_eq!(second.num("bytes_read"), 0, "second ingest read contents: {}", second.json);
+    assert_eq!(
+        second.num("bytes_read"),
+        0,
+        "second ingest read contents: {}",
+        second.json
+    );
     assert_eq!(second.num("files"), first.num("files"));
 }
 
@@ -272,7 +322,10 @@ fn incremental_ingest_reads_only_what_changed() {
     set_mtime(&sneaky, meta.mtime(), meta.mtime_nsec());
     // A grown file, a new file, a removed file.
     let grown = root.join("d02/file-00006");
-    let mut f = fs::OpenOptions::new().append(true).open(&grown).expect("open");
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(&grown)
+        .expect("open");
     f.write_all(b"appended\n").expect("append");
     drop(f);
     let added = root.join("d03/new-file");
@@ -304,7 +357,10 @@ fn one_byte_insert_in_64_mib_file_costs_a_few_chunks() {
     let repo = Repo::new();
     repo.ingest(&[], &[&root]);
     let before = repo.packs_bytes();
-    assert!(before >= 60 * MIB, "64 MiB of random data took only {before} bytes");
+    assert!(
+        before >= 60 * MIB,
+        "64 MiB of random data took only {before} bytes"
+    );
 
     let mut data = fs::read(&file).expect("read");
     data.insert(0, b'!');
@@ -335,7 +391,11 @@ fn identical_files_are_stored_once() {
     let repo = Repo::new();
     let snap = repo.ingest(&[], &[&root]);
     let packs = repo.packs_bytes();
-    assert!(packs < 21 * MIB, "two identical 20 MiB files take {packs} bytes: {}", snap.json);
+    assert!(
+        packs < 21 * MIB,
+        "two identical 20 MiB files take {packs} bytes: {}",
+        snap.json
+    );
 
     let target_dir = tempdir();
     let target = canonical(target_dir.path()).join("out");
@@ -351,14 +411,22 @@ fn compressible_data_is_stored_compressed() {
     let mut text = Vec::new();
     let mut i = 0u64;
     while text.len() < 30 * MIB as usize {
-        writeln!(text, "line {i}: lorem ipsum dolor sit amet, consectetur adipiscing").expect("fmt");
+        writeln!(
+            text,
+            "line {i}: lorem ipsum dolor sit amet, consectetur adipiscing"
+        )
+        .expect("fmt");
         i += 1;
     }
     write_file(&root.join("log.txt"), &text);
     let repo = Repo::new();
     let snap = repo.ingest(&["--compression", "3"], &[&root]);
     let packs = repo.packs_bytes();
-    assert!(packs < 10 * MIB, "30 MiB of text take {packs} bytes: {}", snap.json);
+    assert!(
+        packs < 10 * MIB,
+        "30 MiB of text take {packs} bytes: {}",
+        snap.json
+    );
 
     let target_dir = tempdir();
     let target = canonical(target_dir.path()).join("out");
@@ -384,7 +452,12 @@ fn stdin_is_stored_as_one_file() {
         stdin.write_all(&data).expect("feed stdin");
     }
     let out = child.wait_with_output().expect("wait");
-    assert_eq!(out.status.code(), Some(0), "{}", describe("ingest --stdin", &out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        describe("ingest --stdin", &out)
+    );
     let snap = Ingested::from_output(&out);
 
     let target_dir = tempdir();
@@ -392,11 +465,18 @@ fn stdin_is_stored_as_one_file() {
     repo.restore(&snap.id, &target);
     let files: Vec<_> = walk(&target)
         .into_iter()
-        .filter(|p| fs::symlink_metadata(p).map(|m| m.is_file()).unwrap_or(false))
+        .filter(|p| {
+            fs::symlink_metadata(p)
+                .map(|m| m.is_file())
+                .unwrap_or(false)
+        })
         .collect();
     assert_eq!(files.len(), 1, "expected one file, restored {files:?}");
     assert_eq!(files[0].file_name().expect("name"), "dump.sql");
-    assert!(fs::read(&files[0]).expect("read") == data, "stdin content differs");
+    assert!(
+        fs::read(&files[0]).expect("read") == data,
+        "stdin content differs"
+    );
 }
 
 #[test]
@@ -437,7 +517,13 @@ fn exclude_options_leave_out_matching_entries() {
     let r = restored_path(&target, &root);
     assert!(r.join("keep/a.txt").is_file());
     assert!(r.join("keep/deeper/b.txt").is_file());
-    for gone in ["keep/scratch.tmp", "top.tmp", "skip-me/sub/c", "skip-me", "cache/blob"] {
+    for gone in [
+        "keep/scratch.tmp",
+        "top.tmp",
+        "skip-me/sub/c",
+        "skip-me",
+        "cache/blob",
+    ] {
         assert!(
             fs::symlink_metadata(r.join(gone)).is_err(),
             "{gone} should have been excluded"
@@ -464,7 +550,10 @@ fn one_file_system_stays_on_the_source_filesystem() {
     repo.restore(&staying.id, &base.join("staying"));
     let crossed = restored_path(&base.join("crossing"), &root);
     let stayed = restored_path(&base.join("staying"), &root);
-    assert!(crossed.join("mnt/elsewhere").is_file(), "without the flag the mount is walked");
+    assert!(
+        crossed.join("mnt/elsewhere").is_file(),
+        "without the flag the mount is walked"
+    );
     assert!(stayed.join("here").is_file());
     assert!(
         fs::symlink_metadata(stayed.join("mnt/elsewhere")).is_err(),
@@ -479,9 +568,18 @@ fn init_refuses_a_non_empty_directory_that_is_not_a_repository() {
     write_file(&path.join("precious"), b"do not touch\n");
     let out = run_expect(snapfs().arg("--repo").arg(&path).arg("init"), 1);
     assert!(!out.stderr.is_empty(), "init refused without a message");
-    assert_eq!(fs::read(path.join("precious")).expect("read"), b"do not touch\n");
-    assert!(!path.join("catalog.db").exists(), "init wrote into a foreign directory");
-    assert!(!path.join("packs").exists(), "init wrote into a foreign directory");
+    assert_eq!(
+        fs::read(path.join("precious")).expect("read"),
+        b"do not touch\n"
+    );
+    assert!(
+        !path.join("catalog.db").exists(),
+        "init wrote into a foreign directory"
+    );
+    assert!(
+        !path.join("packs").exists(),
+        "init wrote into a foreign directory"
+    );
 }
 
 #[test]
@@ -491,7 +589,252 @@ fn repository_is_found_through_snapfs_repo() {
     let root = canonical(dir.path()).join("src");
     build_plain_tree(&root, 3, 1, 3, 1000);
     run_ok(snapfs().env("SNAPFS_REPO", &repo_path).arg("init"));
-    run_ok(snapfs().env("SNAPFS_REPO", &repo_path).arg("ingest").arg(&root));
+    run_ok(
+        snapfs()
+            .env("SNAPFS_REPO", &repo_path)
+            .arg("ingest")
+            .arg(&root),
+    );
     let repo = Repo::at(&repo_path);
     assert_eq!(repo.snapshots().len(), 1);
+}
+
+/// One random change to the tree under `root`: files created, rewritten
+/// behind an unchanged size and mtime, appended, truncated, removed,
+/// renamed and swapped; directories made and removed; links, symlinks,
+/// modes, xattrs and mtimes changed.
+fn mutate(root: &Path, rng: &mut Rng, serial: &mut u64) {
+    *serial += 1;
+    let n = *serial;
+    let entries = walk(root);
+    let files: Vec<&PathBuf> = entries
+        .iter()
+        .filter(|p| {
+            fs::symlink_metadata(p)
+                .map(|m| m.is_file())
+                .unwrap_or(false)
+        })
+        .collect();
+    let mut dirs: Vec<PathBuf> = entries
+        .iter()
+        .filter(|p| fs::symlink_metadata(p).map(|m| m.is_dir()).unwrap_or(false))
+        .cloned()
+        .collect();
+    dirs.push(root.to_path_buf());
+    let pick_dir = |rng: &mut Rng| dirs[rng.below(dirs.len() as u64) as usize].clone();
+    let new_name = |rng: &mut Rng| -> std::ffi::OsString {
+        if rng.below(5) == 0 {
+            std::ffi::OsStr::from_bytes(format!("odd-\u{e9}\n{n}").as_bytes()).to_os_string()
+        } else if rng.below(7) == 0 {
+            let mut b = b"raw-\xff-".to_vec();
+            b.extend_from_slice(n.to_string().as_bytes());
+            std::ffi::OsStr::from_bytes(&b).to_os_string()
+        } else {
+            format!("n{n}").into()
+        }
+    };
+    let op = if files.is_empty() { 0 } else { rng.below(14) };
+    let file = if files.is_empty() {
+        root.to_path_buf()
+    } else {
+        files[rng.below(files.len() as u64) as usize].clone()
+    };
+    match op {
+        0 => {
+            let size = [0, 1, 4096, 70_000, 300_000][rng.below(5) as usize];
+            let p = pick_dir(rng).join(new_name(rng));
+            write_random_file(&p, rng.next_u64(), size);
+        }
+        1 => {
+            // Same size, same mtime, new bytes: only ctime changes.
+            let meta = fs::symlink_metadata(&file).expect("lstat");
+            write_random_file(&file, rng.next_u64(), meta.len());
+            set_mtime(&file, meta.mtime(), meta.mtime_nsec());
+        }
+        2 => {
+            let mut f = fs::OpenOptions::new()
+                .append(true)
+                .open(&file)
+                .expect("open for append");
+            f.write_all(&random_bytes(rng.next_u64(), 1 + rng.below(5000) as usize))
+                .expect("append");
+        }
+        3 => fs::remove_file(&file).expect("remove"),
+        4 => {
+            let to = pick_dir(rng).join(new_name(rng));
+            fs::rename(&file, &to).expect("rename");
+        }
+        5 => mkdir(&pick_dir(rng).join(new_name(rng))),
+        6 => {
+            let d = pick_dir(rng);
+            if d != root {
+                fs::remove_dir_all(&d).expect("remove dir");
+            }
+        }
+        7 => {
+            let to = pick_dir(rng).join(new_name(rng));
+            fs::hard_link(&file, &to).expect("hard link");
+        }
+        8 => {
+            let to = pick_dir(rng).join(new_name(rng));
+            std::os::unix::fs::symlink(file.file_name().expect("name"), &to).expect("symlink");
+        }
+        9 => chmod(
+            &file,
+            [0o644, 0o600, 0o755, 0o4755, 0o440][rng.below(5) as usize],
+        ),
+        10 => {
+            let value = random_bytes(rng.next_u64(), rng.below(100) as usize);
+            xattr::set(&file, "user.changed", &value).expect("setxattr");
+        }
+        11 => set_mtime(
+            &file,
+            1_000_000_000 + rng.below(1 << 30) as i64,
+            rng.below(1_000_000_000) as i64,
+        ),
+        12 => {
+            // Swap two names: each path now holds the other inode.
+            let other = files[rng.below(files.len() as u64) as usize].clone();
+            if other != file {
+                let tmp = root.join(format!(".swap-{n}"));
+                fs::rename(&file, &tmp).expect("rename");
+                fs::rename(&other, &file).expect("rename");
+                fs::rename(&tmp, &other).expect("rename");
+            }
+        }
+        _ => {
+            let len = fs::symlink_metadata(&file).expect("lstat").len();
+            fs::OpenOptions::new()
+                .write(true)
+                .open(&file)
+                .expect("open")
+                .set_len(len / 2)
+                .expect("truncate");
+        }
+    }
+}
+
+#[test]
+fn random_changes_over_many_snapshots_restore_exactly() {
+    let dir = tempdir();
+    let base = canonical(dir.path());
+    let root = base.join("src");
+    build_plain_tree(&root, 21, 4, 30, 40_000);
+    let refs = base.join("refs");
+    mkdir(&refs);
+    let repo = Repo::new();
+    let mut rng = Rng::new(4711);
+    let mut serial = 0;
+    let mut snapshots = Vec::new();
+    for round in 0..10 {
+        if round > 0 {
+            for _ in 0..20 {
+                mutate(&root, &mut rng, &mut serial);
+            }
+        }
+        // What the tree looked like at this snapshot.
+        let reference = refs.join(format!("round-{round}"));
+        tool(
+            "cp",
+            &[OsStr::new("-a"), root.as_os_str(), reference.as_os_str()],
+        );
+        let snap = repo.ingest(&[], &[&root]);
+        snapshots.push((round, snap.id, reference));
+    }
+
+    let target_dir = tempdir();
+    let targets = canonical(target_dir.path());
+    for (round, id, reference) in &snapshots {
+        let target = targets.join(id);
+        repo.restore(id, &target);
+        let restored = restored_path(&target, &root);
+        let diff = rsync_diff(reference, &restored);
+        let meta = metadata_diff(reference, &restored);
+        assert!(
+            diff.is_empty() && meta.is_empty(),
+            "snapshot of round {round} differs from the tree it was taken of:\n{diff}\n{}",
+            meta.join("\n")
+        );
+    }
+}
+
+#[test]
+fn incremental_ingest_records_metadata_only_changes() {
+    let src_dir = tempdir();
+    let root = canonical(src_dir.path()).join("src");
+    build_plain_tree(&root, 30, 2, 8, 10_000);
+    xattr::set(root.join("d00/file-00002"), "user.gone", b"soon").expect("setxattr");
+    let repo = Repo::new();
+    repo.ingest(&[], &[&root]);
+
+    chmod(&root.join("d00/file-00000"), 0o4711);
+    lchown(&root.join("d01/file-00001"), 2222, 3333);
+    xattr::remove(root.join("d00/file-00002"), "user.gone").expect("removexattr");
+    xattr::set(root.join("d01/file-00003"), "user.new", b"value").expect("setxattr");
+    set_mtime(&root.join("d00/file-00004"), 1_111_111_111, 111);
+    chmod(&root.join("d01"), 0o700);
+    lchown(&root.join("d00"), 77, 88);
+    set_mtime(&root.join("d00"), 1_222_222_222, 222);
+    let snap = repo.ingest(&[], &[&root]);
+
+    let target_dir = tempdir();
+    let target = canonical(target_dir.path()).join("out");
+    repo.restore(&snap.id, &target);
+    assert_same_tree(&root, &restored_path(&target, &root));
+}
+
+#[test]
+fn many_small_files_in_one_directory_round_trip() {
+    let src_dir = tempdir();
+    let root = canonical(src_dir.path()).join("src");
+    let flat = root.join("flat");
+    mkdir(&flat);
+    for i in 0..20_000u32 {
+        write_file(
+            &flat.join(format!("entry-{i:05}")),
+            format!("{i}\n").as_bytes(),
+        );
+    }
+    for i in 0..2_000u32 {
+        let d = root.join(format!("tree/{}/{}", i % 10, i % 7));
+        mkdir(&d);
+        write_file(
+            &d.join(format!("leaf-{i}")),
+            &random_bytes(i as u64, (i % 3000) as usize),
+        );
+    }
+    let repo = Repo::new();
+    let snap = repo.ingest(&[], &[&root]);
+    assert_eq!(snap.num("files"), 22_000, "{}", snap.json);
+
+    let target_dir = tempdir();
+    let target = canonical(target_dir.path()).join("out");
+    repo.restore(&snap.id, &target);
+    assert_same_tree(&root, &restored_path(&target, &root));
+}
+
+#[test]
+fn relative_sources_are_recorded_as_absolute_paths() {
+    let dir = tempdir();
+    let base = canonical(dir.path());
+    let root = base.join("src");
+    build_plain_tree(&root, 40, 1, 3, 1000);
+    let repo = Repo::new();
+    let out = run_ok(
+        repo.cmd()
+            .current_dir(&base)
+            .args(["ingest", "--json", "src/"]),
+    );
+    let snap = Ingested::from_output(&out);
+    let listed = repo.snapshots();
+    assert_eq!(
+        listed[0]["sources"],
+        serde_json::json!([root.to_str().expect("utf-8 temp path")]),
+        "{}",
+        listed[0]
+    );
+    let target_dir = tempdir();
+    let target = canonical(target_dir.path()).join("out");
+    repo.restore(&snap.id, &target);
+    assert_same_tree(&root, &restored_path(&target, &root));
 }

@@ -4,8 +4,10 @@
 //! - `util`: fixtures (repositories, trees, comparison helpers)
 //! - `ingest`: round trips, deduplication, incremental ingest, the CLI contract
 //! - `faults`: bad input, full disks, kills and concurrent writers
+//! - `mount`: the FUSE mount read with real tools, real mounts
 
 mod util;
 
 mod faults;
 mod ingest;
+mod mount;

@@ -339,7 +339,11 @@ fn cpath(p: &Path) -> CString {
 
 fn check(rc: libc::c_int, what: &str, p: &Path) {
     if rc != 0 {
-        panic!("{what} {}: {}", p.display(), std::io::Error::last_os_error());
+        panic!(
+            "{what} {}: {}",
+            p.display(),
+            std::io::Error::last_os_error()
+        );
     }
 }
 
@@ -356,7 +360,14 @@ pub fn set_mtime(p: &Path, sec: i64, nsec: i64) {
         },
     ];
     let c = cpath(p);
-    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            ts.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
     check(rc, "utimensat", p);
 }
 
@@ -470,9 +481,19 @@ pub fn build_fixture(dir: &Path) -> Fixture {
     // Regular files of various sizes.
     let files = root.join("files");
     mkdir(&files);
-    for (i, size) in [0u64, 1, 100, 4095, 4096, 4097, 65_536, MIB + 1, 3 * MIB + 17]
-        .into_iter()
-        .enumerate()
+    for (i, size) in [
+        0u64,
+        1,
+        100,
+        4095,
+        4096,
+        4097,
+        65_536,
+        MIB + 1,
+        3 * MIB + 17,
+    ]
+    .into_iter()
+    .enumerate()
     {
         let data = random_bytes(100 + i as u64, size as usize);
         write_file(&files.join(format!("size-{size}")), &data);
@@ -488,7 +509,9 @@ pub fn build_fixture(dir: &Path) -> Fixture {
     for i in 0..300u64 {
         write_file(
             &many.join(format!("f{i:04}")),
-            format!("small file number {i}\n").repeat((i % 13) as usize).as_bytes(),
+            format!("small file number {i}\n")
+                .repeat((i % 13) as usize)
+                .as_bytes(),
         );
     }
 
@@ -502,9 +525,13 @@ pub fn build_fixture(dir: &Path) -> Fixture {
         use std::io::{Seek, SeekFrom};
         let mut f = fs::File::create(&sparse).expect("create sparse");
         f.set_len(SPARSE_LOGICAL).expect("truncate sparse");
-        for (i, off) in [0, 512 * MIB + 12_345, SPARSE_LOGICAL - MIB].into_iter().enumerate() {
+        for (i, off) in [0, 512 * MIB + 12_345, SPARSE_LOGICAL - MIB]
+            .into_iter()
+            .enumerate()
+        {
             f.seek(SeekFrom::Start(off)).expect("seek");
-            f.write_all(&random_bytes(900 + i as u64, MIB as usize)).expect("write");
+            f.write_all(&random_bytes(900 + i as u64, MIB as usize))
+                .expect("write");
         }
     }
 
@@ -515,7 +542,10 @@ pub fn build_fixture(dir: &Path) -> Fixture {
     mkdir(&root.join("nested/a/b/empty"));
     let ro = root.join("read-only-dir");
     mkdir(&ro);
-    write_file(&ro.join("inside"), b"in a directory without write permission\n");
+    write_file(
+        &ro.join("inside"),
+        b"in a directory without write permission\n",
+    );
 
     // Odd names.
     let names = root.join("names");
@@ -541,7 +571,9 @@ pub fn build_fixture(dir: &Path) -> Fixture {
     }
     mkdir(&names.join(OsStr::from_bytes(b"dir-\xc0\xaf-invalid")));
     write_file(
-        &names.join(OsStr::from_bytes(b"dir-\xc0\xaf-invalid")).join(OsStr::from_bytes(&[b'x'; 255])),
+        &names
+            .join(OsStr::from_bytes(b"dir-\xc0\xaf-invalid"))
+            .join(OsStr::from_bytes(&[b'x'; 255])),
         b"255-byte name in a non-UTF-8 directory\n",
     );
 
@@ -562,8 +594,16 @@ pub fn build_fixture(dir: &Path) -> Fixture {
     symlink("/etc/hostname", sym.join("absolute")).expect("symlink");
     symlink("does/not/exist", sym.join("dangling")).expect("symlink");
     symlink("../nested", sym.join("to-dir")).expect("symlink");
-    symlink(OsStr::from_bytes(b"target-\xff\nodd"), sym.join("odd-target")).expect("symlink");
-    symlink(OsString::from_vec(vec![b'l'; 1000]), sym.join("long-target")).expect("symlink");
+    symlink(
+        OsStr::from_bytes(b"target-\xff\nodd"),
+        sym.join("odd-target"),
+    )
+    .expect("symlink");
+    symlink(
+        OsString::from_vec(vec![b'l'; 1000]),
+        sym.join("long-target"),
+    )
+    .expect("symlink");
 
     // Special files.
     let special = root.join("special");
@@ -586,17 +626,30 @@ pub fn build_fixture(dir: &Path) -> Fixture {
     write_file(&acl_file, b"has an access ACL\n");
     tool(
         "setfacl",
-        &[OsStr::new("-m"), OsStr::new("u:1234:rw-,g:5678:r--"), acl_file.as_os_str()],
+        &[
+            OsStr::new("-m"),
+            OsStr::new("u:1234:rw-,g:5678:r--"),
+            acl_file.as_os_str(),
+        ],
     );
     let acl_dir = xa.join("acl-dir");
     mkdir(&acl_dir);
     tool(
         "setfacl",
-        &[OsStr::new("-d"), OsStr::new("-m"), OsStr::new("u:1234:rwx"), acl_dir.as_os_str()],
+        &[
+            OsStr::new("-d"),
+            OsStr::new("-m"),
+            OsStr::new("u:1234:rwx"),
+            acl_dir.as_os_str(),
+        ],
     );
     tool(
         "setfacl",
-        &[OsStr::new("-m"), OsStr::new("u:4321:r-x"), acl_dir.as_os_str()],
+        &[
+            OsStr::new("-m"),
+            OsStr::new("u:4321:r-x"),
+            acl_dir.as_os_str(),
+        ],
     );
     write_file(&acl_dir.join("inherits"), b"created under a default ACL\n");
 
@@ -661,7 +714,9 @@ pub fn build_plain_tree(root: &Path, seed: u64, dirs: usize, count: usize, size:
 /// symlink targets and extended attributes of every entry.
 pub fn assert_same_tree(src: &Path, restored: &Path) {
     assert!(
-        fs::symlink_metadata(restored).map(|m| m.is_dir()).unwrap_or(false),
+        fs::symlink_metadata(restored)
+            .map(|m| m.is_dir())
+            .unwrap_or(false),
         "restored tree {} is missing",
         restored.display()
     );
@@ -734,7 +789,11 @@ pub fn metadata_diff(src: &Path, restored: &Path) -> Vec<String> {
                 problems.push(format!("{name}: {what} {x} != restored {y}"));
             }
         };
-        diff("mode", format!("{:o}", ma.mode()), format!("{:o}", mb.mode()));
+        diff(
+            "mode",
+            format!("{:o}", ma.mode()),
+            format!("{:o}", mb.mode()),
+        );
         diff("uid", ma.uid().to_string(), mb.uid().to_string());
         diff("gid", ma.gid().to_string(), mb.gid().to_string());
         diff(
@@ -756,11 +815,7 @@ pub fn metadata_diff(src: &Path, restored: &Path) -> Vec<String> {
         if ft.is_symlink() {
             let ta = fs::read_link(&a).expect("readlink source");
             let tb = fs::read_link(&b).unwrap_or_default();
-            diff(
-                "symlink target",
-                format!("{:?}", ta),
-                format!("{:?}", tb),
-            );
+            diff("symlink target", format!("{:?}", ta), format!("{:?}", tb));
         } else {
             diff(
                 "xattrs",
@@ -783,7 +838,10 @@ pub fn allocated_bytes(p: &Path) -> u64 {
 /// `stat -c FORMAT PATH` output, for checks phrased the way an
 /// administrator would check by hand.
 pub fn stat_c(format: &str, p: &Path) -> String {
-    let out = tool("stat", &[OsStr::new("-c"), OsStr::new(format), p.as_os_str()]);
+    let out = tool(
+        "stat",
+        &[OsStr::new("-c"), OsStr::new(format), p.as_os_str()],
+    );
     String::from_utf8_lossy(&out.stdout).trim_end().to_string()
 }
 
@@ -865,19 +923,34 @@ fn tree_comparison_notices_differences() {
     assert_same_tree(&a, &copy("same"));
 
     let changes: Vec<(&str, Box<dyn Fn(&Path)>)> = vec![
-        ("content", Box::new(|b: &Path| {
-            write_file(&b.join("sub/file"), b"CONTENT\n");
-            set_mtime(&b.join("sub/file"), 1_000_000_000, 5);
-        })),
-        ("mtime nanoseconds", Box::new(|b: &Path| set_mtime(&b.join("sub/file"), 1_000_000_000, 6))),
+        (
+            "content",
+            Box::new(|b: &Path| {
+                write_file(&b.join("sub/file"), b"CONTENT\n");
+                set_mtime(&b.join("sub/file"), 1_000_000_000, 5);
+            }),
+        ),
+        (
+            "mtime nanoseconds",
+            Box::new(|b: &Path| set_mtime(&b.join("sub/file"), 1_000_000_000, 6)),
+        ),
         ("mode", Box::new(|b: &Path| chmod(&b.join("other"), 0o600))),
         ("owner", Box::new(|b: &Path| lchown(&b.join("other"), 1, 1))),
-        ("xattr", Box::new(|b: &Path| xattr::set(b.join("other"), "user.x", b"1").expect("setxattr"))),
-        ("extra file", Box::new(|b: &Path| write_file(&b.join("extra"), b""))),
-        ("hard link", Box::new(|b: &Path| {
-            fs::remove_file(b.join("other")).expect("rm");
-            fs::hard_link(b.join("sub/file"), b.join("other")).expect("link");
-        })),
+        (
+            "xattr",
+            Box::new(|b: &Path| xattr::set(b.join("other"), "user.x", b"1").expect("setxattr")),
+        ),
+        (
+            "extra file",
+            Box::new(|b: &Path| write_file(&b.join("extra"), b"")),
+        ),
+        (
+            "hard link",
+            Box::new(|b: &Path| {
+                fs::remove_file(b.join("other")).expect("rm");
+                fs::hard_link(b.join("sub/file"), b.join("other")).expect("link");
+            }),
+        ),
     ];
     for (i, (what, change)) in changes.iter().enumerate() {
         let b = copy(&format!("changed-{i}"));
