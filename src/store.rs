@@ -102,6 +102,13 @@ impl Encoder {
     }
 }
 
+thread_local! {
+    /// One zstd decoding context per thread, reused: creating one per frame
+    /// costs more than decoding a small frame.
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// The parsed header of a blob: where each frame is, and its digest.
 pub struct Header {
     frames: Vec<(u32, bool, Hash)>,
@@ -156,7 +163,16 @@ impl Header {
         let data = if raw {
             stored.to_vec()
         } else {
-            zstd::bulk::decompress(stored, raw_len)
+            DECOMPRESSOR
+                .with(|d| {
+                    let mut d = d.borrow_mut();
+                    if d.is_none() {
+                        *d = Some(zstd::bulk::Decompressor::new()?);
+                    }
+                    d.as_mut()
+                        .expect("just created")
+                        .decompress(stored, raw_len)
+                })
                 .map_err(|e| Error::corrupt(format!("chunk {id} frame {i}: {e}")))?
         };
         if data.len() != raw_len || Hash::of(&data) != hash {
