@@ -560,10 +560,38 @@ fn concurrent_ingests_into_one_repository_both_land_or_one_fails_clearly() {
     };
     let ca = spawn(&a);
     let cb = spawn(&b);
+    // Meanwhile a reader lists snapshots: writers must not lock it out.
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let stop = Arc::clone(&stop);
+        let repo_path = repo.path.clone();
+        thread::spawn(move || {
+            let mut listings = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let out = snapfs()
+                    .arg("--repo")
+                    .arg(&repo_path)
+                    .args(["snapshots", "--json"])
+                    .output()
+                    .expect("spawn snapshots");
+                assert!(
+                    out.status.success(),
+                    "listing during concurrent ingests failed\n{}",
+                    describe("snapshots", &out)
+                );
+                parse_json("snapshots --json", &out.stdout);
+                listings += 1;
+            }
+            listings
+        })
+    };
     let outs = [
         (a.clone(), ca.wait_with_output().expect("wait a")),
         (b.clone(), cb.wait_with_output().expect("wait b")),
     ];
+    stop.store(true, Ordering::Relaxed);
+    let listings = reader.join().expect("a listing failed during the ingests");
+    assert!(listings > 0);
     let mut succeeded = 0;
     for (src, out) in &outs {
         match out.status.code() {
@@ -587,5 +615,146 @@ fn concurrent_ingests_into_one_repository_both_land_or_one_fails_clearly() {
     mkdir(&scratch);
     for s in &listed {
         assert_snapshot_matches_sources(&repo, s, &scratch);
+    }
+}
+
+#[test]
+fn restore_from_a_damaged_pack_fails_loudly_and_names_the_file() {
+    let src_dir = tempdir();
+    let base = canonical(src_dir.path());
+    let good = base.join("good");
+    build_plain_tree(&good, 50, 2, 6, 100_000);
+    let repo = Repo::new();
+    let first = repo.ingest(&[], &[&good]);
+    let packs_before = pack_files(&repo);
+
+    // A second snapshot whose new data is one file: its new packs hold
+    // (almost) nothing but that file's chunks.
+    let victim_dir = base.join("victim-dir");
+    mkdir(&victim_dir);
+    let victim = victim_dir.join("victim.bin");
+    write_random_file(&victim, 51, 6 * MIB);
+    let second = repo.ingest(&[], &[&victim_dir]);
+    let new_packs: Vec<PathBuf> = pack_files(&repo)
+        .difference(&packs_before)
+        .cloned()
+        .collect();
+    let largest = new_packs
+        .iter()
+        .max_by_key(|p| fs::metadata(p).expect("stat pack").len())
+        .expect("the second ingest wrote a pack");
+    let mut bytes = fs::read(largest).expect("read pack");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    chmod(largest, 0o644);
+    write_file(largest, &bytes);
+
+    let target_dir = tempdir();
+    let targets = canonical(target_dir.path());
+    let out = repo
+        .cmd()
+        .arg("restore")
+        .arg(&second.id)
+        .arg(targets.join("damaged"))
+        .output()
+        .expect("spawn restore");
+    assert!(
+        !out.status.success(),
+        "restore of damaged data reported success\n{}",
+        describe("restore", &out)
+    );
+    assert!(
+        stderr_of(&out).contains("victim.bin"),
+        "the damaged file is not named\n{}",
+        describe("restore", &out)
+    );
+    let restored = restored_path(&targets.join("damaged"), &victim);
+    if let Ok(data) = fs::read(&restored) {
+        assert!(
+            data.len() as u64 != 6 * MIB || data != fs::read(&victim).expect("read victim"),
+            "restore failed yet wrote the right bytes"
+        );
+    }
+
+    // Snapshots that do not use the damaged pack are unaffected.
+    repo.restore(&first.id, &targets.join("first"));
+    assert_same_tree(&good, &restored_path(&targets.join("first"), &good));
+}
+
+#[test]
+fn file_growing_during_ingest_is_stored_as_a_consistent_prefix() {
+    let src_dir = tempdir();
+    let root = canonical(src_dir.path()).join("src");
+    mkdir(&root);
+    let log = root.join("growing.log");
+    let mut expected = Vec::new();
+    let mut rng = Rng::new(61);
+    // The whole content the file will ever have, written in pieces.
+    for i in 0..4000u32 {
+        let mut line = format!("{i:06} ").into_bytes();
+        line.extend(
+            random_bytes(rng.next_u64(), 4000)
+                .iter()
+                .map(|b| b'a' + b % 26),
+        );
+        line.push(b'\n');
+        expected.extend_from_slice(&line);
+    }
+    let start = 4 * MIB as usize;
+    write_file(&log, &expected[..start]);
+    write_random_file(&root.join("neighbour"), 62, 8 * MIB);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, log, expected) = (Arc::clone(&stop), log.clone(), expected.clone());
+        thread::spawn(move || {
+            use std::io::Write;
+            let mut f = fs::OpenOptions::new()
+                .append(true)
+                .open(&log)
+                .expect("open log");
+            let mut at = start;
+            while at < expected.len() && !stop.load(Ordering::Relaxed) {
+                let end = (at + 64 * 1024).min(expected.len());
+                f.write_all(&expected[at..end]).expect("append");
+                at = end;
+                thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    let repo = Repo::new();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let out = repo
+            .ingest_cmd(&[], &[&root])
+            .output()
+            .expect("spawn ingest");
+        assert!(
+            matches!(out.status.code(), Some(0) | Some(3)),
+            "{}",
+            describe("ingest of a growing file", &out)
+        );
+        ids.push(Ingested::from_output(&out).id);
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().expect("writer thread");
+
+    let target_dir = tempdir();
+    let targets = canonical(target_dir.path());
+    for id in &ids {
+        let target = targets.join(id);
+        repo.restore(id, &target);
+        let got = fs::read(restored_path(&target, &log)).expect("restored log");
+        assert!(
+            got.len() >= start && got.len() <= expected.len() && got[..] == expected[..got.len()],
+            "snapshot {id}: the growing file came back as {} bytes that are not a prefix of what was written",
+            got.len()
+        );
+        let neighbour = root.join("neighbour");
+        assert!(
+            fs::read(restored_path(&target, &neighbour)).expect("restored neighbour")
+                == fs::read(&neighbour).expect("read neighbour"),
+            "snapshot {id}: neighbour differs"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Ingest and restore through the CLI: round trips of every kind of entry,
 //! deduplication, incremental ingest, and the command-line contract.
 
+use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::Write;
@@ -837,4 +838,94 @@ fn relative_sources_are_recorded_as_absolute_paths() {
     let target = canonical(target_dir.path()).join("out");
     repo.restore(&snap.id, &target);
     assert_same_tree(&root, &restored_path(&target, &root));
+}
+
+#[test]
+fn restore_of_a_subtree_keeps_hard_links_whose_group_starts_outside_it() {
+    let src_dir = tempdir();
+    let root = canonical(src_dir.path()).join("src");
+    mkdir(&root.join("a-first"));
+    mkdir(&root.join("b-second/inner"));
+    write_file(&root.join("a-first/original"), &random_bytes(70, 50_000));
+    fs::hard_link(root.join("a-first/original"), root.join("b-second/one")).expect("link");
+    fs::hard_link(
+        root.join("a-first/original"),
+        root.join("b-second/inner/two"),
+    )
+    .expect("link");
+    let repo = Repo::new();
+    let snap = repo.ingest(&[], &[&root]);
+
+    let target_dir = tempdir();
+    let target = canonical(target_dir.path()).join("out");
+    let mut spec = std::ffi::OsString::from(format!("{}:", snap.id));
+    spec.push(root.join("b-second").as_os_str());
+    repo.restore(&spec, &target);
+    let one = fs::metadata(target.join("one")).expect("stat one");
+    let two = fs::metadata(target.join("inner/two")).expect("stat two");
+    assert_eq!(
+        one.ino(),
+        two.ino(),
+        "the two links inside the subtree are not linked"
+    );
+    assert_eq!(
+        fs::read(target.join("inner/two")).expect("read"),
+        fs::read(root.join("a-first/original")).expect("read")
+    );
+    assert!(!target.join("original").exists());
+}
+
+#[test]
+fn a_single_file_can_be_a_source() {
+    let src_dir = tempdir();
+    let base = canonical(src_dir.path());
+    let file = base.join("lonely.bin");
+    write_random_file(&file, 80, 300_000);
+    set_mtime(&file, 1_400_000_000, 42);
+    let repo = Repo::new();
+    let snap = repo.ingest(&[], &[&file]);
+    assert_eq!(snap.num("files"), 1, "{}", snap.json);
+
+    let target_dir = tempdir();
+    let target = canonical(target_dir.path()).join("out");
+    repo.restore(&snap.id, &target);
+    let restored = restored_path(&target, &file);
+    assert!(fs::read(&restored).expect("restored file") == fs::read(&file).expect("read"));
+    assert_eq!(stat_c("%a %y", &restored), stat_c("%a %y", &file));
+}
+
+#[test]
+fn snapshot_names_are_unique() {
+    let src_dir = tempdir();
+    let root = canonical(src_dir.path()).join("src");
+    build_plain_tree(&root, 90, 1, 2, 1000);
+    let repo = Repo::new();
+    assert!(
+        repo.snapshots().is_empty(),
+        "a new repository lists snapshots"
+    );
+    let first = repo.ingest(&["--name", "same"], &[&root]);
+    write_file(&root.join("changed"), b"new\n");
+    let out = repo
+        .ingest_cmd(&["--name", "same"], &[&root])
+        .output()
+        .expect("spawn ingest");
+    let listed = repo.snapshots();
+    match out.status.code() {
+        Some(1) => {
+            assert!(!out.stderr.is_empty(), "refused without a message");
+            assert_eq!(listed.len(), 1, "{listed:?}");
+        }
+        Some(0) => {
+            let names: BTreeSet<&str> = listed.iter().map(|s| json_str(s, "name")).collect();
+            assert_eq!(names.len(), 2, "two snapshots share a name: {listed:?}");
+        }
+        _ => panic!("{}", describe("ingest with a taken name", &out)),
+    }
+    // Whatever happened, "same" still means the first snapshot.
+    let target_dir = tempdir();
+    let target = canonical(target_dir.path()).join("out");
+    repo.restore("same", &target);
+    assert!(!restored_path(&target, &root).join("changed").exists());
+    assert_eq!(json_str(&listed[0], "id"), first.id);
 }
