@@ -25,6 +25,8 @@ pub mod chunker;
 pub mod cli;
 pub mod codec;
 pub mod error;
+pub mod forget;
+pub mod gc;
 pub mod ids;
 pub mod ingest;
 pub mod mount;

@@ -211,7 +211,8 @@ impl Repository {
     /// ingest killed after a pack was stored but before its catalog commit.
     /// Their chunks are then reused instead of being written again.
     pub fn adopt_orphan_packs(&self, cat: &Catalog) -> Result<usize> {
-        let known: HashSet<_> = cat.packs()?.into_iter().map(|p| p.1).collect();
+        let mut known: HashSet<_> = cat.packs()?.into_iter().map(|p| p.1).collect();
+        known.extend(cat.doomed_packs()?.into_iter().map(|d| d.0));
         let mut adopted = 0;
         for name in self.backend.list()? {
             if known.contains(&name) {
@@ -253,6 +254,85 @@ impl Repository {
             .backend
             .read_at(&loc.pack, loc.offset, loc.stored_len as usize)?;
         store::decode_blob(&blob, id, loc.raw_len as usize)
+    }
+}
+
+/// Held by a running mount: gc deletes a doomed pack only when every mount
+/// that is running started after the pack was doomed (so no open file can
+/// still point into it).
+pub struct MountLease {
+    path: PathBuf,
+    _file: File,
+}
+
+impl MountLease {
+    /// Declare that nothing this mount holds predates `since_ns`, so packs
+    /// doomed before then may go.
+    pub fn renew(&self, since_ns: i64) {
+        // Rewritten in place (the lock is on this inode); a reader that sees
+        // a torn value treats it as 0, the most careful answer.
+        let _ = std::fs::write(&self.path, since_ns.to_string());
+    }
+}
+
+impl Drop for MountLease {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Repository {
+    pub fn take_mount_lease(&self) -> Result<MountLease> {
+        let dir = self.root.join("mounts");
+        std::fs::create_dir_all(&dir).at(&dir)?;
+        let path = dir.join(format!("{}.lease", pack::unique_token()));
+        let mut file = OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .open(&path)
+            .at(&path)?;
+        std::io::Write::write_all(&mut file, crate::time::now_ns().to_string().as_bytes())
+            .at(&path)?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH) } != 0 {
+            return Err(std::io::Error::last_os_error()).at(&path);
+        }
+        Ok(MountLease { path, _file: file })
+    }
+
+    /// Start time of the oldest running mount; leases of dead mounts are removed.
+    pub fn oldest_mount_ns(&self) -> Result<Option<i64>> {
+        let dir = self.root.join("mounts");
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return Ok(None);
+        };
+        let mut oldest: Option<i64> = None;
+        for e in rd {
+            let path = e.at(&dir)?.path();
+            let Ok(f) = File::open(&path) else { continue };
+            // SAFETY: flock on a descriptor we own.
+            let free = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+            if free {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            let started = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok())
+                .unwrap_or(0);
+            oldest = Some(oldest.map_or(started, |o| o.min(started)));
+        }
+        Ok(oldest)
+    }
+
+    /// Refuse to destroy history in an append-only repository unless overridden.
+    pub fn check_may_delete(&self, what: &str, override_: bool) -> Result<()> {
+        if self.config.append_only && !override_ {
+            return Err(Error::invalid(format!(
+                "the repository is append-only: {what} refused (pass --allow-delete to override, from a trusted machine)"
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -18,6 +18,9 @@ use crate::tree::{ChunkList, Kind, Meta};
 pub const SCHEMA_VERSION: i64 = 1;
 const SCHEMA: &str = include_str!("schema.sql");
 
+mod maintenance;
+pub use maintenance::{DeadRows, PackUsage};
+
 pub struct Catalog {
     conn: Connection,
 }
@@ -86,7 +89,7 @@ pub fn decode_paths(b: &[u8]) -> Result<Vec<PathBuf>> {
         .collect()
 }
 
-fn blob_hash(b: Vec<u8>) -> rusqlite::Result<Hash> {
+pub(crate) fn blob_hash(b: Vec<u8>) -> rusqlite::Result<Hash> {
     Hash::from_slice(&b).ok_or_else(|| {
         rusqlite::Error::InvalidColumnType(0, "hash".into(), rusqlite::types::Type::Blob)
     })

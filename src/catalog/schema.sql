@@ -90,3 +90,10 @@ CREATE TABLE hardlinks (
     count      INTEGER NOT NULL,
     PRIMARY KEY (snapshot, link_key)
 ) WITHOUT ROWID;
+
+-- Packs that gc took out of use. Their files stay until no mount that
+-- started before `doomed_ns` is running, so an open file never loses bytes.
+CREATE TABLE doomed_packs (
+    name      BLOB PRIMARY KEY,
+    doomed_ns INTEGER NOT NULL
+) WITHOUT ROWID;

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, bounded};
@@ -64,11 +64,15 @@ struct Inode {
 
 struct OpenFile {
     ino: u64,
+    /// When it was opened: its chunk locations are from then (see `MountLease`).
+    opened_ns: i64,
     chunks: ChunkList,
     /// Start offset of each chunk, for a binary search by offset.
     starts: Vec<u64>,
     size: u64,
-    locs: Vec<OnceLock<ChunkLoc>>,
+    /// Resolved at open, so a file being read keeps its bytes even if gc
+    /// moves its chunks meanwhile (the old pack stays while this mount runs).
+    locs: Vec<ChunkLoc>,
     /// End of the last read, to recognize a sequential reader.
     last_end: AtomicU64,
 }
@@ -110,7 +114,7 @@ pub struct SnapshotFs {
     shared: Arc<Shared>,
     snapshots: Mutex<SnapshotList>,
     inodes: Mutex<LruCache<u64, Arc<Inode>>>,
-    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    files: Arc<Mutex<HashMap<u64, Arc<OpenFile>>>>,
     next_fh: AtomicU64,
     prefetch: Option<Sender<(Arc<OpenFile>, usize, u32)>>,
     readahead: u64,
@@ -160,19 +164,6 @@ impl Shared {
             .or_insert_with(|| hash_chunk(&vec![0u8; len as usize]).id)
     }
 
-    fn loc(&self, f: &OpenFile, ci: usize) -> Result<ChunkLoc> {
-        if let Some(l) = f.locs[ci].get() {
-            return Ok(l.clone());
-        }
-        let id = f.chunks.get(ci).id;
-        let loc = self
-            .conn()?
-            .chunk_loc(&id)?
-            .ok_or_else(|| Error::corrupt(format!("chunk {id} is missing from the catalog")))?;
-        let _ = f.locs[ci].set(loc.clone());
-        Ok(loc)
-    }
-
     /// Decoded frame `fi` of chunk `ci` of an open file, verified.
     fn frame(&self, f: &OpenFile, ci: usize, fi: u32) -> Result<Arc<Vec<u8>>> {
         let c = f.chunks.get(ci);
@@ -183,7 +174,7 @@ impl Shared {
             if c.id == self.zero_id(c.len) {
                 return Ok(vec![0u8; frame_len]);
             }
-            let loc = self.loc(f, ci)?;
+            let loc = &f.locs[ci];
             let header = match self.frames.header(&c.id) {
                 Some(h) => h,
                 None => {
@@ -239,6 +230,26 @@ impl SnapshotFs {
             frames: FrameCache::new(opts.cache_bytes),
             zero_ids: Mutex::new(HashMap::new()),
         });
+        let files: Arc<Mutex<HashMap<u64, Arc<OpenFile>>>> = Arc::default();
+        let lease = shared.repo.take_mount_lease()?;
+        let open = files.clone();
+        std::thread::Builder::new()
+            .name("lease".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(Duration::from_secs(2));
+                    let now = crate::time::now_ns();
+                    let oldest = open
+                        .lock()
+                        .expect("open files lock")
+                        .values()
+                        .map(|f| f.opened_ns)
+                        .min()
+                        .unwrap_or(now);
+                    lease.renew(oldest);
+                }
+            })
+            .expect("spawn lease thread");
         let prefetch = (opts.prefetch_threads > 0).then(|| {
             let (tx, rx) = bounded::<(Arc<OpenFile>, usize, u32)>(256);
             for i in 0..opts.prefetch_threads {
@@ -266,7 +277,7 @@ impl SnapshotFs {
             inodes: Mutex::new(LruCache::new(
                 NonZeroUsize::new(INODE_CACHE).expect("non-zero"),
             )),
-            files: Mutex::new(HashMap::new()),
+            files,
             next_fh: AtomicU64::new(1),
             prefetch,
             readahead: opts.readahead,
@@ -623,22 +634,33 @@ impl SnapshotFs {
             .as_ref()
             .filter(|n| n.kind == Kind::File)
             .ok_or_else(|| Error::Invalid("not a regular file".into()))?;
+        let opened_ns = crate::time::now_ns();
+        let cat = self.shared.conn()?;
         let chunks = match n.content {
-            Some(c) => self.shared.conn()?.content(c)?,
+            Some(c) => cat.content(c)?,
             None => ChunkList::default(),
         };
+        let locs = chunks
+            .iter()
+            .map(|c| {
+                cat.chunk_loc(&c.id)?.ok_or_else(|| {
+                    Error::corrupt(format!("chunk {} is missing from the catalog", c.id))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        drop(cat);
         let mut starts = Vec::with_capacity(chunks.len());
         let mut size = 0u64;
         for c in chunks.iter() {
             starts.push(size);
             size += u64::from(c.len);
         }
-        let locs = (0..chunks.len()).map(|_| OnceLock::new()).collect();
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.files.lock().expect("open files lock").insert(
             fh,
             Arc::new(OpenFile {
                 ino,
+                opened_ns,
                 chunks,
                 starts,
                 size,
