@@ -64,6 +64,13 @@ fn unreadable_entries_are_named_and_the_snapshot_is_still_made() {
     mkdir(&root.join("locked-dir"));
     write_file(&root.join("locked-dir/inside"), b"behind a locked door\n");
     chmod(&root.join("locked-dir"), 0o000);
+    // Names can be listed but not looked up.
+    mkdir(&root.join("unsearchable-dir"));
+    write_file(
+        &root.join("unsearchable-dir/hidden"),
+        b"cannot be stat'ed\n",
+    );
+    chmod(&root.join("unsearchable-dir"), 0o444);
     let repo = Repo::new();
 
     let mut cmd = Command::new("setpriv");
@@ -84,6 +91,10 @@ fn unreadable_entries_are_named_and_the_snapshot_is_still_made() {
     assert!(
         stderr.contains("locked-dir"),
         "the unreadable directory is not named:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("unsearchable-dir"),
+        "the directory whose entries cannot be looked up is not named:\n{stderr}"
     );
     let snap = Ingested::from_output(&out);
     assert_eq!(repo.snapshot_ids(), vec![snap.id.clone()]);
@@ -757,4 +768,64 @@ fn file_growing_during_ingest_is_stored_as_a_consistent_prefix() {
             "snapshot {id}: neighbour differs"
         );
     }
+}
+
+#[test]
+fn restore_over_a_killed_restore_completes_it() {
+    let src_dir = tempdir();
+    let root = canonical(src_dir.path()).join("src");
+    build_plain_tree(&root, 95, 8, 120, 600 * KIB);
+    mkdir(&root.join("links"));
+    fs::hard_link(root.join("d00/file-00000"), root.join("links/same")).expect("link");
+    std::os::unix::fs::symlink("../d01", root.join("links/dir-link")).expect("symlink");
+    chmod(&root.join("d02"), 0o555);
+    let repo = Repo::new();
+    let snap = repo.ingest(&[], &[&root]);
+
+    let target_dir = tempdir();
+    let targets = canonical(target_dir.path());
+    let started = std::time::Instant::now();
+    repo.restore(&snap.id, &targets.join("timing"));
+    let full = started.elapsed();
+
+    for (i, fraction) in [0.2, 0.5, 0.8].into_iter().enumerate() {
+        let target = targets.join(format!("killed-{i}"));
+        let mut child = repo
+            .cmd()
+            .arg("restore")
+            .arg(&snap.id)
+            .arg(&target)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn restore");
+        kill_after(&mut child, full.mul_f64(fraction));
+        // The same command again, over whatever the killed one left.
+        repo.restore(&snap.id, &target);
+        assert_same_tree(&root, &restored_path(&target, &root));
+    }
+    chmod(&root.join("d02"), 0o755);
+}
+
+#[test]
+fn restore_onto_a_full_disk_fails_with_a_message() {
+    let dir = tempdir();
+    let base = canonical(dir.path());
+    let src = base.join("src");
+    build_plain_tree(&src, 98, 2, 10, 2 * MIB);
+    let repo = Repo::new();
+    let snap = repo.ingest(&[], &[&src]);
+    let small = Tmpfs::mount(&base.join("small-fs"), "8m");
+    let out = run_expect(
+        repo.cmd()
+            .arg("restore")
+            .arg(&snap.id)
+            .arg(small.path.join("out")),
+        1,
+    );
+    let stderr = stderr_of(&out).to_lowercase();
+    assert!(
+        stderr.contains("space"),
+        "no word of the full disk:\n{stderr}"
+    );
 }

@@ -929,3 +929,107 @@ fn snapshot_names_are_unique() {
     assert!(!restored_path(&target, &root).join("changed").exists());
     assert_eq!(json_str(&listed[0], "id"), first.id);
 }
+
+#[test]
+fn odd_bytes_in_repository_and_source_paths_work() {
+    let dir = tempdir();
+    let base = canonical(dir.path());
+    let repo_path = base.join(OsStr::from_bytes(b"repo \xff with: odd bytes"));
+    run_ok(snapfs().arg("--repo").arg(&repo_path).arg("init"));
+    let repo = Repo::at(&repo_path);
+    let root = base.join(OsStr::from_bytes(b"source-caf\xe9"));
+    build_plain_tree(&root, 96, 2, 4, 2000);
+    let snap = repo.ingest(&[], &[&root]);
+    assert_eq!(repo.snapshots().len(), 1);
+
+    let target_dir = tempdir();
+    let target = canonical(target_dir.path()).join(OsStr::from_bytes(b"out-\xfe"));
+    repo.restore(&snap.id, &target);
+    assert_same_tree(&root, &restored_path(&target, &root));
+}
+
+#[test]
+fn restore_path_may_hold_colons_and_non_utf8_bytes() {
+    let dir = tempdir();
+    let root = canonical(dir.path()).join("src");
+    let colon = root.join("with:colon");
+    let latin1 = root.join(OsStr::from_bytes(b"caf\xe9"));
+    for d in [&colon, &latin1] {
+        mkdir(d);
+        write_file(&d.join("inside"), &random_bytes(97, 5000));
+    }
+    let repo = Repo::new();
+    let snap = repo.ingest(&[], &[&root]);
+    let target_dir = tempdir();
+    let targets = canonical(target_dir.path());
+
+    // SNAPSHOT:PATH splits at the first colon only.
+    let mut spec = std::ffi::OsString::from(format!("{}:", snap.id));
+    spec.push(colon.as_os_str());
+    repo.restore(&spec, &targets.join("colon"));
+    assert_same_tree(&colon, &targets.join("colon"));
+
+    // A path that is not UTF-8 can be restored on its own.
+    let mut spec = std::ffi::OsString::from(format!("{}:", snap.id));
+    spec.push(latin1.as_os_str());
+    repo.restore(&spec, &targets.join("latin1"));
+    assert_same_tree(&latin1, &targets.join("latin1"));
+}
+
+/// Bytes of the catalog once its WAL is folded in.
+fn catalog_bytes(repo: &Repo) -> u64 {
+    let db = rusqlite::Connection::open(repo.path.join("catalog.db")).expect("open catalog");
+    db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .expect("checkpoint");
+    let pages: i64 = db
+        .pragma_query_value(None, "page_count", |r| r.get(0))
+        .expect("page_count");
+    let size: i64 = db
+        .pragma_query_value(None, "page_size", |r| r.get(0))
+        .expect("page_size");
+    (pages * size) as u64
+}
+
+#[test]
+fn reingest_of_unchanged_tree_barely_grows_the_catalog() {
+    let src_dir = tempdir();
+    let root = canonical(src_dir.path()).join("src");
+    for i in 0..20_000u32 {
+        let d = root.join(format!("d{:03}", i % 200));
+        if i < 200 {
+            mkdir(&d);
+        }
+        write_file(&d.join(format!("f{i:05}")), format!("{i}\n").as_bytes());
+    }
+    let repo = Repo::new();
+    repo.ingest(&[], &[&root]);
+    let after_first = catalog_bytes(&repo);
+    for _ in 0..3 {
+        repo.ingest(&[], &[&root]);
+    }
+    let growth = catalog_bytes(&repo) - after_first;
+    assert!(
+        growth < 3 * 64 * KIB,
+        "three no-change snapshots of 20k files grew the catalog by {growth} bytes (first: {after_first})"
+    );
+}
+
+#[test]
+fn init_over_an_existing_repository_keeps_it() {
+    let src_dir = tempdir();
+    let root = canonical(src_dir.path()).join("src");
+    build_plain_tree(&root, 99, 1, 3, 5000);
+    let repo = Repo::new();
+    let snap = repo.ingest(&[], &[&root]);
+    let out = repo.cmd().arg("init").output().expect("spawn init");
+    assert!(
+        matches!(out.status.code(), Some(0) | Some(1)),
+        "{}",
+        describe("init over a repository", &out)
+    );
+    assert_eq!(repo.snapshot_ids(), vec![snap.id.clone()]);
+    let target_dir = tempdir();
+    let target = canonical(target_dir.path()).join("out");
+    repo.restore(&snap.id, &target);
+    assert_same_tree(&root, &restored_path(&target, &root));
+}
