@@ -19,8 +19,13 @@
 #   BENCH_CACHE      cold (default: drop the page cache before every timed
 #                    command) or warm (never drop it)
 #   BENCH_BUILD=0    do not run `cargo build --release` before benchmarking
+#   BENCH_REV        benchmark this committed revision instead of the work
+#                    tree (built from `git archive` under $BENCH_DIR/build)
 #   BENCH_FLOOR_RUNS floors (tar, stat walk, cp -a) are the best of this many
 #                    runs (default 3); tools run once
+#   BENCH_IDLE_WAIT  before each timed command, wait up to this many seconds
+#                    (default 120) for the machine to be idle; BENCH_IDLE_BUDGET
+#                    (default 900) caps the waiting over the whole run
 #   BENCH_GEN_FILES, BENCH_REAL_SRC, BENCH_BIG_MIB   override data set sizes
 #
 # Adding a section (e.g. mount: first ls, find, cp -a, fio): write a function
@@ -43,6 +48,8 @@ BENCH_SECTIONS=${BENCH_SECTIONS:-ingest restore}
 BENCH_CACHE=${BENCH_CACHE:-cold}
 BENCH_BUILD=${BENCH_BUILD:-1}
 FLOOR_RUNS=${BENCH_FLOOR_RUNS:-3}
+BENCH_IDLE_WAIT=${BENCH_IDLE_WAIT:-120}
+BENCH_IDLE_BUDGET=${BENCH_IDLE_BUDGET:-900}
 
 if [[ $BENCH_QUICK == 1 ]]; then
     GEN_FILES=${BENCH_GEN_FILES:-5000}
@@ -95,19 +102,32 @@ have_tool() { [[ " $BENCH_TOOLS " == *" $1 "* ]]; }
 
 ensure_snapfs() {
     have_tool snapfs || return 0
-    if [[ $BENCH_BUILD != 0 ]]; then
-        log "cargo build --release"
-        (cd "$ROOT" && cargo build --release --quiet) || die "snapfs does not build (set BENCH_TOOLS to leave it out)"
+    if [[ -n ${BENCH_REV:-} ]]; then
+        # build a committed revision, apart from the work tree
+        local rev build=$BENCH_DIR/build
+        rev=$(cd "$ROOT" && git rev-parse --short "$BENCH_REV") || die "no revision $BENCH_REV"
+        log "building snapfs $rev in $build"
+        rm -rf "$build"; mkdir -p "$build"
+        (cd "$ROOT" && git archive "$rev") | tar -x -C "$build"
+        (cd "$build" && CARGO_TARGET_DIR=$BENCH_DIR/target cargo build --release --quiet) \
+            || die "snapfs $rev does not build"
+        SNAPFS=$BENCH_DIR/target/release/snapfs
+        SNAPFS_VERSION=$rev
+    else
+        if [[ $BENCH_BUILD != 0 ]]; then
+            log "cargo build --release"
+            (cd "$ROOT" && cargo build --release --quiet) || die "snapfs does not build (set BENCH_TOOLS to leave it out)"
+        fi
+        SNAPFS_VERSION=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '(no commit)')
+        if [[ -n $(cd "$ROOT" && git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null) ]]; then
+            SNAPFS_VERSION+=" + uncommitted changes"
+        fi
     fi
     [[ -x $SNAPFS ]] || die "$SNAPFS missing"
     # run a private copy: a rebuild during the run must not change the binary
     mkdir -p "$BENCH_DIR/bin"
     cp "$SNAPFS" "$BENCH_DIR/bin/snapfs"
     SNAPFS=$BENCH_DIR/bin/snapfs
-    SNAPFS_VERSION=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '(no commit)')
-    if [[ -n $(cd "$ROOT" && git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null) ]]; then
-        SNAPFS_VERSION+=" + uncommitted changes"
-    fi
 }
 SNAPFS_VERSION="(not measured)"
 
@@ -122,22 +142,49 @@ drop_caches() {
 # --------------------------------------------------------------------------
 # measuring
 
+CLK_TCK=$(getconf CLK_TCK)
+busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat; }
+
+# Other work on the machine (a build, a test suite) spoils timings: before
+# each timed command wait until the machine has been nearly idle for a
+# second (< 0.1 core busy), at most BENCH_IDLE_WAIT seconds each time and
+# BENCH_IDLE_BUDGET seconds in all.
+IDLE_WAITED=0
+wait_idle() {
+    local start=$SECONDS a b
+    while :; do
+        a=$(busy_ticks); sleep 1; b=$(busy_ticks)
+        if [[ $((b - a)) -le $((CLK_TCK / 10)) ]]; then break; fi
+        if [[ $((SECONDS - start)) -ge $BENCH_IDLE_WAIT || $((IDLE_WAITED + SECONDS - start)) -ge $BENCH_IDLE_BUDGET ]]; then
+            log "machine still busy after $((SECONDS - start))s; measuring anyway"
+            break
+        fi
+    done
+    IDLE_WAITED=$((IDLE_WAITED + SECONDS - start - 1))
+}
+
 # timeit LABEL CMD...: run CMD (cold cache if so configured, ending with a
 # `sync` so write-back of what it wrote is counted); sets T_WALL (s), T_CPU
-# (user+sys s), T_RSS (peak RSS of the largest process, KiB), T_RC.
-# Output goes to $LOGS/LABEL.log.
+# (user+sys s), T_RSS (peak RSS of the largest process, KiB), T_RC, and
+# T_OTHER: CPU seconds that other processes (and kernel threads) used
+# meanwhile. Output goes to $LOGS/LABEL.log.
 timeit() {
     local label=$1; shift
-    local logf=$LOGS/$label.log tf=$LOGS/$label.time t0 t1 u s
+    local logf=$LOGS/$label.log tf=$LOGS/$label.time t0 t1 u s b0 b1
+    wait_idle
     drop_caches
+    b0=$(busy_ticks)
     t0=$(date +%s%N)
     T_RC=0
     /usr/bin/time -f '%M %U %S' -o "$tf" \
         bash -c '"$@"; rc=$?; sync; exit $rc' bench "$@" >"$logf" 2>&1 || T_RC=$?
     t1=$(date +%s%N)
+    b1=$(busy_ticks)
     T_WALL=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", (b - a) / 1e9 }')
     read -r T_RSS u s < <(tail -n 1 "$tf")
     T_CPU=$(awk -v u="$u" -v s="$s" 'BEGIN { printf "%.2f", u + s }')
+    T_OTHER=$(awk -v d="$((b1 - b0))" -v hz="$CLK_TCK" -v c="$T_CPU" \
+        'BEGIN { o = d / hz - c; printf "%.1f", o < 0 ? 0 : o }')
 }
 
 # timeit_best N LABEL CMD...: run N times, keep the fastest (for floors,
@@ -145,24 +192,24 @@ timeit() {
 # before each run, untimed
 BEST_SETUP=""
 timeit_best() {
-    local n=$1 label=$2 i bw bc br brc; shift 2
+    local n=$1 label=$2 i bw bc br brc bo; shift 2
     for ((i = 1; i <= n; i++)); do
         [[ -z $BEST_SETUP ]] || eval "$BEST_SETUP"
         timeit "$label" "$@"
         if [[ $i -eq 1 ]] || awk -v a="$T_WALL" -v b="$bw" 'BEGIN { exit !(a < b) }'; then
-            bw=$T_WALL bc=$T_CPU br=$T_RSS brc=$T_RC
+            bw=$T_WALL bc=$T_CPU br=$T_RSS brc=$T_RC bo=$T_OTHER
         fi
     done
-    T_WALL=$bw T_CPU=$bc T_RSS=$br T_RC=$brc
+    T_WALL=$bw T_CPU=$bc T_RSS=$br T_RC=$brc T_OTHER=$bo
 }
 
 repo_bytes() { if [[ -e $1 ]]; then du -sb "$1" | cut -f1; else echo 0; fi; }
 
 # record DATASET PHASE TOOL REPO_BYTES GROWTH_BYTES NOTE  (uses the T_* values)
 record() {
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
-        "$1" "$2" "$3" "$T_WALL" "$T_CPU" "$T_RSS" "$4" "$5" "$T_RC" "${6:-}" >>"$TSV"
-    log "$1 $2 $3: ${T_WALL}s cpu ${T_CPU}s rss $((T_RSS / 1024))MiB repo $4 (+$5) rc $T_RC"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+        "$1" "$2" "$3" "$T_WALL" "$T_CPU" "$T_RSS" "$4" "$5" "$T_RC" "${6:-}" "$T_OTHER" >>"$TSV"
+    log "$1 $2 $3: ${T_WALL}s cpu ${T_CPU}s other ${T_OTHER}s rss $((T_RSS / 1024))MiB repo ${4:--} (+${5:--}) rc $T_RC"
 }
 
 # --------------------------------------------------------------------------
@@ -462,7 +509,7 @@ report() {
 - machine: $(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM, kernel $(uname -r), $(df -T "$BENCH_DIR" | awk 'NR == 2 { print $2 }') under $BENCH_DIR
 - cache: $BENCH_CACHE$([[ $BENCH_CACHE == cold ]] && echo " (page cache dropped before every timed command)"); every timed command ends with \`sync\`
 - snapfs $SNAPFS_VERSION, $(restic version | cut -d' ' -f1-2), $(borg --version), $(tar --version | head -n 1)
-- mode: $([[ $BENCH_QUICK == 1 ]] && echo quick || echo full)
+- mode: $([[ $BENCH_QUICK == 1 ]] && echo quick || echo full); waited ${IDLE_WAITED} s in all for an idle machine before timed commands
 
 | data | source | files | MiB |
 |---|---|---:|---:|
@@ -476,8 +523,10 @@ source for first ingest and for the changed big file, a stat walk for the
 other re-ingests, \`cp -a\` of the source for restore; floors are the best of
 $FLOOR_RUNS runs, tools run once).
 \`× best peer\` = wall time ÷ the fastest of restic and borg in the same phase
-(below 1 means faster than every peer). Repo = \`du -sb\` of the repository
-after the phase; growth = what that phase added.
+(below 1 means faster than every peer). CPU = user + system seconds of the
+command; other CPU = seconds other processes used meanwhile (above ~0.5 the
+row was disturbed). Repo = \`du -sb\` of the repository after the phase;
+growth = what that phase added.
 
 EOF
     awk -F'\t' '
@@ -491,21 +540,21 @@ EOF
     function ok(i) { return note[i] !~ /^FAILED/ }
     {
         n++; ds[n] = $1; ph[n] = $2; tool[n] = $3; wall[n] = $4; cpu[n] = $5
-        rss[n] = $6; repo[n] = $7; grew[n] = $8; rc[n] = $9; note[n] = $10
+        rss[n] = $6; repo[n] = $7; grew[n] = $8; rc[n] = $9; note[n] = $10; other[n] = $11
         k = $1 SUBSEP $2
         if ($3 ~ /^floor/) floor[k] = $4
         else if ($3 ~ /^(restic|borg)/ && ok(n) && (!(k in best) || $4 < best[k])) best[k] = $4
     }
     END {
-        print "| data | phase | tool | wall s | × floor | × best peer | CPU s | peak RSS MiB | repo MiB | growth | note |"
-        print "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"
+        print "| data | phase | tool | wall s | × floor | × best peer | CPU s | other CPU s | peak RSS MiB | repo MiB | growth | note |"
+        print "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
         for (i = 1; i <= n; i++) {
             k = ds[i] SUBSEP ph[i]
             isfloor = tool[i] ~ /^floor/
             xf = (!isfloor && (k in floor) && floor[k] > 0) ? sprintf("%.2f", wall[i] / floor[k]) : ""
             xp = (!isfloor && (k in best) && best[k] > 0) ? sprintf("%.2f", wall[i] / best[k]) : ""
             t = tool[i] == "snapfs" ? "**snapfs**" : tool[i]
-            printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", ds[i], ph[i], t, wall[i], xf, xp, cpu[i], mib(rss[i] * 1024), repo[i] == "" ? "" : mib(repo[i]), grew[i] == "" ? "" : human(grew[i]), note[i]
+            printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", ds[i], ph[i], t, wall[i], xf, xp, cpu[i], other[i], mib(rss[i] * 1024), repo[i] == "" ? "" : mib(repo[i]), grew[i] == "" ? "" : human(grew[i]), note[i]
         }
     }' "$tsv"
     targets "$tsv"
@@ -519,6 +568,7 @@ targets() {
       if ($2 != "restore") rss[k] = $6
       if ($3 ~ /^(restic|borg)/ && $10 !~ /^FAILED/) { q = $1 SUBSEP $2; if (!(q in best) || $4 < best[q]) { best[q] = $4; bestn[q] = $3 } }
       if ($3 == "snapfs") snap = 1 }
+    function faster(r) { return r >= 1 ? sprintf("%.2f× faster", r) : sprintf("%.2f× slower", 1 / r) }
     function row(what, target, value, pass) {
         printf "| %s | %s | %s | %s |\n", what, target, value, pass ? "yes" : "**no**"
     }
@@ -533,11 +583,11 @@ targets() {
             s = wall[ds, "first", "snapfs"]; f = wall[ds, "first", "floor: tar"]
             if (s != "" && f > 0) row(ds " first ingest vs tar read", "≤ 1.2×", sprintf("%.2f×", s / f), s / f <= 1.2)
             s = wall[ds, "nochange", "snapfs"]; b = best[ds, "nochange"]
-            if (s > 0 && b != "") row(ds " no-change re-ingest vs fastest peer (" bestn[ds, "nochange"] ")", "≥ 2.5× faster", sprintf("%.2f× faster", b / s), b / s >= 2.5)
+            if (s > 0 && b != "") row(ds " no-change re-ingest vs fastest peer (" bestn[ds, "nochange"] ")", "≥ 2.5× faster", faster(b / s), b / s >= 2.5)
         }
         if ("big" in have) {
             s = wall["big", "first", "snapfs"]; l = wall["big", "first", "borg-lz4"]
-            if (s > 0 && l != "") row("big file first ingest vs borg lz4", "≥ 1.5× faster", sprintf("%.2f× faster", l / s), l / s >= 1.5)
+            if (s > 0 && l != "") row("big file first ingest vs borg lz4", "≥ 1.5× faster", faster(l / s), l / s >= 1.5)
             g = grew["big", "change", "snapfs"]
             if (g != "") row("big file: repository growth for a 1 MiB insertion", "≤ 2 MB", sprintf("%d bytes", g), g <= 2000000)
         }
@@ -551,7 +601,7 @@ targets() {
         for (d = 1; d <= 3; d++) {
             ds = all[d]
             s = wall[ds, "restore", "snapfs"]; b = best[ds, "restore"]
-            if (s > 0 && b != "") row(ds " restore vs fastest peer (" bestn[ds, "restore"] ")", "≥ 1.5× faster", sprintf("%.2f× faster", b / s), b / s >= 1.5)
+            if (s > 0 && b != "") row(ds " restore vs fastest peer (" bestn[ds, "restore"] ")", "≥ 1.5× faster", faster(b / s), b / s >= 1.5)
         }
         m = 0
         for (k in rss) { split(k, p, SUBSEP); if (p[3] == "snapfs" && rss[k] > m) m = rss[k] }
@@ -573,7 +623,7 @@ main() {
         "section_$section"
     done
     report "$TSV" | tee "$REPORT"
-    log "done in $((SECONDS - start)) s; results in $REPORT (raw: $TSV, logs: $LOGS)"
+    log "done in $((SECONDS - start)) s (${IDLE_WAITED} s waiting for an idle machine); results in $REPORT (raw: $TSV, logs: $LOGS)"
 }
 
 main "$@"
