@@ -34,6 +34,10 @@ pub enum Command {
         /// Default zstd level for ingests
         #[arg(long, default_value_t = 3)]
         compression: i32,
+        /// Refuse forget and gc unless given --allow-delete (protects history
+        /// from a compromised client)
+        #[arg(long)]
+        append_only: bool,
     },
     /// Make a snapshot of SOURCE paths
     Ingest(IngestArgs),
@@ -45,8 +49,40 @@ pub enum Command {
     /// Copy a snapshot, or a path inside it, out to TARGET with full metadata
     Restore {
         /// SNAPSHOT[:PATH]; SNAPSHOT is a name, an id prefix, latest or latest~N
-        spec: String,
+        spec: std::ffi::OsString,
         target: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove snapshots: the named ones, or those a retention policy does not keep
+    Forget(ForgetArgs),
+    /// Reclaim the space of forgotten snapshots
+    Gc {
+        /// Report what would be done, change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Rewrite packs with more than this percentage unused
+        #[arg(long, default_value_t = 10.0)]
+        max_unused: f64,
+        /// Run even on an append-only repository
+        #[arg(long)]
+        allow_delete: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the catalog and, with --read-data, every stored byte
+    Verify {
+        /// Read and check every pack
+        #[arg(long)]
+        read_data: bool,
+        /// Read and check this percentage of packs (a different part each day)
+        #[arg(long, value_name = "PERCENT", conflicts_with = "read_data")]
+        read_data_subset: Option<f64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild catalog.db from the packs alone (the old file is kept aside)
+    RebuildCatalog {
         #[arg(long)]
         json: bool,
     },
@@ -88,6 +124,47 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .parse::<u64>()
         .map(|n| n * mult)
         .map_err(|_| format!("not a size: {s:?}"))
+}
+
+#[derive(Args, Debug)]
+pub struct ForgetArgs {
+    /// Keep the N newest snapshots
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<u32>,
+    /// Keep the newest snapshot of each of the N newest hours
+    #[arg(long, value_name = "N")]
+    pub keep_hourly: Option<u32>,
+    /// ... days
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<u32>,
+    /// ... ISO weeks
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<u32>,
+    /// ... months
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<u32>,
+    /// ... years
+    #[arg(long, value_name = "N")]
+    pub keep_yearly: Option<u32>,
+    /// Keep everything within DURATION of the newest snapshot (e.g. 7d, 2w, 1y6m, 36h)
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<String>,
+    /// Keep snapshots with this tag (repeatable)
+    #[arg(long = "keep-tag", value_name = "TAG")]
+    pub keep_tags: Vec<String>,
+    /// List every snapshot with keep/remove and the rules that decided, change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Run gc afterwards
+    #[arg(long)]
+    pub gc: bool,
+    /// Run even on an append-only repository
+    #[arg(long)]
+    pub allow_delete: bool,
+    #[arg(long)]
+    pub json: bool,
+    /// Snapshots to remove (instead of a policy)
+    pub snapshots: Vec<String>,
 }
 
 #[derive(Args, Debug)]

@@ -235,12 +235,19 @@ pub fn forget(repo: &Repository, opts: &ForgetOptions) -> Result<Vec<Decision>> 
         }
         out
     };
-    if !opts.dry_run {
+    let gone: Vec<&SnapshotRow> = decisions
+        .iter()
+        .filter(|(_, d)| !d.keep)
+        .map(|(s, _)| s)
+        .collect();
+    if !opts.dry_run && !gone.is_empty() {
         cat.begin()?;
-        for (s, d) in &decisions {
-            if !d.keep {
-                cat.delete_snapshot(s.id)?;
-            }
+        let hashes: Vec<_> = gone.iter().map(|s| s.hash).collect();
+        let record = crate::snapshot::encode_forget_record(&hashes, crate::time::now_ns());
+        let chunk = repo.store_meta_chunk(&cat, crate::pack::ChunkKind::Snapshot, &record)?;
+        cat.add_tombstone(&chunk)?;
+        for s in gone {
+            cat.delete_snapshot(s.id)?;
         }
         cat.commit()?;
     }

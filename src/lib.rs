@@ -31,6 +31,7 @@ pub mod ids;
 pub mod ingest;
 pub mod mount;
 pub mod pack;
+pub mod rebuild;
 pub mod repo;
 pub mod report;
 pub mod restore;
@@ -39,5 +40,6 @@ pub mod snapshot_fs;
 pub mod store;
 pub mod time;
 pub mod tree;
+pub mod verify;
 
 pub use error::{Error, Result};

@@ -48,9 +48,13 @@ fn find_io(e: &snapfs::Error) -> Option<&std::io::Error> {
 fn run(cli: Cli) -> snapfs::Result<ExitCode> {
     let repo_path = cli.repo.unwrap_or_else(snapfs::repo::default_path);
     match cli.command {
-        Command::Init { compression } => {
+        Command::Init {
+            compression,
+            append_only,
+        } => {
             let config = snapfs::repo::Config {
                 compression,
+                append_only,
                 ..Default::default()
             };
             Repository::init(&repo_path, config)?;
@@ -82,6 +86,88 @@ fn run(cli: Cli) -> snapfs::Result<ExitCode> {
             let cat = repo.catalog()?;
             report::snapshots(&cat.snapshots()?, json);
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Forget(a) => {
+            let repo = Repository::open(&repo_path)?;
+            let policy = snapfs::forget::Policy {
+                last: a.keep_last,
+                hourly: a.keep_hourly,
+                daily: a.keep_daily,
+                weekly: a.keep_weekly,
+                monthly: a.keep_monthly,
+                yearly: a.keep_yearly,
+                within_ns: a
+                    .keep_within
+                    .as_deref()
+                    .map(snapfs::forget::parse_duration)
+                    .transpose()?,
+                tags: a.keep_tags,
+            };
+            let opts = snapfs::forget::ForgetOptions {
+                policy,
+                snapshots: a.snapshots,
+                dry_run: a.dry_run,
+                allow_delete: a.allow_delete,
+            };
+            let decisions = snapfs::forget::forget(&repo, &opts)?;
+            let gc = if a.gc && !a.dry_run {
+                Some(snapfs::gc::gc(
+                    &repo,
+                    &snapfs::gc::GcOptions {
+                        allow_delete: a.allow_delete,
+                        ..Default::default()
+                    },
+                )?)
+            } else {
+                None
+            };
+            report::forget(&decisions, a.dry_run, gc.as_ref(), a.json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Gc {
+            dry_run,
+            max_unused,
+            allow_delete,
+            json,
+        } => {
+            let repo = Repository::open(&repo_path)?;
+            let opts = snapfs::gc::GcOptions {
+                dry_run,
+                max_unused: max_unused / 100.0,
+                allow_delete,
+            };
+            report::gc(&snapfs::gc::gc(&repo, &opts)?, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify {
+            read_data,
+            read_data_subset,
+            json,
+        } => {
+            let repo = Repository::open(&repo_path)?;
+            let share = if read_data {
+                1.0
+            } else {
+                read_data_subset.unwrap_or(0.0) / 100.0
+            };
+            let r =
+                snapfs::verify::verify(&repo, &snapfs::verify::VerifyOptions { read_data: share })?;
+            report::verify(&r, json);
+            Ok(if r.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::RebuildCatalog { json } => {
+            let repo = Repository::open(&repo_path)?;
+            let r = snapfs::rebuild::rebuild_catalog(&repo)?;
+            report::rebuild(&r, json);
+            Ok(if r.problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Mount {
             mountpoint,

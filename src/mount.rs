@@ -349,6 +349,18 @@ pub fn mount(
     ready: impl FnOnce(),
 ) -> Result<()> {
     preflight(mountpoint)?;
+    // Block the stop signals before any thread starts (threads inherit the
+    // mask); one thread waits for them and unmounts.
+    // SAFETY: plain signal-mask calls on a zeroed, initialized sigset.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
     // Decoded frames are 128 KiB blocks allocated on read-ahead threads and
     // freed on others. One heap arena, with frames kept out of mmap, lets a
     // freed frame's memory serve the next one: no page faults per frame, and
@@ -365,17 +377,6 @@ pub fn mount(
             ..Default::default()
         },
     )?;
-    // Block the stop signals in every thread; one thread waits for them.
-    // SAFETY: plain signal-mask calls on a zeroed, initialized sigset.
-    let set = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    };
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::RO,

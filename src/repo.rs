@@ -85,7 +85,7 @@ impl Config {
                     saw_format = true;
                     c.format = num()? as u32;
                     if c.format != FORMAT {
-                        return Err(bad(&v.to_string()));
+                        return Err(bad(v));
                     }
                 }
                 "chunk_min" => c.chunker.min = num()? as usize,
@@ -246,6 +246,28 @@ impl Repository {
             self.backend
                 .read_at(name, offset, (size - offset) as usize - pack::FOOTER_LEN)?;
         Ok((size, pack::parse_table(&table, count, check)?))
+    }
+
+    /// Store one small metadata chunk in a pack of its own, durably, and index
+    /// it (inside the caller's transaction). For records written outside an
+    /// ingest, such as forget's.
+    pub fn store_meta_chunk(
+        &self,
+        cat: &Catalog,
+        kind: pack::ChunkKind,
+        data: &[u8],
+    ) -> Result<ChunkId> {
+        let hashed = store::hash_chunk(data);
+        if cat.has_chunk(&hashed.id)? {
+            return Ok(hashed.id);
+        }
+        let blob = store::Encoder::new(self.config.compression)?.encode(data, &hashed)?;
+        let mut w = pack::PackWriter::create(&self.tmp_dir())?;
+        w.append(hashed.id, kind, data.len() as u32, &blob)?;
+        let sealed = w.seal()?;
+        self.backend.put(&sealed.name, &sealed.path)?;
+        cat.add_pack(&sealed.name, sealed.size, &sealed.entries)?;
+        Ok(hashed.id)
     }
 
     /// Read, inflate and verify a whole chunk.

@@ -155,3 +155,131 @@ pub fn restore(s: &RestoreStats, as_json: bool) {
         );
     }
 }
+
+pub fn forget(
+    decisions: &[crate::forget::Decision],
+    dry_run: bool,
+    gc: Option<&crate::gc::GcStats>,
+    as_json: bool,
+) {
+    if as_json {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            dry_run: bool,
+            snapshots: &'a [crate::forget::Decision],
+            gc: Option<&'a crate::gc::GcStats>,
+        }
+        json(&Out {
+            dry_run,
+            snapshots: decisions,
+            gc,
+        });
+        return;
+    }
+    for d in decisions {
+        let verdict = match (d.keep, dry_run) {
+            (true, _) => "keep",
+            (false, true) => "would remove",
+            (false, false) => "removed",
+        };
+        let why = if d.reasons.is_empty() {
+            String::new()
+        } else {
+            format!("  ({})", d.reasons.join(", "))
+        };
+        println!(
+            "{:<12}  {:<8}  {:<22}  {}  {}{}",
+            verdict,
+            &d.id[..8],
+            d.name,
+            d.time,
+            d.host,
+            why
+        );
+    }
+    let removed = decisions.iter().filter(|d| !d.keep).count();
+    println!(
+        "{} snapshot(s) {}, {} kept",
+        removed,
+        if dry_run {
+            "would be removed"
+        } else {
+            "removed"
+        },
+        decisions.len() - removed
+    );
+    if let Some(g) = gc {
+        gc_line(g);
+    }
+}
+
+fn gc_line(g: &crate::gc::GcStats) {
+    println!(
+        "gc{}: {} unused pack(s) removed, {} rewritten into {}; freed {}, wrote {}{}",
+        if g.dry_run { " (dry run)" } else { "" },
+        g.packs_removed,
+        g.packs_rewritten,
+        g.packs_written,
+        bytes(g.bytes_freed),
+        bytes(g.bytes_written),
+        if g.packs_waiting > 0 {
+            format!(
+                "; {} pack(s) wait for running mounts to end",
+                g.packs_waiting
+            )
+        } else {
+            String::new()
+        }
+    );
+}
+
+pub fn gc(g: &crate::gc::GcStats, as_json: bool) {
+    if as_json {
+        json(g);
+    } else {
+        gc_line(g);
+    }
+}
+
+pub fn verify(r: &crate::verify::VerifyReport, as_json: bool) {
+    if as_json {
+        json(r);
+        return;
+    }
+    for p in &r.problems {
+        println!("problem: {p}");
+    }
+    for f in &r.damaged_files {
+        println!("damaged: {} {}", f.snapshot, f.path.display());
+    }
+    println!(
+        "{}: {} snapshot(s), {} pack(s); read {} pack(s), {} chunk(s), {} in {:.1}s",
+        if r.ok { "ok" } else { "PROBLEMS FOUND" },
+        r.snapshots,
+        r.packs,
+        r.packs_read,
+        r.chunks_read,
+        bytes(r.bytes_read),
+        r.seconds
+    );
+    if !r.damaged_snapshots.is_empty() {
+        println!("damaged snapshots: {}", r.damaged_snapshots.join(" "));
+    }
+}
+
+pub fn rebuild(r: &crate::rebuild::RebuildStats, as_json: bool) {
+    if as_json {
+        json(r);
+        return;
+    }
+    for p in &r.problems {
+        println!("problem: {p}");
+    }
+    if let Some(old) = &r.old_catalog {
+        println!("previous catalog kept as {}", old.display());
+    }
+    println!(
+        "rebuilt the catalog from {} pack(s): {} chunk(s), {} tree(s), {} snapshot(s) ({} forgotten ones left out) in {:.1}s",
+        r.packs, r.chunks, r.trees, r.snapshots, r.forgotten, r.seconds
+    );
+}

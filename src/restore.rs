@@ -41,12 +41,20 @@ struct FileJob {
     node: Node,
 }
 
-/// Split `SNAPSHOT[:PATH]`.
-pub fn parse_spec(spec: &str) -> (&str, Option<&str>) {
-    match spec.split_once(':') {
-        Some((s, p)) if !p.is_empty() => (s, Some(p)),
-        Some((s, _)) => (s, None),
-        None => (spec, None),
+/// Split `SNAPSHOT[:PATH]` at the first colon (snapshot names have none;
+/// the path may, and may be any bytes).
+pub fn parse_spec(spec: &OsStr) -> (String, Option<PathBuf>) {
+    let b = spec.as_bytes();
+    match b.iter().position(|&c| c == b':') {
+        Some(i) => {
+            let snap = String::from_utf8_lossy(&b[..i]).into_owned();
+            let path = &b[i + 1..];
+            (
+                snap,
+                (!path.is_empty()).then(|| PathBuf::from(OsStr::from_bytes(path))),
+            )
+        }
+        None => (String::from_utf8_lossy(b).into_owned(), None),
     }
 }
 
@@ -83,17 +91,13 @@ pub fn locate(cat: &Catalog, root: TreeId, snapshot: &str, path: &Path) -> Resul
     })
 }
 
-pub fn restore(repo: &Repository, spec: &str, target: &Path) -> Result<RestoreStats> {
+pub fn restore(repo: &Repository, spec: &OsStr, target: &Path) -> Result<RestoreStats> {
     let t0 = Instant::now();
     let cat = repo.catalog()?;
     let (snap_ref, inner) = parse_spec(spec);
-    let snap = crate::snapshot::resolve(&cat, snap_ref)?;
-    let located = locate(
-        &cat,
-        snap.root_tree,
-        &snap.name,
-        Path::new(inner.unwrap_or("/")),
-    )?;
+    let snap = crate::snapshot::resolve(&cat, &snap_ref)?;
+    let inner = inner.unwrap_or_else(|| PathBuf::from("/"));
+    let located = locate(&cat, snap.root_tree, &snap.name, &inner)?;
     let mut stats = RestoreStats {
         snapshot: snap.name.clone(),
         ..Default::default()
@@ -394,8 +398,14 @@ mod tests {
 
     #[test]
     fn spec_splits_at_the_first_colon() {
-        assert_eq!(parse_spec("latest"), ("latest", None));
-        assert_eq!(parse_spec("s1:/etc/a:b"), ("s1", Some("/etc/a:b")));
-        assert_eq!(parse_spec("s1:"), ("s1", None));
+        let p = |s: &str| parse_spec(OsStr::new(s));
+        assert_eq!(p("latest"), ("latest".into(), None));
+        assert_eq!(
+            p("s1:/etc/a:b"),
+            ("s1".into(), Some(PathBuf::from("/etc/a:b")))
+        );
+        assert_eq!(p("s1:"), ("s1".into(), None));
+        let odd = parse_spec(OsStr::from_bytes(b"s1:/caf\xe9"));
+        assert_eq!(odd.1.unwrap().as_os_str().as_bytes(), b"/caf\xe9");
     }
 }

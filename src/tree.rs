@@ -138,7 +138,7 @@ impl ChunkList {
     }
 
     pub fn validate(bytes: Vec<u8>) -> Result<ChunkList> {
-        if bytes.len() % Self::REC != 0 {
+        if !bytes.len().is_multiple_of(Self::REC) {
             return Err(Error::corrupt("chunk list has a partial record"));
         }
         Ok(ChunkList(bytes))

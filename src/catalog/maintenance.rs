@@ -58,6 +58,7 @@ impl Catalog {
                  SELECT e.content FROM entries e JOIN live_trees t ON e.tree = t.id
                  WHERE e.content IS NOT NULL;
              INSERT OR IGNORE INTO live_chunks SELECT hash FROM snapshots;
+             INSERT OR IGNORE INTO live_chunks SELECT chunk FROM tombstones;
              INSERT OR IGNORE INTO live_chunks
                  SELECT t.hash FROM trees t JOIN live_trees l ON l.id = t.id;",
         )?;
@@ -185,6 +186,21 @@ impl Catalog {
         self.conn
             .execute("DELETE FROM doomed_packs WHERE name = ?1", [&name.0.0[..]])?;
         Ok(())
+    }
+
+    pub fn add_tombstone(&self, chunk: &ChunkId) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO tombstones (chunk) VALUES (?1)",
+            [&chunk.0.0[..]],
+        )?;
+        Ok(())
+    }
+
+    /// Ids of stored metadata chunks of one kind (for a rebuild).
+    pub fn chunk_ids_of_kind(&self, kind: ChunkKind) -> Result<Vec<ChunkId>> {
+        let mut st = self.conn.prepare("SELECT id FROM chunks WHERE kind = ?1")?;
+        let rows = st.query_map([kind as u8], |r| Ok(ChunkId(blob_hash(r.get(0)?)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     // ---- verify ----

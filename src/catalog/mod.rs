@@ -356,7 +356,14 @@ impl Catalog {
         self.conn
             .prepare_cached("INSERT INTO trees (hash, nodes) VALUES (?1, ?2)")?
             .execute(params![&hash.0.0[..], nodes as i64])?;
-        let tree = self.conn.last_insert_rowid();
+        let tree = TreeId(self.conn.last_insert_rowid());
+        self.add_entries(tree, entries)?;
+        Ok(tree)
+    }
+
+    /// Insert the entries of a tree row.
+    pub fn add_entries(&self, tree: TreeId, entries: &[Node]) -> Result<()> {
+        let tree = tree.0;
         let mut st = self.conn.prepare_cached(&format!(
             "INSERT INTO entries (tree, {NODE_COLUMNS}) VALUES
              (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
@@ -386,7 +393,7 @@ impl Catalog {
                 n.node_offset as i64,
             ])?;
         }
-        Ok(TreeId(tree))
+        Ok(())
     }
 
     /// A directory listing in name order, starting after `after` (for paged reads).

@@ -97,3 +97,9 @@ CREATE TABLE doomed_packs (
     name      BLOB PRIMARY KEY,
     doomed_ns INTEGER NOT NULL
 ) WITHOUT ROWID;
+
+-- Records of forgotten snapshots (chunk ids), kept so that a catalog
+-- rebuilt from packs does not bring those snapshots back.
+CREATE TABLE tombstones (
+    chunk BLOB PRIMARY KEY
+) WITHOUT ROWID;

@@ -14,8 +14,7 @@ use std::time::Instant;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Serialize;
 
-use crate::catalog::{Catalog, SnapshotRow, encode_paths};
-use crate::codec::Encoder;
+use crate::catalog::{Catalog, SnapshotRow};
 use crate::error::{Error, IoContext, Result};
 use crate::ids::SnapshotId;
 use crate::pack::ChunkKind;
@@ -279,7 +278,18 @@ pub fn ingest(repo: &Repository, sources: &[PathBuf], opts: &IngestOptions) -> R
             read_bytes: 0,
             warnings: 0,
         };
-        let record = encode_record(&row, &root.hash, root.nodes, w.stats);
+        let record = crate::snapshot::encode_record(
+            &row,
+            &root.hash,
+            root.nodes,
+            &[
+                w.stats.files,
+                w.stats.dirs,
+                w.stats.size,
+                w.stats.bytes_read,
+                w.stats.warnings.len() as u64,
+            ],
+        );
         row.hash = w.put_chunk(ChunkKind::Snapshot, &record)?.0;
         w.checkpoint()?;
         let s = &*w.stats;
@@ -312,37 +322,4 @@ pub fn ingest(repo: &Repository, sources: &[PathBuf], opts: &IngestOptions) -> R
             Err(e)
         }
     }
-}
-
-/// The snapshot's own record, stored in a pack so a lost catalog can be rebuilt.
-fn encode_record(
-    row: &SnapshotRow,
-    root: &crate::ids::TreeHash,
-    nodes: u64,
-    s: &IngestStats,
-) -> Vec<u8> {
-    let mut e = Encoder::new();
-    e.u8(1);
-    e.bytes(row.name.as_bytes());
-    e.i64(row.started_ns);
-    e.i64(row.finished_ns);
-    e.bytes(row.host.as_bytes());
-    e.bytes(&encode_paths(&row.sources));
-    e.bytes(
-        serde_json::to_string(&row.tags)
-            .expect("tags serialize")
-            .as_bytes(),
-    );
-    e.hash(&root.0);
-    e.u64(nodes);
-    for v in [
-        s.files,
-        s.dirs,
-        s.size,
-        s.bytes_read,
-        s.warnings.len() as u64,
-    ] {
-        e.u64(v);
-    }
-    e.buf
 }

@@ -90,6 +90,9 @@ fn insert(map: &mut BTreeMap<Vec<u8>, Plan>, parts: &[Vec<u8>], leaf: Plan) {
     }
 }
 
+/// An entry found by the walk, with the catalog rows of its content or tree.
+type Walked = (Entry, Option<ContentId>, Option<TreeId>);
+
 pub struct DirResult {
     pub hash: TreeHash,
     pub id: TreeId,
@@ -353,7 +356,7 @@ impl<'a> Walker<'a> {
         plan: &BTreeMap<Vec<u8>, Plan>,
         prev: Option<&Node>,
         pos: u64,
-    ) -> Result<Option<(Entry, Option<ContentId>, Option<TreeId>)>> {
+    ) -> Result<Option<Walked>> {
         let meta = match std::fs::symlink_metadata(path) {
             Ok(m) if m.is_dir() => Meta::from_stat(&m),
             // Above a stdin name, or a source path through a symlink: a plain directory.
@@ -402,7 +405,7 @@ impl<'a> Walker<'a> {
         name: Vec<u8>,
         prev: Option<&Node>,
         pos: u64,
-    ) -> Result<Option<(Entry, Option<ContentId>, Option<TreeId>)>> {
+    ) -> Result<Option<Walked>> {
         let md = match std::fs::symlink_metadata(path) {
             Ok(m) => m,
             Err(e) => {
@@ -582,7 +585,7 @@ impl<'a> Walker<'a> {
         Ok((list, read, reader))
     }
 
-    fn stdin_entry(&mut self, name: Vec<u8>) -> Result<(Entry, Option<ContentId>, Option<TreeId>)> {
+    fn stdin_entry(&mut self, name: Vec<u8>) -> Result<Walked> {
         let stdin = std::io::stdin().lock();
         let (list, read, _) = self.store_stream(stdin).map_err(|e| match e {
             StreamError::Read(e) => Error::Io {

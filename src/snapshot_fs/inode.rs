@@ -10,8 +10,9 @@
 use crate::ids::SnapshotId;
 
 pub const ROOT: u64 = 1;
-/// The `latest` symlink at the mount root.
-pub const LATEST: u64 = 2;
+/// The `latest` symlink at the mount root has one number per snapshot it
+/// points to, so the kernel never serves a cached target of an older one.
+const LATEST_BASE: u64 = 1 << 39;
 
 const POS_BITS: u32 = 40;
 const POS_MASK: u64 = (1 << POS_BITS) - 1;
@@ -19,6 +20,17 @@ const POS_MASK: u64 = (1 << POS_BITS) - 1;
 pub fn encode(snap: SnapshotId, pos: u64) -> u64 {
     debug_assert!(pos <= POS_MASK, "a snapshot holds fewer than 2^40 nodes");
     ((snap.0 as u64) << POS_BITS) | pos
+}
+
+pub fn latest(snap: SnapshotId) -> u64 {
+    LATEST_BASE + snap.0 as u64
+}
+
+/// The snapshot a `latest` inode points to.
+pub fn latest_target(ino: u64) -> Option<SnapshotId> {
+    (LATEST_BASE..1 << POS_BITS)
+        .contains(&ino)
+        .then(|| SnapshotId((ino - LATEST_BASE) as i64))
 }
 
 /// (snapshot, position) of an inode inside a snapshot; None for the mount's own.
@@ -40,11 +52,14 @@ mod tests {
     fn snapshot_inodes_round_trip_and_never_meet_the_mounts_own() {
         for (s, p) in [(1, 0), (1, 5), (7, POS_MASK), (1 << 20, 12345)] {
             let ino = encode(SnapshotId(s), p);
-            assert!(ino > LATEST);
+            assert!(latest_target(ino).is_none());
             assert_eq!(decode(ino), Some((SnapshotId(s), p)));
         }
         assert_eq!(decode(ROOT), None);
-        assert_eq!(decode(LATEST), None);
+        let l = latest(SnapshotId(42));
+        assert_eq!(decode(l), None);
+        assert_eq!(latest_target(l), Some(SnapshotId(42)));
+        assert_eq!(latest_target(ROOT), None);
     }
 
     #[test]

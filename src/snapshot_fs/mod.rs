@@ -320,8 +320,15 @@ impl SnapshotFs {
         })
     }
 
+    /// The root changes when snapshots come and go: its mtime is the newest
+    /// snapshot's, so caches keyed on it notice.
     fn root_attr(&self) -> Attr {
-        dir_attr(inode::ROOT, 0o555, self.started_ns)
+        let newest = self
+            .newest()
+            .ok()
+            .flatten()
+            .map_or(self.started_ns, |s| s.started_ns.max(s.finished_ns));
+        dir_attr(inode::ROOT, 0o555, newest)
     }
 
     fn snapshot_attr(s: &SnapshotRow) -> Attr {
@@ -329,8 +336,12 @@ impl SnapshotFs {
     }
 
     fn latest_attr(&self) -> Result<Option<Attr>> {
-        Ok(self.newest()?.map(|s| Attr {
-            ino: inode::LATEST,
+        Ok(self.newest()?.map(|s| Self::latest_attr_of(&s)))
+    }
+
+    fn latest_attr_of(s: &SnapshotRow) -> Attr {
+        Attr {
+            ino: inode::latest(s.id),
             kind: Kind::Symlink,
             perm: 0o777,
             nlink: 1,
@@ -342,7 +353,7 @@ impl SnapshotFs {
             mtime_ns: s.started_ns,
             ctime_ns: s.started_ns,
             rdev: 0,
-        }))
+        }
     }
 
     fn cached(&self, ino: u64) -> Option<Arc<Inode>> {
@@ -461,9 +472,10 @@ impl SnapshotFs {
     pub fn getattr(&self, ino: u64) -> Result<Attr> {
         match ino {
             inode::ROOT => Ok(self.root_attr()),
-            inode::LATEST => self
-                .latest_attr()?
-                .ok_or_else(|| Error::NoSuchSnapshot("latest".into())),
+            _ if inode::latest_target(ino).is_some() => {
+                let target = inode::latest_target(ino).expect("checked");
+                Ok(Self::latest_attr_of(&self.snapshot(target)?))
+            }
             _ => {
                 let i = self.inode(ino)?;
                 match &i.node {
@@ -601,12 +613,8 @@ impl SnapshotFs {
     }
 
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
-        if ino == inode::LATEST {
-            return Ok(self
-                .newest()?
-                .ok_or_else(|| Error::NoSuchSnapshot("latest".into()))?
-                .name
-                .into_bytes());
+        if let Some(target) = inode::latest_target(ino) {
+            return Ok(self.snapshot(target)?.name.into_bytes());
         }
         let i = self.inode(ino)?;
         i.node
