@@ -32,7 +32,6 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo build --release --all-targets
     cargo nextest run --release --no-fail-fast
     # nextest does not run doctests.
     if [[ -f src/lib.rs ]]; then cargo test --release --doc; fi

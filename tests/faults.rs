@@ -184,6 +184,10 @@ fn files_vanishing_during_the_walk_do_not_break_the_snapshot() {
             .output()
             .expect("spawn ingest");
         let code = out.status.code();
+        eprintln!(
+            "round {round}: exit {code:?}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(
             code == Some(0) || code == Some(3),
             "round {round}: vanishing files must not fail the ingest\n{}",

@@ -1033,3 +1033,46 @@ fn init_over_an_existing_repository_keeps_it() {
     repo.restore(&snap.id, &target);
     assert_same_tree(&root, &restored_path(&target, &root));
 }
+
+#[test]
+fn copy_of_a_tree_elsewhere_adds_almost_no_data() {
+    let src_dir = tempdir();
+    let base = canonical(src_dir.path());
+    let original = base.join("original");
+    build_plain_tree(&original, 101, 4, 40, 512 * KIB);
+    let copy = base.join("elsewhere/copy");
+    mkdir(&base.join("elsewhere"));
+    tool(
+        "cp",
+        &[OsStr::new("-a"), original.as_os_str(), copy.as_os_str()],
+    );
+    let repo = Repo::new();
+    repo.ingest(&[], &[&original]);
+    let before = repo.packs_bytes();
+    let snap = repo.ingest(&[], &[&copy]);
+    let growth = repo.packs_bytes() - before;
+    assert!(
+        growth < 256 * KIB,
+        "a copy of a {before}-byte tree at another path added {growth} bytes: {}",
+        snap.json
+    );
+    let target_dir = tempdir();
+    let target = canonical(target_dir.path()).join("out");
+    repo.restore(&snap.id, &target);
+    assert_same_tree(&copy, &restored_path(&target, &copy));
+}
+
+#[test]
+fn restore_from_an_empty_repository_fails_with_a_message() {
+    let repo = Repo::new();
+    let target_dir = tempdir();
+    let target = canonical(target_dir.path()).join("out");
+    for spec in ["latest", "anything"] {
+        let out = run_expect(repo.cmd().arg("restore").arg(spec).arg(&target), 1);
+        assert!(
+            !out.stderr.is_empty(),
+            "restore {spec} failed without a message"
+        );
+    }
+    assert!(!target.exists(), "a failed restore created its target");
+}
