@@ -162,7 +162,7 @@ impl Filesystem for Fuse {
         reply: ReplyData,
     ) {
         match self.fs.read(fh.0, offset, size) {
-            Ok(d) => reply.data(&d),
+            Ok(d) => reply.data(d.as_slice()),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -369,6 +369,12 @@ pub fn mount(
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
         libc::mallopt(libc::M_MMAP_THRESHOLD, 8 << 20);
+        // Returning freed frames to the system only to fault them back in
+        // costs TLB shootdowns on every core; the cache bounds the peak anyway.
+        libc::mallopt(
+            libc::M_TRIM_THRESHOLD,
+            (req.cache_bytes + (64 << 20)).min(i32::MAX as usize) as i32,
+        );
     }
     let fs = SnapshotFs::new(
         repo,
