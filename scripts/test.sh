@@ -31,10 +31,13 @@ if [[ $(id -u) -ne 0 ]]; then
     exit 1
 fi
 
+# Doctests first (nextest does not run them), so that the summary printed
+# last is the one of the whole suite.
+if [[ -f src/lib.rs ]]; then
+    cargo test --release --doc
+fi
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --release --no-fail-fast
-    # nextest does not run doctests.
-    if [[ -f src/lib.rs ]]; then cargo test --release --doc; fi
 else
-    cargo test --release --no-fail-fast
+    cargo test --release --no-fail-fast --lib --bins --tests
 fi
