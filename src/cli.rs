@@ -86,6 +86,25 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What was added, removed, modified or changed in metadata between two snapshots
+    Diff {
+        from: String,
+        to: String,
+        /// Only beneath this absolute path
+        path: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sizes, deduplication and compression of the repository or one snapshot
+    Stats {
+        snapshot: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions { shell: clap_complete::Shell },
+    /// Write man pages (snapfs.1, snapfs-ingest.1, ...) into DIR
+    Man { dir: PathBuf },
     /// Serve every snapshot as a read-only directory at MOUNTPOINT (foreground;
     /// stop with `fusermount3 -u MOUNTPOINT` or Ctrl-C)
     Mount {
@@ -200,4 +219,34 @@ pub struct IngestArgs {
     #[arg(long)]
     pub json: bool,
     pub sources: Vec<PathBuf>,
+}
+
+/// Write the completion script for `shell` to standard output.
+pub fn print_completions(shell: clap_complete::Shell) {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    clap_complete::generate(shell, &mut cmd, "snapfs", &mut std::io::stdout());
+}
+
+/// Write one man page per command into `dir`; returns the files written.
+pub fn write_man_pages(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir)?;
+    let cmd = Cli::command();
+    let mut written = Vec::new();
+    let mut write = |name: String, c: clap::Command| -> std::io::Result<()> {
+        let path = dir.join(format!("{name}.1"));
+        let mut out = Vec::new();
+        clap_mangen::Man::new(c).render(&mut out)?;
+        std::fs::write(&path, out)?;
+        written.push(path);
+        Ok(())
+    };
+    for sub in cmd.get_subcommands() {
+        let name = format!("snapfs-{}", sub.get_name());
+        let leaked: &'static str = Box::leak(name.clone().into_boxed_str());
+        write(name, sub.clone().name(leaked))?;
+    }
+    write("snapfs".into(), cmd)?;
+    Ok(written)
 }

@@ -279,6 +279,8 @@ mod tests {
             added_bytes: 0,
             read_bytes: 0,
             warnings: 0,
+            change_share: 0.0,
+            alarm: false,
         }
     }
 

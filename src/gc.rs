@@ -75,6 +75,19 @@ pub fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcStats> {
         let mut writer: Option<PackWriter> = None;
         let mut sealed: Vec<SealedPack> = Vec::new();
         let mut doomed = Vec::new();
+        let rewrite_bytes: u64 = usage
+            .iter()
+            .filter(|p| {
+                p.live_chunks > 0
+                    && 1.0 - p.live_bytes as f64 / p.size.max(1) as f64 > opts.max_unused
+            })
+            .map(|p| p.live_bytes)
+            .sum();
+        let progress = crate::progress::Progress::new(
+            "gc",
+            "packs",
+            (!opts.dry_run && rewrite_bytes > 0).then_some(rewrite_bytes),
+        );
         for p in &usage {
             let unused = 1.0 - p.live_bytes as f64 / p.size.max(1) as f64;
             if p.live_chunks == 0 {
@@ -103,6 +116,7 @@ pub fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcStats> {
                     }
                     let w = writer.as_mut().expect("writer just created");
                     w.append(e.id, e.kind, e.raw_len, &blob)?;
+                    progress.bytes(blob.len() as u64);
                     if w.len() >= repo.config.pack_size {
                         sealed.push(seal(repo, writer.take().expect("writer present"))?);
                     }

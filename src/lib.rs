@@ -3,7 +3,8 @@
 //! Deduplicated backups in which every snapshot is a read-only directory.
 //!
 //! # Layout
-//! - `cli`: command-line syntax (clap types only); `report`: what commands print
+//! - `cli`: command-line syntax (clap types only); `report`: what commands print;
+//!   `progress`: progress bars on a terminal
 //! - `error`: the error type and its errno mapping; `ids`: hash and row id newtypes
 //! - `tree`: entries, metadata, and the encoded forms of trees and chunk lists
 //! - `codec`: the varint encoding of metadata stored in packs
@@ -14,6 +15,8 @@
 //! - `repo`: a repository on disk: config, lock, catalog, packs
 //! - `ingest`: the walk and the chunk→store pipeline
 //! - `restore`: snapshots back out to a directory
+//! - `forget`, `gc`, `verify`, `rebuild`: retention, space, integrity, recovery
+//! - `diff`, `stats`: what changed between snapshots; sizes and ratios
 //! - `snapshot_fs`: snapshots as directories (lookup, readdir, read), no FUSE types
 //! - `mount`: the thin FUSE adapter over `snapshot_fs`
 //! - `snapshot`: snapshot references (`latest~2`, id prefixes)
@@ -24,6 +27,7 @@ pub mod catalog;
 pub mod chunker;
 pub mod cli;
 pub mod codec;
+pub mod diff;
 pub mod error;
 pub mod forget;
 pub mod gc;
@@ -31,12 +35,14 @@ pub mod ids;
 pub mod ingest;
 pub mod mount;
 pub mod pack;
+pub mod progress;
 pub mod rebuild;
 pub mod repo;
 pub mod report;
 pub mod restore;
 pub mod snapshot;
 pub mod snapshot_fs;
+pub mod stats;
 pub mod store;
 pub mod time;
 pub mod tree;

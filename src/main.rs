@@ -19,6 +19,9 @@ fn main() -> ExitCode {
         .format_timestamp(None)
         .format_target(false)
         .init();
+    if cli.quiet {
+        snapfs::progress::disable();
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -168,6 +171,36 @@ fn run(cli: Cli) -> snapfs::Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Command::Diff {
+            from,
+            to,
+            path,
+            json,
+        } => {
+            let repo = Repository::open(&repo_path)?;
+            report::diff(
+                &snapfs::diff::diff(&repo, &from, &to, path.as_deref())?,
+                json,
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stats { snapshot, json } => {
+            let repo = Repository::open(&repo_path)?;
+            report::stats(&snapfs::stats::stats(&repo, snapshot.as_deref())?, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            snapfs::cli::print_completions(shell);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir } => {
+            let files = snapfs::cli::write_man_pages(&dir).map_err(|e| snapfs::Error::Io {
+                path: dir.clone(),
+                source: e,
+            })?;
+            println!("wrote {} man pages to {}", files.len(), dir.display());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Mount {
             mountpoint,

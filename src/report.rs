@@ -64,6 +64,13 @@ pub fn ingest(s: &IngestStats, as_json: bool) {
         bytes(s.added_bytes),
         s.seconds
     );
+    if s.alarm {
+        eprintln!(
+            "warning: {:.0}% of the previous snapshot changed or vanished, far above the usual level; \
+             check with: snapfs diff latest~1 latest (mass encryption by ransomware looks like this)",
+            s.change_share * 100.0
+        );
+    }
     if !s.warnings.is_empty() {
         eprintln!(
             "{} warning(s); {} file(s) could not be read (named above)",
@@ -87,6 +94,8 @@ struct SnapshotJson<'a> {
     size: u64,
     added_bytes: u64,
     warnings: u64,
+    change_share: f64,
+    alarm: bool,
 }
 
 pub fn snapshots(list: &[SnapshotRow], as_json: bool) {
@@ -110,6 +119,8 @@ pub fn snapshots(list: &[SnapshotRow], as_json: bool) {
                 size: s.size,
                 added_bytes: s.added_bytes,
                 warnings: s.warnings,
+                change_share: s.change_share,
+                alarm: s.alarm,
             })
             .collect();
         json(&rows);
@@ -124,6 +135,12 @@ pub fn snapshots(list: &[SnapshotRow], as_json: bool) {
         let mut srcs = sources.join(" ");
         if !s.tags.is_empty() {
             srcs.push_str(&format!("  [{}]", s.tags.join(",")));
+        }
+        if s.alarm {
+            srcs.push_str(&format!(
+                "  CHANGE ALARM: {:.0}% changed",
+                s.change_share * 100.0
+            ));
         }
         println!(
             "{:<8}  {:<22}  {:<20}  {:<12}  {:>9}  {:>10}  {:>10}  {}",
@@ -282,4 +299,65 @@ pub fn rebuild(r: &crate::rebuild::RebuildStats, as_json: bool) {
         "rebuilt the catalog from {} pack(s): {} chunk(s), {} tree(s), {} snapshot(s) ({} forgotten ones left out) in {:.1}s",
         r.packs, r.chunks, r.trees, r.snapshots, r.forgotten, r.seconds
     );
+}
+
+pub fn diff(r: &crate::diff::DiffReport, as_json: bool) {
+    use crate::diff::ChangeKind;
+    if as_json {
+        json(r);
+        return;
+    }
+    for c in &r.changes {
+        let mark = match c.change {
+            ChangeKind::Added => "+",
+            ChangeKind::Removed => "-",
+            ChangeKind::Modified => "M",
+            ChangeKind::Metadata => "U",
+        };
+        let slash = if c.kind == "dir" { "/" } else { "" };
+        println!("{mark}    {}{slash}", c.path.display());
+    }
+    println!(
+        "{} -> {}: {} added ({}), {} removed ({}), {} modified ({}), {} metadata only",
+        r.from,
+        r.to,
+        r.added,
+        bytes(r.added_bytes),
+        r.removed,
+        bytes(r.removed_bytes),
+        r.modified,
+        bytes(r.modified_bytes),
+        r.metadata
+    );
+}
+
+pub fn stats(s: &crate::stats::Stats, as_json: bool) {
+    if as_json {
+        json(s);
+        return;
+    }
+    if let Some(name) = &s.snapshot {
+        println!("snapshot {name}");
+    } else {
+        println!("{} snapshot(s)", s.snapshots);
+    }
+    println!("logical size:       {}", bytes(s.logical_bytes));
+    println!(
+        "unique data:        {} in {} chunks",
+        bytes(s.unique_raw_bytes),
+        s.chunks
+    );
+    println!("stored data:        {}", bytes(s.stored_data_bytes));
+    println!("pack files:         {}", bytes(s.pack_bytes));
+    println!("deduplication:      {:.2}x", s.dedup_ratio);
+    println!("compression:        {:.2}x", s.compression_ratio);
+    if let Some(u) = s.unique_bytes {
+        println!(
+            "only in this snapshot: {} (freed by forgetting it, then gc)",
+            bytes(u)
+        );
+    }
+    if let Some(a) = s.added_bytes {
+        println!("added when made:    {}", bytes(a));
+    }
 }

@@ -108,6 +108,9 @@ pub fn restore(repo: &Repository, spec: &OsStr, target: &Path) -> Result<Restore
     let (tx, rx) = bounded::<FileJob>(workers * 4);
     let failure: Mutex<Option<Error>> = Mutex::new(None);
     let done = Mutex::new((0u64, 0u64));
+    let whole = matches!(located, Located::Root(_));
+    let progress = crate::progress::Progress::new("restore", "files", whole.then_some(snap.size));
+    let progress = &progress;
     let mut links: Vec<(PathBuf, PathBuf)> = Vec::new();
     std::thread::scope(|scope| -> Result<()> {
         for _ in 0..workers {
@@ -125,6 +128,8 @@ pub fn restore(repo: &Repository, spec: &OsStr, target: &Path) -> Result<Restore
                 for job in rx {
                     match write_file(repo, &cat, &job) {
                         Ok(n) => {
+                            progress.bytes(n);
+                            progress.item();
                             let mut d = done.lock().expect("counter lock");
                             d.0 += 1;
                             d.1 += n;

@@ -131,6 +131,8 @@ pub fn decode_record(data: &[u8], hash: Hash) -> Result<Record> {
                     added_bytes: 0,
                     read_bytes,
                     warnings,
+                    change_share: 0.0,
+                    alarm: false,
                 }),
                 root,
             })

@@ -106,6 +106,13 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> {
     // Packs: present, right size, and with --read-data, every byte.
     let packs = cat.packs()?;
     r.packs = packs.len() as u64;
+    let to_read: u64 = packs
+        .iter()
+        .filter(|p| selected(p.1.0.0[0], opts.read_data))
+        .map(|p| p.2)
+        .sum();
+    let progress =
+        crate::progress::Progress::new("verify", "packs", (to_read > 0).then_some(to_read));
     for (id, name, size) in &packs {
         match repo.backend.size(name) {
             Ok(s) if s == *size => {}
@@ -135,6 +142,8 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> {
             }
         };
         r.bytes_read += bytes.len() as u64;
+        progress.bytes(bytes.len() as u64);
+        progress.item();
         if crate::ids::Hash::of(&bytes) != name.0 {
             r.problems.push(format!(
                 "pack {name}: its bytes do not match its name (damaged)"

@@ -41,33 +41,44 @@ impl Catalog {
     /// snapshot reaches, and `live_chunks` with their chunks (data, trees,
     /// snapshot records).
     pub fn mark_live(&self) -> Result<()> {
-        self.conn.execute_batch(
-            "DROP TABLE IF EXISTS temp.live_trees;
-             DROP TABLE IF EXISTS temp.live_contents;
-             DROP TABLE IF EXISTS temp.live_chunks;
-             CREATE TEMP TABLE live_trees (id INTEGER PRIMARY KEY);
-             CREATE TEMP TABLE live_contents (id INTEGER PRIMARY KEY);
-             CREATE TEMP TABLE live_chunks (id BLOB PRIMARY KEY) WITHOUT ROWID;
+        self.mark_reachable("live", "1 = 1", true)
+    }
+
+    /// Fill temp tables `<prefix>_trees`, `<prefix>_contents`, `<prefix>_chunks`
+    /// with what the snapshots matching `filter` (SQL over `snapshots`) reach.
+    fn mark_reachable(&self, prefix: &str, filter: &str, tombstones: bool) -> Result<()> {
+        let tomb = if tombstones {
+            format!("INSERT OR IGNORE INTO {prefix}_chunks SELECT chunk FROM tombstones;")
+        } else {
+            String::new()
+        };
+        self.conn.execute_batch(&format!(
+            "DROP TABLE IF EXISTS temp.{prefix}_trees;
+             DROP TABLE IF EXISTS temp.{prefix}_contents;
+             DROP TABLE IF EXISTS temp.{prefix}_chunks;
+             CREATE TEMP TABLE {prefix}_trees (id INTEGER PRIMARY KEY);
+             CREATE TEMP TABLE {prefix}_contents (id INTEGER PRIMARY KEY);
+             CREATE TEMP TABLE {prefix}_chunks (id BLOB PRIMARY KEY) WITHOUT ROWID;
              WITH RECURSIVE t(id) AS (
-                 SELECT root_tree FROM snapshots
+                 SELECT root_tree FROM snapshots WHERE {filter}
                  UNION
                  SELECT e.subtree FROM entries e JOIN t ON e.tree = t.id WHERE e.subtree IS NOT NULL
              )
-             INSERT INTO live_trees SELECT id FROM t;
-             INSERT OR IGNORE INTO live_contents
-                 SELECT e.content FROM entries e JOIN live_trees t ON e.tree = t.id
+             INSERT INTO {prefix}_trees SELECT id FROM t;
+             INSERT OR IGNORE INTO {prefix}_contents
+                 SELECT e.content FROM entries e JOIN {prefix}_trees t ON e.tree = t.id
                  WHERE e.content IS NOT NULL;
-             INSERT OR IGNORE INTO live_chunks SELECT hash FROM snapshots;
-             INSERT OR IGNORE INTO live_chunks SELECT chunk FROM tombstones;
-             INSERT OR IGNORE INTO live_chunks
-                 SELECT t.hash FROM trees t JOIN live_trees l ON l.id = t.id;",
-        )?;
-        let mut ins = self
-            .conn
-            .prepare_cached("INSERT OR IGNORE INTO live_chunks (id) VALUES (?1)")?;
-        let mut st = self
-            .conn
-            .prepare("SELECT c.chunks FROM contents c JOIN live_contents l ON l.id = c.id")?;
+             INSERT OR IGNORE INTO {prefix}_chunks SELECT hash FROM snapshots WHERE {filter};
+             {tomb}
+             INSERT OR IGNORE INTO {prefix}_chunks
+                 SELECT t.hash FROM trees t JOIN {prefix}_trees l ON l.id = t.id;"
+        ))?;
+        let mut ins = self.conn.prepare(&format!(
+            "INSERT OR IGNORE INTO {prefix}_chunks (id) VALUES (?1)"
+        ))?;
+        let mut st = self.conn.prepare(&format!(
+            "SELECT c.chunks FROM contents c JOIN {prefix}_contents l ON l.id = c.id"
+        ))?;
         let mut rows = st.query([])?;
         while let Some(r) = rows.next()? {
             let list = ChunkList::validate(r.get(0)?)?;
@@ -201,6 +212,27 @@ impl Catalog {
         let mut st = self.conn.prepare("SELECT id FROM chunks WHERE kind = ?1")?;
         let rows = st.query_map([kind as u8], |r| Ok(ChunkId(blob_hash(r.get(0)?)?)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Stored bytes only this snapshot references (what forgetting it frees).
+    pub fn unique_bytes(&self, snap: SnapshotId) -> Result<u64> {
+        self.mark_reachable("other", &format!("id != {}", snap.0), true)?;
+        self.mark_reachable("this", &format!("id = {}", snap.0), false)?;
+        Ok(self.conn.query_row(
+            "SELECT COALESCE(SUM(c.stored_len), 0) FROM temp.this_chunks t JOIN chunks c ON c.id = t.id
+             WHERE t.id NOT IN (SELECT id FROM temp.other_chunks)",
+            [],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+
+    /// (raw bytes, stored bytes, chunks) of the file data in the repository.
+    pub fn data_totals(&self) -> Result<(u64, u64, u64)> {
+        Ok(self.conn.query_row(
+            "SELECT COALESCE(SUM(raw_len), 0), COALESCE(SUM(stored_len), 0), COUNT(*) FROM chunks WHERE kind = 0",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64)),
+        )?)
     }
 
     // ---- verify ----

@@ -50,7 +50,7 @@ pub struct Node {
 }
 
 /// A snapshot as listed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SnapshotRow {
     pub id: SnapshotId,
     /// Id of the snapshot's record in the packs; shown to users as its id.
@@ -68,6 +68,8 @@ pub struct SnapshotRow {
     pub added_bytes: u64,
     pub read_bytes: u64,
     pub warnings: u64,
+    pub change_share: f64,
+    pub alarm: bool,
 }
 
 pub fn encode_paths(paths: &[PathBuf]) -> Vec<u8> {
@@ -125,7 +127,7 @@ fn node_from_row(r: &Row) -> rusqlite::Result<Node> {
     })
 }
 
-const SNAPSHOT_COLUMNS: &str = "id, hash, name, started_ns, finished_ns, host, sources, tags, root_tree, files, dirs, size, added_bytes, read_bytes, warnings";
+const SNAPSHOT_COLUMNS: &str = "id, hash, name, started_ns, finished_ns, host, sources, tags, root_tree, files, dirs, size, added_bytes, read_bytes, warnings, change_share, alarm";
 
 fn snapshot_from_row(r: &Row) -> rusqlite::Result<SnapshotRow> {
     let sources: Vec<u8> = r.get(6)?;
@@ -146,6 +148,8 @@ fn snapshot_from_row(r: &Row) -> rusqlite::Result<SnapshotRow> {
         added_bytes: r.get::<_, i64>(12)? as u64,
         read_bytes: r.get::<_, i64>(13)? as u64,
         warnings: r.get::<_, i64>(14)? as u64,
+        change_share: r.get(15)?,
+        alarm: r.get::<_, i64>(16)? != 0,
     })
 }
 
@@ -340,6 +344,16 @@ impl Catalog {
             .optional()?)
     }
 
+    pub fn tree_nodes(&self, id: TreeId) -> Result<u64> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT nodes FROM trees WHERE id = ?1")?;
+        Ok(st
+            .query_row([id.0], |r| r.get::<_, i64>(0))
+            .optional()?
+            .unwrap_or(0) as u64)
+    }
+
     pub fn tree_hash(&self, id: TreeId) -> Result<TreeHash> {
         let mut st = self
             .conn
@@ -465,7 +479,7 @@ impl Catalog {
     pub fn add_snapshot(&self, s: &SnapshotRow) -> Result<SnapshotId> {
         self.conn
             .prepare_cached(&format!(
-                "INSERT INTO snapshots ({}) VALUES (NULL, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                "INSERT INTO snapshots ({}) VALUES (NULL, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
                 SNAPSHOT_COLUMNS
             ))?
             .execute(params![
@@ -483,6 +497,8 @@ impl Catalog {
                 s.added_bytes as i64,
                 s.read_bytes as i64,
                 s.warnings as i64,
+                s.change_share,
+                s.alarm as i64,
             ])?;
         Ok(SnapshotId(self.conn.last_insert_rowid()))
     }
@@ -508,6 +524,24 @@ impl Catalog {
             "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE name = ?1"
         ))?;
         Ok(st.query_row([name], snapshot_from_row).optional()?)
+    }
+
+    /// The newest snapshots of these sources from this host, newest first.
+    pub fn recent_snapshots(
+        &self,
+        host: &str,
+        sources: &[PathBuf],
+        n: usize,
+    ) -> Result<Vec<SnapshotRow>> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE host = ?1 AND sources = ?2
+             ORDER BY started_ns DESC, id DESC LIMIT ?3"
+        ))?;
+        let rows = st.query_map(
+            params![host, encode_paths(sources), n as i64],
+            snapshot_from_row,
+        )?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// The newest snapshot of exactly these sources from this host: the base

@@ -78,7 +78,11 @@ CREATE TABLE snapshots (
     size        INTEGER NOT NULL,
     added_bytes INTEGER NOT NULL,
     read_bytes  INTEGER NOT NULL,
-    warnings    INTEGER NOT NULL
+    warnings    INTEGER NOT NULL,
+    -- Share of the previous snapshot's entries changed or deleted, and
+    -- whether that was far above the usual level (see ingest's change alarm).
+    change_share REAL NOT NULL DEFAULT 0,
+    alarm        INTEGER NOT NULL DEFAULT 0
 );
 
 -- Hard link groups of a snapshot: the first member's depth-first position

@@ -86,6 +86,15 @@ pub struct IngestStats {
     /// Bytes of new packs written to the repository.
     pub added_bytes: u64,
     pub skipped_sockets: u64,
+    /// Files of the previous snapshot read again because they changed.
+    pub changed: u64,
+    /// Entries of the previous snapshot that are gone.
+    pub deleted: u64,
+    /// (changed + deleted) / entries of the previous snapshot.
+    pub change_share: f64,
+    /// The change share is far above this source's usual level: look with
+    /// `snapfs diff` (mass encryption by ransomware looks exactly like this).
+    pub alarm: bool,
     pub unreadable: u64,
     pub warnings: Vec<Warning>,
     pub seconds: f64,
@@ -253,7 +262,8 @@ pub fn ingest(repo: &Repository, sources: &[PathBuf], opts: &IngestOptions) -> R
     };
     let mut stats = IngestStats::default();
     let result = (|| -> Result<SnapshotId> {
-        let mut w = Walker::new(&cat, &pipe, &wopts, &mut stats);
+        let progress = crate::progress::Progress::new("ingest", "files", None);
+        let mut w = Walker::new(&cat, &pipe, &wopts, &mut stats, &progress);
         let plan = match &opts.stdin_name {
             Some(n) => Plan::for_stdin(n),
             None => Plan::for_sources(&sources),
@@ -277,6 +287,8 @@ pub fn ingest(repo: &Repository, sources: &[PathBuf], opts: &IngestOptions) -> R
             added_bytes: 0,
             read_bytes: 0,
             warnings: 0,
+            change_share: 0.0,
+            alarm: false,
         };
         let record = crate::snapshot::encode_record(
             &row,
@@ -299,6 +311,19 @@ pub fn ingest(repo: &Repository, sources: &[PathBuf], opts: &IngestOptions) -> R
         row.added_bytes = s.added_bytes;
         row.read_bytes = s.bytes_read;
         row.warnings = s.warnings.len() as u64;
+        if let Some(p) = &prev {
+            let base = (p.files + p.dirs).max(1) as f64;
+            row.change_share = ((s.changed + s.deleted) as f64 / base).min(1.0);
+            let recent = cat.recent_snapshots(&host, &sources, 6)?;
+            // The first of these is `prev`, whose own share describes its change.
+            let usual: Vec<f64> = recent.iter().map(|r| r.change_share).collect();
+            let usual = if usual.is_empty() {
+                0.0
+            } else {
+                usual.iter().sum::<f64>() / usual.len() as f64
+            };
+            row.alarm = change_alarm(row.change_share, usual);
+        }
         let id = cat.add_snapshot(&row)?;
         for (key, (first, count)) in links {
             if count > 1 {
@@ -307,6 +332,8 @@ pub fn ingest(repo: &Repository, sources: &[PathBuf], opts: &IngestOptions) -> R
         }
         cat.commit()?;
         stats.snapshot_id = row.hash.to_hex();
+        stats.change_share = row.change_share;
+        stats.alarm = row.alarm;
         Ok(id)
     })();
     match result {
@@ -321,5 +348,25 @@ pub fn ingest(repo: &Repository, sources: &[PathBuf], opts: &IngestOptions) -> R
             pipe.finish();
             Err(e)
         }
+    }
+}
+
+/// Far above the usual level: at least 30% of the previous snapshot changed
+/// or vanished, when usually under 5% does (or over six times the usual).
+pub fn change_alarm(share: f64, usual: f64) -> bool {
+    share >= 0.30 && (usual < 0.05 || share > 6.0 * usual)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn change_alarm_fires_only_far_above_the_usual_level() {
+        assert!(change_alarm(0.9, 0.01));
+        assert!(change_alarm(0.3, 0.0));
+        assert!(!change_alarm(0.2, 0.0));
+        assert!(!change_alarm(0.5, 0.4));
+        assert!(change_alarm(0.95, 0.1));
     }
 }

@@ -108,6 +108,7 @@ pub struct WalkOptions {
 }
 
 pub struct Walker<'a> {
+    pub progress: &'a crate::progress::Progress,
     pub cat: &'a Catalog,
     pub pipe: &'a Pipeline,
     pub opts: &'a WalkOptions,
@@ -129,8 +130,10 @@ impl<'a> Walker<'a> {
         pipe: &'a Pipeline,
         opts: &'a WalkOptions,
         stats: &'a mut IngestStats,
+        progress: &'a crate::progress::Progress,
     ) -> Self {
         Walker {
+            progress,
             cat,
             pipe,
             opts,
@@ -300,6 +303,18 @@ impl<'a> Walker<'a> {
             entries.push(entry);
             ids.push((content, subtree));
         }
+        // What the previous snapshot had here and this one has not.
+        for (name, n) in &prev_entries {
+            if entries
+                .binary_search_by(|e| e.name.as_slice().cmp(name))
+                .is_err()
+            {
+                self.stats.deleted += match n.subtree {
+                    Some(t) => 1 + self.cat.tree_nodes(t)?,
+                    None => 1,
+                };
+            }
+        }
         let res = self.finish_tree(entries, ids)?;
         self.maybe_checkpoint()?;
         Ok(res)
@@ -450,6 +465,7 @@ impl<'a> Walker<'a> {
             }
             Kind::File => {
                 self.stats.files += 1;
+                self.progress.item();
                 let unchanged = prev.filter(|p| {
                     p.meta.size == meta.size
                         && p.meta.mtime_ns == meta.mtime_ns
@@ -462,7 +478,12 @@ impl<'a> Walker<'a> {
                         self.stats.reused_files += 1;
                         (self.cat.content(cid)?, cid)
                     }
-                    None => match self.read_file(path, &mut meta)? {
+                    None => match {
+                        if prev.is_some() {
+                            self.stats.changed += 1;
+                        }
+                        self.read_file(path, &mut meta)?
+                    } {
                         Some(list) => {
                             let cid = self.content_id(&list)?;
                             (list, cid)
@@ -573,6 +594,7 @@ impl<'a> Walker<'a> {
                 Err(e) => break Err(StreamError::Store(e)),
             };
             read += len as u64;
+            self.progress.bytes(len as u64);
             list.push(ChunkRef {
                 id,
                 len: len as u32,
