@@ -118,7 +118,32 @@ pub enum Command {
         /// Threads serving requests
         #[arg(long, default_value_t = 4)]
         threads: usize,
+        /// Snapshot directory names: `plain` (the snapshot's name) or `gmt`
+        /// (@GMT-YYYY.MM.DD-HH.MM.SS, for Samba's shadow_copy2 "Previous Versions")
+        #[arg(long, value_enum, default_value = "plain")]
+        names: NameStyle,
     },
+    /// Every version of one path across all snapshots
+    Log {
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Names matching GLOB in all snapshots (a GLOB with '/' matches whole paths)
+    Find {
+        glob: String,
+        /// Only in this snapshot
+        #[arg(long)]
+        snapshot: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum NameStyle {
+    Plain,
+    Gmt,
 }
 
 /// `512K`, `256M`, `1G`, or plain bytes.

@@ -190,6 +190,23 @@ fn run(cli: Cli) -> snapfs::Result<ExitCode> {
             report::stats(&snapfs::stats::stats(&repo, snapshot.as_deref())?, json);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Log { path, json } => {
+            let repo = Repository::open(&repo_path)?;
+            report::log(&snapfs::history::log(&repo, &path)?, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Find {
+            glob,
+            snapshot,
+            json,
+        } => {
+            let repo = Repository::open(&repo_path)?;
+            report::find(
+                &snapfs::find::find(&repo, &glob, snapshot.as_deref())?,
+                json,
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Completions { shell } => {
             snapfs::cli::print_completions(shell);
             Ok(ExitCode::SUCCESS)
@@ -207,9 +224,14 @@ fn run(cli: Cli) -> snapfs::Result<ExitCode> {
             allow_other,
             cache_size,
             threads,
+            names,
         } => {
             let repo = Repository::open(&repo_path)?;
             let req = snapfs::mount::MountRequest {
+                names: match names {
+                    snapfs::cli::NameStyle::Plain => snapfs::snapshot_fs::Names::Plain,
+                    snapfs::cli::NameStyle::Gmt => snapfs::snapshot_fs::Names::Gmt,
+                },
                 allow_other,
                 cache_bytes: cache_size as usize,
                 threads,

@@ -126,6 +126,10 @@ impl Filesystem for Fuse {
         }
     }
 
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(ino.0) {
             Ok(a) => reply.attr(&ttl_for(a.ino), &file_attr(&a)),
@@ -196,7 +200,7 @@ impl Filesystem for Fuse {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.fs.readdir(ino.0, offset, 512) {
+        match self.fs.readdir(ino.0, offset, 512, false) {
             Ok(items) => {
                 for it in items {
                     if reply.add(
@@ -222,7 +226,7 @@ impl Filesystem for Fuse {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        match self.fs.readdir(ino.0, offset, 256) {
+        match self.fs.readdir(ino.0, offset, 256, true) {
             Ok(items) => {
                 for it in items {
                     let ttl = ttl_for(it.attr.ino);
@@ -297,6 +301,7 @@ impl Filesystem for Fuse {
 }
 
 pub struct MountRequest {
+    pub names: crate::snapshot_fs::Names,
     pub allow_other: bool,
     pub cache_bytes: usize,
     pub threads: usize,
@@ -379,6 +384,7 @@ pub fn mount(
     let fs = SnapshotFs::new(
         repo,
         MountOptions {
+            names: req.names,
             cache_bytes: req.cache_bytes,
             ..Default::default()
         },

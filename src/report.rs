@@ -361,3 +361,45 @@ pub fn stats(s: &crate::stats::Stats, as_json: bool) {
         println!("added when made:    {}", bytes(a));
     }
 }
+
+pub fn log(l: &crate::history::Log, as_json: bool) {
+    if as_json {
+        json(l);
+        return;
+    }
+    println!("{}: {} version(s)", l.path, l.versions.len());
+    for v in &l.versions {
+        println!(
+            "  {:<40} {:>10}  mtime {}  in {} snapshot(s): {}",
+            v.name,
+            bytes(v.size),
+            v.mtime,
+            v.snapshots.len(),
+            v.snapshots.join(" ")
+        );
+    }
+    for e in &l.events {
+        println!("  {} {:<9} in {}", e.time, e.event, e.snapshot);
+    }
+}
+
+pub fn find(matches: &[crate::find::FindMatch], as_json: bool) {
+    if as_json {
+        json(&matches);
+        return;
+    }
+    for m in matches {
+        let slash = if m.kind == "dir" { "/" } else { "" };
+        let (first, last) = (
+            m.snapshots.first().map_or("", String::as_str),
+            m.snapshots.last().map_or("", String::as_str),
+        );
+        println!(
+            "{}{slash}  {}  in {} snapshot(s) ({first} .. {last})",
+            m.path.display(),
+            bytes(m.size),
+            m.snapshots.len()
+        );
+    }
+    println!("{} path(s)", matches.len());
+}

@@ -322,7 +322,7 @@ pub fn ingest(repo: &Repository, sources: &[PathBuf], opts: &IngestOptions) -> R
             } else {
                 usual.iter().sum::<f64>() / usual.len() as f64
             };
-            row.alarm = change_alarm(row.change_share, usual);
+            row.alarm = change_alarm(row.change_share, usual, s.changed + s.deleted);
         }
         let id = cat.add_snapshot(&row)?;
         for (key, (first, count)) in links {
@@ -352,9 +352,10 @@ pub fn ingest(repo: &Repository, sources: &[PathBuf], opts: &IngestOptions) -> R
 }
 
 /// Far above the usual level: at least 30% of the previous snapshot changed
-/// or vanished, when usually under 5% does (or over six times the usual).
-pub fn change_alarm(share: f64, usual: f64) -> bool {
-    share >= 0.30 && (usual < 0.05 || share > 6.0 * usual)
+/// or vanished, when usually under 5% does (or over six times the usual);
+/// and at least 10 entries, so a handful of edits in a tiny tree is no alarm.
+pub fn change_alarm(share: f64, usual: f64, entries: u64) -> bool {
+    entries >= 10 && share >= 0.30 && (usual < 0.05 || share > 6.0 * usual)
 }
 
 #[cfg(test)]
@@ -363,10 +364,11 @@ mod tests {
 
     #[test]
     fn change_alarm_fires_only_far_above_the_usual_level() {
-        assert!(change_alarm(0.9, 0.01));
-        assert!(change_alarm(0.3, 0.0));
-        assert!(!change_alarm(0.2, 0.0));
-        assert!(!change_alarm(0.5, 0.4));
-        assert!(change_alarm(0.95, 0.1));
+        assert!(change_alarm(0.9, 0.01, 900));
+        assert!(change_alarm(0.3, 0.0, 30));
+        assert!(!change_alarm(0.2, 0.0, 200));
+        assert!(!change_alarm(0.5, 0.4, 500));
+        assert!(change_alarm(0.95, 0.1, 95));
+        assert!(!change_alarm(0.4, 0.0, 2));
     }
 }

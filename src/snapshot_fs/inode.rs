@@ -15,6 +15,9 @@ pub const ROOT: u64 = 1;
 const LATEST_BASE: u64 = 1 << 39;
 
 const POS_BITS: u32 = 40;
+/// The snapshot-id bits that mean "the history view" (no real snapshot
+/// reaches 2^24 - 1).
+const HISTORY: u64 = (1 << 24) - 1;
 const POS_MASK: u64 = (1 << POS_BITS) - 1;
 
 pub fn encode(snap: SnapshotId, pos: u64) -> u64 {
@@ -36,7 +39,16 @@ pub fn latest_target(ino: u64) -> Option<SnapshotId> {
 /// (snapshot, position) of an inode inside a snapshot; None for the mount's own.
 pub fn decode(ino: u64) -> Option<(SnapshotId, u64)> {
     let snap = ino >> POS_BITS;
-    (snap > 0).then_some((SnapshotId(snap as i64), ino & POS_MASK))
+    (snap > 0 && snap != HISTORY).then_some((SnapshotId(snap as i64), ino & POS_MASK))
+}
+
+/// A directory of the history view, by its number in the mount's table.
+pub fn history(seq: u64) -> u64 {
+    (HISTORY << POS_BITS) | seq
+}
+
+pub fn history_seq(ino: u64) -> Option<u64> {
+    (ino >> POS_BITS == HISTORY).then_some(ino & POS_MASK)
 }
 
 /// Position of an entry from its parent's position and its offset in the tree.
@@ -60,6 +72,10 @@ mod tests {
         assert_eq!(decode(l), None);
         assert_eq!(latest_target(l), Some(SnapshotId(42)));
         assert_eq!(latest_target(ROOT), None);
+        let h = history(7);
+        assert_eq!(history_seq(h), Some(7));
+        assert_eq!(decode(h), None);
+        assert_eq!(history_seq(encode(SnapshotId(3), 7)), None);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! a bounded cache of decoded frames with read-ahead (`cache`).
 
 pub mod cache;
+mod history_view;
 pub mod inode;
 
 use std::collections::HashMap;
@@ -93,6 +94,7 @@ struct OpenFile {
 }
 
 pub struct MountOptions {
+    pub names: Names,
     pub cache_bytes: usize,
     pub prefetch_threads: usize,
     /// How far ahead of a sequential reader to decode.
@@ -102,6 +104,7 @@ pub struct MountOptions {
 impl Default for MountOptions {
     fn default() -> Self {
         MountOptions {
+            names: Names::Plain,
             cache_bytes: 256 << 20,
             prefetch_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             readahead: 8 << 20,
@@ -111,8 +114,28 @@ impl Default for MountOptions {
 
 struct SnapshotList {
     loaded: Option<Instant>,
-    by_name: Vec<SnapshotRow>,
+    /// (directory name, snapshot), sorted by directory name.
+    by_name: Vec<(String, SnapshotRow)>,
     by_id: HashMap<i64, SnapshotRow>,
+    /// Oldest first, for the history view.
+    by_time: Vec<SnapshotRow>,
+}
+
+/// How snapshot directories are named at the mount root.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Names {
+    /// The snapshot's name.
+    #[default]
+    Plain,
+    /// `@GMT-YYYY.MM.DD-HH.MM.SS` of its start time, as Samba's
+    /// `vfs_shadow_copy2` expects for Windows "Previous Versions". Of two
+    /// snapshots started in the same second, the newer is shown.
+    Gmt,
+}
+
+pub fn gmt_name(started_ns: i64) -> String {
+    let (y, mo, d, h, mi, s) = crate::time::utc_parts(started_ns);
+    format!("@GMT-{y:04}.{mo:02}.{d:02}-{h:02}.{mi:02}.{s:02}")
 }
 
 /// The part shared with read-ahead threads.
@@ -134,6 +157,8 @@ pub struct SnapshotFs {
     prefetch: Option<Sender<(Arc<OpenFile>, usize, u32)>>,
     readahead: u64,
     started_ns: i64,
+    names: Names,
+    history: Mutex<history_view::Table>,
 }
 
 /// How long the snapshot list may be served before it is read again.
@@ -288,7 +313,10 @@ impl SnapshotFs {
                 loaded: None,
                 by_name: Vec::new(),
                 by_id: HashMap::new(),
+                by_time: Vec::new(),
             }),
+            names: opts.names,
+            history: Mutex::new(history_view::Table::default()),
             inodes: Mutex::new(LruCache::new(
                 NonZeroUsize::new(INODE_CACHE).expect("non-zero"),
             )),
@@ -310,9 +338,22 @@ impl SnapshotFs {
         };
         if stale {
             let mut list = self.shared.conn()?.snapshots()?;
-            list.sort_by(|a, b| a.name.cmp(&b.name));
+            list.sort_by_key(|r| (r.started_ns, r.id.0));
             s.by_id = list.iter().map(|r| (r.id.0, r.clone())).collect();
-            s.by_name = list;
+            let mut named: Vec<(String, SnapshotRow)> = match self.names {
+                Names::Plain => list.iter().map(|r| (r.name.clone(), r.clone())).collect(),
+                Names::Gmt => {
+                    // Oldest first: a newer snapshot of the same second replaces it.
+                    let mut m: std::collections::BTreeMap<String, SnapshotRow> = Default::default();
+                    for r in &list {
+                        m.insert(gmt_name(r.started_ns), r.clone());
+                    }
+                    m.into_iter().collect()
+                }
+            };
+            named.sort_by(|a, b| a.0.cmp(&b.0));
+            s.by_name = named;
+            s.by_time = list;
             s.loaded = Some(Instant::now());
         }
         Ok(f(&s))
@@ -327,12 +368,15 @@ impl SnapshotFs {
     }
 
     fn newest(&self) -> Result<Option<SnapshotRow>> {
-        self.with_snapshots(true, |s| {
-            s.by_name
-                .iter()
-                .max_by_key(|r| (r.started_ns, r.id.0))
-                .cloned()
-        })
+        self.with_snapshots(true, |s| s.by_time.last().cloned())
+    }
+
+    /// The name of a snapshot's directory at the mount root.
+    fn dir_name(&self, s: &SnapshotRow) -> String {
+        match self.names {
+            Names::Plain => s.name.clone(),
+            Names::Gmt => gmt_name(s.started_ns),
+        }
     }
 
     /// The root changes when snapshots come and go: its mtime is the newest
@@ -351,10 +395,10 @@ impl SnapshotFs {
     }
 
     fn latest_attr(&self) -> Result<Option<Attr>> {
-        Ok(self.newest()?.map(|s| Self::latest_attr_of(&s)))
+        Ok(self.newest()?.map(|s| self.latest_attr_of(&s)))
     }
 
-    fn latest_attr_of(s: &SnapshotRow) -> Attr {
+    fn latest_attr_of(&self, s: &SnapshotRow) -> Attr {
         Attr {
             ino: inode::latest(s.id),
             kind: Kind::Symlink,
@@ -362,7 +406,7 @@ impl SnapshotFs {
             nlink: 1,
             uid: 0,
             gid: 0,
-            size: s.name.len() as u64,
+            size: self.dir_name(s).len() as u64,
             blocks: 0,
             atime_ns: s.started_ns,
             mtime_ns: s.started_ns,
@@ -485,11 +529,14 @@ impl SnapshotFs {
     }
 
     pub fn getattr(&self, ino: u64) -> Result<Attr> {
+        if inode::history_seq(ino).is_some() {
+            return self.history_getattr(ino);
+        }
         match ino {
             inode::ROOT => Ok(self.root_attr()),
             _ if inode::latest_target(ino).is_some() => {
                 let target = inode::latest_target(ino).expect("checked");
-                Ok(Self::latest_attr_of(&self.snapshot(target)?))
+                Ok(self.latest_attr_of(&self.snapshot(target)?))
             }
             _ => {
                 let i = self.inode(ino)?;
@@ -507,13 +554,19 @@ impl SnapshotFs {
             if name == b"latest" {
                 return self.latest_attr();
             }
+            if name == b"history" {
+                return Ok(Some(self.history_root_attr()));
+            }
             let name = String::from_utf8_lossy(name);
             return self.with_snapshots(true, |s| {
                 s.by_name
                     .iter()
-                    .find(|r| r.name == name)
-                    .map(Self::snapshot_attr)
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, r)| Self::snapshot_attr(r))
             });
+        }
+        if inode::history_seq(parent).is_some() {
+            return self.history_lookup(parent, name);
         }
         let p = self.inode(parent)?;
         let Some(tree) = p.tree else {
@@ -541,8 +594,12 @@ impl SnapshotFs {
         Ok(Some(attr))
     }
 
-    /// Up to `max` entries after `cookie` (0 = from the start), `.` and `..` included.
-    pub fn readdir(&self, ino: u64, cookie: u64, max: usize) -> Result<Vec<DirItem>> {
+    /// Up to `max` entries after `cookie` (0 = from the start), `.` and `..`
+    /// included. `plus`: the kernel counts each entry as looked up.
+    pub fn readdir(&self, ino: u64, cookie: u64, max: usize, plus: bool) -> Result<Vec<DirItem>> {
+        if inode::history_seq(ino).is_some() {
+            return self.history_readdir(ino, cookie, max, plus);
+        }
         let mut out = Vec::new();
         if ino == inode::ROOT {
             let root = self.root_attr();
@@ -565,11 +622,16 @@ impl SnapshotFs {
                     attr: l,
                 });
             }
+            items.push(DirItem {
+                name: b"history".to_vec(),
+                cookie: 4,
+                attr: self.history_root_attr(),
+            });
             self.with_snapshots(true, |s| {
-                for (i, r) in s.by_name.iter().enumerate() {
+                for (i, (n, r)) in s.by_name.iter().enumerate() {
                     items.push(DirItem {
-                        name: r.name.as_bytes().to_vec(),
-                        cookie: 4 + i as u64,
+                        name: n.as_bytes().to_vec(),
+                        cookie: 5 + i as u64,
                         attr: Self::snapshot_attr(r),
                     });
                 }
@@ -629,13 +691,20 @@ impl SnapshotFs {
 
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
         if let Some(target) = inode::latest_target(ino) {
-            return Ok(self.snapshot(target)?.name.into_bytes());
+            return Ok(self.dir_name(&self.snapshot(target)?).into_bytes());
         }
         let i = self.inode(ino)?;
         i.node
             .as_ref()
             .and_then(|n| n.target.clone())
             .ok_or_else(|| Error::Invalid("not a symlink".into()))
+    }
+
+    /// The kernel dropped `n` references to an inode.
+    pub fn forget(&self, ino: u64, n: u64) {
+        if inode::history_seq(ino).is_some() {
+            self.history_forget(ino, n);
+        }
     }
 
     pub fn xattrs(&self, ino: u64) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
@@ -815,7 +884,7 @@ impl SnapshotFs {
     /// (stored bytes, number of snapshots) for statfs.
     pub fn usage(&self) -> Result<(u64, u64)> {
         let stored = self.shared.conn()?.stored_bytes()?;
-        let n = self.with_snapshots(true, |s| s.by_name.len() as u64)?;
+        let n = self.with_snapshots(true, |s| s.by_time.len() as u64)?;
         Ok((stored, n))
     }
 }

@@ -1,0 +1,277 @@
+//! The history of one path across all snapshots: which entry (if any) each
+//! snapshot has there, the distinct versions, and the union of a directory's
+//! names. Used by `snapfs log` and the mount's `history/` view.
+//!
+//! It is an indexed descent, not a walk: one seek per path component per
+//! *distinct* tree, so snapshots that share a directory share the work.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::catalog::{Catalog, Node, SnapshotRow};
+use crate::error::Result;
+use crate::ids::TreeId;
+use crate::tree::Kind;
+
+/// The entry at a path in one snapshot, with its depth-first position.
+#[derive(Clone, Debug)]
+pub struct Found {
+    pub node: Node,
+    pub pos: u64,
+}
+
+/// Split an absolute path into its names.
+pub fn components(path: &Path) -> Vec<Vec<u8>> {
+    path.components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(n) => Some(n.as_bytes().to_vec()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// For each snapshot (same order), the entry at `path`; None where absent.
+/// The empty path (the root) has no entry: every result is None.
+pub fn entries_at(cat: &Catalog, snaps: &[SnapshotRow], path: &Path) -> Result<Vec<Option<Found>>> {
+    let parts = components(path);
+    // (tree to look in, position of that directory) per snapshot.
+    let mut cur: Vec<Option<(TreeId, u64)>> =
+        snaps.iter().map(|s| Some((s.root_tree, 0))).collect();
+    let mut found: Vec<Option<Found>> = vec![None; snaps.len()];
+    for (depth, name) in parts.iter().enumerate() {
+        let mut memo: HashMap<TreeId, Option<Node>> = HashMap::new();
+        for (i, slot) in cur.iter_mut().enumerate() {
+            let Some((tree, pos)) = *slot else { continue };
+            let node = match memo.get(&tree) {
+                Some(n) => n.clone(),
+                None => {
+                    let n = cat.entry(tree, name)?;
+                    memo.insert(tree, n.clone());
+                    n
+                }
+            };
+            match node {
+                None => *slot = None,
+                Some(n) => {
+                    let npos = pos + 1 + n.node_offset;
+                    if depth + 1 == parts.len() {
+                        found[i] = Some(Found { node: n, pos: npos });
+                        *slot = None;
+                    } else {
+                        *slot = n.subtree.filter(|_| n.kind == Kind::Dir).map(|t| (t, npos));
+                    }
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// What distinguishes two versions of a non-directory entry.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum VersionKey {
+    Content(Option<i64>),
+    Target(Option<Vec<u8>>),
+    Special(u8, u64),
+}
+
+pub fn version_key(n: &Node) -> VersionKey {
+    match n.kind {
+        Kind::File => VersionKey::Content(n.content.map(|c| c.0)),
+        Kind::Symlink => VersionKey::Target(n.target.clone()),
+        k => VersionKey::Special(k as u8, n.meta.rdev),
+    }
+}
+
+/// One distinct version of a path, in order of first appearance.
+#[derive(Clone, Debug)]
+pub struct Version {
+    /// Index (into the snapshot slice) of the first snapshot holding it.
+    pub first: usize,
+    /// Every snapshot holding it.
+    pub snapshots: Vec<usize>,
+    pub found: Found,
+}
+
+/// Distinct non-directory versions at `path`; `snaps` oldest first.
+pub fn versions(found: &[Option<Found>]) -> Vec<Version> {
+    let mut out: Vec<Version> = Vec::new();
+    let mut index: HashMap<VersionKey, usize> = HashMap::new();
+    for (i, f) in found.iter().enumerate() {
+        let Some(f) = f else { continue };
+        if f.node.kind == Kind::Dir {
+            continue;
+        }
+        let key = version_key(&f.node);
+        match index.get(&key) {
+            Some(&v) => out[v].snapshots.push(i),
+            None => {
+                index.insert(key, out.len());
+                out.push(Version {
+                    first: i,
+                    snapshots: vec![i],
+                    found: f.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// A name found under a directory path in some snapshot.
+#[derive(Clone, Debug)]
+pub struct Child {
+    /// A directory in at least one snapshot.
+    pub is_dir: bool,
+    /// The entry in the newest snapshot that has the name.
+    pub newest: Node,
+}
+
+/// The union of the names under `path` in every snapshot where it is a
+/// directory (`path` = `/` for the snapshot roots); `snaps` oldest first.
+pub fn union_children(
+    cat: &Catalog,
+    snaps: &[SnapshotRow],
+    path: &Path,
+) -> Result<BTreeMap<Vec<u8>, Child>> {
+    let trees: Vec<TreeId> = if components(path).is_empty() {
+        snaps.iter().map(|s| s.root_tree).collect()
+    } else {
+        entries_at(cat, snaps, path)?
+            .into_iter()
+            .flatten()
+            .filter(|f| f.node.kind == Kind::Dir)
+            .filter_map(|f| f.node.subtree)
+            .collect()
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut out: BTreeMap<Vec<u8>, Child> = BTreeMap::new();
+    // Oldest first, so the newest entry of a name wins.
+    for t in trees {
+        if !seen.insert(t) {
+            continue;
+        }
+        for n in cat.entries(t)? {
+            let is_dir = n.kind == Kind::Dir;
+            match out.get_mut(&n.name) {
+                Some(c) => {
+                    c.is_dir |= is_dir;
+                    c.newest = n;
+                }
+                None => {
+                    out.insert(n.name.clone(), Child { is_dir, newest: n });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Name of a version in the history view: the time of the first snapshot
+/// holding it, then the original name, so the extension still tells a file
+/// manager what opens it.
+pub fn version_name(first_snapshot: &SnapshotRow, name: &[u8]) -> Vec<u8> {
+    let mut v = crate::time::snapshot_stamp(first_snapshot.started_ns).into_bytes();
+    v.push(b'.');
+    v.extend_from_slice(name);
+    v
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LogVersion {
+    /// Name of the version in the mount's history view.
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub size: u64,
+    pub mtime: String,
+    pub first_snapshot: String,
+    pub snapshots: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LogEvent {
+    pub snapshot: String,
+    pub time: String,
+    /// "created", "changed", "deleted", "recreated".
+    pub event: &'static str,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Log {
+    pub path: String,
+    pub versions: Vec<LogVersion>,
+    pub events: Vec<LogEvent>,
+}
+
+/// `snapfs log PATH`.
+pub fn log(repo: &crate::repo::Repository, path: &Path) -> Result<Log> {
+    let cat = repo.catalog()?;
+    let mut snaps = cat.snapshots()?;
+    snaps.sort_by_key(|s| (s.started_ns, s.id.0));
+    let found = entries_at(&cat, &snaps, path)?;
+    let name = path
+        .file_name()
+        .map(|n| n.as_bytes().to_vec())
+        .unwrap_or_default();
+    let vs = versions(&found);
+    let versions = vs
+        .iter()
+        .map(|v| LogVersion {
+            name: String::from_utf8_lossy(&version_name(&snaps[v.first], &name)).into_owned(),
+            kind: crate::diff::kind_name(v.found.node.kind),
+            size: v.found.node.meta.size,
+            mtime: crate::time::rfc3339(v.found.node.meta.mtime_ns),
+            first_snapshot: snaps[v.first].name.clone(),
+            snapshots: v.snapshots.iter().map(|&i| snaps[i].name.clone()).collect(),
+        })
+        .collect();
+    let mut events = Vec::new();
+    let mut prev: Option<VersionKey> = None;
+    let mut ever = false;
+    for (i, f) in found.iter().enumerate() {
+        let key = f.as_ref().map(|f| {
+            if f.node.kind == Kind::Dir {
+                VersionKey::Special(Kind::Dir as u8, 0)
+            } else {
+                version_key(&f.node)
+            }
+        });
+        let event = match (&prev, &key) {
+            (None, Some(_)) if ever => Some("recreated"),
+            (None, Some(_)) => Some("created"),
+            (Some(_), None) => Some("deleted"),
+            (Some(a), Some(b)) if a != b => Some("changed"),
+            _ => None,
+        };
+        if let Some(event) = event {
+            events.push(LogEvent {
+                snapshot: snaps[i].name.clone(),
+                time: crate::time::rfc3339(snaps[i].started_ns),
+                event,
+            });
+        }
+        ever |= key.is_some();
+        prev = key;
+    }
+    if !ever {
+        return Err(crate::Error::NoSuchPath {
+            snapshot: "any snapshot".into(),
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(Log {
+        path: path.display().to_string(),
+        versions,
+        events,
+    })
+}
+
+/// Display helper for byte names.
+pub fn lossy(name: &[u8]) -> String {
+    OsStr::from_bytes(name).to_string_lossy().into_owned()
+}

@@ -1,0 +1,250 @@
+//! The mount's `history/` directory: `history/<absolute path>/` is the union
+//! of every directory that ever existed at that path (deleted entries
+//! included), and a path that held a file is a directory of its distinct
+//! versions, each named `<time of first snapshot>.<name>` and served as that
+//! snapshot's own inode.
+//!
+//! History directories have no position in any snapshot, so their inode
+//! numbers come from a table, kept only while the kernel holds them.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use super::{Attr, DirItem, SnapshotFs, dir_attr, inode};
+use crate::catalog::{Node, SnapshotRow};
+use crate::error::{Error, Result};
+use crate::history::{entries_at, union_children, version_name, versions};
+use crate::tree::Kind;
+
+/// Entries nobody holds are dropped once the table grows past this.
+const MAX_IDLE: usize = 50_000;
+
+struct HistNode {
+    path: PathBuf,
+    /// A directory of a file's versions (else a directory of names).
+    versions: bool,
+    attr: Attr,
+    parent: u64,
+    lookups: u64,
+}
+
+#[derive(Default)]
+pub(super) struct Table {
+    by_ino: HashMap<u64, HistNode>,
+    by_path: HashMap<PathBuf, u64>,
+    next: u64,
+}
+
+/// Attributes of a history directory from the newest entry at its path.
+fn hist_attr(ino: u64, newest: &Node, versions: bool) -> Attr {
+    let m = &newest.meta;
+    let perm = if versions {
+        // Listing a file's versions needs what reading the file needed.
+        let r = (m.mode & 0o444) as u16;
+        r | (r >> 2)
+    } else if newest.kind == Kind::Dir {
+        (m.mode & 0o7777) as u16
+    } else {
+        0o555
+    };
+    Attr {
+        perm,
+        uid: m.uid,
+        gid: m.gid,
+        ..dir_attr(ino, perm, m.mtime_ns)
+    }
+}
+
+impl SnapshotFs {
+    fn snapshots_by_time(&self) -> Result<Vec<SnapshotRow>> {
+        self.with_snapshots(true, |s| s.by_time.clone())
+    }
+
+    pub(super) fn history_root_attr(&self) -> Attr {
+        dir_attr(inode::history(0), 0o555, self.started_ns)
+    }
+
+    /// The table entry for `path`, made if needed; `hold` counts a lookup.
+    fn hist_node(
+        &self,
+        path: PathBuf,
+        versions: bool,
+        newest: &Node,
+        parent: u64,
+        hold: bool,
+    ) -> Attr {
+        let mut t = self.history.lock().expect("history table lock");
+        if let Some(&ino) = t.by_path.get(&path)
+            && let Some(n) = t.by_ino.get_mut(&ino)
+        {
+            n.versions = versions;
+            n.attr = hist_attr(ino, newest, versions);
+            n.lookups += u64::from(hold);
+            return n.attr.clone();
+        }
+        if t.by_ino.len() >= MAX_IDLE {
+            let idle: Vec<u64> = t
+                .by_ino
+                .iter()
+                .filter(|(_, n)| n.lookups == 0)
+                .map(|(&i, _)| i)
+                .collect();
+            for i in idle {
+                if let Some(n) = t.by_ino.remove(&i) {
+                    t.by_path.remove(&n.path);
+                }
+            }
+        }
+        t.next += 1;
+        let ino = inode::history(t.next);
+        let attr = hist_attr(ino, newest, versions);
+        t.by_path.insert(path.clone(), ino);
+        t.by_ino.insert(
+            ino,
+            HistNode {
+                path,
+                versions,
+                attr: attr.clone(),
+                parent,
+                lookups: u64::from(hold),
+            },
+        );
+        attr
+    }
+
+    /// (path, versions?, parent) of a history inode.
+    fn hist_get(&self, ino: u64) -> Result<(PathBuf, bool, u64)> {
+        if inode::history_seq(ino) == Some(0) {
+            return Ok((PathBuf::from("/"), false, inode::ROOT));
+        }
+        let t = self.history.lock().expect("history table lock");
+        t.by_ino
+            .get(&ino)
+            .map(|n| (n.path.clone(), n.versions, n.parent))
+            .ok_or_else(|| Error::NoSuchSnapshot(format!("history inode {ino}")))
+    }
+
+    pub(super) fn history_getattr(&self, ino: u64) -> Result<Attr> {
+        if inode::history_seq(ino) == Some(0) {
+            return Ok(self.history_root_attr());
+        }
+        let t = self.history.lock().expect("history table lock");
+        t.by_ino
+            .get(&ino)
+            .map(|n| n.attr.clone())
+            .ok_or_else(|| Error::NoSuchSnapshot(format!("history inode {ino}")))
+    }
+
+    pub(super) fn history_forget(&self, ino: u64, n: u64) {
+        let mut t = self.history.lock().expect("history table lock");
+        let gone = match t.by_ino.get_mut(&ino) {
+            Some(h) => {
+                h.lookups = h.lookups.saturating_sub(n);
+                h.lookups == 0
+            }
+            None => false,
+        };
+        if gone && let Some(h) = t.by_ino.remove(&ino) {
+            t.by_path.remove(&h.path);
+        }
+    }
+
+    /// The versions of the file at `path`: (name in the view, attr).
+    fn version_items(&self, snaps: &[SnapshotRow], path: &Path) -> Result<Vec<(Vec<u8>, Attr)>> {
+        let found = entries_at(&*self.shared.conn()?, snaps, path)?;
+        let name = path
+            .file_name()
+            .map(|n| n.as_bytes().to_vec())
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for v in versions(&found) {
+            let snap = &snaps[v.first];
+            let ino = inode::encode(snap.id, v.found.pos);
+            let attr = self.node_attr(ino, snap.id, &v.found.node)?;
+            out.push((version_name(snap, &name), attr));
+        }
+        Ok(out)
+    }
+
+    pub(super) fn history_lookup(&self, parent: u64, name: &[u8]) -> Result<Option<Attr>> {
+        let (ppath, pversions, _) = self.hist_get(parent)?;
+        let snaps = self.snapshots_by_time()?;
+        if pversions {
+            return Ok(self
+                .version_items(&snaps, &ppath)?
+                .into_iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, a)| a));
+        }
+        let path = ppath.join(OsStr::from_bytes(name));
+        let found = entries_at(&*self.shared.conn()?, &snaps, &path)?;
+        let is_dir = found.iter().flatten().any(|f| f.node.kind == Kind::Dir);
+        let Some(newest) = found.into_iter().flatten().next_back() else {
+            return Ok(None);
+        };
+        Ok(Some(self.hist_node(
+            path,
+            !is_dir,
+            &newest.node,
+            parent,
+            true,
+        )))
+    }
+
+    pub(super) fn history_readdir(
+        &self,
+        ino: u64,
+        cookie: u64,
+        max: usize,
+        plus: bool,
+    ) -> Result<Vec<DirItem>> {
+        let (path, is_versions, parent) = self.hist_get(ino)?;
+        let snaps = self.snapshots_by_time()?;
+        let mut items = vec![
+            DirItem {
+                name: b".".to_vec(),
+                cookie: 1,
+                attr: self.history_getattr(ino)?,
+            },
+            DirItem {
+                name: b"..".to_vec(),
+                cookie: 2,
+                attr: self.getattr(parent)?,
+            },
+        ];
+        let mut next = 3;
+        if is_versions {
+            for (name, attr) in self.version_items(&snaps, &path)? {
+                if next > cookie && items.len() < max + 2 {
+                    items.push(DirItem {
+                        name,
+                        cookie: next,
+                        attr,
+                    });
+                }
+                next += 1;
+            }
+        } else {
+            let children = union_children(&*self.shared.conn()?, &snaps, &path)?;
+            for (name, child) in children {
+                if next > cookie && items.len() < max + 2 {
+                    let p = path.join(OsStr::from_bytes(&name));
+                    let attr = self.hist_node(p, !child.is_dir, &child.newest, ino, plus);
+                    items.push(DirItem {
+                        name,
+                        cookie: next,
+                        attr,
+                    });
+                }
+                next += 1;
+            }
+        }
+        Ok(items
+            .into_iter()
+            .filter(|i| i.cookie > cookie)
+            .take(max)
+            .collect())
+    }
+}
