@@ -603,7 +603,8 @@ fn repository_is_found_through_snapfs_repo() {
 /// One random change to the tree under `root`: files created, rewritten
 /// behind an unchanged size and mtime, appended, truncated, removed,
 /// renamed and swapped; directories made and removed; links, symlinks,
-/// modes, xattrs and mtimes changed.
+/// modes, xattrs and mtimes changed; files turned into directories or
+/// symlinks and directories into files.
 fn mutate(root: &Path, rng: &mut Rng, serial: &mut u64) {
     *serial += 1;
     let n = *serial;
@@ -634,7 +635,7 @@ fn mutate(root: &Path, rng: &mut Rng, serial: &mut u64) {
             format!("n{n}").into()
         }
     };
-    let op = if files.is_empty() { 0 } else { rng.below(14) };
+    let op = if files.is_empty() { 0 } else { rng.below(17) };
     let file = if files.is_empty() {
         root.to_path_buf()
     } else {
@@ -703,6 +704,25 @@ fn mutate(root: &Path, rng: &mut Rng, serial: &mut u64) {
                 fs::rename(&tmp, &other).expect("rename");
             }
         }
+        14 => {
+            // A file becomes a directory of the same name.
+            fs::remove_file(&file).expect("remove");
+            mkdir(&file);
+            write_file(&file.join("now-a-dir"), b"was a file\n");
+        }
+        15 => {
+            // A file becomes a symlink of the same name.
+            fs::remove_file(&file).expect("remove");
+            std::os::unix::fs::symlink("somewhere/else", &file).expect("symlink");
+        }
+        16 => {
+            // A directory becomes a file of the same name.
+            let d = pick_dir(rng);
+            if d != root {
+                fs::remove_dir_all(&d).expect("remove dir");
+                write_random_file(&d, rng.next_u64(), 1234);
+            }
+        }
         _ => {
             let len = fs::symlink_metadata(&file).expect("lstat").len();
             fs::OpenOptions::new()
@@ -724,7 +744,13 @@ fn random_changes_over_many_snapshots_restore_exactly() {
     let refs = base.join("refs");
     mkdir(&refs);
     let repo = Repo::new();
-    let mut rng = Rng::new(4711);
+    // A fixed seed by default; SNAPFS_TEST_SEED explores others.
+    let seed = std::env::var("SNAPFS_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4711);
+    eprintln!("random changes with seed {seed}");
+    let mut rng = Rng::new(seed);
     let mut serial = 0;
     let mut snapshots = Vec::new();
     for round in 0..10 {
@@ -1075,4 +1101,30 @@ fn restore_from_an_empty_repository_fails_with_a_message() {
         );
     }
     assert!(!target.exists(), "a failed restore created its target");
+}
+
+#[test]
+fn hard_links_across_two_sources_stay_linked() {
+    let src_dir = tempdir();
+    let base = canonical(src_dir.path());
+    let a = base.join("a");
+    let b = base.join("b");
+    mkdir(&a);
+    mkdir(&b);
+    write_file(&a.join("x"), &random_bytes(110, 70_000));
+    fs::hard_link(a.join("x"), b.join("y")).expect("link");
+    let repo = Repo::new();
+    let snap = repo.ingest(&[], &[&a, &b]);
+
+    let target_dir = tempdir();
+    let target = canonical(target_dir.path()).join("out");
+    repo.restore(&snap.id, &target);
+    let x = fs::metadata(restored_path(&target, &a.join("x"))).expect("stat x");
+    let y = fs::metadata(restored_path(&target, &b.join("y"))).expect("stat y");
+    assert_eq!(
+        x.ino(),
+        y.ino(),
+        "one file under two sources came back as two files"
+    );
+    assert_eq!(x.nlink(), 2);
 }
