@@ -101,6 +101,24 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Copy snapshots (default: all that REPO2 lacks) to another repository,
+    /// sending only the data it lacks; REPO2 is a path or ssh://[user@]host[:port]/path
+    Copy {
+        #[arg(long = "to", value_name = "REPO2")]
+        to: String,
+        /// Program to reach ssh:// targets (e.g. "ssh -i key") [env: SNAPFS_SSH]
+        #[arg(long, env = "SNAPFS_SSH", default_value = "ssh")]
+        ssh: String,
+        /// snapfs on the far side of ssh://
+        #[arg(long, default_value = "snapfs")]
+        remote_snapfs: String,
+        #[arg(long)]
+        json: bool,
+        snapshots: Vec<String>,
+    },
+    /// The far end of `copy --to ssh://...` (speaks on stdin/stdout)
+    #[command(hide = true)]
+    Serve,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions { shell: clap_complete::Shell },
     /// Write man pages (snapfs.1, snapfs-ingest.1, ...) into DIR

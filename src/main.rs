@@ -207,6 +207,34 @@ fn run(cli: Cli) -> snapfs::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Copy {
+            to,
+            ssh,
+            remote_snapfs,
+            json,
+            snapshots,
+        } => {
+            let repo = Repository::open(&repo_path)?;
+            let stats = match snapfs::remote::parse_ssh_url(&to) {
+                Some(url) => {
+                    let mut t = snapfs::remote::RemoteTarget::connect(&url, &ssh, &remote_snapfs)?;
+                    snapfs::copy::copy(&repo, &mut t, &snapshots)?
+                }
+                None => {
+                    let mut t = snapfs::copy::LocalTarget::open_or_init(
+                        std::path::Path::new(&to),
+                        repo.config.clone(),
+                    )?;
+                    snapfs::copy::copy(&repo, &mut t, &snapshots)?
+                }
+            };
+            report::copy(&stats, &to, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve => {
+            snapfs::remote::serve(&repo_path)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Completions { shell } => {
             snapfs::cli::print_completions(shell);
             Ok(ExitCode::SUCCESS)

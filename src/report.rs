@@ -296,8 +296,8 @@ pub fn rebuild(r: &crate::rebuild::RebuildStats, as_json: bool) {
         println!("previous catalog kept as {}", old.display());
     }
     println!(
-        "rebuilt the catalog from {} pack(s): {} chunk(s), {} tree(s), {} snapshot(s) ({} forgotten ones left out) in {:.1}s",
-        r.packs, r.chunks, r.trees, r.snapshots, r.forgotten, r.seconds
+        "rebuilt the catalog from {} pack(s): {} chunk(s), {} snapshot(s) ({} forgotten ones left out) in {:.1}s",
+        r.packs, r.chunks, r.snapshots, r.forgotten, r.seconds
     );
 }
 
@@ -402,4 +402,23 @@ pub fn find(matches: &[crate::find::FindMatch], as_json: bool) {
         );
     }
     println!("{} path(s)", matches.len());
+}
+
+pub fn copy(s: &crate::copy::CopyStats, to: &str, as_json: bool) {
+    if as_json {
+        json(s);
+        return;
+    }
+    for n in &s.snapshots_copied {
+        println!("copied {n}");
+    }
+    println!(
+        "{} snapshot(s) copied to {to} ({} already there): {} chunks in {} pack(s), {} sent in {:.1}s",
+        s.snapshots_copied.len(),
+        s.snapshots_present,
+        s.chunks_sent,
+        s.packs_sent,
+        bytes(s.bytes_sent),
+        s.seconds
+    );
 }

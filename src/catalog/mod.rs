@@ -270,6 +270,19 @@ impl Catalog {
             .optional()?)
     }
 
+    pub fn chunk_kind(&self, id: &crate::ids::ChunkId) -> Result<Option<ChunkKind>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT kind FROM chunks WHERE id = ?1")?;
+        match st
+            .query_row([&id.0.0[..]], |r| r.get::<_, u8>(0))
+            .optional()?
+        {
+            Some(k) => Ok(Some(ChunkKind::from_u8(k)?)),
+            None => Ok(None),
+        }
+    }
+
     /// Every (kind, chunk id) whose bytes live in the given pack.
     pub fn packs(&self) -> Result<Vec<(PackId, PackName, u64)>> {
         let mut st = self
