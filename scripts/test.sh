@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_install=()
-for pair in fusermount3:fuse3 rsync:rsync getfattr:attr setfacl:acl setpriv:util-linux; do
+for pair in fusermount3:fuse3 rsync:rsync getfattr:attr setfacl:acl setpriv:util-linux systemd-analyze:systemd; do
     cmd=${pair%%:*}
     pkg=${pair#*:}
     if ! command -v "$cmd" >/dev/null 2>&1; then

@@ -5,9 +5,12 @@
 //! - `ingest`: round trips, deduplication, incremental ingest, the CLI contract
 //! - `faults`: bad input, full disks, kills and concurrent writers
 //! - `mount`: the FUSE mount read with real tools, real mounts
+//! - `everyday`: diff, stats, the change alarm, JSON shapes, snapshot
+//!   references, progress, completions, man pages, systemd units
 
 mod util;
 
+mod everyday;
 mod faults;
 mod ingest;
 mod mount;
