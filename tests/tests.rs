@@ -5,10 +5,13 @@
 //! - `ingest`: round trips, deduplication, incremental ingest, the CLI contract
 //! - `faults`: bad input, full disks, kills and concurrent writers
 //! - `mount`: the FUSE mount read with real tools, real mounts
+//! - `everyday`: diff, stats, the change alarm, JSON shapes, snapshot
+//!   references, progress, completions, man pages, systemd units
 //! - `maintenance`: forget, gc, verify and rebuild-catalog on real repositories
 
 mod util;
 
+mod everyday;
 mod faults;
 mod ingest;
 mod maintenance;
