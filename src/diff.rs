@@ -31,6 +31,7 @@ pub enum ChangeKind {
 #[derive(Clone, Debug, Serialize)]
 pub struct Change {
     pub change: ChangeKind,
+    #[serde(serialize_with = "crate::report::lossy_path")]
     pub path: PathBuf,
     #[serde(rename = "type")]
     pub kind: &'static str,

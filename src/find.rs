@@ -18,6 +18,7 @@ use crate::repo::Repository;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct FindMatch {
+    #[serde(serialize_with = "crate::report::lossy_path")]
     pub path: PathBuf,
     #[serde(rename = "type")]
     pub kind: &'static str,

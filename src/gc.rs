@@ -89,7 +89,7 @@ pub fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcStats> {
             (!opts.dry_run && rewrite_bytes > 0).then_some(rewrite_bytes),
         );
         for p in &usage {
-            let unused = 1.0 - p.live_bytes as f64 / p.size.max(1) as f64;
+            let unused = unused_share(p);
             if p.live_chunks == 0 {
                 stats.packs_removed += 1;
                 doomed.push((p.id, p.name));
@@ -130,10 +130,22 @@ pub fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcStats> {
         if let Some(w) = writer.take() {
             sealed.push(seal(repo, w)?);
         }
+        let known: std::collections::HashMap<_, _> = usage.iter().map(|u| (u.name, u.id)).collect();
         for s in &sealed {
-            stats.packs_written += 1;
-            stats.bytes_written += s.size;
-            let id = cat.add_empty_pack(&s.name, s.size)?;
+            // A rewrite can come out byte for byte equal to a pack we have
+            // (e.g. one a killed gc left behind): then that pack holds the
+            // chunks, and must stay.
+            let id = match known.get(&s.name) {
+                Some(&id) => {
+                    doomed.retain(|(_, n)| *n != s.name);
+                    id
+                }
+                None => {
+                    stats.packs_written += 1;
+                    stats.bytes_written += s.size;
+                    cat.add_empty_pack(&s.name, s.size)?
+                }
+            };
             for e in &s.entries {
                 cat.move_chunk(&e.id, id, e.offset)?;
             }
@@ -159,6 +171,14 @@ pub fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcStats> {
     stats.packs_waiting = waiting;
     stats.seconds = t0.elapsed().as_secs_f64();
     Ok(stats)
+}
+
+/// The share of a pack that no chunk uses, not counting the pack's own
+/// header and table (which any rewrite would have too).
+fn unused_share(p: &crate::catalog::PackUsage) -> f64 {
+    let overhead = crate::pack::HEADER_LEN + crate::pack::FOOTER_LEN as u64 + 49 * p.live_chunks;
+    let needed = (p.live_bytes + overhead).min(p.size);
+    1.0 - needed as f64 / p.size.max(1) as f64
 }
 
 fn seal(repo: &Repository, w: PackWriter) -> Result<SealedPack> {

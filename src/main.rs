@@ -22,6 +22,16 @@ fn main() -> ExitCode {
     if cli.quiet {
         snapfs::progress::disable();
     }
+    // Commands that print results end quietly when the reader goes away
+    // (`snapfs snapshots | head -1`), as Unix tools do. Those that talk over
+    // pipes or serve a mount keep SIGPIPE ignored and see EPIPE as an error.
+    if !matches!(
+        cli.command,
+        Command::Copy { .. } | Command::Serve | Command::Mount { .. }
+    ) {
+        // SAFETY: restoring the default action of one signal.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

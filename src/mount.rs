@@ -70,11 +70,22 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
+/// Long for what lies inside snapshots; short for the mount's own nodes.
 fn ttl_for(ino: u64) -> Duration {
     if inode::decode(ino).is_some() {
         TTL
     } else {
         ROOT_TTL
+    }
+}
+
+/// How long the kernel may trust a name found in `parent`: briefly at the
+/// root (snapshots are forgotten) and in the history view (it grows).
+fn entry_ttl(parent: u64, ino: u64) -> Duration {
+    if parent == inode::ROOT || inode::history_seq(parent).is_some() {
+        ROOT_TTL
+    } else {
+        ttl_for(ino)
     }
 }
 
@@ -102,7 +113,7 @@ impl Filesystem for Fuse {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.fs.lookup(parent.0, name.as_bytes()) {
-            Ok(Some(a)) => reply.entry(&ttl_for(a.ino), &file_attr(&a), Generation(0)),
+            Ok(Some(a)) => reply.entry(&entry_ttl(parent.0, a.ino), &file_attr(&a), Generation(0)),
             // A cached negative entry: file managers probe for names that do not exist.
             Ok(None) => {
                 let mut none = file_attr(&Attr {
@@ -120,7 +131,7 @@ impl Filesystem for Fuse {
                     rdev: 0,
                 });
                 none.ino = INodeNo(0);
-                reply.entry(&ttl_for(parent.0), &none, Generation(0))
+                reply.entry(&entry_ttl(parent.0, parent.0), &none, Generation(0))
             }
             Err(e) => reply.error(errno(&e)),
         }
@@ -229,7 +240,7 @@ impl Filesystem for Fuse {
         match self.fs.readdir(ino.0, offset, 256, true) {
             Ok(items) => {
                 for it in items {
-                    let ttl = ttl_for(it.attr.ino);
+                    let ttl = entry_ttl(ino.0, it.attr.ino);
                     if reply.add(
                         INodeNo(it.attr.ino),
                         it.cookie,

@@ -23,6 +23,7 @@ use crate::snapshot::{Record, decode_record};
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RebuildStats {
     /// Where the previous catalog was moved, if there was one.
+    #[serde(serialize_with = "crate::report::lossy_path_opt")]
     pub old_catalog: Option<PathBuf>,
     pub packs: u64,
     pub unreadable_packs: u64,

@@ -6,6 +6,22 @@ use crate::catalog::SnapshotRow;
 use crate::ingest::IngestStats;
 use crate::restore::RestoreStats;
 
+/// Paths in JSON: names are bytes, JSON strings are UTF-8, so bytes that are
+/// not UTF-8 show as U+FFFD (the human output and the mount keep them exact).
+pub fn lossy_path<S: serde::Serializer>(p: &std::path::Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&p.to_string_lossy())
+}
+
+pub fn lossy_path_opt<S: serde::Serializer>(
+    p: &Option<std::path::PathBuf>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match p {
+        Some(p) => s.serialize_str(&p.to_string_lossy()),
+        None => s.serialize_none(),
+    }
+}
+
 /// `1.5 GiB`-style sizes for people.
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
@@ -43,6 +59,13 @@ struct IngestJson<'a> {
 }
 
 pub fn ingest(s: &IngestStats, as_json: bool) {
+    if s.alarm {
+        eprintln!(
+            "warning: {:.0}% of the previous snapshot changed or vanished, far above the usual level; \
+             check with: snapfs diff latest~1 latest (mass encryption by ransomware looks like this)",
+            s.change_share * 100.0
+        );
+    }
     if as_json {
         json(&IngestJson {
             snapshot: SnapshotRef {
@@ -64,13 +87,6 @@ pub fn ingest(s: &IngestStats, as_json: bool) {
         bytes(s.added_bytes),
         s.seconds
     );
-    if s.alarm {
-        eprintln!(
-            "warning: {:.0}% of the previous snapshot changed or vanished, far above the usual level; \
-             check with: snapfs diff latest~1 latest (mass encryption by ransomware looks like this)",
-            s.change_share * 100.0
-        );
-    }
     if !s.warnings.is_empty() {
         eprintln!(
             "{} warning(s); {} file(s) could not be read (named above)",

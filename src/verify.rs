@@ -28,6 +28,7 @@ pub struct VerifyOptions {
 #[derive(Clone, Debug, Serialize)]
 pub struct DamagedFile {
     pub snapshot: String,
+    #[serde(serialize_with = "crate::report::lossy_path")]
     pub path: PathBuf,
 }
 

@@ -922,7 +922,8 @@ fn tree_comparison_notices_differences() {
     };
     assert_same_tree(&a, &copy("same"));
 
-    let changes: Vec<(&str, Box<dyn Fn(&Path)>)> = vec![
+    type Change<'a> = (&'a str, Box<dyn Fn(&Path)>);
+    let changes: Vec<Change> = vec![
         (
             "content",
             Box::new(|b: &Path| {

@@ -43,9 +43,19 @@ pub struct IngestOptions {
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Warning {
-    Unreadable { path: PathBuf, error: String },
-    Vanished { path: PathBuf },
-    Changed { path: PathBuf },
+    Unreadable {
+        #[serde(serialize_with = "crate::report::lossy_path")]
+        path: PathBuf,
+        error: String,
+    },
+    Vanished {
+        #[serde(serialize_with = "crate::report::lossy_path")]
+        path: PathBuf,
+    },
+    Changed {
+        #[serde(serialize_with = "crate::report::lossy_path")]
+        path: PathBuf,
+    },
 }
 
 impl fmt::Display for Warning {

@@ -478,21 +478,21 @@ impl<'a> Walker<'a> {
                         self.stats.reused_files += 1;
                         (self.cat.content(cid)?, cid)
                     }
-                    None => match {
+                    None => {
                         if prev.is_some() {
                             self.stats.changed += 1;
                         }
-                        self.read_file(path, &mut meta)?
-                    } {
-                        Some(list) => {
-                            let cid = self.content_id(&list)?;
-                            (list, cid)
+                        match self.read_file(path, &mut meta)? {
+                            Some(list) => {
+                                let cid = self.content_id(&list)?;
+                                (list, cid)
+                            }
+                            None => {
+                                self.stats.files -= 1;
+                                return Ok(None);
+                            }
                         }
-                        None => {
-                            self.stats.files -= 1;
-                            return Ok(None);
-                        }
-                    },
+                    }
                 };
                 self.stats.size += meta.size;
                 (Body::File(list), Some(cid), None)
