@@ -8,13 +8,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_install=()
-for pair in fusermount3:fuse3 rsync:rsync getfattr:attr setfacl:acl setpriv:util-linux systemd-analyze:systemd; do
+for pair in fusermount3:fuse3 rsync:rsync getfattr:attr setfacl:acl setpriv:util-linux systemd-analyze:systemd \
+    smbd:samba smbclient:smbclient; do
     cmd=${pair%%:*}
     pkg=${pair#*:}
     if ! command -v "$cmd" >/dev/null 2>&1; then
         need_install+=("$pkg")
     fi
 done
+# Samba's shadow_copy2 module (the Previous Versions test) is packaged apart.
+if ! compgen -G "/usr/lib/*/samba/vfs/shadow_copy2.so" >/dev/null; then
+    need_install+=(samba-vfs-modules)
+fi
 if ((${#need_install[@]} > 0)); then
     echo "installing: ${need_install[*]}"
     export DEBIAN_FRONTEND=noninteractive

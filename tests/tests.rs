@@ -5,6 +5,7 @@
 //! - `ingest`: round trips, deduplication, incremental ingest, the CLI contract
 //! - `faults`: bad input, full disks, kills and concurrent writers
 //! - `mount`: the FUSE mount read with real tools, real mounts
+//! - `history`: the mount's history/ view, log, find, GMT names and Samba
 //! - `everyday`: diff, stats, the change alarm, JSON shapes, snapshot
 //!   references, progress, completions, man pages, systemd units
 //! - `maintenance`: forget, gc, verify and rebuild-catalog on real repositories
@@ -13,6 +14,7 @@ mod util;
 
 mod everyday;
 mod faults;
+mod history;
 mod ingest;
 mod maintenance;
 mod mount;

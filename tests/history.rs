@@ -1,0 +1,1465 @@
+//! The history of a path across snapshots: the mount's `history/` view,
+//! `snapfs log`, `snapfs find`, the reserved snapshot names, the
+//! `--names gmt` layout, and Samba's `shadow_copy2` serving that layout as
+//! "Previous Versions".
+//!
+//! Version names carry the start time of a snapshot to the second, so tests
+//! that need distinct version names sleep between ingests. Every mount and
+//! every `smbd` lives behind a guard whose `Drop` stops it, so a failing
+//! test leaves nothing running or mounted.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::util::*;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Snapshot names carry the time to the second: this apart, two ingests
+/// never share a version name.
+const BETWEEN_SNAPSHOTS: Duration = Duration::from_millis(1100);
+
+// ---------------------------------------------------------------- the mount guard
+
+fn require_fuse() {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "the history view tests need /dev/fuse; they fail rather than skip"
+    );
+    require_tool("fusermount3");
+}
+
+fn is_mounted(path: &Path) -> bool {
+    let table = fs::read_to_string("/proc/self/mounts").expect("read /proc/self/mounts");
+    let want = path.as_os_str().as_bytes();
+    table.lines().any(|line| {
+        line.split(' ')
+            .nth(1)
+            .is_some_and(|f| unescape_mount_field(f) == want)
+    })
+}
+
+/// Undoes the octal escapes (`\040` for a space) of /proc/mounts.
+fn unescape_mount_field(field: &str) -> Vec<u8> {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait().expect("wait for child") {
+            Some(status) => return Some(status),
+            None if Instant::now() >= deadline => return None,
+            None => thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+fn fusermount_unmount(path: &Path, lazy: bool) -> bool {
+    let mut cmd = Command::new("fusermount3");
+    cmd.arg("-u");
+    if lazy {
+        cmd.arg("-z");
+    }
+    cmd.arg(path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// A running `snapfs mount`, unmounted and stopped on drop.
+struct Mount {
+    path: PathBuf,
+    child: Option<Child>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    _dir: Option<TempDir>,
+}
+
+impl Mount {
+    /// Mounts `repo` with `extra` options on a fresh mount point. The mount
+    /// point's parent is 0755 so that other users can reach it.
+    fn new(repo: &Repo, extra: &[&str]) -> Mount {
+        require_fuse();
+        let dir = tempdir();
+        chmod(dir.path(), 0o755);
+        let path = canonical(dir.path()).join("mnt");
+        mkdir(&path);
+        let mut cmd = repo.cmd();
+        cmd.arg("mount").args(extra).arg(&path);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let what = format!("{cmd:?}");
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        {
+            let mut pipe = child.stderr.take().expect("piped stderr");
+            let sink = Arc::clone(&stderr);
+            thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    sink.lock()
+                        .expect("stderr lock")
+                        .extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+        let (tx, rx) = mpsc::channel();
+        {
+            let pipe = child.stdout.take().expect("piped stdout");
+            thread::spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        let mount = Mount {
+            path,
+            child: Some(child),
+            stderr,
+            _dir: Some(dir),
+        };
+        match rx.recv_timeout(READY_TIMEOUT) {
+            Ok(line) => assert!(
+                line.starts_with("mounted"),
+                "{what}: first stdout line should start with \"mounted\", got {line:?}\n{}",
+                mount.stderr_text()
+            ),
+            Err(e) => panic!(
+                "{what} printed no \"mounted\" line ({e:?})\n--- stderr ---\n{}",
+                mount.stderr_text()
+            ),
+        }
+        assert!(
+            is_mounted(&mount.path),
+            "{what} said mounted but {} is not in /proc/self/mounts\n{}",
+            mount.path.display(),
+            mount.stderr_text()
+        );
+        mount
+    }
+
+    fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().expect("stderr lock")).into_owned()
+    }
+
+    /// `MNT/history/<absolute path>`.
+    fn history(&self, abs: &Path) -> PathBuf {
+        restored_path(&self.path.join("history"), abs)
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if is_mounted(&self.path) && !fusermount_unmount(&self.path, false) {
+            fusermount_unmount(&self.path, true);
+        }
+        if let Some(mut child) = self.child.take()
+            && wait_timeout(&mut child, EXIT_TIMEOUT).is_none()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if is_mounted(&self.path) {
+            fusermount_unmount(&self.path, true);
+        }
+        if is_mounted(&self.path) {
+            // Never let TempDir's cleanup walk into a live mount.
+            if let Some(dir) = self._dir.take() {
+                let _ = dir.keep();
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- helpers
+
+/// A source directory other users may traverse (tempdirs are 0700).
+fn open_source_dir() -> (TempDir, PathBuf) {
+    let dir = tempdir();
+    chmod(dir.path(), 0o755);
+    let root = canonical(dir.path()).join("src");
+    mkdir(&root);
+    (dir, root)
+}
+
+/// Runs `args` as the unprivileged user nobody (65534).
+fn as_nobody(args: &[&OsStr]) -> Output {
+    require_tool("setpriv");
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn setpriv")
+}
+
+/// Names in a directory, as bytes, sorted.
+fn names_in(dir: &Path) -> BTreeSet<Vec<u8>> {
+    fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
+        .map(|e| e.expect("read_dir entry").file_name().into_vec())
+        .collect()
+}
+
+fn show(names: &BTreeSet<Vec<u8>>) -> Vec<String> {
+    names
+        .iter()
+        .map(|n| format!("{:?}", String::from_utf8_lossy(n)))
+        .collect()
+}
+
+fn bytes_set(items: &[&[u8]]) -> BTreeSet<Vec<u8>> {
+    items.iter().map(|i| i.to_vec()).collect()
+}
+
+fn read(p: &Path) -> Vec<u8> {
+    fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+}
+
+fn lstat(p: &Path) -> fs::Metadata {
+    fs::symlink_metadata(p).unwrap_or_else(|e| panic!("lstat {}: {e}", p.display()))
+}
+
+/// The start time (RFC 3339, as `snapshots --json` gives it) of each
+/// snapshot, by name.
+fn snapshot_times(repo: &Repo) -> BTreeMap<String, String> {
+    repo.snapshots()
+        .iter()
+        .map(|s| {
+            (
+                json_str(s, "name").to_string(),
+                json_str(s, "time").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// `2026-11-20T02:00:00Z` → `2026-11-20T02-00-00Z`, the prefix of a
+/// version's name in the history view.
+fn stamp_of(time: &str) -> String {
+    assert!(time.len() >= 19, "unexpected snapshot time {time:?}");
+    format!("{}Z", time[..19].replace(':', "-"))
+}
+
+/// `2026-11-20T02:00:00Z` → `@GMT-2026.11.20-02.00.00`.
+fn gmt_of(time: &str) -> String {
+    assert!(time.len() >= 19, "unexpected snapshot time {time:?}");
+    format!(
+        "@GMT-{}-{}",
+        time[..10].replace('-', "."),
+        time[11..19].replace(':', ".")
+    )
+}
+
+/// `<stamp>.<name>`: a version's name in the history view.
+fn version_name(time: &str, name: &[u8]) -> Vec<u8> {
+    let mut v = stamp_of(time).into_bytes();
+    v.push(b'.');
+    v.extend_from_slice(name);
+    v
+}
+
+fn ingest_named(repo: &Repo, name: &str, src: &Path) -> Ingested {
+    let got = repo.ingest(&["--name", name], &[src]);
+    assert_eq!(got.name, name, "ingest --name {name} made {:?}", got.name);
+    got
+}
+
+/// `snapfs log --json PATH`.
+fn log_json(repo: &Repo, path: &Path) -> Value {
+    let out = run_ok(repo.cmd().arg("log").arg("--json").arg(path));
+    parse_json("log --json", &out.stdout)
+}
+
+/// `snapfs find --json EXTRA... GLOB`, as path → entry.
+fn find_json(repo: &Repo, extra: &[&str], glob: &str) -> BTreeMap<String, Value> {
+    let out = run_ok(repo.cmd().arg("find").arg("--json").args(extra).arg(glob));
+    let v = parse_json("find --json", &out.stdout);
+    let Value::Array(items) = v else {
+        panic!("find --json {glob:?} is not an array: {v}")
+    };
+    items
+        .into_iter()
+        .map(|m| (json_str(&m, "path").to_string(), m))
+        .collect()
+}
+
+fn str_list(v: &Value, key: &str) -> Vec<String> {
+    v.get(key)
+        .and_then(Value::as_array)
+        .unwrap_or_else(|| panic!("expected array field {key:?} in {v}"))
+        .iter()
+        .map(|s| {
+            s.as_str()
+                .unwrap_or_else(|| panic!("{key:?} holds a non-string: {v}"))
+                .to_string()
+        })
+        .collect()
+}
+
+fn array<'a>(v: &'a Value, key: &str) -> &'a Vec<Value> {
+    v.get(key)
+        .and_then(Value::as_array)
+        .unwrap_or_else(|| panic!("expected array field {key:?} in {v}"))
+}
+
+/// (snapshot, event) pairs of a `log --json` answer.
+fn events(log: &Value) -> Vec<(String, String)> {
+    array(log, "events")
+        .iter()
+        .map(|e| {
+            (
+                json_str(e, "snapshot").to_string(),
+                json_str(e, "event").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+    items
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+fn lossy(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// Polls `check` until it returns true or `limit` passes.
+fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// ---------------------------------------------------------------- versions of a file
+
+/// What one version of a file should look like in the history view.
+struct Expected<'a> {
+    name: Vec<u8>,
+    data: &'a [u8],
+    mtime: (i64, i64),
+    /// The mtime as `log --json` shows it, to the second.
+    mtime_utc: &'a str,
+    mode: u32,
+    owner: (u32, u32),
+    snapshots: &'a [&'a str],
+}
+
+/// Five snapshots holding v1, v1, v2, v2 (rewritten with the same bytes and
+/// a new mtime), v3: three versions, each named after and carrying the
+/// metadata of the first snapshot holding it; `log --json` agrees.
+#[test]
+fn changed_file_shows_each_distinct_version_once() {
+    let repo = Repo::new();
+    let (_src_dir, src) = open_source_dir();
+    let file = src.join("report.odt");
+    let v1 = random_bytes(1, 70_000);
+    let v2 = b"second version\n".repeat(500);
+    let v3 = random_bytes(3, 1_500_000);
+
+    write_file(&file, &v1);
+    chmod(&file, 0o640);
+    set_mtime(&file, 1_600_000_000, 123_456_789);
+    ingest_named(&repo, "s1", &src);
+    thread::sleep(BETWEEN_SNAPSHOTS);
+    ingest_named(&repo, "s2", &src);
+    thread::sleep(BETWEEN_SNAPSHOTS);
+    write_file(&file, &v2);
+    chmod(&file, 0o644);
+    set_mtime(&file, 1_700_000_000, 5);
+    ingest_named(&repo, "s3", &src);
+    thread::sleep(BETWEEN_SNAPSHOTS);
+    // Same bytes, new mtime: the same version by content.
+    write_file(&file, &v2);
+    set_mtime(&file, 1_650_000_000, 0);
+    ingest_named(&repo, "s4", &src);
+    thread::sleep(BETWEEN_SNAPSHOTS);
+    write_file(&file, &v3);
+    chmod(&file, 0o600);
+    lchown(&file, 1234, 5678);
+    set_mtime(&file, 1_750_000_000, 999_999_999);
+    ingest_named(&repo, "s5", &src);
+
+    let times = snapshot_times(&repo);
+    let expected = [
+        Expected {
+            name: version_name(&times["s1"], b"report.odt"),
+            data: &v1,
+            mtime: (1_600_000_000, 123_456_789),
+            mtime_utc: "2020-09-13T12:26:40",
+            mode: 0o640,
+            owner: (0, 0),
+            snapshots: &["s1", "s2"],
+        },
+        Expected {
+            name: version_name(&times["s3"], b"report.odt"),
+            data: &v2,
+            mtime: (1_700_000_000, 5),
+            mtime_utc: "2023-11-14T22:13:20",
+            mode: 0o644,
+            owner: (0, 0),
+            snapshots: &["s3", "s4"],
+        },
+        Expected {
+            name: version_name(&times["s5"], b"report.odt"),
+            data: &v3,
+            mtime: (1_750_000_000, 999_999_999),
+            mtime_utc: "2025-06-15T15:06:40",
+            mode: 0o600,
+            owner: (1234, 5678),
+            snapshots: &["s5"],
+        },
+    ];
+
+    let mnt = Mount::new(&repo, &[]);
+    // The file's parent lists it (as a directory of versions).
+    let parent = mnt.history(&src);
+    assert!(
+        names_in(&parent).contains(b"report.odt".as_slice()),
+        "history{} should list report.odt, lists {:?}",
+        src.display(),
+        show(&names_in(&parent))
+    );
+    let versions_dir = mnt.history(&file);
+    assert!(
+        lstat(&versions_dir).is_dir(),
+        "{} should be a directory of versions",
+        versions_dir.display()
+    );
+    let listed = names_in(&versions_dir);
+    let want: BTreeSet<Vec<u8>> = expected.iter().map(|e| e.name.clone()).collect();
+    assert_eq!(
+        show(&listed),
+        show(&want),
+        "history{} should hold exactly the three versions, named after the first snapshot holding each (times {times:?})",
+        file.display()
+    );
+    for e in &expected {
+        let p = versions_dir.join(OsStr::from_bytes(&e.name));
+        let got = read(&p);
+        assert!(
+            got == e.data,
+            "{}: content differs from the version it names ({} bytes read, {} expected)",
+            p.display(),
+            got.len(),
+            e.data.len()
+        );
+        let m = lstat(&p);
+        assert!(m.is_file(), "{} should be a regular file", p.display());
+        assert_eq!(
+            (m.mtime(), m.mtime_nsec()),
+            e.mtime,
+            "{}: mtime",
+            p.display()
+        );
+        assert_eq!(
+            m.mode() & 0o7777,
+            e.mode,
+            "{}: mode {:o}",
+            p.display(),
+            m.mode()
+        );
+        assert_eq!((m.uid(), m.gid()), e.owner, "{}: owner", p.display());
+        assert_eq!(m.len(), e.data.len() as u64, "{}: size", p.display());
+    }
+    // The same bytes through the snapshot directories, for comparison.
+    assert_eq!(read(&restored_path(&mnt.path.join("s2"), &file)), v1);
+    assert_eq!(read(&restored_path(&mnt.path.join("s4"), &file)), v2);
+    drop(mnt);
+
+    let log = log_json(&repo, &file);
+    assert_eq!(
+        json_str(&log, "path"),
+        lossy(&file),
+        "log --json path: {log}"
+    );
+    let versions = array(&log, "versions");
+    assert_eq!(
+        versions.len(),
+        3,
+        "log --json should list 3 versions: {log}"
+    );
+    for (v, e) in versions.iter().zip(&expected) {
+        assert_eq!(
+            json_str(v, "name").as_bytes(),
+            e.name.as_slice(),
+            "version name in {v}"
+        );
+        assert_eq!(json_str(v, "type"), "file", "type in {v}");
+        assert_eq!(json_u64(v, "size"), e.data.len() as u64, "size in {v}");
+        assert!(
+            json_str(v, "mtime").starts_with(e.mtime_utc),
+            "mtime in {v} should be {} (UTC)",
+            e.mtime_utc
+        );
+        assert_eq!(
+            json_str(v, "first_snapshot"),
+            e.snapshots[0],
+            "first_snapshot in {v}"
+        );
+        assert_eq!(
+            str_list(v, "snapshots"),
+            strings(e.snapshots),
+            "snapshots in {v}"
+        );
+    }
+    assert_eq!(
+        events(&log),
+        pairs(&[("s1", "created"), ("s3", "changed"), ("s5", "changed")]),
+        "log --json events: {log}"
+    );
+    for e in array(&log, "events") {
+        let s = json_str(e, "snapshot");
+        assert_eq!(json_str(e, "time"), times[s], "event time in {e}");
+    }
+    // The text form names the three versions too.
+    let out = run_ok(repo.cmd().arg("log").arg(&file));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for e in &expected {
+        let name = String::from_utf8_lossy(&e.name);
+        assert!(
+            text.contains(name.as_ref()),
+            "log should mention {name}:\n{text}"
+        );
+    }
+}
+
+/// A deleted file stays reachable through history/; `log` reports the
+/// deletion, then the re-creation. A snapshot made while mounted shows up
+/// in the history view too.
+#[test]
+fn deleted_file_is_reachable_and_recreation_is_logged() {
+    let repo = Repo::new();
+    let (_src_dir, src) = open_source_dir();
+    let file = src.join("gone.txt");
+    write_file(&src.join("stays.txt"), b"always here\n");
+    write_file(&file, b"the first life of gone.txt\n");
+    ingest_named(&repo, "d1", &src);
+    thread::sleep(BETWEEN_SNAPSHOTS);
+    fs::remove_file(&file).expect("rm gone.txt");
+    ingest_named(&repo, "d2", &src);
+
+    let log = log_json(&repo, &file);
+    assert_eq!(
+        events(&log),
+        pairs(&[("d1", "created"), ("d2", "deleted")]),
+        "log --json after the deletion: {log}"
+    );
+    assert_eq!(array(&log, "versions").len(), 1, "one version: {log}");
+
+    let times = snapshot_times(&repo);
+    let mnt = Mount::new(&repo, &[]);
+    assert!(
+        !restored_path(&mnt.path.join("latest"), &file).exists(),
+        "gone.txt should not be in the latest snapshot"
+    );
+    let parent = mnt.history(&src);
+    assert_eq!(
+        show(&names_in(&parent)),
+        show(&bytes_set(&[b"gone.txt", b"stays.txt"])),
+        "history{} should hold the deleted file beside the living one",
+        src.display()
+    );
+    let first = version_name(&times["d1"], b"gone.txt");
+    assert_eq!(
+        show(&names_in(&mnt.history(&file))),
+        show(&bytes_set(&[&first])),
+        "the deleted file's versions"
+    );
+    assert_eq!(
+        read(&mnt.history(&file).join(OsStr::from_bytes(&first))),
+        b"the first life of gone.txt\n"
+    );
+
+    // Re-created while mounted.
+    thread::sleep(BETWEEN_SNAPSHOTS);
+    write_file(&file, b"the second life\n");
+    ingest_named(&repo, "d3", &src);
+    let times = snapshot_times(&repo);
+    let second = version_name(&times["d3"], b"gone.txt");
+    let want = bytes_set(&[&first, &second]);
+    let mut seen = BTreeSet::new();
+    let appeared = eventually(Duration::from_secs(5), || {
+        seen = names_in(&mnt.history(&file));
+        seen == want
+    });
+    assert!(
+        appeared,
+        "within 5 s of a snapshot made while mounted, history{} should list {:?}, lists {:?}",
+        file.display(),
+        show(&want),
+        show(&seen)
+    );
+    assert_eq!(
+        read(&mnt.history(&file).join(OsStr::from_bytes(&second))),
+        b"the second life\n"
+    );
+    drop(mnt);
+
+    let log = log_json(&repo, &file);
+    assert_eq!(
+        events(&log),
+        pairs(&[("d1", "created"), ("d2", "deleted"), ("d3", "recreated")]),
+        "log --json after the re-creation: {log}"
+    );
+    let versions = array(&log, "versions");
+    assert_eq!(versions.len(), 2, "two versions: {log}");
+    assert_eq!(str_list(&versions[0], "snapshots"), strings(&["d1"]));
+    assert_eq!(str_list(&versions[1], "snapshots"), strings(&["d3"]));
+}
+
+/// A directory deleted in a later snapshot is still listed under history/
+/// and can be walked to the versions of the files it held.
+#[test]
+fn deleted_directory_is_listed_and_walkable() {
+    let repo = Repo::new();
+    let (_src_dir, src) = open_source_dir();
+    let proj = src.join("project");
+    mkdir(&proj.join("sub/deeper"));
+    mkdir(&proj.join("empty"));
+    write_file(&proj.join("a.txt"), b"alpha\n");
+    write_file(&proj.join("sub/b.bin"), &random_bytes(5, 200_000));
+    write_file(&proj.join("sub/deeper/c.txt"), b"deep\n");
+    ingest_named(&repo, "p1", &src);
+    thread::sleep(BETWEEN_SNAPSHOTS);
+    // The second snapshot adds a file to project/sub, then project goes.
+    write_file(&proj.join("sub/added-later.txt"), b"later\n");
+    ingest_named(&repo, "p2", &src);
+    thread::sleep(BETWEEN_SNAPSHOTS);
+    fs::remove_dir_all(&proj).expect("rm -r project");
+    mkdir(&src.join("other"));
+    ingest_named(&repo, "p3", &src);
+    let times = snapshot_times(&repo);
+
+    let mnt = Mount::new(&repo, &[]);
+    assert!(
+        !restored_path(&mnt.path.join("latest"), &proj).exists(),
+        "project/ should be gone from the latest snapshot"
+    );
+    assert_eq!(
+        show(&names_in(&mnt.history(&src))),
+        show(&bytes_set(&[b"other", b"project"])),
+        "history{} should list the deleted directory",
+        src.display()
+    );
+    let hp = mnt.history(&proj);
+    assert!(
+        lstat(&hp).is_dir(),
+        "{} should be a directory",
+        hp.display()
+    );
+    assert_eq!(
+        show(&names_in(&hp)),
+        show(&bytes_set(&[b"a.txt", b"empty", b"sub"])),
+        "history of the deleted directory"
+    );
+    assert_eq!(
+        show(&names_in(&hp.join("sub"))),
+        show(&bytes_set(&[b"added-later.txt", b"b.bin", b"deeper"])),
+        "the union of project/sub over the snapshots holding it"
+    );
+    assert!(
+        names_in(&hp.join("empty")).is_empty(),
+        "project/empty stays empty"
+    );
+    let cases: [(&str, &str, Vec<u8>); 4] = [
+        ("a.txt", "p1", b"alpha\n".to_vec()),
+        ("sub/b.bin", "p1", random_bytes(5, 200_000)),
+        ("sub/deeper/c.txt", "p1", b"deep\n".to_vec()),
+        ("sub/added-later.txt", "p2", b"later\n".to_vec()),
+    ];
+    for (rel, first, data) in cases {
+        let dir = hp.join(rel);
+        let base = Path::new(rel).file_name().expect("name").as_bytes();
+        let name = version_name(&times[first], base);
+        assert_eq!(
+            show(&names_in(&dir)),
+            show(&bytes_set(&[&name])),
+            "versions of project/{rel}"
+        );
+        assert!(
+            read(&dir.join(OsStr::from_bytes(&name))) == data,
+            "content of the version of project/{rel}"
+        );
+    }
+    // A whole walk (what `find` or a file manager does) gets through.
+    let walked = walk(&hp);
+    assert_eq!(
+        walked.len(),
+        11,
+        "walking {} should meet 3 dirs (empty, sub, deeper), 4 version dirs and 4 versions, met {walked:?}",
+        hp.display()
+    );
+    drop(mnt);
+
+    let log = log_json(&repo, &proj);
+    assert_eq!(
+        events(&log),
+        pairs(&[("p1", "created"), ("p3", "deleted")]),
+        "log --json of a deleted directory: {log}"
+    );
+}
+
+/// A path that held a file in one snapshot and a directory in another: the
+/// history view shows the union of the directory and, beside its names,
+/// the versions of the file, so the old file is not lost from view.
+#[test]
+fn file_replaced_by_directory_keeps_both_in_history() {
+    let repo = Repo::new();
+    let (_src_dir, src) = open_source_dir();
+    let path = src.join("build");
+    write_file(&path, b"was a file\n");
+    ingest_named(&repo, "t1", &src);
+    thread::sleep(BETWEEN_SNAPSHOTS);
+    fs::remove_file(&path).expect("rm build");
+    mkdir(&path);
+    write_file(&path.join("inside.txt"), b"now a directory\n");
+    ingest_named(&repo, "t2", &src);
+    let times = snapshot_times(&repo);
+
+    let mnt = Mount::new(&repo, &[]);
+    let hp = mnt.history(&path);
+    let file_version = version_name(&times["t1"], b"build");
+    let listed = names_in(&hp);
+    assert!(
+        listed.contains(b"inside.txt".as_slice()),
+        "history{} should list the directory's inside.txt, lists {:?}",
+        path.display(),
+        show(&listed)
+    );
+    assert!(
+        listed.contains(&file_version),
+        "history{} should also hold the file version {:?} (the path was a file in t1), lists {:?}",
+        path.display(),
+        String::from_utf8_lossy(&file_version),
+        show(&listed)
+    );
+    assert_eq!(
+        read(&hp.join(OsStr::from_bytes(&file_version))),
+        b"was a file\n"
+    );
+}
+
+// ---------------------------------------------------------------- odd names
+
+fn odd_names() -> Vec<Vec<u8>> {
+    vec![
+        b"caf\xe9 latin1.txt".to_vec(),
+        b"\xff\xfe".to_vec(),
+        b"line\nbreak".to_vec(),
+        b" spaced  name ".to_vec(),
+        "unicode-\u{e9}\u{1f600}".as_bytes().to_vec(),
+    ]
+}
+
+/// Names that are not UTF-8, hold newlines or spaces come through the
+/// history view byte for byte, in directory listings and version names.
+#[test]
+fn odd_names_in_the_history_view() {
+    let repo = Repo::new();
+    let (_src_dir, src) = open_source_dir();
+    let dir = src.join(OsStr::from_bytes(b"dir \xc0\xaf\nodd"));
+    mkdir(&dir);
+    let names = odd_names();
+    for (i, n) in names.iter().enumerate() {
+        write_file(
+            &dir.join(OsStr::from_bytes(n)),
+            format!("first {i}\n").as_bytes(),
+        );
+    }
+    ingest_named(&repo, "o1", &src);
+    thread::sleep(BETWEEN_SNAPSHOTS);
+    for (i, n) in names.iter().enumerate() {
+        write_file(
+            &dir.join(OsStr::from_bytes(n)),
+            format!("second {i}\n").as_bytes(),
+        );
+    }
+    ingest_named(&repo, "o2", &src);
+    let times = snapshot_times(&repo);
+
+    let mnt = Mount::new(&repo, &[]);
+    assert_eq!(
+        show(&names_in(&mnt.history(&src))),
+        show(&bytes_set(&[b"dir \xc0\xaf\nodd"])),
+        "the odd directory name"
+    );
+    let hd = mnt.history(&dir);
+    let want: BTreeSet<Vec<u8>> = names.iter().cloned().collect();
+    assert_eq!(show(&names_in(&hd)), show(&want), "odd file names");
+    for (i, n) in names.iter().enumerate() {
+        let vdir = hd.join(OsStr::from_bytes(n));
+        let first = version_name(&times["o1"], n);
+        let second = version_name(&times["o2"], n);
+        assert_eq!(
+            show(&names_in(&vdir)),
+            show(&bytes_set(&[&first, &second])),
+            "versions of {:?}",
+            String::from_utf8_lossy(n)
+        );
+        assert_eq!(
+            read(&vdir.join(OsStr::from_bytes(&first))),
+            format!("first {i}\n").as_bytes()
+        );
+        assert_eq!(
+            read(&vdir.join(OsStr::from_bytes(&second))),
+            format!("second {i}\n").as_bytes()
+        );
+    }
+}
+
+/// `log` takes a non-UTF-8 path as bytes; `log --json` and `find --json`
+/// answer with valid JSON (names that are not UTF-8 shown with U+FFFD, as
+/// everywhere else in the JSON output) rather than failing.
+#[test]
+fn odd_names_in_log_and_find() {
+    let repo = Repo::new();
+    let (_src_dir, src) = open_source_dir();
+    let names = odd_names();
+    for (i, n) in names.iter().enumerate() {
+        write_file(
+            &src.join(OsStr::from_bytes(n)),
+            format!("first {i}\n").as_bytes(),
+        );
+    }
+    ingest_named(&repo, "o1", &src);
+    thread::sleep(BETWEEN_SNAPSHOTS);
+    for (i, n) in names.iter().enumerate() {
+        write_file(
+            &src.join(OsStr::from_bytes(n)),
+            format!("second {i}\n").as_bytes(),
+        );
+    }
+    ingest_named(&repo, "o2", &src);
+    let times = snapshot_times(&repo);
+
+    let mut problems = Vec::new();
+    for n in &names {
+        let path = src.join(OsStr::from_bytes(n));
+        let out = repo
+            .cmd()
+            .arg("log")
+            .arg("--json")
+            .arg(&path)
+            .output()
+            .expect("spawn log");
+        if !out.status.success() {
+            problems.push(describe(&format!("log --json {path:?}"), &out));
+            continue;
+        }
+        let log = parse_json("log --json", &out.stdout);
+        if json_str(&log, "path") != lossy(&path) {
+            problems.push(format!("log --json {path:?}: path field {:?}", log["path"]));
+        }
+        let got: Vec<String> = array(&log, "versions")
+            .iter()
+            .map(|v| json_str(v, "name").to_string())
+            .collect();
+        let want: Vec<String> = ["o1", "o2"]
+            .iter()
+            .map(|s| String::from_utf8_lossy(&version_name(&times[*s], n)).into_owned())
+            .collect();
+        if got != want {
+            problems.push(format!(
+                "log --json {path:?}: versions {got:?}, expected {want:?}"
+            ));
+        }
+        if events(&log) != pairs(&[("o1", "created"), ("o2", "changed")]) {
+            problems.push(format!("log --json {path:?}: events {:?}", events(&log)));
+        }
+        // The text form must work too.
+        let out = repo
+            .cmd()
+            .arg("log")
+            .arg(&path)
+            .output()
+            .expect("spawn log");
+        if !out.status.success() {
+            problems.push(describe(&format!("log {path:?}"), &out));
+        }
+    }
+
+    // find: every name, by a glob on the directory's path.
+    let glob = format!("{}/*", src.display());
+    let out = repo
+        .cmd()
+        .args(["find", "--json"])
+        .arg(&glob)
+        .output()
+        .expect("spawn find");
+    if out.status.success() {
+        let v = parse_json("find --json", &out.stdout);
+        let got: BTreeSet<String> = v
+            .as_array()
+            .expect("find --json array")
+            .iter()
+            .map(|m| json_str(m, "path").to_string())
+            .collect();
+        let want: BTreeSet<String> = names
+            .iter()
+            .map(|n| lossy(&src.join(OsStr::from_bytes(n))))
+            .collect();
+        if got != want {
+            problems.push(format!(
+                "find --json {glob:?}: paths {got:?}, expected {want:?}"
+            ));
+        }
+    } else {
+        problems.push(describe(&format!("find --json {glob:?}"), &out));
+    }
+    // find in text form, by a name glob.
+    let out = repo
+        .cmd()
+        .args(["find", "line*"])
+        .output()
+        .expect("spawn find");
+    if !out.status.success() || !String::from_utf8_lossy(&out.stdout).contains("line") {
+        problems.push(describe("find line*", &out));
+    }
+    // A name glob reaching a non-UTF-8 name.
+    let out = repo
+        .cmd()
+        .args(["find", "--json", "caf*"])
+        .output()
+        .expect("spawn find");
+    if out.status.success() {
+        let v = parse_json("find --json caf*", &out.stdout);
+        let n = v.as_array().map(Vec::len).unwrap_or(0);
+        if n != 1 {
+            problems.push(format!("find --json caf* should find 1 path, found {v}"));
+        }
+    } else {
+        problems.push(describe("find --json caf*", &out));
+    }
+    assert!(
+        problems.is_empty(),
+        "odd names in log/find:\n{}",
+        problems.join("\n\n")
+    );
+}
+
+// ---------------------------------------------------------------- permissions
+
+/// With --allow-other, the versions of a 0600 root-owned file cannot be
+/// listed or read by another user; those of a 0644 file can.
+#[test]
+fn private_file_versions_are_closed_to_other_users() {
+    let repo = Repo::new();
+    let (_src_dir, src) = open_source_dir();
+    let secret = src.join("secret");
+    let public = src.join("public");
+    write_file(&secret, b"root only v1\n");
+    chmod(&secret, 0o600);
+    write_file(&public, b"anyone v1\n");
+    chmod(&public, 0o644);
+    ingest_named(&repo, "x1", &src);
+    thread::sleep(BETWEEN_SNAPSHOTS);
+    write_file(&secret, b"root only v2\n");
+    write_file(&public, b"anyone v2\n");
+    ingest_named(&repo, "x2", &src);
+    let times = snapshot_times(&repo);
+
+    let mnt = Mount::new(&repo, &["--allow-other"]);
+    // The parent directory is open to everyone.
+    let out = as_nobody(&[
+        OsStr::new("ls"),
+        OsStr::new("-1"),
+        mnt.history(&src).as_os_str(),
+    ]);
+    assert!(
+        out.status.success(),
+        "nobody should list history{}\n{}",
+        src.display(),
+        describe("ls", &out)
+    );
+    let out = as_nobody(&[OsStr::new("ls"), mnt.history(&public).as_os_str()]);
+    assert!(
+        out.status.success(),
+        "nobody should list the versions of a 0644 file\n{}",
+        describe("ls", &out)
+    );
+    let listed = String::from_utf8_lossy(&out.stdout);
+    for s in ["x1", "x2"] {
+        let name = String::from_utf8(version_name(&times[s], b"public")).expect("utf-8");
+        assert!(
+            listed.contains(&name),
+            "nobody's ls should show {name}:\n{listed}"
+        );
+    }
+    let v1 = mnt
+        .history(&public)
+        .join(OsString::from_vec(version_name(&times["x1"], b"public")));
+    let out = as_nobody(&[OsStr::new("cat"), v1.as_os_str()]);
+    assert!(out.status.success(), "{}", describe("cat as nobody", &out));
+    assert_eq!(out.stdout, b"anyone v1\n");
+
+    let out = as_nobody(&[OsStr::new("ls"), mnt.history(&secret).as_os_str()]);
+    assert!(
+        !out.status.success(),
+        "nobody must not list the versions of a 0600 root-owned file\n{}",
+        describe("ls", &out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "expected Permission denied\n{}",
+        describe("ls", &out)
+    );
+    let sv1 = mnt
+        .history(&secret)
+        .join(OsString::from_vec(version_name(&times["x1"], b"secret")));
+    let out = as_nobody(&[OsStr::new("cat"), sv1.as_os_str()]);
+    assert!(
+        !out.status.success() && out.stdout.is_empty(),
+        "nobody must not read a version of a 0600 root-owned file\n{}",
+        describe("cat", &out)
+    );
+    // Root reads it.
+    assert_eq!(read(&sv1), b"root only v1\n");
+}
+
+// ---------------------------------------------------------------- names
+
+#[test]
+fn reserved_snapshot_names_are_refused() {
+    let repo = Repo::new();
+    let (_src_dir, src) = open_source_dir();
+    write_file(&src.join("f"), b"x\n");
+    for name in ["latest", "history"] {
+        let out = run_expect(&mut repo.ingest_cmd(&["--name", name], &[&src]), 1);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(name),
+            "the refusal of --name {name} should name it:\n{err}"
+        );
+    }
+    assert!(
+        repo.snapshots().is_empty(),
+        "a refused name must not leave a snapshot: {:?}",
+        repo.snapshots()
+    );
+    // Names merely containing them are fine.
+    ingest_named(&repo, "latest-but-one", &src);
+    ingest_named(&repo, "history2", &src);
+}
+
+/// `mount --names gmt`: snapshot directories are @GMT-YYYY.MM.DD-HH.MM.SS of
+/// the UTC start time, `latest` points at the newest, history/ is there.
+#[test]
+fn gmt_names_layout() {
+    let repo = Repo::new();
+    let (_src_dir, src) = open_source_dir();
+    let file = src.join("doc.txt");
+    write_file(&file, b"old\n");
+    ingest_named(&repo, "monday", &src);
+    thread::sleep(BETWEEN_SNAPSHOTS);
+    write_file(&file, b"new\n");
+    ingest_named(&repo, "tuesday", &src);
+    let times = snapshot_times(&repo);
+    let (old, new) = (gmt_of(&times["monday"]), gmt_of(&times["tuesday"]));
+
+    let mnt = Mount::new(&repo, &["--names", "gmt"]);
+    let root = names_in(&mnt.path);
+    let want = bytes_set(&[old.as_bytes(), new.as_bytes(), b"history", b"latest"]);
+    assert_eq!(show(&root), show(&want), "root of a --names gmt mount");
+    let latest = fs::read_link(mnt.path.join("latest")).expect("readlink latest");
+    assert_eq!(
+        latest,
+        Path::new(&new),
+        "latest should point at the newest snapshot"
+    );
+    assert_eq!(read(&restored_path(&mnt.path.join(&old), &file)), b"old\n");
+    assert_eq!(read(&restored_path(&mnt.path.join(&new), &file)), b"new\n");
+    assert_eq!(
+        read(&restored_path(&mnt.path.join("latest"), &file)),
+        b"new\n"
+    );
+    let m = lstat(&mnt.path.join(&old));
+    assert!(m.is_dir(), "{old} should be a directory");
+    // Plain names are not served in this mode.
+    assert!(
+        !mnt.path.join("monday").exists(),
+        "plain names in a gmt mount"
+    );
+    // history/ is unchanged.
+    assert_eq!(
+        show(&names_in(&mnt.history(&file))),
+        show(&bytes_set(&[
+            &version_name(&times["monday"], b"doc.txt"),
+            &version_name(&times["tuesday"], b"doc.txt")
+        ])),
+        "history/ in a gmt mount"
+    );
+}
+
+// ---------------------------------------------------------------- find
+
+#[test]
+fn find_lists_matches_across_snapshots() {
+    let repo = Repo::new();
+    let (_src_dir, src) = open_source_dir();
+    for d in ["a", "b", "c"] {
+        mkdir(&src.join(d));
+    }
+    write_file(&src.join("a/report.txt"), b"a one\n");
+    write_file(&src.join("b/report.txt"), b"b one\n");
+    write_file(&src.join("c/notes.md"), b"notes\n");
+    mkdir(&src.join("a/deep/er"));
+    write_file(&src.join("a/deep/er/report.txt"), b"deep\n");
+    ingest_named(&repo, "f1", &src);
+    write_file(&src.join("a/report.txt"), b"a two, longer\n");
+    fs::remove_file(src.join("b/report.txt")).expect("rm");
+    mkdir(&src.join("d"));
+    write_file(&src.join("d/report.txt"), b"d\n");
+    ingest_named(&repo, "f2", &src);
+    let p = |rel: &str| lossy(&src.join(rel));
+
+    // A name glob matches anywhere, with the snapshots holding each path.
+    let got = find_json(&repo, &[], "report.txt");
+    let want: BTreeMap<String, Vec<String>> = [
+        (p("a/report.txt"), strings(&["f1", "f2"])),
+        (p("a/deep/er/report.txt"), strings(&["f1", "f2"])),
+        (p("b/report.txt"), strings(&["f1"])),
+        (p("d/report.txt"), strings(&["f2"])),
+    ]
+    .into_iter()
+    .collect();
+    let seen: BTreeMap<String, Vec<String>> = got
+        .iter()
+        .map(|(k, v)| (k.clone(), str_list(v, "snapshots")))
+        .collect();
+    assert_eq!(seen, want, "find --json report.txt");
+    for (path, m) in &got {
+        assert_eq!(json_str(m, "type"), "file", "type of {path}: {m}");
+    }
+    assert_eq!(
+        json_u64(&got[&p("a/report.txt")], "size"),
+        14,
+        "size of a/report.txt (newest): {}",
+        got[&p("a/report.txt")]
+    );
+    assert_eq!(json_u64(&got[&p("b/report.txt")], "size"), 6);
+
+    // --snapshot restricts to one snapshot.
+    let got = find_json(&repo, &["--snapshot", "f1"], "report.txt");
+    let seen: BTreeMap<String, Vec<String>> = got
+        .iter()
+        .map(|(k, v)| (k.clone(), str_list(v, "snapshots")))
+        .collect();
+    let want: BTreeMap<String, Vec<String>> = [
+        (p("a/report.txt"), strings(&["f1"])),
+        (p("a/deep/er/report.txt"), strings(&["f1"])),
+        (p("b/report.txt"), strings(&["f1"])),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(seen, want, "find --snapshot f1 --json report.txt");
+    assert_eq!(
+        json_u64(&got[&p("a/report.txt")], "size"),
+        6,
+        "with --snapshot f1, the size is f1's"
+    );
+    let got = find_json(&repo, &["--snapshot", "f2"], "*.md");
+    assert_eq!(
+        got.keys().cloned().collect::<Vec<_>>(),
+        vec![p("c/notes.md")],
+        "find --snapshot f2 *.md"
+    );
+
+    // Wildcards in names, and directories.
+    let got = find_json(&repo, &[], "*.md");
+    assert_eq!(
+        got.keys().cloned().collect::<Vec<_>>(),
+        vec![p("c/notes.md")]
+    );
+    let got = find_json(&repo, &[], "d");
+    assert_eq!(
+        got.keys().cloned().collect::<Vec<_>>(),
+        vec![p("d")],
+        "find d"
+    );
+    assert_eq!(json_str(&got[&p("d")], "type"), "dir");
+    assert_eq!(str_list(&got[&p("d")], "snapshots"), strings(&["f2"]));
+
+    // A glob with '/' matches whole absolute paths; '*' stays in one component.
+    let glob = format!("{}/*/report.txt", src.display());
+    let got = find_json(&repo, &[], &glob);
+    assert_eq!(
+        got.keys().cloned().collect::<BTreeSet<_>>(),
+        [p("a/report.txt"), p("b/report.txt"), p("d/report.txt")]
+            .into_iter()
+            .collect::<BTreeSet<_>>(),
+        "find {glob}"
+    );
+    let glob = format!("{}/a/**/report.txt", src.display());
+    let got = find_json(&repo, &[], &glob);
+    assert_eq!(
+        got.keys().cloned().collect::<BTreeSet<_>>(),
+        [p("a/report.txt"), p("a/deep/er/report.txt")]
+            .into_iter()
+            .collect::<BTreeSet<_>>(),
+        "find {glob}"
+    );
+    let glob = format!("{}/b/*", src.display());
+    let got = find_json(&repo, &[], &glob);
+    assert_eq!(
+        got.keys().cloned().collect::<Vec<_>>(),
+        vec![p("b/report.txt")],
+        "find {glob}"
+    );
+    // A relative path-glob matches no absolute path.
+    let got = find_json(&repo, &[], "a/report.txt");
+    assert!(got.is_empty(), "find a/report.txt (not absolute): {got:?}");
+}
+
+// ---------------------------------------------------------------- Samba
+
+/// A TCP port nobody listens on right now.
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A running `smbd`, stopped on drop.
+struct Smbd {
+    child: Option<Child>,
+    log_dir: PathBuf,
+}
+
+impl Smbd {
+    fn start(conf: &Path, port: u16, log_dir: &Path) -> Smbd {
+        // Its own process group: on SIGTERM the parent smbd signals its
+        // whole group, which must not be the test harness's.
+        let child = Command::new("smbd")
+            .args(["--foreground", "--no-process-group", "-s"])
+            .arg(conf)
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn smbd: {e}"));
+        let mut smbd = Smbd {
+            child: Some(child),
+            log_dir: log_dir.to_path_buf(),
+        };
+        let up = eventually(Duration::from_secs(20), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        if !up {
+            let status = smbd
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            panic!(
+                "smbd did not listen on port {port} within 20 s (exit: {status:?})\n{}",
+                smbd.logs()
+            );
+        }
+        smbd
+    }
+
+    fn logs(&self) -> String {
+        let mut text = String::new();
+        if let Ok(entries) = fs::read_dir(&self.log_dir) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with("log.") {
+                    text.push_str(&format!("--- {} ---\n", e.path().display()));
+                    text.push_str(&String::from_utf8_lossy(
+                        &fs::read(e.path()).unwrap_or_default(),
+                    ));
+                }
+            }
+        }
+        text
+    }
+}
+
+impl Drop for Smbd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            if wait_timeout(&mut child, Duration::from_secs(10)).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+fn smbclient(port: u16, command: &str) -> Output {
+    Command::new("smbclient")
+        .arg("//127.0.0.1/snap")
+        .args(["-p", &port.to_string(), "-N", "-c", command])
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn smbclient")
+}
+
+/// Samba's shadow_copy2 serves a `--names gmt` mount as the "Previous
+/// Versions" of a live share. The mount keeps each source at its absolute
+/// path (MNT/@GMT-.../<live dir>/file), which `shadow:snapsharepath` maps:
+/// it is the share's path inside each snapshot.
+#[test]
+fn samba_shadow_copy2_serves_previous_versions() {
+    require_tool("smbd");
+    require_tool("smbclient");
+    let repo = Repo::new();
+    let (_src_dir, live) = open_source_dir();
+    let file = live.join("doc.txt");
+    write_file(&file, b"old content of the document\n");
+    chmod(&file, 0o644);
+    ingest_named(&repo, "before", &live);
+    thread::sleep(BETWEEN_SNAPSHOTS);
+    write_file(&file, b"current content, edited since\n");
+    ingest_named(&repo, "after", &live);
+    let times = snapshot_times(&repo);
+    let (old, new) = (gmt_of(&times["before"]), gmt_of(&times["after"]));
+
+    let mnt = Mount::new(&repo, &["--names", "gmt", "--allow-other"]);
+
+    let state_dir = tempdir();
+    let state = canonical(state_dir.path());
+    for d in ["private", "lock", "state", "cache", "pid", "ncalrpc"] {
+        mkdir(&state.join(d));
+    }
+    let port = free_port();
+    let share_in_snapshot = live
+        .strip_prefix("/")
+        .expect("absolute live dir")
+        .display()
+        .to_string();
+    let conf = format!(
+        "[global]
+    smb ports = {port}
+    bind interfaces only = yes
+    interfaces = lo
+    private dir = {s}/private
+    lock directory = {s}/lock
+    state directory = {s}/state
+    cache directory = {s}/cache
+    pid directory = {s}/pid
+    ncalrpc dir = {s}/ncalrpc
+    log file = {s}/log.%m
+    log level = 2
+    map to guest = Bad User
+    server role = standalone server
+    disable netbios = yes
+    load printers = no
+    printing = bsd
+    printcap name = /dev/null
+    disable spoolss = yes
+
+[snap]
+    path = {live}
+    guest ok = yes
+    read only = yes
+    vfs objects = shadow_copy2
+    shadow:snapdir = {mnt}
+    shadow:snapsharepath = {share_in_snapshot}
+    shadow:format = @GMT-%Y.%m.%d-%H.%M.%S
+    shadow:sort = desc
+    shadow:localtime = no
+    shadow:snapdirseverywhere = no
+",
+        s = state.display(),
+        live = live.display(),
+        mnt = mnt.path.display(),
+    );
+    let conf_path = state.join("smb.conf");
+    write_file(&conf_path, conf.as_bytes());
+    let smbd = Smbd::start(&conf_path, port, &state);
+
+    // The snapshots are offered as previous versions of the file.
+    let out = smbclient(port, "allinfo doc.txt");
+    let info = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && info.contains(&old) && info.contains(&new),
+        "allinfo should list {old} and {new} as versions of doc.txt\n{}\n{}",
+        describe("smbclient allinfo", &out),
+        smbd.logs()
+    );
+
+    let out_dir = tempdir();
+    let got_old = canonical(out_dir.path()).join("old");
+    let got_cur = canonical(out_dir.path()).join("current");
+    let out = smbclient(
+        port,
+        &format!("get \"{old}/doc.txt\" \"{}\"", got_old.display()),
+    );
+    assert!(
+        out.status.success() && got_old.exists(),
+        "get {old}/doc.txt should fetch the old version\n{}\n{}",
+        describe("smbclient get", &out),
+        smbd.logs()
+    );
+    assert_eq!(
+        read(&got_old),
+        b"old content of the document\n",
+        "the previous version served by Samba"
+    );
+    let out = smbclient(port, &format!("get doc.txt \"{}\"", got_cur.display()));
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        describe("smbclient get doc.txt", &out),
+        smbd.logs()
+    );
+    assert_eq!(
+        read(&got_cur),
+        b"current content, edited since\n",
+        "the live file"
+    );
+    drop(smbd);
+    drop(mnt);
+}
