@@ -178,6 +178,16 @@ impl SnapshotFs {
                 .find(|(n, _)| n == name)
                 .map(|(_, a)| a));
         }
+        // A path that was a file in some snapshots and a directory in others
+        // is a directory that also holds the file's versions.
+        if ppath != Path::new("/")
+            && let Some((_, a)) = self
+                .version_items(&snaps, &ppath)?
+                .into_iter()
+                .find(|(n, _)| n == name)
+        {
+            return Ok(Some(a));
+        }
         let path = ppath.join(OsStr::from_bytes(name));
         let found = entries_at(&*self.shared.conn()?, &snaps, &path)?;
         let is_dir = found.iter().flatten().any(|f| f.node.kind == Kind::Dir);
