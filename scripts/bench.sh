@@ -524,8 +524,9 @@ other re-ingests, \`cp -a\` of the source for restore; floors are the best of
 $FLOOR_RUNS runs, tools run once).
 \`× best peer\` = wall time ÷ the fastest of restic and borg in the same phase
 (below 1 means faster than every peer). CPU = user + system seconds of the
-command; other CPU = seconds other processes used meanwhile (above ~0.5 the
-row was disturbed). Repo = \`du -sb\` of the repository after the phase;
+command; other CPU = seconds other processes and kernel threads used
+meanwhile (write-back of the command's own data is a few tenths; seconds
+there mean the row was disturbed). Repo = \`du -sb\` of the repository after the phase;
 growth = what that phase added.
 
 EOF
