@@ -793,7 +793,9 @@ fn root_lists_every_snapshot_and_latest() {
         .expect("read the mount root")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
-    let expected: BTreeSet<String> = ["alpha", "beta", "latest"].map(String::from).into();
+    let expected: BTreeSet<String> = ["alpha", "beta", "history", "latest"]
+        .map(String::from)
+        .into();
     assert_eq!(names, expected, "entries of the mount root");
     assert!(
         fs::symlink_metadata(mount.path.join("alpha"))
@@ -1052,8 +1054,8 @@ fn fusermount_unmount_ends_the_process_cleanly() {
         .map(|e| e.expect("entry").file_name())
         .collect();
     assert!(
-        entries.is_empty() || entries == ["latest"],
-        "an empty repository shows {entries:?}"
+        entries == ["history"],
+        "an empty repository shows only the (empty) history view: {entries:?}"
     );
     mount.finish();
 }
@@ -1216,13 +1218,17 @@ fn find_over_the_mount_reports_no_loop() {
         describe("find MNT", &out)
     );
     assert!(!stderr.contains("loop"), "find reports a loop: {stderr}");
-    let listed = String::from_utf8_lossy(&out.stdout).lines().count();
+    let history = mount.path.join("history");
+    let listed = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !Path::new(l).starts_with(&history))
+        .count();
     // Per snapshot: its directory, the ancestors of the source, the source and
-    // everything under it.
+    // everything under it; plus the root and latest (history/ is left out).
     let expected = 1 + 1 + 3 * (root.ancestors().count() + walk(&root).len());
     assert_eq!(
         listed, expected,
-        "find MNT lists {listed} paths; expected the root, latest and each snapshot's tree"
+        "find MNT lists {listed} paths outside history/; expected the root, latest and each snapshot's tree"
     );
 
     let one = mount.source_in("one", &root);

@@ -4,8 +4,10 @@
 //! versions, each named `<time of first snapshot>.<name>` and served as that
 //! snapshot's own inode.
 //!
-//! History directories have no position in any snapshot, so their inode
-//! numbers come from a table, kept only while the kernel holds them.
+//! History entries have no position in any snapshot, so their inode numbers
+//! come from a table, kept only while the kernel holds them. A version is
+//! its own inode there too (unique inode numbers across the mount), and
+//! reads go to the snapshot entry it stands for.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -25,6 +27,8 @@ struct HistNode {
     path: PathBuf,
     /// A directory of a file's versions (else a directory of names).
     versions: bool,
+    /// For a version: the snapshot inode it shows.
+    target: Option<u64>,
     attr: Attr,
     parent: u64,
     lookups: u64,
@@ -106,12 +110,55 @@ impl SnapshotFs {
             HistNode {
                 path,
                 versions,
+                target: None,
                 attr: attr.clone(),
                 parent,
                 lookups: u64::from(hold),
             },
         );
         attr
+    }
+
+    /// The table entry for a version at `path`, showing snapshot inode
+    /// `attr.ino`; returns its attributes under its own number.
+    fn hist_version(&self, path: PathBuf, mut attr: Attr, parent: u64, hold: bool) -> Attr {
+        let target = attr.ino;
+        attr.nlink = 1;
+        let mut t = self.history.lock().expect("history table lock");
+        if let Some(&ino) = t.by_path.get(&path)
+            && let Some(n) = t.by_ino.get_mut(&ino)
+        {
+            attr.ino = ino;
+            n.target = Some(target);
+            n.attr = attr.clone();
+            n.lookups += u64::from(hold);
+            return attr;
+        }
+        t.next += 1;
+        let ino = inode::history(t.next);
+        attr.ino = ino;
+        t.by_path.insert(path.clone(), ino);
+        t.by_ino.insert(
+            ino,
+            HistNode {
+                path,
+                versions: false,
+                target: Some(target),
+                attr: attr.clone(),
+                parent,
+                lookups: u64::from(hold),
+            },
+        );
+        attr
+    }
+
+    /// The snapshot inode a history version stands for (else `ino` itself).
+    pub(super) fn resolve_version(&self, ino: u64) -> u64 {
+        if inode::history_seq(ino).is_none() {
+            return ino;
+        }
+        let t = self.history.lock().expect("history table lock");
+        t.by_ino.get(&ino).and_then(|n| n.target).unwrap_or(ino)
     }
 
     /// (path, versions?, parent) of a history inode.
@@ -176,17 +223,24 @@ impl SnapshotFs {
                 .version_items(&snaps, &ppath)?
                 .into_iter()
                 .find(|(n, _)| n == name)
-                .map(|(_, a)| a));
+                .map(|(n, a)| {
+                    self.hist_version(ppath.join(OsStr::from_bytes(&n)), a, parent, true)
+                }));
         }
         // A path that was a file in some snapshots and a directory in others
         // is a directory that also holds the file's versions.
         if ppath != Path::new("/")
-            && let Some((_, a)) = self
+            && let Some((n, a)) = self
                 .version_items(&snaps, &ppath)?
                 .into_iter()
                 .find(|(n, _)| n == name)
         {
-            return Ok(Some(a));
+            return Ok(Some(self.hist_version(
+                ppath.join(OsStr::from_bytes(&n)),
+                a,
+                parent,
+                true,
+            )));
         }
         let path = ppath.join(OsStr::from_bytes(name));
         let found = entries_at(&*self.shared.conn()?, &snaps, &path)?;
@@ -228,6 +282,8 @@ impl SnapshotFs {
         if is_versions {
             for (name, attr) in self.version_items(&snaps, &path)? {
                 if next > cookie && items.len() < max + 2 {
+                    let attr =
+                        self.hist_version(path.join(OsStr::from_bytes(&name)), attr, ino, plus);
                     items.push(DirItem {
                         name,
                         cookie: next,
@@ -249,6 +305,21 @@ impl SnapshotFs {
                     });
                 }
                 next += 1;
+            }
+            // A path that was also a file in some snapshots lists its versions too.
+            if path != Path::new("/") {
+                for (name, attr) in self.version_items(&snaps, &path)? {
+                    if next > cookie && items.len() < max + 2 {
+                        let attr =
+                            self.hist_version(path.join(OsStr::from_bytes(&name)), attr, ino, plus);
+                        items.push(DirItem {
+                            name,
+                            cookie: next,
+                            attr,
+                        });
+                    }
+                    next += 1;
+                }
             }
         }
         Ok(items

@@ -690,6 +690,7 @@ impl SnapshotFs {
     }
 
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        let ino = self.resolve_version(ino);
         if let Some(target) = inode::latest_target(ino) {
             return Ok(self.dir_name(&self.snapshot(target)?).into_bytes());
         }
@@ -708,6 +709,7 @@ impl SnapshotFs {
     }
 
     pub fn xattrs(&self, ino: u64) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let ino = self.resolve_version(ino);
         if inode::decode(ino).is_none() {
             return Ok(Vec::new());
         }
@@ -720,6 +722,7 @@ impl SnapshotFs {
 
     /// Open a regular file; returns a handle for `read`.
     pub fn open(&self, ino: u64) -> Result<u64> {
+        let ino = self.resolve_version(ino);
         let i = self.inode(ino)?;
         let n = i
             .node
