@@ -71,6 +71,12 @@ impl LocalTarget {
     }
 }
 
+impl Drop for LocalTarget {
+    fn drop(&mut self) {
+        self.cat.checkpoint();
+    }
+}
+
 impl Target for LocalTarget {
     fn snapshots(&mut self) -> Result<HashSet<Hash>> {
         Ok(self.cat.snapshots()?.into_iter().map(|s| s.hash).collect())

@@ -250,6 +250,7 @@ pub fn forget(repo: &Repository, opts: &ForgetOptions) -> Result<Vec<Decision>> 
             cat.delete_snapshot(s.id)?;
         }
         cat.commit()?;
+        cat.checkpoint();
     }
     Ok(decisions.into_iter().map(|(_, d)| d).collect())
 }

@@ -166,6 +166,7 @@ pub fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcStats> {
         return Ok(stats);
     }
     cat.commit()?;
+    cat.checkpoint();
     let (freed, waiting) = delete_doomed(repo, &cat)?;
     stats.bytes_freed = freed;
     stats.packs_waiting = waiting;

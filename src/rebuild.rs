@@ -109,6 +109,7 @@ pub fn rebuild_catalog(repo: &Repository) -> Result<RebuildStats> {
     }
     stats.problems.append(&mut importer.problems);
     cat.commit()?;
+    cat.checkpoint();
     stats.seconds = t0.elapsed().as_secs_f64();
     Ok(stats)
 }

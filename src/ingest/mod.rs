@@ -349,6 +349,7 @@ pub fn ingest(repo: &Repository, sources: &[PathBuf], opts: &IngestOptions) -> R
     match result {
         Ok(_) => {
             pipe.finish();
+            cat.checkpoint();
             stats.snapshot_name = name;
             stats.seconds = t0.elapsed().as_secs_f64();
             Ok(stats)
