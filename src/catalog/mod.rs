@@ -213,7 +213,10 @@ impl Catalog {
     /// Fold the write-ahead log back into catalog.db and truncate it, so the
     /// repository's size on disk is what it holds (after a writing command).
     pub fn checkpoint(&self) {
-        if let Err(e) = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+        if let Err(e) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        {
             log::debug!("catalog checkpoint: {e}");
         }
     }

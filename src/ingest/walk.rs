@@ -315,6 +315,33 @@ impl<'a> Walker<'a> {
                 };
             }
         }
+        // Nothing changed here: the previous tree, without encoding or
+        // hashing anything, and without fetching the files' chunk lists.
+        if let Some(prev) = prev
+            && prev_entries.len() == entries.len()
+            && entries.iter().zip(&ids).all(|(e, &(c, t))| {
+                prev_entries
+                    .get(&e.name)
+                    .is_some_and(|p| same_entry(p, e, c, t))
+            })
+        {
+            self.maybe_checkpoint()?;
+            return Ok(DirResult {
+                hash: self.cat.tree_hash(prev)?,
+                id: prev,
+                nodes: self.cat.tree_nodes(prev)?,
+            });
+        }
+        // Files reused from the previous snapshot carry their chunk list
+        // only now that the tree must be encoded.
+        for (e, (c, _)) in entries.iter_mut().zip(&ids) {
+            if let (Body::File(list), Some(c)) = (&mut e.body, c)
+                && list.is_empty()
+                && e.meta.size > 0
+            {
+                *list = self.cat.content(*c)?;
+            }
+        }
         let res = self.finish_tree(entries, ids)?;
         self.maybe_checkpoint()?;
         Ok(res)
@@ -475,8 +502,9 @@ impl<'a> Walker<'a> {
                 });
                 let (list, cid) = match unchanged.and_then(|p| p.content) {
                     Some(cid) => {
+                        // The chunk list is fetched only if the tree changed.
                         self.stats.reused_files += 1;
-                        (self.cat.content(cid)?, cid)
+                        (ChunkList::default(), cid)
                     }
                     None => {
                         if prev.is_some() {
@@ -663,6 +691,20 @@ fn synthetic_dir_meta() -> Meta {
         nlink: 2,
         ..Meta::default()
     }
+}
+
+/// Is a new entry exactly the previous snapshot's (so its tree can be reused)?
+fn same_entry(p: &Node, e: &Entry, content: Option<ContentId>, subtree: Option<TreeId>) -> bool {
+    p.kind == e.kind
+        && p.meta == e.meta
+        && p.link_key == e.link_key
+        && p.content == content
+        && p.subtree == subtree
+        && p.xattrs == encode_xattrs(&e.xattrs)
+        && match &e.body {
+            Body::Symlink(t) => p.target.as_ref() == Some(t),
+            _ => true,
+        }
 }
 
 /// Open without updating the access time where the kernel allows it (owner
