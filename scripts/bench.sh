@@ -15,7 +15,9 @@
 #   BENCH_TOOLS      which tools (default "restic borg snapfs"); borg runs as
 #                    borg-zstd3 everywhere and also as borg-lz4 on the big file
 #   BENCH_SECTIONS   which sections (default "ingest restore"; restore needs
-#                    the repositories that ingest leaves)
+#                    the repositories that ingest leaves; "copy", off by
+#                    default, copies them to fresh repositories: snapfs copy
+#                    against restic copy)
 #   BENCH_CACHE      cold (default: drop the page cache before every timed
 #                    command) or warm (never drop it)
 #   BENCH_BUILD=0    do not run `cargo build --release` before benchmarking
@@ -486,6 +488,61 @@ section_restore() {
 }
 
 # --------------------------------------------------------------------------
+# section: copy (off-site copy of the repositories section_ingest left, to a
+# fresh repository on the same disk: copy-full = the first snapshot into an
+# empty repository, copy-daily = the rest, i.e. the daily increment;
+# `snapfs copy --to` against `restic copy --from-repo`, restic's destination
+# made beforehand, untimed, with the source's chunker parameters)
+
+# bench_copy DATASET: both phases for every tool that has a repository
+bench_copy() {
+    local ds=$1 tool src dst phase before after note sent first mibs
+    for tool in $(tools_for "$ds"); do
+        src=$REPOS/$ds/$tool
+        dst=$BENCH_DIR/copies/$ds/$tool
+        case $tool in snapfs|restic) ;; *) continue ;; esac
+        [[ -d $src ]] || die "no $tool repository for $ds: run the ingest section first"
+        rm -rf "$dst"; mkdir -p "$(dirname "$dst")"
+        if [[ $tool == restic ]]; then
+            RESTIC_FROM_PASSWORD=$RESTIC_PASSWORD restic --repo "$dst" init --repository-version 2 \
+                --from-repo "$src" --copy-chunker-params >"$LOGS/copy-init-$ds.log" 2>&1 \
+                || die "restic init failed: see $LOGS/copy-init-$ds.log"
+            first=$(restic --repo "$src" snapshots --json | perl -MJSON::PP -e \
+                'my $s = decode_json(join "", <STDIN>); @$s = sort { $a->{time} cmp $b->{time} } @$s; print $s->[0]{short_id}')
+        fi
+        for phase in copy-full copy-daily; do
+            before=$(repo_bytes "$dst")
+            case $tool:$phase in
+                snapfs:copy-full) CMD=("$SNAPFS" --repo "$src" copy --json --to "$dst" "$ds-first") ;;
+                snapfs:copy-daily) CMD=("$SNAPFS" --repo "$src" copy --json --to "$dst") ;;
+                restic:copy-full) CMD=(env RESTIC_FROM_PASSWORD="$RESTIC_PASSWORD" restic --repo "$dst" copy --from-repo "$src" "$first") ;;
+                restic:copy-daily) CMD=(env RESTIC_FROM_PASSWORD="$RESTIC_PASSWORD" restic --repo "$dst" copy --from-repo "$src") ;;
+            esac
+            timeit "$ds-$phase-$tool" "${CMD[@]}"
+            after=$(repo_bytes "$dst")
+            mibs=$(awk -v b="$((after - before))" -v t="$T_WALL" 'BEGIN { printf "%.1f", (t > 0 ? b / 1048576 / t : 0) }')
+            note="moved $(awk -v b="$((after - before))" 'BEGIN { printf "%.1f", b / 1048576 }') MiB, $mibs MiB/s"
+            if [[ $tool == snapfs ]]; then
+                sent=$(grep -o '"bytes_sent": *[0-9]*' "$LOGS/$ds-$phase-$tool.log" | grep -o '[0-9]*$' || true)
+                note+=", bytes_sent ${sent:-?}"
+            fi
+            [[ $T_RC -eq 0 ]] || note="FAILED (exit $T_RC, see $LOGS/$ds-$phase-$tool.log)"
+            record "$ds" "$phase" "$tool" "$after" $((after - before)) "$note"
+        done
+        rm -rf "$dst"
+    done
+}
+
+section_copy() {
+    local ds
+    for ds in $BENCH_DATASETS; do
+        [[ -d $REPOS/$ds ]] || die "no repositories for $ds: run the ingest section first"
+        log "=== $ds copy"
+        bench_copy "$ds"
+    done
+}
+
+# --------------------------------------------------------------------------
 # report
 
 SOURCES_MD=""
@@ -517,7 +574,9 @@ ${SOURCES_MD}
 Phases: **first** = first ingest into an empty repository; **nochange** =
 ingest again with nothing changed; **change** = ingest after changing 1% of
 the files (trees) or inserting 1 MiB at the middle (big file); **restore** =
-restore the latest snapshot into an empty directory.
+restore the latest snapshot into an empty directory; **copy-full** /
+**copy-daily** (copy section) = copy the first snapshot into a fresh
+repository, then the rest (the daily increment); growth = bytes moved.
 \`× floor\` = wall time ÷ the floor row of the same phase (tar read of the
 source for first ingest and for the changed big file, a stat walk for the
 other re-ingests, \`cp -a\` of the source for restore; floors are the best of
@@ -566,7 +625,7 @@ targets() {
     awk -F'\t' '
     $10 ~ /^FAILED/ { if ($3 == "snapfs") fails = fails $1 " " $2 ", "; next }
     { k = $1 SUBSEP $2 SUBSEP $3; wall[k] = $4; repo[k] = $7; grew[k] = $8; have[$1] = 1
-      if ($2 != "restore") rss[k] = $6
+      if ($2 != "restore" && $2 !~ /^copy/) rss[k] = $6
       if ($3 ~ /^(restic|borg)/ && $10 !~ /^FAILED/) { q = $1 SUBSEP $2; if (!(q in best) || $4 < best[q]) { best[q] = $4; bestn[q] = $3 } }
       if ($3 == "snapfs") snap = 1 }
     function faster(r) { return r >= 1 ? sprintf("%.2f× faster", r) : sprintf("%.2f× slower", 1 / r) }

@@ -20,6 +20,14 @@ done
 if ! compgen -G "/usr/lib/*/samba/vfs/shadow_copy2.so" >/dev/null; then
     need_install+=(samba-vfs-modules)
 fi
+# The copy tests start their own sshd on loopback (/usr/sbin/sshd, often not
+# on PATH) and reach it with ssh; ssh-keygen makes their keys.
+if [[ ! -x /usr/sbin/sshd ]]; then
+    need_install+=(openssh-server)
+fi
+if ! command -v ssh >/dev/null 2>&1 || ! command -v ssh-keygen >/dev/null 2>&1; then
+    need_install+=(openssh-client)
+fi
 if ((${#need_install[@]} > 0)); then
     echo "installing: ${need_install[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -8,10 +8,12 @@
 //! - `history`: the mount's history/ view, log, find, GMT names and Samba
 //! - `everyday`: diff, stats, the change alarm, JSON shapes, snapshot
 //!   references, progress, completions, man pages, systemd units
+//! - `copy`: off-site copies to a second repository, locally and over ssh
 //! - `maintenance`: forget, gc, verify and rebuild-catalog on real repositories
 
 mod util;
 
+mod copy;
 mod everyday;
 mod faults;
 mod history;
