@@ -132,7 +132,13 @@ impl PackWriter {
     }
 
     /// Write the table and footer, fsync, and make the file read-only.
-    pub fn seal(mut self) -> Result<SealedPack> {
+    pub fn seal(self) -> Result<SealedPack> {
+        self.seal_unsynced()?.sync()
+    }
+
+    /// Write the table and footer; the caller syncs (perhaps on another
+    /// thread, so the next pack is being written meanwhile).
+    pub fn seal_unsynced(mut self) -> Result<Unsynced> {
         let table_offset = self.len;
         let mut table = Vec::with_capacity(self.entries.len() * TABLE_REC);
         for e in &self.entries {
@@ -154,21 +160,42 @@ impl PackWriter {
             .into_inner()
             .map_err(|e| e.into_error())
             .at(&self.path)?;
-        file.sync_all().at(&self.path)?;
-        let mut perms = file.metadata().at(&self.path)?.permissions();
-        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o444);
-        file.set_permissions(perms).at(&self.path)?;
-        Ok(SealedPack {
-            name: PackName(Hash(*self.hasher.finalize().as_bytes())),
-            path: self.path,
-            size: self.len,
-            entries: self.entries,
+        Ok(Unsynced {
+            file,
+            pack: SealedPack {
+                name: PackName(Hash(*self.hasher.finalize().as_bytes())),
+                path: self.path,
+                size: self.len,
+                entries: self.entries,
+            },
         })
     }
 
     /// Give up on this pack (its chunks will be written again).
     pub fn abandon(self) {
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A complete pack file not yet made durable.
+pub struct Unsynced {
+    file: File,
+    pack: SealedPack,
+}
+
+impl Unsynced {
+    /// fsync and make read-only: from here on the pack may be referred to.
+    pub fn sync(self) -> Result<SealedPack> {
+        let path = &self.pack.path;
+        self.file.sync_all().at(path)?;
+        let mut perms = self.file.metadata().at(path)?.permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o444);
+        self.file.set_permissions(perms).at(path)?;
+        Ok(self.pack)
+    }
+
+    pub fn abandon(self) {
+        let _ = std::fs::remove_file(&self.pack.path);
     }
 }
 

@@ -229,14 +229,48 @@ fn writer_loop(
     err: Arc<Mutex<Option<Error>>>,
     in_flight: Arc<InFlight>,
 ) {
+    // Packs are made durable on a thread of their own, so writing the next
+    // pack goes on during an fsync. A flush waits for that thread to drain.
+    let (sync_tx, sync_rx) = bounded::<ToSyncer>(2);
+    let sealed: Arc<Mutex<Vec<SealedPack>>> = Arc::default();
+    let syncer = {
+        let sealed = sealed.clone();
+        let err = err.clone();
+        std::thread::Builder::new()
+            .name("pack-sync".into())
+            .spawn(move || {
+                let mut failed = false;
+                for msg in sync_rx {
+                    match msg {
+                        ToSyncer::Pack(u) if failed => u.abandon(),
+                        ToSyncer::Pack(u) => {
+                            let res = u.sync().and_then(|s| {
+                                backend.put(&s.name, &s.path)?;
+                                Ok(s)
+                            });
+                            match res {
+                                Ok(s) => sealed.lock().expect("sealed list lock").push(s),
+                                Err(e) => {
+                                    failed = true;
+                                    record(&err, e);
+                                }
+                            }
+                        }
+                        ToSyncer::Drained(ack) => {
+                            let _ = ack.send(());
+                        }
+                    }
+                }
+            })
+            .expect("spawn pack sync thread")
+    };
     let mut current: Option<PackWriter> = None;
-    let mut sealed: Vec<SealedPack> = Vec::new();
     let mut failed = false;
-    let seal = |w: PackWriter, sealed: &mut Vec<SealedPack>| -> Result<()> {
-        let s = w.seal()?;
-        backend.put(&s.name, &s.path)?;
-        sealed.push(s);
-        Ok(())
+    let hand_over = |w: PackWriter| -> Result<()> {
+        let u = w.seal_unsynced()?;
+        sync_tx
+            .send(ToSyncer::Pack(u))
+            .map_err(|_| Error::invalid("pack sync thread stopped"))
     };
     for msg in rx {
         match msg {
@@ -254,7 +288,7 @@ fn writer_loop(
                         let w = current.as_mut().expect("writer just created");
                         w.append(id, kind, raw_len, &blob)?;
                         if w.len() >= pack_size {
-                            seal(current.take().expect("writer present"), &mut sealed)?;
+                            hand_over(current.take().expect("writer present"))?;
                         }
                         Ok(())
                     })();
@@ -272,16 +306,30 @@ fn writer_loop(
                 if !failed
                     && let Some(w) = current.take()
                     && !w.is_empty()
-                    && let Err(e) = seal(w, &mut sealed)
+                    && let Err(e) = hand_over(w)
                 {
                     failed = true;
                     record(&err, e);
                 }
-                let _ = reply.send(std::mem::take(&mut sealed));
+                let (ack, done) = bounded(1);
+                if sync_tx.send(ToSyncer::Drained(ack)).is_ok() {
+                    let _ = done.recv();
+                }
+                let _ = reply.send(std::mem::take(
+                    &mut *sealed.lock().expect("sealed list lock"),
+                ));
             }
         }
     }
     if let Some(w) = current.take() {
         w.abandon();
     }
+    drop(sync_tx);
+    let _ = syncer.join();
+}
+
+enum ToSyncer {
+    Pack(crate::pack::Unsynced),
+    /// Answered once every pack sent before it is durable (or failed).
+    Drained(Sender<()>),
 }
