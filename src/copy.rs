@@ -248,6 +248,34 @@ impl Sender<'_> {
     }
 }
 
+/// A private directory for packs being filled, in the system's temporary
+/// directory. Its name carries our process id, so leftovers of a killed copy
+/// are recognized and removed by the next one.
+fn scratch_dir() -> Result<PathBuf> {
+    let base = std::env::temp_dir();
+    if let Ok(rd) = std::fs::read_dir(&base) {
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("snapfs-copy-")) else {
+                continue;
+            };
+            let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+            if let Some(pid) = pid
+                && !Path::new(&format!("/proc/{pid}")).exists()
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let dir = base.join(format!(
+        "snapfs-copy-{}-{}",
+        std::process::id(),
+        crate::pack::unique_token()
+    ));
+    std::fs::create_dir_all(&dir).at(&dir)?;
+    Ok(dir)
+}
+
 pub fn copy(src: &Repository, target: &mut dyn Target, which: &[String]) -> Result<CopyStats> {
     let t0 = Instant::now();
     let cat = src.catalog()?;
@@ -263,8 +291,7 @@ pub fn copy(src: &Repository, target: &mut dyn Target, which: &[String]) -> Resu
     };
     snaps.sort_by_key(|s| (s.started_ns, s.id.0));
     snaps.dedup_by_key(|s| s.id);
-    let tmp = std::env::temp_dir().join(format!("snapfs-copy-{}", crate::pack::unique_token()));
-    std::fs::create_dir_all(&tmp).at(&tmp)?;
+    let tmp = scratch_dir()?;
     let result = (|| -> Result<()> {
         for s in snaps {
             if present.contains(&s.hash) {
