@@ -48,28 +48,14 @@ impl Plan {
     pub fn for_sources(sources: &[PathBuf]) -> BTreeMap<Vec<u8>, Plan> {
         let mut root = BTreeMap::new();
         for s in sources {
-            let parts: Vec<Vec<u8>> = s
-                .components()
-                .filter_map(|c| match c {
-                    std::path::Component::Normal(n) => Some(n.as_bytes().to_vec()),
-                    _ => None,
-                })
-                .collect();
-            insert(&mut root, &parts, Plan::Source);
+            insert(&mut root, &crate::history::components(s), Plan::Source);
         }
         root
     }
 
     pub fn for_stdin(name: &Path) -> BTreeMap<Vec<u8>, Plan> {
-        let parts: Vec<Vec<u8>> = name
-            .components()
-            .filter_map(|c| match c {
-                std::path::Component::Normal(n) => Some(n.as_bytes().to_vec()),
-                _ => None,
-            })
-            .collect();
         let mut root = BTreeMap::new();
-        insert(&mut root, &parts, Plan::Stdin);
+        insert(&mut root, &crate::history::components(name), Plan::Stdin);
         root
     }
 }

@@ -279,19 +279,25 @@ impl SnapshotFs {
             },
         ];
         let mut next = 3;
-        if is_versions {
+        // A file's versions: all of a versions directory, and the tail of a
+        // directory whose path was also a file in some snapshots.
+        let push_versions = |items: &mut Vec<DirItem>, next: &mut u64| -> Result<()> {
             for (name, attr) in self.version_items(&snaps, &path)? {
-                if next > cookie && items.len() < max + 2 {
+                if *next > cookie && items.len() < max + 2 {
                     let attr =
                         self.hist_version(path.join(OsStr::from_bytes(&name)), attr, ino, plus);
                     items.push(DirItem {
                         name,
-                        cookie: next,
+                        cookie: *next,
                         attr,
                     });
                 }
-                next += 1;
+                *next += 1;
             }
+            Ok(())
+        };
+        if is_versions {
+            push_versions(&mut items, &mut next)?;
         } else {
             let children = union_children(&*self.shared.conn()?, &snaps, &path)?;
             for (name, child) in children {
@@ -306,20 +312,8 @@ impl SnapshotFs {
                 }
                 next += 1;
             }
-            // A path that was also a file in some snapshots lists its versions too.
             if path != Path::new("/") {
-                for (name, attr) in self.version_items(&snaps, &path)? {
-                    if next > cookie && items.len() < max + 2 {
-                        let attr =
-                            self.hist_version(path.join(OsStr::from_bytes(&name)), attr, ino, plus);
-                        items.push(DirItem {
-                            name,
-                            cookie: next,
-                            attr,
-                        });
-                    }
-                    next += 1;
-                }
+                push_versions(&mut items, &mut next)?;
             }
         }
         Ok(items
