@@ -14,8 +14,11 @@
 use crate::error::{Error, Result};
 use crate::ids::{ChunkId, Hash};
 
-/// Uncompressed bytes per frame: the kernel's default FUSE read size.
-pub const FRAME: usize = 128 * 1024;
+/// Uncompressed bytes per frame. Smaller frames make a random 4 KiB read
+/// cheaper (one frame is inflated) but compress worse: on real data zstd-3
+/// loses about 11% at 128 KiB, 6% at 256 KiB and 4% at 512 KiB against 2 MiB
+/// units. 512 KiB keeps a random read under half a millisecond of work.
+pub const FRAME: usize = 512 * 1024;
 const BLOB_VERSION: u8 = 1;
 const RAW_FLAG: u32 = 1 << 31;
 const FRAME_REC: usize = 36;
