@@ -295,15 +295,40 @@ fn write_file(repo: &Repository, cat: &Catalog, job: &FileJob) -> Result<u64> {
     let mut offset = 0u64;
     if let Some(cid) = job.content {
         let list = cat.content(cid)?;
+        let mut work = Vec::with_capacity(list.len());
         for c in list.iter() {
             let loc = cat.chunk_loc(&c.id)?.ok_or_else(|| {
                 Error::corrupt(format!("chunk {} is missing from the catalog", c.id))
             })?;
-            let data = repo
-                .read_chunk(&c.id, &loc)
-                .map_err(|e| Error::corrupt(format!("{}: {e}", job.path.display())))?;
-            write_sparse(&f, &data, offset).at(&job.path)?;
-            offset += data.len() as u64;
+            work.push((c.id, loc, offset));
+            offset += u64::from(c.len);
+        }
+        // A big file is decoded on every core (each thread takes every n-th
+        // chunk and writes it at its place); small ones stay on this thread.
+        let threads = if work.len() >= 4 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            1
+        };
+        let put = |t: usize| -> Result<()> {
+            for (id, loc, at) in work.iter().skip(t).step_by(threads) {
+                let data = repo
+                    .read_chunk(id, loc)
+                    .map_err(|e| Error::corrupt(format!("{}: {e}", job.path.display())))?;
+                write_sparse(&f, &data, *at).at(&job.path)?;
+            }
+            Ok(())
+        };
+        if threads == 1 {
+            put(0)?;
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = (0..threads).map(|t| s.spawn(move || put(t))).collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("restore thread panicked"))
+                    .collect::<Result<Vec<()>>>()
+            })?;
         }
     }
     f.set_len(offset).at(&job.path)?;
