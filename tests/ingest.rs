@@ -1128,3 +1128,61 @@ fn hard_links_across_two_sources_stay_linked() {
     );
     assert_eq!(x.nlink(), 2);
 }
+
+/// Regression: relatime updates a directory's atime when the walk reads it
+/// (once a day), and anyone's reads update files' atimes. An access alone
+/// must not make new trees, or every daily snapshot would rewrite every
+/// directory's rows in the catalog.
+#[test]
+fn access_times_alone_make_no_new_trees() {
+    use std::os::unix::fs::MetadataExt;
+    let src_dir = tempdir();
+    let root = canonical(src_dir.path()).join("src");
+    build_plain_tree(&root, 6, 3, 20, 5_000);
+    // Access times older than the modification times, so that reads update
+    // them (relatime); setting them changes ctime, so do it before ingesting.
+    let out = std::process::Command::new("find")
+        .arg(&root)
+        .args([
+            "-exec",
+            "touch",
+            "-a",
+            "-h",
+            "-d",
+            "2001-02-03 04:05:06",
+            "{}",
+            "+",
+        ])
+        .output()
+        .expect("run find");
+    assert!(out.status.success(), "find -exec touch -a: {out:?}");
+    let repo = Repo::new();
+    repo.ingest(&[], &[&root]);
+    // Read everything the way users do: atimes move, ctimes do not.
+    let sample = walk(&root)
+        .into_iter()
+        .find(|p| p.is_file())
+        .expect("a file in the tree");
+    let before = fs::metadata(&sample).expect("stat").atime();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ls -laR \"$1\" >/dev/null && find \"$1\" -type f -exec cat {} + >/dev/null")
+        .arg("sh")
+        .arg(&root)
+        .output()
+        .expect("read the tree");
+    assert!(out.status.success(), "reading the tree: {out:?}");
+    let after = fs::metadata(&sample).expect("stat").atime();
+    assert_ne!(
+        before, after,
+        "reading did not update the atime (is the filesystem noatime?)"
+    );
+    let second = repo.ingest(&[], &[&root]);
+    assert_eq!(
+        second.num("new_chunks"),
+        1,
+        "only the snapshot record may be new: {}",
+        second.json
+    );
+    assert_eq!(second.num("bytes_read"), 0, "{}", second.json);
+}

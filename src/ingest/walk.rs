@@ -385,11 +385,12 @@ impl<'a> Walker<'a> {
         prev: Option<&Node>,
         pos: u64,
     ) -> Result<Option<Walked>> {
-        let meta = match std::fs::symlink_metadata(path) {
+        let mut meta = match std::fs::symlink_metadata(path) {
             Ok(m) if m.is_dir() => Meta::from_stat(&m),
             // Above a stdin name, or a source path through a symlink: a plain directory.
             _ => synthetic_dir_meta(),
         };
+        keep_atime(&mut meta, prev.filter(|p| p.kind == Kind::Dir));
         let prev_tree = prev.filter(|p| p.kind == Kind::Dir).and_then(|p| p.subtree);
         let xattrs = self.xattrs(path, &meta, prev);
         let d = self.walk_plan(path, plan, prev_tree, pos)?;
@@ -448,6 +449,7 @@ impl<'a> Walker<'a> {
             return Ok(None);
         };
         let prev = prev.filter(|p| p.kind == kind);
+        keep_atime(&mut meta, prev);
         let xattrs = self.xattrs(path, &meta, prev);
         let link_key = if kind != Kind::Dir && meta.nlink > 1 {
             link_key(md.dev(), meta.ino)
@@ -676,6 +678,25 @@ fn synthetic_dir_meta() -> Meta {
         atime_ns: now,
         nlink: 2,
         ..Meta::default()
+    }
+}
+
+/// An access alone is no change: when nothing but the access time differs
+/// from the previous snapshot, keep the previous access time. Reads by
+/// anyone (the walk's own directory reads among them: relatime updates a
+/// directory's atime once a day) would otherwise make every directory a new
+/// tree in every daily snapshot.
+fn keep_atime(meta: &mut Meta, prev: Option<&Node>) {
+    if let Some(p) = prev
+        && p.meta.atime_ns != meta.atime_ns
+    {
+        let same_otherwise = Meta {
+            atime_ns: p.meta.atime_ns,
+            ..meta.clone()
+        } == p.meta;
+        if same_otherwise {
+            meta.atime_ns = p.meta.atime_ns;
+        }
     }
 }
 
