@@ -1178,10 +1178,12 @@ fn access_times_alone_make_no_new_trees() {
         "reading did not update the atime (is the filesystem noatime?)"
     );
     let second = repo.ingest(&[], &[&root]);
-    assert_eq!(
-        second.num("new_chunks"),
-        1,
-        "only the snapshot record may be new: {}",
+    // The snapshot record, and the directories above the source if other
+    // tests changed /tmp meanwhile; nothing from the source's 6 directories.
+    let above = root.ancestors().count() as u64 - 1;
+    assert!(
+        second.num("new_chunks") <= 1 + above,
+        "only the snapshot record (and the {above} directories above the source) may be new: {}",
         second.json
     );
     assert_eq!(second.num("bytes_read"), 0, "{}", second.json);
