@@ -687,3 +687,6 @@ main() {
 }
 
 main "$@"
+
+# BENCH_MOUNT=1: afterwards, the mount, integrity and history benchmarks (see scripts/bench_mount.sh)
+if [[ ${BENCH_MOUNT:-0} == 1 ]]; then "$ROOT/scripts/bench_mount.sh"; fi
