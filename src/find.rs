@@ -28,35 +28,54 @@ pub struct FindMatch {
     pub snapshots: Vec<String>,
 }
 
-type Matches = Arc<Vec<(PathBuf, Node)>>;
+/// What matches beneath one tree: the tree's own matching entries, and the
+/// matches of its subtrees by reference. Kept unflattened, so a tree shared
+/// by many snapshots (or sitting under many changed ancestors) is held once.
+struct Matches {
+    items: Vec<Item>,
+}
+
+enum Item {
+    Here(Node),
+    Below(Vec<u8>, Arc<Matches>),
+}
 
 struct Finder<'a> {
     cat: &'a Catalog,
     name: GlobMatcher,
-    memo: HashMap<TreeId, Matches>,
+    memo: HashMap<TreeId, Option<Arc<Matches>>>,
 }
 
 impl Finder<'_> {
-    /// Matches beneath `tree`, paths relative to it.
-    fn matches(&mut self, tree: TreeId) -> Result<Matches> {
+    /// Matches beneath `tree` (None: nothing matches there).
+    fn matches(&mut self, tree: TreeId) -> Result<Option<Arc<Matches>>> {
         if let Some(m) = self.memo.get(&tree) {
             return Ok(m.clone());
         }
-        let mut out = Vec::new();
+        let mut items = Vec::new();
         for n in self.cat.entries(tree)? {
-            let rel = PathBuf::from(OsStr::from_bytes(&n.name));
-            if let Some(sub) = n.subtree {
-                for (p, m) in self.matches(sub)?.iter() {
-                    out.push((rel.join(p), m.clone()));
-                }
+            if let Some(sub) = n.subtree
+                && let Some(m) = self.matches(sub)?
+            {
+                items.push(Item::Below(n.name.clone(), m));
             }
             if self.name.is_match(OsStr::from_bytes(&n.name)) {
-                out.push((rel, n));
+                items.push(Item::Here(n));
             }
         }
-        let out = Arc::new(out);
+        let out = (!items.is_empty()).then(|| Arc::new(Matches { items }));
         self.memo.insert(tree, out.clone());
         Ok(out)
+    }
+}
+
+/// Call `f` with every match beneath `m`, its path starting at `base`.
+fn each_match(m: &Matches, base: &Path, f: &mut impl FnMut(&Path, &Node)) {
+    for it in &m.items {
+        match it {
+            Item::Here(n) => f(&base.join(OsStr::from_bytes(&n.name)), n),
+            Item::Below(name, sub) => each_match(sub, &base.join(OsStr::from_bytes(name)), f),
+        }
     }
 }
 
@@ -85,23 +104,35 @@ pub fn find(repo: &Repository, pattern: &str, snapshot: Option<&str>) -> Result<
         None => cat.snapshots()?,
     };
     snaps.sort_by_key(|s| (s.started_ns, s.id.0));
-    let mut by_path: BTreeMap<PathBuf, FindMatch> = BTreeMap::new();
-    for s in &snaps {
-        for (rel, n) in finder.matches(s.root_tree)?.iter() {
-            let path = Path::new("/").join(rel);
-            if full.as_ref().is_some_and(|f| !f.is_match(&path)) {
-                continue;
+    // Per path: kind and size in the newest snapshot, and the snapshots
+    // holding it as indices (names are attached once, at the end).
+    let mut by_path: BTreeMap<PathBuf, (&'static str, u64, Vec<u32>)> = BTreeMap::new();
+    for (i, s) in snaps.iter().enumerate() {
+        let Some(m) = finder.matches(s.root_tree)? else {
+            continue;
+        };
+        each_match(&m, Path::new("/"), &mut |path, n| {
+            if full.as_ref().is_some_and(|f| !f.is_match(path)) {
+                return;
             }
-            let m = by_path.entry(path.clone()).or_insert_with(|| FindMatch {
-                path,
-                kind: crate::diff::kind_name(n.kind),
-                size: 0,
-                snapshots: Vec::new(),
-            });
-            m.kind = crate::diff::kind_name(n.kind);
-            m.size = n.meta.size;
-            m.snapshots.push(s.name.clone());
-        }
+            let e = by_path
+                .entry(path.to_path_buf())
+                .or_insert_with(|| ("", 0, Vec::new()));
+            e.0 = crate::diff::kind_name(n.kind);
+            e.1 = n.meta.size;
+            e.2.push(i as u32);
+        });
     }
-    Ok(by_path.into_values().collect())
+    Ok(by_path
+        .into_iter()
+        .map(|(path, (kind, size, idx))| FindMatch {
+            path,
+            kind,
+            size,
+            snapshots: idx
+                .into_iter()
+                .map(|i| snaps[i as usize].name.clone())
+                .collect(),
+        })
+        .collect())
 }

@@ -377,7 +377,7 @@ pub fn mount(
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     };
-    // Decoded frames are 512 KiB blocks allocated on read-ahead threads and
+    // Decoded frames are 256 KiB blocks allocated on read-ahead threads and
     // freed on others. One heap arena, with frames kept out of mmap, lets a
     // freed frame's memory serve the next one: no page faults per frame, and
     // no per-thread arenas that grow the process past its cache size.

@@ -121,6 +121,9 @@ pub struct RepoLock {
 }
 
 impl Repository {
+    /// Create a repository. It is built in a hidden sibling directory and
+    /// renamed into place, so a killed init leaves either nothing or a
+    /// complete repository, never a half one that refuses to open.
     pub fn init(root: &Path, config: Config) -> Result<Repository> {
         if root.join("config").exists() {
             return Err(Error::invalid(format!(
@@ -131,15 +134,50 @@ impl Repository {
         if root.exists() && std::fs::read_dir(root).at(root)?.next().is_some() {
             return Err(Error::NotEmpty(root.to_path_buf()));
         }
+        if let Ok(repo) = Repository::init_by_rename(root, &config) {
+            return Ok(repo);
+        }
+        // The rename can fail where the target is a mount point (an empty USB
+        // disk): build in place, the config last.
         std::fs::create_dir_all(root.join("packs")).at(root)?;
         std::fs::create_dir_all(root.join("tmp")).at(root)?;
         drop(Catalog::open(&root.join("catalog.db"), true)?);
-        // The config file goes last: its presence means "a complete repository".
-        let tmp = root.join("config.tmp");
-        std::fs::write(&tmp, config.render()).at(&tmp)?;
-        File::open(&tmp).at(&tmp)?.sync_all().at(&tmp)?;
-        std::fs::rename(&tmp, root.join("config")).at(root)?;
+        let cfg = root.join("config.tmp");
+        std::fs::write(&cfg, config.render()).at(&cfg)?;
+        File::open(&cfg).at(&cfg)?.sync_all().at(&cfg)?;
+        std::fs::rename(&cfg, root.join("config")).at(root)?;
         fsync_dir(root)?;
+        Repository::open(root)
+    }
+
+    fn init_by_rename(root: &Path, config: &Config) -> Result<Repository> {
+        let parent = match root.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&parent).at(&parent)?;
+        let base = root
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "repo".into());
+        remove_dead_inits(&parent, &base);
+        let tmp = parent.join(format!(
+            ".{base}.init-{}-{}",
+            std::process::id(),
+            pack::unique_token()
+        ));
+        std::fs::create_dir_all(tmp.join("packs")).at(&tmp)?;
+        std::fs::create_dir_all(tmp.join("tmp")).at(&tmp)?;
+        drop(Catalog::open(&tmp.join("catalog.db"), true)?);
+        let cfg = tmp.join("config");
+        std::fs::write(&cfg, config.render()).at(&cfg)?;
+        File::open(&cfg).at(&cfg)?.sync_all().at(&cfg)?;
+        fsync_dir(&tmp)?;
+        if let Err(e) = std::fs::rename(&tmp, root) {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e).at(root);
+        }
+        fsync_dir(&parent)?;
         Repository::open(root)
     }
 
@@ -355,6 +393,25 @@ impl Repository {
             )));
         }
         Ok(())
+    }
+}
+
+/// Remove the leftovers of inits of `base` whose process is gone.
+fn remove_dead_inits(parent: &Path, base: &str) {
+    let prefix = format!(".{base}.init-");
+    let Ok(rd) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        if let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok())
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
     }
 }
 

@@ -17,8 +17,9 @@ use crate::ids::{ChunkId, Hash};
 /// Uncompressed bytes per frame. Smaller frames make a random 4 KiB read
 /// cheaper (one frame is inflated) but compress worse: on real data zstd-3
 /// loses about 11% at 128 KiB, 6% at 256 KiB and 4% at 512 KiB against 2 MiB
-/// units. 512 KiB keeps a random read under half a millisecond of work.
-pub const FRAME: usize = 512 * 1024;
+/// units. Through the mount, random 4 KiB reads measured 1,660/s with 512 KiB
+/// frames; 256 KiB halves that work for 2% more space.
+pub const FRAME: usize = 256 * 1024;
 const BLOB_VERSION: u8 = 1;
 const RAW_FLAG: u32 = 1 << 31;
 const FRAME_REC: usize = 36;
