@@ -386,11 +386,9 @@ pub fn mount(
         libc::mallopt(libc::M_ARENA_MAX, 1);
         libc::mallopt(libc::M_MMAP_THRESHOLD, 8 << 20);
         // Returning freed frames to the system only to fault them back in
-        // costs TLB shootdowns on every core; the cache bounds the peak anyway.
-        libc::mallopt(
-            libc::M_TRIM_THRESHOLD,
-            (req.cache_bytes + (64 << 20)).min(i32::MAX as usize) as i32,
-        );
+        // costs TLB shootdowns on every core; keep some slack, but little
+        // enough that the process stays near its cache size.
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 32 << 20);
     }
     let fs = SnapshotFs::new(
         repo,
