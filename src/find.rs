@@ -11,10 +11,11 @@ use std::sync::Arc;
 use globset::{GlobBuilder, GlobMatcher};
 use serde::Serialize;
 
-use crate::catalog::{Catalog, Node};
+use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 use crate::ids::TreeId;
 use crate::repo::Repository;
+use crate::tree::Kind;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct FindMatch {
@@ -36,8 +37,9 @@ struct Matches {
 }
 
 enum Item {
-    Here(Node),
-    Below(Vec<u8>, Arc<Matches>),
+    /// A matching entry: its name, type and size (not the whole row).
+    Here(Box<[u8]>, Kind, u64),
+    Below(Box<[u8]>, Arc<Matches>),
 }
 
 struct Finder<'a> {
@@ -57,10 +59,10 @@ impl Finder<'_> {
             if let Some(sub) = n.subtree
                 && let Some(m) = self.matches(sub)?
             {
-                items.push(Item::Below(n.name.clone(), m));
+                items.push(Item::Below(n.name.clone().into_boxed_slice(), m));
             }
             if self.name.is_match(OsStr::from_bytes(&n.name)) {
-                items.push(Item::Here(n));
+                items.push(Item::Here(n.name.into_boxed_slice(), n.kind, n.meta.size));
             }
         }
         let out = (!items.is_empty()).then(|| Arc::new(Matches { items }));
@@ -69,11 +71,11 @@ impl Finder<'_> {
     }
 }
 
-/// Call `f` with every match beneath `m`, its path starting at `base`.
-fn each_match(m: &Matches, base: &Path, f: &mut impl FnMut(&Path, &Node)) {
+/// Call `f` with every match beneath `m` (path from `base`, type, size).
+fn each_match(m: &Matches, base: &Path, f: &mut impl FnMut(&Path, Kind, u64)) {
     for it in &m.items {
         match it {
-            Item::Here(n) => f(&base.join(OsStr::from_bytes(&n.name)), n),
+            Item::Here(name, kind, size) => f(&base.join(OsStr::from_bytes(name)), *kind, *size),
             Item::Below(name, sub) => each_match(sub, &base.join(OsStr::from_bytes(name)), f),
         }
     }
@@ -111,15 +113,15 @@ pub fn find(repo: &Repository, pattern: &str, snapshot: Option<&str>) -> Result<
         let Some(m) = finder.matches(s.root_tree)? else {
             continue;
         };
-        each_match(&m, Path::new("/"), &mut |path, n| {
+        each_match(&m, Path::new("/"), &mut |path, kind, size| {
             if full.as_ref().is_some_and(|f| !f.is_match(path)) {
                 return;
             }
             let e = by_path
                 .entry(path.to_path_buf())
                 .or_insert_with(|| ("", 0, Vec::new()));
-            e.0 = crate::diff::kind_name(n.kind);
-            e.1 = n.meta.size;
+            e.0 = crate::diff::kind_name(kind);
+            e.1 = size;
             e.2.push(i as u32);
         });
     }
