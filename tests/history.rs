@@ -11,224 +11,25 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::process::{Child, Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tempfile::TempDir;
 
+use crate::mount::{Mount, as_nobody, open_source_dir, wait_timeout};
 use crate::util::*;
 
-const READY_TIMEOUT: Duration = Duration::from_secs(10);
-const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Snapshot names carry the time to the second: this apart, two ingests
 /// never share a version name.
 const BETWEEN_SNAPSHOTS: Duration = Duration::from_millis(1100);
 
 // ---------------------------------------------------------------- the mount guard
-
-fn require_fuse() {
-    assert!(
-        Path::new("/dev/fuse").exists(),
-        "the history view tests need /dev/fuse; they fail rather than skip"
-    );
-    require_tool("fusermount3");
-}
-
-fn is_mounted(path: &Path) -> bool {
-    let table = fs::read_to_string("/proc/self/mounts").expect("read /proc/self/mounts");
-    let want = path.as_os_str().as_bytes();
-    table.lines().any(|line| {
-        line.split(' ')
-            .nth(1)
-            .is_some_and(|f| unescape_mount_field(f) == want)
-    })
-}
-
-/// Undoes the octal escapes (`\040` for a space) of /proc/mounts.
-fn unescape_mount_field(field: &str) -> Vec<u8> {
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
-}
-
-fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        match child.try_wait().expect("wait for child") {
-            Some(status) => return Some(status),
-            None if Instant::now() >= deadline => return None,
-            None => thread::sleep(Duration::from_millis(20)),
-        }
-    }
-}
-
-fn fusermount_unmount(path: &Path, lazy: bool) -> bool {
-    let mut cmd = Command::new("fusermount3");
-    cmd.arg("-u");
-    if lazy {
-        cmd.arg("-z");
-    }
-    cmd.arg(path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-/// A running `snapfs mount`, unmounted and stopped on drop.
-struct Mount {
-    path: PathBuf,
-    child: Option<Child>,
-    stderr: Arc<Mutex<Vec<u8>>>,
-    _dir: Option<TempDir>,
-}
-
-impl Mount {
-    /// Mounts `repo` with `extra` options on a fresh mount point. The mount
-    /// point's parent is 0755 so that other users can reach it.
-    fn new(repo: &Repo, extra: &[&str]) -> Mount {
-        require_fuse();
-        let dir = tempdir();
-        chmod(dir.path(), 0o755);
-        let path = canonical(dir.path()).join("mnt");
-        mkdir(&path);
-        let mut cmd = repo.cmd();
-        cmd.arg("mount").args(extra).arg(&path);
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let what = format!("{cmd:?}");
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        {
-            let mut pipe = child.stderr.take().expect("piped stderr");
-            let sink = Arc::clone(&stderr);
-            thread::spawn(move || {
-                let mut buf = [0u8; 8192];
-                while let Ok(n) = pipe.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    sink.lock()
-                        .expect("stderr lock")
-                        .extend_from_slice(&buf[..n]);
-                }
-            });
-        }
-        let (tx, rx) = mpsc::channel();
-        {
-            let pipe = child.stdout.take().expect("piped stdout");
-            thread::spawn(move || {
-                for line in BufReader::new(pipe).lines() {
-                    let Ok(line) = line else { break };
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        let mount = Mount {
-            path,
-            child: Some(child),
-            stderr,
-            _dir: Some(dir),
-        };
-        match rx.recv_timeout(READY_TIMEOUT) {
-            Ok(line) => assert!(
-                line.starts_with("mounted"),
-                "{what}: first stdout line should start with \"mounted\", got {line:?}\n{}",
-                mount.stderr_text()
-            ),
-            Err(e) => panic!(
-                "{what} printed no \"mounted\" line ({e:?})\n--- stderr ---\n{}",
-                mount.stderr_text()
-            ),
-        }
-        assert!(
-            is_mounted(&mount.path),
-            "{what} said mounted but {} is not in /proc/self/mounts\n{}",
-            mount.path.display(),
-            mount.stderr_text()
-        );
-        mount
-    }
-
-    fn stderr_text(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.lock().expect("stderr lock")).into_owned()
-    }
-
-    /// `MNT/history/<absolute path>`.
-    fn history(&self, abs: &Path) -> PathBuf {
-        restored_path(&self.path.join("history"), abs)
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        if is_mounted(&self.path) && !fusermount_unmount(&self.path, false) {
-            fusermount_unmount(&self.path, true);
-        }
-        if let Some(mut child) = self.child.take()
-            && wait_timeout(&mut child, EXIT_TIMEOUT).is_none()
-        {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if is_mounted(&self.path) {
-            fusermount_unmount(&self.path, true);
-        }
-        if is_mounted(&self.path) {
-            // Never let TempDir's cleanup walk into a live mount.
-            if let Some(dir) = self._dir.take() {
-                let _ = dir.keep();
-            }
-        }
-    }
-}
-
-// ---------------------------------------------------------------- helpers
-
-/// A source directory other users may traverse (tempdirs are 0700).
-fn open_source_dir() -> (TempDir, PathBuf) {
-    let dir = tempdir();
-    chmod(dir.path(), 0o755);
-    let root = canonical(dir.path()).join("src");
-    mkdir(&root);
-    (dir, root)
-}
-
-/// Runs `args` as the unprivileged user nobody (65534).
-fn as_nobody(args: &[&OsStr]) -> Output {
-    require_tool("setpriv");
-    Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("spawn setpriv")
-}
 
 /// Names in a directory, as bytes, sorted.
 fn names_in(dir: &Path) -> BTreeSet<Vec<u8>> {

@@ -33,7 +33,7 @@ const APPEAR_TIMEOUT: Duration = Duration::from_secs(5);
 // ---------------------------------------------------------------- the mount guard
 
 /// Fails the test unless this machine can mount FUSE filesystems.
-fn require_fuse() {
+pub(crate) fn require_fuse() {
     assert!(
         Path::new("/dev/fuse").exists(),
         "the mount tests need /dev/fuse (load the fuse module, or give the container \
@@ -57,12 +57,12 @@ fn mount_entry(path: &Path) -> Option<(String, String)> {
     found
 }
 
-fn is_mounted(path: &Path) -> bool {
+pub(crate) fn is_mounted(path: &Path) -> bool {
     mount_entry(path).is_some()
 }
 
 /// Undoes the octal escapes (`\040` for a space) of /proc/mounts.
-fn unescape_mount_field(field: &str) -> Vec<u8> {
+pub(crate) fn unescape_mount_field(field: &str) -> Vec<u8> {
     let b = field.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -82,7 +82,7 @@ fn unescape_mount_field(field: &str) -> Vec<u8> {
 }
 
 /// Waits up to `limit` for `child` to exit.
-fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+pub(crate) fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + limit;
     loop {
         match child.try_wait().expect("wait for child") {
@@ -93,7 +93,7 @@ fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     }
 }
 
-fn fusermount_unmount(path: &Path, lazy: bool) -> Output {
+pub(crate) fn fusermount_unmount(path: &Path, lazy: bool) -> Output {
     let mut cmd = Command::new("fusermount3");
     cmd.arg("-u");
     if lazy {
@@ -108,8 +108,8 @@ fn fusermount_unmount(path: &Path, lazy: bool) -> Output {
 /// A running `snapfs mount`. Dropping it unmounts (lazily if it must) and
 /// stops the process; [`Mount::finish`] does the same but asserts the
 /// clean-exit contract.
-struct Mount {
-    path: PathBuf,
+pub(crate) struct Mount {
+    pub(crate) path: PathBuf,
     child: Option<Child>,
     stdout_lines: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<u8>>>,
@@ -118,9 +118,11 @@ struct Mount {
 }
 
 impl Mount {
-    /// Mounts `repo` on a fresh mount point of its own.
-    fn new(repo: &Repo, extra: &[&str]) -> Mount {
+    /// Mounts `repo` on a fresh mount point of its own, whose parent is
+    /// 0755 so that other users can reach it (with --allow-other).
+    pub(crate) fn new(repo: &Repo, extra: &[&str]) -> Mount {
         let dir = tempdir();
+        chmod(dir.path(), 0o755);
         let path = canonical(dir.path()).join("mnt");
         mkdir(&path);
         Mount::start(repo, extra, path, Some(dir))
@@ -214,7 +216,7 @@ impl Mount {
         mount
     }
 
-    fn stderr_text(&self) -> String {
+    pub(crate) fn stderr_text(&self) -> String {
         String::from_utf8_lossy(&self.stderr.lock().expect("stderr lock")).into_owned()
     }
 
@@ -248,6 +250,11 @@ impl Mount {
     }
 
     /// Where `source` of snapshot `name` appears in the mount.
+    /// `MNT/history/<absolute path>`.
+    pub(crate) fn history(&self, abs: &Path) -> PathBuf {
+        restored_path(&self.path.join("history"), abs)
+    }
+
     fn source_in(&self, name: &str, source: &Path) -> PathBuf {
         restored_path(&self.path.join(name), source)
     }
@@ -346,7 +353,7 @@ fn ino_of(p: &Path) -> u64 {
 }
 
 /// Runs `cmd` as the unprivileged user nobody (65534) through `setpriv`.
-fn as_nobody(args: &[&OsStr]) -> Output {
+pub(crate) fn as_nobody(args: &[&OsStr]) -> Output {
     require_tool("setpriv");
     Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
@@ -372,7 +379,7 @@ fn build_small_tree(root: &Path) {
 }
 
 /// A source directory that other users may traverse (tempdirs are 0700).
-fn open_source_dir() -> (TempDir, PathBuf) {
+pub(crate) fn open_source_dir() -> (TempDir, PathBuf) {
     let dir = tempdir();
     let root = canonical(dir.path()).join("src");
     mkdir(&root);
