@@ -9,19 +9,17 @@
 
 use std::ffi::OsStr;
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::process::{Child, Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tempfile::TempDir;
 
+use crate::mount::Mount;
 use crate::util::*;
 
 // ---------------------------------------------------------------- copy helpers
@@ -154,18 +152,6 @@ fn count_files(dir: &Path) -> usize {
     n
 }
 
-/// Waits up to `limit` for `child` to exit.
-fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        match child.try_wait().expect("wait for child") {
-            Some(status) => return Some(status),
-            None if Instant::now() >= deadline => return None,
-            None => thread::sleep(Duration::from_millis(5)),
-        }
-    }
-}
-
 /// A seed for the random kill moments: fixed unless SNAPFS_TEST_SEED says.
 fn seed() -> u64 {
     std::env::var("SNAPFS_TEST_SEED")
@@ -191,133 +177,6 @@ fn build_small_tree(root: &Path, seed: u64, mib: usize) {
     write_file(&odd.join("foreign"), b"owned by 1234:5678\n");
     lchown(&odd.join("foreign"), 1234, 5678);
     set_mtime(&odd.join("foreign"), 1_600_000_000, 123_456_789);
-}
-
-// ---------------------------------------------------------------- a FUSE mount
-
-/// A running `snapfs mount`, unmounted and stopped on drop.
-struct Mount {
-    path: PathBuf,
-    child: Option<Child>,
-    stderr: Arc<Mutex<Vec<u8>>>,
-    _dir: Option<TempDir>,
-}
-
-fn is_mounted(path: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let table = fs::read_to_string("/proc/self/mounts").expect("read /proc/self/mounts");
-    // Mount points here are temp paths without spaces or escapes.
-    let want = path.as_os_str().as_bytes();
-    table
-        .lines()
-        .any(|l| l.split(' ').nth(1).map(str::as_bytes) == Some(want))
-}
-
-fn fusermount_unmount(path: &Path, lazy: bool) -> bool {
-    let mut cmd = Command::new("fusermount3");
-    cmd.arg("-u");
-    if lazy {
-        cmd.arg("-z");
-    }
-    cmd.arg(path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-impl Mount {
-    fn new(repo: &Repo) -> Mount {
-        assert!(
-            Path::new("/dev/fuse").exists(),
-            "mounting needs /dev/fuse; this test fails rather than skips"
-        );
-        require_tool("fusermount3");
-        let dir = tempdir();
-        let path = canonical(dir.path()).join("mnt");
-        mkdir(&path);
-        let mut cmd = repo.cmd();
-        cmd.arg("mount").arg(&path);
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let what = format!("{cmd:?}");
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        {
-            let mut pipe = child.stderr.take().expect("piped stderr");
-            let sink = Arc::clone(&stderr);
-            thread::spawn(move || {
-                let mut buf = [0u8; 8192];
-                while let Ok(n) = pipe.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    sink.lock().expect("lock").extend_from_slice(&buf[..n]);
-                }
-            });
-        }
-        let (tx, rx) = mpsc::channel();
-        {
-            let pipe = child.stdout.take().expect("piped stdout");
-            thread::spawn(move || {
-                for line in BufReader::new(pipe).lines() {
-                    let Ok(line) = line else { break };
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        let mount = Mount {
-            path,
-            child: Some(child),
-            stderr,
-            _dir: Some(dir),
-        };
-        match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(line) => assert!(
-                line.starts_with("mounted"),
-                "{what}: first stdout line should start with \"mounted\", got {line:?}\n{}",
-                mount.stderr_text()
-            ),
-            Err(e) => panic!(
-                "{what} printed no \"mounted\" line ({e:?})\n--- stderr ---\n{}",
-                mount.stderr_text()
-            ),
-        }
-        assert!(
-            is_mounted(&mount.path),
-            "{what} said mounted but {} is not in /proc/self/mounts",
-            mount.path.display()
-        );
-        mount
-    }
-
-    fn stderr_text(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.lock().expect("lock")).into_owned()
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        if is_mounted(&self.path) && !fusermount_unmount(&self.path, false) {
-            let _ = fusermount_unmount(&self.path, true);
-        }
-        if let Some(mut child) = self.child.take()
-            && wait_timeout(&mut child, Duration::from_secs(5)).is_none()
-        {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if is_mounted(&self.path) {
-            let _ = fusermount_unmount(&self.path, true);
-        }
-        if is_mounted(&self.path) {
-            // Never let TempDir's cleanup walk into a live mount.
-            if let Some(dir) = self._dir.take() {
-                let _ = dir.keep();
-            }
-        }
-    }
 }
 
 // ---------------------------------------------------------------- local copies
@@ -367,7 +226,7 @@ fn copy_then_mount_second_repository_matches_sources() {
         sorted(snapshot_names(&repo))
     );
 
-    let mnt = Mount::new(&repo2);
+    let mnt = Mount::new(&repo2, &[]);
     for (name, sources) in [
         ("fixture", vec![fixture.root.clone()]),
         (
@@ -1034,7 +893,7 @@ fn copy_over_ssh_to_a_real_sshd() {
     verify_read_data(&repo2, "after a copy over ssh");
     assert_restores(&repo2, "second", std::slice::from_ref(&tree), "over ssh");
     {
-        let mnt = Mount::new(&repo2);
+        let mnt = Mount::new(&repo2, &[]);
         let diff = rsync_diff(&tree, &restored_path(&mnt.path.join("second"), &tree));
         assert!(
             diff.is_empty(),
