@@ -9,19 +9,19 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tempfile::TempDir;
 
+use crate::mount::Mount;
 use crate::util::*;
 
 // ---------------------------------------------------------------- helpers
@@ -227,160 +227,12 @@ fn kill_after(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     }
 }
 
-fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        match child.try_wait().expect("try_wait") {
-            Some(status) => return Some(status),
-            None if Instant::now() >= deadline => return None,
-            None => thread::sleep(Duration::from_millis(20)),
-        }
-    }
-}
-
 /// A command left running in the background, with its output collected.
 fn spawn_collecting(cmd: &mut Command) -> Child {
     cmd.stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"))
-}
-
-// ---------------------------------------------------------------- a FUSE mount
-
-fn is_mounted(path: &Path) -> bool {
-    let table = fs::read_to_string("/proc/self/mounts").expect("read /proc/self/mounts");
-    let want = path.as_os_str().as_bytes();
-    table
-        .lines()
-        .any(|l| l.split(' ').nth(1).map(str::as_bytes) == Some(want))
-}
-
-fn fusermount_u(path: &Path, lazy: bool) -> bool {
-    let mut cmd = Command::new("fusermount3");
-    cmd.arg("-u");
-    if lazy {
-        cmd.arg("-z");
-    }
-    cmd.arg(path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-/// A running `snapfs mount`, unmounted and stopped on drop.
-struct Mounted {
-    path: PathBuf,
-    child: Option<Child>,
-    stderr: Arc<Mutex<Vec<u8>>>,
-    _dir: Option<TempDir>,
-}
-
-impl Mounted {
-    fn start(repo: &Repo) -> Mounted {
-        assert!(
-            Path::new("/dev/fuse").exists(),
-            "this test needs /dev/fuse (a FUSE-capable machine); it fails rather than skips"
-        );
-        require_tool("fusermount3");
-        let dir = tempdir();
-        let path = canonical(dir.path()).join("mnt");
-        mkdir(&path);
-        let mut child = spawn_collecting(repo.cmd().arg("mount").arg(&path));
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        {
-            let mut pipe = child.stderr.take().expect("piped stderr");
-            let sink = Arc::clone(&stderr);
-            thread::spawn(move || {
-                let mut buf = [0u8; 8192];
-                while let Ok(n) = pipe.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    sink.lock().expect("lock").extend_from_slice(&buf[..n]);
-                }
-            });
-        }
-        let (tx, rx) = mpsc::channel();
-        {
-            let pipe = child.stdout.take().expect("piped stdout");
-            thread::spawn(move || {
-                for line in BufReader::new(pipe).lines() {
-                    let Ok(line) = line else { break };
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        let m = Mounted {
-            path,
-            child: Some(child),
-            stderr,
-            _dir: Some(dir),
-        };
-        match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(line) if line.starts_with("mounted") => {}
-            other => panic!(
-                "snapfs mount printed no \"mounted\" line ({other:?})\n--- stderr ---\n{}",
-                m.stderr_text()
-            ),
-        }
-        assert!(is_mounted(&m.path), "{} is not mounted", m.path.display());
-        // Keep the receiver's thread busy draining; nothing else is expected.
-        thread::spawn(move || while rx.recv().is_ok() {});
-        m
-    }
-
-    fn stderr_text(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.lock().expect("lock")).into_owned()
-    }
-
-    /// Unmounts with `fusermount3 -u` and asserts the process exits 0.
-    fn finish(mut self) {
-        assert!(
-            fusermount_u(&self.path, false),
-            "fusermount3 -u {} failed\n--- mount stderr ---\n{}",
-            self.path.display(),
-            self.stderr_text()
-        );
-        let mut child = self.child.take().expect("mount process");
-        let status = wait_timeout(&mut child, Duration::from_secs(10));
-        if status.is_none() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        assert_eq!(
-            status.and_then(|s| s.code()),
-            Some(0),
-            "the mount process should exit 0 after fusermount3 -u\n--- stderr ---\n{}",
-            self.stderr_text()
-        );
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if is_mounted(&self.path) && !fusermount_u(&self.path, false) {
-            let _ = fusermount_u(&self.path, true);
-        }
-        if let Some(mut child) = self.child.take()
-            && wait_timeout(&mut child, Duration::from_secs(5)).is_none()
-        {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if is_mounted(&self.path) {
-            let _ = fusermount_u(&self.path, true);
-        }
-        if is_mounted(&self.path)
-            && let Some(dir) = self._dir.take()
-        {
-            // Never let TempDir's cleanup walk into a live mount.
-            let _ = dir.keep();
-        }
-    }
 }
 
 // ---------------------------------------------------------------- forget policies
@@ -978,7 +830,7 @@ fn gc_while_a_mount_reads_a_forgotten_snapshot_keeps_its_packs_until_unmount() {
     write_random_file(&other.join("small.bin"), 902, MIB);
     repo.ingest(&["--name", "small"], &[&other]);
 
-    let mount = Mounted::start(&repo);
+    let mount = Mount::new(&repo, &[]);
     let in_mount = restored_path(&mount.path.join("big"), &big);
 
     // The reader copies the file in 1 MiB pieces; it pauses after a part

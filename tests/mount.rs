@@ -262,7 +262,7 @@ impl Mount {
     /// Unmounts with `fusermount3 -u` and asserts the documented ending: the
     /// process exits 0, the mount point is no longer mounted, stdout held
     /// exactly the one "mounted" line, and nothing panicked.
-    fn finish(mut self) {
+    pub(crate) fn finish(mut self) {
         let out = fusermount_unmount(&self.path, false);
         assert!(
             out.status.success(),
