@@ -517,6 +517,28 @@ impl SnapshotFs {
         })
     }
 
+    /// Attributes of an entry of directory `parent` (inode `parent_ino`),
+    /// remembered for later lookups by inode number.
+    fn child(&self, parent_ino: u64, parent: &Inode, node: Node) -> Result<Attr> {
+        let pos = inode::child_pos(parent.pos, node.node_offset);
+        let ino = self.entry_ino(parent.snap, pos, &node)?;
+        let attr = self.node_attr(ino, parent.snap, &node)?;
+        if self.cached(ino).is_none() {
+            let tree = node.subtree;
+            self.remember(
+                ino,
+                Inode {
+                    snap: parent.snap,
+                    pos: inode::decode(ino).map_or(pos, |d| d.1),
+                    parent: parent_ino,
+                    node: Some(node),
+                    tree,
+                },
+            );
+        }
+        Ok(attr)
+    }
+
     /// The inode number the kernel sees for an entry: hard links share their
     /// group's first position.
     fn entry_ino(&self, snap: SnapshotId, pos: u64, n: &Node) -> Result<u64> {
@@ -575,23 +597,7 @@ impl SnapshotFs {
         let Some(node) = self.shared.conn()?.entry(tree, name)? else {
             return Ok(None);
         };
-        let pos = inode::child_pos(p.pos, node.node_offset);
-        let ino = self.entry_ino(p.snap, pos, &node)?;
-        let attr = self.node_attr(ino, p.snap, &node)?;
-        if self.cached(ino).is_none() {
-            let tree = node.subtree;
-            self.remember(
-                ino,
-                Inode {
-                    snap: p.snap,
-                    pos: inode::decode(ino).map_or(pos, |d| d.1),
-                    parent,
-                    node: Some(node),
-                    tree,
-                },
-            );
-        }
-        Ok(Some(attr))
+        self.child(parent, &p, node).map(Some)
     }
 
     /// Up to `max` entries after `cookie` (0 = from the start), `.` and `..`
@@ -666,24 +672,9 @@ impl SnapshotFs {
             .conn()?
             .entries_from(tree, from, max.saturating_sub(out.len()))?;
         for n in nodes {
-            let pos = inode::child_pos(dir.pos, n.node_offset);
-            let child = self.entry_ino(dir.snap, pos, &n)?;
-            let attr = self.node_attr(child, dir.snap, &n)?;
             let cookie = n.node_offset + 3;
             let name = n.name.clone();
-            if self.cached(child).is_none() {
-                let tree = n.subtree;
-                self.remember(
-                    child,
-                    Inode {
-                        snap: dir.snap,
-                        pos: inode::decode(child).map_or(pos, |d| d.1),
-                        parent: ino,
-                        node: Some(n),
-                        tree,
-                    },
-                );
-            }
+            let attr = self.child(ino, &dir, n)?;
             out.push(DirItem { name, cookie, attr });
         }
         Ok(out)
