@@ -133,8 +133,9 @@ pub enum Command {
         /// Memory for decoded file data, e.g. 256M, 1G
         #[arg(long, default_value = "256M", value_parser = parse_size)]
         cache_size: u64,
-        /// Threads serving requests
-        #[arg(long, default_value_t = 4)]
+        /// Threads serving requests (more than cores: a copy out of the
+        /// mount waits less for a free one)
+        #[arg(long, default_value_t = 16)]
         threads: usize,
         /// Snapshot directory names: `plain` (the snapshot's name) or `gmt`
         /// (@GMT-YYYY.MM.DD-HH.MM.SS, for Samba's shadow_copy2 "Previous Versions")

@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
-    ReplyXattr, Request, Session, SessionACL,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyXattr,
+    Request, Session, SessionACL,
 };
 
 use crate::error::{Error, IoContext, Result};
@@ -25,6 +25,8 @@ const ROOT_TTL: Duration = Duration::from_secs(1);
 
 struct Fuse {
     fs: SnapshotFs,
+    /// The kernel takes ENOSYS from open as "no opens needed" (see `open`).
+    no_open: bool,
 }
 
 fn errno(e: &Error) -> Errno {
@@ -102,11 +104,18 @@ fn reply_sized(reply: ReplyXattr, size: u32, data: &[u8]) {
 
 impl Filesystem for Fuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Always readdirplus, not the kernel's automatic choice: that lists
+        // all but the first batch plainly when a reader (`cp -a`, `rsync`)
+        // reads a whole directory before looking at its entries, and then
+        // each entry costs a lookup round trip. Listing attributes costs us
+        // next to nothing: they are in the same catalog rows as the names.
         let wanted = InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS;
         let _ = config.add_capabilities(wanted & config.capabilities());
+        self.no_open = config
+            .capabilities()
+            .contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
         let _ = config.set_max_readahead(1 << 20);
         Ok(())
     }
@@ -160,7 +169,11 @@ impl Filesystem for Fuse {
             return reply.error(Errno::EROFS);
         }
         match self.fs.open(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            // Reads find the file by inode number, so when the kernel can do
+            // without opens, ENOSYS tells it so: no open or release round
+            // trip per file any more, and pages are kept across opens.
+            Ok(()) if self.no_open => reply.error(Errno::ENOSYS),
+            Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -168,32 +181,18 @@ impl Filesystem for Fuse {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(fh.0, offset, size) {
+        match self.fs.read(ino.0, offset, size) {
             Ok(d) => reply.data(d.as_slice()),
             Err(e) => reply.error(errno(&e)),
         }
-    }
-
-    fn release(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        _flush: bool,
-        reply: ReplyEmpty,
-    ) {
-        self.fs.release(fh.0);
-        reply.ok();
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -292,8 +291,8 @@ impl Filesystem for Fuse {
     fn lseek(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: i64,
         whence: i32,
         reply: ReplyLseek,
@@ -303,7 +302,7 @@ impl Filesystem for Fuse {
             libc::SEEK_HOLE => false,
             _ => return reply.error(Errno::EINVAL),
         };
-        match self.fs.seek(fh.0, offset.max(0) as u64, data) {
+        match self.fs.seek(ino.0, offset.max(0) as u64, data) {
             Ok(Some(o)) => reply.offset(o as i64),
             Ok(None) => reply.error(Errno::ENXIO),
             Err(e) => reply.error(errno(&e)),
@@ -413,12 +412,13 @@ pub fn mount(
     }
     config.n_threads = Some(req.threads.max(1));
     config.clone_fd = true;
-    let mut session = Session::new(Fuse { fs }, mountpoint, &config).map_err(|e| {
-        Error::invalid(format!(
-            "cannot mount at {}: {e} (is fusermount3 installed, and /dev/fuse usable?)",
-            mountpoint.display()
-        ))
-    })?;
+    let mut session =
+        Session::new(Fuse { fs, no_open: false }, mountpoint, &config).map_err(|e| {
+            Error::invalid(format!(
+                "cannot mount at {}: {e} (is fusermount3 installed, and /dev/fuse usable?)",
+                mountpoint.display()
+            ))
+        })?;
     let mut unmounter = session.unmount_callable();
     let mp = mountpoint.to_path_buf();
     std::thread::Builder::new()

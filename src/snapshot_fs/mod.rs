@@ -21,7 +21,7 @@ use lru::LruCache;
 
 use crate::catalog::{Catalog, ChunkLoc, Node, SnapshotRow};
 use crate::error::{Error, Result};
-use crate::ids::{ChunkId, SnapshotId, TreeId};
+use crate::ids::{ChunkId, ContentId, SnapshotId, TreeId};
 use crate::repo::Repository;
 use crate::store::{FRAME, Header, hash_chunk, header_len};
 use crate::tree::{ChunkList, Kind, Meta, decode_xattrs};
@@ -78,16 +78,21 @@ struct Inode {
     tree: Option<TreeId>,
 }
 
+/// What reading a file needs, resolved once and kept by inode number: the
+/// kernel need not tell us about opens and closes (see `mount`).
 struct OpenFile {
     ino: u64,
-    /// When it was opened: its chunk locations are from then (see `MountLease`).
+    /// When it was resolved: its chunk locations are from then. The mount
+    /// lease reports the oldest of these, so gc keeps the packs they point
+    /// into; after `FILE_STATE_MAX_AGE` unused, it is dropped and resolved
+    /// again when next read.
     opened_ns: i64,
     chunks: ChunkList,
     /// Start offset of each chunk, for a binary search by offset.
     starts: Vec<u64>,
     size: u64,
-    /// Resolved at open, so a file being read keeps its bytes even if gc
-    /// moves its chunks meanwhile (the old pack stays while this mount runs).
+    /// Resolved once, so a file being read keeps its bytes even if gc moves
+    /// its chunks meanwhile (the old pack stays while the lease says so).
     locs: Vec<ChunkLoc>,
     /// End of the last read, to recognize a sequential reader.
     last_end: AtomicU64,
@@ -138,11 +143,30 @@ pub fn gmt_name(started_ns: i64) -> String {
     format!("@GMT-{y:04}.{mo:02}.{d:02}-{h:02}.{mi:02}.{s:02}")
 }
 
+/// Work for the read-ahead threads.
+enum Job {
+    /// Decode frame `.2` of chunk `.1` of a file.
+    Frame(Arc<OpenFile>, usize, u32),
+    /// Resolve the files among the entries of directory `tree` (inode
+    /// position `dir_pos`) whose offsets lie in `from..to`, and decode their
+    /// first frame: readers such as `cp -a`, `tar` and `rsync` take a
+    /// directory's files in order, so the next ones are ready when asked for.
+    Siblings {
+        snap: SnapshotId,
+        dir_pos: u64,
+        tree: TreeId,
+        from: u64,
+        to: u64,
+    },
+}
+
 /// The part shared with read-ahead threads.
 struct Shared {
     repo: Repository,
     pool: Mutex<Vec<Catalog>>,
     frames: FrameCache,
+    /// Resolved files by inode number (bounded; see `OpenFile`).
+    files: Mutex<LruCache<u64, Arc<OpenFile>>>,
     /// Chunk ids of runs of zeros, by length: holes for SEEK_HOLE and reads
     /// that need no decoding.
     zero_ids: Mutex<HashMap<u32, ChunkId>>,
@@ -152,9 +176,10 @@ pub struct SnapshotFs {
     shared: Arc<Shared>,
     snapshots: Mutex<SnapshotList>,
     inodes: Mutex<LruCache<u64, Arc<Inode>>>,
-    files: Arc<Mutex<HashMap<u64, Arc<OpenFile>>>>,
-    next_fh: AtomicU64,
-    prefetch: Option<Sender<(Arc<OpenFile>, usize, u32)>>,
+    /// Per directory inode: the entry offset up to which its files were
+    /// queued for warming.
+    warmed: Mutex<LruCache<u64, u64>>,
+    prefetch: Option<Sender<Job>>,
     readahead: u64,
     started_ns: i64,
     names: Names,
@@ -164,6 +189,12 @@ pub struct SnapshotFs {
 /// How long the snapshot list may be served before it is read again.
 const SNAPSHOT_LIST_TTL: Duration = Duration::from_secs(1);
 const INODE_CACHE: usize = 32 * 1024;
+const FILE_CACHE: usize = 1024;
+const DIR_CACHE: usize = 256;
+/// See `OpenFile::opened_ns`.
+const FILE_STATE_MAX_AGE: Duration = Duration::from_secs(60);
+/// How many entries after a file that is first read get warmed (`Job::Siblings`).
+const SIBLINGS_AHEAD: u64 = 32;
 
 /// A catalog connection borrowed from the pool, returned on drop.
 struct Conn<'a> {
@@ -202,6 +233,104 @@ impl Shared {
         let mut z = self.zero_ids.lock().expect("zero id lock");
         *z.entry(len)
             .or_insert_with(|| hash_chunk(&vec![0u8; len as usize]).id)
+    }
+
+    /// What reading file `ino` (content `content`) needs: from the cache, or
+    /// resolved from the catalog now and remembered.
+    fn file(&self, ino: u64, content: Option<ContentId>) -> Result<Arc<OpenFile>> {
+        if let Some(f) = self.files.lock().expect("file cache lock").get(&ino) {
+            return Ok(f.clone());
+        }
+        let opened_ns = crate::time::now_ns();
+        let cat = self.conn()?;
+        let chunks = match content {
+            Some(c) => cat.content(c)?,
+            None => ChunkList::default(),
+        };
+        let locs = chunks
+            .iter()
+            .map(|c| {
+                cat.chunk_loc(&c.id)?.ok_or_else(|| {
+                    Error::corrupt(format!("chunk {} is missing from the catalog", c.id))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        drop(cat);
+        let mut starts = Vec::with_capacity(chunks.len());
+        let mut size = 0u64;
+        for c in chunks.iter() {
+            starts.push(size);
+            size += u64::from(c.len);
+        }
+        let f = Arc::new(OpenFile {
+            ino,
+            opened_ns,
+            chunks,
+            starts,
+            size,
+            locs,
+            last_end: AtomicU64::new(u64::MAX),
+        });
+        self.files
+            .lock()
+            .expect("file cache lock")
+            .put(ino, f.clone());
+        Ok(f)
+    }
+
+    /// Drop resolved files unused for `FILE_STATE_MAX_AGE`; the resolution
+    /// time of the oldest left (or now) is what the mount lease reports.
+    fn expire_files(&self) -> i64 {
+        let now = crate::time::now_ns();
+        let limit = now - FILE_STATE_MAX_AGE.as_nanos() as i64;
+        let mut files = self.files.lock().expect("file cache lock");
+        let old: Vec<u64> = files
+            .iter()
+            // Held elsewhere means being read right now: keep it.
+            .filter(|(_, f)| f.opened_ns < limit && Arc::strong_count(f) == 1)
+            .map(|(ino, _)| *ino)
+            .collect();
+        for ino in old {
+            files.pop(&ino);
+        }
+        files.iter().map(|(_, f)| f.opened_ns).min().unwrap_or(now)
+    }
+
+    /// Run one read-ahead job; errors surface when a reader gets there.
+    fn run(&self, job: Job, queue: &Sender<Job>) {
+        match job {
+            Job::Frame(f, ci, fi) => {
+                let _ = self.frame(&f, ci, fi);
+            }
+            Job::Siblings {
+                snap,
+                dir_pos,
+                tree,
+                from,
+                to,
+            } => {
+                let Ok(nodes) = self
+                    .conn()
+                    .and_then(|c| c.entries_from(tree, from, SIBLINGS_AHEAD as usize))
+                else {
+                    return;
+                };
+                for n in nodes.into_iter().filter(|n| n.node_offset < to) {
+                    // Hard links take their inode from their group: rare, skipped.
+                    if n.kind != Kind::File || n.link_key != 0 || n.content.is_none() {
+                        continue;
+                    }
+                    let ino = inode::encode(snap, inode::child_pos(dir_pos, n.node_offset));
+                    if let Ok(f) = self.file(ino, n.content)
+                        && !f.chunks.is_empty()
+                        && self.frames.absent(&(f.chunks.get(0).id, 0))
+                        && queue.try_send(Job::Frame(f, 0, 0)).is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
     }
 
     /// Decoded frame `fi` of chunk `ci` of an open file, verified.
@@ -268,39 +397,33 @@ impl SnapshotFs {
             repo,
             pool: Mutex::new(vec![first]),
             frames: FrameCache::new(opts.cache_bytes),
+            files: Mutex::new(LruCache::new(
+                NonZeroUsize::new(FILE_CACHE).expect("non-zero"),
+            )),
             zero_ids: Mutex::new(HashMap::new()),
         });
-        let files: Arc<Mutex<HashMap<u64, Arc<OpenFile>>>> = Arc::default();
         let lease = shared.repo.take_mount_lease()?;
-        let open = files.clone();
+        let leased = shared.clone();
         std::thread::Builder::new()
             .name("lease".into())
             .spawn(move || {
                 loop {
                     std::thread::sleep(Duration::from_secs(2));
-                    let now = crate::time::now_ns();
-                    let oldest = open
-                        .lock()
-                        .expect("open files lock")
-                        .values()
-                        .map(|f| f.opened_ns)
-                        .min()
-                        .unwrap_or(now);
-                    lease.renew(oldest);
+                    lease.renew(leased.expire_files());
                 }
             })
             .expect("spawn lease thread");
         let prefetch = (opts.prefetch_threads > 0).then(|| {
-            let (tx, rx) = bounded::<(Arc<OpenFile>, usize, u32)>(256);
+            let (tx, rx) = bounded::<Job>(256);
             for i in 0..opts.prefetch_threads {
                 let rx = rx.clone();
+                let queue = tx.clone();
                 let shared = shared.clone();
                 std::thread::Builder::new()
                     .name(format!("readahead-{i}"))
                     .spawn(move || {
-                        for (f, ci, fi) in rx {
-                            // Errors surface when the reader gets there.
-                            let _ = shared.frame(&f, ci, fi);
+                        for job in rx.iter() {
+                            shared.run(job, &queue);
                         }
                     })
                     .expect("spawn read-ahead thread");
@@ -320,8 +443,9 @@ impl SnapshotFs {
             inodes: Mutex::new(LruCache::new(
                 NonZeroUsize::new(INODE_CACHE).expect("non-zero"),
             )),
-            files,
-            next_fh: AtomicU64::new(1),
+            warmed: Mutex::new(LruCache::new(
+                NonZeroUsize::new(DIR_CACHE).expect("non-zero"),
+            )),
             prefetch,
             readahead: opts.readahead,
             started_ns: crate::time::now_ns(),
@@ -711,68 +835,63 @@ impl SnapshotFs {
         }
     }
 
-    /// Open a regular file; returns a handle for `read`.
-    pub fn open(&self, ino: u64) -> Result<u64> {
+    /// Resolve a regular file for reading (a check, and a head start).
+    pub fn open(&self, ino: u64) -> Result<()> {
+        self.open_file(ino).map(drop)
+    }
+
+    /// What reading file `ino` needs, by inode number: the kernel may read
+    /// without opening (see `mount`).
+    fn open_file(&self, ino: u64) -> Result<Arc<OpenFile>> {
         let ino = self.resolve_version(ino);
+        if let Some(f) = self.shared.files.lock().expect("file cache lock").get(&ino) {
+            return Ok(f.clone());
+        }
         let i = self.inode(ino)?;
         let n = i
             .node
             .as_ref()
             .filter(|n| n.kind == Kind::File)
             .ok_or_else(|| Error::Invalid("not a regular file".into()))?;
-        let opened_ns = crate::time::now_ns();
-        let cat = self.shared.conn()?;
-        let chunks = match n.content {
-            Some(c) => cat.content(c)?,
-            None => ChunkList::default(),
+        self.shared.file(ino, n.content)
+    }
+
+    /// Queue the files after `ino` in its directory for warming, unless
+    /// they were queued already.
+    fn warm_siblings(&self, ino: u64) {
+        let Some(tx) = &self.prefetch else { return };
+        let Some(i) = self.cached(ino) else { return };
+        let Some(node) = &i.node else { return };
+        let Some(dir) = self.cached(i.parent) else {
+            return;
         };
-        let locs = chunks
-            .iter()
-            .map(|c| {
-                cat.chunk_loc(&c.id)?.ok_or_else(|| {
-                    Error::corrupt(format!("chunk {} is missing from the catalog", c.id))
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        drop(cat);
-        let mut starts = Vec::with_capacity(chunks.len());
-        let mut size = 0u64;
-        for c in chunks.iter() {
-            starts.push(size);
-            size += u64::from(c.len);
+        let Some(tree) = dir.tree else { return };
+        let next = node.node_offset + 1;
+        let to = next + SIBLINGS_AHEAD;
+        let from = {
+            let mut w = self.warmed.lock().expect("warmed lock");
+            let done = w.get(&i.parent).copied().unwrap_or(0);
+            if done >= next + SIBLINGS_AHEAD / 2 {
+                return;
+            }
+            w.put(i.parent, to);
+            done.max(next)
+        };
+        let _ = tx.try_send(Job::Siblings {
+            snap: i.snap,
+            dir_pos: dir.pos,
+            tree,
+            from,
+            to,
+        });
+    }
+
+    /// Bytes `[offset, offset + size)` of file `ino` (short at its end).
+    pub fn read(&self, ino: u64, offset: u64, size: u32) -> Result<ReadData> {
+        let f = self.open_file(ino)?;
+        if offset == 0 {
+            self.warm_siblings(f.ino);
         }
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.files.lock().expect("open files lock").insert(
-            fh,
-            Arc::new(OpenFile {
-                ino,
-                opened_ns,
-                chunks,
-                starts,
-                size,
-                locs,
-                last_end: AtomicU64::new(u64::MAX),
-            }),
-        );
-        Ok(fh)
-    }
-
-    pub fn release(&self, fh: u64) {
-        self.files.lock().expect("open files lock").remove(&fh);
-    }
-
-    fn file(&self, fh: u64) -> Result<Arc<OpenFile>> {
-        self.files
-            .lock()
-            .expect("open files lock")
-            .get(&fh)
-            .cloned()
-            .ok_or_else(|| Error::Invalid(format!("unknown file handle {fh}")))
-    }
-
-    /// Bytes `[offset, offset + size)` of an open file (short at its end).
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<ReadData> {
-        let f = self.file(fh)?;
         if offset >= f.size || size == 0 {
             return Ok(ReadData::Owned(Vec::new()));
         }
@@ -827,7 +946,9 @@ impl SnapshotFs {
             let ci = f.starts.partition_point(|&s| s <= pos) - 1;
             let c = f.chunks.get(ci);
             let fi = ((pos - f.starts[ci]) / FRAME as u64) as u32;
-            if self.shared.frames.absent(&(c.id, fi)) && tx.try_send((f.clone(), ci, fi)).is_err() {
+            if self.shared.frames.absent(&(c.id, fi))
+                && tx.try_send(Job::Frame(f.clone(), ci, fi)).is_err()
+            {
                 return;
             }
             pos = f.starts[ci] + (u64::from(fi) + 1) * FRAME as u64;
@@ -835,8 +956,8 @@ impl SnapshotFs {
     }
 
     /// SEEK_DATA / SEEK_HOLE: runs of zero chunks are holes.
-    pub fn seek(&self, fh: u64, offset: u64, data: bool) -> Result<Option<u64>> {
-        let f = self.file(fh)?;
+    pub fn seek(&self, ino: u64, offset: u64, data: bool) -> Result<Option<u64>> {
+        let f = self.open_file(ino)?;
         if offset >= f.size {
             return Ok(None);
         }
