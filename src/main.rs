@@ -9,9 +9,12 @@ use snapfs::{repo::Repository, report};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The FUSE library warns of things that are normal for us (requests we
+    // leave unanswered on purpose, a mount already gone when it unmounts):
+    // its words only when asked for more.
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => "error",
-        (_, 0) => "warn",
+        (_, 0) => "warn,fuser=error",
         (_, 1) => "info",
         _ => "debug",
     };

@@ -162,10 +162,52 @@ impl Header {
 
     /// Inflate and verify frame `i` from its stored bytes.
     pub fn decode_frame(&self, i: usize, stored: &[u8], id: &ChunkId) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.decode_frame_into(i, stored, id, &mut out)?;
+        Ok(out)
+    }
+
+    /// Inflate and verify frame `i` into `out`, which ends up exactly the
+    /// frame's length. A buffer that is already long enough is written over
+    /// without being cleared first.
+    pub fn decode_frame_into(
+        &self,
+        i: usize,
+        stored: &[u8],
+        id: &ChunkId,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        let raw_len = self.frame_len(i);
+        if out.len() < raw_len {
+            out.resize(raw_len, 0);
+        }
+        let n = self.decode_frame_to(i, stored, id, out)?;
+        out.truncate(n);
+        Ok(())
+    }
+
+    /// Raw length of frame `i`.
+    pub fn frame_len(&self, i: usize) -> usize {
+        (self.raw_len - i * FRAME).min(FRAME)
+    }
+
+    /// Inflate and verify frame `i` into the start of `out` (at least the
+    /// frame's length); returns that length.
+    pub fn decode_frame_to(
+        &self,
+        i: usize,
+        stored: &[u8],
+        id: &ChunkId,
+        out: &mut [u8],
+    ) -> Result<usize> {
         let (_, raw, hash) = self.frames[i];
-        let raw_len = (self.raw_len - i * FRAME).min(FRAME);
-        let data = if raw {
-            stored.to_vec()
+        let raw_len = self.frame_len(i);
+        let bad = |what: String| Error::corrupt(format!("chunk {id} frame {i}: {what}"));
+        let room = raw_len.min(out.len());
+        let n = if raw {
+            let n = stored.len().min(out.len());
+            out[..n].copy_from_slice(&stored[..n]);
+            stored.len()
         } else {
             DECOMPRESSOR
                 .with(|d| {
@@ -175,16 +217,14 @@ impl Header {
                     }
                     d.as_mut()
                         .expect("just created")
-                        .decompress(stored, raw_len)
+                        .decompress_to_buffer(stored, &mut out[..room])
                 })
-                .map_err(|e| Error::corrupt(format!("chunk {id} frame {i}: {e}")))?
+                .map_err(|e| bad(e.to_string()))?
         };
-        if data.len() != raw_len || Hash::of(&data) != hash {
-            return Err(Error::corrupt(format!(
-                "chunk {id} frame {i}: content does not match its hash"
-            )));
+        if n != raw_len || Hash::of(&out[..n]) != hash {
+            return Err(bad("content does not match its hash".into()));
         }
-        Ok(data)
+        Ok(n)
     }
 }
 
@@ -192,12 +232,14 @@ impl Header {
 pub fn decode_blob(blob: &[u8], id: &ChunkId, raw_len: usize) -> Result<Vec<u8>> {
     let header = Header::parse(blob, id, raw_len)?;
     let mut out = Vec::with_capacity(raw_len);
+    let mut frame = Vec::new();
     for i in 0..header.frame_count() {
         let (start, len) = header.frame_range(i);
         let stored = blob
             .get(start..start + len)
             .ok_or_else(|| Error::corrupt(format!("chunk {id}: truncated")))?;
-        out.extend_from_slice(&header.decode_frame(i, stored, id)?);
+        header.decode_frame_into(i, stored, id, &mut frame)?;
+        out.extend_from_slice(&frame);
     }
     Ok(out)
 }

@@ -137,6 +137,8 @@ impl Mount {
         require_fuse();
         let mut cmd = repo.cmd();
         cmd.arg("mount").args(extra).arg(&path);
+        // Its log level is what the arguments say (see `finish`).
+        cmd.env_remove("RUST_LOG");
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let what = format!("{cmd:?}");
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
@@ -261,8 +263,9 @@ impl Mount {
 
     /// Unmounts with `fusermount3 -u` and asserts the documented ending: the
     /// process exits 0, the mount point is no longer mounted, stdout held
-    /// exactly the one "mounted" line, and nothing panicked.
-    pub(crate) fn finish(mut self) {
+    /// exactly the one "mounted" line, and nothing panicked. Returns what
+    /// the process wrote to stderr.
+    pub(crate) fn finish(mut self) -> String {
         let out = fusermount_unmount(&self.path, false);
         assert!(
             out.status.success(),
@@ -270,7 +273,7 @@ impl Mount {
             describe("fusermount3 -u", &out),
             self.stderr_text()
         );
-        self.expect_clean_exit("fusermount3 -u");
+        self.expect_clean_exit("fusermount3 -u")
     }
 
     /// Sends `signal` and asserts the same clean ending as [`Mount::finish`].
@@ -280,7 +283,7 @@ impl Mount {
         self.expect_clean_exit(name);
     }
 
-    fn expect_clean_exit(&mut self, how: &str) {
+    fn expect_clean_exit(&mut self, how: &str) -> String {
         let mut child = self.child.take().expect("mount process");
         let status = wait_timeout(&mut child, EXIT_TIMEOUT);
         if status.is_none() {
@@ -310,6 +313,7 @@ impl Mount {
             !stderr.contains("panicked"),
             "the mount process panicked:\n{stderr}"
         );
+        stderr
     }
 }
 
@@ -456,7 +460,13 @@ fn cp_a_and_rsync_out_of_the_mount_reproduce_the_source() {
     tool("rsync", &[OsStr::new("-aHAX"), &from, &to]);
     assert_same_tree(&fixture.root, &rsync_copy);
 
-    mount.finish();
+    // Without -v a mount that served all this says nothing after its
+    // "mounted" line, not even when unmounted from outside.
+    let stderr = mount.finish();
+    assert!(
+        stderr.is_empty(),
+        "the mount wrote to stderr without -v:\n{stderr}"
+    );
 }
 
 /// What `stat`, `getfattr`, `getfacl`, `readlink` and `find -inum` show in the

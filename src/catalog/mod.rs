@@ -176,7 +176,7 @@ impl Catalog {
         )?;
         conn.busy_timeout(Duration::from_secs(30))?;
         stable_plans(&conn)?;
-        conn.pragma_update(None, "cache_size", -2048)?;
+        conn.pragma_update(None, "cache_size", -512)?;
         conn.pragma_update(None, "query_only", true)?;
         Ok(Catalog { conn })
     }

@@ -8,13 +8,14 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use lru::LruCache;
 
+use super::frame::{Frame, Slot, Slots};
 use crate::ids::ChunkId;
-use crate::store::Header;
+use crate::store::{FRAME, Header};
 
 pub type FrameKey = (ChunkId, u32);
 
 struct Lru {
-    frames: LruCache<FrameKey, Arc<Vec<u8>>>,
+    frames: LruCache<FrameKey, Arc<Frame>>,
     bytes: usize,
 }
 
@@ -26,7 +27,13 @@ pub struct FrameCache {
     loading: Mutex<HashSet<FrameKey>>,
     loaded: Condvar,
     headers: Mutex<LruCache<ChunkId, Arc<Header>>>,
+    /// Where full-size frames live (see `frame`).
+    slots: Option<Arc<Slots>>,
 }
+
+/// Slots beyond the cache's own: frames evicted while still being sent to
+/// a reader, and frames being decoded.
+const SLOTS_IN_FLIGHT: usize = 64;
 
 impl FrameCache {
     pub fn new(capacity: usize) -> FrameCache {
@@ -39,10 +46,11 @@ impl FrameCache {
             loading: Mutex::new(HashSet::new()),
             loaded: Condvar::new(),
             headers: Mutex::new(LruCache::new(NonZeroUsize::new(4096).expect("non-zero"))),
+            slots: Slots::new(capacity / FRAME + SLOTS_IN_FLIGHT),
         }
     }
 
-    pub fn get(&self, key: &FrameKey) -> Option<Arc<Vec<u8>>> {
+    pub fn get(&self, key: &FrameKey) -> Option<Arc<Frame>> {
         self.lru
             .lock()
             .expect("frame cache lock")
@@ -59,7 +67,7 @@ impl FrameCache {
             .contains(key)
     }
 
-    fn insert(&self, key: FrameKey, data: Arc<Vec<u8>>) {
+    fn insert(&self, key: FrameKey, data: Arc<Frame>) {
         let mut l = self.lru.lock().expect("frame cache lock");
         l.bytes += data.len();
         if let Some(old) = l.frames.put(key, data) {
@@ -73,13 +81,18 @@ impl FrameCache {
         }
     }
 
+    /// A slot to decode a full-size frame into; None: use the heap.
+    pub fn slot(&self) -> Option<Slot> {
+        self.slots.as_ref()?.take()
+    }
+
     /// The frame from the cache, or decoded by `load` exactly once however
     /// many threads ask at the same time.
     pub fn get_or_load(
         &self,
         key: FrameKey,
-        load: impl FnOnce() -> crate::Result<Vec<u8>>,
-    ) -> crate::Result<Arc<Vec<u8>>> {
+        load: impl FnOnce() -> crate::Result<Frame>,
+    ) -> crate::Result<Arc<Frame>> {
         loop {
             if let Some(v) = self.get(&key) {
                 return Ok(v);
@@ -137,7 +150,9 @@ mod tests {
         let c = FrameCache::new(10_000);
         for i in 0..100u32 {
             let v = c
-                .get_or_load((ChunkId(Hash::of(b"x")), i), || Ok(vec![0u8; 1000]))
+                .get_or_load((ChunkId(Hash::of(b"x")), i), || {
+                    Ok(Frame::Heap(vec![0u8; 1000]))
+                })
                 .unwrap();
             assert_eq!(v.len(), 1000);
         }

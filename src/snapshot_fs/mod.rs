@@ -6,6 +6,7 @@
 //! a bounded cache of decoded frames with read-ahead (`cache`).
 
 pub mod cache;
+mod frame;
 mod history_view;
 pub mod inode;
 
@@ -26,6 +27,7 @@ use crate::repo::Repository;
 use crate::store::{FRAME, Header, hash_chunk, header_len};
 use crate::tree::{ChunkList, Kind, Meta, decode_xattrs};
 use cache::FrameCache;
+use frame::Frame;
 
 /// What the kernel needs to know of a node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,7 +48,7 @@ pub struct Attr {
 
 /// Bytes of a read: a slice of one cached frame (no copy), or assembled.
 pub enum ReadData {
-    Frame(Arc<Vec<u8>>, std::ops::Range<usize>),
+    Frame(Arc<Frame>, std::ops::Range<usize>),
     Owned(Vec<u8>),
 }
 
@@ -57,6 +59,24 @@ impl ReadData {
             ReadData::Owned(v) => v,
         }
     }
+
+    /// Done with it: an assembled buffer serves this thread's next read.
+    pub fn recycle(self) {
+        if let ReadData::Owned(v) = self
+            && v.capacity() <= SCRATCH_MAX
+        {
+            SCRATCH.with(|s| *s.borrow_mut() = v);
+        }
+    }
+}
+
+/// Largest read buffer kept per thread: the kernel asks for at most 1 MiB.
+const SCRATCH_MAX: usize = 4 << 20;
+
+thread_local! {
+    /// Reads that span frames are assembled here, not in a fresh allocation
+    /// each time (fresh pages fault, and faults are dear).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// One directory entry as listed; `cookie` resumes the listing after it.
@@ -334,14 +354,14 @@ impl Shared {
     }
 
     /// Decoded frame `fi` of chunk `ci` of an open file, verified.
-    fn frame(&self, f: &OpenFile, ci: usize, fi: u32) -> Result<Arc<Vec<u8>>> {
+    fn frame(&self, f: &OpenFile, ci: usize, fi: u32) -> Result<Arc<Frame>> {
         let c = f.chunks.get(ci);
         let key = (c.id, fi);
         self.frames.get_or_load(key, || {
             let raw_len = c.len as usize;
             let frame_len = (raw_len - fi as usize * FRAME).min(FRAME);
             if c.id == self.zero_id(c.len) {
-                return Ok(vec![0u8; frame_len]);
+                return Ok(Frame::Heap(vec![0u8; frame_len]));
             }
             let loc = &f.locs[ci];
             let header = match self.frames.header(&c.id) {
@@ -367,7 +387,17 @@ impl Shared {
                 .repo
                 .backend
                 .read_at(&loc.pack, loc.offset + start as u64, len)?;
-            header.decode_frame(fi as usize, &stored, &c.id)
+            if frame_len == FRAME
+                && let Some(mut slot) = self.frames.slot()
+            {
+                let n = header.decode_frame_to(fi as usize, &stored, &c.id, slot.bytes_mut())?;
+                return Ok(Frame::Slot(slot, n));
+            }
+            Ok(Frame::Heap(header.decode_frame(
+                fi as usize,
+                &stored,
+                &c.id,
+            )?))
         })
     }
 }
@@ -915,7 +945,9 @@ impl SnapshotFs {
             let len = (end - offset) as usize;
             return Ok(ReadData::Frame(frame, fstart..fstart + len));
         }
-        let mut out = Vec::with_capacity((end - offset) as usize);
+        let mut out = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+        out.clear();
+        out.reserve((end - offset) as usize);
         let mut pos = offset;
         while pos < end {
             let cstart = f.starts[ci];
