@@ -415,7 +415,7 @@ pub fn mount(
         .name("trim".into())
         .spawn(|| {
             loop {
-                std::thread::sleep(Duration::from_secs(2));
+                std::thread::sleep(Duration::from_millis(500));
                 // SAFETY: glibc's own statistics and maintenance calls.
                 unsafe {
                     if libc::mallinfo2().fordblks > HEAP_SLACK {
