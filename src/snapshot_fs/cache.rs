@@ -81,6 +81,14 @@ impl FrameCache {
         }
     }
 
+    /// Drop a frame that will not be asked for again soon.
+    pub fn forget(&self, key: &FrameKey) {
+        let mut l = self.lru.lock().expect("frame cache lock");
+        if let Some(v) = l.frames.pop(key) {
+            l.bytes -= v.len();
+        }
+    }
+
     /// A slot to decode a full-size frame into; None: use the heap.
     pub fn slot(&self) -> Option<Slot> {
         self.slots.as_ref()?.take()
@@ -168,5 +176,24 @@ mod tests {
             )))
             .is_err()
         );
+    }
+
+    #[test]
+    fn a_forgotten_frame_leaves_and_frees_its_bytes() {
+        let c = FrameCache::new(1 << 20);
+        let key = (ChunkId(Hash::of(b"z")), 0);
+        let held = c
+            .get_or_load(key, || Ok(Frame::Heap(vec![7u8; 4096])))
+            .unwrap();
+        assert_eq!(c.bytes(), 4096);
+        c.forget(&key);
+        assert_eq!(c.bytes(), 0);
+        assert!(c.absent(&key));
+        // Whoever still holds it keeps valid bytes.
+        assert_eq!(held[4095], 7);
+        let again = c
+            .get_or_load(key, || Ok(Frame::Heap(vec![8u8; 4096])))
+            .unwrap();
+        assert_eq!(again[0], 8, "decoded again after being forgotten");
     }
 }

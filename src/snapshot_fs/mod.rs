@@ -320,6 +320,14 @@ impl Shared {
     fn run(&self, job: Job, queue: &Sender<Job>) {
         match job {
             Job::Frame(f, ci, fi) => {
+                // Queued ahead of a reader that has meanwhile got past it
+                // (and had it decoded itself): nothing to do.
+                let chunk_end = f.starts[ci] + u64::from(f.chunks.get(ci).len);
+                let frame_end = (f.starts[ci] + (u64::from(fi) + 1) * FRAME as u64).min(chunk_end);
+                let reached = f.last_end.load(Ordering::Relaxed);
+                if reached != u64::MAX && reached >= frame_end {
+                    return;
+                }
                 let _ = self.frame(&f, ci, fi);
             }
             Job::Siblings {
@@ -926,6 +934,10 @@ impl SnapshotFs {
             return Ok(ReadData::Owned(Vec::new()));
         }
         let end = (offset + u64::from(size)).min(f.size);
+        // A frame a sequential reader has been given to its end leaves the
+        // cache at once: the kernel keeps those pages (keep_cache), so
+        // keeping the frame too would only double the memory and push out
+        // what random readers and read-ahead need.
         let sequential = f.last_end.swap(end, Ordering::Relaxed) == offset || offset == 0;
         if sequential {
             self.read_ahead(&f, end);
@@ -943,6 +955,9 @@ impl SnapshotFs {
                 e
             })?;
             let len = (end - offset) as usize;
+            if sequential && fstart + len == frame.len() {
+                self.shared.frames.forget(&(f.chunks.get(ci).id, fi));
+            }
             return Ok(ReadData::Frame(frame, fstart..fstart + len));
         }
         let mut out = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
@@ -962,6 +977,9 @@ impl SnapshotFs {
                 let fstart = within - u64::from(fi) * FRAME as u64;
                 let take = ((end - pos) as usize).min(frame.len() - fstart as usize);
                 out.extend_from_slice(&frame[fstart as usize..fstart as usize + take]);
+                if sequential && fstart as usize + take == frame.len() {
+                    self.shared.frames.forget(&(f.chunks.get(ci).id, fi));
+                }
                 pos += take as u64;
             }
             ci += 1;
