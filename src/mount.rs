@@ -27,6 +27,8 @@ struct Fuse {
     fs: SnapshotFs,
     /// The kernel takes ENOSYS from open as "no opens needed" (see `open`).
     no_open: bool,
+    /// The same for directories (see `opendir`).
+    no_opendir: bool,
 }
 
 fn errno(e: &Error) -> Errno {
@@ -116,6 +118,9 @@ impl Filesystem for Fuse {
         self.no_open = config
             .capabilities()
             .contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
+        self.no_opendir = config
+            .capabilities()
+            .contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         let _ = config.set_max_readahead(1 << 20);
         Ok(())
     }
@@ -212,6 +217,12 @@ impl Filesystem for Fuse {
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // Listings need no handle either: without opendir and releasedir
+        // round trips, walking a tree costs one readdirplus per directory.
+        // The kernel then caches listings as the flags below ask.
+        if self.no_opendir {
+            return reply.error(Errno::ENOSYS);
+        }
         reply.opened(
             FileHandle(0),
             FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
@@ -448,13 +459,21 @@ pub fn mount(
     }
     config.n_threads = Some(req.threads.max(1));
     config.clone_fd = true;
-    let mut session =
-        Session::new(Fuse { fs, no_open: false }, mountpoint, &config).map_err(|e| {
-            Error::invalid(format!(
-                "cannot mount at {}: {e} (is fusermount3 installed, and /dev/fuse usable?)",
-                mountpoint.display()
-            ))
-        })?;
+    let mut session = Session::new(
+        Fuse {
+            fs,
+            no_open: false,
+            no_opendir: false,
+        },
+        mountpoint,
+        &config,
+    )
+    .map_err(|e| {
+        Error::invalid(format!(
+            "cannot mount at {}: {e} (is fusermount3 installed, and /dev/fuse usable?)",
+            mountpoint.display()
+        ))
+    })?;
     let mut unmounter = session.unmount_callable();
     let mp = mountpoint.to_path_buf();
     std::thread::Builder::new()
