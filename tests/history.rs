@@ -1264,3 +1264,85 @@ fn samba_shadow_copy2_serves_previous_versions() {
     drop(smbd);
     drop(mnt);
 }
+
+/// A history directory of thousands of names comes to the kernel in many
+/// batches: every name of the union appears exactly once, also when another
+/// history directory is listed in between, and a new listing sees a
+/// snapshot made meanwhile.
+#[test]
+fn large_history_directory_lists_every_name_once() {
+    let repo = Repo::new();
+    let (_src_dir, src) = open_source_dir();
+    let big = src.join("big");
+    let small = src.join("small");
+    mkdir(&big);
+    mkdir(&small);
+    for i in 0..1500 {
+        write_file(&big.join(format!("old-{i:04}")), b"x");
+    }
+    write_file(&small.join("one"), b"1");
+    ingest_named(&repo, "s1", &src);
+    thread::sleep(BETWEEN_SNAPSHOTS);
+    for i in 0..1500 {
+        fs::remove_file(big.join(format!("old-{i:04}"))).expect("rm");
+        write_file(&big.join(format!("new-{i:04}")), b"y");
+    }
+    ingest_named(&repo, "s2", &src);
+
+    let mnt = Mount::new(&repo, &[]);
+    let expected: BTreeSet<Vec<u8>> = (0..1500)
+        .flat_map(|i| [format!("old-{i:04}"), format!("new-{i:04}")])
+        .map(String::into_bytes)
+        .collect();
+    // Two listings read side by side, a batch of each in turn.
+    let mut a = fs::read_dir(mnt.history(&big)).expect("read_dir big");
+    let mut b = fs::read_dir(mnt.history(&small)).expect("read_dir small");
+    let mut seen = Vec::new();
+    let mut small_names = Vec::new();
+    loop {
+        let mut progressed = false;
+        for _ in 0..100 {
+            match a.next() {
+                Some(e) => {
+                    seen.push(e.expect("entry").file_name().as_bytes().to_vec());
+                    progressed = true;
+                }
+                None => break,
+            }
+        }
+        if let Some(e) = b.next() {
+            small_names.push(e.expect("entry").file_name().as_bytes().to_vec());
+        }
+        if !progressed {
+            break;
+        }
+    }
+    drop((a, b));
+    let unique: BTreeSet<Vec<u8>> = seen.iter().cloned().collect();
+    assert_eq!(
+        seen.len(),
+        unique.len(),
+        "a name was listed twice in history{}",
+        big.display()
+    );
+    assert_eq!(
+        show(&unique),
+        show(&expected),
+        "history{} should list the union of both snapshots",
+        big.display()
+    );
+    assert_eq!(small_names, vec![b"one".to_vec()]);
+
+    // A snapshot made while mounted shows in the next listing.
+    write_file(&big.join("newest"), b"z");
+    ingest_named(&repo, "s3", &src);
+    let listed = eventually(Duration::from_secs(5), || {
+        names_in(&mnt.history(&big)).contains(b"newest".as_slice())
+    });
+    assert!(
+        listed,
+        "history{} should show a name added later",
+        big.display()
+    );
+    mnt.finish();
+}

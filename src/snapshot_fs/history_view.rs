@@ -9,15 +9,16 @@
 //! its own inode there too (unique inode numbers across the mount), and
 //! reads go to the snapshot entry it stands for.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::{Attr, DirItem, SnapshotFs, dir_attr, inode};
 use crate::catalog::{Node, SnapshotRow};
 use crate::error::{Error, Result};
-use crate::history::{entries_at, union_children, version_name, versions};
+use crate::history::{Child, entries_at, union_children, version_name, versions};
 use crate::tree::Kind;
 
 /// Entries nobody holds are dropped once the table grows past this.
@@ -33,6 +34,18 @@ struct HistNode {
     parent: u64,
     lookups: u64,
 }
+
+/// A history directory's names, kept while the kernel fetches the listing
+/// batch after batch: computing them means reading the directory in every
+/// snapshot, and a listing of thousands of names takes dozens of batches.
+pub(super) struct Listing {
+    ino: u64,
+    at: std::time::Instant,
+    children: Arc<BTreeMap<Vec<u8>, Child>>,
+}
+
+/// How long a listing in progress may use names computed at its start.
+const LISTING_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Default)]
 pub(super) struct Table {
@@ -257,6 +270,32 @@ impl SnapshotFs {
         )))
     }
 
+    /// The names under history directory `ino`: computed afresh when a
+    /// listing starts, reused by the batches that continue it.
+    fn hist_children(
+        &self,
+        ino: u64,
+        cookie: u64,
+        snaps: &[SnapshotRow],
+        path: &Path,
+    ) -> Result<Arc<BTreeMap<Vec<u8>, Child>>> {
+        let mut last = self.hist_listing.lock().expect("history listing lock");
+        if cookie > 2
+            && let Some(l) = last.as_ref()
+            && l.ino == ino
+            && l.at.elapsed() < LISTING_TTL
+        {
+            return Ok(l.children.clone());
+        }
+        let children = Arc::new(union_children(&*self.shared.conn()?, snaps, path)?);
+        *last = Some(Listing {
+            ino,
+            at: std::time::Instant::now(),
+            children: children.clone(),
+        });
+        Ok(children)
+    }
+
     pub(super) fn history_readdir(
         &self,
         ino: u64,
@@ -299,13 +338,13 @@ impl SnapshotFs {
         if is_versions {
             push_versions(&mut items, &mut next)?;
         } else {
-            let children = union_children(&*self.shared.conn()?, &snaps, &path)?;
-            for (name, child) in children {
+            let children = self.hist_children(ino, cookie, &snaps, &path)?;
+            for (name, child) in children.iter() {
                 if next > cookie && items.len() < max + 2 {
-                    let p = path.join(OsStr::from_bytes(&name));
+                    let p = path.join(OsStr::from_bytes(name));
                     let attr = self.hist_node(p, !child.is_dir, &child.newest, ino, plus);
                     items.push(DirItem {
-                        name,
+                        name: name.clone(),
                         cookie: next,
                         attr,
                     });

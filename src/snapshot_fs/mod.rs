@@ -204,6 +204,9 @@ pub struct SnapshotFs {
     started_ns: i64,
     names: Names,
     history: Mutex<history_view::Table>,
+    /// The names of the history directory listed last (see
+    /// `history_readdir`).
+    hist_listing: Mutex<Option<history_view::Listing>>,
 }
 
 /// How long the snapshot list may be served before it is read again.
@@ -478,6 +481,7 @@ impl SnapshotFs {
             }),
             names: opts.names,
             history: Mutex::new(history_view::Table::default()),
+            hist_listing: Mutex::new(None),
             inodes: Mutex::new(LruCache::new(
                 NonZeroUsize::new(INODE_CACHE).expect("non-zero"),
             )),
