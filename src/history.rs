@@ -34,38 +34,64 @@ pub fn components(path: &Path) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Where one directory path lies in each snapshot: its tree and its
+/// depth-first position; None where the path is absent or not a directory.
+pub type DirSpots = Vec<Option<(TreeId, u64)>>;
+
+/// Where the snapshot roots lie.
+pub fn root_spots(snaps: &[SnapshotRow]) -> DirSpots {
+    snaps.iter().map(|s| Some((s.root_tree, 0))).collect()
+}
+
+/// One step down: for each snapshot, the entry `name` in the directory at
+/// `dirs`, looked up once per distinct tree.
+pub fn entries_in(
+    cat: &Catalog,
+    dirs: &[Option<(TreeId, u64)>],
+    name: &[u8],
+) -> Result<Vec<Option<Found>>> {
+    let mut memo: HashMap<TreeId, Option<Node>> = HashMap::new();
+    let mut found: Vec<Option<Found>> = vec![None; dirs.len()];
+    for (i, slot) in dirs.iter().enumerate() {
+        let Some((tree, pos)) = *slot else { continue };
+        let node = match memo.get(&tree) {
+            Some(n) => n.clone(),
+            None => {
+                let n = cat.entry(tree, name)?;
+                memo.insert(tree, n.clone());
+                n
+            }
+        };
+        found[i] = node.map(|n| Found {
+            pos: pos + 1 + n.node_offset,
+            node: n,
+        });
+    }
+    Ok(found)
+}
+
+/// The directories among what a step found, for the next step.
+pub fn subdirs(found: &[Option<Found>]) -> DirSpots {
+    found
+        .iter()
+        .map(|f| {
+            let f = f.as_ref()?;
+            let tree = f.node.subtree.filter(|_| f.node.kind == Kind::Dir)?;
+            Some((tree, f.pos))
+        })
+        .collect()
+}
+
 /// For each snapshot (same order), the entry at `path`; None where absent.
 /// The empty path (the root) has no entry: every result is None.
 pub fn entries_at(cat: &Catalog, snaps: &[SnapshotRow], path: &Path) -> Result<Vec<Option<Found>>> {
     let parts = components(path);
-    // (tree to look in, position of that directory) per snapshot.
-    let mut cur: Vec<Option<(TreeId, u64)>> =
-        snaps.iter().map(|s| Some((s.root_tree, 0))).collect();
+    let mut dirs = root_spots(snaps);
     let mut found: Vec<Option<Found>> = vec![None; snaps.len()];
     for (depth, name) in parts.iter().enumerate() {
-        let mut memo: HashMap<TreeId, Option<Node>> = HashMap::new();
-        for (i, slot) in cur.iter_mut().enumerate() {
-            let Some((tree, pos)) = *slot else { continue };
-            let node = match memo.get(&tree) {
-                Some(n) => n.clone(),
-                None => {
-                    let n = cat.entry(tree, name)?;
-                    memo.insert(tree, n.clone());
-                    n
-                }
-            };
-            match node {
-                None => *slot = None,
-                Some(n) => {
-                    let npos = pos + 1 + n.node_offset;
-                    if depth + 1 == parts.len() {
-                        found[i] = Some(Found { node: n, pos: npos });
-                        *slot = None;
-                    } else {
-                        *slot = n.subtree.filter(|_| n.kind == Kind::Dir).map(|t| (t, npos));
-                    }
-                }
-            }
+        found = entries_in(cat, &dirs, name)?;
+        if depth + 1 < parts.len() {
+            dirs = subdirs(&found);
         }
     }
     Ok(found)

@@ -18,7 +18,10 @@ use std::sync::Arc;
 use super::{Attr, DirItem, SnapshotFs, dir_attr, inode};
 use crate::catalog::{Node, SnapshotRow};
 use crate::error::{Error, Result};
-use crate::history::{Child, entries_at, union_children, version_name, versions};
+use crate::history::{
+    Child, DirSpots, Found, components, entries_in, root_spots, subdirs, union_children,
+    version_name, versions,
+};
 use crate::tree::Kind;
 
 /// Entries nobody holds are dropped once the table grows past this.
@@ -42,6 +45,18 @@ pub(super) struct Listing {
     ino: u64,
     at: std::time::Instant,
     children: Arc<BTreeMap<Vec<u8>, Child>>,
+}
+
+/// Where a history directory lies in each snapshot, for the snapshot list
+/// it was computed with (count, oldest and newest id).
+pub(super) type Spots = ((usize, i64, i64), Arc<DirSpots>);
+
+fn list_key(snaps: &[SnapshotRow]) -> (usize, i64, i64) {
+    (
+        snaps.len(),
+        snaps.first().map_or(0, |s| s.id.0),
+        snaps.last().map_or(0, |s| s.id.0),
+    )
 }
 
 /// How long a listing in progress may use names computed at its start.
@@ -213,7 +228,7 @@ impl SnapshotFs {
 
     /// The versions of the file at `path`: (name in the view, attr).
     fn version_items(&self, snaps: &[SnapshotRow], path: &Path) -> Result<Vec<(Vec<u8>, Attr)>> {
-        let found = entries_at(&*self.shared.conn()?, snaps, path)?;
+        let found = self.hist_entries_at(snaps, path)?;
         let name = path
             .file_name()
             .map(|n| n.as_bytes().to_vec())
@@ -256,7 +271,7 @@ impl SnapshotFs {
             )));
         }
         let path = ppath.join(OsStr::from_bytes(name));
-        let found = entries_at(&*self.shared.conn()?, &snaps, &path)?;
+        let found = self.hist_entries_at(&snaps, &path)?;
         let is_dir = found.iter().flatten().any(|f| f.node.kind == Kind::Dir);
         let Some(newest) = found.into_iter().flatten().next_back() else {
             return Ok(None);
@@ -268,6 +283,40 @@ impl SnapshotFs {
             parent,
             true,
         )))
+    }
+
+    /// Where directory `path` lies in each snapshot. Remembered per path:
+    /// walking down `history/` looks up every component of a deep path,
+    /// and each lookup then costs one step from its parent, not a descent
+    /// from the root in every snapshot.
+    fn dir_spots(&self, snaps: &[SnapshotRow], path: &Path) -> Result<Arc<DirSpots>> {
+        let parts = components(path);
+        let Some(name) = parts.last() else {
+            return Ok(Arc::new(root_spots(snaps)));
+        };
+        let key = list_key(snaps);
+        if let Some((k, spots)) = self.hist_dirs.lock().expect("history dirs lock").get(path)
+            && *k == key
+        {
+            return Ok(spots.clone());
+        }
+        let up = self.dir_spots(snaps, path.parent().unwrap_or(Path::new("/")))?;
+        let spots = Arc::new(subdirs(&entries_in(&*self.shared.conn()?, &up, name)?));
+        self.hist_dirs
+            .lock()
+            .expect("history dirs lock")
+            .put(path.to_path_buf(), (key, spots.clone()));
+        Ok(spots)
+    }
+
+    /// For each snapshot, the entry at `path` (as `history::entries_at`).
+    fn hist_entries_at(&self, snaps: &[SnapshotRow], path: &Path) -> Result<Vec<Option<Found>>> {
+        let parts = components(path);
+        let Some(name) = parts.last() else {
+            return Ok(vec![None; snaps.len()]);
+        };
+        let up = self.dir_spots(snaps, path.parent().unwrap_or(Path::new("/")))?;
+        entries_in(&*self.shared.conn()?, &up, name)
     }
 
     /// The names under history directory `ino`: computed afresh when a

@@ -207,6 +207,9 @@ pub struct SnapshotFs {
     /// The names of the history directory listed last (see
     /// `history_readdir`).
     hist_listing: Mutex<Option<history_view::Listing>>,
+    /// Where history directories lie in each snapshot, by path (see
+    /// `history_view::dir_spots`).
+    hist_dirs: Mutex<LruCache<PathBuf, history_view::Spots>>,
 }
 
 /// How long the snapshot list may be served before it is read again.
@@ -214,6 +217,7 @@ const SNAPSHOT_LIST_TTL: Duration = Duration::from_secs(1);
 const INODE_CACHE: usize = 32 * 1024;
 const FILE_CACHE: usize = 1024;
 const DIR_CACHE: usize = 256;
+const HIST_DIRS: usize = 1024;
 /// See `OpenFile::opened_ns`.
 const FILE_STATE_MAX_AGE: Duration = Duration::from_secs(60);
 /// How many entries after a file that is first read get warmed (`Job::Siblings`).
@@ -482,6 +486,9 @@ impl SnapshotFs {
             names: opts.names,
             history: Mutex::new(history_view::Table::default()),
             hist_listing: Mutex::new(None),
+            hist_dirs: Mutex::new(LruCache::new(
+                NonZeroUsize::new(HIST_DIRS).expect("non-zero"),
+            )),
             inodes: Mutex::new(LruCache::new(
                 NonZeroUsize::new(INODE_CACHE).expect("non-zero"),
             )),
