@@ -70,10 +70,10 @@ grep -q '^mounted' "$log" || { cat "$log" >&2; exit 1; }
 echo "== mounted at $mnt"
 ls -l "$mnt"
 echo "== $mnt/latest$source_dir (first entries)"
-ls -l "$mnt/latest$source_dir" | head -n 15
+ls -l "$mnt/latest$source_dir" | sed -n 1,15p
 echo "== comparing the newest snapshot with the source (rsync -nac, no output = identical)"
 if command -v rsync >/dev/null 2>&1; then
-    rsync -nac --delete "$source_dir/" "$mnt/latest$source_dir/" | head -n 20
+    rsync -nac --delete "$source_dir/" "$mnt/latest$source_dir/" | sed -n 1,20p
 fi
 if [[ ${DEMO_KEEP_MOUNTED:-0} == 1 ]]; then
     echo "== left mounted at $mnt (process $pid); unmount with: fusermount3 -u $mnt"
