@@ -159,7 +159,7 @@ mod tests {
         for i in 0..100u32 {
             let v = c
                 .get_or_load((ChunkId(Hash::of(b"x")), i), || {
-                    Ok(Frame::Heap(vec![0u8; 1000]))
+                    Ok(Frame::heap(vec![0u8; 1000]))
                 })
                 .unwrap();
             assert_eq!(v.len(), 1000);
@@ -183,7 +183,7 @@ mod tests {
         let c = FrameCache::new(1 << 20);
         let key = (ChunkId(Hash::of(b"z")), 0);
         let held = c
-            .get_or_load(key, || Ok(Frame::Heap(vec![7u8; 4096])))
+            .get_or_load(key, || Ok(Frame::heap(vec![7u8; 4096])))
             .unwrap();
         assert_eq!(c.bytes(), 4096);
         c.forget(&key);
@@ -192,7 +192,7 @@ mod tests {
         // Whoever still holds it keeps valid bytes.
         assert_eq!(held[4095], 7);
         let again = c
-            .get_or_load(key, || Ok(Frame::Heap(vec![8u8; 4096])))
+            .get_or_load(key, || Ok(Frame::heap(vec![8u8; 4096])))
             .unwrap();
         assert_eq!(again[0], 8, "decoded again after being forgotten");
     }

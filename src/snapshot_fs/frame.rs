@@ -10,6 +10,7 @@
 //! reused in place, touched once, and faulted in 2 MiB at a time.
 
 use std::ops::Deref;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::store::FRAME;
@@ -109,19 +110,52 @@ impl Drop for Slot {
     }
 }
 
-/// The bytes of one decoded frame.
-pub enum Frame {
+/// Where a decoded frame's bytes are.
+enum Bytes {
     Heap(Vec<u8>),
     /// A slot and how much of it is the frame.
     Slot(Slot, usize),
 }
 
+/// The bytes of one decoded frame, and how many of them a streaming reader
+/// has been given (see `serve`).
+pub struct Frame {
+    bytes: Bytes,
+    served: AtomicUsize,
+}
+
+impl Frame {
+    pub fn heap(v: Vec<u8>) -> Frame {
+        Frame::new(Bytes::Heap(v))
+    }
+
+    /// The first `len` bytes of `slot`.
+    pub fn slot(slot: Slot, len: usize) -> Frame {
+        Frame::new(Bytes::Slot(slot, len))
+    }
+
+    fn new(bytes: Bytes) -> Frame {
+        Frame {
+            bytes,
+            served: AtomicUsize::new(0),
+        }
+    }
+
+    /// Count `n` bytes handed to a reader streaming through the file; true
+    /// once the whole frame has been. Counting bytes rather than watching
+    /// for the read that reaches the end keeps this right when the
+    /// kernel's requests arrive out of order.
+    pub fn serve(&self, n: usize) -> bool {
+        self.served.fetch_add(n, Ordering::Relaxed) + n >= self.len()
+    }
+}
+
 impl Deref for Frame {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        match self {
-            Frame::Heap(v) => v,
-            Frame::Slot(s, len) => &s.bytes()[..*len],
+        match &self.bytes {
+            Bytes::Heap(v) => v,
+            Bytes::Slot(s, len) => &s.bytes()[..*len],
         }
     }
 }
@@ -139,8 +173,10 @@ mod tests {
             .collect();
         assert!(slots.take().is_none(), "all {count} slots are taken");
         held[1].bytes_mut()[..3].copy_from_slice(b"abc");
-        let frame = Frame::Slot(held.remove(1), 3);
+        let frame = Frame::slot(held.remove(1), 3);
         assert_eq!(&*frame, b"abc");
+        assert!(!frame.serve(2), "two of three bytes served");
+        assert!(frame.serve(1), "all three served");
         drop(frame);
         let again = slots.take().expect("the slot freed by the drop");
         assert_eq!(again.idx, 1, "the most recently freed slot comes first");

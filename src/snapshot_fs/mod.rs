@@ -220,6 +220,9 @@ const DIR_CACHE: usize = 256;
 const HIST_DIRS: usize = 1024;
 /// See `OpenFile::opened_ns`.
 const FILE_STATE_MAX_AGE: Duration = Duration::from_secs(60);
+/// How far from the previous read's end a read still counts as part of a
+/// stream (the kernel reads ahead up to 1 MiB at a time, on several threads).
+const STREAM_WINDOW: u64 = 8 << 20;
 /// How many entries after a file that is first read get warmed (`Job::Siblings`).
 const SIBLINGS_AHEAD: u64 = 32;
 
@@ -376,7 +379,7 @@ impl Shared {
             let raw_len = c.len as usize;
             let frame_len = (raw_len - fi as usize * FRAME).min(FRAME);
             if c.id == self.zero_id(c.len) {
-                return Ok(Frame::Heap(vec![0u8; frame_len]));
+                return Ok(Frame::heap(vec![0u8; frame_len]));
             }
             let loc = &f.locs[ci];
             let header = match self.frames.header(&c.id) {
@@ -406,9 +409,9 @@ impl Shared {
                 && let Some(mut slot) = self.frames.slot()
             {
                 let n = header.decode_frame_to(fi as usize, &stored, &c.id, slot.bytes_mut())?;
-                return Ok(Frame::Slot(slot, n));
+                return Ok(Frame::slot(slot, n));
             }
-            Ok(Frame::Heap(header.decode_frame(
+            Ok(Frame::heap(header.decode_frame(
                 fi as usize,
                 &stored,
                 &c.id,
@@ -945,11 +948,15 @@ impl SnapshotFs {
             return Ok(ReadData::Owned(Vec::new()));
         }
         let end = (offset + u64::from(size)).min(f.size);
-        // A frame a sequential reader has been given to its end leaves the
-        // cache at once: the kernel keeps those pages (keep_cache), so
-        // keeping the frame too would only double the memory and push out
-        // what random readers and read-ahead need.
-        let sequential = f.last_end.swap(end, Ordering::Relaxed) == offset || offset == 0;
+        let prev = f.last_end.swap(end, Ordering::Relaxed);
+        let sequential = prev == offset || offset == 0;
+        // A frame a reader streaming through the file has been given whole
+        // leaves the cache at once: the kernel keeps those pages
+        // (keep_cache), so keeping the frame too would only double the
+        // memory and push out what random readers and read-ahead need. The
+        // kernel's read-ahead requests are served by several threads and
+        // arrive a little out of order: near the last one counts.
+        let streaming = sequential || (prev != u64::MAX && offset.abs_diff(prev) <= STREAM_WINDOW);
         if sequential {
             self.read_ahead(&f, end);
         }
@@ -966,7 +973,7 @@ impl SnapshotFs {
                 e
             })?;
             let len = (end - offset) as usize;
-            if sequential && fstart + len == frame.len() {
+            if streaming && frame.serve(len) {
                 self.shared.frames.forget(&(f.chunks.get(ci).id, fi));
             }
             return Ok(ReadData::Frame(frame, fstart..fstart + len));
@@ -988,7 +995,7 @@ impl SnapshotFs {
                 let fstart = within - u64::from(fi) * FRAME as u64;
                 let take = ((end - pos) as usize).min(frame.len() - fstart as usize);
                 out.extend_from_slice(&frame[fstart as usize..fstart as usize + take]);
-                if sequential && fstart as usize + take == frame.len() {
+                if streaming && frame.serve(take) {
                     self.shared.frames.forget(&(f.chunks.get(ci).id, fi));
                 }
                 pos += take as u64;
