@@ -11,7 +11,7 @@ use std::ffi::OsStr;
 use std::fs;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
@@ -188,26 +188,6 @@ fn replace_share(root: &Path, seed: u64, share_percent: u64) -> usize {
         }
     }
     replaced
-}
-
-/// Flips one byte of `pack` at `offset` (packs are 0444: made writable
-/// for the write and read-only again after).
-fn flip_byte(pack: &Path, offset: u64) {
-    let mode = fs::metadata(pack).expect("stat pack").permissions().mode();
-    chmod(pack, 0o644);
-    {
-        let f = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(pack)
-            .expect("open pack for writing");
-        let mut byte = [0u8; 1];
-        f.read_exact_at(&mut byte, offset).expect("read pack byte");
-        byte[0] ^= 0x5a;
-        f.write_all_at(&byte, offset).expect("write pack byte");
-        f.sync_all().expect("fsync pack");
-    }
-    chmod(pack, mode & 0o7777);
 }
 
 /// Waits up to `limit` for `child`; kills it with SIGKILL after that.

@@ -1385,21 +1385,7 @@ fn damaged_pack_byte_gives_eio_for_that_file_only() {
         .unwrap_or_else(|| panic!("no *.pack under {}", repo.path.join("packs").display()));
     let size = fs::metadata(pack).expect("stat pack").len();
     assert!(size > len, "pack {} is only {size} bytes", pack.display());
-    chmod(pack, 0o644);
-    {
-        let f = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(pack)
-            .expect("open pack for writing");
-        let mut byte = [0u8; 1];
-        f.read_exact_at(&mut byte, size / 2)
-            .expect("read pack byte");
-        byte[0] ^= 0x5a;
-        f.write_all_at(&byte, size / 2).expect("write pack byte");
-        f.sync_all().expect("fsync pack");
-    }
-    chmod(pack, 0o444);
+    flip_byte(pack, size / 2);
 
     let mut mount = Mount::new(&repo, &[]);
     let m = mount.source_in("damaged", &root);

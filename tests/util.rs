@@ -960,3 +960,24 @@ fn tree_comparison_notices_differences() {
         assert!(noticed, "the comparison misses a change of {what}");
     }
 }
+
+/// Flips one byte of `pack` at `offset` (packs are 0444: made writable
+/// for the write and read-only again after).
+pub fn flip_byte(pack: &Path, offset: u64) {
+    use std::os::unix::fs::{FileExt, PermissionsExt};
+    let mode = fs::metadata(pack).expect("stat pack").permissions().mode();
+    chmod(pack, 0o644);
+    {
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(pack)
+            .expect("open pack for writing");
+        let mut byte = [0u8; 1];
+        f.read_exact_at(&mut byte, offset).expect("read pack byte");
+        byte[0] ^= 0x5a;
+        f.write_all_at(&byte, offset).expect("write pack byte");
+        f.sync_all().expect("fsync pack");
+    }
+    chmod(pack, mode & 0o7777);
+}
