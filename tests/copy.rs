@@ -640,33 +640,65 @@ fn killed_copy_leaves_no_temporary_files_behind() {
     );
 }
 
+/// Three snapshots `part-0`..`part-2` of small trees under `root` (seeds
+/// `seed`.., `files` files of 1 MiB each in two directories).
+fn ingest_three_parts(repo: &Repo, root: &Path, seed: u64, files: usize) -> Vec<PathBuf> {
+    (0..3u64)
+        .map(|i| {
+            let part = root.join(format!("part-{i}"));
+            build_plain_tree(&part, seed + i, 2, files, MIB);
+            repo.ingest(&["--name", &format!("part-{i}")], &[&part]);
+            part
+        })
+        .collect()
+}
+
+/// A copy that ran out of space said so, and did not panic.
+fn assert_says_disk_full(out: &Output, what: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("No space left on device") || err.to_lowercase().contains("disk is full"),
+        "{what} should say the disk is full:\n{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// REPO2 holds exactly the three parts, verifies, and restores each.
+fn assert_holds_all_parts(repo2: &Repo, parts: &[PathBuf], what: &str) {
+    assert_eq!(
+        sorted(snapshot_names(repo2)),
+        vec![
+            "part-0".to_string(),
+            "part-1".to_string(),
+            "part-2".to_string()
+        ]
+    );
+    verify_read_data(repo2, what);
+    for (i, part) in parts.iter().enumerate() {
+        assert_restores(
+            repo2,
+            &format!("part-{i}"),
+            std::slice::from_ref(part),
+            what,
+        );
+    }
+}
+
 /// REPO2 on a small tmpfs: the copy fails with exit 1 and says the disk is
 /// full; what arrived still verifies; after the filesystem grows the copy
 /// completes.
 #[test]
 fn full_disk_fails_cleanly_and_copy_completes_after_growing() {
     let base = tempdir();
-    let root = canonical(base.path());
-    let mut parts = Vec::new();
     let repo = Repo::new();
-    for i in 0..3u64 {
-        let part = root.join(format!("part-{i}"));
-        build_plain_tree(&part, 300 + i, 2, 16, MIB);
-        repo.ingest(&["--name", &format!("part-{i}")], &[&part]);
-        parts.push(part);
-    }
+    let parts = ingest_three_parts(&repo, &canonical(base.path()), 300, 16);
     // About 48 MiB to copy onto 28 MiB.
     let fs_dir = tempdir();
     let small = Tmpfs::mount(&canonical(fs_dir.path()).join("small"), "28m");
     let repo2 = Repo::at(&small.path.join("offsite"));
 
     let out = run_expect(&mut copy_cmd(&repo, &repo2.path, &[]), 1);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("No space left on device") || err.to_lowercase().contains("disk is full"),
-        "the failed copy should say the disk is full:\n{err}"
-    );
-    assert!(!err.contains("panicked"), "{err}");
+    assert_says_disk_full(&out, "the failed copy");
     let got = snapshot_names(&repo2);
     assert!(
         got.len() < 3,
@@ -687,23 +719,7 @@ fn full_disk_fails_cleanly_and_copy_completes_after_growing() {
         done.json
     );
     assert_eq!(done.present as usize, got.len(), "{}", done.json);
-    assert_eq!(
-        sorted(snapshot_names(&repo2)),
-        vec![
-            "part-0".to_string(),
-            "part-1".to_string(),
-            "part-2".to_string()
-        ]
-    );
-    verify_read_data(&repo2, "after the copy completed");
-    for (i, part) in parts.iter().enumerate() {
-        assert_restores(
-            &repo2,
-            &format!("part-{i}"),
-            std::slice::from_ref(part),
-            "after the copy completed",
-        );
-    }
+    assert_holds_all_parts(&repo2, &parts, "after the copy completed");
     drop(repo2);
     drop(small);
 }
@@ -1036,15 +1052,8 @@ fn killed_copy_over_ssh_resumes() {
 fn full_remote_disk_over_ssh_fails_cleanly_and_resumes() {
     let sshd = Sshd::start();
     let base = tempdir();
-    let root = canonical(base.path());
     let repo = Repo::new();
-    let mut parts = Vec::new();
-    for i in 0..3u64 {
-        let part = root.join(format!("part-{i}"));
-        build_plain_tree(&part, 600 + i, 2, 12, MIB);
-        repo.ingest(&["--name", &format!("part-{i}")], &[&part]);
-        parts.push(part);
-    }
+    let parts = ingest_three_parts(&repo, &canonical(base.path()), 600, 12);
     let fs_dir = tempdir();
     let small = Tmpfs::mount(&canonical(fs_dir.path()).join("far"), "20m");
     let far = small.path.join("repo2");
@@ -1052,12 +1061,7 @@ fn full_remote_disk_over_ssh_fails_cleanly_and_resumes() {
 
     let mut cmd = sshd.copy_cmd(&repo, &far, &[]);
     let out = run_expect(&mut cmd, 1);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("No space left on device") || err.to_lowercase().contains("disk is full"),
-        "a copy onto a full far disk should say the disk is full:\n{err}"
-    );
-    assert!(!err.contains("panicked"), "{err}");
+    assert_says_disk_full(&out, "a copy onto a full far disk");
     let got = snapshot_names(&repo2);
     assert!(got.len() < 3, "{got:?}");
     verify_read_data(&repo2, "after the far disk filled up");
@@ -1065,23 +1069,7 @@ fn full_remote_disk_over_ssh_fails_cleanly_and_resumes() {
     small.resize("128m");
     let done = sshd.copy_ok(&repo, &far);
     assert_eq!(done.present as usize, got.len(), "{}", done.json);
-    assert_eq!(
-        sorted(snapshot_names(&repo2)),
-        vec![
-            "part-0".to_string(),
-            "part-1".to_string(),
-            "part-2".to_string()
-        ]
-    );
-    verify_read_data(&repo2, "after the copy over ssh completed");
-    for (i, part) in parts.iter().enumerate() {
-        assert_restores(
-            &repo2,
-            &format!("part-{i}"),
-            std::slice::from_ref(part),
-            "after the far disk grew",
-        );
-    }
+    assert_holds_all_parts(&repo2, &parts, "after the copy over ssh completed");
     drop(repo2);
     drop(small);
 }
