@@ -403,9 +403,10 @@ pub fn mount(
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     };
-    // Decoded frames are 256 KiB blocks allocated on read-ahead threads and
-    // freed on others. One heap arena, with frames kept out of mmap, lets a
-    // freed frame's memory serve the next one: no page faults per frame, and
+    // Full-size frames live in the cache's own slots; the rest (short
+    // frames, assembled reads, compressed bytes) are allocated on one thread
+    // and freed on another. One heap arena, with them kept out of mmap, lets
+    // freed memory serve the next allocation: no page faults each time, and
     // no per-thread arenas that grow the process past its cache size.
     // SAFETY: mallopt only tunes the allocator.
     unsafe {

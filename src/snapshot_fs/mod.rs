@@ -163,6 +163,15 @@ pub fn gmt_name(started_ns: i64) -> String {
     format!("@GMT-{y:04}.{mo:02}.{d:02}-{h:02}.{mi:02}.{s:02}")
 }
 
+impl OpenFile {
+    /// File offset just past frame `fi` of chunk `ci` (a chunk's last frame
+    /// is short).
+    fn frame_end(&self, ci: usize, fi: u32) -> u64 {
+        let chunk_end = self.starts[ci] + u64::from(self.chunks.get(ci).len);
+        (self.starts[ci] + (u64::from(fi) + 1) * FRAME as u64).min(chunk_end)
+    }
+}
+
 /// Work for the read-ahead threads.
 enum Job {
     /// Decode frame `.2` of chunk `.1` of a file.
@@ -332,10 +341,8 @@ impl Shared {
             Job::Frame(f, ci, fi) => {
                 // Queued ahead of a reader that has meanwhile got past it
                 // (and had it decoded itself): nothing to do.
-                let chunk_end = f.starts[ci] + u64::from(f.chunks.get(ci).len);
-                let frame_end = (f.starts[ci] + (u64::from(fi) + 1) * FRAME as u64).min(chunk_end);
                 let reached = f.last_end.load(Ordering::Relaxed);
-                if reached != u64::MAX && reached >= frame_end {
+                if reached != u64::MAX && reached >= f.frame_end(ci, fi) {
                     return;
                 }
                 let _ = self.frame(&f, ci, fi);
@@ -1019,7 +1026,7 @@ impl SnapshotFs {
             {
                 return;
             }
-            pos = f.starts[ci] + (u64::from(fi) + 1) * FRAME as u64;
+            pos = f.frame_end(ci, fi);
         }
     }
 
