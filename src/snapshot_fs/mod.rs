@@ -1078,3 +1078,35 @@ impl SnapshotFs {
         Ok((stored, n))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::Hash;
+    use crate::tree::ChunkRef;
+
+    #[test]
+    fn a_frame_ends_at_the_next_frame_or_its_chunks_end() {
+        const K: u64 = 1024;
+        let mut chunks = ChunkList::default();
+        for (i, len) in [300 * K, 100 * K].into_iter().enumerate() {
+            chunks.push(ChunkRef {
+                id: ChunkId(Hash::of(&[i as u8])),
+                len: len as u32,
+            });
+        }
+        let f = OpenFile {
+            ino: 1,
+            opened_ns: 0,
+            chunks,
+            starts: vec![0, 300 * K],
+            size: 400 * K,
+            locs: Vec::new(),
+            last_end: AtomicU64::new(u64::MAX),
+        };
+        assert_eq!(f.frame_end(0, 0), 256 * K);
+        assert_eq!(f.frame_end(0, 1), 300 * K, "a chunk's short last frame");
+        // Stepping from frame end to frame end visits the short final chunk.
+        assert_eq!(f.frame_end(1, 0), 400 * K);
+    }
+}
