@@ -10,6 +10,9 @@
 //!   references, progress, completions, man pages, systemd units
 //! - `copy`: off-site copies to a second repository, locally and over ssh
 //! - `maintenance`: forget, gc, verify and rebuild-catalog on real repositories
+//! - `security_*`: what a hostile local user, repository or copy peer tries:
+//!   `security_local` (repository privacy, locks, the mount), `security_restore`,
+//!   `security_format` (damaged and crafted bytes), `security_copy` (the receiver)
 
 mod util;
 
@@ -20,3 +23,7 @@ mod history;
 mod ingest;
 mod maintenance;
 mod mount;
+mod security_copy;
+mod security_format;
+mod security_local;
+mod security_restore;
