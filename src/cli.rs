@@ -23,6 +23,17 @@ pub struct Cli {
     #[arg(short, long, global = true)]
     pub quiet: bool,
 
+    /// Seconds to wait for another command that holds the repository's
+    /// writer lock before giving up (the message names the holder)
+    #[arg(
+        long,
+        global = true,
+        env = "SNAPFS_LOCK_WAIT",
+        default_value_t = 300,
+        value_name = "SECONDS"
+    )]
+    pub lock_wait: u64,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -34,10 +45,14 @@ pub enum Command {
         /// Default zstd level for ingests
         #[arg(long, default_value_t = 3)]
         compression: i32,
-        /// Refuse forget and gc unless given --allow-delete (protects history
-        /// from a compromised client)
+        /// Refuse forget and gc unless given --allow-delete (for remote
+        /// clients, see `serve --append-only`)
         #[arg(long)]
         append_only: bool,
+        /// Share the repository read-only with this group (directories
+        /// 2750, files 0640); without it only the owner can read anything
+        #[arg(long, value_name = "GROUP")]
+        group: Option<String>,
     },
     /// Make a snapshot of SOURCE paths
     Ingest(IngestArgs),

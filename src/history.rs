@@ -155,6 +155,115 @@ pub struct Child {
     pub is_dir: bool,
     /// The entry in the newest snapshot that has the name.
     pub newest: Node,
+    /// Who could reach the name in every snapshot that has it.
+    pub reach: Reach,
+}
+
+/// Who may pass a path of the history view: only those who could have
+/// reached it in *every* snapshot that holds it. A history directory shows
+/// what all versions held at once, so the permissions of the newest alone
+/// would open up what an older, stricter version protected (a 0700
+/// directory later opened to all, or replaced by a symlink).
+///
+/// Folded from each version's owner, group and mode, class by class; where
+/// owners or groups differ between versions, what a user was in one version
+/// (owner, group member, other) may differ from what they are in another, so
+/// each class gets the bits of every class it may have been. An access ACL
+/// in any version may deny named users and groups beyond the mode bits: then
+/// only the owner passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reach {
+    uid: Option<u32>,
+    gid: Option<u32>,
+    mixed_uid: bool,
+    mixed_gid: bool,
+    /// rwx of the owner, group and others, ANDed over the versions.
+    bits: [u32; 3],
+    acl: bool,
+    seen: bool,
+}
+
+impl Default for Reach {
+    fn default() -> Self {
+        Reach {
+            uid: None,
+            gid: None,
+            mixed_uid: false,
+            mixed_gid: false,
+            bits: [0o7; 3],
+            acl: false,
+            seen: false,
+        }
+    }
+}
+
+impl Reach {
+    /// Count one version. A directory is passed with its own bits; a file
+    /// (whose versions are listed in its place) with read, since listing
+    /// its versions needs what reading it needed. Symlinks lead elsewhere
+    /// and hold nothing here.
+    pub fn add(&mut self, n: &Node) {
+        let mode = match n.kind {
+            Kind::Symlink => return,
+            Kind::Dir => n.meta.mode,
+            _ => {
+                let r = n.meta.mode & 0o444;
+                r | (r >> 2)
+            }
+        };
+        let m = &n.meta;
+        if !self.seen {
+            self.uid = Some(m.uid);
+            self.gid = Some(m.gid);
+            self.seen = true;
+        }
+        self.mixed_uid |= self.uid != Some(m.uid);
+        self.mixed_gid |= self.gid != Some(m.gid);
+        for (i, b) in self.bits.iter_mut().enumerate() {
+            *b &= (mode >> (6 - 3 * i)) & 0o7;
+        }
+        self.acl |= has_access_acl(&n.xattrs);
+    }
+
+    /// (permission bits, owner, group) for the history node.
+    pub fn attr(&self) -> (u16, u32, u32) {
+        if !self.seen {
+            return (0o500, 0, 0);
+        }
+        let [u, g, o] = self.bits;
+        let if_mixed = |mixed: bool, b: u32| if mixed { b } else { 0o7 };
+        let user = if self.mixed_uid { 0o7 } else { u };
+        let (group, other) = if self.acl {
+            (0, 0)
+        } else {
+            (
+                g & if_mixed(self.mixed_uid, u) & if_mixed(self.mixed_gid, o),
+                o & if_mixed(self.mixed_uid, u) & if_mixed(self.mixed_gid, g),
+            )
+        };
+        let uid = if self.mixed_uid {
+            0
+        } else {
+            self.uid.unwrap_or(0)
+        };
+        let gid = if self.mixed_gid {
+            0
+        } else {
+            self.gid.unwrap_or(0)
+        };
+        ((user << 6 | group << 3 | other) as u16, uid, gid)
+    }
+}
+
+/// Whether an encoded xattr list holds an access ACL (undecodable: assume so).
+fn has_access_acl(xattrs: &[u8]) -> bool {
+    if xattrs.is_empty() {
+        return false;
+    }
+    crate::tree::decode_xattrs(xattrs).map_or(true, |x| {
+        x.iter()
+            .any(|(k, _)| k.as_slice() == b"system.posix_acl_access")
+    })
 }
 
 /// The union of the names under `path` in every snapshot where it is a
@@ -186,10 +295,20 @@ pub fn union_children(
             match out.get_mut(&n.name) {
                 Some(c) => {
                     c.is_dir |= is_dir;
+                    c.reach.add(&n);
                     c.newest = n;
                 }
                 None => {
-                    out.insert(n.name.clone(), Child { is_dir, newest: n });
+                    let mut reach = Reach::default();
+                    reach.add(&n);
+                    out.insert(
+                        n.name.clone(),
+                        Child {
+                            is_dir,
+                            newest: n,
+                            reach,
+                        },
+                    );
                 }
             }
         }

@@ -8,7 +8,12 @@ use snapfs::cli::{Cli, Command};
 use snapfs::{repo::Repository, report};
 
 fn main() -> ExitCode {
+    // Everything snapfs creates for itself (repository, catalog, packs,
+    // locks, leases, temporary files) is for its owner alone, whatever the
+    // caller's umask; restore sets the modes of what it restores explicitly.
+    snapfs::repo::private_umask();
     let cli = Cli::parse();
+    snapfs::repo::set_lock_wait(std::time::Duration::from_secs(cli.lock_wait));
     // The FUSE library warns of things that are normal for us (requests we
     // leave unanswered on purpose, a mount already gone when it unmounts):
     // its words only when asked for more.
@@ -67,13 +72,15 @@ fn run(cli: Cli) -> snapfs::Result<ExitCode> {
         Command::Init {
             compression,
             append_only,
+            group,
         } => {
             let config = snapfs::repo::Config {
                 compression,
                 append_only,
                 ..Default::default()
             };
-            Repository::init(&repo_path, config)?;
+            let group = group.as_deref().map(snapfs::repo::group_id).transpose()?;
+            Repository::init_shared(&repo_path, config, group)?;
             println!("created repository {}", repo_path.display());
             Ok(ExitCode::SUCCESS)
         }

@@ -115,6 +115,17 @@ impl Filesystem for Fuse {
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS;
         let _ = config.add_capabilities(wanted & config.capabilities());
+        // The kernel checks POSIX ACLs (read through getxattr of
+        // `system.posix_acl_access`) as well as mode bits: without this, a
+        // group or user that an ACL denies reads the file through the mount.
+        // A kernel that cannot enforce ACLs must not serve them half-checked.
+        if !config.capabilities().contains(InitFlags::FUSE_POSIX_ACL)
+            || config.add_capabilities(InitFlags::FUSE_POSIX_ACL).is_err()
+        {
+            return Err(std::io::Error::other(
+                "this kernel's FUSE cannot enforce POSIX ACLs (FUSE_POSIX_ACL); refusing to mount",
+            ));
+        }
         self.no_open = config
             .capabilities()
             .contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
@@ -452,8 +463,12 @@ pub fn mount(
         MountOption::Subtype("snapfs".into()),
         MountOption::DefaultPermissions,
         MountOption::NoAtime,
-        MountOption::Dev,
-        MountOption::Suid,
+        // A snapshot holds copies of setuid binaries, files with
+        // capabilities and device nodes; served with their original modes
+        // to other users (`--allow-other`), honouring them would hand out
+        // root. They are data here, never privileges.
+        MountOption::NoSuid,
+        MountOption::NoDev,
     ];
     if req.allow_other {
         config.acl = SessionACL::All;

@@ -188,8 +188,11 @@ impl Unsynced {
     pub fn sync(self) -> Result<SealedPack> {
         let path = &self.pack.path;
         self.file.sync_all().at(path)?;
+        // Read-only, for whoever could read it (the umask made it the
+        // owner's alone, or the owner's and a sharing group's).
         let mut perms = self.file.metadata().at(path)?.permissions();
-        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o444);
+        let mode = std::os::unix::fs::PermissionsExt::mode(&perms) & 0o444;
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, mode);
         self.file.set_permissions(perms).at(path)?;
         Ok(self.pack)
     }

@@ -10,9 +10,13 @@
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::backend::{Backend, LocalDir, fsync_dir};
 use crate::catalog::{Catalog, ChunkLoc};
@@ -120,37 +124,209 @@ pub struct RepoLock {
     _file: File,
 }
 
+/// Modes of what a repository holds. Private by default: only the owner
+/// reads anything (a repository holds copies of every protected file of a
+/// machine). A repository shared with a group (`init --group`) lets that
+/// group read, never write; others get nothing either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Access {
+    /// The group the repository is shared with, if any.
+    pub group: Option<u32>,
+}
+
+impl Access {
+    /// The umask that gives every new file and directory these modes.
+    fn umask(self) -> u32 {
+        if self.group.is_some() { 0o027 } else { 0o077 }
+    }
+
+    fn dir_mode(self) -> u32 {
+        // setgid: what is created inside keeps the shared group.
+        if self.group.is_some() { 0o2750 } else { 0o700 }
+    }
+
+    fn file_mode(self) -> u32 {
+        if self.group.is_some() { 0o640 } else { 0o600 }
+    }
+}
+
+/// Make everything this process creates from now on private to its owner,
+/// whatever umask it was started with.
+pub fn private_umask() {
+    // SAFETY: umask only sets the process's file mode creation mask.
+    unsafe { libc::umask(0o077) };
+}
+
+fn set_umask(access: Access) {
+    // SAFETY: as above.
+    unsafe { libc::umask(access.umask() as libc::mode_t) };
+}
+
+/// How long `lock` waits for another writer, in milliseconds (`--lock-wait`).
+static LOCK_WAIT_MS: AtomicU64 = AtomicU64::new(300_000);
+
+/// How long a command waits for the writer lock before giving up.
+pub fn set_lock_wait(wait: Duration) {
+    LOCK_WAIT_MS.store(
+        u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
+}
+
+/// The id of group `name` (or a number), for `init --group`.
+pub fn group_id(name: &str) -> Result<u32> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(gid);
+    }
+    let c = std::ffi::CString::new(name)
+        .map_err(|_| Error::invalid(format!("group name {name:?} contains NUL")))?;
+    let mut grp: libc::group = unsafe {
+        // SAFETY: a plain C struct; getgrnam_r fills it.
+        std::mem::zeroed()
+    };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut out: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: valid C string, struct, buffer and its length, out pointer.
+    let rc =
+        unsafe { libc::getgrnam_r(c.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut out) };
+    if rc != 0 || out.is_null() {
+        return Err(Error::invalid(format!(
+            "no group named {name:?} on this machine"
+        )));
+    }
+    Ok(grp.gr_gid)
+}
+
+/// Names an interrupted `init` may leave in a directory before it wrote
+/// `config`: such a directory is still "empty" for the next `init`.
+const INIT_LEFTOVERS: &[&str] = &[
+    "packs",
+    "tmp",
+    "catalog.db",
+    "catalog.db-wal",
+    "catalog.db-shm",
+    "catalog.db-journal",
+    "config.tmp",
+];
+
+fn chmod(path: &Path, mode: u32) -> Result<()> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).at(path)
+}
+
+fn chgrp(path: &Path, gid: u32) -> Result<()> {
+    std::os::unix::fs::lchown(path, None, Some(gid)).at(path)
+}
+
 impl Repository {
-    /// Create a repository. It is built in a hidden sibling directory and
-    /// renamed into place, so a killed init leaves either nothing or a
-    /// complete repository, never a half one that refuses to open.
+    /// Create a private repository (see [`Repository::init_shared`]).
     pub fn init(root: &Path, config: Config) -> Result<Repository> {
+        Repository::init_shared(root, config, None)
+    }
+
+    /// Create a repository, private to its owner, or readable by `group`
+    /// too. A new directory is built as a hidden sibling and renamed into
+    /// place, so a killed init leaves either nothing or a complete
+    /// repository. An existing empty directory (one an administrator
+    /// prepared, or a mount point) is used in place and keeps its owner,
+    /// group and mode: only what it gave to all users is taken away.
+    pub fn init_shared(root: &Path, config: Config, group: Option<u32>) -> Result<Repository> {
         if root.join("config").exists() {
             return Err(Error::invalid(format!(
                 "{} is already a snapfs repository",
                 root.display()
             )));
         }
-        if root.exists() && std::fs::read_dir(root).at(root)?.next().is_some() {
-            return Err(Error::NotEmpty(root.to_path_buf()));
+        let access = Access { group };
+        set_umask(access);
+        match std::fs::metadata(root) {
+            Ok(md) if md.is_dir() => {
+                for e in std::fs::read_dir(root).at(root)? {
+                    let name = e.at(root)?.file_name();
+                    if !INIT_LEFTOVERS
+                        .iter()
+                        .any(|l| name.as_bytes() == l.as_bytes())
+                    {
+                        return Err(Error::NotEmpty(root.to_path_buf()));
+                    }
+                }
+                let mode = md.permissions().mode() & 0o7777;
+                if mode & 0o007 != 0 {
+                    log::warn!(
+                        "{}: taking away the access of other users (mode {mode:04o} -> {:04o})",
+                        root.display(),
+                        mode & !0o007
+                    );
+                    chmod(root, mode & !0o007)?;
+                }
+                if let Some(gid) = group {
+                    chgrp(root, gid)?;
+                    chmod(root, (mode & !0o007) | 0o2750)?;
+                }
+                Repository::init_in(root, &config, access)?;
+                fsync_dir(root)?;
+                Repository::open(root)
+            }
+            Ok(_) => Err(Error::invalid(format!(
+                "{} is not a directory",
+                root.display()
+            ))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Repository::init_by_rename(root, &config, access)
+            }
+            Err(e) => Err(e).at(root),
         }
-        if let Ok(repo) = Repository::init_by_rename(root, &config) {
-            return Ok(repo);
-        }
-        // The rename can fail where the target is a mount point (an empty USB
-        // disk): build in place, the config last.
-        std::fs::create_dir_all(root.join("packs")).at(root)?;
-        std::fs::create_dir_all(root.join("tmp")).at(root)?;
-        drop(Catalog::open(&root.join("catalog.db"), true)?);
-        let cfg = root.join("config.tmp");
-        std::fs::write(&cfg, config.render()).at(&cfg)?;
-        File::open(&cfg).at(&cfg)?.sync_all().at(&cfg)?;
-        std::fs::rename(&cfg, root.join("config")).at(root)?;
-        fsync_dir(root)?;
-        Repository::open(root)
     }
 
-    fn init_by_rename(root: &Path, config: &Config) -> Result<Repository> {
+    /// Fill directory `dir` (already made, with its final mode) with an
+    /// empty repository; `config` last.
+    fn init_in(dir: &Path, config: &Config, access: Access) -> Result<()> {
+        for sub in ["packs", "tmp"] {
+            let p = dir.join(sub);
+            match std::fs::DirBuilder::new().mode(0o700).create(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e).at(&p),
+            }
+            if let Some(gid) = access.group {
+                chgrp(&p, gid)?;
+            }
+            chmod(&p, access.dir_mode())?;
+        }
+        // Made here with its mode, so SQLite (which gives its -wal and -shm
+        // files the database's mode and owner) never makes it with another.
+        let db = dir.join("catalog.db");
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(access.file_mode())
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&db)
+            .at(&db)?;
+        if let Some(gid) = access.group {
+            chgrp(&db, gid)?;
+        }
+        chmod(&db, access.file_mode())?;
+        drop(Catalog::open(&db, true)?);
+        let tmp = dir.join("config.tmp");
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(access.file_mode())
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+            .at(&tmp)?;
+        std::io::Write::write_all(&mut f, config.render().as_bytes()).at(&tmp)?;
+        if let Some(gid) = access.group {
+            chgrp(&tmp, gid)?;
+        }
+        f.sync_all().at(&tmp)?;
+        drop(f);
+        std::fs::rename(&tmp, dir.join("config")).at(dir)
+    }
+
+    fn init_by_rename(root: &Path, config: &Config, access: Access) -> Result<Repository> {
         let parent = match root.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
@@ -166,13 +342,31 @@ impl Repository {
             std::process::id(),
             pack::unique_token()
         ));
-        std::fs::create_dir_all(tmp.join("packs")).at(&tmp)?;
-        std::fs::create_dir_all(tmp.join("tmp")).at(&tmp)?;
-        drop(Catalog::open(&tmp.join("catalog.db"), true)?);
-        let cfg = tmp.join("config");
-        std::fs::write(&cfg, config.render()).at(&cfg)?;
-        File::open(&cfg).at(&cfg)?.sync_all().at(&cfg)?;
-        fsync_dir(&tmp)?;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&tmp)
+            .at(&tmp)?;
+        let built = (|| {
+            if let Some(gid) = access.group {
+                chgrp(&tmp, gid)?;
+            }
+            chmod(&tmp, access.dir_mode())?;
+            Repository::init_in(&tmp, config, access)?;
+            fsync_dir(&tmp)
+        })();
+        if let Err(e) = built {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        // Never over something that appeared meanwhile: rename(2) would
+        // replace an empty directory, and with it its owner and mode.
+        if root.exists() {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(Error::invalid(format!(
+                "{} appeared while the repository was being made; run init again",
+                root.display()
+            )));
+        }
         if let Err(e) = std::fs::rename(&tmp, root) {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(e).at(root);
@@ -191,11 +385,55 @@ impl Repository {
             Err(e) => return Err(e).at(&cfg_path),
         };
         let config = Config::parse(&text, &cfg_path)?;
-        Ok(Repository {
+        let repo = Repository {
             root: root.to_path_buf(),
             config,
             backend: Arc::new(LocalDir::new(root.join("packs"))),
+        };
+        set_umask(repo.access());
+        repo.warn_if_open();
+        Ok(repo)
+    }
+
+    /// Who may read the repository, from its directory's mode and group: a
+    /// directory that lets its group in is shared with that group.
+    pub fn access(&self) -> Access {
+        match std::fs::metadata(&self.root) {
+            Ok(md) if md.permissions().mode() & 0o070 != 0 => Access {
+                group: Some(md.gid()),
+            },
+            _ => Access { group: None },
+        }
+    }
+
+    /// Say so when anyone on the machine can read the repository (made by
+    /// an older release, copied with `cp -r`, or opened up by hand): it
+    /// holds every protected file that was backed up.
+    fn warn_if_open(&self) {
+        let open: Vec<String> = [
+            self.root.clone(),
+            self.root.join("config"),
+            self.catalog_path(),
+        ]
+        .iter()
+        .filter_map(|p| {
+            let md = std::fs::symlink_metadata(p).ok()?;
+            (md.permissions().mode() & 0o007 != 0).then(|| {
+                format!(
+                    "{} (mode {:04o})",
+                    p.display(),
+                    md.permissions().mode() & 0o7777
+                )
+            })
         })
+        .collect();
+        if !open.is_empty() {
+            log::warn!(
+                "other users can read this repository: {}; make it private with: chmod -R o-rwx {}",
+                open.join(", "),
+                self.root.display()
+            );
+        }
     }
 
     pub fn catalog_path(&self) -> PathBuf {
@@ -217,25 +455,70 @@ impl Repository {
         self.root.join("tmp")
     }
 
-    /// Take the writer lock, waiting (and saying so) if another writer holds it.
-    /// Leftovers of a killed writer are removed once the lock is ours.
+    /// Take the writer lock, waiting (and saying so, naming the holder) if
+    /// another writer holds it, for at most `--lock-wait`. Leftovers of a
+    /// killed writer are removed once the lock is ours.
+    ///
+    /// The lock file is the owner's alone (0600, never through a symlink):
+    /// a user who could open it could hold the lock and stop every backup.
     pub fn lock(&self, what: &str) -> Result<RepoLock> {
         let path = self.root.join("lock");
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
+            .read(true)
             .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)
             .at(&path)?;
+        // An older release made it 0644: close it to others now.
+        if file.metadata().at(&path)?.permissions().mode() & 0o077 != 0 {
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .at(&path)?;
+        }
         let fd = file.as_raw_fd();
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            log::warn!("waiting for another command to finish writing to the repository ({what})");
-            // SAFETY: as above.
-            if unsafe { libc::flock(fd, libc::LOCK_EX) } != 0 {
-                return Err(std::io::Error::last_os_error()).at(&path);
+        let try_lock = || {
+            // SAFETY: flock on a descriptor we own.
+            unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) == 0 }
+        };
+        if !try_lock() {
+            let wait = Duration::from_millis(LOCK_WAIT_MS.load(Ordering::Relaxed));
+            let holder = lock_holder(&file);
+            log::warn!(
+                "waiting for {holder} to finish writing to the repository ({what}; giving up after {} s, see --lock-wait)",
+                wait.as_secs()
+            );
+            let t0 = Instant::now();
+            loop {
+                std::thread::sleep(Duration::from_millis(100));
+                if try_lock() {
+                    break;
+                }
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                    return Err(e).at(&path);
+                }
+                if t0.elapsed() >= wait {
+                    return Err(Error::invalid(format!(
+                        "the repository is busy: {} holds its writer lock ({}); waited {} s (--lock-wait sets how long)",
+                        lock_holder(&file),
+                        path.display(),
+                        wait.as_secs()
+                    )));
+                }
             }
         }
+        // Say who holds it, for the next one who waits.
+        let me = format!(
+            "snapfs {what} (pid {}, uid {}, since {})",
+            std::process::id(),
+            // SAFETY: getuid cannot fail.
+            unsafe { libc::getuid() },
+            crate::time::rfc3339(crate::time::now_ns())
+        );
+        let _ = file.set_len(0);
+        let _ = file.write_all_at(me.as_bytes(), 0);
         let tmp = self.tmp_dir();
         std::fs::create_dir_all(&tmp).at(&tmp)?;
         for e in std::fs::read_dir(&tmp).at(&tmp)? {
@@ -329,9 +612,10 @@ impl MountLease {
     /// Declare that nothing this mount holds predates `since_ns`, so packs
     /// doomed before then may go.
     pub fn renew(&self, since_ns: i64) {
-        // Rewritten in place (the lock is on this inode); a reader that sees
-        // a torn value treats it as 0, the most careful answer.
-        let _ = std::fs::write(&self.path, since_ns.to_string());
+        // Rewritten in place through the locked descriptor; a reader that
+        // sees a torn value treats it as 0, the most careful answer.
+        let text = format!("{since_ns:<20}");
+        let _ = self._file.write_all_at(text.as_bytes(), 0);
     }
 }
 
@@ -342,16 +626,25 @@ impl Drop for MountLease {
 }
 
 impl Repository {
+    /// A lease file in `mounts/` (the owner's alone, like the writer lock:
+    /// another user holding a lease could stop gc from freeing anything).
     pub fn take_mount_lease(&self) -> Result<MountLease> {
         let dir = self.root.join("mounts");
-        std::fs::create_dir_all(&dir).at(&dir)?;
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).at(&dir),
+        }
         let path = dir.join(format!("{}.lease", pack::unique_token()));
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .create_new(true)
+            .read(true)
             .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)
             .at(&path)?;
-        std::io::Write::write_all(&mut file, crate::time::now_ns().to_string().as_bytes())
+        file.write_all_at(format!("{:<20}", crate::time::now_ns()).as_bytes(), 0)
             .at(&path)?;
         // SAFETY: flock on a descriptor we own.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH) } != 0 {
@@ -369,14 +662,25 @@ impl Repository {
         let mut oldest: Option<i64> = None;
         for e in rd {
             let path = e.at(&dir)?.path();
-            let Ok(f) = File::open(&path) else { continue };
+            let Ok(f) = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+                .open(&path)
+            else {
+                continue;
+            };
+            if !f.metadata().is_ok_and(|m| m.is_file()) {
+                continue;
+            }
             // SAFETY: flock on a descriptor we own.
             let free = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
             if free {
                 let _ = std::fs::remove_file(&path);
                 continue;
             }
-            let started = std::fs::read_to_string(&path)
+            let mut text = [0u8; 64];
+            let n = f.read_at(&mut text, 0).unwrap_or(0);
+            let started = std::str::from_utf8(&text[..n])
                 .ok()
                 .and_then(|s| s.trim().parse::<i64>().ok())
                 .unwrap_or(0);
@@ -393,6 +697,19 @@ impl Repository {
             )));
         }
         Ok(())
+    }
+}
+
+/// What the writer lock's holder wrote of itself (see `Repository::lock`).
+fn lock_holder(file: &File) -> String {
+    let mut buf = [0u8; 256];
+    let n = file.read_at(&mut buf, 0).unwrap_or(0);
+    let text = String::from_utf8_lossy(&buf[..n]);
+    let text = text.trim();
+    if text.is_empty() {
+        "another snapfs command".to_string()
+    } else {
+        text.chars().filter(|c| !c.is_control()).collect()
     }
 }
 

@@ -385,9 +385,17 @@ impl<'a> Walker<'a> {
         prev: Option<&Node>,
         pos: u64,
     ) -> Result<Option<Walked>> {
+        // A source reached through a symlink (`/srv/current` -> `/srv/v2`)
+        // records the directory the link leads to: its mode may be what
+        // protects everything below, and a made-up 0755 would open that up
+        // to every user of a mount. Only above a stdin name is there no
+        // directory at all.
         let mut meta = match std::fs::symlink_metadata(path) {
             Ok(m) if m.is_dir() => Meta::from_stat(&m),
-            // Above a stdin name, or a source path through a symlink: a plain directory.
+            Ok(m) if m.file_type().is_symlink() => match std::fs::metadata(path) {
+                Ok(t) if t.is_dir() => Meta::from_stat(&t),
+                _ => synthetic_dir_meta(),
+            },
             _ => synthetic_dir_meta(),
         };
         keep_atime(&mut meta, prev.filter(|p| p.kind == Kind::Dir));

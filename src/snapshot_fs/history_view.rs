@@ -19,7 +19,7 @@ use super::{Attr, DirItem, SnapshotFs, dir_attr, inode};
 use crate::catalog::{Node, SnapshotRow};
 use crate::error::{Error, Result};
 use crate::history::{
-    Child, DirSpots, Found, components, entries_in, root_spots, subdirs, union_children,
+    Child, DirSpots, Found, Reach, components, entries_in, root_spots, subdirs, union_children,
     version_name, versions,
 };
 use crate::tree::Kind;
@@ -69,23 +69,15 @@ pub(super) struct Table {
     next: u64,
 }
 
-/// Attributes of a history directory from the newest entry at its path.
-fn hist_attr(ino: u64, newest: &Node, versions: bool) -> Attr {
-    let m = &newest.meta;
-    let perm = if versions {
-        // Listing a file's versions needs what reading the file needed.
-        let r = (m.mode & 0o444) as u16;
-        r | (r >> 2)
-    } else if newest.kind == Kind::Dir {
-        (m.mode & 0o7777) as u16
-    } else {
-        0o555
-    };
+/// Attributes of a history directory: times from the newest entry at its
+/// path, access from all of them (see `Reach`).
+fn hist_attr(ino: u64, newest: &Node, reach: &Reach) -> Attr {
+    let (perm, uid, gid) = reach.attr();
     Attr {
         perm,
-        uid: m.uid,
-        gid: m.gid,
-        ..dir_attr(ino, perm, m.mtime_ns)
+        uid,
+        gid,
+        ..dir_attr(ino, perm, newest.meta.mtime_ns)
     }
 }
 
@@ -104,6 +96,7 @@ impl SnapshotFs {
         path: PathBuf,
         versions: bool,
         newest: &Node,
+        reach: &Reach,
         parent: u64,
         hold: bool,
     ) -> Attr {
@@ -112,7 +105,7 @@ impl SnapshotFs {
             && let Some(n) = t.by_ino.get_mut(&ino)
         {
             n.versions = versions;
-            n.attr = hist_attr(ino, newest, versions);
+            n.attr = hist_attr(ino, newest, reach);
             n.lookups += u64::from(hold);
             return n.attr.clone();
         }
@@ -131,7 +124,7 @@ impl SnapshotFs {
         }
         t.next += 1;
         let ino = inode::history(t.next);
-        let attr = hist_attr(ino, newest, versions);
+        let attr = hist_attr(ino, newest, reach);
         t.by_path.insert(path.clone(), ino);
         t.by_ino.insert(
             ino,
@@ -273,6 +266,10 @@ impl SnapshotFs {
         let path = ppath.join(OsStr::from_bytes(name));
         let found = self.hist_entries_at(&snaps, &path)?;
         let is_dir = found.iter().flatten().any(|f| f.node.kind == Kind::Dir);
+        let mut reach = Reach::default();
+        for f in found.iter().flatten() {
+            reach.add(&f.node);
+        }
         let Some(newest) = found.into_iter().flatten().next_back() else {
             return Ok(None);
         };
@@ -280,6 +277,7 @@ impl SnapshotFs {
             path,
             !is_dir,
             &newest.node,
+            &reach,
             parent,
             true,
         )))
@@ -391,7 +389,8 @@ impl SnapshotFs {
             for (name, child) in children.iter() {
                 if next > cookie && items.len() < max + 2 {
                     let p = path.join(OsStr::from_bytes(name));
-                    let attr = self.hist_node(p, !child.is_dir, &child.newest, ino, plus);
+                    let attr =
+                        self.hist_node(p, !child.is_dir, &child.newest, &child.reach, ino, plus);
                     items.push(DirItem {
                         name: name.clone(),
                         cookie: next,
