@@ -420,3 +420,64 @@ pub fn log(repo: &crate::repo::Repository, path: &Path) -> Result<Log> {
 pub fn lossy(name: &[u8]) -> String {
     OsStr::from_bytes(name).to_string_lossy().into_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::Meta;
+
+    fn node(kind: Kind, mode: u32, uid: u32, gid: u32, acl: bool) -> Node {
+        let xattrs = if acl {
+            crate::tree::encode_xattrs(&[(b"system.posix_acl_access".to_vec(), vec![2, 0, 0, 0])])
+        } else {
+            Vec::new()
+        };
+        Node {
+            name: b"x".to_vec(),
+            kind,
+            meta: Meta {
+                mode,
+                uid,
+                gid,
+                ..Meta::default()
+            },
+            link_key: 0,
+            xattrs,
+            target: None,
+            content: None,
+            subtree: None,
+            node_offset: 0,
+        }
+    }
+
+    fn reach(nodes: &[Node]) -> (u16, u32, u32) {
+        let mut r = Reach::default();
+        for n in nodes {
+            r.add(n);
+        }
+        r.attr()
+    }
+
+    #[test]
+    fn history_reach_is_the_strictest_of_all_versions() {
+        let dir = |mode, uid, gid| node(Kind::Dir, libc::S_IFDIR | mode, uid, gid, false);
+        assert_eq!(reach(&[dir(0o755, 1, 2)]), (0o755, 1, 2));
+        // Once 0700, always 0700 here.
+        assert_eq!(reach(&[dir(0o700, 1, 2), dir(0o755, 1, 2)]), (0o700, 1, 2));
+        // Owners differ: the former owner may now be "other" in one version.
+        assert_eq!(reach(&[dir(0o750, 1, 2), dir(0o755, 3, 2)]), (0o750, 0, 2));
+        assert_eq!(reach(&[dir(0o705, 1, 2), dir(0o755, 3, 2)]), (0o705, 0, 2));
+        // Groups differ: a member of one group was "other" in the other version.
+        assert_eq!(reach(&[dir(0o755, 1, 2), dir(0o750, 1, 4)]), (0o750, 1, 0));
+        // Symlinks hold nothing here; nothing but symlinks is root's alone.
+        let link = node(Kind::Symlink, libc::S_IFLNK | 0o777, 9, 9, false);
+        assert_eq!(reach(&[dir(0o700, 1, 2), link.clone()]), (0o700, 1, 2));
+        assert_eq!(reach(&[link]), (0o500, 0, 0));
+        // Listing a file's versions needs read.
+        let file = node(Kind::File, libc::S_IFREG | 0o640, 1, 2, false);
+        assert_eq!(reach(&[file]), (0o550, 1, 2));
+        // An access ACL may deny named users and groups: only the owner.
+        let acl = node(Kind::Dir, libc::S_IFDIR | 0o755, 1, 2, true);
+        assert_eq!(reach(&[acl]), (0o700, 1, 2));
+    }
+}

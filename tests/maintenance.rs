@@ -494,7 +494,10 @@ fn verify_read_data_names_the_files_and_snapshots_of_a_flipped_byte() {
         .min_by_key(|p| fs::metadata(p).expect("stat").modified().expect("mtime"))
         .expect("a pack holding the first snapshot's data");
     let mode = fs::metadata(&first_pack).expect("stat").mode() & 0o777;
-    assert_eq!(mode, 0o400, "pack files should be read-only and private (mode 0400)");
+    assert_eq!(
+        mode, 0o400,
+        "pack files should be read-only and private (mode 0400)"
+    );
     let size = fs::metadata(&first_pack).expect("stat").len();
     flip_byte(&first_pack, size / 2);
 
