@@ -204,6 +204,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .map_err(|_| format!("not a size: {s:?}"))
 }
 
+/// Policies apply to each group of snapshots with the same host and the
+/// same sources (the paths given to ingest; for `--stdin`, the
+/// `--stdin-name`), so one machine's or one stream's policy never removes
+/// another's snapshots.
 #[derive(Args, Debug)]
 pub struct ForgetArgs {
     /// Keep the N newest snapshots

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::fs;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -317,6 +317,53 @@ fn forget_dry_run_lists_every_decision_and_removes_nothing() {
         "plain dry run output:\n{text}"
     );
     assert_eq!(names(&repo), before, "a dry run removed snapshots");
+}
+
+/// Today every `--stdin` snapshot recorded no sources, so all streams fell
+/// into one group: keeping the last one of db2 removed db1's only snapshot.
+#[test]
+fn stdin_streams_keep_their_own_newest_snapshot() {
+    let repo = Repo::new();
+    for (name, stream, body) in [
+        ("db1-a", "db1.sql", "first db1\n"),
+        ("db2-a", "db2.sql", "first db2\n"),
+        ("db2-b", "db2.sql", "second db2\n"),
+    ] {
+        let mut child = repo
+            .cmd()
+            .args([
+                "ingest",
+                "--json",
+                "--stdin",
+                "--stdin-name",
+                stream,
+                "--name",
+                name,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ingest --stdin");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(body.as_bytes())
+            .expect("write stdin");
+        let out = child.wait_with_output().expect("wait ingest");
+        assert!(out.status.success(), "{}", describe("ingest --stdin", &out));
+    }
+    let json = forget(&repo, &["--keep-last", "1"]);
+    let expect: BTreeSet<String> = ["db1-a", "db2-b"].iter().map(|s| s.to_string()).collect();
+    assert_eq!(names(&repo), expect, "after forget --keep-last 1: {json}");
+    let target = tempdir();
+    let out = repo.restore("db1-a", &target.path().join("r"));
+    assert!(out.status.success(), "{}", describe("restore", &out));
+    assert_eq!(
+        fs::read(target.path().join("r/db1.sql")).expect("read restored stream"),
+        b"first db1\n"
+    );
 }
 
 #[test]

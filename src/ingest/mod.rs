@@ -8,6 +8,7 @@ pub mod pipeline;
 pub mod walk;
 
 use std::fmt;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -225,8 +226,15 @@ pub fn absolute_sources(sources: &[PathBuf]) -> Result<Vec<PathBuf>> {
 pub fn ingest(repo: &Repository, sources: &[PathBuf], opts: &IngestOptions) -> Result<IngestStats> {
     let t0 = Instant::now();
     let started_ns = crate::time::now_ns();
-    let sources = if opts.stdin_name.is_some() {
-        Vec::new()
+    // A stdin snapshot records where its stream lies in the snapshot as its
+    // source: retention groups snapshots by (host, sources), and two
+    // streams (db1.sql, db2.sql) must never share one group.
+    let sources = if let Some(n) = &opts.stdin_name {
+        let mut at = PathBuf::from("/");
+        for c in crate::history::components(n) {
+            at.push(std::ffi::OsStr::from_bytes(&c));
+        }
+        vec![at]
     } else {
         if sources.is_empty() {
             return Err(Error::invalid(
