@@ -530,7 +530,7 @@ fn ssh_host_starting_with_dash_is_refused() {
     let fake_ssh = cwd.join("fake-ssh");
     write_file(
         &fake_ssh,
-        b"#!/bin/sh\ntouch \"$(dirname \"$0\")/fake-ssh-ran\"\nexit 1\n",
+        b"#!/bin/sh\necho \"$@\" > \"$(dirname \"$0\")/fake-ssh-ran\"\nexit 1\n",
     );
     fs::set_permissions(&fake_ssh, fs::Permissions::from_mode(0o755)).expect("chmod");
 
@@ -551,7 +551,11 @@ fn ssh_host_starting_with_dash_is_refused() {
             "copy --to {url:?} ran the ProxyCommand"
         );
     }
+    // Recent OpenSSH happens to refuse the remote command line as a host
+    // name before running a ProxyCommand; the stand-in shows whether the
+    // option would reach ssh at all.
     for url in [
+        "ssh://-oProxyCommand=touch pwned/srv/repo",
         "ssh://backup@-oProxyCommand=x/srv/repo",
         "ssh://nas:0/srv/repo",
         "ssh:///srv/repo",
@@ -569,7 +573,8 @@ fn ssh_host_starting_with_dash_is_refused() {
         assert!(!out.status.success(), "{}", describe(url, &out));
         assert!(
             !cwd.join("fake-ssh-ran").exists(),
-            "copy --to {url:?} ran ssh"
+            "copy --to {url:?} ran ssh with {:?}",
+            fs::read_to_string(cwd.join("fake-ssh-ran")).unwrap_or_default()
         );
         assert!(
             !cwd.join("ssh:").exists(),
