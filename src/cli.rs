@@ -119,8 +119,8 @@ pub enum Command {
     /// The far end of `copy --to ssh://...` (speaks on stdin/stdout)
     #[command(hide = true)]
     Serve {
-        /// Refuse to create the repository or replace anything in it,
-        /// whatever the client sends (for a forced command in authorized_keys)
+        /// Never create the repository (serve never replaces or removes
+        /// anything anyway), for a forced command in authorized_keys
         #[arg(long)]
         append_only: bool,
     },

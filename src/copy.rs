@@ -119,8 +119,8 @@ impl LocalTarget {
     }
 
     /// Open the repository at `path` to receive snapshots; `config` is used
-    /// if it has to be created. The URL of a malformed ssh destination ends
-    /// up here as a "path" (see `remote::parse_ssh_url`) and is refused.
+    /// if it has to be created. Something that looks like an ssh URL is
+    /// never taken for a local path.
     pub fn open(path: &Path, config: Config, opts: ReceiveOptions) -> Result<LocalTarget> {
         if path.to_str().is_some_and(|p| p.starts_with("ssh://")) {
             return Err(Error::invalid(format!(
