@@ -133,7 +133,12 @@ pub enum Command {
     },
     /// The far end of `copy --to ssh://...` (speaks on stdin/stdout)
     #[command(hide = true)]
-    Serve,
+    Serve {
+        /// Never create the repository (serve never replaces or removes
+        /// anything anyway), for a forced command in authorized_keys
+        #[arg(long)]
+        append_only: bool,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions { shell: clap_complete::Shell },
     /// Write man pages (snapfs.1, snapfs-ingest.1, ...) into DIR

@@ -35,7 +35,7 @@ fn main() -> ExitCode {
     // pipes or serve a mount keep SIGPIPE ignored and see EPIPE as an error.
     if !matches!(
         cli.command,
-        Command::Copy { .. } | Command::Serve | Command::Mount { .. }
+        Command::Copy { .. } | Command::Serve { .. } | Command::Mount { .. }
     ) {
         // SAFETY: restoring the default action of one signal.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
@@ -251,8 +251,8 @@ fn run(cli: Cli) -> snapfs::Result<ExitCode> {
             report::copy(&stats, &to, json);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve => {
-            snapfs::remote::serve(&repo_path)?;
+        Command::Serve { append_only } => {
+            snapfs::remote::serve(&repo_path, snapfs::remote::ServeOptions { append_only })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Completions { shell } => {

@@ -1,4 +1,741 @@
 //! Security: the copy receiver (`serve`, a local target) trusts nothing the sender says; append-only serving.
+//!
+//! Most tests play a compromised client: they start `snapfs --repo R serve`
+//! themselves and speak its framed protocol (see `src/remote.rs`) with
+//! packs and snapshots crafted by hand through the library's own writers.
+//! Each test is named after the hole it closes.
 
-#[allow(unused_imports)]
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Stdio};
+use std::time::{Duration, Instant};
+
+use snapfs::catalog::SnapshotRow;
+use snapfs::codec::Encoder;
+use snapfs::ids::{ChunkId, Hash, SnapshotId, TreeHash, TreeId};
+use snapfs::pack::{ChunkKind, PackWriter};
+use snapfs::store::{self, hash_chunk};
+use snapfs::tree::{Body, ChunkList, ChunkRef, Entry, Kind, Meta, encode_tree};
+
 use crate::util::*;
+
+// ---------------------------------------------------------------- a hostile client
+
+/// `snapfs --repo R serve`, driven over its stdin/stdout.
+struct Serve {
+    child: Child,
+    to: Option<ChildStdin>,
+    from: ChildStdout,
+}
+
+impl Serve {
+    fn start(repo: &Path, extra: &[&str]) -> Serve {
+        let mut child = snapfs()
+            .arg("--repo")
+            .arg(repo)
+            .arg("serve")
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn snapfs serve");
+        let to = child.stdin.take();
+        let from = child.stdout.take().expect("piped stdout");
+        Serve { child, to, from }
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) {
+        let to = self.to.as_mut().expect("stdin open");
+        to.write_all(bytes).expect("write to serve");
+        to.flush().expect("flush to serve");
+    }
+
+    /// One request; Ok(answer body) or Err(error text). Panics if serve
+    /// hangs up instead of answering.
+    fn call(&mut self, payload: &[u8]) -> Result<Vec<u8>, String> {
+        let mut frame = (payload.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(payload);
+        self.send_raw(&frame);
+        let mut len = [0u8; 4];
+        if let Err(e) = self.from.read_exact(&mut len) {
+            let stderr = self.finish();
+            panic!("serve hung up instead of answering ({e}); its stderr:\n{stderr}");
+        }
+        let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+        self.from.read_exact(&mut body).expect("read answer");
+        match body.first() {
+            Some(0) => Ok(body[1..].to_vec()),
+            Some(1) => Err(String::from_utf8_lossy(&body[1..]).into_owned()),
+            other => panic!("serve answered with status {other:?}"),
+        }
+    }
+
+    fn hello(&mut self) -> Result<Vec<u8>, String> {
+        let mut e = Encoder::new();
+        e.u8(0);
+        e.u64(1);
+        self.call(&e.buf)
+    }
+
+    fn put_pack(&mut self, pack: &CraftedPack) -> Result<(), String> {
+        let mut e = Encoder::new();
+        e.u8(4);
+        e.hash(&pack.name);
+        e.bytes(&pack.bytes);
+        self.call(&e.buf).map(|_| ())
+    }
+
+    fn commit(&mut self, record: ChunkId) -> Result<(), String> {
+        let mut e = Encoder::new();
+        e.u8(5);
+        e.hash(&record.0);
+        e.u64(0);
+        self.call(&e.buf).map(|_| ())
+    }
+
+    /// Close its input, wait for it, and return what it said on stderr.
+    fn finish(&mut self) -> String {
+        drop(self.to.take());
+        let _ = self.child.wait();
+        let mut s = String::new();
+        if let Some(mut err) = self.child.stderr.take() {
+            let _ = err.read_to_string(&mut s);
+        }
+        s
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------- crafted packs
+
+/// One row of a crafted pack: what the table claims, and the blob.
+type Row = (ChunkId, ChunkKind, u32, Vec<u8>);
+
+struct CraftedPack {
+    name: Hash,
+    bytes: Vec<u8>,
+}
+
+/// A pack of (id, kind, raw length, blob) rows, written by the library's
+/// own pack writer, so only what the rows claim is a lie.
+fn craft_pack(rows: &[Row]) -> CraftedPack {
+    let dir = tempdir();
+    let mut w = PackWriter::create(dir.path()).expect("pack writer");
+    for (id, kind, raw_len, blob) in rows {
+        w.append(*id, *kind, *raw_len, blob).expect("append");
+    }
+    let sealed = w.seal().expect("seal");
+    let bytes = fs::read(&sealed.path).expect("read sealed pack");
+    CraftedPack {
+        name: sealed.name.0,
+        bytes,
+    }
+}
+
+/// The honest stored form of `data`: (id, raw length, blob).
+fn honest_blob(data: &[u8]) -> (ChunkId, u32, Vec<u8>) {
+    let h = hash_chunk(data);
+    let blob = store::Encoder::new(3)
+        .expect("zstd")
+        .encode(data, &h)
+        .expect("encode");
+    (h.id, data.len() as u32, blob)
+}
+
+/// A metadata chunk stored honestly, as a pack row.
+fn meta_row(kind: ChunkKind, data: &[u8]) -> Row {
+    let (id, len, blob) = honest_blob(data);
+    (id, kind, len, blob)
+}
+
+fn file_entry(name: &str, chunks: &[(ChunkId, u32)]) -> Entry {
+    let mut list = ChunkList::default();
+    for (id, len) in chunks {
+        list.push(ChunkRef { id: *id, len: *len });
+    }
+    Entry {
+        name: name.as_bytes().to_vec(),
+        kind: Kind::File,
+        meta: Meta {
+            mode: 0o100644,
+            size: chunks.iter().map(|c| u64::from(c.1)).sum(),
+            nlink: 1,
+            ..Meta::default()
+        },
+        link_key: 0,
+        xattrs: vec![],
+        body: Body::File(list),
+    }
+}
+
+fn dir_entry(name: &str, tree: ChunkId, nodes: u64) -> Entry {
+    Entry {
+        name: name.as_bytes().to_vec(),
+        kind: Kind::Dir,
+        meta: Meta {
+            mode: 0o040755,
+            nlink: 2,
+            ..Meta::default()
+        },
+        link_key: 0,
+        xattrs: vec![],
+        body: Body::Dir {
+            tree: TreeHash(tree.0),
+            nodes,
+        },
+    }
+}
+
+/// A snapshot record named `name` with root tree `root`.
+fn record(name: &str, root: ChunkId, nodes: u64) -> Vec<u8> {
+    let row = SnapshotRow {
+        id: SnapshotId(0),
+        hash: Hash::of(b"unused"),
+        name: name.to_string(),
+        started_ns: 1_700_000_000_000_000_000,
+        finished_ns: 1_700_000_001_000_000_000,
+        host: "compromised".to_string(),
+        sources: vec![PathBuf::from("/data")],
+        tags: vec![],
+        root_tree: TreeId(0),
+        files: 1,
+        dirs: 1,
+        size: 0,
+        added_bytes: 0,
+        read_bytes: 0,
+        warnings: 0,
+        change_share: 0.0,
+        alarm: false,
+    };
+    snapfs::snapshot::encode_record(&row, &TreeHash(root.0), nodes, &[1, 1, 0, 0, 0])
+}
+
+/// A snapshot `name` holding one file whose chunks are `chunks`: the tree
+/// chunks and the record as pack rows, and the record's id.
+fn one_file_snapshot(name: &str, chunks: &[(ChunkId, u32)]) -> (Vec<Row>, ChunkId) {
+    let inner = encode_tree(&[file_entry("file", chunks)]);
+    let inner_row = meta_row(ChunkKind::Tree, &inner);
+    let root = encode_tree(&[dir_entry("data", inner_row.0, 1)]);
+    let root_row = meta_row(ChunkKind::Tree, &root);
+    let rec_row = meta_row(ChunkKind::Snapshot, &record(name, root_row.0, 2));
+    let rec = rec_row.0;
+    (vec![inner_row, root_row, rec_row], rec)
+}
+
+fn pack_files(repo: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(dirs) = fs::read_dir(repo.join("packs")) else {
+        return out;
+    };
+    for d in dirs.flatten() {
+        if let Ok(files) = fs::read_dir(d.path()) {
+            out.extend(files.flatten().map(|f| f.path()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Ingests a file holding `data` (a single chunk, under the chunker's
+/// minimum) and asserts it restores byte for byte.
+fn assert_ingest_restores(repo: &Repo, data: &[u8], what: &str) {
+    let dir = tempdir();
+    let src = canonical(dir.path()).join("src");
+    mkdir(&src);
+    write_file(&src.join("victim"), data);
+    repo.ingest(&["--name", "honest"], &[&src]);
+    let out = tempdir();
+    let target = canonical(out.path()).join("restored");
+    let res = repo
+        .cmd()
+        .arg("restore")
+        .arg("honest")
+        .arg(&target)
+        .output()
+        .expect("spawn restore");
+    let got = fs::read(restored_path(&target, &src).join("victim")).ok();
+    assert!(
+        res.status.success() && got.as_deref() == Some(data),
+        "{what}: an honest ingest of the chunk does not restore\n{}",
+        describe("restore", &res)
+    );
+}
+
+// ---------------------------------------------------------------- the holes
+
+/// A pack whose name is its true BLAKE3 but whose table claims chunk id X
+/// for garbage bytes was stored and indexed: X then counted as present.
+#[test]
+fn serve_refuses_a_pack_whose_chunks_do_not_match_their_ids() {
+    let repo = Repo::new();
+    let victim = random_bytes(11, 100_000);
+    let (x, len, _) = honest_blob(&victim);
+    let pack = craft_pack(&[(x, ChunkKind::Data, len, random_bytes(12, 5_000))]);
+
+    let mut serve = Serve::start(&repo.path, &[]);
+    serve.hello().expect("hello");
+    let answer = serve.put_pack(&pack);
+    let stderr = serve.finish();
+    assert!(
+        answer.is_err(),
+        "serve accepted a pack whose chunk does not match its id\n{stderr}"
+    );
+    assert_eq!(pack_files(&repo.path), Vec::<PathBuf>::new());
+    assert_ingest_restores(&repo, &victim, "after a refused forged pack");
+}
+
+/// A well-formed blob of other data, or X's own header over other frames,
+/// filed under X: the later honest ingest of X must store X for real.
+#[test]
+fn squatted_chunk_id_does_not_poison_later_ingests() {
+    let repo = Repo::new();
+    let victim = random_bytes(21, 150_000);
+    let (x, len, x_blob) = honest_blob(&victim);
+    let other = random_bytes(22, 150_000);
+    let (_, other_len, other_blob) = honest_blob(&other);
+    // X's header (which ties the frame digests to the id) before the other
+    // data's frames: only the frame check can tell.
+    let header = store::header_len(victim.len());
+    let mut spliced = x_blob[..header].to_vec();
+    spliced.extend_from_slice(&other_blob[header..]);
+    let forged = [
+        craft_pack(&[(x, ChunkKind::Data, other_len, other_blob.clone())]),
+        craft_pack(&[(x, ChunkKind::Data, len, spliced)]),
+    ];
+
+    let mut serve = Serve::start(&repo.path, &[]);
+    serve.hello().expect("hello");
+    for (i, pack) in forged.iter().enumerate() {
+        assert!(
+            serve.put_pack(pack).is_err(),
+            "forged pack {i} for chunk {x} was accepted"
+        );
+    }
+    serve.finish();
+    assert_eq!(pack_files(&repo.path), Vec::<PathBuf>::new());
+    assert_ingest_restores(&repo, &victim, "after squatting attempts");
+    run_ok(repo.cmd().args(["verify", "--read-data"]));
+}
+
+/// A snapshot whose file refers to a chunk that was never sent was
+/// committed: it listed, and its file could not be read back.
+#[test]
+fn serve_refuses_to_commit_a_snapshot_with_absent_chunks() {
+    let repo = Repo::new();
+    let data = random_bytes(31, 80_000);
+    let (x, len, blob) = honest_blob(&data);
+    let (rows, rec) = one_file_snapshot("crafted", &[(x, len)]);
+
+    let mut serve = Serve::start(&repo.path, &[]);
+    serve.hello().expect("hello");
+    serve
+        .put_pack(&craft_pack(&rows))
+        .expect("a pack of sound metadata chunks is accepted");
+    let refused = serve.commit(rec);
+    let err = match refused {
+        Err(e) => e,
+        Ok(()) => {
+            let stderr = serve.finish();
+            panic!("a snapshot with an absent chunk was committed\n{stderr}");
+        }
+    };
+    assert!(
+        err.contains("crafted") && err.contains(&x.to_string()) && err.contains("absent"),
+        "the refusal does not name the snapshot and the absent chunk: {err}"
+    );
+    assert!(repo.snapshots().is_empty(), "{:?}", repo.snapshots());
+
+    // Once the chunk arrives, the same snapshot commits and restores.
+    serve
+        .put_pack(&craft_pack(&[(x, ChunkKind::Data, len, blob)]))
+        .expect("the honest data pack");
+    serve.commit(rec).expect("the complete snapshot commits");
+    serve.finish();
+    let out = tempdir();
+    let target = canonical(out.path()).join("r");
+    repo.restore("crafted", &target);
+    assert_eq!(
+        fs::read(target.join("data").join("file")).expect("restored file"),
+        data
+    );
+}
+
+/// Directory node counts that lie (they number the mount's inodes) and
+/// snapshot names that ingest would refuse are refused at commit.
+#[test]
+fn serve_refuses_snapshots_with_lying_node_counts_or_bad_names() {
+    let repo = Repo::new();
+    let data = random_bytes(41, 1_000);
+    let (x, len, blob) = honest_blob(&data);
+    let mut serve = Serve::start(&repo.path, &[]);
+    serve.hello().expect("hello");
+    serve
+        .put_pack(&craft_pack(&[(x, ChunkKind::Data, len, blob)]))
+        .expect("data");
+
+    let inner = encode_tree(&[file_entry("file", &[(x, len)])]);
+    let inner_row = meta_row(ChunkKind::Tree, &inner);
+    let lying = encode_tree(&[dir_entry("data", inner_row.0, 1 << 41)]);
+    let lying_row = meta_row(ChunkKind::Tree, &lying);
+    let lying_rec = meta_row(ChunkKind::Snapshot, &record("lying", lying_row.0, 2));
+    let (bad_name_rows, bad_name_rec) = one_file_snapshot("../../escape", &[(x, len)]);
+    let (reserved_rows, reserved_rec) = one_file_snapshot("latest", &[(x, len)]);
+    let lying_id = lying_rec.0;
+    for (rows, rec, what) in [
+        (
+            vec![inner_row, lying_row, lying_rec],
+            lying_id,
+            "lying node count",
+        ),
+        (bad_name_rows, bad_name_rec, "name with slashes"),
+        (reserved_rows, reserved_rec, "reserved name"),
+    ] {
+        serve.put_pack(&craft_pack(&rows)).expect(what);
+        assert!(
+            serve.commit(rec).is_err(),
+            "a snapshot with a {what} was committed"
+        );
+    }
+    serve.finish();
+    assert!(repo.snapshots().is_empty(), "{:?}", repo.snapshots());
+}
+
+/// A forget record in a pack makes `rebuild-catalog` drop the snapshots it
+/// names: a client could erase the server's history that way.
+#[test]
+fn serve_refuses_a_forget_record() {
+    let repo = Repo::new();
+    let dir = tempdir();
+    let src = canonical(dir.path()).join("src");
+    mkdir(&src);
+    write_file(&src.join("f"), b"history to keep\n");
+    let kept = repo.ingest(&["--name", "kept"], &[&src]);
+    let full: Hash = repo.snapshots()[0]
+        .get("id")
+        .and_then(|v| v.as_str())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("full snapshot id in {:?}", kept.json));
+    let before = pack_files(&repo.path);
+    let forget = snapfs::snapshot::encode_forget_record(&[full], 1_800_000_000_000_000_000);
+    let pack = craft_pack(&[meta_row(ChunkKind::Snapshot, &forget)]);
+
+    let mut serve = Serve::start(&repo.path, &["--append-only"]);
+    serve.hello().expect("hello");
+    let answer = serve.put_pack(&pack);
+    let stderr = serve.finish();
+    assert!(answer.is_err(), "a forget record was accepted\n{stderr}");
+    assert_eq!(pack_files(&repo.path), before);
+    run_ok(repo.cmd().arg("rebuild-catalog"));
+    let names: Vec<String> = repo
+        .snapshots()
+        .iter()
+        .map(|s| json_str(s, "name").to_string())
+        .collect();
+    assert_eq!(names, vec!["kept".to_string()]);
+}
+
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Waits up to `limit` for serve to exit; its status, or None if it did not.
+fn exits_within(serve: &mut Serve, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(s) = serve.child.try_wait().expect("try_wait") {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+/// A frame claiming 1 GiB was read into a 1 GiB buffer (and serve waited
+/// for it); a claim within bounds must cost only what actually arrives.
+#[test]
+fn oversized_frame_is_refused_without_allocating() {
+    let repo = Repo::new();
+
+    // Far over any pack this repository accepts: refused at once.
+    let mut serve = Serve::start(&repo.path, &[]);
+    serve.hello().expect("hello");
+    let mut claim = (1u32 << 30).to_le_bytes().to_vec();
+    claim.extend_from_slice(&[4, 1, 2, 3]);
+    serve.send_raw(&claim);
+    let status = exits_within(&mut serve, Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "serve did not fail fast on a 1 GiB frame claim: {status:?}"
+    );
+    let stderr = serve.finish();
+    assert!(stderr.contains("frame"), "{stderr}");
+
+    // Before hello only small requests are read.
+    let mut serve = Serve::start(&repo.path, &[]);
+    serve.send_raw(&(8u32 << 20).to_le_bytes());
+    let status = exits_within(&mut serve, Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "serve did not refuse an 8 MiB request before hello: {status:?}"
+    );
+
+    // A claim a pack may make, with a few bytes behind it: serve waits
+    // for the rest without holding the claimed size.
+    let mut serve = Serve::start(&repo.path, &[]);
+    serve.hello().expect("hello");
+    let mut claim = (150u32 << 20).to_le_bytes().to_vec();
+    claim.extend_from_slice(&[4; 4096]);
+    serve.send_raw(&claim);
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = serve.child.id();
+    let hwm = vm_hwm_kib(pid).expect("VmHWM of serve");
+    assert!(
+        hwm < 64 * 1024,
+        "serve's peak memory reached {hwm} KiB for a claim backed by 4 KiB"
+    );
+    let stderr = serve.finish();
+    assert!(
+        serve
+            .child
+            .try_wait()
+            .expect("wait")
+            .is_some_and(|s| !s.success()),
+        "a frame cut short is not an error\n{stderr}"
+    );
+}
+
+/// `ssh://-oProxyCommand=...` was handed to ssh as an option: a URL ran a
+/// command on the machine making the copy. Malformed URLs must neither
+/// reach ssh nor become a local path.
+#[test]
+fn ssh_host_starting_with_dash_is_refused() {
+    require_tool("ssh");
+    let repo = Repo::new();
+    let dir = tempdir();
+    let cwd = canonical(dir.path());
+    // A stand-in for ssh that records being run.
+    let fake_ssh = cwd.join("fake-ssh");
+    write_file(
+        &fake_ssh,
+        b"#!/bin/sh\necho \"$@\" > \"$(dirname \"$0\")/fake-ssh-ran\"\nexit 1\n",
+    );
+    fs::set_permissions(&fake_ssh, fs::Permissions::from_mode(0o755)).expect("chmod");
+
+    let real_ssh_urls = [
+        "ssh://-oProxyCommand=touch pwned/srv/repo",
+        "ssh://-oProxyCommand=touch pwned@nas/srv/repo",
+    ];
+    for url in real_ssh_urls {
+        let out = repo
+            .cmd()
+            .current_dir(&cwd)
+            .args(["copy", "--ssh", "ssh -o BatchMode=yes", "--to", url])
+            .output()
+            .expect("spawn copy");
+        assert!(!out.status.success(), "{}", describe(url, &out));
+        assert!(
+            !cwd.join("pwned").exists(),
+            "copy --to {url:?} ran the ProxyCommand"
+        );
+    }
+    // Recent OpenSSH happens to refuse the remote command line as a host
+    // name before running a ProxyCommand; the stand-in shows whether the
+    // option would reach ssh at all.
+    for url in [
+        "ssh://-oProxyCommand=touch pwned/srv/repo",
+        "ssh://backup@-oProxyCommand=x/srv/repo",
+        "ssh://nas:0/srv/repo",
+        "ssh:///srv/repo",
+        "ssh://nas",
+    ] {
+        let out = repo
+            .cmd()
+            .current_dir(&cwd)
+            .arg("copy")
+            .arg("--ssh")
+            .arg(&fake_ssh)
+            .args(["--to", url])
+            .output()
+            .expect("spawn copy");
+        assert!(!out.status.success(), "{}", describe(url, &out));
+        assert!(
+            !cwd.join("fake-ssh-ran").exists(),
+            "copy --to {url:?} ran ssh with {:?}",
+            fs::read_to_string(cwd.join("fake-ssh-ran")).unwrap_or_default()
+        );
+        assert!(
+            !cwd.join("ssh:").exists(),
+            "copy --to {url:?} made a local repository"
+        );
+    }
+}
+
+/// `serve --append-only` must not create a repository where the client
+/// points it (the administrator creates it).
+#[test]
+fn append_only_serve_refuses_to_create_a_repository() {
+    let dir = tempdir();
+    let path = canonical(dir.path()).join("not-yet");
+    let mut serve = Serve::start(&path, &["--append-only"]);
+    let answer = serve.hello();
+    let stderr = serve.finish();
+    let err = answer.expect_err(&format!("append-only serve created a repository\n{stderr}"));
+    assert!(err.contains("append-only"), "{err}");
+    assert!(!path.exists(), "{} was created", path.display());
+}
+
+/// A pack sent again under its name replaced the stored file (a rename
+/// over it); append-only or not, a stored pack is never rewritten.
+#[test]
+fn append_only_serve_refuses_overwrite() {
+    for extra in [&["--append-only"][..], &[][..]] {
+        let repo = Repo::new();
+        let data = random_bytes(51, 30_000);
+        let (x, len, blob) = honest_blob(&data);
+        let pack = craft_pack(&[(x, ChunkKind::Data, len, blob)]);
+        let mut serve = Serve::start(&repo.path, extra);
+        serve.hello().expect("hello");
+        serve.put_pack(&pack).expect("first put");
+        let stored = pack_files(&repo.path);
+        assert_eq!(stored.len(), 1);
+        let before = fs::metadata(&stored[0]).expect("stat pack");
+        serve
+            .put_pack(&pack)
+            .expect("the same pack again is a no-op");
+        serve.finish();
+        let after = fs::metadata(&stored[0]).expect("stat pack");
+        assert_eq!(
+            (before.ino(), before.ctime(), before.ctime_nsec()),
+            (after.ino(), after.ctime(), after.ctime_nsec()),
+            "serve {extra:?} replaced a stored pack"
+        );
+        assert_eq!(pack_files(&repo.path), stored);
+    }
+}
+
+/// Packs received by a local copy are readable by their owner only.
+#[test]
+fn received_packs_are_private() {
+    let repo = Repo::new();
+    let dir = tempdir();
+    let src = canonical(dir.path()).join("src");
+    build_plain_tree(&src, 61, 2, 3, 100 * KIB);
+    repo.ingest(&["--name", "one"], &[&src]);
+    let far = canonical(dir.path()).join("far");
+    run_ok(repo.cmd().arg("copy").arg("--to").arg(&far));
+    let packs = pack_files(&far);
+    assert!(!packs.is_empty());
+    for p in packs {
+        let mode = fs::metadata(&p).expect("stat").mode() & 0o777;
+        assert_eq!(
+            mode,
+            0o400,
+            "received pack {} has mode {mode:o}",
+            p.display()
+        );
+    }
+}
+
+/// copy's scratch directory in $TMPDIR held the packs being sent with mode
+/// 0755: any local user could read them. Observed while the copy waits on
+/// a slowed-down far side.
+#[test]
+fn copy_scratch_dir_is_private() {
+    let repo = Repo::new();
+    let dir = tempdir();
+    let base = canonical(dir.path());
+    let src = base.join("src");
+    build_plain_tree(&src, 71, 1, 2, 50 * KIB);
+    repo.ingest(&["--name", "one"], &[&src]);
+    let tmp = base.join("tmp");
+    mkdir(&tmp);
+    let far = base.join("far");
+    let seen = base.join("seen");
+    // The "ssh" program: serve the far repository, but hold back every
+    // request after hello and snapshots (11 bytes, passed on one by one: a
+    // buffering `head` would hold back hello) for two seconds, by which
+    // time the sender has made its scratch directory; meanwhile note the
+    // directory's mode and owner.
+    let fake_ssh = base.join("fake-ssh");
+    write_file(
+        &fake_ssh,
+        format!(
+            "#!/bin/sh\n\
+             ( for i in $(seq 1 150); do\n\
+                 for d in \"$TMPDIR\"/snapfs-copy-*; do\n\
+                   if [ -d \"$d\" ]; then stat -c '%a %u' \"$d\" > '{seen}'; exit 0; fi\n\
+                 done; sleep 0.02; done ) &\n\
+             {{ dd bs=1 count=11 2>/dev/null; sleep 2; cat; }} | exec '{bin}' --repo '{far}' serve\n",
+            seen = seen.display(),
+            bin = snapfs_bin(),
+            far = far.display()
+        )
+        .as_bytes(),
+    );
+    fs::set_permissions(&fake_ssh, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out = repo
+        .cmd()
+        .env("TMPDIR", &tmp)
+        .arg("copy")
+        .arg("--ssh")
+        .arg(&fake_ssh)
+        .args(["--to", "ssh://nas/far"])
+        .output()
+        .expect("spawn copy");
+    assert!(out.status.success(), "{}", describe("copy", &out));
+    let seen = fs::read_to_string(&seen).expect("the scratch directory was observed");
+    // SAFETY: getuid has no preconditions.
+    let me = unsafe { libc::getuid() };
+    assert_eq!(
+        seen.trim(),
+        format!("700 {me}"),
+        "scratch directory mode and owner"
+    );
+    assert_eq!(
+        fs::read_dir(&tmp).expect("tmp").count(),
+        0,
+        "the scratch directory was left behind"
+    );
+}
+
+/// A server claiming a 1 GiB answer made the client allocate it and wait.
+#[test]
+fn copy_refuses_an_oversized_answer_from_the_server() {
+    let repo = Repo::new();
+    let dir = tempdir();
+    let base = canonical(dir.path());
+    let fake_ssh = base.join("fake-ssh");
+    write_file(
+        &fake_ssh,
+        b"#!/bin/sh\nprintf '\\000\\000\\000\\100\\000'\nexec sleep 30\n",
+    );
+    fs::set_permissions(&fake_ssh, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let started = Instant::now();
+    let out = repo
+        .cmd()
+        .arg("copy")
+        .arg("--ssh")
+        .arg(&fake_ssh)
+        .args(["--to", "ssh://nas/far"])
+        .output()
+        .expect("spawn copy");
+    assert!(!out.status.success(), "{}", describe("copy", &out));
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the client waited for a 1 GiB answer ({:?})",
+        started.elapsed()
+    );
+}
