@@ -45,8 +45,10 @@ pub enum Command {
         /// Default zstd level for ingests
         #[arg(long, default_value_t = 3)]
         compression: i32,
-        /// Refuse forget and gc unless given --allow-delete (for remote
-        /// clients, see `serve --append-only`)
+        /// Refuse forget and gc unless given --allow-delete. This guards
+        /// against mistakes on this machine; history is protected from a
+        /// compromised client only when the client reaches the repository
+        /// through `serve --append-only` (see SECURITY.md)
         #[arg(long)]
         append_only: bool,
         /// Share the repository read-only with this group (directories

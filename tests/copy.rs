@@ -483,11 +483,13 @@ fn killed_copy_resumes_without_resending() {
             // A random moment: either a random time, or just after the next
             // pack lands (while it is indexed, a snapshot committed, the
             // next one begun), whichever comes first.
-            // A local pack cycle takes tens of milliseconds, so the random
-            // time lands anywhere from start-up to the second pack, and the
-            // delay after a pack lands anywhere from its indexing to the
-            // middle of the next one.
-            let deadline = started + Duration::from_millis(rng.below(120));
+            // The delay after a pack lands spans anywhere from its indexing
+            // to the middle of the next one. Start-up (init of the target, its fsyncs) takes about a tenth
+            // of a second on a quiet machine and several times that on a
+            // loaded one: the window is wide enough that a kill can land
+            // after the first pack whatever the load, and still mid-way
+            // through start-up as often.
+            let deadline = started + Duration::from_millis(rng.below(600));
             let after_pack = Duration::from_millis(if rng.below(2) == 0 {
                 rng.below(4)
             } else {
