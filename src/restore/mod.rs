@@ -195,7 +195,8 @@ pub fn restore(repo: &Repository, spec: &OsStr, target: &Path) -> Result<Restore
     let root_dir: DirFd = Arc::new(root_dir);
     let removed = remove_leftovers(root_dir.as_fd(), &root_shown)?;
 
-    // A fixed pool: `workers` threads in all, big files included.
+    // A fixed pool: `workers` threads in all, big files included, and one
+    // committer that mostly waits for the disk.
     let workers = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .max(2);
@@ -213,13 +214,22 @@ pub fn restore(repo: &Repository, spec: &OsStr, target: &Path) -> Result<Restore
         dirs: 0,
         leftovers: removed,
     };
+    // Bounded too: a committer that falls behind slows the workers down
+    // instead of holding descriptors without limit.
+    let (done_tx, done_rx) = bounded::<(write::Written, u64)>(4096);
     let planned = std::thread::scope(|scope| {
         for _ in 0..workers {
             let rx = rx.clone();
+            let batch = write::Batch {
+                tx: done_tx.clone(),
+            };
             let (shared, progress) = (&shared, &progress);
-            scope.spawn(move || write::worker(repo, rx, shared, progress));
+            scope.spawn(move || write::worker(repo, rx, batch, shared, progress));
         }
         drop(rx);
+        drop(done_tx);
+        let shared_ref = &shared;
+        scope.spawn(move || write::committer(done_rx, shared_ref));
         let mut rel = Vec::new();
         let r = (|| match &located {
             Located::Root(tree) => planner.dir(*tree, &root_dir, &mut rel, &root_shown, &inner),

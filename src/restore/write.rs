@@ -4,10 +4,11 @@
 //! instead of each big file starting threads of its own).
 //!
 //! A file is written under a temporary name, gets its metadata on the
-//! descriptor, and joins its worker's batch. A batch is made durable with one
-//! `syncfs` and only then renamed to the final names, so a name that a
-//! restore puts in place always holds complete data, even after a power cut,
-//! while the cost of flushing is paid once per batch rather than per file.
+//! descriptor, and goes to the committer, which gathers files into batches.
+//! A batch is made durable with one `syncfs` and only then renamed to the
+//! final names, so a name that a restore puts in place always holds complete
+//! data, even after a power cut, while the cost of flushing is paid once per
+//! batch rather than per file, and off the workers' path.
 
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -166,66 +167,92 @@ fn write_sparse(f: &File, data: &[u8], offset: u64) -> std::io::Result<()> {
 }
 
 /// A file written under its temporary name, waiting for the batch's flush.
-struct Written {
+pub struct Written {
     dir: DirFd,
     tmp: Vec<u8>,
     name: Vec<u8>,
     shown: PathBuf,
 }
 
-/// The files a worker has written but not yet renamed.
-#[derive(Default)]
-struct Batch {
-    items: Vec<Written>,
-    bytes: u64,
+/// A worker's way to the committer.
+pub struct Batch {
+    pub tx: crossbeam_channel::Sender<(Written, u64)>,
 }
 
 impl Batch {
     fn push(&mut self, w: Written, bytes: u64) -> Result<()> {
-        self.items.push(w);
-        self.bytes = self.bytes.saturating_add(bytes);
-        if self.items.len() >= BATCH_FILES || self.bytes >= BATCH_BYTES {
-            self.flush()?;
-        }
-        Ok(())
+        self.tx.send((w, bytes)).map_err(|e| {
+            let (w, _) = e.into_inner();
+            let _ = unlinkat(w.dir.as_fd(), w.tmp.as_slice(), AtFlags::empty());
+            Error::invalid("restore: the committer stopped")
+        })
     }
+}
 
-    /// Make every file durable with one `syncfs`, then give each its final
-    /// name. On error the temporary names still held are removed.
-    fn flush(&mut self) -> Result<()> {
-        let items = std::mem::take(&mut self.items);
-        self.bytes = 0;
-        let Some(first) = items.first() else {
-            return Ok(());
-        };
-        let synced = io_at(rustix::fs::syncfs(first.dir.as_fd()), &first.shown);
-        let mut result = synced;
-        for w in &items {
-            if result.is_ok() {
-                result = replace(w.dir.as_fd(), &w.tmp, &w.name, &w.shown);
-            } else {
-                let _ = unlinkat(w.dir.as_fd(), w.tmp.as_slice(), AtFlags::empty());
-            }
+/// The committer: collects written files into batches, makes each batch
+/// durable with one `syncfs`, then renames its files to their final names.
+/// It runs beside the workers, so they keep writing while a batch is
+/// flushed. After a failure the files still waiting are removed.
+pub fn committer(rx: crossbeam_channel::Receiver<(Written, u64)>, shared: &Shared) {
+    let mut items: Vec<Written> = Vec::new();
+    let mut bytes = 0u64;
+    let mut failed = false;
+    loop {
+        let next = rx.recv();
+        let closed = next.is_err();
+        if let Ok((w, n)) = next {
+            items.push(w);
+            bytes = bytes.saturating_add(n);
         }
-        result
+        let full = items.len() >= BATCH_FILES || bytes >= BATCH_BYTES;
+        if !(full || closed) {
+            continue;
+        }
+        let batch = std::mem::take(&mut items);
+        bytes = 0;
+        if failed {
+            discard(batch);
+        } else if let Err(e) = flush(batch) {
+            failed = true;
+            shared.fail(e);
+        }
+        if closed {
+            return;
+        }
     }
+}
 
-    /// Drop the batch without renaming (used only when the flush itself
-    /// cannot run); removes the temporary files.
-    fn discard(&mut self) {
-        for w in self.items.drain(..) {
+/// Make every file durable with one `syncfs`, then give each its final
+/// name. On error the temporary names still held are removed.
+fn flush(items: Vec<Written>) -> Result<()> {
+    let Some(first) = items.first() else {
+        return Ok(());
+    };
+    let mut result = io_at(rustix::fs::syncfs(first.dir.as_fd()), &first.shown);
+    for w in &items {
+        if result.is_ok() {
+            result = replace(w.dir.as_fd(), &w.tmp, &w.name, &w.shown);
+        } else {
             let _ = unlinkat(w.dir.as_fd(), w.tmp.as_slice(), AtFlags::empty());
         }
+    }
+    result
+}
+
+fn discard(items: Vec<Written>) {
+    for w in items {
+        let _ = unlinkat(w.dir.as_fd(), w.tmp.as_slice(), AtFlags::empty());
     }
 }
 
 /// One worker: take jobs until the channel closes. After a failure, jobs
 /// are drained without work (big files' temporary names are still removed);
-/// files already complete in the batch are flushed and kept, since they are
-/// whole and a rerun can then skip them.
+/// files already complete go on to the committer, which keeps them unless
+/// it failed itself, since they are whole and a rerun can then skip them.
 pub fn worker(
     repo: &Repository,
     rx: crossbeam_channel::Receiver<Job>,
+    mut batch: Batch,
     shared: &Shared,
     progress: &crate::progress::Progress,
 ) {
@@ -239,7 +266,6 @@ pub fn worker(
             return;
         }
     };
-    let mut batch = Batch::default();
     for job in rx {
         if shared.stopped() {
             abandon(job);
@@ -259,10 +285,6 @@ pub fn worker(
         if let Err(e) = r {
             shared.fail(e);
         }
-    }
-    if let Err(e) = batch.flush() {
-        batch.discard();
-        shared.fail(e);
     }
 }
 
