@@ -1,4 +1,544 @@
 //! Security: restore never writes outside its target, never follows a symlink it did not create, and leaves nothing half-written.
+//!
+//! A hostile catalog is made the way an attacker would: by editing
+//! `catalog.db` after an honest ingest (with python3's sqlite3, which the
+//! test machines have), so the packs stay valid and only the rows lie.
+
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
 
 #[allow(unused_imports)]
 use crate::util::*;
+
+const TMP_PREFIX: &str = ".snapfs-restore-";
+
+/// Runs python3 `script` against the repository's catalog, with `args`
+/// available as the byte strings `argv` (passed in hex, so that a NUL byte
+/// can be one of them).
+fn edit_catalog(repo: &Repo, script: &str, args: &[&[u8]]) {
+    require_tool("python3");
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(format!(
+        "import sqlite3, sys\n\
+         db = sqlite3.connect(sys.argv[1])\n\
+         argv = [bytes.fromhex(a) for a in sys.argv[2:]]\n\
+         {script}\n\
+         db.commit()\n\
+         db.close()\n"
+    ));
+    cmd.arg(repo.path.join("catalog.db"));
+    for a in args {
+        cmd.arg(a.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    }
+    let out = cmd.output().expect("spawn python3");
+    assert!(out.status.success(), "{}", describe("edit catalog", &out));
+}
+
+/// Renames every catalog entry called `from` to the bytes `to`.
+fn rename_entry(repo: &Repo, from: &str, to: &[u8]) {
+    edit_catalog(
+        repo,
+        "n = db.execute('UPDATE entries SET name = ? WHERE name = ?', (argv[1], argv[0])).rowcount\n\
+         assert n >= 1, 'no entry renamed'",
+        &[from.as_bytes(), to],
+    );
+}
+
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `restore SPEC TARGET` without expecting an outcome.
+fn try_restore(repo: &Repo, spec: impl AsRef<std::ffi::OsStr>, target: &Path) -> Output {
+    repo.cmd()
+        .arg("restore")
+        .arg(spec)
+        .arg(target)
+        .output()
+        .expect("spawn restore")
+}
+
+/// `SNAPSHOT:PATH` for a subtree restore.
+fn spec_of(id: &str, path: &Path) -> OsString {
+    let mut spec = OsString::from(format!("{id}:"));
+    spec.push(path.as_os_str());
+    spec
+}
+
+/// Every path under `dir` (recursively, without following symlinks),
+/// relative to it.
+fn listing(dir: &Path) -> BTreeSet<PathBuf> {
+    if !dir.exists() {
+        return BTreeSet::new();
+    }
+    walk(dir)
+        .into_iter()
+        .map(|p| p.strip_prefix(dir).expect("under dir").to_path_buf())
+        .collect()
+}
+
+/// Names under `dir` that are restore's temporary files.
+fn leftovers(dir: &Path) -> Vec<PathBuf> {
+    if !dir.exists() {
+        return Vec::new();
+    }
+    walk(dir)
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.as_bytes().starts_with(TMP_PREFIX.as_bytes()))
+        })
+        .collect()
+}
+
+/// A directory outside every restore target, root-owned 0755 with one
+/// file, and what it looks like (mode, owner, mtime, listing) for later
+/// comparison.
+struct Outside {
+    path: PathBuf,
+    before: (u32, u32, u32, i64, i64, BTreeSet<PathBuf>),
+}
+
+impl Outside {
+    fn new(path: PathBuf) -> Outside {
+        mkdir(&path);
+        write_file(&path.join("keep"), b"keep me\n");
+        chmod(&path, 0o755);
+        lchown(&path, 0, 0);
+        set_mtime(&path, 1_500_000_000, 0);
+        let before = Outside::state(&path);
+        Outside { path, before }
+    }
+
+    fn state(path: &Path) -> (u32, u32, u32, i64, i64, BTreeSet<PathBuf>) {
+        let m = fs::symlink_metadata(path).expect("lstat outside dir");
+        (
+            m.mode(),
+            m.uid(),
+            m.gid(),
+            m.mtime(),
+            m.mtime_nsec(),
+            listing(path),
+        )
+    }
+
+    fn assert_untouched(&self, what: &str) {
+        assert_eq!(
+            Outside::state(&self.path),
+            self.before,
+            "{what}: the directory outside the target changed (mode, owner, mtime or contents)"
+        );
+        assert_eq!(
+            fs::read(self.path.join("keep")).expect("read keep"),
+            b"keep me\n",
+            "{what}: a file outside the target was rewritten"
+        );
+    }
+}
+
+/// An honest snapshot of `src/dir/aaXaa` (setuid, so an escape would plant
+/// a setuid file) beside ordinary files; returns (repo, base, src).
+fn snapshot_with_victim_name() -> (Repo, tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempdir();
+    let base = canonical(dir.path());
+    let src = base.join("src");
+    mkdir(&src.join("dir"));
+    write_file(&src.join("dir/aaXaa"), b"#!/bin/sh\necho pwned\n");
+    chmod(&src.join("dir/aaXaa"), 0o4755);
+    write_file(&src.join("dir/plain"), b"plain\n");
+    let repo = Repo::new();
+    repo.ingest(&[], &[&src]);
+    (repo, dir, base, src)
+}
+
+/// Restore of a tampered name fails, names the entry, and nothing appears
+/// outside `target` (checked by listing `base`, which holds the target).
+fn assert_refused(repo: &Repo, base: &Path, bad: &[u8], escape: &Path) {
+    let before = listing(base);
+    let target = base.join("targets").join("t");
+    let out = try_restore(repo, "latest", &target);
+    let what = format!("entry named {:?}", String::from_utf8_lossy(bad));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{what}: restore did not fail\n{}",
+        describe("restore", &out)
+    );
+    let shown = bad.escape_ascii().to_string();
+    let err = stderr_of(&out);
+    assert!(
+        err.contains(&shown) && err.contains("snapshot"),
+        "{what}: the error does not name the bad entry and its snapshot\n{err}"
+    );
+    assert!(
+        fs::symlink_metadata(escape).is_err(),
+        "{what}: restore wrote {} outside its target",
+        escape.display()
+    );
+    let mut after = listing(base);
+    after.retain(|p| !p.starts_with("targets"));
+    let mut before = before;
+    before.retain(|p| !p.starts_with("targets"));
+    assert_eq!(
+        after, before,
+        "{what}: restore changed files outside its target"
+    );
+    let _ = fs::remove_dir_all(base.join("targets"));
+}
+
+/// Broke: entry names went straight into path joins, so `..` in a tampered
+/// catalog wrote outside the target.
+#[test]
+fn restore_refuses_dotdot_names_from_a_tampered_catalog() {
+    let (repo, _dir, base, src) = snapshot_with_victim_name();
+    // The entry sits at TARGET/<src>/dir/aaXaa: one `..` per component of
+    // <src>/dir, and one more, leaves TARGET and lands beside it.
+    let depth = src.join("dir").components().count(); // counts the root too
+    let up = "../".repeat(depth);
+    let escape = base.join("targets").join("escaped");
+    let bad = format!("{up}escaped");
+    rename_entry(&repo, "aaXaa", bad.as_bytes());
+    assert_refused(&repo, &base, bad.as_bytes(), &escape);
+    for other in [&b".."[..], b"."] {
+        rename_entry(&repo, &bad, other);
+        assert_refused(&repo, &base, other, &escape);
+        rename_entry(
+            &repo,
+            std::str::from_utf8(other).expect("ascii"),
+            bad.as_bytes(),
+        );
+    }
+}
+
+/// Broke: an absolute entry name replaced the whole path in the join, so a
+/// tampered catalog wrote anywhere on the machine.
+#[test]
+fn restore_refuses_absolute_and_slashed_names_from_a_tampered_catalog() {
+    let (repo, _dir, base, _src) = snapshot_with_victim_name();
+    let escape = base.join("absolute-escape");
+    let bad = escape.as_os_str().as_bytes().to_vec();
+    rename_entry(&repo, "aaXaa", &bad);
+    assert_refused(&repo, &base, &bad, &escape);
+    // A slash inside a name, an empty name, a NUL byte: refused as well.
+    let mut prev = bad;
+    for next in [&b"sub/name"[..], b"", b"nul\0byte"] {
+        let from = String::from_utf8(prev.clone()).expect("utf-8");
+        rename_entry(&repo, &from, next);
+        assert_refused(&repo, &base, next, &base.join("sub"));
+        prev = next.to_vec();
+    }
+}
+
+/// Broke: a tampered name escaped the target with a setuid root file
+/// (the escaped file kept mode 4755).
+#[test]
+fn restore_creates_no_setuid_file_outside_target() {
+    let (repo, _dir, base, src) = snapshot_with_victim_name();
+    let depth = src.join("dir").components().count();
+    let bad = format!("{}planted-suid", "../".repeat(depth + 1));
+    rename_entry(&repo, "aaXaa", bad.as_bytes());
+    let target = base.join("targets").join("t");
+    let out = try_restore(&repo, "latest", &target);
+    assert_eq!(out.status.code(), Some(1), "{}", describe("restore", &out));
+    for p in walk(&base) {
+        if p.starts_with(&target) {
+            continue;
+        }
+        let m = fs::symlink_metadata(&p).expect("lstat");
+        assert!(
+            !(m.is_file() && m.mode() & 0o6000 != 0 && p != src.join("dir/aaXaa")),
+            "restore planted a set-id file outside its target: {} ({:o})",
+            p.display(),
+            m.mode()
+        );
+    }
+    assert!(
+        !base.join("planted-suid").exists(),
+        "restore wrote outside its target"
+    );
+}
+
+/// Broke: restore wrote files through a symlink that was already in the
+/// target (`etc -> /somewhere`), as root.
+#[test]
+fn restore_does_not_write_through_a_symlink_in_the_target() {
+    let dir = tempdir();
+    let base = canonical(dir.path());
+    let src = base.join("src");
+    mkdir(&src.join("etc"));
+    write_file(&src.join("etc/passwd"), b"restored passwd\n");
+    write_file(&src.join("etc/new-file"), b"new\n");
+    write_file(&src.join("config"), b"restored config\n");
+    let repo = Repo::new();
+    let snap = repo.ingest(&[], &[&src]);
+
+    let outside = Outside::new(base.join("outside"));
+    let victim = base.join("victim-file");
+    write_file(&victim, b"victim\n");
+    let target = base.join("target");
+    mkdir(&target);
+    symlink(&outside.path, target.join("etc")).expect("plant dir symlink");
+    symlink(&victim, target.join("config")).expect("plant file symlink");
+
+    let out = try_restore(&repo, spec_of(&snap.id, &src), &target);
+    assert!(out.status.success(), "{}", describe("restore", &out));
+    outside.assert_untouched("symlinked directory");
+    assert_eq!(fs::read(&victim).expect("read victim"), b"victim\n");
+    assert!(
+        fs::symlink_metadata(target.join("etc"))
+            .expect("lstat etc")
+            .is_dir(),
+        "the planted symlink was kept instead of the restored directory"
+    );
+    assert_same_tree(&src, &target);
+}
+
+/// Broke: restore chmodded (and chowned, and set the times of) what a
+/// symlink in the target pointed to: a root-owned 0755 directory became
+/// 1777.
+#[test]
+fn restore_does_not_chmod_through_a_symlink() {
+    let dir = tempdir();
+    let base = canonical(dir.path());
+    let src = base.join("src");
+    mkdir(&src.join("public"));
+    write_file(&src.join("public/readme"), b"hello\n");
+    chmod(&src.join("public"), 0o1777);
+    lchown(&src.join("public"), 1234, 1234);
+    let repo = Repo::new();
+    let snap = repo.ingest(&[], &[&src]);
+
+    let outside = Outside::new(base.join("outside"));
+    let target = base.join("target");
+    mkdir(&target);
+    symlink(&outside.path, target.join("public")).expect("plant symlink");
+    let out = try_restore(&repo, spec_of(&snap.id, &src), &target);
+    assert!(out.status.success(), "{}", describe("restore", &out));
+    outside.assert_untouched("chmod through a symlink");
+    assert_eq!(
+        fs::symlink_metadata(target.join("public"))
+            .expect("lstat")
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o1777
+    );
+    assert_same_tree(&src, &target);
+}
+
+/// Broke: a symlink restored earlier in the same run was followed by a
+/// later entry of the same name (a tampered catalog holding a symlink
+/// `d -> outside` and a directory `d`), writing into `outside`.
+#[test]
+fn restore_never_follows_a_symlink_it_restored_itself() {
+    let dir = tempdir();
+    let base = canonical(dir.path());
+    let outside = Outside::new(base.join("outside"));
+    let src = base.join("src");
+    mkdir(&src.join("e"));
+    write_file(&src.join("e/dropped"), b"dropped\n");
+    chmod(&src.join("e"), 0o1777);
+    symlink(&outside.path, src.join("d")).expect("symlink");
+    let repo = Repo::new();
+    repo.ingest(&[], &[&src]);
+    // Two entries named `d` in one directory: drop the primary key, then
+    // rename the directory `e` onto the symlink's name.
+    edit_catalog(
+        &repo,
+        "db.executescript('''
+           ALTER TABLE entries RENAME TO entries_old;
+           CREATE TABLE entries AS SELECT * FROM entries_old;
+           DROP TABLE entries_old;
+           CREATE INDEX entries_by_position ON entries (tree, node_offset);''')\n\
+         n = db.execute(\"UPDATE entries SET name = CAST('d' AS BLOB) WHERE name = CAST('e' AS BLOB)\").rowcount\n\
+         assert n == 1",
+        &[],
+    );
+    let target = base.join("target");
+    let out = try_restore(&repo, "latest", &target);
+    outside.assert_untouched(&format!(
+        "symlink restored in the same run\n{}",
+        describe("restore", &out)
+    ));
+    assert!(leftovers(&target).is_empty(), "{:?}", leftovers(&target));
+}
+
+/// Ingests 40 small files and one bigger one, `zz-victim.bin`, whose data
+/// alone fills the second snapshot's new pack; returns that pack.
+fn snapshot_with_damageable_file(base: &Path) -> (Repo, PathBuf, String, PathBuf) {
+    let src = base.join("src");
+    mkdir(&src);
+    for i in 0..40 {
+        write_file(
+            &src.join(format!("a-{i:02}")),
+            &random_bytes(i, 1000 + 100 * i as usize),
+        );
+    }
+    let repo = Repo::new();
+    repo.ingest(&[], &[&src]);
+    let packs_before = pack_files(&repo);
+    write_random_file(&src.join("zz-victim.bin"), 7, 12 * MIB);
+    let snap = repo.ingest(&[], &[&src]);
+    let pack = pack_files(&repo)
+        .difference(&packs_before)
+        .max_by_key(|p| fs::metadata(p).expect("stat pack").len())
+        .cloned()
+        .expect("the second ingest wrote a pack");
+    (repo, src, snap.id, pack)
+}
+
+fn pack_files(repo: &Repo) -> BTreeSet<PathBuf> {
+    walk(&repo.path.join("packs"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "pack"))
+        .collect()
+}
+
+/// Broke: a failed restore left 0-byte (or partial) files under their
+/// final names, beside complete ones.
+#[test]
+fn failed_restore_leaves_no_half_written_files() {
+    let dir = tempdir();
+    let base = canonical(dir.path());
+    let (repo, src, id, pack) = snapshot_with_damageable_file(&base);
+    let len = fs::metadata(&pack).expect("stat pack").len();
+    flip_byte(&pack, len / 2);
+
+    let target = base.join("target");
+    let out = try_restore(&repo, spec_of(&id, &src), &target);
+    assert_eq!(out.status.code(), Some(1), "{}", describe("restore", &out));
+    assert!(
+        stderr_of(&out).contains("zz-victim.bin"),
+        "{}",
+        describe("restore", &out)
+    );
+    for p in walk(&target) {
+        let m = fs::symlink_metadata(&p).expect("lstat");
+        if !m.is_file() {
+            continue;
+        }
+        let rel = p.strip_prefix(&target).expect("under target");
+        assert!(
+            !rel.as_os_str()
+                .as_bytes()
+                .starts_with(TMP_PREFIX.as_bytes()),
+            "a temporary file was left behind: {}",
+            rel.display()
+        );
+        let want = fs::read(src.join(rel)).expect("read source");
+        assert!(
+            fs::read(&p).expect("read restored") == want,
+            "{} is under its final name but not complete ({} of {} bytes)",
+            rel.display(),
+            m.len(),
+            want.len()
+        );
+    }
+    assert!(leftovers(&target).is_empty(), "{:?}", leftovers(&target));
+}
+
+/// Broke: a restore run again after a failure rewrote everything and had
+/// no way to say what it kept (and, before temporary names, could keep a
+/// half-written file).
+#[test]
+fn interrupted_restore_resumes_and_skips_complete_files() {
+    let dir = tempdir();
+    let base = canonical(dir.path());
+    let (repo, src, id, pack) = snapshot_with_damageable_file(&base);
+    let len = fs::metadata(&pack).expect("stat pack").len();
+    flip_byte(&pack, len / 2);
+    let target = base.join("target");
+    let out = try_restore(&repo, spec_of(&id, &src), &target);
+    assert_eq!(out.status.code(), Some(1), "{}", describe("restore", &out));
+
+    // The pack repaired (the flip undone), the same restore completes and
+    // keeps what the first run finished.
+    flip_byte(&pack, len / 2);
+    let out = run_ok(
+        repo.cmd()
+            .args(["restore", "--json"])
+            .arg(spec_of(&id, &src))
+            .arg(&target),
+    );
+    let json = parse_json("restore --json", &out.stdout);
+    let skipped = json_u64(&json, "skipped");
+    assert!(skipped > 0, "nothing was skipped: {json}");
+    assert_eq!(
+        skipped + json_u64(&json, "files"),
+        41,
+        "every file is either kept or written: {json}"
+    );
+    assert_same_tree(&src, &target);
+    assert!(leftovers(&target).is_empty(), "{:?}", leftovers(&target));
+
+    // A kept file whose bytes changed behind an unchanged size and mtime
+    // is not trusted: it is written again.
+    let tampered = target.join("a-05");
+    let mtime = fs::metadata(&tampered).expect("stat");
+    let mut bytes = fs::read(&tampered).expect("read");
+    bytes[0] ^= 1;
+    write_file(&tampered, &bytes);
+    set_mtime(&tampered, mtime.mtime(), mtime.mtime_nsec());
+    let out = run_ok(
+        repo.cmd()
+            .args(["restore", "--json"])
+            .arg(spec_of(&id, &src))
+            .arg(&target),
+    );
+    let json = parse_json("restore --json", &out.stdout);
+    assert_eq!(json_u64(&json, "files"), 1, "{json}");
+    assert_same_tree(&src, &target);
+}
+
+/// Broke: a killed restore left 0-byte files under final names; the next
+/// run must remove the temporary files and complete the tree.
+#[test]
+fn killed_restore_leaves_only_temporary_names_and_the_next_run_removes_them() {
+    let dir = tempdir();
+    let base = canonical(dir.path());
+    let src = base.join("src");
+    build_plain_tree(&src, 11, 4, 200, 64 * KIB);
+    let repo = Repo::new();
+    let snap = repo.ingest(&[], &[&src]);
+    let target = base.join("target");
+    // A temporary file as a killed run leaves it, in a directory the next
+    // run reuses, and a killed run itself.
+    mkdir(&target.join("d01"));
+    write_file(
+        &target.join("d01").join(format!("{TMP_PREFIX}1-x")),
+        b"half",
+    );
+    let mut child = repo
+        .cmd()
+        .arg("restore")
+        .arg(spec_of(&snap.id, &src))
+        .arg(&target)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn restore");
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    let _ = child.kill();
+    let _ = child.wait();
+    for p in walk(&target) {
+        let m = fs::symlink_metadata(&p).expect("lstat");
+        let name = p.file_name().expect("name").as_bytes();
+        if m.is_file() && !name.starts_with(TMP_PREFIX.as_bytes()) {
+            let rel = p.strip_prefix(&target).expect("under target");
+            assert_eq!(
+                fs::read(&p).expect("read"),
+                fs::read(src.join(rel)).expect("read source"),
+                "{} is under its final name but incomplete after a kill",
+                rel.display()
+            );
+        }
+    }
+    repo.restore(spec_of(&snap.id, &src), &target);
+    assert!(leftovers(&target).is_empty(), "{:?}", leftovers(&target));
+    assert_same_tree(&src, &target);
+}
