@@ -186,6 +186,12 @@ pub fn restore(s: &RestoreStats, as_json: bool) {
             bytes(s.bytes),
             s.seconds
         );
+        if s.skipped > 0 {
+            println!(
+                "{} files were already complete from an earlier run (verified, not written again)",
+                s.skipped
+            );
+        }
     }
 }
 
