@@ -12,5 +12,7 @@ pub fn claimed_id(blob: &[u8], raw_len: usize) -> Option<snapfs::ids::ChunkId> {
     for r in recs.chunks_exact(36) {
         h.update(&r[4..]);
     }
-    Some(snapfs::ids::ChunkId(snapfs::ids::Hash(*h.finalize().as_bytes())))
+    Some(snapfs::ids::ChunkId(snapfs::ids::Hash(
+        *h.finalize().as_bytes(),
+    )))
 }

@@ -6,7 +6,10 @@ fn main() {
         };
         let path = std::path::Path::new("config");
         if let Ok(c) = snapfs::repo::Config::parse(text, path) {
-            assert_eq!(snapfs::repo::Config::parse(&c.render(), path).expect("rendered config"), c);
+            assert_eq!(
+                snapfs::repo::Config::parse(&c.render(), path).expect("rendered config"),
+                c
+            );
         }
     });
 }

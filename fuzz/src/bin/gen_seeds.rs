@@ -16,7 +16,10 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) {
 
 fn blob(data: &[u8]) -> (ChunkId, Vec<u8>) {
     let h = hash_chunk(data);
-    let b = Encoder::new(3).expect("zstd").encode(data, &h).expect("encode");
+    let b = Encoder::new(3)
+        .expect("zstd")
+        .encode(data, &h)
+        .expect("encode");
     (h.id, b)
 }
 
@@ -99,7 +102,8 @@ fn main() {
     std::fs::create_dir_all(&tmp).expect("tmp dir");
     let mut w = PackWriter::create(&tmp).expect("pack writer");
     let (id, b) = blob(&tree);
-    w.append(id, ChunkKind::Tree, tree.len() as u32, &b).expect("append");
+    w.append(id, ChunkKind::Tree, tree.len() as u32, &b)
+        .expect("append");
     let (id, b) = blob(b"data");
     w.append(id, ChunkKind::Data, 4, &b).expect("append");
     let sealed = w.seal().expect("seal");

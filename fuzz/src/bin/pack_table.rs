@@ -16,7 +16,9 @@ fn main() {
             return;
         };
         let offset = u64::from_le_bytes(*offset);
-        let check = blake3::hash(table).as_bytes()[..8].try_into().expect("8 bytes");
+        let check = blake3::hash(table).as_bytes()[..8]
+            .try_into()
+            .expect("8 bytes");
         let loc = TableLoc {
             offset,
             count: table.len() / 49,

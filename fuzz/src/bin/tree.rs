@@ -4,11 +4,17 @@ fn main() {
     afl::fuzz!(|data: &[u8]| {
         if let Ok(entries) = snapfs::tree::decode_tree(data) {
             let again = snapfs::tree::encode_tree(&entries);
-            assert_eq!(snapfs::tree::decode_tree(&again).expect("re-encoded tree"), entries);
+            assert_eq!(
+                snapfs::tree::decode_tree(&again).expect("re-encoded tree"),
+                entries
+            );
         }
         if let Ok(x) = snapfs::tree::decode_xattrs(data) {
             let again = snapfs::tree::encode_xattrs(&x);
-            assert_eq!(snapfs::tree::decode_xattrs(&again).expect("re-encoded xattrs"), x);
+            assert_eq!(
+                snapfs::tree::decode_xattrs(&again).expect("re-encoded xattrs"),
+                x
+            );
         }
     });
 }
