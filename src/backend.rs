@@ -97,24 +97,74 @@ impl Backend for LocalDir {
         Ok(std::fs::metadata(&p).at(&p)?.len())
     }
 
+    /// Every `packs/<xx>/<hex>.pack` regular file whose directory matches its
+    /// name. Anything else under `packs/` (a stray or foreign file, a name
+    /// that is not an id, an entry that cannot be read) is reported with a
+    /// warning naming it and skipped: one bad name must not stop every
+    /// command that lists packs.
     fn list(&self) -> Result<Vec<PackName>> {
         let mut out = Vec::new();
         let Ok(dirs) = std::fs::read_dir(&self.root) else {
             return Ok(out);
         };
+        let skip = |path: &Path, why: &str| {
+            log::warn!("ignoring {} in the pack directory: {why}", path.display());
+        };
         for d in dirs {
-            let d = d.at(&self.root)?;
-            if !d.file_type().at(d.path())?.is_dir() {
-                continue;
-            }
-            for f in std::fs::read_dir(d.path()).at(d.path())? {
-                let f = f.at(d.path())?;
-                let n = f.file_name();
-                if let Some(hex) = n.to_str().and_then(|s| s.strip_suffix(".pack"))
-                    && let Ok(name) = hex.parse()
-                {
-                    out.push(name);
+            let d = match d {
+                Ok(d) => d,
+                Err(e) => {
+                    skip(&self.root, &format!("an entry cannot be read: {e}"));
+                    continue;
                 }
+            };
+            let dir = d.path();
+            match d.file_type() {
+                Ok(t) if t.is_dir() => {}
+                Ok(_) => {
+                    skip(&dir, "not a pack subdirectory");
+                    continue;
+                }
+                Err(e) => {
+                    skip(&dir, &e.to_string());
+                    continue;
+                }
+            }
+            let files = match std::fs::read_dir(&dir) {
+                Ok(f) => f,
+                Err(e) => {
+                    skip(&dir, &format!("cannot be listed: {e}"));
+                    continue;
+                }
+            };
+            let prefix = d.file_name();
+            for f in files {
+                let f = match f {
+                    Ok(f) => f,
+                    Err(e) => {
+                        skip(&dir, &format!("an entry cannot be read: {e}"));
+                        continue;
+                    }
+                };
+                let path = f.path();
+                let n = f.file_name();
+                let Some(name) = n
+                    .to_str()
+                    .and_then(|s| s.strip_suffix(".pack"))
+                    .and_then(|hex| hex.parse::<PackName>().ok())
+                else {
+                    skip(&path, "not named <id>.pack");
+                    continue;
+                };
+                if self.path_of(&name).parent().and_then(|p| p.file_name()) != Some(&prefix) {
+                    skip(&path, "in the wrong subdirectory for its name");
+                    continue;
+                }
+                if !f.file_type().is_ok_and(|t| t.is_file()) {
+                    skip(&path, "not a regular file");
+                    continue;
+                }
+                out.push(name);
             }
         }
         Ok(out)
@@ -127,5 +177,36 @@ impl Backend for LocalDir {
             .remove(name);
         let p = self.path_of(name);
         std::fs::remove_file(&p).at(&p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::Hash;
+
+    #[test]
+    fn foreign_and_non_ascii_files_in_packs_are_skipped() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("packs");
+        let b = LocalDir::new(root.clone());
+        let good = PackName(Hash::of(b"good"));
+        let p = b.path_of(&good);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, b"x").unwrap();
+        let sub = p.parent().unwrap();
+        // 64 bytes before ".pack", with a two-byte character across a pair.
+        let odd = format!("{}é{}.pack", "a".repeat(31), "b".repeat(31));
+        std::fs::write(sub.join(odd), b"x").unwrap();
+        use std::os::unix::ffi::OsStrExt;
+        let not_utf8 = std::ffi::OsStr::from_bytes(b"\xff\xfe.pack");
+        std::fs::write(sub.join(not_utf8), b"x").unwrap();
+        std::fs::write(sub.join("notes.txt"), b"x").unwrap();
+        std::fs::create_dir(sub.join(format!("{}.pack", Hash::of(b"dir").to_hex()))).unwrap();
+        let wrong = PackName(Hash::of(b"elsewhere"));
+        std::fs::create_dir_all(root.join("zz")).unwrap();
+        std::fs::write(root.join("zz").join(format!("{wrong}.pack")), b"x").unwrap();
+        std::fs::write(root.join("stray"), b"x").unwrap();
+        assert_eq!(b.list().unwrap(), vec![good]);
     }
 }

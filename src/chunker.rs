@@ -27,6 +27,43 @@ impl Default for ChunkerParams {
     }
 }
 
+impl ChunkerParams {
+    /// Why these limits cannot be used, if they cannot: each must lie in the
+    /// chunker's own range (it panics or cuts wrongly outside it), be even
+    /// (its two-byte scan halves them), and min <= avg <= max. The name of
+    /// the offending config key comes first.
+    pub fn problem(&self) -> Option<(&'static str, String)> {
+        use fastcdc::v2020::{
+            AVERAGE_MAX, AVERAGE_MIN, MAXIMUM_MAX, MAXIMUM_MIN, MINIMUM_MAX, MINIMUM_MIN,
+        };
+        for (key, v, lo, hi) in [
+            ("chunk_min", self.min, MINIMUM_MIN, MINIMUM_MAX),
+            ("chunk_avg", self.avg, AVERAGE_MIN, AVERAGE_MAX),
+            ("chunk_max", self.max, MAXIMUM_MIN, MAXIMUM_MAX),
+        ] {
+            if !(lo..=hi).contains(&v) {
+                return Some((key, format!("{v} is outside {lo}..={hi}")));
+            }
+            if !v.is_multiple_of(2) {
+                return Some((key, format!("{v} is odd; it must be even")));
+            }
+        }
+        if self.min > self.avg {
+            return Some((
+                "chunk_min",
+                format!("{} is above chunk_avg {}", self.min, self.avg),
+            ));
+        }
+        if self.avg > self.max {
+            return Some((
+                "chunk_max",
+                format!("{} is below chunk_avg {}", self.max, self.avg),
+            ));
+        }
+        None
+    }
+}
+
 /// Reads through a caller-owned buffer, so that chunking thousands of small
 /// files does not allocate (and zero) a buffer of several MiB for each.
 pub struct Chunker<'b, R> {

@@ -44,14 +44,21 @@ impl fmt::Debug for Hash {
 
 impl FromStr for Hash {
     type Err = Error;
+    /// Works on bytes, never slicing the `str`: a 64-byte name with a
+    /// multi-byte character in it (a stray file under `packs/`) once made
+    /// slicing panic at a non-character boundary.
     fn from_str(s: &str) -> Result<Self, Error> {
-        if s.len() != 64 {
+        let digit = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+        let b = s.as_bytes();
+        if b.len() != 64 {
             return Err(Error::invalid(format!("not a 64-digit hex id: {s:?}")));
         }
         let mut out = [0u8; 32];
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16)
-                .map_err(|_| Error::invalid(format!("not a hex id: {s:?}")))?;
+        for (o, pair) in out.iter_mut().zip(b.chunks_exact(2)) {
+            *o = match (digit(pair[0]), digit(pair[1])) {
+                (Some(hi), Some(lo)) => hi << 4 | lo,
+                _ => return Err(Error::invalid(format!("not a hex id: {s:?}"))),
+            };
         }
         Ok(Hash(out))
     }
@@ -128,5 +135,16 @@ mod tests {
         let back: Hash = h.to_hex().parse().expect("valid hex");
         assert_eq!(h, back);
         assert!("zz".parse::<Hash>().is_err());
+        assert_eq!(h.to_hex().to_uppercase().parse::<Hash>().unwrap(), h);
+    }
+
+    #[test]
+    fn non_ascii_64_byte_name_is_an_error_not_a_panic() {
+        // 63 bytes of hex and one two-byte character: 65 bytes; one hex
+        // digit fewer makes it 64 bytes with a character across a pair.
+        let s = format!("{}é{}", "a".repeat(31), "b".repeat(31));
+        assert_eq!(s.len(), 64);
+        assert!(s.parse::<Hash>().is_err());
+        assert!("+1".repeat(32).parse::<Hash>().is_err());
     }
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use crate::catalog::{Catalog, Node, SnapshotRow};
 use crate::error::{Error, Result};
-use crate::ids::{ChunkId, SnapshotId, TreeHash, TreeId};
+use crate::ids::{ChunkId, ContentId, SnapshotId, TreeHash, TreeId};
 use crate::repo::Repository;
 use crate::snapshot::{Record, decode_record};
 use crate::tree::{Body, Entry, decode_tree, encode_tree, encode_xattrs};
@@ -44,53 +44,85 @@ impl<'a> Importer<'a> {
         }
     }
 
+    /// A tree's decoded entries, ready to be turned into rows.
+    fn open_tree(&self, hash: &TreeHash) -> Result<Pending> {
+        let entries = decode_tree(&self.read(&ChunkId(hash.0))?)
+            .map_err(|e| Error::corrupt(format!("tree {hash}: {e}")))?;
+        let nodes = entries.iter().map(Entry::span).sum();
+        Ok(Pending {
+            hash: *hash,
+            nodes,
+            rows: Vec::with_capacity(entries.len()),
+            entries: entries.into_iter(),
+            offset: 0,
+            waiting: None,
+        })
+    }
+
     /// The tree row for `hash`, imported (with everything beneath) if missing.
-    pub fn tree(&mut self, hash: &TreeHash) -> Result<TreeId> {
-        if let Some((t, _)) = self.cat.tree_by_hash(hash)? {
+    ///
+    /// Depth-first with an explicit stack, not recursion: the depth of a
+    /// tree is whatever the packs say, and a chain of ten thousand nested
+    /// directories (real or crafted) once overflowed the thread's stack.
+    /// A subtree that cannot be read or decoded is shown as an empty
+    /// directory and reported in `problems`; catalog errors stop the import.
+    pub fn tree(&mut self, root: &TreeHash) -> Result<TreeId> {
+        if let Some((t, _)) = self.cat.tree_by_hash(root)? {
             return Ok(t);
         }
-        let entries: Vec<Entry> = decode_tree(&self.read(&ChunkId(hash.0))?)?;
-        let nodes = entries.iter().map(Entry::span).sum();
-        let mut rows = Vec::with_capacity(entries.len());
-        let mut offset = 0;
-        for e in entries {
-            let span = e.span();
-            let (content, subtree, target) = match &e.body {
+        let mut stack = vec![self.open_tree(root)?];
+        loop {
+            let top = stack.last_mut().expect("the stack is never empty here");
+            let Some(e) = top.entries.next() else {
+                let done = stack.pop().expect("the stack is never empty here");
+                let id = self.cat.add_tree(&done.hash, done.nodes, &done.rows)?;
+                match stack.last_mut() {
+                    None => return Ok(id),
+                    Some(parent) => {
+                        let e = parent
+                            .waiting
+                            .take()
+                            .expect("a parent waits for its subtree");
+                        parent.push(e, None, Some(id));
+                        continue;
+                    }
+                }
+            };
+            match &e.body {
                 Body::File(list) => {
                     let h = list.hash();
                     let c = match self.cat.content_by_hash(&h)? {
                         Some(c) => c,
                         None => self.cat.add_content(&h, list)?,
                     };
-                    (Some(c), None, None)
+                    top.push(e, Some(c), None);
                 }
-                Body::Dir { tree: sub, .. } => match self.tree(sub) {
-                    Ok(t) => (None, Some(t), None),
-                    Err(err) => {
-                        self.problems.push(format!(
-                            "directory {:?}: its contents are lost, shown empty ({err})",
-                            String::from_utf8_lossy(&e.name)
-                        ));
-                        (None, Some(self.empty_tree()?), None)
+                Body::Dir { tree: sub, .. } => {
+                    if let Some((t, _)) = self.cat.tree_by_hash(sub)? {
+                        top.push(e, None, Some(t));
+                        continue;
                     }
-                },
-                Body::Symlink(t) => (None, None, Some(t.clone())),
-                Body::Special => (None, None, None),
-            };
-            rows.push(Node {
-                xattrs: encode_xattrs(&e.xattrs),
-                name: e.name,
-                kind: e.kind,
-                meta: e.meta,
-                link_key: e.link_key,
-                target,
-                content,
-                subtree,
-                node_offset: offset,
-            });
-            offset += span;
+                    match self.open_tree(sub) {
+                        Ok(p) => {
+                            top.waiting = Some(e);
+                            stack.push(p);
+                        }
+                        Err(err) => {
+                            self.problems.push(format!(
+                                "directory {:?}: its contents are lost, shown empty ({err})",
+                                String::from_utf8_lossy(&e.name)
+                            ));
+                            let empty = self.empty_tree()?;
+                            stack
+                                .last_mut()
+                                .expect("the stack is never empty here")
+                                .push(e, None, Some(empty));
+                        }
+                    }
+                }
+                Body::Symlink(_) | Body::Special => top.push(e, None, None),
+            }
         }
-        self.cat.add_tree(hash, nodes, &rows)
     }
 
     /// Add the snapshot whose record is chunk `record` (trees imported as
@@ -104,6 +136,14 @@ impl<'a> Importer<'a> {
             return Ok(None);
         }
         let mut row: SnapshotRow = *row;
+        if let Err(e) = crate::ingest::check_name(&row.name) {
+            // The name becomes a directory of the mount: one that ingest
+            // would refuse is replaced, not trusted.
+            let safe = format!("imported-{}", &record.0.to_hex()[..12]);
+            self.problems
+                .push(format!("snapshot record {record}: {e}; imported as {safe}"));
+            row.name = safe;
+        }
         row.root_tree = self.tree(&root)?;
         row.added_bytes = added_bytes;
         let base = row.name.clone();
@@ -124,21 +164,250 @@ impl<'a> Importer<'a> {
     }
 }
 
-/// Hard link groups of a snapshot in depth-first order, as ingest numbers them.
+/// A tree being imported: its rows so far and the entries still to do.
+struct Pending {
+    hash: TreeHash,
+    nodes: u64,
+    entries: std::vec::IntoIter<Entry>,
+    rows: Vec<Node>,
+    offset: u64,
+    /// The directory entry whose subtree is being imported above this one.
+    waiting: Option<Entry>,
+}
+
+impl Pending {
+    fn push(&mut self, e: Entry, content: Option<ContentId>, subtree: Option<TreeId>) {
+        let span = e.span();
+        let target = match &e.body {
+            Body::Symlink(t) => Some(t.clone()),
+            _ => None,
+        };
+        self.rows.push(Node {
+            xattrs: encode_xattrs(&e.xattrs),
+            name: e.name,
+            kind: e.kind,
+            meta: e.meta,
+            link_key: e.link_key,
+            target,
+            content,
+            subtree,
+            node_offset: self.offset,
+        });
+        self.offset += span;
+    }
+}
+
+/// Hard link groups of a snapshot in depth-first order, as ingest numbers
+/// them. An explicit stack, as in [`Importer::tree`]: depth comes from the
+/// repository and must not be able to exhaust ours.
 pub fn count_links(
     cat: &Catalog,
     tree: TreeId,
     pos: u64,
     links: &mut HashMap<u64, (u64, u64)>,
 ) -> Result<()> {
-    for n in cat.entries(tree)? {
-        let p = pos + 1 + n.node_offset;
-        if n.link_key != 0 {
-            links.entry(n.link_key).or_insert((p, 0)).1 += 1;
+    let mut stack = vec![(tree, pos)];
+    while let Some((tree, pos)) = stack.pop() {
+        let mut subs = Vec::new();
+        for n in cat.entries(tree)? {
+            let p = pos
+                .checked_add(1)
+                .and_then(|p| p.checked_add(n.node_offset))
+                .ok_or_else(|| Error::corrupt("snapshot's node numbers overflow"))?;
+            if n.link_key != 0 {
+                // Positions are depth-first numbers, so the group's first
+                // member is its lowest position, whatever order we visit in.
+                let g = links.entry(n.link_key).or_insert((p, 0));
+                g.0 = g.0.min(p);
+                g.1 += 1;
+            }
+            if let Some(sub) = n.subtree {
+                subs.push((sub, p));
+            }
         }
-        if let Some(sub) = n.subtree {
-            count_links(cat, sub, p, links)?;
-        }
+        stack.extend(subs);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::catalog::SnapshotRow;
+    use crate::ids::Hash;
+    use crate::pack::{ChunkKind, PackWriter};
+    use crate::repo::Config;
+    use crate::store::{Encoder, hash_chunk};
+    use crate::tree::{Kind, Meta};
+
+    /// Store `chunks` in one pack of `repo` and index it.
+    fn store(repo: &Repository, cat: &Catalog, chunks: &[(ChunkKind, Vec<u8>)]) -> Vec<ChunkId> {
+        let mut w = PackWriter::create(&repo.tmp_dir()).unwrap();
+        let mut enc = Encoder::new(1).unwrap();
+        let mut ids = Vec::new();
+        for (kind, data) in chunks {
+            let h = hash_chunk(data);
+            let blob = enc.encode(data, &h).unwrap();
+            w.append(h.id, *kind, data.len() as u32, &blob).unwrap();
+            ids.push(h.id);
+        }
+        let sealed = w.seal().unwrap();
+        repo.backend.put(&sealed.name, &sealed.path).unwrap();
+        cat.begin().unwrap();
+        cat.add_pack(&sealed.name, sealed.size, &sealed.entries)
+            .unwrap();
+        cat.commit().unwrap();
+        ids
+    }
+
+    fn dir(name: &[u8], tree: ChunkId, nodes: u64) -> Entry {
+        Entry {
+            name: name.to_vec(),
+            kind: Kind::Dir,
+            meta: Meta {
+                mode: 0o40755,
+                ..Meta::default()
+            },
+            link_key: 0,
+            xattrs: vec![],
+            body: Body::Dir {
+                tree: TreeHash(tree.0),
+                nodes,
+            },
+        }
+    }
+
+    fn record(root: ChunkId, nodes: u64) -> Vec<u8> {
+        let row = SnapshotRow {
+            id: SnapshotId(0),
+            hash: Hash::default(),
+            name: "s1".into(),
+            started_ns: 1,
+            finished_ns: 2,
+            host: "h".into(),
+            sources: vec![],
+            tags: vec![],
+            root_tree: TreeId(0),
+            files: 0,
+            dirs: nodes,
+            size: 0,
+            added_bytes: 0,
+            read_bytes: 0,
+            warnings: 0,
+            change_share: 0.0,
+            alarm: false,
+        };
+        crate::snapshot::encode_record(&row, &TreeHash(root.0), nodes, &[0, nodes, 0, 0, 0])
+    }
+
+    fn repo(dir: &Path) -> (Repository, Catalog) {
+        let repo = Repository::init(&dir.join("r"), Config::default()).unwrap();
+        let cat = repo.catalog().unwrap();
+        (repo, cat)
+    }
+
+    #[test]
+    fn deep_tree_chain_does_not_overflow_the_stack() {
+        // Run on a small stack, so that recursion per level would overflow
+        // it long before the bottom.
+        std::thread::Builder::new()
+            .stack_size(512 * 1024)
+            .spawn(|| {
+                const DEPTH: u64 = 20_000;
+                let d = tempfile::tempdir().unwrap();
+                let (repo, cat) = repo(d.path());
+                let mut chunks = vec![(ChunkKind::Tree, encode_tree(&[]))];
+                let mut below = hash_chunk(&chunks[0].1).id;
+                for level in 0..DEPTH {
+                    let t = encode_tree(&[dir(b"d", below, level)]);
+                    below = hash_chunk(&t).id;
+                    chunks.push((ChunkKind::Tree, t));
+                }
+                chunks.push((ChunkKind::Snapshot, record(below, DEPTH)));
+                let ids = store(&repo, &cat, &chunks);
+                cat.begin().unwrap();
+                let mut imp = Importer::new(&repo, &cat);
+                let snap = imp.snapshot(ids.last().unwrap(), 0).unwrap();
+                assert!(snap.is_some());
+                assert!(imp.problems.is_empty(), "{:?}", imp.problems);
+                cat.commit().unwrap();
+                let (_, nodes) = cat.tree_by_hash(&TreeHash(below.0)).unwrap().unwrap();
+                assert_eq!(nodes, DEPTH);
+            })
+            .unwrap()
+            .join()
+            .expect("import of a deep chain panicked");
+    }
+
+    #[test]
+    fn tree_with_dotdot_name_is_rejected_on_import() {
+        let d = tempfile::tempdir().unwrap();
+        let (repo, cat) = repo(d.path());
+        let empty = encode_tree(&[]);
+        let empty_id = hash_chunk(&empty).id;
+        // encode_tree writes whatever it is given; the decoder must refuse.
+        let evil = encode_tree(&[dir(b"..", empty_id, 0)]);
+        let evil_id = hash_chunk(&evil).id;
+        let parent = encode_tree(&[dir(b"ok", evil_id, 1)]);
+        let parent_id = hash_chunk(&parent).id;
+        store(
+            &repo,
+            &cat,
+            &[
+                (ChunkKind::Tree, empty),
+                (ChunkKind::Tree, evil),
+                (ChunkKind::Tree, parent),
+            ],
+        );
+        cat.begin().unwrap();
+        let mut imp = Importer::new(&repo, &cat);
+        let err = imp.tree(&TreeHash(evil_id.0)).unwrap_err().to_string();
+        assert!(
+            err.contains(&evil_id.to_string()) && err.contains(".."),
+            "{err}"
+        );
+        // Beneath another tree, the bad subtree is shown empty and reported.
+        let t = imp.tree(&TreeHash(parent_id.0)).unwrap();
+        assert_eq!(imp.problems.len(), 1, "{:?}", imp.problems);
+        let rows = cat.entries(t).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert!(cat.entries(rows[0].subtree.unwrap()).unwrap().is_empty());
+        cat.commit().unwrap();
+    }
+
+    #[test]
+    fn snapshot_name_ingest_would_refuse_is_replaced() {
+        let d = tempfile::tempdir().unwrap();
+        let (repo, cat) = repo(d.path());
+        let empty = encode_tree(&[]);
+        let root = hash_chunk(&empty).id;
+        let rec = record(root, 0);
+        // The record's name "s1" becomes "..": same length, so the rest of
+        // the record stays as it is.
+        let at = rec.windows(2).position(|w| w == b"s1").unwrap();
+        let mut rec = rec;
+        rec[at..at + 2].copy_from_slice(b"..");
+        let ids = store(
+            &repo,
+            &cat,
+            &[(ChunkKind::Tree, empty), (ChunkKind::Snapshot, rec)],
+        );
+        cat.begin().unwrap();
+        let mut imp = Importer::new(&repo, &cat);
+        imp.snapshot(&ids[1], 0).unwrap().unwrap();
+        cat.commit().unwrap();
+        let names: Vec<String> = cat
+            .snapshots()
+            .unwrap()
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(
+            names,
+            vec![format!("imported-{}", &ids[1].0.to_hex()[..12])]
+        );
+        assert_eq!(imp.problems.len(), 1);
+    }
 }

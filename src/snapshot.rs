@@ -96,9 +96,21 @@ pub enum Record {
     Forget(Vec<Hash>),
 }
 
+/// Decode a snapshot or forget record stored as chunk `hash`. Every field
+/// must decode and nothing may follow: a record that does not decode is
+/// damaged, not a snapshot with empty fields. The name is not judged here:
+/// the importer checks it as ingest does before it becomes a mount directory.
 pub fn decode_record(data: &[u8], hash: Hash) -> Result<Record> {
+    decode_record_fields(data, hash).map_err(|e| match e {
+        Error::Corrupt(m) => Error::corrupt(format!("snapshot record {hash}: {m}")),
+        e => e,
+    })
+}
+
+fn decode_record_fields(data: &[u8], hash: Hash) -> Result<Record> {
+    let damaged = Error::corrupt;
     let mut d = Decoder::new(data);
-    match d.u8()? {
+    let record = match d.u8()? {
         RECORD_SNAPSHOT => {
             let utf8 = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
             let name = utf8(d.bytes()?);
@@ -106,7 +118,8 @@ pub fn decode_record(data: &[u8], hash: Hash) -> Result<Record> {
             let finished_ns = d.i64()?;
             let host = utf8(d.bytes()?);
             let sources = decode_paths(d.bytes()?)?;
-            let tags: Vec<String> = serde_json::from_slice(d.bytes()?).unwrap_or_default();
+            let tags: Vec<String> = serde_json::from_slice(d.bytes()?)
+                .map_err(|e| damaged(format!("tags do not decode: {e}")))?;
             let root = TreeHash(d.hash()?);
             let _nodes = d.u64()?;
             let files = d.u64()?;
@@ -114,7 +127,7 @@ pub fn decode_record(data: &[u8], hash: Hash) -> Result<Record> {
             let size = d.u64()?;
             let read_bytes = d.u64()?;
             let warnings = d.u64()?;
-            Ok(Record::Snapshot {
+            Record::Snapshot {
                 row: Box::new(SnapshotRow {
                     id: SnapshotId(0),
                     hash,
@@ -135,16 +148,124 @@ pub fn decode_record(data: &[u8], hash: Hash) -> Result<Record> {
                     alarm: false,
                 }),
                 root,
-            })
+            }
         }
         RECORD_FORGET => {
             let _when = d.i64()?;
-            let n = d.u64()?;
-            (0..n)
-                .map(|_| d.hash())
-                .collect::<Result<_>>()
-                .map(Record::Forget)
+            let n = d.count(Hash::LEN)?;
+            Record::Forget((0..n).map(|_| d.hash()).collect::<Result<_>>()?)
         }
-        t => Err(Error::corrupt(format!("unknown snapshot record type {t}"))),
+        t => return Err(damaged(format!("unknown record type {t}"))),
+    };
+    d.finish("record")?;
+    Ok(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::codec::mutate;
+    use proptest::prelude::*;
+
+    fn row() -> SnapshotRow {
+        SnapshotRow {
+            id: SnapshotId(0),
+            hash: Hash::default(),
+            name: "2024-01-02T03-04-05".into(),
+            started_ns: -1,
+            finished_ns: 2,
+            host: "host".into(),
+            sources: vec![PathBuf::from("/home")],
+            tags: vec!["daily".into()],
+            root_tree: TreeId(0),
+            files: 1,
+            dirs: 2,
+            size: 3,
+            added_bytes: 0,
+            read_bytes: 4,
+            warnings: 5,
+            change_share: 0.0,
+            alarm: false,
+        }
+    }
+
+    fn record() -> Vec<u8> {
+        encode_record(&row(), &TreeHash(Hash::of(b"root")), 9, &[1, 2, 3, 4, 5])
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let Record::Snapshot { row: r, root } = decode_record(&record(), Hash::default()).unwrap()
+        else {
+            panic!("not a snapshot record");
+        };
+        assert_eq!(
+            (r.name.as_str(), r.tags.clone(), root),
+            (
+                "2024-01-02T03-04-05",
+                vec!["daily".to_string()],
+                TreeHash(Hash::of(b"root"))
+            )
+        );
+        let f = encode_forget_record(&[Hash::of(b"a"), Hash::of(b"b")], 3);
+        assert!(
+            matches!(decode_record(&f, Hash::default()).unwrap(), Record::Forget(h) if h.len() == 2)
+        );
+    }
+
+    #[test]
+    fn undecodable_tags_are_an_error_not_empty() {
+        let mut r = row();
+        r.tags = vec!["x".into()];
+        let good = record();
+        let bad = encode_record(&r, &TreeHash(Hash::of(b"root")), 9, &[1, 2, 3, 4, 5]);
+        assert!(decode_record(&bad, Hash::default()).is_ok());
+        // Replace the tags' JSON `["daily"]` by bytes of the same length
+        // that are not JSON.
+        let at = good.windows(9).position(|w| w == b"[\"daily\"]").unwrap();
+        let mut broken = good.clone();
+        broken[at..at + 9].copy_from_slice(b"{{{{{{{{{");
+        let err = decode_record(&broken, Hash::of(b"r"))
+            .err()
+            .expect("accepted");
+        assert!(err.to_string().contains("tags"), "{err}");
+        assert!(err.to_string().contains(&Hash::of(b"r").to_hex()), "{err}");
+    }
+
+    #[test]
+    fn trailing_bytes_and_huge_forget_counts_are_errors() {
+        let mut r = record();
+        r.push(0);
+        assert!(decode_record(&r, Hash::default()).is_err());
+        let mut e = Encoder::new();
+        e.u8(RECORD_FORGET);
+        e.i64(0);
+        e.u64(u64::MAX);
+        assert!(decode_record(&e.buf, Hash::default()).is_err());
+        assert!(decode_record(&[9], Hash::default()).is_err());
+        assert!(decode_record(&[], Hash::default()).is_err());
+    }
+
+    proptest! {
+        #![proptest_config(mutate::config())]
+
+        #[test]
+        fn decode_record_never_panics_on_arbitrary_bytes(b in mutate::bytes()) {
+            let _ = decode_record(&b, Hash::default());
+        }
+
+        #[test]
+        fn damaged_records_decode_or_fail(b in mutate::damaged(record())) {
+            let _ = decode_record(&b, Hash::default());
+        }
+
+        #[test]
+        fn damaged_forget_records_decode_or_fail(
+            b in mutate::damaged(encode_forget_record(&[Hash::of(b"a"), Hash::of(b"b")], 7))
+        ) {
+            let _ = decode_record(&b, Hash::default());
+        }
     }
 }

@@ -113,38 +113,77 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
+/// The largest data chunk any repository can hold: the chunker's own upper
+/// limit for `chunk_max` (the config is checked against it). A pack row or a
+/// chunk list claiming more is damaged.
+pub const MAX_DATA_CHUNK_LEN: usize = fastcdc::v2020::MAXIMUM_MAX;
+
+/// The largest chunk of any kind a reader will inflate. Trees are stored as
+/// one chunk, so a directory of millions of entries makes a large one; this
+/// bound (4096 frames) keeps what a crafted blob can make us allocate finite
+/// while leaving room for such directories.
+pub const MAX_CHUNK_LEN: usize = 1 << 30;
+
 /// The parsed header of a blob: where each frame is, and its digest.
 pub struct Header {
-    frames: Vec<(u32, bool, Hash)>,
+    frames: Vec<FrameRec>,
     raw_len: usize,
+}
+
+struct FrameRec {
+    /// Offset of the frame's stored bytes from the blob's start.
+    start: usize,
+    stored_len: usize,
+    raw: bool,
+    hash: Hash,
 }
 
 impl Header {
     /// Parse and check a header against the chunk id it must belong to.
+    /// `bytes` may be the header alone or the whole blob.
+    ///
+    /// Every stored length is checked against what the encoder can write (a
+    /// raw frame is exactly its raw length, a compressed one shorter), so the
+    /// frame offsets cannot wrap and a reader never asks for more than one
+    /// frame's worth of bytes.
     pub fn parse(bytes: &[u8], id: &ChunkId, raw_len: usize) -> Result<Header> {
+        let bad = |what: &str| Error::corrupt(format!("chunk {id}: {what}"));
+        if raw_len > MAX_CHUNK_LEN {
+            return Err(bad(&format!(
+                "raw length {raw_len} exceeds the limit {MAX_CHUNK_LEN}"
+            )));
+        }
         let n = frame_count(raw_len);
-        if bytes.len() < header_len(raw_len)
+        let hlen = header_len(raw_len);
+        if bytes.len() < hlen
             || bytes[0] != BLOB_VERSION
             || u16::from_le_bytes([bytes[1], bytes[2]]) as usize != n
         {
-            return Err(Error::corrupt(format!("chunk {id}: damaged header")));
+            return Err(bad("damaged header"));
         }
-        let frames: Vec<_> = bytes[3..3 + n * FRAME_REC]
-            .chunks_exact(FRAME_REC)
-            .map(|r| {
-                let v = u32::from_le_bytes(r[..4].try_into().expect("4 bytes"));
-                (
-                    v & !RAW_FLAG,
-                    v & RAW_FLAG != 0,
-                    Hash::from_slice(&r[4..]).expect("32 bytes"),
-                )
-            })
-            .collect();
-        let hashes: Vec<Hash> = frames.iter().map(|f| f.2).collect();
+        let mut frames = Vec::with_capacity(n);
+        let mut start = hlen;
+        for (i, r) in bytes[3..hlen].chunks_exact(FRAME_REC).enumerate() {
+            let v = u32::from_le_bytes(r[..4].try_into().expect("4 bytes"));
+            let raw = v & RAW_FLAG != 0;
+            let stored_len = (v & !RAW_FLAG) as usize;
+            let want = frame_len_of(raw_len, i);
+            if (raw && stored_len != want) || (!raw && (stored_len == 0 || stored_len > want)) {
+                return Err(bad(&format!(
+                    "frame {i} has an impossible stored length {stored_len}"
+                )));
+            }
+            frames.push(FrameRec {
+                start,
+                stored_len,
+                raw,
+                hash: Hash::from_slice(&r[4..]).expect("32 bytes"),
+            });
+            start += stored_len;
+        }
+        let hashes: Vec<Hash> = frames.iter().map(|f| f.hash).collect();
         if id_from_frames(&hashes) != *id {
-            return Err(Error::corrupt(format!(
-                "chunk {id}: header does not match its id"
-            )));
+            return Err(bad("header does not match its id"));
         }
         Ok(Header { frames, raw_len })
     }
@@ -153,11 +192,21 @@ impl Header {
         self.frames.len()
     }
 
-    /// Offset (from the blob start) and stored length of frame `i`.
+    /// The blob's length as the header describes it: header plus frames.
+    pub fn blob_len(&self) -> usize {
+        self.frames
+            .last()
+            .map_or(header_len(self.raw_len), |f| f.start + f.stored_len)
+    }
+
+    /// Offset (from the blob start) and stored length of frame `i`. A frame
+    /// past the end gives an empty range at the blob's end (which then fails
+    /// to decode), so a caller's wrong index is an error, not a panic.
     pub fn frame_range(&self, i: usize) -> (usize, usize) {
-        let start =
-            header_len(self.raw_len) + self.frames[..i].iter().map(|f| f.0 as usize).sum::<usize>();
-        (start, self.frames[i].0 as usize)
+        match self.frames.get(i) {
+            Some(f) => (f.start, f.stored_len),
+            None => (self.blob_len(), 0),
+        }
     }
 
     /// Inflate and verify frame `i` from its stored bytes.
@@ -186,13 +235,14 @@ impl Header {
         Ok(())
     }
 
-    /// Raw length of frame `i`.
+    /// Raw length of frame `i` (0 past the last frame).
     pub fn frame_len(&self, i: usize) -> usize {
-        (self.raw_len - i * FRAME).min(FRAME)
+        frame_len_of(self.raw_len, i)
     }
 
     /// Inflate and verify frame `i` into the start of `out` (at least the
-    /// frame's length); returns that length.
+    /// frame's length); returns that length. Returns Ok only once the bytes
+    /// match the frame's digest: on an error `out` may hold garbage.
     pub fn decode_frame_to(
         &self,
         i: usize,
@@ -200,13 +250,24 @@ impl Header {
         id: &ChunkId,
         out: &mut [u8],
     ) -> Result<usize> {
-        let (_, raw, hash) = self.frames[i];
-        let raw_len = self.frame_len(i);
         let bad = |what: String| Error::corrupt(format!("chunk {id} frame {i}: {what}"));
-        let room = raw_len.min(out.len());
-        let n = if raw {
-            let n = stored.len().min(out.len());
-            out[..n].copy_from_slice(&stored[..n]);
+        let f = self
+            .frames
+            .get(i)
+            .ok_or_else(|| bad(format!("no such frame (of {})", self.frames.len())))?;
+        let raw_len = self.frame_len(i);
+        if stored.len() != f.stored_len {
+            return Err(bad(format!(
+                "{} stored bytes, the header says {}",
+                stored.len(),
+                f.stored_len
+            )));
+        }
+        let out = out
+            .get_mut(..raw_len)
+            .ok_or_else(|| bad(format!("output buffer shorter than {raw_len}")))?;
+        let n = if f.raw {
+            out.copy_from_slice(stored);
             stored.len()
         } else {
             DECOMPRESSOR
@@ -217,20 +278,32 @@ impl Header {
                     }
                     d.as_mut()
                         .expect("just created")
-                        .decompress_to_buffer(stored, &mut out[..room])
+                        .decompress_to_buffer(stored, &mut *out)
                 })
                 .map_err(|e| bad(e.to_string()))?
         };
-        if n != raw_len || Hash::of(&out[..n]) != hash {
+        if n != raw_len || Hash::of(&out[..n]) != f.hash {
             return Err(bad("content does not match its hash".into()));
         }
         Ok(n)
     }
 }
 
-/// Inflate and verify a whole blob.
+/// Raw length of frame `i` of a chunk of `raw_len` bytes (0 past the end).
+fn frame_len_of(raw_len: usize, i: usize) -> usize {
+    raw_len.saturating_sub(i.saturating_mul(FRAME)).min(FRAME)
+}
+
+/// Inflate and verify a whole blob: exactly a header and its frames, no more.
 pub fn decode_blob(blob: &[u8], id: &ChunkId, raw_len: usize) -> Result<Vec<u8>> {
     let header = Header::parse(blob, id, raw_len)?;
+    if blob.len() != header.blob_len() {
+        return Err(Error::corrupt(format!(
+            "chunk {id}: blob is {} bytes, its header says {}",
+            blob.len(),
+            header.blob_len()
+        )));
+    }
     let mut out = Vec::with_capacity(raw_len);
     let mut frame = Vec::new();
     for i in 0..header.frame_count() {
@@ -283,6 +356,146 @@ mod tests {
                 decode_blob(&bad, &h.id, text.len()).is_err(),
                 "flip at {pos}"
             );
+        }
+    }
+
+    fn encoded(data: &[u8]) -> (ChunkId, Vec<u8>) {
+        let h = hash_chunk(data);
+        (h.id, Encoder::new(3).unwrap().encode(data, &h).unwrap())
+    }
+
+    /// Overwrite frame `i`'s stored-length word (the digests, and so the id,
+    /// stay valid).
+    fn set_stored_len(blob: &mut [u8], i: usize, v: u32) {
+        let rec = 3 + i * FRAME_REC;
+        blob[rec..rec + 4].copy_from_slice(&v.to_le_bytes());
+    }
+
+    #[test]
+    fn hostile_stored_lengths_are_refused_not_summed() {
+        let text: Vec<u8> = b"0123456789".repeat(60_000);
+        let (id, blob) = encoded(&text);
+        assert_eq!(frame_count(text.len()), 3);
+        for v in [
+            0,
+            u32::MAX,
+            RAW_FLAG - 1,
+            RAW_FLAG,
+            RAW_FLAG | 1,
+            FRAME as u32 + 1,
+        ] {
+            let mut bad = blob.clone();
+            set_stored_len(&mut bad, 0, v);
+            assert!(Header::parse(&bad, &id, text.len()).is_err(), "{v:#x}");
+            assert!(decode_blob(&bad, &id, text.len()).is_err(), "{v:#x}");
+        }
+    }
+
+    #[test]
+    fn frame_index_past_the_end_is_an_error_not_a_panic() {
+        let (id, blob) = encoded(b"abc");
+        let h = Header::parse(&blob, &id, 3).unwrap();
+        assert_eq!(h.frame_range(5), (blob.len(), 0));
+        assert_eq!(h.frame_len(usize::MAX), 0);
+        assert!(h.decode_frame(5, &[], &id).is_err());
+        let mut out = [0u8; 1];
+        let (start, len) = h.frame_range(0);
+        assert!(
+            h.decode_frame_to(0, &blob[start..start + len], &id, &mut out)
+                .is_err(),
+            "an output buffer too short is an error"
+        );
+    }
+
+    #[test]
+    fn trailing_bytes_and_huge_raw_lengths_are_refused() {
+        let (id, mut blob) = encoded(b"some data");
+        blob.push(0);
+        assert!(decode_blob(&blob, &id, 9).is_err());
+        assert!(Header::parse(&blob, &id, MAX_CHUNK_LEN + 1).is_err());
+        assert!(decode_blob(&blob, &id, usize::MAX).is_err());
+    }
+
+    #[test]
+    fn stored_bytes_of_the_wrong_length_are_never_returned() {
+        let noise = crate::chunker::seeded_bytes(9, 1000);
+        let (id, blob) = encoded(&noise);
+        let h = Header::parse(&blob, &id, noise.len()).unwrap();
+        let (start, len) = h.frame_range(0);
+        let mut longer = blob[start..start + len].to_vec();
+        longer.push(1);
+        assert!(h.decode_frame(0, &longer, &id).is_err());
+        assert!(
+            h.decode_frame(0, &blob[start..start + len - 1], &id)
+                .is_err()
+        );
+        assert_eq!(
+            h.decode_frame(0, &blob[start..start + len], &id).unwrap(),
+            noise
+        );
+    }
+
+    use crate::codec::mutate;
+    use proptest::prelude::*;
+
+    /// Data, its id and its blob.
+    type Sample = (Vec<u8>, ChunkId, Vec<u8>);
+
+    fn samples() -> &'static [Sample] {
+        static S: std::sync::OnceLock<Vec<Sample>> = std::sync::OnceLock::new();
+        S.get_or_init(|| {
+            [
+                b"all work and no play ".repeat(30_000),
+                crate::chunker::seeded_bytes(4, 3000),
+                Vec::new(),
+            ]
+            .into_iter()
+            .map(|d| {
+                let (id, b) = encoded(&d);
+                (d, id, b)
+            })
+            .collect()
+        })
+    }
+
+    /// The id a blob's own header claims, so damaged blobs get past the id
+    /// check to the frame decoding.
+    fn claimed_id(blob: &[u8], raw_len: usize) -> Option<ChunkId> {
+        let recs = blob.get(3..header_len(raw_len))?;
+        let hashes: Vec<Hash> = recs
+            .chunks_exact(FRAME_REC)
+            .map(|r| Hash::from_slice(&r[4..]).expect("32 bytes"))
+            .collect();
+        Some(id_from_frames(&hashes))
+    }
+
+    proptest! {
+        #![proptest_config(mutate::config())]
+
+        #[test]
+        fn decode_blob_never_panics_on_arbitrary_bytes(b in mutate::bytes(), raw_len in 0..3 * FRAME) {
+            if let Some(id) = claimed_id(&b, raw_len)
+                && let Ok(out) = decode_blob(&b, &id, raw_len)
+            {
+                prop_assert_eq!(hash_chunk(&out).id, id);
+            }
+        }
+
+        #[test]
+        fn damaged_blobs_decode_to_their_bytes_or_fail(
+            which in 0..3usize,
+            edits in prop::collection::vec(mutate::edit(), 1..4),
+            len_delta in prop_oneof![Just(0i64), -3..3i64, Just(FRAME as i64)],
+        ) {
+            let (data, id, blob) = &samples()[which];
+            let bad = mutate::apply(blob.clone(), &edits);
+            let raw_len = (data.len() as i64 + len_delta).max(0) as usize;
+            for id in [Some(*id), claimed_id(&bad, raw_len)].into_iter().flatten() {
+                if let Ok(out) = decode_blob(&bad, &id, raw_len) {
+                    prop_assert_eq!(out.len(), raw_len);
+                    prop_assert_eq!(hash_chunk(&out).id, id);
+                }
+            }
         }
     }
 }

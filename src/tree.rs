@@ -117,11 +117,23 @@ impl ChunkList {
         self.0.is_empty()
     }
 
+    /// Chunk `i`. Lists come from [`ChunkList::validate`] (whole records
+    /// only) and callers index below [`ChunkList::len`]; should either fail,
+    /// the answer is an all-zero reference, whose id matches no chunk, so the
+    /// read fails as damaged instead of the process panicking.
     pub fn get(&self, i: usize) -> ChunkRef {
-        let r = &self.0[i * Self::REC..(i + 1) * Self::REC];
-        ChunkRef {
-            id: ChunkId(crate::ids::Hash::from_slice(&r[..32]).expect("32 bytes")),
-            len: u32::from_le_bytes(r[32..36].try_into().expect("4 bytes")),
+        let r = i
+            .checked_mul(Self::REC)
+            .and_then(|start| self.0.get(start..start.checked_add(Self::REC)?));
+        match r {
+            Some(r) => ChunkRef {
+                id: ChunkId(crate::ids::Hash::from_slice(&r[..32]).expect("32 bytes")),
+                len: u32::from_le_bytes(r[32..36].try_into().expect("4 bytes")),
+            },
+            None => ChunkRef {
+                id: ChunkId(crate::ids::Hash([0; 32])),
+                len: 0,
+            },
         }
     }
 
@@ -137,11 +149,23 @@ impl ChunkList {
         ContentHash(crate::ids::Hash::of(&self.0))
     }
 
+    /// A chunk list from stored bytes: whole records, each chunk no longer
+    /// than any data chunk can be, so offsets summed over it cannot overflow.
     pub fn validate(bytes: Vec<u8>) -> Result<ChunkList> {
         if !bytes.len().is_multiple_of(Self::REC) {
             return Err(Error::corrupt("chunk list has a partial record"));
         }
-        Ok(ChunkList(bytes))
+        let list = ChunkList(bytes);
+        if let Some(c) = list
+            .iter()
+            .find(|c| c.len as usize > crate::store::MAX_DATA_CHUNK_LEN)
+        {
+            return Err(Error::corrupt(format!(
+                "chunk list: chunk {} claims {} bytes, more than any chunk holds",
+                c.id, c.len
+            )));
+        }
+        Ok(list)
     }
 }
 
@@ -198,18 +222,57 @@ pub fn encode_xattrs(x: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
     e.buf
 }
 
+/// Extended attributes from their stored form: a count, then name and value
+/// pairs, nothing after. Names must be non-empty (the kernel refuses empty
+/// ones, and a restore would fail on them late).
 pub fn decode_xattrs(b: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     if b.is_empty() {
         return Ok(Vec::new());
     }
     let mut d = Decoder::new(b);
-    let n = d.u64()?;
-    let mut out = Vec::new();
+    // Each pair is at least two length bytes.
+    let n = d.count(2)?;
+    let mut out = Vec::with_capacity(n);
     for _ in 0..n {
-        out.push((d.bytes()?.to_vec(), d.bytes()?.to_vec()));
+        let k = d.bytes()?;
+        let v = d.bytes()?;
+        if k.is_empty() || k.contains(&0) {
+            return Err(Error::corrupt(format!(
+                "extended attribute name {:?} is invalid",
+                String::from_utf8_lossy(k)
+            )));
+        }
+        out.push((k.to_vec(), v.to_vec()));
     }
+    d.finish("extended attributes")?;
     Ok(out)
 }
+
+/// The longest name a Linux filesystem accepts (NAME_MAX).
+pub const NAME_MAX: usize = 255;
+
+/// Why `name` cannot be a directory entry, if it cannot: it must be one
+/// path component that every restore and the mount can use as it is.
+pub fn name_problem(name: &[u8]) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("empty name")
+    } else if name == b"." || name == b".." {
+        Some("name is . or ..")
+    } else if name.contains(&b'/') {
+        Some("name contains /")
+    } else if name.contains(&0) {
+        Some("name contains NUL")
+    } else if name.len() > NAME_MAX {
+        Some("name longer than 255 bytes")
+    } else {
+        None
+    }
+}
+
+/// The smallest encoded entry: the name's length byte, kind, eleven
+/// one-byte varints, link key and the empty xattrs' length byte (a
+/// `Special` entry has no body).
+const MIN_ENTRY_LEN: usize = 1 + 1 + 11 + 1 + 1;
 
 /// Encode a directory's entries (sorted by name) into the bytes stored in a pack.
 pub fn encode_tree(entries: &[Entry]) -> Vec<u8> {
@@ -243,16 +306,34 @@ pub fn encode_tree(entries: &[Entry]) -> Vec<u8> {
     e.buf
 }
 
+/// Decode a tree. Names are checked (see [`name_problem`]) and must be in
+/// strictly increasing byte order, as the encoder writes them: a duplicate
+/// would let one path mean two things. The node counts of subdirectories
+/// must add up without overflow (they number inodes), and nothing may follow
+/// the last entry.
 pub fn decode_tree(data: &[u8]) -> Result<Vec<Entry>> {
     let mut d = Decoder::new(data);
     let format = d.u8()?;
     if format != TREE_FORMAT {
         return Err(Error::corrupt(format!("unknown tree format {format}")));
     }
-    let n = d.u64()?;
-    let mut out = Vec::with_capacity(n.min(1 << 16) as usize);
+    let n = d.count(MIN_ENTRY_LEN)?;
+    let mut out: Vec<Entry> = Vec::with_capacity(n);
+    let mut nodes: u64 = 0;
     for _ in 0..n {
         let name = d.bytes()?.to_vec();
+        let show = || String::from_utf8_lossy(&name).into_owned();
+        if let Some(why) = name_problem(&name) {
+            return Err(Error::corrupt(format!("tree entry {:?}: {why}", show())));
+        }
+        if let Some(prev) = out.last()
+            && prev.name >= name
+        {
+            return Err(Error::corrupt(format!(
+                "tree entry {:?}: names are duplicated or out of order",
+                show()
+            )));
+        }
         let kind = Kind::from_u8(d.u8()?)?;
         let meta = Meta {
             mode: d.u32()?,
@@ -278,6 +359,16 @@ pub fn decode_tree(data: &[u8]) -> Result<Vec<Entry>> {
             Kind::Symlink => Body::Symlink(d.bytes()?.to_vec()),
             _ => Body::Special,
         };
+        let span = match &body {
+            Body::Dir { nodes, .. } => nodes.checked_add(1),
+            _ => Some(1),
+        };
+        nodes = span
+            .and_then(|s| nodes.checked_add(s))
+            .filter(|&t| t <= MAX_NODES)
+            .ok_or_else(|| {
+                Error::corrupt(format!("tree entry {:?}: node count overflows", show()))
+            })?;
         out.push(Entry {
             name,
             kind,
@@ -287,12 +378,19 @@ pub fn decode_tree(data: &[u8]) -> Result<Vec<Entry>> {
             body,
         });
     }
+    d.finish("tree")?;
     Ok(out)
 }
+
+/// The most nodes a tree may account for: the catalog stores counts as
+/// SQLite integers (i64), and inode numbers leave the high bits to the
+/// snapshot.
+pub const MAX_NODES: u64 = 1 << 48;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::Encoder;
     use crate::ids::Hash;
 
     #[test]
@@ -336,8 +434,156 @@ mod tests {
                 body: Body::Symlink(b"../x".to_vec()),
             },
         ];
+        let mut entries = entries;
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
         let bytes = encode_tree(&entries);
         assert_eq!(decode_tree(&bytes).unwrap(), entries);
         assert!(decode_tree(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    fn special(name: &[u8]) -> Entry {
+        Entry {
+            name: name.to_vec(),
+            kind: Kind::Fifo,
+            meta: Meta::default(),
+            link_key: 0,
+            xattrs: vec![],
+            body: Body::Special,
+        }
+    }
+
+    fn dir(name: &[u8], nodes: u64) -> Entry {
+        Entry {
+            name: name.to_vec(),
+            kind: Kind::Dir,
+            meta: Meta::default(),
+            link_key: 0,
+            xattrs: vec![],
+            body: Body::Dir {
+                tree: TreeHash(Hash::of(name)),
+                nodes,
+            },
+        }
+    }
+
+    #[test]
+    fn tree_with_dotdot_name_is_rejected() {
+        let long = vec![b'x'; 256];
+        for name in [&b".."[..], b".", b"", b"a/b", b"/", b"a\0b", &long] {
+            let bytes = encode_tree(&[special(b"a"), special(name)]);
+            let err = decode_tree(&bytes).expect_err("bad name accepted");
+            assert!(err.to_string().contains("tree entry"), "{err}");
+        }
+        assert!(decode_tree(&encode_tree(&[special(&[b'x'; 255])])).is_ok());
+        assert!(decode_tree(&encode_tree(&[special(b"a\0")])).is_err());
+    }
+
+    #[test]
+    fn duplicate_or_unsorted_names_are_rejected() {
+        let dup = encode_tree(&[special(b"a"), special(b"a")]);
+        assert!(decode_tree(&dup).is_err());
+        let unsorted = encode_tree(&[special(b"b"), special(b"a")]);
+        assert!(decode_tree(&unsorted).is_err());
+        let sorted = encode_tree(&[special(b"a"), special(b"b")]);
+        assert_eq!(decode_tree(&sorted).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn trailing_bytes_and_huge_counts_are_rejected() {
+        let mut bytes = encode_tree(&[special(b"a")]);
+        bytes.push(0);
+        assert!(decode_tree(&bytes).is_err());
+        let mut e = Encoder::new();
+        e.u8(TREE_FORMAT);
+        e.u64(u64::MAX);
+        assert!(decode_tree(&e.buf).is_err());
+        let mut e = Encoder::new();
+        e.u64(1 << 60);
+        assert!(decode_xattrs(&e.buf).is_err());
+        let mut x = encode_xattrs(&[(b"user.a".to_vec(), b"v".to_vec())]);
+        x.push(0);
+        assert!(decode_xattrs(&x).is_err());
+        assert!(decode_xattrs(&encode_xattrs(&[(Vec::new(), b"v".to_vec())])).is_err());
+    }
+
+    #[test]
+    fn node_counts_that_overflow_are_rejected() {
+        assert!(decode_tree(&encode_tree(&[dir(b"a", u64::MAX)])).is_err());
+        assert!(decode_tree(&encode_tree(&[dir(b"a", MAX_NODES), dir(b"b", 1)])).is_err());
+        assert!(decode_tree(&encode_tree(&[dir(b"a", 10), dir(b"b", 1)])).is_ok());
+    }
+
+    #[test]
+    fn chunk_lists_are_checked_and_get_never_panics() {
+        let mut list = ChunkList::default();
+        list.push(ChunkRef {
+            id: ChunkId(Hash::of(b"a")),
+            len: u32::MAX,
+        });
+        assert!(ChunkList::validate(list.0.clone()).is_err());
+        assert!(ChunkList::validate(vec![0; 35]).is_err());
+        let short = ChunkList(vec![1; 40]);
+        assert_eq!(short.len(), 1);
+        assert_eq!(short.get(1).len, 0);
+        assert_eq!(short.get(usize::MAX).len, 0);
+        assert_eq!(short.iter().count(), 1);
+    }
+
+    use crate::codec::mutate;
+    use proptest::prelude::*;
+
+    fn sample() -> Vec<u8> {
+        let mut list = ChunkList::default();
+        list.push(ChunkRef {
+            id: ChunkId(Hash::of(b"c")),
+            len: 9,
+        });
+        let mut f = special(b"file");
+        f.kind = Kind::File;
+        f.body = Body::File(list);
+        f.xattrs = vec![(b"user.k".to_vec(), b"v".to_vec())];
+        let mut l = special(b"link");
+        l.kind = Kind::Symlink;
+        l.body = Body::Symlink(b"file".to_vec());
+        encode_tree(&[dir(b"dir", 4), f, l, special(b"pipe")])
+    }
+
+    proptest! {
+        #![proptest_config(mutate::config())]
+
+        #[test]
+        fn decode_tree_never_panics_on_arbitrary_bytes(b in mutate::bytes()) {
+            if let Ok(entries) = decode_tree(&b) {
+                prop_assert_eq!(decode_tree(&encode_tree(&entries)).unwrap(), entries);
+            }
+        }
+
+        #[test]
+        fn damaged_trees_decode_to_valid_entries_or_fail(b in mutate::damaged(sample())) {
+            if let Ok(entries) = decode_tree(&b) {
+                for w in entries.windows(2) {
+                    prop_assert!(w[0].name < w[1].name);
+                }
+                for e in &entries {
+                    prop_assert!(name_problem(&e.name).is_none());
+                }
+                prop_assert_eq!(decode_tree(&encode_tree(&entries)).unwrap(), entries);
+            }
+        }
+
+        #[test]
+        fn decode_xattrs_never_panics(b in mutate::bytes()) {
+            if let Ok(x) = decode_xattrs(&b) {
+                prop_assert_eq!(decode_xattrs(&encode_xattrs(&x)).unwrap(), x);
+            }
+        }
+
+        #[test]
+        fn damaged_xattrs_decode_or_fail(b in mutate::damaged(encode_xattrs(&[
+            (b"user.a".to_vec(), b"1".to_vec()),
+            (b"user.b".to_vec(), vec![0; 40]),
+        ]))) {
+            let _ = decode_xattrs(&b);
+        }
     }
 }

@@ -1,0 +1,150 @@
+//! Writes the seed corpora under `seeds/<target>/`: small valid encodings
+//! made with snapfs's own encoders, so the fuzzer starts from real shapes.
+//! Run from `fuzz/`: `cargo run --bin gen_seeds`.
+use std::path::{Path, PathBuf};
+
+use snapfs::catalog::SnapshotRow;
+use snapfs::ids::{ChunkId, Hash, SnapshotId, TreeHash, TreeId};
+use snapfs::pack::{ChunkKind, PackWriter};
+use snapfs::store::{Encoder, hash_chunk};
+use snapfs::tree::{Body, ChunkList, ChunkRef, Entry, Kind, Meta, encode_tree, encode_xattrs};
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) {
+    std::fs::create_dir_all(dir).expect("create seed dir");
+    std::fs::write(dir.join(name), bytes).expect("write seed");
+}
+
+fn blob(data: &[u8]) -> (ChunkId, Vec<u8>) {
+    let h = hash_chunk(data);
+    let b = Encoder::new(3)
+        .expect("zstd")
+        .encode(data, &h)
+        .expect("encode");
+    (h.id, b)
+}
+
+fn entries() -> Vec<Entry> {
+    let mut list = ChunkList::default();
+    list.push(ChunkRef {
+        id: ChunkId(Hash::of(b"a")),
+        len: 7,
+    });
+    vec![
+        Entry {
+            name: b"dir".to_vec(),
+            kind: Kind::Dir,
+            meta: Meta {
+                mode: 0o40755,
+                ..Meta::default()
+            },
+            link_key: 0,
+            xattrs: vec![],
+            body: Body::Dir {
+                tree: TreeHash(Hash::of(b"t")),
+                nodes: 2,
+            },
+        },
+        Entry {
+            name: b"file".to_vec(),
+            kind: Kind::File,
+            meta: Meta {
+                mode: 0o100644,
+                size: 7,
+                mtime_ns: -5,
+                ..Meta::default()
+            },
+            link_key: 3,
+            xattrs: vec![(b"user.k".to_vec(), b"v".to_vec())],
+            body: Body::File(list),
+        },
+        Entry {
+            name: b"link".to_vec(),
+            kind: Kind::Symlink,
+            meta: Meta::default(),
+            link_key: 0,
+            xattrs: vec![],
+            body: Body::Symlink(b"file".to_vec()),
+        },
+        Entry {
+            name: b"pipe".to_vec(),
+            kind: Kind::Fifo,
+            meta: Meta::default(),
+            link_key: 0,
+            xattrs: vec![],
+            body: Body::Special,
+        },
+    ]
+}
+
+fn main() {
+    let seeds = PathBuf::from("seeds");
+    let tree = encode_tree(&entries());
+    write(&seeds.join("tree"), "tree", &tree);
+    write(&seeds.join("tree"), "empty", &encode_tree(&[]));
+    write(
+        &seeds.join("tree"),
+        "xattrs",
+        &encode_xattrs(&[(b"user.a".to_vec(), b"1".to_vec())]),
+    );
+
+    for (name, data) in [
+        ("text", b"all work and no play ".repeat(20).to_vec()),
+        ("empty", Vec::new()),
+        ("raw", (0..=255u8).collect()),
+    ] {
+        let (_, b) = blob(&data);
+        let mut seed = (data.len() as u32).to_le_bytes().to_vec();
+        seed.extend_from_slice(&b);
+        write(&seeds.join("blob"), name, &seed);
+    }
+
+    let tmp = std::env::temp_dir().join(format!("snapfs-seeds-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).expect("tmp dir");
+    let mut w = PackWriter::create(&tmp).expect("pack writer");
+    let (id, b) = blob(&tree);
+    w.append(id, ChunkKind::Tree, tree.len() as u32, &b)
+        .expect("append");
+    let (id, b) = blob(b"data");
+    w.append(id, ChunkKind::Data, 4, &b).expect("append");
+    let sealed = w.seal().expect("seal");
+    write(
+        &seeds.join("pack_table"),
+        "pack",
+        &std::fs::read(&sealed.path).expect("read pack"),
+    );
+    let _ = std::fs::remove_dir_all(&tmp);
+
+    let row = SnapshotRow {
+        id: SnapshotId(0),
+        hash: Hash::default(),
+        name: "2024-01-02T03-04-05".into(),
+        started_ns: 1,
+        finished_ns: 2,
+        host: "host".into(),
+        sources: vec![PathBuf::from("/home")],
+        tags: vec!["daily".into()],
+        root_tree: TreeId(0),
+        files: 1,
+        dirs: 2,
+        size: 3,
+        added_bytes: 0,
+        read_bytes: 4,
+        warnings: 0,
+        change_share: 0.0,
+        alarm: false,
+    };
+    let root = TreeHash(Hash::of(b"root"));
+    write(
+        &seeds.join("record"),
+        "snapshot",
+        &snapfs::snapshot::encode_record(&row, &root, 5, &[1, 2, 3, 4, 0]),
+    );
+    write(
+        &seeds.join("record"),
+        "forget",
+        &snapfs::snapshot::encode_forget_record(&[Hash::of(b"x")], 7),
+    );
+
+    let config = snapfs::repo::Config::default().render();
+    write(&seeds.join("config"), "default", config.as_bytes());
+}
