@@ -80,7 +80,7 @@ impl PackWriter {
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o644)
+            .mode(0o600)
             .open(&path)
             .at(&path)?;
         let mut w = PackWriter {
