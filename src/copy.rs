@@ -446,12 +446,15 @@ impl Target for LocalTarget {
             let mut f = OpenOptions::new()
                 .write(true)
                 .create_new(true)
-                .mode(0o600)
+                .mode(0o640)
                 .open(&tmp)
                 .at(&tmp)?;
             f.write_all(bytes).at(&tmp)?;
             f.sync_all().at(&tmp)?;
-            f.set_permissions(std::fs::Permissions::from_mode(0o400))
+            // Read-only for whoever the umask let read it: the owner, and
+            // the sharing group of a repository made with `init --group`.
+            let mode = f.metadata().at(&tmp)?.permissions().mode() & 0o440;
+            f.set_permissions(std::fs::Permissions::from_mode(mode))
                 .at(&tmp)
         })();
         if let Err(e) = written {

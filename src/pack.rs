@@ -80,7 +80,10 @@ impl PackWriter {
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o600)
+            // The owner's, and a sharing group's where the repository has
+            // one: the umask (see `repo::Access`) takes the group's away
+            // otherwise.
+            .mode(0o640)
             .open(&path)
             .at(&path)?;
         let mut w = PackWriter {
