@@ -609,6 +609,7 @@ impl Sender<'_> {
 
     /// Send what the target lacks beneath `tree` (the caller checked the tree itself).
     fn tree(&mut self, tree: TreeId, hash: TreeHash) -> Result<()> {
+        let _level = crate::tree::descend(|| format!("tree {hash}"))?;
         let entries = self.cat.entries(tree)?;
         let mut chunk_ids = Vec::new();
         let mut subdirs: Vec<(TreeId, TreeHash)> = Vec::new();

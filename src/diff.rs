@@ -147,6 +147,7 @@ impl Differ<'_> {
 
     /// Everything beneath a directory present on one side only.
     fn all(&mut self, change: ChangeKind, tree: TreeId, path: &Path) -> Result<()> {
+        let _level = crate::tree::descend(|| path.display().to_string())?;
         for n in self.cat.entries(tree)? {
             let p = path.join(OsStr::from_bytes(&n.name));
             self.record(change, p.clone(), &n);
@@ -161,6 +162,7 @@ impl Differ<'_> {
         if a == b {
             return Ok(());
         }
+        let _level = crate::tree::descend(|| path.display().to_string())?;
         let mut names: BTreeMap<Vec<u8>, (Option<Node>, Option<Node>)> = BTreeMap::new();
         if let Some(t) = a {
             for n in self.cat.entries(t)? {

@@ -54,6 +54,7 @@ impl Finder<'_> {
         if let Some(m) = self.memo.get(&tree) {
             return Ok(m.clone());
         }
+        let _level = crate::tree::descend(|| format!("tree row {}", tree.0))?;
         let mut items = Vec::new();
         for n in self.cat.entries(tree)? {
             if let Some(sub) = n.subtree

@@ -249,6 +249,44 @@ pub fn decode_xattrs(b: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
 }
 
 /// The longest name a Linux filesystem accepts (NAME_MAX).
+/// Deepest nesting of directories that snapfs follows. Ingest cannot make
+/// deeper trees (absolute paths end at PATH_MAX, 4096 bytes, so it stops at
+/// about 2040 levels); a deeper or cyclic tree comes from a crafted or
+/// damaged repository. The recursive walks take about 2 KiB of stack a
+/// level, so this many fit the main thread's 8 MiB with room to spare. Import cuts it there (the rest is reported lost), and every
+/// recursive walk of the catalog stops there with an error instead of
+/// running out of stack on a chain, or forever on a cycle of rows.
+pub const MAX_DEPTH: usize = 2500;
+
+thread_local! {
+    static DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// One level of a recursive walk of the catalog (see [`descend`]).
+pub struct Level(());
+
+impl Drop for Level {
+    fn drop(&mut self) {
+        DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+    }
+}
+
+/// Enter one more level of a recursive walk on this thread; hold the
+/// returned value for as long as the level lasts. Past [`MAX_DEPTH`] the
+/// walk fails with an error naming `what` (the tree being entered).
+pub fn descend(what: impl FnOnce() -> String) -> Result<Level> {
+    DEPTH.with(|d| {
+        if d.get() >= MAX_DEPTH {
+            return Err(Error::corrupt(format!(
+                "{}: directories nested deeper than {MAX_DEPTH} levels (a damaged or crafted catalog, perhaps a tree that contains itself)",
+                what()
+            )));
+        }
+        d.set(d.get() + 1);
+        Ok(Level(()))
+    })
+}
+
 pub const NAME_MAX: usize = 255;
 
 /// Why `name` cannot be a directory entry, if it cannot: it must be one

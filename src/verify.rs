@@ -271,6 +271,7 @@ impl Trace<'_> {
         if let Some(&d) = self.memo.get(&tree) {
             return Ok(d);
         }
+        let _level = crate::tree::descend(|| format!("tree row {}", tree.0))?;
         let mut d = self
             .bad_chunks
             .contains(&ChunkId(self.cat.tree_hash(tree)?.0));
@@ -299,6 +300,7 @@ impl Trace<'_> {
         snap: &str,
         out: &mut Vec<DamagedFile>,
     ) -> Result<()> {
+        let _level = crate::tree::descend(|| path.display().to_string())?;
         if !self.damaged(tree)? {
             return Ok(());
         }

@@ -357,6 +357,7 @@ impl Planner<'_> {
         shown: &Path,
         snap_path: &Path,
     ) -> Result<()> {
+        let _level = crate::tree::descend(|| snap_path.display().to_string())?;
         // Paging starts after the empty name, so an entry with an empty
         // name would be skipped without a word: look for one on purpose.
         if self.cat.entry(tree, b"")?.is_some() {
@@ -559,6 +560,7 @@ fn finish_dirs(
     shown: &Path,
     snap_path: &Path,
 ) -> Result<()> {
+    let _level = crate::tree::descend(|| snap_path.display().to_string())?;
     let mut after: Option<Vec<u8>> = None;
     loop {
         let batch = cat.entries_after(tree, after.as_deref(), 1024)?;
