@@ -358,3 +358,52 @@ fn tree_with_dotdot_name_is_rejected_on_import() {
         "a `..` entry was restored: {bottom:?}"
     );
 }
+
+/// A tampered catalog whose directory contains itself made restore, find
+/// and copy run out of stack (exit by signal, "has overflowed its stack").
+#[test]
+fn catalog_cycle_is_an_error_not_a_crash() {
+    let repo = Repo::new();
+    let src_dir = tempdir();
+    let src = canonical(src_dir.path()).join("src");
+    mkdir(&src.join("b/c"));
+    write_file(&src.join("b/c/f"), b"x\n");
+    repo.ingest(&["--name", "s"], &[&src]);
+    edit_catalog(
+        &repo,
+        "n = db.execute('UPDATE entries SET subtree = tree WHERE name = ?', (argv[0],)).rowcount\n\
+         assert n == 1, n",
+        &[b"b"],
+    );
+    let scratch = tempdir();
+    let restore_to = scratch.path().join("restored");
+    let copy_to = scratch.path().join("copy");
+    for args in [
+        vec!["verify".to_string()],
+        vec!["find".into(), "f".into()],
+        vec!["diff".into(), "s".into(), "s".into()],
+        vec![
+            "restore".into(),
+            "s".into(),
+            restore_to.display().to_string(),
+        ],
+        vec!["copy".into(), "--to".into(), copy_to.display().to_string()],
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run(&repo, &args);
+        assert!(
+            matches!(out.status.code(), Some(0 | 1)),
+            "{}",
+            describe(&args.join(" "), &out)
+        );
+    }
+    let out = run(
+        &repo,
+        &["restore", "s", restore_to.to_str().expect("utf-8")],
+    );
+    assert!(
+        text(&out).contains("deeper than"),
+        "restore of a cycle does not say what is wrong:\n{}",
+        text(&out)
+    );
+}

@@ -10,34 +10,12 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 #[allow(unused_imports)]
 use crate::util::*;
 
 const TMP_PREFIX: &str = ".snapfs-restore-";
-
-/// Runs python3 `script` against the repository's catalog, with `args`
-/// available as the byte strings `argv` (passed in hex, so that a NUL byte
-/// can be one of them).
-fn edit_catalog(repo: &Repo, script: &str, args: &[&[u8]]) {
-    require_tool("python3");
-    let mut cmd = Command::new("python3");
-    cmd.arg("-c").arg(format!(
-        "import sqlite3, sys\n\
-         db = sqlite3.connect(sys.argv[1])\n\
-         argv = [bytes.fromhex(a) for a in sys.argv[2:]]\n\
-         {script}\n\
-         db.commit()\n\
-         db.close()\n"
-    ));
-    cmd.arg(repo.path.join("catalog.db"));
-    for a in args {
-        cmd.arg(a.iter().map(|b| format!("{b:02x}")).collect::<String>());
-    }
-    let out = cmd.output().expect("spawn python3");
-    assert!(out.status.success(), "{}", describe("edit catalog", &out));
-}
 
 /// Renames every catalog entry called `from` to the bytes `to`.
 fn rename_entry(repo: &Repo, from: &str, to: &[u8]) {

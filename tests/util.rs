@@ -981,3 +981,25 @@ pub fn flip_byte(pack: &Path, offset: u64) {
     }
     chmod(pack, mode & 0o7777);
 }
+
+/// Runs python3 `script` against the repository's catalog, with `args`
+/// available as the byte strings `argv` (passed in hex, so that a NUL byte
+/// can be one of them).
+pub fn edit_catalog(repo: &Repo, script: &str, args: &[&[u8]]) {
+    require_tool("python3");
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(format!(
+        "import sqlite3, sys\n\
+         db = sqlite3.connect(sys.argv[1])\n\
+         argv = [bytes.fromhex(a) for a in sys.argv[2:]]\n\
+         {script}\n\
+         db.commit()\n\
+         db.close()\n"
+    ));
+    cmd.arg(repo.path.join("catalog.db"));
+    for a in args {
+        cmd.arg(a.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    }
+    let out = cmd.output().expect("spawn python3");
+    assert!(out.status.success(), "{}", describe("edit catalog", &out));
+}
