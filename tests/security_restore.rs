@@ -520,3 +520,56 @@ fn killed_restore_leaves_only_temporary_names_and_the_next_run_removes_them() {
     assert!(leftovers(&target).is_empty(), "{:?}", leftovers(&target));
     assert_same_tree(&src, &target);
 }
+
+/// A user who can write where a restore goes planted a file with the bytes
+/// and mtime of a setuid-root file of the snapshot (both public for a
+/// system binary) and kept it mapped for writing; restore's resume kept
+/// that inode as "already complete" and made it setuid root.
+#[test]
+fn restore_does_not_adopt_a_file_another_user_planted() {
+    let src_dir = tempdir();
+    let src = canonical(src_dir.path()).join("src");
+    mkdir(&src);
+    write_file(&src.join("su"), b"#!/bin/sh\necho privileged\n");
+    lchown(&src.join("su"), 0, 0);
+    chmod(&src.join("su"), 0o4755);
+    set_mtime(&src.join("su"), 1_700_000_000, 123);
+    let repo = Repo::new();
+    repo.ingest(&[], &[&src]);
+
+    // The attacker's tree at the place the restore will write.
+    let base = tempdir();
+    let target = canonical(base.path()).join("t");
+    let planted = restored_path(&target, &src).join("su");
+    fs::create_dir_all(planted.parent().expect("parent")).expect("mkdir -p");
+    write_file(&planted, b"#!/bin/sh\necho privileged\n");
+    set_mtime(&planted, 1_700_000_000, 123);
+    let mut p = planted.clone();
+    while p != canonical(base.path()) {
+        lchown(&p, 65534, 65534);
+        p = p.parent().expect("parent").to_path_buf();
+    }
+    let planted_ino = fs::metadata(&planted).expect("stat").ino();
+
+    let out = run_ok(
+        repo.cmd()
+            .args(["restore", "--json", "latest"])
+            .arg(&target),
+    );
+    let json = parse_json("restore", &out.stdout);
+    let md = fs::symlink_metadata(&planted).expect("stat restored");
+    assert_ne!(
+        md.ino(),
+        planted_ino,
+        "restore kept the planted inode and made it setuid root: {json}"
+    );
+    assert_eq!((md.uid(), md.mode() & 0o7777), (0, 0o4755));
+    assert_eq!(json_u64(&json, "skipped"), 0, "{json}");
+    // The attacker's directories are no longer theirs.
+    let dir = fs::metadata(planted.parent().expect("parent")).expect("stat dir");
+    assert_ne!(
+        dir.uid(),
+        65534,
+        "a directory of the restore still belongs to the attacker"
+    );
+}

@@ -84,6 +84,17 @@ pub fn make_dir(parent: BorrowedFd, name: &[u8], shown: &Path) -> Result<(OwnedF
         Ok(()) => false,
         Err(Errno::EXIST) => match openat(parent, name, dir_flags(), Mode::empty()) {
             Ok(fd) => {
+                // Another user's directory is taken over before anything is
+                // written in it, so they cannot add or swap entries while
+                // the restore runs; its own metadata comes at the end.
+                let st = io_at(rustix::fs::fstat(&fd), shown)?;
+                let me = rustix::process::geteuid();
+                if st.st_uid != me.as_raw() {
+                    io_at(
+                        rustix::fs::fchown(&fd, Some(me), Some(rustix::process::getegid())),
+                        shown,
+                    )?;
+                }
                 io_at(fchmod(&fd, owner_only), shown)?;
                 return Ok((fd, true));
             }

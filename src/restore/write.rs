@@ -378,6 +378,28 @@ fn verify_or_write(
     write_whole(repo, cat, dest, node, batch, shared, progress)
 }
 
+/// Whether an existing file may be kept in place of writing it again: only
+/// one that nobody but its rightful owner could have put there, or could
+/// still hold open for writing. Restore gives a kept file the snapshot's
+/// owner, mode and xattrs; kept blindly, a file another user planted (with
+/// the right bytes and mtime, both public for a system binary) and still
+/// holds mapped for writing would become setuid root under their hands.
+/// So: it must already carry the owner, group and mode the snapshot gives
+/// it (a finished earlier run set exactly those), and where the snapshot
+/// grants privileges (set-id bits, file capabilities) it must belong to us.
+fn may_keep(st: &rustix::fs::Stat, node: &Node) -> bool {
+    let me = rustix::process::geteuid().as_raw();
+    let m = &node.meta;
+    let mine = st.st_uid == me;
+    let owner_ok = st.st_uid == m.uid || (me != 0 && mine);
+    let group_ok = st.st_gid == m.gid || me != 0;
+    let mode_ok = st.st_mode & 0o7777 == m.mode & 0o7777;
+    let privileged = m.mode & 0o6000 != 0
+        || crate::tree::decode_xattrs(&node.xattrs)
+            .map_or(true, |x| x.iter().any(|(k, _)| k.starts_with(b"security.")));
+    owner_ok && group_ok && mode_ok && (!privileged || mine)
+}
+
 /// The existing file, opened, if it holds exactly the snapshot's bytes.
 fn existing_matches(
     dir: BorrowedFd,
@@ -397,6 +419,7 @@ fn existing_matches(
     let regular = rustix::fs::FileType::from_raw_mode(st.st_mode).is_file();
     if !regular
         || st.st_nlink != 1
+        || !may_keep(&st, node)
         || u64::try_from(st.st_size).ok()? != total(work)
         || total(work) != node.meta.size
         || mtime_ns != i128::from(node.meta.mtime_ns)
