@@ -262,9 +262,16 @@ impl Catalog {
             .prepare_cached("INSERT INTO packs (name, size) VALUES (?1, ?2)")?
             .execute(params![&name.0.0[..], size as i64])?;
         let pack = self.conn.last_insert_rowid();
+        // The first copy of a chunk stays where it is; but where two packs
+        // disagree on its kind, a metadata kind wins over Data. The bytes
+        // are the same (both are verified against the id), and a copy peer
+        // that sent a snapshot record's bytes again as Data must not make a
+        // rebuild, which finds snapshots by kind, lose that snapshot.
         let mut st = self.conn.prepare_cached(
-            "INSERT OR IGNORE INTO chunks (id, pack, offset, stored_len, raw_len, kind)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO chunks (id, pack, offset, stored_len, raw_len, kind)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (id) DO UPDATE SET kind = excluded.kind
+             WHERE chunks.kind = 0 AND excluded.kind != 0",
         )?;
         for e in entries {
             st.execute(params![
@@ -624,5 +631,46 @@ impl Catalog {
                 Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
             })
             .optional()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{ChunkId, Hash};
+
+    /// A copy peer sent a snapshot record's bytes again as a Data chunk, in
+    /// a pack listed before the real one: a rebuild then found no record
+    /// (it looks snapshots up by kind) and dropped the snapshot silently.
+    #[test]
+    fn squatted_data_kind_does_not_hide_a_snapshot_record() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let cat = Catalog::open(&d.path().join("c.db"), true).expect("open");
+        let id = ChunkId(Hash::of(b"record"));
+        let entry = |kind| PackEntry {
+            id,
+            kind,
+            offset: 16,
+            stored_len: 50,
+            raw_len: 10,
+        };
+        for (n, order) in [
+            [ChunkKind::Data, ChunkKind::Snapshot],
+            [ChunkKind::Snapshot, ChunkKind::Data],
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            cat.conn.execute("DELETE FROM chunks", []).expect("clear");
+            for (i, kind) in order.into_iter().enumerate() {
+                let name = PackName(Hash::of(format!("{n}-{i}").as_bytes()));
+                cat.add_pack(&name, 100, &[entry(kind)]).expect("add pack");
+            }
+            assert_eq!(
+                cat.chunk_ids_of_kind(ChunkKind::Snapshot).expect("query"),
+                vec![id],
+                "order {order:?}"
+            );
+        }
     }
 }
