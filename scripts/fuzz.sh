@@ -13,7 +13,7 @@ secs="${1:-300}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(pack_table blob tree record config)
+    targets=(pack_table blob tree record config frame)
 fi
 
 here="$(cd "$(dirname "$0")/.." && pwd)"

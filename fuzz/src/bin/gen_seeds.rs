@@ -107,11 +107,25 @@ fn main() {
     let (id, b) = blob(b"data");
     w.append(id, ChunkKind::Data, 4, &b).expect("append");
     let sealed = w.seal().expect("seal");
-    write(
-        &seeds.join("pack_table"),
-        "pack",
-        &std::fs::read(&sealed.path).expect("read pack"),
-    );
+    let pack = std::fs::read(&sealed.path).expect("read pack");
+    write(&seeds.join("pack_table"), "pack", &pack);
+    // The copy protocol: a pack as a peer sends it (first byte odd), and
+    // request frames (first byte even): hello, snapshots, missing chunks,
+    // a small put_pack.
+    let mut sent = vec![1u8];
+    sent.extend_from_slice(&pack);
+    write(&seeds.join("frame"), "pack", &sent);
+    write(&seeds.join("frame"), "hello", &[0, 0, 1]);
+    write(&seeds.join("frame"), "snapshots", &[0, 1]);
+    let mut missing = vec![0u8, 2, 2];
+    missing.extend_from_slice(&Hash::of(b"a").0);
+    missing.extend_from_slice(&Hash::of(b"b").0);
+    write(&seeds.join("frame"), "missing", &missing);
+    let mut put = vec![0u8, 4];
+    put.extend_from_slice(&Hash::of(&pack).0);
+    put.push(pack.len() as u8);
+    put.extend_from_slice(&pack[..pack.len().min(100)]);
+    write(&seeds.join("frame"), "put", &put);
     let _ = std::fs::remove_dir_all(&tmp);
 
     let row = SnapshotRow {
