@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_install=()
-for pair in fusermount3:fuse3 rsync:rsync getfattr:attr setfacl:acl setpriv:util-linux systemd-analyze:systemd \
+for pair in fusermount3:fuse3 rsync:rsync getfattr:attr setfacl:acl setpriv:util-linux flock:util-linux \
+    findmnt:mount python3:python3 systemd-analyze:systemd \
     smbd:samba smbclient:smbclient; do
     cmd=${pair%%:*}
     pkg=${pair#*:}
