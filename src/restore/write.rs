@@ -272,9 +272,9 @@ pub fn worker(
             continue;
         }
         let r = match job {
-            Job::Write { dest, node } => {
-                write_whole(repo, &cat, dest, &node, &mut batch, shared, progress)
-            }
+            Job::Write { dest, node } => chunk_work_of(&cat, &node, &dest.shown).and_then(|work| {
+                write_whole(repo, dest, &node, &work, &mut batch, shared, progress)
+            }),
             Job::Verify { dest, node } => {
                 verify_or_write(repo, &cat, dest, &node, &mut batch, shared, progress)
             }
@@ -306,25 +306,33 @@ fn count(shared: &Shared, progress: &crate::progress::Progress, bytes: u64) {
     shared.bytes.fetch_add(bytes, Ordering::Relaxed);
 }
 
+/// Where a file's chunks are and where each goes (empty for an empty file).
+fn chunk_work_of(
+    cat: &Catalog,
+    node: &Node,
+    shown: &Path,
+) -> Result<Vec<(ChunkId, ChunkLoc, u64)>> {
+    match node.content {
+        Some(cid) => chunk_work(cat, cid, shown),
+        None => Ok(Vec::new()),
+    }
+}
+
 fn write_whole(
     repo: &Repository,
-    cat: &Catalog,
     dest: Dest,
     node: &Node,
+    work: &[(ChunkId, ChunkLoc, u64)],
     batch: &mut Batch,
     shared: &Shared,
     progress: &crate::progress::Progress,
 ) -> Result<()> {
-    let work = match node.content {
-        Some(cid) => chunk_work(cat, cid, &dest.shown)?,
-        None => Vec::new(),
-    };
     let (tmp, f) = create_tmp(dest.dir.as_fd(), &dest.shown)?;
     let written = (|| -> Result<u64> {
-        for (id, loc, at) in &work {
+        for (id, loc, at) in work {
             write_chunk(repo, &f, id, loc, *at, &dest.shown)?;
         }
-        let size = total(&work);
+        let size = total(work);
         f.set_len(size).at(&dest.shown)?;
         apply_meta_fd(f.as_fd(), node, &dest.shown)?;
         Ok(size)
@@ -364,10 +372,7 @@ fn verify_or_write(
     shared: &Shared,
     progress: &crate::progress::Progress,
 ) -> Result<()> {
-    let work = match node.content {
-        Some(cid) => chunk_work(cat, cid, &dest.shown)?,
-        None => Vec::new(),
-    };
+    let work = chunk_work_of(cat, node, &dest.shown)?;
     if let Some(f) = existing_matches(dest.dir.as_fd(), &dest.name, node, &work) {
         apply_meta_fd(f.as_fd(), node, &dest.shown)?;
         progress.bytes(total(&work));
@@ -375,7 +380,7 @@ fn verify_or_write(
         shared.skipped.fetch_add(1, Ordering::Relaxed);
         return Ok(());
     }
-    write_whole(repo, cat, dest, node, batch, shared, progress)
+    write_whole(repo, dest, node, &work, batch, shared, progress)
 }
 
 /// Whether an existing file may be kept in place of writing it again: only
