@@ -163,6 +163,11 @@ pub enum Command {
         /// (@GMT-YYYY.MM.DD-HH.MM.SS, for Samba's shadow_copy2 "Previous Versions")
         #[arg(long, value_enum, default_value = "plain")]
         names: NameStyle,
+        /// Seconds a closed file's chunk locations are kept for its next
+        /// open; gc keeps their packs meanwhile (an open file keeps its own
+        /// until closed, however long)
+        #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+        idle_expiry: u64,
     },
     /// Every version of one path across all snapshots
     Log {

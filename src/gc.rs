@@ -191,7 +191,7 @@ fn seal(repo: &Repository, w: PackWriter) -> Result<SealedPack> {
 /// Delete the files of packs out of use that no running mount can still read.
 /// Returns (bytes freed, packs still waiting).
 pub fn delete_doomed(repo: &Repository, cat: &crate::catalog::Catalog) -> Result<(u64, u64)> {
-    let oldest_mount = repo.oldest_mount_ns()?;
+    let oldest_mount = repo.oldest_lease_ns()?;
     let mut freed = 0;
     let mut waiting = 0;
     for (name, doomed_ns) in cat.doomed_packs()? {

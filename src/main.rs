@@ -168,6 +168,7 @@ fn run(cli: Cli) -> snapfs::Result<ExitCode> {
             json,
         } => {
             let repo = Repository::open(&repo_path)?;
+            let _lease = repo.reader_lease("verify")?;
             let share = if read_data {
                 1.0
             } else {
@@ -199,6 +200,7 @@ fn run(cli: Cli) -> snapfs::Result<ExitCode> {
             json,
         } => {
             let repo = Repository::open(&repo_path)?;
+            let _lease = repo.reader_lease("diff")?;
             report::diff(
                 &snapfs::diff::diff(&repo, &from, &to, path.as_deref())?,
                 json,
@@ -207,6 +209,7 @@ fn run(cli: Cli) -> snapfs::Result<ExitCode> {
         }
         Command::Stats { snapshot, json } => {
             let repo = Repository::open(&repo_path)?;
+            let _lease = repo.reader_lease("stats")?;
             report::stats(&snapfs::stats::stats(&repo, snapshot.as_deref())?, json);
             Ok(ExitCode::SUCCESS)
         }
@@ -235,6 +238,7 @@ fn run(cli: Cli) -> snapfs::Result<ExitCode> {
             snapshots,
         } => {
             let repo = Repository::open(&repo_path)?;
+            let _lease = repo.reader_lease("copy")?;
             let stats = match snapfs::remote::parse_ssh_url(&to) {
                 Some(url) => {
                     let mut t = snapfs::remote::RemoteTarget::connect(&url, &ssh, &remote_snapfs)?;
@@ -273,6 +277,7 @@ fn run(cli: Cli) -> snapfs::Result<ExitCode> {
             cache_size,
             threads,
             names,
+            idle_expiry,
         } => {
             let repo = Repository::open(&repo_path)?;
             let req = snapfs::mount::MountRequest {
@@ -283,6 +288,7 @@ fn run(cli: Cli) -> snapfs::Result<ExitCode> {
                 allow_other,
                 cache_bytes: cache_size as usize,
                 threads,
+                idle_expiry: std::time::Duration::from_secs(idle_expiry),
             };
             let shown = mountpoint.display().to_string();
             snapfs::mount::mount(repo, &mountpoint, &req, || {
@@ -297,6 +303,7 @@ fn run(cli: Cli) -> snapfs::Result<ExitCode> {
         }
         Command::Restore { spec, target, json } => {
             let repo = Repository::open(&repo_path)?;
+            let _lease = repo.reader_lease("restore")?;
             let stats = snapfs::restore::restore(&repo, &spec, &target)?;
             report::restore(&stats, json);
             Ok(ExitCode::SUCCESS)

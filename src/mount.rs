@@ -25,9 +25,8 @@ const ROOT_TTL: Duration = Duration::from_secs(1);
 
 struct Fuse {
     fs: SnapshotFs,
-    /// The kernel takes ENOSYS from open as "no opens needed" (see `open`).
-    no_open: bool,
-    /// The same for directories (see `opendir`).
+    /// The kernel takes ENOSYS from opendir as "no opendir needed" (see
+    /// `opendir`).
     no_opendir: bool,
 }
 
@@ -126,9 +125,6 @@ impl Filesystem for Fuse {
                 "this kernel's FUSE cannot enforce POSIX ACLs (FUSE_POSIX_ACL); refusing to mount",
             ));
         }
-        self.no_open = config
-            .capabilities()
-            .contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
         self.no_opendir = config
             .capabilities()
             .contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
@@ -184,28 +180,42 @@ impl Filesystem for Fuse {
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
             return reply.error(Errno::EROFS);
         }
+        // Opens are answered, not declined with ENOSYS (which would spare
+        // the round trip): the handle holds the file's chunk locations, and
+        // with them its packs, until the kernel releases it, however long
+        // the file stays open while gc runs. Pages are kept across opens.
         match self.fs.open(ino.0) {
-            // Reads find the file by inode number, so when the kernel can do
-            // without opens, ENOSYS tells it so: no open or release round
-            // trip per file any more, and pages are kept across opens.
-            Ok(()) if self.no_open => reply.error(Errno::ENOSYS),
-            Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(handle) => reply.opened(FileHandle(handle), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(errno(&e)),
         }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.release(fh.0);
+        reply.ok();
     }
 
     fn read(
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(ino.0, offset, size) {
+        match self.fs.read(ino.0, fh.0, offset, size) {
             Ok(d) => {
                 reply.data(d.as_slice());
                 d.recycle();
@@ -353,6 +363,8 @@ pub struct MountRequest {
     pub allow_other: bool,
     pub cache_bytes: usize,
     pub threads: usize,
+    /// See `MountOptions::idle_expiry`.
+    pub idle_expiry: Duration,
 }
 
 /// Check the mount point and FUSE itself, so failures are one clear line.
@@ -453,6 +465,7 @@ pub fn mount(
         MountOptions {
             names: req.names,
             cache_bytes: req.cache_bytes,
+            idle_expiry: req.idle_expiry,
             ..Default::default()
         },
     )?;
@@ -478,7 +491,6 @@ pub fn mount(
     let mut session = Session::new(
         Fuse {
             fs,
-            no_open: false,
             no_opendir: false,
         },
         mountpoint,

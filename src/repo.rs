@@ -733,68 +733,146 @@ impl Repository {
     }
 }
 
-/// Held by a running mount: gc deletes a doomed pack only when every mount
-/// that is running started after the pack was doomed (so no open file can
-/// still point into it).
-pub struct MountLease {
+/// Held by every command that reads packs (a mount, restore, verify, copy,
+/// diff, stats): gc deletes a doomed pack only when every lease held says
+/// that nothing its holder still reads predates the doom (so no reader can
+/// still point into the pack).
+///
+/// A lease is a file in `mounts/` (the name predates the other readers; an
+/// older gc reads the same files), shared-locked with `flock` for as long as
+/// its holder lives: a lease whose lock is free is left over from a dead
+/// holder, and gc removes it. Its modification time is the holder's start
+/// (or, for a mount, the oldest state it still serves), to the nanosecond;
+/// its name says who holds it, for an administrator looking at what keeps
+/// space from being freed. The time is in the inode, not in the file's
+/// bytes, so a lease needs no data block (a restore must work on a full
+/// disk) and is renewed atomically.
+pub struct Lease {
     path: PathBuf,
-    _file: File,
+    file: File,
 }
 
-impl MountLease {
-    /// Declare that nothing this mount holds predates `since_ns`, so packs
+/// Set a lease's time (see `Lease`).
+fn set_lease_time(file: &File, since_ns: i64) -> std::io::Result<()> {
+    let ts = libc::timespec {
+        tv_sec: since_ns.div_euclid(1_000_000_000),
+        tv_nsec: since_ns.rem_euclid(1_000_000_000),
+    };
+    let times = [ts, ts];
+    // SAFETY: futimens on a descriptor we own, with two valid timespecs.
+    if unsafe { libc::futimens(file.as_raw_fd(), times.as_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl Lease {
+    /// Declare that nothing this holder reads predates `since_ns`, so packs
     /// doomed before then may go.
     pub fn renew(&self, since_ns: i64) {
-        // Rewritten in place through the locked descriptor; a reader that
-        // sees a torn value treats it as 0, the most careful answer.
-        let text = format!("{since_ns:<20}");
-        let _ = self._file.write_all_at(text.as_bytes(), 0);
+        if let Err(e) = set_lease_time(&self.file, since_ns) {
+            // The old time stays: more careful than the new one.
+            log::debug!("renewing {}: {e}", self.path.display());
+        }
     }
 }
 
-impl Drop for MountLease {
+impl Drop for Lease {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
 }
 
+/// How long an unlocked lease still being made may lie in `mounts/` before
+/// gc takes it for a dead holder's leftover.
+const LEASE_TMP_GRACE: Duration = Duration::from_secs(3600);
+
 impl Repository {
-    /// A lease file in `mounts/` (the owner's alone, like the writer lock:
-    /// another user holding a lease could stop gc from freeing anything).
-    pub fn take_mount_lease(&self) -> Result<MountLease> {
+    /// Take a lease for a command that reads packs (see `Lease`). `what`
+    /// names the holder ("restore", "mount", …).
+    ///
+    /// The lease is complete (locked, dated) before it takes its name in
+    /// `mounts/`, so gc never sees it half made: an unlocked lease there is
+    /// a dead holder's. Its time is taken before the caller reads the
+    /// catalog, so every chunk location the caller finds was in use then.
+    pub fn take_lease(&self, what: &str) -> Result<Lease> {
         let dir = self.root.join("mounts");
         match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e).at(&dir),
         }
-        let path = dir.join(format!("{}.lease", pack::unique_token()));
+        let token = pack::unique_token();
+        let tmp = dir.join(format!(".{token}.lease-tmp"));
         let file = OpenOptions::new()
             .create_new(true)
             .read(true)
             .write(true)
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-            .at(&path)?;
-        file.write_all_at(format!("{:<20}", crate::time::now_ns()).as_bytes(), 0)
-            .at(&path)?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH) } != 0 {
-            return Err(std::io::Error::last_os_error()).at(&path);
+            .open(&tmp)
+            .at(&tmp)?;
+        let made = (|| -> Result<()> {
+            // SAFETY: flock on a descriptor we own.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH) } != 0 {
+                return Err(std::io::Error::last_os_error()).at(&tmp);
+            }
+            set_lease_time(&file, crate::time::now_ns()).at(&tmp)
+        })();
+        let holder: String = what
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .collect();
+        let path = dir.join(format!("{token}-pid{}-{holder}.lease", std::process::id()));
+        if let Err(e) = made.and_then(|()| std::fs::rename(&tmp, &path).at(&tmp)) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
         }
-        Ok(MountLease { path, _file: file })
+        Ok(Lease { path, file })
     }
 
-    /// Start time of the oldest running mount; leases of dead mounts are removed.
-    pub fn oldest_mount_ns(&self) -> Result<Option<i64>> {
+    /// `take_lease` for a command that only reads: where no lease can be
+    /// made (a read-only medium, a full disk, a repository shared with the
+    /// reader's group, which may not write in it) it reads without one,
+    /// saying what that risks, rather than refuse to restore on the day the
+    /// disk is full.
+    pub fn reader_lease(&self, what: &str) -> Result<Option<Lease>> {
+        match self.take_lease(what) {
+            Ok(l) => Ok(Some(l)),
+            Err(Error::Io { path, source })
+                if matches!(
+                    source.raw_os_error(),
+                    Some(libc::EROFS | libc::EACCES | libc::EPERM | libc::ENOSPC | libc::EDQUOT)
+                ) =>
+            {
+                log::warn!(
+                    "cannot take a reader lease ({}: {source}); a gc running meanwhile could delete packs this {what} reads",
+                    path.display()
+                );
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The oldest time a live lease holder still reads from (see `Lease`);
+    /// leases of dead holders are removed.
+    pub fn oldest_lease_ns(&self) -> Result<Option<i64>> {
         let dir = self.root.join("mounts");
         let Ok(rd) = std::fs::read_dir(&dir) else {
             return Ok(None);
         };
         let mut oldest: Option<i64> = None;
         for e in rd {
-            let path = e.at(&dir)?.path();
+            let e = e.at(&dir)?;
+            let path = e.path();
+            let name = e.file_name();
+            let name = name.as_bytes();
+            let finished = name.ends_with(b".lease");
+            let making = name.ends_with(b".lease-tmp");
+            if !finished && !making {
+                continue;
+            }
             let Ok(f) = OpenOptions::new()
                 .read(true)
                 .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
@@ -802,21 +880,31 @@ impl Repository {
             else {
                 continue;
             };
-            if !f.metadata().is_ok_and(|m| m.is_file()) {
+            let Ok(md) = f.metadata() else { continue };
+            if !md.is_file() {
                 continue;
             }
             // SAFETY: flock on a descriptor we own.
             let free = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+            if making {
+                // Still being made by a live holder (it renames it when
+                // done): nothing reads yet. A dead one's is tidied late, so
+                // a holder that is merely slow is never robbed of its file.
+                let stale = md
+                    .modified()
+                    .ok()
+                    .and_then(|m| m.elapsed().ok())
+                    .is_some_and(|age| age > LEASE_TMP_GRACE);
+                if free && stale {
+                    let _ = std::fs::remove_file(&path);
+                }
+                continue;
+            }
             if free {
                 let _ = std::fs::remove_file(&path);
                 continue;
             }
-            let mut text = [0u8; 64];
-            let n = f.read_at(&mut text, 0).unwrap_or(0);
-            let started = std::str::from_utf8(&text[..n])
-                .ok()
-                .and_then(|s| s.trim().parse::<i64>().ok())
-                .unwrap_or(0);
+            let started = lease_time(&f);
             oldest = Some(oldest.map_or(started, |o| o.min(started)));
         }
         Ok(oldest)
@@ -831,6 +919,26 @@ impl Repository {
         }
         Ok(())
     }
+}
+
+/// The time a lease's live holder set (see `Lease`), or 0, the most careful
+/// answer, where it cannot be read.
+fn lease_time(f: &File) -> i64 {
+    let Ok(m) = f.metadata() else { return 0 };
+    if m.len() == 0 {
+        return m
+            .mtime()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(m.mtime_nsec());
+    }
+    // An older release's mount wrote its time as text (and its mtime moves
+    // with every renewal, so it says nothing).
+    let mut text = [0u8; 20];
+    let n = f.read_at(&mut text, 0).unwrap_or(0);
+    std::str::from_utf8(&text[..n])
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok())
+        .unwrap_or(0)
 }
 
 /// What the writer lock's holder wrote of itself (see `Repository::lock`).

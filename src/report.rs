@@ -263,7 +263,7 @@ fn gc_line(g: &crate::gc::GcStats) {
         bytes(g.bytes_written),
         if g.packs_waiting > 0 {
             format!(
-                "; {} pack(s) wait for running mounts to end",
+                "; {} pack(s) wait for running readers (mounts, restores, verify, copy) to end",
                 g.packs_waiting
             )
         } else {

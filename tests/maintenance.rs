@@ -111,7 +111,7 @@ fn remove_tree(p: &Path) {
 
 /// Runs `cmd` and returns (exit code, output), for commands whose failure
 /// the test expects or inspects itself.
-fn output_of(cmd: &mut Command) -> Output {
+pub(crate) fn output_of(cmd: &mut Command) -> Output {
     let what = format!("{cmd:?}");
     cmd.output().unwrap_or_else(|e| panic!("spawn {what}: {e}"))
 }
@@ -121,13 +121,13 @@ fn stderr_of(out: &Output) -> String {
 }
 
 /// `gc --json EXTRA`, expecting success.
-fn gc(repo: &Repo, extra: &[&str]) -> Value {
+pub(crate) fn gc(repo: &Repo, extra: &[&str]) -> Value {
     let out = run_ok(repo.cmd().args(["gc", "--json"]).args(extra));
     parse_json("gc --json", &out.stdout)
 }
 
 /// `forget --json ARGS`, expecting success.
-fn forget(repo: &Repo, args: &[&str]) -> Value {
+pub(crate) fn forget(repo: &Repo, args: &[&str]) -> Value {
     let out = run_ok(repo.cmd().args(["forget", "--json"]).args(args));
     parse_json("forget --json", &out.stdout)
 }
@@ -135,7 +135,7 @@ fn forget(repo: &Repo, args: &[&str]) -> Value {
 /// `verify --json EXTRA`: the output and its parsed report.
 fn verify(repo: &Repo, extra: &[&str]) -> (Output, Value) {
     let out = output_of(repo.cmd().args(["verify", "--json"]).args(extra));
-    let json = parse_json("verify --json", &out.stdout);
+    let json = parse_json(&describe("verify --json", &out), &out.stdout);
     (out, json)
 }
 

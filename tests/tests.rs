@@ -10,6 +10,7 @@
 //!   references, progress, completions, man pages, systemd units
 //! - `copy`: off-site copies to a second repository, locally and over ssh
 //! - `maintenance`: forget, gc, verify and rebuild-catalog on real repositories
+//! - `readers`: reader leases that gc honours, open files held by the mount
 //! - `security_*`: what a hostile local user, repository or copy peer tries:
 //!   `security_local` (repository privacy, locks, the mount), `security_restore`,
 //!   `security_format` (damaged and crafted bytes), `security_copy` (the receiver)
@@ -23,6 +24,7 @@ mod history;
 mod ingest;
 mod maintenance;
 mod mount;
+mod readers;
 mod security_copy;
 mod security_format;
 mod security_local;

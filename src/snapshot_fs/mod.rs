@@ -98,14 +98,14 @@ struct Inode {
     tree: Option<TreeId>,
 }
 
-/// What reading a file needs, resolved once and kept by inode number: the
-/// kernel need not tell us about opens and closes (see `mount`).
+/// What reading a file needs, resolved once: kept by file handle for as
+/// long as the kernel holds the file open, and by inode number for a while
+/// after (`Files`).
 struct OpenFile {
     ino: u64,
-    /// When it was resolved: its chunk locations are from then. The mount
+    /// When it was resolved: its chunk locations are from then. The mount's
     /// lease reports the oldest of these, so gc keeps the packs they point
-    /// into; after `FILE_STATE_MAX_AGE` unused, it is dropped and resolved
-    /// again when next read.
+    /// into.
     opened_ns: i64,
     chunks: ChunkList,
     /// Start offset of each chunk, for a binary search by offset.
@@ -124,6 +124,10 @@ pub struct MountOptions {
     pub prefetch_threads: usize,
     /// How far ahead of a sequential reader to decode.
     pub readahead: u64,
+    /// How long a file's resolved chunk locations are kept after its last
+    /// close. An open file keeps them until it is closed, however long that
+    /// is; a closed one is resolved again when next opened after this.
+    pub idle_expiry: Duration,
 }
 
 impl Default for MountOptions {
@@ -133,6 +137,7 @@ impl Default for MountOptions {
             cache_bytes: 256 << 20,
             prefetch_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             readahead: 8 << 20,
+            idle_expiry: DEFAULT_IDLE_EXPIRY,
         }
     }
 }
@@ -194,8 +199,9 @@ struct Shared {
     repo: Repository,
     pool: Mutex<Vec<Catalog>>,
     frames: FrameCache,
-    /// Resolved files by inode number (bounded; see `OpenFile`).
-    files: Mutex<LruCache<u64, Arc<OpenFile>>>,
+    /// Resolved files (see `Files`).
+    files: Mutex<Files>,
+    idle_expiry: Duration,
     /// Chunk ids of runs of zeros, by length: holes for SEEK_HOLE and reads
     /// that need no decoding.
     zero_ids: Mutex<HashMap<u32, ChunkId>>,
@@ -219,6 +225,18 @@ pub struct SnapshotFs {
     /// Where history directories lie in each snapshot, by path (see
     /// `history_view::dir_spots`).
     hist_dirs: Mutex<LruCache<PathBuf, history_view::Spots>>,
+    /// Stops the thread that renews the mount's lease, and that thread:
+    /// joined on drop, so the lease file is gone when the mount is.
+    lease: Option<(Sender<()>, std::thread::JoinHandle<()>)>,
+}
+
+impl Drop for SnapshotFs {
+    fn drop(&mut self) {
+        if let Some((stop, thread)) = self.lease.take() {
+            drop(stop);
+            let _ = thread.join();
+        }
+    }
 }
 
 /// How long the snapshot list may be served before it is read again.
@@ -227,13 +245,69 @@ const INODE_CACHE: usize = 32 * 1024;
 const FILE_CACHE: usize = 1024;
 const DIR_CACHE: usize = 256;
 const HIST_DIRS: usize = 1024;
-/// See `OpenFile::opened_ns`.
-const FILE_STATE_MAX_AGE: Duration = Duration::from_secs(60);
+/// See `MountOptions::idle_expiry`.
+pub const DEFAULT_IDLE_EXPIRY: Duration = Duration::from_secs(60);
+/// How often the mount's lease is brought up to date, at most.
+const LEASE_RENEW: Duration = Duration::from_secs(2);
 /// How far from the previous read's end a read still counts as part of a
 /// stream (the kernel reads ahead up to 1 MiB at a time, on several threads).
 const STREAM_WINDOW: u64 = 8 << 20;
 /// How many entries after a file that is first read get warmed (`Job::Siblings`).
 const SIBLINGS_AHEAD: u64 = 32;
+
+/// Resolved files. Every chunk location held here is covered by the mount's
+/// lease (`oldest_ns`), so gc keeps the packs they point into: the open
+/// ones for as long as the kernel holds them open (the kernel tells of
+/// opens and releases), the recently resolved ones until they have been
+/// unused for the idle expiry, and those being resolved right now from the
+/// time their catalog reads began. One lock covers all three, so a file
+/// cannot pass from one to another unseen by the lease.
+struct Files {
+    /// By inode number: what the next open of the file reuses (bounded).
+    recent: LruCache<u64, Arc<OpenFile>>,
+    /// By file handle: what the kernel holds open.
+    open: HashMap<u64, Arc<OpenFile>>,
+    next_handle: u64,
+    /// Start times of resolutions under way, by a token of their own.
+    resolving: HashMap<u64, i64>,
+    next_token: u64,
+}
+
+impl Files {
+    fn new() -> Files {
+        Files {
+            recent: LruCache::new(NonZeroUsize::new(FILE_CACHE).expect("non-zero")),
+            open: HashMap::new(),
+            next_handle: 1,
+            resolving: HashMap::new(),
+            next_token: 0,
+        }
+    }
+
+    /// Forget resolutions unused for `idle` and not open; the time before
+    /// which nothing held here was resolved (or now), for the lease.
+    fn expire(&mut self, now: i64, idle: Duration) -> i64 {
+        let limit = now.saturating_sub(i64::try_from(idle.as_nanos()).unwrap_or(i64::MAX));
+        let old: Vec<u64> = self
+            .recent
+            .iter()
+            // Held elsewhere means open or being read right now: keep it.
+            .filter(|(_, f)| f.opened_ns < limit && Arc::strong_count(f) == 1)
+            .map(|(ino, _)| *ino)
+            .collect();
+        for ino in old {
+            self.recent.pop(&ino);
+        }
+        self.oldest_ns().unwrap_or(now)
+    }
+
+    fn oldest_ns(&self) -> Option<i64> {
+        let recent = self.recent.iter().map(|(_, f)| f.opened_ns);
+        let open = self.open.values().map(|f| f.opened_ns);
+        let resolving = self.resolving.values().copied();
+        recent.chain(open).chain(resolving).min()
+    }
+}
 
 /// A catalog connection borrowed from the pool, returned on drop.
 struct Conn<'a> {
@@ -277,10 +351,36 @@ impl Shared {
     /// What reading file `ino` (content `content`) needs: from the cache, or
     /// resolved from the catalog now and remembered.
     fn file(&self, ino: u64, content: Option<ContentId>) -> Result<Arc<OpenFile>> {
-        if let Some(f) = self.files.lock().expect("file cache lock").get(&ino) {
-            return Ok(f.clone());
-        }
-        let opened_ns = crate::time::now_ns();
+        // The resolution's start is registered (under the same lock as the
+        // lookup) before any catalog read: until the result is in `recent`,
+        // the lease reports no later than this, so no pack the locations
+        // about to be read point into can be deleted meanwhile.
+        let (opened_ns, token) = {
+            let mut files = self.files.lock().expect("file cache lock");
+            if let Some(f) = files.recent.get(&ino) {
+                return Ok(f.clone());
+            }
+            let now = crate::time::now_ns();
+            let token = files.next_token;
+            files.next_token = files.next_token.wrapping_add(1);
+            files.resolving.insert(token, now);
+            (now, token)
+        };
+        let resolved = self.resolve(ino, content, opened_ns);
+        let mut files = self.files.lock().expect("file cache lock");
+        files.resolving.remove(&token);
+        let f = resolved?;
+        files.recent.put(ino, f.clone());
+        Ok(f)
+    }
+
+    /// Read a file's chunk list and the chunks' locations from the catalog.
+    fn resolve(
+        &self,
+        ino: u64,
+        content: Option<ContentId>,
+        opened_ns: i64,
+    ) -> Result<Arc<OpenFile>> {
         let cat = self.conn()?;
         let chunks = match content {
             Some(c) => cat.content(c)?,
@@ -301,7 +401,7 @@ impl Shared {
             starts.push(size);
             size += u64::from(c.len);
         }
-        let f = Arc::new(OpenFile {
+        Ok(Arc::new(OpenFile {
             ino,
             opened_ns,
             chunks,
@@ -309,30 +409,17 @@ impl Shared {
             size,
             locs,
             last_end: AtomicU64::new(u64::MAX),
-        });
+        }))
+    }
+
+    /// Drop resolved files unused for the idle expiry; the resolution time
+    /// of the oldest left (or now) is what the mount's lease reports.
+    fn expire_files(&self) -> i64 {
+        let now = crate::time::now_ns();
         self.files
             .lock()
             .expect("file cache lock")
-            .put(ino, f.clone());
-        Ok(f)
-    }
-
-    /// Drop resolved files unused for `FILE_STATE_MAX_AGE`; the resolution
-    /// time of the oldest left (or now) is what the mount lease reports.
-    fn expire_files(&self) -> i64 {
-        let now = crate::time::now_ns();
-        let limit = now - FILE_STATE_MAX_AGE.as_nanos() as i64;
-        let mut files = self.files.lock().expect("file cache lock");
-        let old: Vec<u64> = files
-            .iter()
-            // Held elsewhere means being read right now: keep it.
-            .filter(|(_, f)| f.opened_ns < limit && Arc::strong_count(f) == 1)
-            .map(|(ino, _)| *ino)
-            .collect();
-        for ino in old {
-            files.pop(&ino);
-        }
-        files.iter().map(|(_, f)| f.opened_ns).min().unwrap_or(now)
+            .expire(now, self.idle_expiry)
     }
 
     /// Run one read-ahead job; errors surface when a reader gets there.
@@ -392,10 +479,11 @@ impl Shared {
             let header = match self.frames.header(&c.id) {
                 Some(h) => h,
                 None => {
-                    let bytes =
-                        self.repo
-                            .backend
-                            .read_at(&loc.pack, loc.offset, header_len(raw_len))?;
+                    let bytes = self
+                        .repo
+                        .backend
+                        .read_at(&loc.pack, loc.offset, header_len(raw_len))
+                        .map_err(|e| missing_pack_is_damage(e, loc))?;
                     let h = Arc::new(Header::parse(&bytes, &c.id, raw_len)?);
                     self.frames.put_header(c.id, h.clone());
                     h
@@ -411,7 +499,8 @@ impl Shared {
             let stored = self
                 .repo
                 .backend
-                .read_at(&loc.pack, loc.offset + start as u64, len)?;
+                .read_at(&loc.pack, loc.offset + start as u64, len)
+                .map_err(|e| missing_pack_is_damage(e, loc))?;
             if frame_len == FRAME
                 && let Some(mut slot) = self.frames.slot()
             {
@@ -424,6 +513,22 @@ impl Shared {
                 &c.id,
             )?))
         })
+    }
+}
+
+/// A pack the catalog points to that is not there is damage (EIO to a
+/// reader), not a name that does not exist (ENOENT would tell `cp` the file
+/// vanished, and tools treat that as harmless).
+fn missing_pack_is_damage(e: Error, loc: &ChunkLoc) -> Error {
+    match e {
+        Error::Io { path, source } if source.kind() == std::io::ErrorKind::NotFound => {
+            Error::corrupt(format!(
+                "pack {} is missing ({}); the catalog still points into it",
+                loc.pack,
+                path.display()
+            ))
+        }
+        e => e,
     }
 }
 
@@ -452,20 +557,32 @@ impl SnapshotFs {
             repo,
             pool: Mutex::new(vec![first]),
             frames: FrameCache::new(opts.cache_bytes),
-            files: Mutex::new(LruCache::new(
-                NonZeroUsize::new(FILE_CACHE).expect("non-zero"),
-            )),
+            files: Mutex::new(Files::new()),
+            idle_expiry: opts.idle_expiry,
             zero_ids: Mutex::new(HashMap::new()),
         });
-        let lease = shared.repo.take_mount_lease()?;
+        let lease = shared.repo.reader_lease("mount")?;
         let leased = shared.clone();
-        std::thread::Builder::new()
+        let (stop_lease, stopped) = bounded::<()>(0);
+        // Often enough that a closed file's locations stop holding packs
+        // soon after the idle expiry.
+        let every = LEASE_RENEW
+            .min(opts.idle_expiry / 2)
+            .max(Duration::from_millis(100));
+        let lease_thread = std::thread::Builder::new()
             .name("lease".into())
             .spawn(move || {
-                loop {
-                    std::thread::sleep(Duration::from_secs(2));
-                    lease.renew(leased.expire_files());
+                // Renewed until the filesystem is dropped (the sender goes):
+                // then the lease is dropped too, and its file removed.
+                while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(every)
+                {
+                    let since = leased.expire_files();
+                    if let Some(lease) = &lease {
+                        lease.renew(since);
+                    }
                 }
+                drop(lease);
             })
             .expect("spawn lease thread");
         let prefetch = (opts.prefetch_threads > 0).then(|| {
@@ -508,6 +625,7 @@ impl SnapshotFs {
             prefetch,
             readahead: opts.readahead,
             started_ns: crate::time::now_ns(),
+            lease: Some((stop_lease, lease_thread)),
         })
     }
 
@@ -894,16 +1012,40 @@ impl SnapshotFs {
         }
     }
 
-    /// Resolve a regular file for reading (a check, and a head start).
-    pub fn open(&self, ino: u64) -> Result<()> {
-        self.open_file(ino).map(drop)
+    /// Open a regular file for reading: its chunk locations are resolved
+    /// (or taken from a recent resolution) and held, with the packs they
+    /// point into, until `release` of the handle returned.
+    pub fn open(&self, ino: u64) -> Result<u64> {
+        let f = self.open_file(ino)?;
+        let mut files = self.shared.files.lock().expect("file cache lock");
+        let handle = files.next_handle;
+        // 0 is never handed out: it stands for "no handle" in `read`.
+        files.next_handle = files.next_handle.checked_add(1).unwrap_or(1);
+        files.open.insert(handle, f);
+        Ok(handle)
     }
 
-    /// What reading file `ino` needs, by inode number: the kernel may read
-    /// without opening (see `mount`).
+    /// The kernel closed the last descriptor (and mapping) of a handle.
+    pub fn release(&self, handle: u64) {
+        self.shared
+            .files
+            .lock()
+            .expect("file cache lock")
+            .open
+            .remove(&handle);
+    }
+
+    /// What reading file `ino` needs, by inode number (reused while recent).
     fn open_file(&self, ino: u64) -> Result<Arc<OpenFile>> {
         let ino = self.resolve_version(ino);
-        if let Some(f) = self.shared.files.lock().expect("file cache lock").get(&ino) {
+        if let Some(f) = self
+            .shared
+            .files
+            .lock()
+            .expect("file cache lock")
+            .recent
+            .get(&ino)
+        {
             return Ok(f.clone());
         }
         let i = self.inode(ino)?;
@@ -945,9 +1087,19 @@ impl SnapshotFs {
         });
     }
 
-    /// Bytes `[offset, offset + size)` of file `ino` (short at its end).
-    pub fn read(&self, ino: u64, offset: u64, size: u32) -> Result<ReadData> {
-        let f = self.open_file(ino)?;
+    /// Bytes `[offset, offset + size)` of file `ino`, open as `handle` (0
+    /// for none), short at its end.
+    pub fn read(&self, ino: u64, handle: u64, offset: u64, size: u32) -> Result<ReadData> {
+        let held = (handle != 0)
+            .then(|| {
+                let files = self.shared.files.lock().expect("file cache lock");
+                files.open.get(&handle).cloned()
+            })
+            .flatten();
+        let f = match held {
+            Some(f) => f,
+            None => self.open_file(ino)?,
+        };
         if offset == 0 {
             self.warm_siblings(f.ino);
         }
