@@ -17,6 +17,7 @@
 mod util;
 
 mod copy;
+mod damage;
 mod everyday;
 mod faults;
 mod history;
