@@ -34,6 +34,7 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -158,9 +159,9 @@ impl LocalTarget {
         // history); adopting orphan packs only adds index rows.
         let lock = repo.lock("copy")?;
         let cat = repo.catalog()?;
-        cat.begin()?;
-        repo.adopt_orphan_packs(&cat)?;
-        cat.commit()?;
+        let tx = cat.transaction()?;
+        repo.adopt_orphan_packs(&tx)?;
+        tx.commit()?;
         Ok(LocalTarget {
             repo,
             cat,
@@ -473,42 +474,32 @@ impl Target for LocalTarget {
             return Err(e);
         }
         self.repo.backend.put(name, &tmp)?;
-        self.cat.begin()?;
-        if let Err(e) = self.cat.add_pack(name, bytes.len() as u64, &entries) {
-            self.cat.rollback();
-            return Err(e);
-        }
-        self.cat.commit()?;
+        let tx = self.cat.transaction()?;
+        tx.add_pack(name, bytes.len() as u64, &entries)?;
+        tx.commit()?;
         self.received = self.received.saturating_add(bytes.len() as u64);
         Ok(())
     }
 
     fn commit_snapshot(&mut self, record: &ChunkId, _added_bytes: u64) -> Result<()> {
-        self.cat.begin()?;
-        let res = self.check_complete(record).and_then(|()| {
-            let mut imp = Importer::new(&self.repo, &self.cat);
-            let res = imp.snapshot(record, self.received);
-            let problems = std::mem::take(&mut imp.problems);
-            match res {
-                Ok(_) if problems.is_empty() => Ok(()),
-                Ok(_) => Err(Error::corrupt(format!(
+        let tx = self.cat.transaction()?;
+        self.check_complete(record)?;
+        let mut imp = Importer::new(&self.repo, &tx);
+        let res = imp.snapshot(record, self.received);
+        let problems = std::mem::take(&mut imp.problems);
+        match res {
+            Ok(_) if problems.is_empty() => {}
+            Ok(_) => {
+                return Err(Error::corrupt(format!(
                     "snapshot {record} refused: {}",
                     problems.join("; ")
-                ))),
-                Err(e) => Err(e),
+                )));
             }
-        });
-        match res {
-            Ok(()) => {
-                self.cat.commit()?;
-                self.received = 0;
-                Ok(())
-            }
-            Err(e) => {
-                self.cat.rollback();
-                Err(e)
-            }
+            Err(e) => return Err(e),
         }
+        tx.commit()?;
+        self.received = 0;
+        Ok(())
     }
 }
 
@@ -522,6 +513,43 @@ pub struct CopyStats {
     pub seconds: f64,
 }
 
+/// Where in a snapshot a chunk being sent comes from, so that damage found
+/// in it (by this side or by the receiver) names the file or directory
+/// rather than only a chunk id.
+#[derive(Clone, Debug)]
+enum Origin {
+    File(Rc<str>),
+    Dir(Rc<str>),
+    Record,
+}
+
+impl Origin {
+    fn describe(&self, id: &ChunkId) -> String {
+        match self {
+            Origin::File(path) => format!("file {path} (chunk {id})"),
+            Origin::Dir(path) => format!("directory {path} (tree {id})"),
+            Origin::Record => format!("its snapshot record {id}"),
+        }
+    }
+}
+
+/// `dir/name` for messages, the root being `/`.
+fn child_path(dir: &str, name: &[u8]) -> String {
+    let sep = if dir.ends_with('/') { "" } else { "/" };
+    format!("{dir}{sep}{}", String::from_utf8_lossy(name))
+}
+
+/// Name the snapshot in an error of copying it (the variants a user reads
+/// as a sentence; I/O and catalog errors keep their own form, by which a
+/// full disk is still recognized).
+fn in_snapshot(name: &str, e: Error) -> Error {
+    match e {
+        Error::Corrupt(m) => Error::Corrupt(format!("snapshot {name}: {m}")),
+        Error::Invalid(m) => Error::Invalid(format!("snapshot {name}: {m}")),
+        e => e,
+    }
+}
+
 /// Collects missing chunks into packs and hands them to the target.
 struct Sender<'a> {
     src: &'a Repository,
@@ -529,8 +557,10 @@ struct Sender<'a> {
     target: &'a mut dyn Target,
     tmp: PathBuf,
     writer: Option<PackWriter>,
-    /// Chunks in the pack being filled (the target does not know them yet).
+    /// Chunks in the pack being filled (the target does not know them yet),
+    /// with where they come from, in the order they were added.
     sent: HashSet<ChunkId>,
+    pending: Vec<(ChunkId, Origin)>,
     pack_size: u64,
     /// The largest pack the target accepts; a pack is sealed before a chunk
     /// would take it past this.
@@ -541,19 +571,19 @@ struct Sender<'a> {
 
 impl Sender<'_> {
     /// Queue the chunks among `ids` that the target lacks.
-    fn send_missing(&mut self, ids: &[ChunkId]) -> Result<()> {
-        let ask: Vec<ChunkId> = {
+    fn send_missing(&mut self, ids: &[(ChunkId, Origin)]) -> Result<()> {
+        let ask: Vec<&(ChunkId, Origin)> = {
             let mut seen = HashSet::new();
             ids.iter()
-                .filter(|id| !self.sent.contains(id) && seen.insert(**id))
-                .copied()
+                .filter(|(id, _)| !self.sent.contains(id) && seen.insert(*id))
                 .collect()
         };
         for batch in ask.chunks(1024) {
-            let missing = self.target.missing_chunks(batch)?;
-            for (id, m) in batch.iter().zip(missing) {
+            let batch_ids: Vec<ChunkId> = batch.iter().map(|(id, _)| *id).collect();
+            let missing = self.target.missing_chunks(&batch_ids)?;
+            for ((id, origin), m) in batch.iter().zip(missing) {
                 if m {
-                    self.send(id)?;
+                    self.send(id, origin)?;
                 }
             }
         }
@@ -569,26 +599,38 @@ impl Sender<'_> {
         len + blob_len as u64 + (count + 1) * PACK_TABLE_REC + pack::FOOTER_LEN as u64
     }
 
-    fn send(&mut self, id: &ChunkId) -> Result<()> {
+    fn send(&mut self, id: &ChunkId, origin: &Origin) -> Result<()> {
+        let at = |e: Error| match e {
+            Error::Corrupt(m) => Error::corrupt(format!("{}: {m}", origin.describe(id))),
+            e => e,
+        };
         let loc = self.cat.chunk_loc(id)?.ok_or_else(|| {
-            Error::corrupt(format!("chunk {id} is missing from the source catalog"))
+            at(Error::corrupt(
+                "the chunk is missing from the source catalog".to_string(),
+            ))
         })?;
         let blob = self
             .src
             .backend
             .read_at(&loc.pack, loc.offset, loc.stored_len as usize)?;
         // Never replicate damage: a chunk that fails here stops the copy
-        // (a local target's own check does the same, naming the chunk).
+        // (a local target's own check does the same, and `flush` then
+        // finds which chunk it was).
         if !self.target.verifies_packs() {
-            decode_blob(&blob, id, loc.raw_len as usize)?;
+            decode_blob(&blob, id, loc.raw_len as usize).map_err(at)?;
         }
-        let kind = self.cat.chunk_kind(id)?.unwrap_or(ChunkKind::Data);
+        let kind = self.cat.chunk_kind(id)?.ok_or_else(|| {
+            at(Error::corrupt(
+                "the chunk's row vanished from the source catalog".to_string(),
+            ))
+        })?;
         if self.writer.is_some() && self.sealed_len_with(blob.len()) > self.pack_limit {
             self.flush()?;
         }
         if self.sealed_len_with(blob.len()) > self.pack_limit || loc.raw_len > MAX_CHUNK_RAW {
             return Err(Error::invalid(format!(
-                "chunk {id} ({} bytes stored, {} raw) is larger than the target accepts",
+                "{}: {} bytes stored, {} raw, is larger than the target accepts",
+                origin.describe(id),
                 blob.len(),
                 loc.raw_len
             )));
@@ -599,6 +641,7 @@ impl Sender<'_> {
         let w = self.writer.as_mut().expect("writer just created");
         w.append(*id, kind, loc.raw_len, &blob)?;
         self.sent.insert(*id);
+        self.pending.push((*id, origin.clone()));
         self.stats.chunks_sent += 1;
         if w.len() >= self.pack_size {
             self.flush()?;
@@ -613,26 +656,70 @@ impl Sender<'_> {
         let sealed = w.seal()?;
         let bytes = std::fs::read(&sealed.path).at(&sealed.path)?;
         let _ = std::fs::remove_file(&sealed.path);
-        self.target.put_pack(&sealed.name, &bytes)?;
+        if let Err(e) = self.target.put_pack(&sealed.name, &bytes) {
+            return Err(self.damage_in_pending().unwrap_or(e));
+        }
         self.stats.packs_sent += 1;
         self.stats.bytes_sent += sealed.size;
         self.added += sealed.size;
         self.sent.clear();
+        self.pending.clear();
         Ok(())
     }
 
-    /// Send what the target lacks beneath `tree` (the caller checked the tree itself).
-    fn tree(&mut self, tree: TreeId, hash: TreeHash) -> Result<()> {
+    /// After the target refused a pack: the first of its chunks that does
+    /// not read back and decode here, named by where it is in the snapshot.
+    /// The receiver only knows chunk ids; checking again here costs one
+    /// pack's decoding, and only when a copy fails anyway. `None` when every
+    /// chunk is sound (the refusal had another cause, e.g. a full disk).
+    fn damage_in_pending(&self) -> Option<Error> {
+        self.pending.iter().find_map(|(id, origin)| {
+            let check = || -> Result<()> {
+                let loc = self.cat.chunk_loc(id)?.ok_or_else(|| {
+                    Error::corrupt("the chunk is missing from the source catalog")
+                })?;
+                let raw = self.src.read_chunk(id, &loc)?;
+                match origin {
+                    Origin::Dir(_) => decode_tree(&raw)
+                        .map(drop)
+                        .map_err(|e| Error::corrupt(format!("it does not decode: {}", e.detail()))),
+                    Origin::Record => decode_record(&raw, id.0).map(drop),
+                    Origin::File(_) => Ok(()),
+                }
+            };
+            check()
+                .err()
+                .map(|e| Error::corrupt(format!("{}: {}", origin.describe(id), e.detail())))
+        })
+    }
+
+    /// Send what the target lacks beneath `tree`, the directory at `path`
+    /// in the snapshot (the caller checked the tree itself).
+    fn tree(&mut self, tree: TreeId, hash: TreeHash, path: &str) -> Result<()> {
         let _level = crate::tree::descend(|| format!("tree {hash}"))?;
-        let entries = self.cat.entries(tree)?;
+        let here = |e: Error| match e {
+            Error::Corrupt(m) => Error::corrupt(format!("directory {path} (tree {hash}): {m}")),
+            e => e,
+        };
+        let entries = self.cat.entries(tree).map_err(here)?;
         let mut chunk_ids = Vec::new();
-        let mut subdirs: Vec<(TreeId, TreeHash)> = Vec::new();
+        let mut subdirs: Vec<(TreeId, TreeHash, String)> = Vec::new();
         for n in &entries {
             if let Some(c) = n.content {
-                chunk_ids.extend(self.cat.content(c)?.iter().map(|c| c.id));
+                let file: Rc<str> = child_path(path, &n.name).into();
+                let list = self.cat.content(c).map_err(|e| match e {
+                    Error::Corrupt(m) => Error::corrupt(format!("file {file}: {m}")),
+                    e => e,
+                })?;
+                chunk_ids.extend(list.iter().map(|c| (c.id, Origin::File(file.clone()))));
             }
             if let Some(t) = n.subtree {
-                subdirs.push((t, self.cat.tree_hash(t)?));
+                let dir = child_path(path, &n.name);
+                let h = self.cat.tree_hash(t).map_err(|e| match e {
+                    Error::Corrupt(m) => Error::corrupt(format!("directory {dir}: {m}")),
+                    e => e,
+                })?;
+                subdirs.push((t, h, dir));
             }
         }
         self.send_missing(&chunk_ids)?;
@@ -641,12 +728,12 @@ impl Sender<'_> {
         for b in hashes.chunks(1024) {
             present.extend(self.target.has_trees(b)?);
         }
-        for ((t, h), have) in subdirs.into_iter().zip(present) {
+        for ((t, h, dir), have) in subdirs.into_iter().zip(present) {
             if !have {
-                self.tree(t, h)?;
+                self.tree(t, h, &dir)?;
             }
         }
-        self.send_missing(&[ChunkId(hash.0)])
+        self.send_missing(&[(ChunkId(hash.0), Origin::Dir(path.into()))])
     }
 }
 
@@ -731,18 +818,22 @@ pub fn copy(src: &Repository, target: &mut dyn Target, which: &[String]) -> Resu
                 tmp: tmp.clone(),
                 writer: None,
                 sent: HashSet::new(),
+                pending: Vec::new(),
                 pack_size: src.config.pack_size,
                 pack_limit,
                 stats: &mut stats,
                 added: 0,
             };
-            let root_hash = cat.tree_hash(s.root_tree)?;
-            if !sender.target.has_trees(&[root_hash])?[0] {
-                sender.tree(s.root_tree, root_hash)?;
-            }
-            sender.send_missing(&[ChunkId(s.hash)])?;
-            sender.flush()?;
-            let added = sender.added;
+            let added = (|| -> Result<u64> {
+                let root_hash = cat.tree_hash(s.root_tree)?;
+                if !sender.target.has_trees(&[root_hash])?[0] {
+                    sender.tree(s.root_tree, root_hash, "/")?;
+                }
+                sender.send_missing(&[(ChunkId(s.hash), Origin::Record)])?;
+                sender.flush()?;
+                Ok(sender.added)
+            })()
+            .map_err(|e| in_snapshot(&s.name, e))?;
             target.commit_snapshot(&ChunkId(s.hash), added)?;
             stats.snapshots_copied.push(s.name.clone());
         }

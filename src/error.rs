@@ -33,6 +33,15 @@ pub enum Error {
         supported: u32,
     },
 
+    /// The catalog file is there but holds no usable catalog (empty, not a
+    /// database, tables without our schema): the packs still hold everything,
+    /// so the way out is a rebuild, not another release.
+    #[error(
+        "catalog {} {why}; rebuild it from the packs with `snapfs rebuild-catalog` (which keeps this file aside)",
+        path.display()
+    )]
+    DamagedCatalog { path: PathBuf, why: String },
+
     #[error("no snapshot matches {0:?} (see `snapfs snapshots`)")]
     NoSuchSnapshot(String),
 
@@ -56,6 +65,15 @@ impl Error {
 
     pub fn invalid(msg: impl Into<String>) -> Self {
         Error::Invalid(msg.into())
+    }
+
+    /// The message without the "damaged data" lead of [`Error::Corrupt`],
+    /// for quoting an error inside another that already says so.
+    pub fn detail(&self) -> String {
+        match self {
+            Error::Corrupt(m) => m.clone(),
+            e => e.to_string(),
+        }
     }
 
     /// The errno a filesystem caller sees for this error: damage is EIO,

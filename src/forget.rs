@@ -205,6 +205,9 @@ pub fn forget(repo: &Repository, opts: &ForgetOptions) -> Result<Vec<Decision>> 
     let decisions: Vec<(SnapshotRow, Decision)> = if opts.snapshots.is_empty() {
         let mut groups: BTreeMap<(String, Vec<u8>), Vec<SnapshotRow>> = BTreeMap::new();
         for s in all {
+            // Grouping needs the sources, and the tag rule the tags: a row
+            // whose columns do not decode must not fall into the wrong group.
+            s.decoded()?;
             groups
                 .entry((s.host.clone(), crate::catalog::encode_paths(&s.sources)))
                 .or_default()
@@ -241,15 +244,15 @@ pub fn forget(repo: &Repository, opts: &ForgetOptions) -> Result<Vec<Decision>> 
         .map(|(s, _)| s)
         .collect();
     if !opts.dry_run && !gone.is_empty() {
-        cat.begin()?;
+        let tx = cat.transaction()?;
         let hashes: Vec<_> = gone.iter().map(|s| s.hash).collect();
         let record = crate::snapshot::encode_forget_record(&hashes, crate::time::now_ns());
-        let chunk = repo.store_meta_chunk(&cat, crate::pack::ChunkKind::Snapshot, &record)?;
-        cat.add_tombstone(&chunk)?;
+        let chunk = repo.store_meta_chunk(&tx, crate::pack::ChunkKind::Snapshot, &record)?;
+        tx.add_tombstone(&chunk)?;
         for s in gone {
-            cat.delete_snapshot(s.id)?;
+            tx.delete_snapshot(s.id)?;
         }
-        cat.commit()?;
+        tx.commit()?;
         cat.checkpoint();
     }
     Ok(decisions.into_iter().map(|(_, d)| d).collect())
@@ -282,6 +285,7 @@ mod tests {
             warnings: 0,
             change_share: 0.0,
             alarm: false,
+            damage: None,
         }
     }
 

@@ -62,7 +62,7 @@ pub fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcStats> {
         dry_run: opts.dry_run,
         ..Default::default()
     };
-    cat.begin()?;
+    let tx = cat.transaction()?;
     let result = (|| -> Result<()> {
         repo.adopt_orphan_packs(&cat)?;
         cat.mark_live()?;
@@ -155,17 +155,15 @@ pub fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcStats> {
         }
         Ok(())
     })();
-    if let Err(e) = result {
-        cat.rollback();
-        return Err(e);
-    }
+    // An error, or a dry run, drops the transaction: nothing it did stays.
+    result?;
     if opts.dry_run {
-        cat.rollback();
+        drop(tx);
         stats.packs_waiting = cat.doomed_packs()?.len() as u64;
         stats.seconds = t0.elapsed().as_secs_f64();
         return Ok(stats);
     }
-    cat.commit()?;
+    tx.commit()?;
     cat.checkpoint();
     let (freed, waiting) = delete_doomed(repo, &cat)?;
     stats.bytes_freed = freed;

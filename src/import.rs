@@ -307,6 +307,7 @@ mod tests {
             warnings: 0,
             change_share: 0.0,
             alarm: false,
+            damage: None,
         };
         crate::snapshot::encode_record(&row, &TreeHash(root.0), nodes, &[0, nodes, 0, 0, 0])
     }

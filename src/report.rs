@@ -103,8 +103,9 @@ struct SnapshotJson<'a> {
     time: String,
     finished: String,
     host: &'a str,
-    sources: Vec<String>,
-    tags: &'a [String],
+    /// Null when the row's column does not decode: unknown, not empty.
+    sources: Option<Vec<String>>,
+    tags: Option<&'a [String]>,
     files: u64,
     dirs: u64,
     size: u64,
@@ -112,9 +113,21 @@ struct SnapshotJson<'a> {
     warnings: u64,
     change_share: f64,
     alarm: bool,
+    /// Why the row's sources or tags did not decode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    damaged: Option<String>,
 }
 
 pub fn snapshots(list: &[SnapshotRow], as_json: bool) {
+    // A damaged row is listed (its data is intact), marked, and warned of.
+    for s in list {
+        if let Some(why) = &s.damage {
+            log::warn!(
+                "snapshot {}: its catalog row is damaged: {why}; `snapfs rebuild-catalog` restores it from the packs",
+                s.name
+            );
+        }
+    }
     if as_json {
         let rows: Vec<SnapshotJson> = list
             .iter()
@@ -125,11 +138,20 @@ pub fn snapshots(list: &[SnapshotRow], as_json: bool) {
                 finished: crate::time::rfc3339(s.finished_ns),
                 host: &s.host,
                 sources: s
-                    .sources
-                    .iter()
-                    .map(|p| p.to_string_lossy().into_owned())
-                    .collect(),
-                tags: &s.tags,
+                    .damage
+                    .as_ref()
+                    .is_none_or(|d| d.sources.is_none())
+                    .then(|| {
+                        s.sources
+                            .iter()
+                            .map(|p| p.to_string_lossy().into_owned())
+                            .collect()
+                    }),
+                tags: s
+                    .damage
+                    .as_ref()
+                    .is_none_or(|d| d.tags.is_none())
+                    .then_some(&s.tags[..]),
                 files: s.files,
                 dirs: s.dirs,
                 size: s.size,
@@ -137,6 +159,7 @@ pub fn snapshots(list: &[SnapshotRow], as_json: bool) {
                 warnings: s.warnings,
                 change_share: s.change_share,
                 alarm: s.alarm,
+                damaged: s.damage.as_ref().map(|d| d.to_string()),
             })
             .collect();
         json(&rows);
@@ -151,6 +174,9 @@ pub fn snapshots(list: &[SnapshotRow], as_json: bool) {
         let mut srcs = sources.join(" ");
         if !s.tags.is_empty() {
             srcs.push_str(&format!("  [{}]", s.tags.join(",")));
+        }
+        if let Some(why) = &s.damage {
+            srcs.push_str(&format!("  DAMAGED ROW: {why}"));
         }
         if s.alarm {
             srcs.push_str(&format!(

@@ -146,6 +146,7 @@ fn decode_record_fields(data: &[u8], hash: Hash) -> Result<Record> {
                     warnings,
                     change_share: 0.0,
                     alarm: false,
+                    damage: None,
                 }),
                 root,
             }
@@ -188,6 +189,7 @@ mod tests {
             warnings: 5,
             change_share: 0.0,
             alarm: false,
+            damage: None,
         }
     }
 

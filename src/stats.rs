@@ -50,10 +50,10 @@ pub fn stats(repo: &Repository, snapshot: Option<&str>) -> Result<Stats> {
             s.logical_bytes = snap.size;
             s.snapshot = Some(snap.name.clone());
             s.added_bytes = Some(snap.added_bytes);
-            cat.begin()?;
-            let unique = cat.unique_bytes(snap.id);
-            cat.rollback();
-            s.unique_bytes = Some(unique?);
+            // Its temporary tables are dropped with the transaction.
+            let tx = cat.transaction()?;
+            s.unique_bytes = Some(tx.unique_bytes(snap.id)?);
+            drop(tx);
         }
     }
     s.dedup_ratio = s.logical_bytes as f64 / s.unique_raw_bytes.max(1) as f64;

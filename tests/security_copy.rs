@@ -215,6 +215,7 @@ fn record(name: &str, root: ChunkId, nodes: u64) -> Vec<u8> {
         warnings: 0,
         change_share: 0.0,
         alarm: false,
+        damage: None,
     };
     snapfs::snapshot::encode_record(&row, &TreeHash(root.0), nodes, &[1, 1, 0, 0, 0])
 }

@@ -254,6 +254,7 @@ fn plant_tree_chain(repo: &Repo, depth: u64, bottom: Vec<Entry>) {
         warnings: 0,
         change_share: 0.0,
         alarm: false,
+        damage: None,
     };
     let record =
         snapfs::snapshot::encode_record(&row, &TreeHash(below.0), nodes, &[0, depth, 0, 0, 0]);

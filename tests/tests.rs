@@ -18,6 +18,7 @@
 mod util;
 
 mod copy;
+mod damage;
 mod everyday;
 mod faults;
 mod history;

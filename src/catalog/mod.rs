@@ -70,6 +70,46 @@ pub struct SnapshotRow {
     pub warnings: u64,
     pub change_share: f64,
     pub alarm: bool,
+    /// Set when the row's `sources` or `tags` column did not decode. The
+    /// field that did not is empty and means nothing: whatever needs the
+    /// values calls [`SnapshotRow::decoded`], which names the snapshot, and
+    /// a listing marks the row. The rest of the row (its tree, its times)
+    /// is intact, so the snapshot can still be restored, mounted, copied or
+    /// forgotten by name.
+    pub damage: Option<RowDamage>,
+}
+
+/// Which columns of a snapshot row did not decode, and why.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RowDamage {
+    pub sources: Option<String>,
+    pub tags: Option<String>,
+}
+
+impl std::fmt::Display for RowDamage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = [("sources", &self.sources), ("tags", &self.tags)]
+            .into_iter()
+            .filter_map(|(what, why)| Some(format!("its {what} do not decode ({})", why.as_ref()?)))
+            .collect();
+        f.write_str(&parts.join("; "))
+    }
+}
+
+impl SnapshotRow {
+    /// The row, if its sources and tags decoded; otherwise an error naming
+    /// the snapshot, for commands that act on those values (retention).
+    pub fn decoded(&self) -> Result<&SnapshotRow> {
+        match &self.damage {
+            None => Ok(self),
+            Some(why) => Err(Error::corrupt(format!(
+                "snapshot {} ({}) in the catalog: {why}; forget it by name, or rebuild the catalog \
+                 from the packs with `snapfs rebuild-catalog`",
+                self.name,
+                self.hash.to_hex().get(..8).unwrap_or_default()
+            ))),
+        }
+    }
 }
 
 pub fn encode_paths(paths: &[PathBuf]) -> Vec<u8> {
@@ -82,19 +122,31 @@ pub fn encode_paths(paths: &[PathBuf]) -> Vec<u8> {
     e.buf
 }
 
+/// The inverse of [`encode_paths`]: every path must decode and nothing may
+/// follow, so damaged bytes are an error rather than a shorter list.
 pub fn decode_paths(b: &[u8]) -> Result<Vec<PathBuf>> {
     use std::os::unix::ffi::OsStrExt;
     let mut d = Decoder::new(b);
-    let n = d.u64()?;
-    (0..n)
+    // Each path costs at least its one-byte length.
+    let n = d.count(1)?;
+    let paths = (0..n)
         .map(|_| Ok(PathBuf::from(std::ffi::OsStr::from_bytes(d.bytes()?))))
-        .collect()
+        .collect::<Result<_>>()?;
+    d.finish("source paths")?;
+    Ok(paths)
 }
 
 pub(crate) fn blob_hash(b: Vec<u8>) -> rusqlite::Result<Hash> {
     Hash::from_slice(&b).ok_or_else(|| {
         rusqlite::Error::InvalidColumnType(0, "hash".into(), rusqlite::types::Type::Blob)
     })
+}
+
+/// A column holding a size, count or offset: a negative value is damage,
+/// reported, not read as a number near 2^64.
+fn get_u64(r: &Row, i: usize) -> rusqlite::Result<u64> {
+    let v: i64 = r.get(i)?;
+    u64::try_from(v).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(i, v))
 }
 
 const NODE_COLUMNS: &str = "name, kind, mode, uid, gid, size, mtime_ns, ctime_ns, atime_ns, rdev, ino, nlink, blocks, link_key, xattrs, target, content, subtree, node_offset";
@@ -109,29 +161,46 @@ fn node_from_row(r: &Row) -> rusqlite::Result<Node> {
             mode: r.get(2)?,
             uid: r.get(3)?,
             gid: r.get(4)?,
-            size: r.get::<_, i64>(5)? as u64,
+            size: get_u64(r, 5)?,
             mtime_ns: r.get(6)?,
             ctime_ns: r.get(7)?,
             atime_ns: r.get(8)?,
             rdev: r.get::<_, i64>(9)? as u64,
             ino: r.get::<_, i64>(10)? as u64,
-            nlink: r.get::<_, i64>(11)? as u64,
-            blocks: r.get::<_, i64>(12)? as u64,
+            nlink: get_u64(r, 11)?,
+            blocks: get_u64(r, 12)?,
         },
         link_key: r.get::<_, i64>(13)? as u64,
         xattrs: r.get(14)?,
         target: r.get(15)?,
         content: r.get::<_, Option<i64>>(16)?.map(ContentId),
         subtree: r.get::<_, Option<i64>>(17)?.map(TreeId),
-        node_offset: r.get::<_, i64>(18)? as u64,
+        node_offset: get_u64(r, 18)?,
     })
 }
 
 const SNAPSHOT_COLUMNS: &str = "id, hash, name, started_ns, finished_ns, host, sources, tags, root_tree, files, dirs, size, added_bytes, read_bytes, warnings, change_share, alarm";
 
 fn snapshot_from_row(r: &Row) -> rusqlite::Result<SnapshotRow> {
-    let sources: Vec<u8> = r.get(6)?;
-    let tags: String = r.get(7)?;
+    // Read as bytes whatever their SQL type, so that a damaged value marks
+    // this one row instead of failing every listing of snapshots.
+    let mut damage = RowDamage::default();
+    let sources = match r.get_ref(6)?.as_bytes() {
+        Ok(b) => decode_paths(b).map_err(|e| e.detail()),
+        Err(_) => Err("not bytes".to_string()),
+    }
+    .unwrap_or_else(|e| {
+        damage.sources = Some(e);
+        Vec::new()
+    });
+    let tags = match r.get_ref(7)?.as_bytes() {
+        Ok(b) => serde_json::from_slice(b).map_err(|e| e.to_string()),
+        Err(_) => Err("not text".to_string()),
+    }
+    .unwrap_or_else(|e| {
+        damage.tags = Some(e);
+        Vec::new()
+    });
     Ok(SnapshotRow {
         id: SnapshotId(r.get(0)?),
         hash: blob_hash(r.get(1)?)?,
@@ -139,17 +208,18 @@ fn snapshot_from_row(r: &Row) -> rusqlite::Result<SnapshotRow> {
         started_ns: r.get(3)?,
         finished_ns: r.get(4)?,
         host: r.get(5)?,
-        sources: decode_paths(&sources).unwrap_or_default(),
-        tags: serde_json::from_str(&tags).unwrap_or_default(),
+        sources,
+        tags,
         root_tree: TreeId(r.get(8)?),
-        files: r.get::<_, i64>(9)? as u64,
-        dirs: r.get::<_, i64>(10)? as u64,
-        size: r.get::<_, i64>(11)? as u64,
-        added_bytes: r.get::<_, i64>(12)? as u64,
-        read_bytes: r.get::<_, i64>(13)? as u64,
-        warnings: r.get::<_, i64>(14)? as u64,
+        files: get_u64(r, 9)?,
+        dirs: get_u64(r, 10)?,
+        size: get_u64(r, 11)?,
+        added_bytes: get_u64(r, 12)?,
+        read_bytes: get_u64(r, 13)?,
+        warnings: get_u64(r, 14)?,
         change_share: r.get(15)?,
         alarm: r.get::<_, i64>(16)? != 0,
+        damage: (damage != RowDamage::default()).then_some(damage),
     })
 }
 
@@ -166,60 +236,177 @@ fn stable_plans(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// An open write transaction (see [`Catalog::transaction`]). It derefs to
+/// the catalog, so the guarded work reads as ordinary catalog calls.
+#[must_use = "a transaction that is not committed is rolled back when dropped"]
+pub struct Transaction<'a> {
+    cat: &'a Catalog,
+}
+
+impl Transaction<'_> {
+    /// Make the transaction's work durable. If COMMIT fails, the guard is
+    /// dropped with the transaction still open, and so rolls it back.
+    pub fn commit(self) -> Result<()> {
+        self.cat.conn.execute_batch("COMMIT")?;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for Transaction<'_> {
+    type Target = Catalog;
+    fn deref(&self) -> &Catalog {
+        self.cat
+    }
+}
+
+impl Drop for Transaction<'_> {
+    fn drop(&mut self) {
+        // Autocommit means there is nothing to undo: committed, or SQLite
+        // already rolled back (it does on some errors, e.g. a full disk).
+        if !self.cat.conn.is_autocommit()
+            && let Err(e) = self.cat.conn.execute_batch("ROLLBACK")
+        {
+            log::warn!("catalog rollback: {e}");
+        }
+    }
+}
+
+/// What a catalog file holds, as far as opening it is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Schema {
+    /// Our schema, at the version this release reads.
+    Current,
+    /// Nothing: a new file for `init` or `rebuild-catalog`, and an unusable
+    /// catalog for everyone else.
+    Empty,
+}
+
+/// Read (never write) which schema the catalog at `path` holds. Anything but
+/// ours or nothing at all is an error: tables without our version number
+/// are not a catalog we wrote, a higher version needs a newer release.
+fn check_schema(conn: &Connection, path: &Path) -> Result<Schema> {
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(|e| open_error(path, e))?;
+    let tables: i64 = conn
+        .query_row("SELECT COUNT(*) FROM sqlite_schema", [], |r| r.get(0))
+        .map_err(|e| open_error(path, e))?;
+    match version {
+        SCHEMA_VERSION => Ok(Schema::Current),
+        0 if tables == 0 => Ok(Schema::Empty),
+        0 => Err(Error::DamagedCatalog {
+            path: path.to_path_buf(),
+            why: "has tables but no catalog schema version".into(),
+        }),
+        other => Err(Error::UnsupportedFormat {
+            path: path.to_path_buf(),
+            found: format!("catalog schema {other}"),
+            supported: SCHEMA_VERSION as u32,
+        }),
+    }
+}
+
+/// The error for a catalog file that holds no catalog at all, which only a
+/// rebuild from the packs can fill.
+fn empty_catalog(path: &Path) -> Error {
+    let why = match std::fs::metadata(path) {
+        Ok(m) if m.len() == 0 => "is empty (0 bytes)".to_string(),
+        _ => "holds no catalog tables".to_string(),
+    };
+    Error::DamagedCatalog {
+        path: path.to_path_buf(),
+        why,
+    }
+}
+
+/// A failure to open or first read a catalog: a missing file or one that is
+/// not an SQLite database says so and suggests the rebuild.
+fn open_error(path: &Path, e: rusqlite::Error) -> Error {
+    let code = e.sqlite_error_code();
+    let why = if !path.exists() {
+        "is missing".to_string()
+    } else if code == Some(rusqlite::ErrorCode::NotADatabase) {
+        format!("is not an SQLite database ({e})")
+    } else {
+        return Error::Catalog(e);
+    };
+    Error::DamagedCatalog {
+        path: path.to_path_buf(),
+        why,
+    }
+}
+
 impl Catalog {
-    /// Open (or with `create`, create) the catalog at `path`.
     /// Open for reading only (the mount), without creating or migrating.
+    /// Checks the schema like [`Catalog::open`], so a mount of an empty or
+    /// foreign catalog fails before it mounts instead of failing every access.
     pub fn open_read(path: &Path) -> Result<Catalog> {
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
+        )
+        .map_err(|e| open_error(path, e))?;
         conn.busy_timeout(Duration::from_secs(30))?;
+        // First, as any statement's first read of the file would fail on
+        // a file that is not a database; it only reads.
+        if check_schema(&conn, path)? == Schema::Empty {
+            return Err(empty_catalog(path));
+        }
+        conn.pragma_update(None, "query_only", true)?;
         stable_plans(&conn)?;
         conn.pragma_update(None, "cache_size", -512)?;
-        conn.pragma_update(None, "query_only", true)?;
         Ok(Catalog { conn })
     }
 
+    /// Open (or with `create`, create) the catalog at `path`. Without
+    /// `create`, a file with no catalog in it is an error that suggests
+    /// `rebuild-catalog`, and nothing is written to it: the schema is
+    /// checked before any setting (WAL mode writes the file's header).
     pub fn open(path: &Path, create: bool) -> Result<Catalog> {
         let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         if create {
             flags |= OpenFlags::SQLITE_OPEN_CREATE;
         }
-        let conn = Connection::open_with_flags(path, flags)?;
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
         conn.busy_timeout(Duration::from_secs(600))?;
         stable_plans(&conn)?;
+        let schema = check_schema(&conn, path)?;
+        if schema == Schema::Empty && !create {
+            return Err(empty_catalog(path));
+        }
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // FULL: a committed snapshot survives a power cut, not only a crash.
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "cache_size", -32_768)?;
-        let cat = Catalog { conn };
-        let version: i64 = cat
-            .conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))?;
-        match version {
-            0 if create => {
-                cat.conn.execute_batch(&format!(
-                    "BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-                ))?;
-            }
-            SCHEMA_VERSION => {}
-            other => {
-                return Err(Error::UnsupportedFormat {
-                    path: path.to_path_buf(),
-                    found: format!("catalog schema {other}"),
-                    supported: SCHEMA_VERSION as u32,
-                });
-            }
+        if schema == Schema::Empty {
+            conn.execute_batch(&format!(
+                "BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            ))?;
         }
-        Ok(cat)
+        Ok(Catalog { conn })
     }
 
+    /// Begin a write transaction, rolled back when the guard is dropped
+    /// unless [`Transaction::commit`] consumed it: an early return or `?`
+    /// inside the guarded section can then never leave it open, nor commit
+    /// half of it.
+    pub fn transaction(&self) -> Result<Transaction<'_>> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(Transaction { cat: self })
+    }
+
+    /// Begin a write transaction by hand.
+    ///
+    /// Prefer [`Catalog::transaction`]: with `begin`, every error path must
+    /// remember to call [`Catalog::rollback`]. Kept until its last callers
+    /// are converted.
     pub fn begin(&self) -> Result<()> {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         Ok(())
     }
 
+    /// Commit a transaction opened with [`Catalog::begin`] (prefer
+    /// [`Catalog::transaction`] and [`Transaction::commit`]).
     pub fn commit(&self) -> Result<()> {
         self.conn.execute_batch("COMMIT")?;
         Ok(())
@@ -236,6 +423,8 @@ impl Catalog {
         }
     }
 
+    /// Roll back a transaction opened with [`Catalog::begin`] (prefer
+    /// [`Catalog::transaction`], whose guard does this when dropped).
     pub fn rollback(&self) {
         let _ = self.conn.execute_batch("ROLLBACK");
     }
@@ -295,7 +484,7 @@ impl Catalog {
             .query_row([&id.0.0[..]], |r| {
                 Ok(ChunkLoc {
                     pack: PackName(blob_hash(r.get(0)?)?),
-                    offset: r.get::<_, i64>(1)? as u64,
+                    offset: get_u64(r, 1)?,
                     stored_len: r.get(2)?,
                     raw_len: r.get(3)?,
                 })
@@ -325,7 +514,7 @@ impl Catalog {
             Ok((
                 PackId(r.get(0)?),
                 PackName(blob_hash(r.get(1)?)?),
-                r.get::<_, i64>(2)? as u64,
+                get_u64(r, 2)?,
             ))
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -384,20 +573,19 @@ impl Catalog {
             .conn
             .prepare_cached("SELECT id, nodes FROM trees WHERE hash = ?1")?;
         Ok(st
-            .query_row([&hash.0.0[..]], |r| {
-                Ok((TreeId(r.get(0)?), r.get::<_, i64>(1)? as u64))
-            })
+            .query_row([&hash.0.0[..]], |r| Ok((TreeId(r.get(0)?), get_u64(r, 1)?)))
             .optional()?)
     }
 
+    /// Entries beneath a tree, recursively. A missing row is damage, not
+    /// an empty tree: counting it as 0 would shift every inode number after it.
     pub fn tree_nodes(&self, id: TreeId) -> Result<u64> {
         let mut st = self
             .conn
             .prepare_cached("SELECT nodes FROM trees WHERE id = ?1")?;
-        Ok(st
-            .query_row([id.0], |r| r.get::<_, i64>(0))
+        st.query_row([id.0], |r| get_u64(r, 0))
             .optional()?
-            .unwrap_or(0) as u64)
+            .ok_or_else(|| Error::corrupt(format!("tree {} missing from catalog", id.0)))
     }
 
     pub fn tree_hash(&self, id: TreeId) -> Result<TreeHash> {
@@ -628,7 +816,7 @@ impl Catalog {
         )?;
         Ok(st
             .query_row(params![snap.0, key as i64], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+                Ok((get_u64(r, 0)?, get_u64(r, 1)?))
             })
             .optional()?)
     }
@@ -672,5 +860,162 @@ mod tests {
                 "order {order:?}"
             );
         }
+    }
+
+    fn pack_name(n: u8) -> PackName {
+        PackName(Hash::of(&[n]))
+    }
+
+    /// Bare begin/commit/rollback left a transaction open (or half of it
+    /// committed by the next commit) whenever an error path forgot the
+    /// rollback: the guard undoes everything on any early return.
+    #[test]
+    fn an_error_inside_a_transaction_leaves_no_rows() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let cat = Catalog::open(&d.path().join("c.db"), true).expect("open");
+        let failing = |cat: &Catalog| -> Result<()> {
+            let tx = cat.transaction()?;
+            tx.add_pack(&pack_name(1), 100, &[])?;
+            Err(Error::invalid("something failed after the first write"))?;
+            tx.commit()
+        };
+        assert!(failing(&cat).is_err());
+        assert!(cat.packs().expect("packs").is_empty(), "rows left behind");
+        assert!(cat.conn.is_autocommit(), "transaction left open");
+
+        let tx = cat.transaction().expect("begin");
+        tx.add_pack(&pack_name(2), 100, &[]).expect("add pack");
+        tx.commit().expect("commit");
+        drop(cat.transaction().expect("begin, then dropped"));
+        let names: Vec<PackName> = cat
+            .packs()
+            .expect("packs")
+            .into_iter()
+            .map(|p| p.1)
+            .collect();
+        assert_eq!(names, vec![pack_name(2)]);
+    }
+
+    /// A 0-byte catalog.db was reported as "catalog schema 0, use a
+    /// matching release", and the mount's read-only open accepted it.
+    #[test]
+    fn an_empty_catalog_file_suggests_a_rebuild_and_stays_empty() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let path = d.path().join("catalog.db");
+        std::fs::write(&path, b"").expect("create empty file");
+        for (what, opened) in [
+            ("open", Catalog::open(&path, false).map(drop)),
+            ("open_read", Catalog::open_read(&path).map(drop)),
+        ] {
+            let err = opened.expect_err(what).to_string();
+            assert!(
+                err.contains("rebuild-catalog") && err.contains("empty"),
+                "{what}: {err}"
+            );
+            assert_eq!(
+                std::fs::metadata(&path).expect("stat").len(),
+                0,
+                "{what} wrote to it"
+            );
+        }
+        std::fs::write(&path, b"not a database, but some bytes of text").expect("write");
+        let err = Catalog::open_read(&path)
+            .err()
+            .expect("accepted")
+            .to_string();
+        assert!(err.contains("rebuild-catalog"), "{err}");
+        let cat = Catalog::open(&d.path().join("new.db"), true).expect("create");
+        assert!(cat.snapshots().expect("snapshots").is_empty());
+    }
+
+    fn snapshot_row(name: &str) -> SnapshotRow {
+        SnapshotRow {
+            id: SnapshotId(0),
+            hash: Hash::of(name.as_bytes()),
+            name: name.into(),
+            started_ns: 1,
+            finished_ns: 2,
+            host: "h".into(),
+            sources: vec![PathBuf::from("/data")],
+            tags: vec!["daily".into()],
+            root_tree: TreeId(1),
+            files: 1,
+            dirs: 1,
+            size: 1,
+            added_bytes: 0,
+            read_bytes: 0,
+            warnings: 0,
+            change_share: 0.0,
+            alarm: false,
+            damage: None,
+        }
+    }
+
+    /// Undecodable sources or tags read as empty lists, silently: a
+    /// damaged row then fell into another retention group.
+    #[test]
+    fn undecodable_sources_and_tags_mark_the_row() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let cat = Catalog::open(&d.path().join("c.db"), true).expect("open");
+        for name in ["good", "bad-sources", "bad-tags"] {
+            cat.add_snapshot(&snapshot_row(name)).expect("add");
+        }
+        let mut trailing = encode_paths(&[PathBuf::from("/data")]);
+        trailing.push(0);
+        cat.conn
+            .execute(
+                "UPDATE snapshots SET sources = ?1 WHERE name = 'bad-sources'",
+                [trailing],
+            )
+            .expect("damage sources");
+        cat.conn
+            .execute(
+                "UPDATE snapshots SET tags = X'FF' WHERE name = 'bad-tags'",
+                [],
+            )
+            .expect("damage tags");
+        let rows = cat.snapshots().expect("one damaged row fails no listing");
+        let by_name = |n: &str| rows.iter().find(|r| r.name == n).expect("listed");
+        assert!(by_name("good").decoded().is_ok());
+        let bad = by_name("bad-sources");
+        let damage = bad.damage.as_ref().expect("marked");
+        assert!(
+            damage.sources.is_some() && damage.tags.is_none(),
+            "{damage:?}"
+        );
+        assert_eq!(bad.tags, vec!["daily".to_string()]);
+        let err = bad.decoded().expect_err("accepted").to_string();
+        assert!(
+            err.contains("bad-sources") && err.contains("sources"),
+            "{err}"
+        );
+        let bad = by_name("bad-tags");
+        let damage = bad.damage.as_ref().expect("marked");
+        assert!(
+            damage.tags.is_some() && damage.sources.is_none(),
+            "{damage:?}"
+        );
+        let err = bad.decoded().expect_err("accepted").to_string();
+        assert!(err.contains("bad-tags") && err.contains("tags"), "{err}");
+    }
+
+    #[test]
+    fn decode_paths_refuses_short_and_trailing_bytes() {
+        let good = encode_paths(&[PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(decode_paths(&good).expect("decodes").len(), 2);
+        let mut long = good.clone();
+        long.push(7);
+        assert!(decode_paths(&long).is_err());
+        assert!(decode_paths(&good[..good.len() - 1]).is_err());
+        assert!(decode_paths(&[0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
+    }
+
+    /// A missing tree counted as holding nothing, shifting every inode
+    /// number after it.
+    #[test]
+    fn a_missing_tree_has_no_node_count() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let cat = Catalog::open(&d.path().join("c.db"), true).expect("open");
+        assert!(cat.tree_nodes(TreeId(42)).is_err());
     }
 }

@@ -307,6 +307,7 @@ pub fn ingest(repo: &Repository, sources: &[PathBuf], opts: &IngestOptions) -> R
             warnings: 0,
             change_share: 0.0,
             alarm: false,
+            damage: None,
         };
         let record = crate::snapshot::encode_record(
             &row,
