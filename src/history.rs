@@ -1,6 +1,8 @@
 //! The history of one path across all snapshots: which entry (if any) each
-//! snapshot has there, the distinct versions, and the union of a directory's
-//! names. Used by `snapfs log` and the mount's `history/` view.
+//! snapshot has there, the distinct versions and their names, and the union
+//! of a directory's names. Used by `snapfs log` and the mount's `history/`
+//! view; also the `@GMT-...` names under which a `--names gmt` mount offers
+//! the snapshots as Windows "Previous Versions".
 //!
 //! It is an indexed descent, not a walk: one seek per path component per
 //! *distinct* tree, so snapshots that share a directory share the work.
@@ -358,15 +360,19 @@ pub struct NamedVersion {
 /// each snapshot of `snaps` (oldest first) are `found`.
 ///
 /// A version is named `<stamp>.<name>` after the first snapshot holding it
-/// (see `version_stamp`). That is a function of the snapshot's start time
-/// alone, so it is the same after a remount, a `rebuild-catalog` or a
-/// `copy`, and a new snapshot never renames an older version. The name must
-/// map back to exactly one version, so where it does not (two versions
-/// first seen in the same millisecond, or a directory at the same path, in
-/// some snapshot, holding an entry of that very name), the later version
-/// takes `<stamp>.<id>.<name>` with the snapshot's short id (as `snapfs
-/// snapshots` lists it), then `<stamp>.<id>-2.<name>` and so on. The real
-/// entry keeps its name: it is what the source held.
+/// (see `version_stamp`). The name must map back to exactly one version,
+/// so where it does not (two versions first seen in the same millisecond,
+/// or a directory at the same path, in some snapshot, holding an entry of
+/// that very name), the version takes `<stamp>.<id>.<name>` with its
+/// snapshot's short id (as `snapfs snapshots` lists it), then
+/// `<stamp>.<id>-2.<name>` and so on; versions choose oldest first, so the
+/// earlier of two keeps the plain name. A real entry keeps its name: it is
+/// what the source held.
+///
+/// Names depend on start times, snapshot names and ids only (never on row
+/// ids), so they are the same after a remount, a `rebuild-catalog` or a
+/// `copy`; and since a new snapshot is the newest, it leaves older names
+/// alone, unless it is the one adding such an entry.
 pub fn named_versions(
     cat: &Catalog,
     snaps: &[SnapshotRow],
