@@ -1,11 +1,13 @@
 //! The history of one path across all snapshots: which entry (if any) each
-//! snapshot has there, the distinct versions, and the union of a directory's
-//! names. Used by `snapfs log` and the mount's `history/` view.
+//! snapshot has there, the distinct versions and their names, and the union
+//! of a directory's names. Used by `snapfs log` and the mount's `history/`
+//! view; also the `@GMT-...` names under which a `--names gmt` mount offers
+//! the snapshots as Windows "Previous Versions".
 //!
 //! It is an indexed descent, not a walk: one seek per path component per
 //! *distinct* tree, so snapshots that share a directory share the work.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -316,14 +318,150 @@ pub fn union_children(
     Ok(out)
 }
 
-/// Name of a version in the history view: the time of the first snapshot
-/// holding it, then the original name, so the extension still tells a file
-/// manager what opens it.
-pub fn version_name(first_snapshot: &SnapshotRow, name: &[u8]) -> Vec<u8> {
-    let mut v = crate::time::snapshot_stamp(first_snapshot.started_ns).into_bytes();
+/// Snapshots in the order the history view shows them: by start time, and
+/// by name where two started in the same nanosecond. Names, unlike row ids,
+/// survive `rebuild-catalog` and `copy`, so version names built on this
+/// order do too.
+pub fn sort_by_time(snaps: &mut [SnapshotRow]) {
+    snaps.sort_by(|a, b| (a.started_ns, &a.name).cmp(&(b.started_ns, &b.name)));
+}
+
+/// The time part of a version's name, `2026-11-20T02-00-00.123Z`: the
+/// snapshot stamp with milliseconds. Snapshots that a script makes one after
+/// another (several sources, a retry) often share a second, never a
+/// millisecond; and a fixed width keeps names sorted by time.
+fn version_stamp(started_ns: i64) -> String {
+    let (y, mo, d, h, mi, s) = crate::time::utc_parts(started_ns);
+    let ms = started_ns.rem_euclid(1_000_000_000) / 1_000_000;
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}-{mi:02}-{s:02}.{ms:03}Z")
+}
+
+/// `<stamp>.<name>`, or `<stamp>.<tag>.<name>`: the original name last, so
+/// the extension still tells a file manager what opens it.
+fn compose(stamp: &str, tag: Option<&str>, name: &[u8]) -> Vec<u8> {
+    let mut v = stamp.as_bytes().to_vec();
     v.push(b'.');
+    if let Some(t) = tag {
+        v.extend_from_slice(t.as_bytes());
+        v.push(b'.');
+    }
     v.extend_from_slice(name);
     v
+}
+
+/// A version with its name in the history view.
+#[derive(Clone, Debug)]
+pub struct NamedVersion {
+    pub name: Vec<u8>,
+    pub version: Version,
+}
+
+/// Names the distinct versions of the entry called `name`, whose entries in
+/// each snapshot of `snaps` (oldest first) are `found`.
+///
+/// A version is named `<stamp>.<name>` after the first snapshot holding it
+/// (see `version_stamp`). The name must map back to exactly one version,
+/// so where it does not (two versions first seen in the same millisecond,
+/// or a directory at the same path, in some snapshot, holding an entry of
+/// that very name), the version takes `<stamp>.<id>.<name>` with its
+/// snapshot's short id (as `snapfs snapshots` lists it), then
+/// `<stamp>.<id>-2.<name>` and so on; versions choose oldest first, so the
+/// earlier of two keeps the plain name. A real entry keeps its name: it is
+/// what the source held.
+///
+/// Names depend on start times, snapshot names and ids only (never on row
+/// ids), so they are the same after a remount, a `rebuild-catalog` or a
+/// `copy`; and since a new snapshot is the newest, it leaves older names
+/// alone, unless it is the one adding such an entry.
+pub fn named_versions(
+    cat: &Catalog,
+    snaps: &[SnapshotRow],
+    found: &[Option<Found>],
+    name: &[u8],
+) -> Result<Vec<NamedVersion>> {
+    // Where the path was a directory: the names its entries take.
+    let dirs = subdirs(found);
+    let is_dir = dirs.iter().any(Option::is_some);
+    let mut taken: HashSet<Vec<u8>> = HashSet::new();
+    let mut out = Vec::new();
+    for version in versions(found) {
+        // `found` comes from `snaps`, entry for entry.
+        let snap = snaps.get(version.first).ok_or_else(|| {
+            crate::Error::invalid(format!(
+                "history of {:?}: {} entries for {} snapshots",
+                lossy(name),
+                found.len(),
+                snaps.len()
+            ))
+        })?;
+        let stamp = version_stamp(snap.started_ns);
+        let id = crate::snapshot::short_id(snap);
+        let mut attempt: u64 = 0;
+        let chosen = loop {
+            let candidate = match attempt {
+                0 => compose(&stamp, None, name),
+                1 => compose(&stamp, Some(&id), name),
+                n => compose(&stamp, Some(&format!("{id}-{n}")), name),
+            };
+            attempt += 1;
+            if taken.contains(&candidate) {
+                continue;
+            }
+            if is_dir
+                && entries_in(cat, &dirs, &candidate)?
+                    .iter()
+                    .any(Option::is_some)
+            {
+                continue;
+            }
+            break candidate;
+        };
+        taken.insert(chosen.clone());
+        out.push(NamedVersion {
+            name: chosen,
+            version,
+        });
+    }
+    Ok(out)
+}
+
+/// Directory names of a `mount --names gmt`, one per snapshot, oldest first:
+/// `@GMT-YYYY.MM.DD-HH.MM.SS` of its start time, the form Samba's
+/// `vfs_shadow_copy2` offers as Windows "Previous Versions".
+///
+/// A GMT token has one-second resolution, in the directory name and in
+/// the SMB protocol itself: a client asks for a previous version by its
+/// token, and Samba finds the directory by printing the token with
+/// `shadow:format` (a suffix after the seconds would be ignored when
+/// listing and never found when opening). So each snapshot gets a second of
+/// its own: its start second, or, when an earlier snapshot already holds
+/// that one, the next second still free. Of snapshots made within one
+/// second, none is hidden; the later ones are shown up to a few seconds
+/// after they started, in the order they were made. The order is by start
+/// time, then name (see `sort_by_time`), so the tokens stay the same across
+/// remounts and catalog rebuilds; a new snapshot, being the newest, leaves
+/// the others' tokens alone.
+pub fn gmt_names(snaps: &[SnapshotRow]) -> Vec<(String, SnapshotRow)> {
+    let mut order = snaps.to_vec();
+    sort_by_time(&mut order);
+    let mut free: Option<i64> = None;
+    let mut out = Vec::with_capacity(order.len());
+    for s in order {
+        let own = s.started_ns.div_euclid(1_000_000_000);
+        let second = free.map_or(own, |f| own.max(f));
+        // Only a start time within a second of the end of i64 nanoseconds
+        // (the year 2262) has no token to move to.
+        let Some(ns) = second.checked_mul(1_000_000_000) else {
+            continue;
+        };
+        let (y, mo, d, h, mi, sec) = crate::time::utc_parts(ns);
+        free = Some(second + 1);
+        out.push((
+            format!("@GMT-{y:04}.{mo:02}.{d:02}-{h:02}.{mi:02}.{sec:02}"),
+            s,
+        ));
+    }
+    out
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -357,17 +495,16 @@ pub struct Log {
 pub fn log(repo: &crate::repo::Repository, path: &Path) -> Result<Log> {
     let cat = repo.catalog()?;
     let mut snaps = cat.snapshots()?;
-    snaps.sort_by_key(|s| (s.started_ns, s.id.0));
+    sort_by_time(&mut snaps);
     let found = entries_at(&cat, &snaps, path)?;
     let name = path
         .file_name()
         .map(|n| n.as_bytes().to_vec())
         .unwrap_or_default();
-    let vs = versions(&found);
-    let versions = vs
-        .iter()
-        .map(|v| LogVersion {
-            name: String::from_utf8_lossy(&version_name(&snaps[v.first], &name)).into_owned(),
+    let versions = named_versions(&cat, &snaps, &found, &name)?
+        .into_iter()
+        .map(|NamedVersion { name, version: v }| LogVersion {
+            name: String::from_utf8_lossy(&name).into_owned(),
             kind: crate::diff::kind_name(v.found.node.kind),
             size: v.found.node.meta.size,
             mtime: crate::time::rfc3339(v.found.node.meta.mtime_ns),
@@ -479,5 +616,172 @@ mod tests {
         // An access ACL may deny named users and groups: only the owner.
         let acl = node(Kind::Dir, libc::S_IFDIR | 0o755, 1, 2, true);
         assert_eq!(reach(&[acl]), (0o700, 1, 2));
+    }
+
+    const SEC: i64 = 1_000_000_000;
+    /// 2026-11-20T02:00:00Z.
+    const T0: i64 = 1_795_140_000 * SEC;
+
+    fn snap(name: &str, started_ns: i64) -> SnapshotRow {
+        SnapshotRow {
+            id: crate::ids::SnapshotId(0),
+            hash: crate::ids::Hash::of(name.as_bytes()),
+            name: name.into(),
+            started_ns,
+            finished_ns: started_ns,
+            host: "h".into(),
+            sources: Vec::new(),
+            tags: Vec::new(),
+            root_tree: TreeId(1),
+            files: 0,
+            dirs: 0,
+            size: 0,
+            added_bytes: 0,
+            read_bytes: 0,
+            warnings: 0,
+            change_share: 0.0,
+            alarm: false,
+        }
+    }
+
+    fn file(name: &[u8], content: i64) -> Option<Found> {
+        let mut n = node(Kind::File, libc::S_IFREG | 0o644, 0, 0, false);
+        n.name = name.to_vec();
+        n.content = Some(crate::ids::ContentId(content));
+        Some(Found { node: n, pos: 1 })
+    }
+
+    fn names(cat: &Catalog, snaps: &[SnapshotRow], found: &[Option<Found>]) -> Vec<String> {
+        named_versions(cat, snaps, found, b"a.txt")
+            .expect("names")
+            .iter()
+            .map(|v| lossy(&v.name))
+            .collect()
+    }
+
+    fn catalog() -> (tempfile::TempDir, Catalog) {
+        let d = tempfile::tempdir().expect("tempdir");
+        let cat = Catalog::open(&d.path().join("c.db"), true).expect("open catalog");
+        (d, cat)
+    }
+
+    #[test]
+    fn version_names_carry_milliseconds_and_stay_unique_within_one() {
+        let (_d, cat) = catalog();
+        let snaps = [
+            snap("s1", T0 + 5_000_000),
+            snap("s2", T0 + 5_900_000),
+            snap("s3", T0 + 999_999_999),
+            snap("s4", T0 + 999_999_999),
+        ];
+        let id = |i: usize| crate::snapshot::short_id(&snaps[i]);
+        // One version per snapshot, s1 and s2 in the same millisecond.
+        let found: Vec<_> = (0..4).map(|i| file(b"a.txt", i)).collect();
+        assert_eq!(
+            names(&cat, &snaps, &found),
+            [
+                "2026-11-20T02-00-00.005Z.a.txt".to_string(),
+                format!("2026-11-20T02-00-00.005Z.{}.a.txt", id(1)),
+                "2026-11-20T02-00-00.999Z.a.txt".to_string(),
+                format!("2026-11-20T02-00-00.999Z.{}.a.txt", id(3)),
+            ]
+        );
+        // The same version in all: named after the first snapshot.
+        let same: Vec<_> = (0..4).map(|_| file(b"a.txt", 7)).collect();
+        assert_eq!(
+            names(&cat, &snaps, &same),
+            ["2026-11-20T02-00-00.005Z.a.txt"]
+        );
+        // Before 1970 the milliseconds still count up within the second.
+        let old = [snap("old", -SEC + 250_000_000)];
+        assert_eq!(
+            names(&cat, &old, &[file(b"a.txt", 1)]),
+            ["1969-12-31T23-59-59.250Z.a.txt"]
+        );
+    }
+
+    /// A path that was a directory in one snapshot may hold an entry named
+    /// like a version of the file it was in another: the entry keeps its
+    /// name, the version takes the next one free.
+    #[test]
+    fn version_names_step_aside_for_a_directory_entry() {
+        let (_d, cat) = catalog();
+        let snaps = [snap("s1", T0 + 5_000_000), snap("s2", T0 + 5_100_000)];
+        let plain = b"2026-11-20T02-00-00.005Z.a.txt".to_vec();
+        let id = crate::snapshot::short_id(&snaps[0]);
+        let with_id = format!("2026-11-20T02-00-00.005Z.{id}.a.txt").into_bytes();
+        let squat = |names: &[&[u8]]| {
+            let entries: Vec<Node> = names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    let mut e = file(n, 100 + i as i64).expect("entry").node;
+                    e.node_offset = i as u64;
+                    e
+                })
+                .collect();
+            let tree = cat
+                .add_tree(
+                    &crate::ids::TreeHash(crate::ids::Hash::of(&names.concat())),
+                    names.len() as u64,
+                    &entries,
+                )
+                .expect("add tree");
+            let mut dir = node(Kind::Dir, libc::S_IFDIR | 0o755, 0, 0, false);
+            dir.name = b"a.txt".to_vec();
+            dir.subtree = Some(tree);
+            Some(Found { node: dir, pos: 1 })
+        };
+        let found = [file(b"a.txt", 1), squat(&[&plain])];
+        assert_eq!(names(&cat, &snaps, &found), [lossy(&with_id)]);
+        let found = [file(b"a.txt", 1), squat(&[&plain, &with_id])];
+        assert_eq!(
+            names(&cat, &snaps, &found),
+            [format!("2026-11-20T02-00-00.005Z.{id}-2.a.txt")]
+        );
+    }
+
+    #[test]
+    fn gmt_names_give_each_snapshot_a_second_of_its_own() {
+        let gmt = |snaps: &[SnapshotRow]| -> Vec<(String, String)> {
+            gmt_names(snaps)
+                .into_iter()
+                .map(|(g, s)| (g, s.name))
+                .collect()
+        };
+        let pairs = |items: &[(&str, &str)]| -> Vec<(String, String)> {
+            items
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        // Listed in any order; three in one second, one in the next, one
+        // later; two in the same nanosecond ordered by name.
+        let snaps = [
+            snap("c", T0 + 900_000_000),
+            snap("a", T0 + 100_000_000),
+            snap("b", T0 + 100_000_000),
+            snap("d", T0 + SEC + 1),
+            snap("e", T0 + 60 * SEC + 3),
+        ];
+        assert_eq!(
+            gmt(&snaps),
+            pairs(&[
+                ("@GMT-2026.11.20-02.00.00", "a"),
+                ("@GMT-2026.11.20-02.00.01", "b"),
+                ("@GMT-2026.11.20-02.00.02", "c"),
+                ("@GMT-2026.11.20-02.00.03", "d"),
+                ("@GMT-2026.11.20-02.01.00", "e"),
+            ])
+        );
+        // A snapshot added later leaves the others' tokens alone.
+        let mut more = snaps.to_vec();
+        more.push(snap("f", T0 + 60 * SEC + 4));
+        assert_eq!(gmt(&more)[..5], gmt(&snaps)[..]);
+        assert_eq!(gmt(&more)[5].0, "@GMT-2026.11.20-02.01.01");
+        // No token to move to past the end of i64 nanoseconds: left out,
+        // never a panic or a duplicate.
+        let end = [snap("x", i64::MAX), snap("y", i64::MAX)];
+        assert_eq!(gmt(&end).len(), 1);
     }
 }

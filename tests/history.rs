@@ -3,10 +3,13 @@
 //! `--names gmt` layout, and Samba's `shadow_copy2` serving that layout as
 //! "Previous Versions".
 //!
-//! Version names carry the start time of a snapshot to the second, so tests
-//! that need distinct version names sleep between ingests. Every mount and
-//! every `smbd` lives behind a guard whose `Drop` stops it, so a failing
-//! test leaves nothing running or mounted.
+//! Ingests follow each other as fast as they run: version names carry the
+//! start time to the millisecond and stay unique within one, and each
+//! snapshot of a `--names gmt` mount has a second of its own, so no test
+//! waits for the clock. Expected names are computed here from the start
+//! times the catalog records (read with `sqlite3`) and formatted by `date`.
+//! Every mount and every `smbd` lives behind a guard whose `Drop` stops it,
+//! so a failing test leaves nothing running or mounted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
@@ -24,10 +27,6 @@ use serde_json::Value;
 
 use crate::mount::{Mount, as_nobody, open_source_dir, wait_timeout};
 use crate::util::*;
-
-/// Snapshot names carry the time to the second: this apart, two ingests
-/// never share a version name.
-const BETWEEN_SNAPSHOTS: Duration = Duration::from_millis(1100);
 
 // ---------------------------------------------------------------- the mount guard
 
@@ -58,43 +57,131 @@ fn lstat(p: &Path) -> fs::Metadata {
     fs::symlink_metadata(p).unwrap_or_else(|e| panic!("lstat {}: {e}", p.display()))
 }
 
-/// The start time (RFC 3339, as `snapshots --json` gives it) of each
-/// snapshot, by name.
-fn snapshot_times(repo: &Repo) -> BTreeMap<String, String> {
-    repo.snapshots()
-        .iter()
-        .map(|s| {
-            (
-                json_str(s, "name").to_string(),
-                json_str(s, "time").to_string(),
-            )
+const SEC: i64 = 1_000_000_000;
+
+/// When a snapshot started: as `snapshots --json` shows it (RFC 3339, to the
+/// second) and in nanoseconds, as the catalog records it.
+#[derive(Clone, Debug)]
+struct Started {
+    time: String,
+    ns: i64,
+}
+
+impl Started {
+    fn second(&self) -> i64 {
+        self.ns.div_euclid(SEC)
+    }
+}
+
+/// `started_ns` of each snapshot, by name, read from the catalog with the
+/// `sqlite3` tool (no output at all when there are no rows).
+fn started_ns(repo: &Repo) -> BTreeMap<String, i64> {
+    require_tool("sqlite3");
+    let out = run_ok(
+        Command::new("sqlite3")
+            .args(["-readonly", "-json"])
+            .arg(repo.path.join("catalog.db"))
+            .arg("SELECT name, started_ns FROM snapshots"),
+    );
+    if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        return BTreeMap::new();
+    }
+    let Value::Array(rows) = parse_json("sqlite3 -json", &out.stdout) else {
+        panic!("sqlite3 -json did not answer an array")
+    };
+    rows.iter()
+        .map(|r| {
+            let ns = r
+                .get("started_ns")
+                .and_then(Value::as_i64)
+                .unwrap_or_else(|| panic!("started_ns in {r}"));
+            (json_str(r, "name").to_string(), ns)
         })
         .collect()
 }
 
-/// `2026-11-20T02:00:00Z` → `2026-11-20T02-00-00Z`, the prefix of a
-/// version's name in the history view.
-fn stamp_of(time: &str) -> String {
-    assert!(time.len() >= 19, "unexpected snapshot time {time:?}");
-    format!("{}Z", time[..19].replace(':', "-"))
+/// `date -u -d @SECONDS +FORMAT`.
+fn utc(second: i64, format: &str) -> String {
+    let out = run_ok(Command::new("date").args([
+        "-u".to_string(),
+        "-d".to_string(),
+        format!("@{second}"),
+        format!("+{format}"),
+    ]));
+    String::from_utf8(out.stdout)
+        .expect("date prints UTF-8")
+        .trim_end()
+        .to_string()
 }
 
-/// `2026-11-20T02:00:00Z` → `@GMT-2026.11.20-02.00.00`.
-fn gmt_of(time: &str) -> String {
-    assert!(time.len() >= 19, "unexpected snapshot time {time:?}");
+/// Each snapshot's start, by name; the two sources must agree.
+fn snapshot_times(repo: &Repo) -> BTreeMap<String, Started> {
+    let ns = started_ns(repo);
+    let times: BTreeMap<String, Started> = repo
+        .snapshots()
+        .iter()
+        .map(|s| {
+            let name = json_str(s, "name").to_string();
+            let ns = *ns
+                .get(&name)
+                .unwrap_or_else(|| panic!("snapshot {name} is not in the catalog: {ns:?}"));
+            let time = json_str(s, "time").to_string();
+            (name, Started { time, ns })
+        })
+        .collect();
+    for (name, t) in &times {
+        assert_eq!(
+            t.time,
+            utc(t.second(), "%Y-%m-%dT%H:%M:%SZ"),
+            "snapshots --json and the catalog disagree on when {name} started ({} ns)",
+            t.ns
+        );
+    }
+    times
+}
+
+/// `2026-11-20T02-00-00.123Z`: the start to the millisecond, a version's
+/// stamp in the history view.
+fn stamp_of(t: &Started) -> String {
     format!(
-        "@GMT-{}-{}",
-        time[..10].replace('-', "."),
-        time[11..19].replace(':', ".")
+        "{}.{:03}Z",
+        utc(t.second(), "%Y-%m-%dT%H-%M-%S"),
+        t.ns.rem_euclid(SEC) / 1_000_000
     )
 }
 
-/// `<stamp>.<name>`: a version's name in the history view.
-fn version_name(time: &str, name: &[u8]) -> Vec<u8> {
-    let mut v = stamp_of(time).into_bytes();
+/// `<stamp>.<name>`: the name of a version in the history view, named after
+/// the first snapshot holding it, when nothing else there claims the name.
+fn version_name(t: &Started, name: &[u8]) -> Vec<u8> {
+    let mut v = stamp_of(t).into_bytes();
     v.push(b'.');
     v.extend_from_slice(name);
     v
+}
+
+/// `<stamp>.<short id>.<name>`: the name a version takes when its plain
+/// name is already taken (by an earlier version of the same millisecond, or
+/// by an entry of a directory at the same path).
+fn version_name_with_id(t: &Started, id: &str, name: &[u8]) -> Vec<u8> {
+    let mut v = format!("{}.{}.", stamp_of(t), &id[..8]).into_bytes();
+    v.extend_from_slice(name);
+    v
+}
+
+/// The directory of each snapshot in a `--names gmt` mount, `order` being
+/// the snapshots oldest first: `@GMT-YYYY.MM.DD-HH.MM.SS` of its start
+/// second, or of the next second still free when an earlier snapshot holds
+/// that one (a GMT token names one second, and Samba maps it back to one
+/// directory).
+fn gmt_dirs(times: &BTreeMap<String, Started>, order: &[&str]) -> BTreeMap<String, String> {
+    let mut free = i64::MIN;
+    let mut out = BTreeMap::new();
+    for name in order {
+        let second = times[*name].second().max(free);
+        free = second + 1;
+        out.insert(name.to_string(), utc(second, "@GMT-%Y.%m.%d-%H.%M.%S"));
+    }
+    out
 }
 
 fn ingest_named(repo: &Repo, name: &str, src: &Path) -> Ingested {
@@ -213,19 +300,15 @@ fn changed_file_shows_each_distinct_version_once() {
     chmod(&file, 0o640);
     set_mtime(&file, 1_600_000_000, 123_456_789);
     ingest_named(&repo, "s1", &src);
-    thread::sleep(BETWEEN_SNAPSHOTS);
     ingest_named(&repo, "s2", &src);
-    thread::sleep(BETWEEN_SNAPSHOTS);
     write_file(&file, &v2);
     chmod(&file, 0o644);
     set_mtime(&file, 1_700_000_000, 5);
     ingest_named(&repo, "s3", &src);
-    thread::sleep(BETWEEN_SNAPSHOTS);
     // Same bytes, new mtime: the same version by content.
     write_file(&file, &v2);
     set_mtime(&file, 1_650_000_000, 0);
     ingest_named(&repo, "s4", &src);
-    thread::sleep(BETWEEN_SNAPSHOTS);
     write_file(&file, &v3);
     chmod(&file, 0o600);
     lchown(&file, 1234, 5678);
@@ -362,7 +445,7 @@ fn changed_file_shows_each_distinct_version_once() {
     );
     for e in array(&log, "events") {
         let s = json_str(e, "snapshot");
-        assert_eq!(json_str(e, "time"), times[s], "event time in {e}");
+        assert_eq!(json_str(e, "time"), times[s].time, "event time in {e}");
     }
     // The text form names the three versions too.
     let out = run_ok(repo.cmd().arg("log").arg(&file));
@@ -376,6 +459,234 @@ fn changed_file_shows_each_distinct_version_once() {
     }
 }
 
+/// Ingests of a changing file one right after the other, until the last
+/// three snapshots started within one second (the first three, unless the
+/// machine is slow or a second ends between them); all of them, oldest
+/// first, with the bytes of each.
+fn ingest_until_three_in_one_second(repo: &Repo, file: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut made: Vec<(String, Vec<u8>)> = Vec::new();
+    for i in 1..=30 {
+        // A new size each time: changed whatever the timestamp granularity.
+        let data = format!("version {i} {}\n", "+".repeat(i)).into_bytes();
+        write_file(file, &data);
+        let name = format!("q{i:02}");
+        ingest_named(repo, &name, file.parent().expect("parent"));
+        made.push((name, data));
+        if made.len() >= 3 {
+            let ns = started_ns(repo);
+            let seconds: BTreeSet<i64> = made[made.len() - 3..]
+                .iter()
+                .map(|(n, _)| ns[n].div_euclid(SEC))
+                .collect();
+            if seconds.len() == 1 {
+                return made;
+            }
+        }
+    }
+    panic!("30 ingests in a row never put three within one second: {made:?}");
+}
+
+/// Three snapshots started within one second (a script ingesting one source
+/// after another, a retry) showed three entries of one name in history/,
+/// all reading one version. Each version now has a name of its own, to the
+/// millisecond, and reads its own bytes through the mount; `log --json`
+/// gives the same names; a `--names gmt` mount shows each snapshot in a
+/// second of its own; and the names are the same after a remount and after
+/// `rebuild-catalog`.
+#[test]
+fn three_snapshots_in_one_second_show_three_history_versions() {
+    let repo = Repo::new();
+    let (_src_dir, src) = open_source_dir();
+    let file = src.join("data.csv");
+    let made = ingest_until_three_in_one_second(&repo, &file);
+    let times = snapshot_times(&repo);
+    let expected: BTreeMap<Vec<u8>, Vec<u8>> = made
+        .iter()
+        .map(|(s, data)| (version_name(&times[s], b"data.csv"), data.clone()))
+        .collect();
+    assert_eq!(
+        expected.len(),
+        made.len(),
+        "snapshots {made:?} started at {times:?}: no two in one millisecond expected"
+    );
+
+    let check = |mnt: &Mount, when: &str| {
+        let dir = mnt.history(&file);
+        let listed = names_in(&dir);
+        let want: BTreeSet<Vec<u8>> = expected.keys().cloned().collect();
+        assert_eq!(
+            show(&listed),
+            show(&want),
+            "{when}: history{} should hold one version per snapshot (times {times:?})",
+            file.display()
+        );
+        for (name, data) in &expected {
+            let p = dir.join(OsStr::from_bytes(name));
+            assert_eq!(
+                String::from_utf8_lossy(&read(&p)),
+                String::from_utf8_lossy(data),
+                "{when}: {} should read its own version",
+                p.display()
+            );
+        }
+    };
+    let mnt = Mount::new(&repo, &[]);
+    check(&mnt, "first mount");
+    // Listing again (a file manager refreshing) changes nothing.
+    check(&mnt, "listed again");
+    mnt.finish();
+
+    let log = log_json(&repo, &file);
+    let logged: Vec<Vec<u8>> = array(&log, "versions")
+        .iter()
+        .map(|v| json_str(v, "name").as_bytes().to_vec())
+        .collect();
+    assert_eq!(
+        logged,
+        expected.keys().cloned().collect::<Vec<_>>(),
+        "log --json should name the versions as history/ does: {log}"
+    );
+
+    // Previous Versions: one directory per snapshot, each with its own bytes.
+    let order: Vec<&str> = made.iter().map(|(s, _)| s.as_str()).collect();
+    let gmt = gmt_dirs(&times, &order);
+    let mnt = Mount::new(&repo, &["--names", "gmt"]);
+    let mut want: BTreeSet<Vec<u8>> = gmt.values().map(|g| g.clone().into_bytes()).collect();
+    want.extend(bytes_set(&[b"history", b"latest"]));
+    assert_eq!(
+        show(&names_in(&mnt.path)),
+        show(&want),
+        "root of a --names gmt mount (times {times:?})"
+    );
+    for (s, data) in &made {
+        let p = restored_path(&mnt.path.join(&gmt[s]), &file);
+        assert_eq!(
+            String::from_utf8_lossy(&read(&p)),
+            String::from_utf8_lossy(data),
+            "{} should hold snapshot {s}",
+            p.display()
+        );
+    }
+    mnt.finish();
+
+    let out = run_ok(repo.cmd().arg("rebuild-catalog"));
+    assert_eq!(
+        repo.snapshots().len(),
+        made.len(),
+        "rebuild-catalog should bring back every snapshot\n{}",
+        describe("rebuild-catalog", &out)
+    );
+    let mnt = Mount::new(&repo, &[]);
+    check(&mnt, "after rebuild-catalog");
+    mnt.finish();
+}
+
+/// Where a version's name still does not tell it apart, it takes the
+/// snapshot's short id: two versions first seen in the same millisecond
+/// (start times forced equal in the catalog), and a version whose name an
+/// entry of a directory at the same path holds (the entry keeps its name).
+/// Every name leads to its own bytes, and `log --json` agrees.
+#[test]
+fn versions_sharing_a_millisecond_or_an_entry_name_each_keep_their_own_name() {
+    let repo = Repo::new();
+    let (_src_dir, src) = open_source_dir();
+    let doc = src.join("doc");
+    let build = src.join("build");
+    write_file(&doc, b"doc one\n");
+    write_file(&build, b"build file one\n");
+    let t1 = ingest_named(&repo, "t1", &src);
+    write_file(&doc, b"doc two, longer\n");
+    write_file(&build, b"build file two, longer\n");
+    let t2 = ingest_named(&repo, "t2", &src);
+    edit_catalog(
+        &repo,
+        "db.execute(\"UPDATE snapshots SET started_ns = \
+         (SELECT started_ns FROM snapshots WHERE name = 't1') WHERE name = 't2'\")",
+        &[],
+    );
+    let times = snapshot_times(&repo);
+    assert_eq!(
+        times["t1"].ns, times["t2"].ns,
+        "forced start times {times:?}"
+    );
+    // build becomes a directory holding an entry named as t1's version.
+    let squat = version_name(&times["t1"], b"build");
+    fs::remove_file(&build).expect("rm build");
+    mkdir(&build);
+    write_file(&build.join(OsStr::from_bytes(&squat)), b"squatter\n");
+    ingest_named(&repo, "t3", &src);
+    let times = snapshot_times(&repo);
+
+    let doc_versions = [
+        (version_name(&times["t1"], b"doc"), b"doc one\n".to_vec()),
+        (
+            version_name_with_id(&times["t2"], &t2.id, b"doc"),
+            b"doc two, longer\n".to_vec(),
+        ),
+    ];
+    let build_versions = [
+        (
+            version_name_with_id(&times["t1"], &t1.id, b"build"),
+            b"build file one\n".to_vec(),
+        ),
+        (
+            version_name_with_id(&times["t2"], &t2.id, b"build"),
+            b"build file two, longer\n".to_vec(),
+        ),
+    ];
+    let mnt = Mount::new(&repo, &[]);
+    for (path, versions, extra) in [
+        (&doc, &doc_versions, None),
+        (&build, &build_versions, Some(&squat)),
+    ] {
+        let dir = mnt.history(path);
+        let mut want: BTreeSet<Vec<u8>> = versions.iter().map(|(n, _)| n.clone()).collect();
+        want.extend(extra.cloned());
+        assert_eq!(
+            show(&names_in(&dir)),
+            show(&want),
+            "history{} (times {times:?})",
+            path.display()
+        );
+        for (name, data) in versions {
+            let p = dir.join(OsStr::from_bytes(name));
+            assert_eq!(
+                String::from_utf8_lossy(&read(&p)),
+                String::from_utf8_lossy(data),
+                "{} should read its own version",
+                p.display()
+            );
+        }
+        let log = log_json(&repo, path);
+        let logged: Vec<Vec<u8>> = array(&log, "versions")
+            .iter()
+            .map(|v| json_str(v, "name").as_bytes().to_vec())
+            .collect();
+        let names: Vec<Vec<u8>> = versions.iter().map(|(n, _)| n.clone()).collect();
+        assert_eq!(
+            logged,
+            names,
+            "log --json names for {}: {log}",
+            path.display()
+        );
+    }
+    // The entry is still what the directory held: a file, whose own
+    // history lists its one version.
+    let held = mnt.history(&build.join(OsStr::from_bytes(&squat)));
+    let its_version = version_name(&times["t3"], &squat);
+    assert_eq!(
+        show(&names_in(&held)),
+        show(&bytes_set(&[&its_version])),
+        "versions of {}",
+        held.display()
+    );
+    assert_eq!(
+        read(&held.join(OsStr::from_bytes(&its_version))),
+        b"squatter\n"
+    );
+    mnt.finish();
+}
+
 /// A deleted file stays reachable through history/; `log` reports the
 /// deletion, then the re-creation. A snapshot made while mounted shows up
 /// in the history view too.
@@ -387,7 +698,6 @@ fn deleted_file_is_reachable_and_recreation_is_logged() {
     write_file(&src.join("stays.txt"), b"always here\n");
     write_file(&file, b"the first life of gone.txt\n");
     ingest_named(&repo, "d1", &src);
-    thread::sleep(BETWEEN_SNAPSHOTS);
     fs::remove_file(&file).expect("rm gone.txt");
     ingest_named(&repo, "d2", &src);
 
@@ -424,7 +734,6 @@ fn deleted_file_is_reachable_and_recreation_is_logged() {
     );
 
     // Re-created while mounted.
-    thread::sleep(BETWEEN_SNAPSHOTS);
     write_file(&file, b"the second life\n");
     ingest_named(&repo, "d3", &src);
     let times = snapshot_times(&repo);
@@ -473,11 +782,9 @@ fn deleted_directory_is_listed_and_walkable() {
     write_file(&proj.join("sub/b.bin"), &random_bytes(5, 200_000));
     write_file(&proj.join("sub/deeper/c.txt"), b"deep\n");
     ingest_named(&repo, "p1", &src);
-    thread::sleep(BETWEEN_SNAPSHOTS);
     // The second snapshot adds a file to project/sub, then project goes.
     write_file(&proj.join("sub/added-later.txt"), b"later\n");
     ingest_named(&repo, "p2", &src);
-    thread::sleep(BETWEEN_SNAPSHOTS);
     fs::remove_dir_all(&proj).expect("rm -r project");
     mkdir(&src.join("other"));
     ingest_named(&repo, "p3", &src);
@@ -562,7 +869,6 @@ fn file_replaced_by_directory_keeps_both_in_history() {
     let path = src.join("build");
     write_file(&path, b"was a file\n");
     ingest_named(&repo, "t1", &src);
-    thread::sleep(BETWEEN_SNAPSHOTS);
     fs::remove_file(&path).expect("rm build");
     mkdir(&path);
     write_file(&path.join("inside.txt"), b"now a directory\n");
@@ -620,7 +926,6 @@ fn odd_names_in_the_history_view() {
         );
     }
     ingest_named(&repo, "o1", &src);
-    thread::sleep(BETWEEN_SNAPSHOTS);
     for (i, n) in names.iter().enumerate() {
         write_file(
             &dir.join(OsStr::from_bytes(n)),
@@ -675,7 +980,6 @@ fn odd_names_in_log_and_find() {
         );
     }
     ingest_named(&repo, "o1", &src);
-    thread::sleep(BETWEEN_SNAPSHOTS);
     for (i, n) in names.iter().enumerate() {
         write_file(
             &src.join(OsStr::from_bytes(n)),
@@ -805,7 +1109,6 @@ fn private_file_versions_are_closed_to_other_users() {
     write_file(&public, b"anyone v1\n");
     chmod(&public, 0o644);
     ingest_named(&repo, "x1", &src);
-    thread::sleep(BETWEEN_SNAPSHOTS);
     write_file(&secret, b"root only v2\n");
     write_file(&public, b"anyone v2\n");
     ingest_named(&repo, "x2", &src);
@@ -895,7 +1198,8 @@ fn reserved_snapshot_names_are_refused() {
 }
 
 /// `mount --names gmt`: snapshot directories are @GMT-YYYY.MM.DD-HH.MM.SS of
-/// the UTC start time, `latest` points at the newest, history/ is there.
+/// the UTC start time (the next second free, for two made within one),
+/// `latest` points at the newest, history/ is there.
 #[test]
 fn gmt_names_layout() {
     let repo = Repo::new();
@@ -903,11 +1207,11 @@ fn gmt_names_layout() {
     let file = src.join("doc.txt");
     write_file(&file, b"old\n");
     ingest_named(&repo, "monday", &src);
-    thread::sleep(BETWEEN_SNAPSHOTS);
     write_file(&file, b"new\n");
     ingest_named(&repo, "tuesday", &src);
     let times = snapshot_times(&repo);
-    let (old, new) = (gmt_of(&times["monday"]), gmt_of(&times["tuesday"]));
+    let gmt = gmt_dirs(&times, &["monday", "tuesday"]);
+    let (old, new) = (gmt["monday"].clone(), gmt["tuesday"].clone());
 
     let mnt = Mount::new(&repo, &["--names", "gmt"]);
     let root = names_in(&mnt.path);
@@ -1148,9 +1452,10 @@ fn smbclient(port: u16, command: &str) -> Output {
 }
 
 /// Samba's shadow_copy2 serves a `--names gmt` mount as the "Previous
-/// Versions" of a live share. The mount keeps each source at its absolute
-/// path (MNT/@GMT-.../<live dir>/file), which `shadow:snapsharepath` maps:
-/// it is the share's path inside each snapshot.
+/// Versions" of a live share, two snapshots of one second included. The
+/// mount keeps each source at its absolute path (MNT/@GMT-.../<live
+/// dir>/file), which `shadow:snapsharepath` maps: it is the share's path
+/// inside each snapshot.
 #[test]
 fn samba_shadow_copy2_serves_previous_versions() {
     require_tool("smbd");
@@ -1161,11 +1466,19 @@ fn samba_shadow_copy2_serves_previous_versions() {
     write_file(&file, b"old content of the document\n");
     chmod(&file, 0o644);
     ingest_named(&repo, "before", &live);
-    thread::sleep(BETWEEN_SNAPSHOTS);
     write_file(&file, b"current content, edited since\n");
     ingest_named(&repo, "after", &live);
+    // Made within one second, as a script may: the later one is offered at
+    // the next second (forced here, so that the test always covers it).
+    edit_catalog(
+        &repo,
+        "db.execute(\"UPDATE snapshots SET started_ns = 1 + \
+         (SELECT started_ns FROM snapshots WHERE name = 'before') WHERE name = 'after'\")",
+        &[],
+    );
     let times = snapshot_times(&repo);
-    let (old, new) = (gmt_of(&times["before"]), gmt_of(&times["after"]));
+    let gmt = gmt_dirs(&times, &["before", "after"]);
+    let (old, new) = (gmt["before"].clone(), gmt["after"].clone());
 
     let mnt = Mount::new(&repo, &["--names", "gmt", "--allow-other"]);
 
@@ -1282,7 +1595,6 @@ fn large_history_directory_lists_every_name_once() {
     }
     write_file(&small.join("one"), b"1");
     ingest_named(&repo, "s1", &src);
-    thread::sleep(BETWEEN_SNAPSHOTS);
     for i in 0..1500 {
         fs::remove_file(big.join(format!("old-{i:04}"))).expect("rm");
         write_file(&big.join(format!("new-{i:04}")), b"y");

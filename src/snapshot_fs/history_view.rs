@@ -1,7 +1,8 @@
 //! The mount's `history/` directory: `history/<absolute path>/` is the union
 //! of every directory that ever existed at that path (deleted entries
 //! included), and a path that held a file is a directory of its distinct
-//! versions, each named `<time of first snapshot>.<name>` and served as that
+//! versions, each named `<time of first snapshot, to the millisecond>.<name>`
+//! (`history::named_versions` says how names stay unique) and served as that
 //! snapshot's own inode.
 //!
 //! History entries have no position in any snapshot, so their inode numbers
@@ -19,8 +20,8 @@ use super::{Attr, DirItem, SnapshotFs, dir_attr, inode};
 use crate::catalog::{Node, SnapshotRow};
 use crate::error::{Error, Result};
 use crate::history::{
-    Child, DirSpots, Found, Reach, components, entries_in, root_spots, subdirs, union_children,
-    version_name, versions,
+    Child, DirSpots, Found, Reach, components, entries_in, named_versions, root_spots,
+    sort_by_time, subdirs, union_children,
 };
 use crate::tree::Kind;
 
@@ -82,8 +83,12 @@ fn hist_attr(ino: u64, newest: &Node, reach: &Reach) -> Attr {
 }
 
 impl SnapshotFs {
+    /// The snapshots oldest first, in the order version names are given
+    /// (`history::sort_by_time`).
     fn snapshots_by_time(&self) -> Result<Vec<SnapshotRow>> {
-        self.with_snapshots(true, |s| s.by_time.clone())
+        let mut snaps = self.with_snapshots(true, |s| s.by_time.clone())?;
+        sort_by_time(&mut snaps);
+        Ok(snaps)
     }
 
     pub(super) fn history_root_attr(&self) -> Attr {
@@ -219,19 +224,23 @@ impl SnapshotFs {
         }
     }
 
-    /// The versions of the file at `path`: (name in the view, attr).
+    /// The versions of the file at `path`: (name in the view, attr). Names
+    /// are unique in the directory that lists them, beside any names of a
+    /// directory at the same path (see `history::named_versions`), so a
+    /// lookup finds exactly one version or none.
     fn version_items(&self, snaps: &[SnapshotRow], path: &Path) -> Result<Vec<(Vec<u8>, Attr)>> {
         let found = self.hist_entries_at(snaps, path)?;
         let name = path
             .file_name()
             .map(|n| n.as_bytes().to_vec())
             .unwrap_or_default();
-        let mut out = Vec::new();
-        for v in versions(&found) {
-            let snap = &snaps[v.first];
-            let ino = inode::encode(snap.id, v.found.pos);
-            let attr = self.node_attr(ino, snap.id, &v.found.node)?;
-            out.push((version_name(snap, &name), attr));
+        let named = named_versions(&*self.shared.conn()?, snaps, &found, &name)?;
+        let mut out = Vec::with_capacity(named.len());
+        for v in named {
+            let snap = &snaps[v.version.first];
+            let ino = inode::encode(snap.id, v.version.found.pos);
+            let attr = self.node_attr(ino, snap.id, &v.version.found.node)?;
+            out.push((v.name, attr));
         }
         Ok(out)
     }

@@ -158,8 +158,8 @@ pub enum Names {
     #[default]
     Plain,
     /// `@GMT-YYYY.MM.DD-HH.MM.SS` of its start time, as Samba's
-    /// `vfs_shadow_copy2` expects for Windows "Previous Versions". Of two
-    /// snapshots started in the same second, the newer is shown.
+    /// `vfs_shadow_copy2` expects for Windows "Previous Versions"; each
+    /// snapshot has a second of its own (see `history::gmt_names`).
     Gmt,
 }
 
@@ -643,14 +643,7 @@ impl SnapshotFs {
             s.by_id = list.iter().map(|r| (r.id.0, r.clone())).collect();
             let mut named: Vec<(String, SnapshotRow)> = match self.names {
                 Names::Plain => list.iter().map(|r| (r.name.clone(), r.clone())).collect(),
-                Names::Gmt => {
-                    // Oldest first: a newer snapshot of the same second replaces it.
-                    let mut m: std::collections::BTreeMap<String, SnapshotRow> = Default::default();
-                    for r in &list {
-                        m.insert(gmt_name(r.started_ns), r.clone());
-                    }
-                    m.into_iter().collect()
-                }
+                Names::Gmt => crate::history::gmt_names(&list),
             };
             named.sort_by(|a, b| a.0.cmp(&b.0));
             s.by_name = named;
@@ -676,7 +669,18 @@ impl SnapshotFs {
     fn dir_name(&self, s: &SnapshotRow) -> String {
         match self.names {
             Names::Plain => s.name.clone(),
-            Names::Gmt => gmt_name(s.started_ns),
+            // A snapshot of a busy second may be shown a second or two
+            // later (see `history::gmt_names`).
+            Names::Gmt => self
+                .with_snapshots(false, |l| {
+                    l.by_name
+                        .iter()
+                        .find(|(_, r)| r.id == s.id)
+                        .map(|(n, _)| n.clone())
+                })
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| gmt_name(s.started_ns)),
         }
     }
 
