@@ -632,6 +632,7 @@ mod tests {
             host: "h".into(),
             sources: Vec::new(),
             tags: Vec::new(),
+            damage: None,
             root_tree: TreeId(1),
             files: 0,
             dirs: 0,
