@@ -182,11 +182,18 @@ fn run(cli: Cli) -> snapfs::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Command::RebuildCatalog { json } => {
+        Command::RebuildCatalog { force, json } => {
             let repo = Repository::open(&repo_path)?;
-            let r = snapfs::rebuild::rebuild_catalog(&repo)?;
+            let opts = snapfs::rebuild::RebuildOptions { force };
+            let r = snapfs::rebuild::rebuild_catalog(&repo, &opts)?;
             report::rebuild(&r, json);
-            Ok(if r.problems.is_empty() {
+            if !r.replaced {
+                eprintln!(
+                    "snapfs: error: the rebuilt catalog holds less than the current one ({}); the current catalog is kept; run again with --force to replace it all the same",
+                    r.worse.join("; ")
+                );
+            }
+            Ok(if r.replaced && r.problems.is_empty() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)

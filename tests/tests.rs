@@ -23,6 +23,7 @@ mod history;
 mod ingest;
 mod maintenance;
 mod mount;
+mod rebuild;
 mod security_copy;
 mod security_format;
 mod security_local;
