@@ -648,4 +648,164 @@ mod tests {
         );
         assert_eq!(imp.problems.len(), 1);
     }
+
+    /// The rows of tree `entries` in catalog `cat`, as ingest writes them
+    /// (contents added as needed; no subtrees).
+    fn rows_of(cat: &Catalog, entries: &[Entry]) -> Vec<Node> {
+        let mut offset = 0;
+        entries
+            .iter()
+            .map(|e| {
+                let content = match &e.body {
+                    Body::File(list) => Some(cat.add_content(&list.hash(), list).unwrap()),
+                    _ => None,
+                };
+                let n = Node {
+                    name: e.name.clone(),
+                    kind: e.kind,
+                    meta: e.meta.clone(),
+                    link_key: e.link_key,
+                    xattrs: encode_xattrs(&e.xattrs),
+                    target: match &e.body {
+                        Body::Symlink(t) => Some(t.clone()),
+                        _ => None,
+                    },
+                    content,
+                    subtree: None,
+                    node_offset: offset,
+                };
+                offset += e.span();
+                n
+            })
+            .collect()
+    }
+
+    /// A directory `keep/` whose tree is in no pack, and a catalog (the
+    /// fallback) that has the rows of `lost`, its tree. Returns the
+    /// snapshot record's id.
+    fn keep_dir_not_in_packs(
+        repo: &Repository,
+        cat: &Catalog,
+        old: Option<&Catalog>,
+        lost: &[Entry],
+    ) -> ChunkId {
+        let bytes = encode_tree(lost);
+        let lost_id = hash_chunk(&bytes).id;
+        if let Some(old) = old {
+            old.begin().unwrap();
+            let rows = rows_of(old, lost);
+            old.add_tree(&TreeHash(lost_id.0), lost.len() as u64, &rows)
+                .unwrap();
+            old.commit().unwrap();
+        }
+        let root = encode_tree(&[dir(b"keep", lost_id, lost.len() as u64)]);
+        let root_id = hash_chunk(&root).id;
+        let rec = record(root_id, 1 + lost.len() as u64);
+        store(
+            repo,
+            cat,
+            &[(ChunkKind::Tree, root), (ChunkKind::Snapshot, rec)],
+        )[1]
+    }
+
+    fn file(name: &[u8], data: &[u8]) -> Entry {
+        let mut list = crate::tree::ChunkList::default();
+        list.push(crate::tree::ChunkRef {
+            id: hash_chunk(data).id,
+            len: data.len() as u32,
+        });
+        Entry {
+            name: name.to_vec(),
+            kind: Kind::File,
+            meta: Meta {
+                mode: 0o100644,
+                size: data.len() as u64,
+                nlink: 1,
+                ..Meta::default()
+            },
+            link_key: 0,
+            xattrs: vec![(b"user.k".to_vec(), b"v".to_vec())],
+            body: Body::File(list),
+        }
+    }
+
+    #[test]
+    fn tree_missing_from_the_packs_is_taken_from_the_fallback_rows() {
+        let d = tempfile::tempdir().unwrap();
+        let (repo, cat) = repo(d.path());
+        let old = Catalog::open(&d.path().join("old.db"), true).unwrap();
+        let lost = vec![
+            file(b"f", b"file data"),
+            Entry {
+                name: b"l".to_vec(),
+                kind: Kind::Symlink,
+                meta: Meta {
+                    mode: 0o120777,
+                    ..Meta::default()
+                },
+                link_key: 0,
+                xattrs: vec![],
+                body: Body::Symlink(b"f".to_vec()),
+            },
+        ];
+        let rec = keep_dir_not_in_packs(&repo, &cat, Some(&old), &lost);
+
+        cat.begin().unwrap();
+        let mut imp = Importer::new(&repo, &cat).with_fallback(&old);
+        let id = imp.snapshot(&rec, 0).unwrap().unwrap();
+        cat.commit().unwrap();
+        assert_eq!(imp.reused_trees, 1);
+        assert_eq!(imp.problems.len(), 1, "{:?}", imp.problems);
+        assert!(
+            imp.problems[0].contains("/keep") && !imp.problems[0].contains("differ"),
+            "{:?}",
+            imp.problems
+        );
+        assert_eq!(imp.damage.len(), 1);
+        assert_eq!(imp.damage[0].reused_dirs, vec!["/keep".to_string()]);
+        assert_eq!(imp.damage[0].lost_dirs_count, 0);
+        let root = cat.snapshot(id).unwrap().unwrap().root_tree;
+        let keep = cat.entry(root, b"keep").unwrap().unwrap();
+        let rows = cat.entries(keep.subtree.unwrap()).unwrap();
+        let names: Vec<&[u8]> = rows.iter().map(|n| n.name.as_slice()).collect();
+        assert_eq!(names, vec![&b"f"[..], &b"l"[..]]);
+        let Body::File(list) = &lost[0].body else {
+            unreachable!()
+        };
+        assert_eq!(&cat.content(rows[0].content.unwrap()).unwrap(), list);
+        assert_eq!(rows[0].xattrs, encode_xattrs(&lost[0].xattrs));
+        assert_eq!(rows[1].target.as_deref(), Some(&b"f"[..]));
+
+        // Without the fallback, the directory is shown empty and reported lost.
+        let d2 = tempfile::tempdir().unwrap();
+        let (repo2, cat2) = self::repo(d2.path());
+        let rec2 = keep_dir_not_in_packs(&repo2, &cat2, None, &lost);
+        cat2.begin().unwrap();
+        let mut imp = Importer::new(&repo2, &cat2);
+        imp.snapshot(&rec2, 0).unwrap().unwrap();
+        cat2.commit().unwrap();
+        assert_eq!(imp.damage[0].lost_dirs, vec!["/keep".to_string()]);
+        assert_eq!(imp.reused_trees, 0);
+    }
+
+    /// Fallback rows are as untrusted as packs: a name a tree from a pack
+    /// may not have is refused there too.
+    #[test]
+    fn fallback_rows_with_a_bad_name_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let (repo, cat) = repo(d.path());
+        let old = Catalog::open(&d.path().join("old.db"), true).unwrap();
+        let rec = keep_dir_not_in_packs(&repo, &cat, Some(&old), &[file(b"a/b", b"x")]);
+        cat.begin().unwrap();
+        let mut imp = Importer::new(&repo, &cat).with_fallback(&old);
+        imp.snapshot(&rec, 0).unwrap().unwrap();
+        cat.commit().unwrap();
+        assert_eq!(imp.reused_trees, 0);
+        assert_eq!(imp.damage[0].lost_dirs, vec!["/keep".to_string()]);
+        assert!(
+            imp.problems[0].contains("unusable") && imp.problems[0].contains("contains /"),
+            "{:?}",
+            imp.problems
+        );
+    }
 }

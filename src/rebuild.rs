@@ -635,3 +635,43 @@ fn swap(repo: &Repository, building: &Path, catalog: &Path) -> Result<Option<Pat
     fsync_dir(&repo.root)?;
     Ok(aside)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a killed rebuild can leave: a catalog being built (with its
+    /// log), and a second name of the current catalog made just before the
+    /// rename. Both go; a catalog kept aside by a finished rebuild stays.
+    #[test]
+    fn leftovers_of_a_killed_rebuild_are_removed_and_kept_catalogs_are_not() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let root = d.path();
+        let catalog = root.join("catalog.db");
+        std::fs::write(&catalog, b"current").expect("write");
+        let write = |name: &str| std::fs::write(root.join(name), b"x").expect("write");
+        write(&format!("{BUILDING}abc"));
+        write(&format!("{BUILDING}abc-wal"));
+        write(&format!("{ASIDE}2026-01-01T00-00-00Z"));
+        let linked = root.join(format!("{ASIDE}2026-01-02T00-00-00Z"));
+        std::fs::hard_link(&catalog, &linked).expect("link");
+        std::fs::write(side_file(&linked, "-wal"), b"").expect("write");
+        write("catalog.db-wal");
+
+        assert_eq!(remove_leftovers(root, &catalog).expect("tidy"), 3);
+        let mut left: Vec<String> = std::fs::read_dir(root)
+            .expect("read_dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            vec![
+                "catalog.db".to_string(),
+                "catalog.db-wal".to_string(),
+                format!("{ASIDE}2026-01-01T00-00-00Z"),
+            ]
+        );
+        assert_eq!(std::fs::read(&catalog).expect("read"), b"current");
+    }
+}

@@ -546,3 +546,148 @@ impl Catalog {
             .map(|v| v as u64))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::SnapshotRow;
+    use crate::ids::{Hash, TreeHash};
+    use crate::tree::{ChunkRef, Meta};
+
+    fn id(s: &str) -> ChunkId {
+        ChunkId(Hash::of(s.as_bytes()))
+    }
+
+    fn node(name: &str, size: u64, content: Option<ContentId>, subtree: Option<TreeId>) -> Node {
+        Node {
+            name: name.as_bytes().to_vec(),
+            kind: if subtree.is_some() {
+                Kind::Dir
+            } else {
+                Kind::File
+            },
+            meta: Meta {
+                size,
+                ..Meta::default()
+            },
+            link_key: 0,
+            xattrs: Vec::new(),
+            target: None,
+            content,
+            subtree,
+            node_offset: 0,
+        }
+    }
+
+    fn content(cat: &Catalog, chunk: &str, len: u32) -> ContentId {
+        let mut list = ChunkList::default();
+        list.push(ChunkRef { id: id(chunk), len });
+        cat.add_content(&list.hash(), &list).unwrap()
+    }
+
+    fn pack(cat: &Catalog, name: &str, size: u64, chunks: &[&str]) {
+        let entries: Vec<PackEntry> = chunks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| PackEntry {
+                id: id(c),
+                kind: ChunkKind::Data,
+                offset: 16 + i as u64,
+                stored_len: 1,
+                raw_len: 1,
+            })
+            .collect();
+        cat.add_pack(&PackName(Hash::of(name.as_bytes())), size, &entries)
+            .unwrap();
+    }
+
+    fn snapshot(cat: &Catalog, record: &str, started_ns: i64, root: TreeId) -> SnapshotId {
+        cat.add_snapshot(&SnapshotRow {
+            id: SnapshotId(0),
+            hash: id(record).0,
+            name: record.to_string(),
+            started_ns,
+            finished_ns: started_ns,
+            host: "h".into(),
+            sources: vec![],
+            tags: vec![],
+            root_tree: root,
+            files: 0,
+            dirs: 0,
+            size: 0,
+            added_bytes: 0,
+            read_bytes: 0,
+            warnings: 0,
+            change_share: 0.0,
+            alarm: false,
+        })
+        .unwrap()
+    }
+
+    fn tree(cat: &Catalog, hash: &str, rows: &[Node]) -> TreeId {
+        cat.add_tree(&TreeHash(id(hash).0), rows.len() as u64, rows)
+            .unwrap()
+    }
+
+    /// s1: a/ and b/ (one shared tree holding f) and g; s2: a/ again and
+    /// h, written to a pack of its own; s3: s2's tree again, only its
+    /// record new. Each snapshot is credited with the packs its ingest
+    /// would have written, and counts the shared directory twice.
+    #[test]
+    fn added_bytes_go_to_the_first_user_of_each_pack_and_shared_trees_count_per_name() {
+        let d = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&d.path().join("c.db"), true).unwrap();
+        cat.begin().unwrap();
+        pack(&cat, "p1", 1000, &["x", "y", "tree-a", "tree-r1", "rec1"]);
+        pack(&cat, "p2", 200, &["z", "tree-r2", "rec2"]);
+        pack(&cat, "p3", 30, &["rec3"]);
+        let a = tree(
+            &cat,
+            "tree-a",
+            &[node("f", 10, Some(content(&cat, "x", 10)), None)],
+        );
+        let r1 = tree(
+            &cat,
+            "tree-r1",
+            &[
+                node("a", 0, None, Some(a)),
+                node("b", 0, None, Some(a)),
+                node("g", 5, Some(content(&cat, "y", 5)), None),
+            ],
+        );
+        let r2 = tree(
+            &cat,
+            "tree-r2",
+            &[
+                node("a", 0, None, Some(a)),
+                node("h", 7, Some(content(&cat, "z", 7)), None),
+            ],
+        );
+        let s1 = snapshot(&cat, "rec1", 1, r1);
+        let s2 = snapshot(&cat, "rec2", 2, r2);
+        let s3 = snapshot(&cat, "rec3", 3, r2);
+        cat.attribute_added_bytes().unwrap();
+        cat.commit().unwrap();
+        let added = |s| cat.snapshot(s).unwrap().unwrap().added_bytes;
+        assert_eq!((added(s1), added(s2), added(s3)), (1000, 200, 30));
+
+        let mut memo = HashMap::new();
+        let h = cat.holdings(r1, &mut memo).unwrap();
+        assert_eq!((h.entries, h.bytes), (5, 25));
+        let h = cat.holdings(r2, &mut memo).unwrap();
+        assert_eq!((h.entries, h.bytes), (3, 17));
+    }
+
+    /// A tampered catalog whose directory contains itself: counting its
+    /// holdings ends with an error, not a hang or a stack overflow.
+    #[test]
+    fn holdings_of_a_tree_that_contains_itself_are_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&d.path().join("c.db"), true).unwrap();
+        let t = tree(&cat, "loop", &[]);
+        cat.add_entries(t, &[node("again", 0, None, Some(t))])
+            .unwrap();
+        let err = cat.holdings(t, &mut HashMap::new()).unwrap_err();
+        assert!(err.to_string().contains("deeper than"), "{err}");
+    }
+}
