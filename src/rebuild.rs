@@ -182,6 +182,9 @@ pub fn rebuild_catalog(repo: &Repository, opts: &RebuildOptions) -> Result<Rebui
     stats.leftovers_removed = remove_leftovers(&repo.root, &path)?;
     let previous = match Previous::open(&path) {
         Ok(p) => p,
+        // Busy or an I/O error says nothing about the catalog: stop rather
+        // than replace a catalog that may be fine.
+        Err(e) if transient(&e) => return Err(e),
         Err(e) => {
             stats.old_catalog_unreadable = Some(e.to_string());
             None
@@ -221,6 +224,24 @@ pub fn rebuild_catalog(repo: &Repository, opts: &RebuildOptions) -> Result<Rebui
     stats.replaced = true;
     stats.seconds = t0.elapsed().as_secs_f64();
     Ok(stats)
+}
+
+/// Whether an error opening the previous catalog is about the moment, not
+/// about the file: another process holding it, or the disk failing.
+fn transient(e: &Error) -> bool {
+    match e {
+        Error::Io { .. } => true,
+        Error::Catalog(rusqlite::Error::SqliteFailure(f, _)) => matches!(
+            f.code,
+            rusqlite::ErrorCode::DatabaseBusy
+                | rusqlite::ErrorCode::DatabaseLocked
+                | rusqlite::ErrorCode::SystemIoFailure
+                | rusqlite::ErrorCode::OutOfMemory
+                | rusqlite::ErrorCode::CannotOpen
+                | rusqlite::ErrorCode::PermissionDenied
+        ),
+        _ => false,
+    }
 }
 
 /// Build the new catalog at `building`. Returns what each of its snapshots
@@ -598,38 +619,51 @@ fn remove_leftovers(root: &Path, catalog: &Path) -> Result<u64> {
 /// one complete catalog, the old or the new.
 fn swap(repo: &Repository, building: &Path, catalog: &Path) -> Result<Option<PathBuf>> {
     let exists = std::fs::symlink_metadata(catalog).is_ok();
+    // Committed rows still in the old write-ahead log must reach the old
+    // file before that log is moved away from it.
+    let wal = side_file(catalog, "-wal");
+    if exists
+        && std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0)
+        && let Err(e) = Catalog::open(catalog, false).and_then(|c| c.fold_wal())
+    {
+        // Unreadable: it goes aside with its log, as it is.
+        log::debug!("previous catalog's log not folded in: {e}");
+    }
+    let sides: Vec<&str> = ["-wal", "-shm"]
+        .into_iter()
+        .filter(|s| std::fs::symlink_metadata(side_file(catalog, s)).is_ok())
+        .collect();
     let mut aside = None;
-    if exists {
+    if exists || !sides.is_empty() {
         let stamp = crate::time::snapshot_stamp(crate::time::now_ns());
         let mut to = repo.root.join(format!("{ASIDE}{stamp}"));
         let mut n = 2;
-        while std::fs::symlink_metadata(&to).is_ok() {
+        while ["", "-wal", "-shm"]
+            .iter()
+            .any(|s| std::fs::symlink_metadata(side_file(&to, s)).is_ok())
+        {
             to = repo.root.join(format!("{ASIDE}{stamp}-{n}"));
             n += 1;
         }
-        // Committed rows still in the old write-ahead log must reach the
-        // old file before that log is moved away from it.
-        let wal = side_file(catalog, "-wal");
-        if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
-            match Catalog::open(catalog, false).and_then(|c| c.fold_wal()) {
+        if exists {
+            // A second name first, so that catalog.db never goes missing.
+            if let Err(e) = std::fs::hard_link(catalog, &to) {
+                // A filesystem without hard links: a moment without catalog.db.
+                log::debug!("hard link {}: {e}; renaming instead", to.display());
+                std::fs::rename(catalog, &to).at(catalog)?;
+            }
+            aside = Some(to.clone());
+        }
+        // Side files never stay beside the new catalog: SQLite would take
+        // an old log for the new file's own.
+        for suffix in sides {
+            let from = side_file(catalog, suffix);
+            match std::fs::rename(&from, side_file(&to, suffix)) {
                 Ok(()) => {}
-                // Unreadable: it goes aside with its log, as it is.
-                Err(e) => log::debug!("previous catalog's log not folded in: {e}"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).at(&from),
             }
         }
-        // A second name first, so that catalog.db never goes missing.
-        if let Err(e) = std::fs::hard_link(catalog, &to) {
-            // A filesystem without hard links: a moment without catalog.db.
-            log::debug!("hard link {}: {e}; renaming instead", to.display());
-            std::fs::rename(catalog, &to).at(catalog)?;
-        }
-        for side in ["-wal", "-shm"] {
-            let from = side_file(catalog, side);
-            if std::fs::symlink_metadata(&from).is_ok() {
-                std::fs::rename(&from, side_file(&to, side)).at(&from)?;
-            }
-        }
-        aside = Some(to);
     }
     std::fs::rename(building, catalog).at(catalog)?;
     fsync_dir(&repo.root)?;
