@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{Catalog, Node, blob_hash};
+use super::{Catalog, blob_hash};
 use crate::error::{Error, Result};
 use crate::ids::{ChunkId, ContentId, PackId, PackName, SnapshotId, TreeId};
 use crate::pack::{ChunkKind, PackEntry};
@@ -279,21 +279,34 @@ impl Catalog {
     pub fn holdings(&self, root: TreeId, memo: &mut HashMap<TreeId, Holdings>) -> Result<Holdings> {
         struct Frame {
             tree: TreeId,
-            rows: std::vec::IntoIter<Node>,
+            rows: std::vec::IntoIter<(u8, u64, Option<TreeId>)>,
             sum: Holdings,
         }
         if let Some(h) = memo.get(&root) {
             return Ok(*h);
         }
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT kind, size, subtree FROM entries WHERE tree = ?1")?;
+        let mut rows_of = |tree: TreeId| -> Result<std::vec::IntoIter<(u8, u64, Option<TreeId>)>> {
+            let rows = st.query_map([tree.0], |r| {
+                Ok((
+                    r.get::<_, u8>(0)?,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, Option<i64>>(2)?.map(TreeId),
+                ))
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?.into_iter())
+        };
         let mut stack = vec![Frame {
             tree: root,
-            rows: self.entries(root)?.into_iter(),
+            rows: rows_of(root)?,
             sum: Holdings::default(),
         }];
         loop {
             let depth = stack.len();
             let top = stack.last_mut().expect("the stack is never empty here");
-            let Some(n) = top.rows.next() else {
+            let Some((kind, size, subtree)) = top.rows.next() else {
                 let done = stack.pop().expect("the stack is never empty here");
                 memo.insert(done.tree, done.sum);
                 match stack.last_mut() {
@@ -305,10 +318,10 @@ impl Catalog {
                 }
             };
             top.sum.entries = top.sum.entries.saturating_add(1);
-            if n.kind == Kind::File {
-                top.sum.bytes = top.sum.bytes.saturating_add(n.meta.size);
+            if kind == Kind::File as u8 {
+                top.sum.bytes = top.sum.bytes.saturating_add(size);
             }
-            let Some(sub) = n.subtree else { continue };
+            let Some(sub) = subtree else { continue };
             if let Some(h) = memo.get(&sub) {
                 top.sum.add(h);
             } else if depth > MAX_DEPTH {
@@ -317,7 +330,7 @@ impl Catalog {
                     sub.0
                 )));
             } else {
-                let rows = self.entries(sub)?.into_iter();
+                let rows = rows_of(sub)?;
                 stack.push(Frame {
                     tree: sub,
                     rows,
@@ -550,7 +563,7 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::SnapshotRow;
+    use crate::catalog::{Node, SnapshotRow};
     use crate::ids::{Hash, TreeHash};
     use crate::tree::{ChunkRef, Meta};
 
