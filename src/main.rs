@@ -188,9 +188,14 @@ fn run(cli: Cli) -> snapfs::Result<ExitCode> {
             let r = snapfs::rebuild::rebuild_catalog(&repo, &opts)?;
             report::rebuild(&r, json);
             if !r.replaced {
+                // The text report lists the differences; JSON has them in `worse`.
+                let what = if json {
+                    format!(": {}", r.worse.join("; "))
+                } else {
+                    " (see above)".to_string()
+                };
                 eprintln!(
-                    "snapfs: error: the rebuilt catalog holds less than the current one ({}); the current catalog is kept; run again with --force to replace it all the same",
-                    r.worse.join("; ")
+                    "snapfs: error: the rebuilt catalog holds fewer snapshots, entries or file bytes than the current one{what}; the current catalog is kept; run again with --force to replace it all the same"
                 );
             }
             Ok(if r.replaced && r.problems.is_empty() {
