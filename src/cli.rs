@@ -98,8 +98,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Rebuild catalog.db from the packs alone (the old file is kept aside)
+    /// Rebuild catalog.db from the packs (the old file is kept aside; a result holding fewer snapshots, entries or bytes is refused without --force)
     RebuildCatalog {
+        /// Replace the catalog even when the rebuilt one holds fewer snapshots, entries or file bytes
+        #[arg(long)]
+        force: bool,
         #[arg(long)]
         json: bool,
     },

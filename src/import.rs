@@ -4,18 +4,93 @@
 
 use std::collections::HashMap;
 
+use serde::Serialize;
+
 use crate::catalog::{Catalog, Node, SnapshotRow};
 use crate::error::{Error, Result};
 use crate::ids::{ChunkId, ContentId, SnapshotId, TreeHash, TreeId};
 use crate::repo::Repository;
 use crate::snapshot::{Record, decode_record};
-use crate::tree::{Body, Entry, decode_tree, encode_tree, encode_xattrs};
+use crate::tree::{Body, Entry, decode_tree, decode_xattrs, encode_tree, encode_xattrs};
+
+/// Paths listed per tree and per snapshot in a damage report; beyond this,
+/// only counted (a crafted repository can lose any number of directories).
+const MAX_LISTED: usize = 100;
 
 pub struct Importer<'a> {
     pub repo: &'a Repository,
     pub cat: &'a Catalog,
     /// What could not be imported (lost trees), for the caller to report.
     pub problems: Vec<String>,
+    /// A catalog whose rows stand in for trees the packs no longer yield:
+    /// a rebuild passes the catalog it would replace, so that one damaged
+    /// tree record does not empty a directory that catalog still knows.
+    fallback: Option<&'a Catalog>,
+    /// Trees whose rows came from `fallback`.
+    pub reused_trees: u64,
+    /// Per imported snapshot with any, the directories lost or taken from
+    /// `fallback`.
+    pub damage: Vec<SnapshotDamage>,
+    /// Damage beneath each tree imported so far that has any, with paths
+    /// relative to that tree: a later snapshot that shares the tree shares
+    /// its damage, and is told so too.
+    damaged: HashMap<TreeHash, Damage>,
+}
+
+/// Directories beneath one tree (paths relative to it, "" for itself)
+/// whose contents are lost, or whose rows came from the fallback catalog.
+#[derive(Clone, Debug, Default)]
+struct Damage {
+    lost: Vec<Vec<u8>>,
+    reused: Vec<Vec<u8>>,
+    /// How many of each there are, listed or not.
+    lost_count: u64,
+    reused_count: u64,
+}
+
+impl Damage {
+    fn is_empty(&self) -> bool {
+        self.lost_count == 0 && self.reused_count == 0
+    }
+
+    /// Take in the damage of the subtree at `name`.
+    fn absorb(&mut self, name: &[u8], below: &Damage) {
+        let under = |p: &Vec<u8>| {
+            let mut q = name.to_vec();
+            if !p.is_empty() {
+                q.push(b'/');
+                q.extend_from_slice(p);
+            }
+            q
+        };
+        let room = MAX_LISTED.saturating_sub(self.lost.len());
+        self.lost.extend(below.lost.iter().take(room).map(under));
+        let room = MAX_LISTED.saturating_sub(self.reused.len());
+        self.reused
+            .extend(below.reused.iter().take(room).map(under));
+        self.lost_count = self.lost_count.saturating_add(below.lost_count);
+        self.reused_count = self.reused_count.saturating_add(below.reused_count);
+    }
+}
+
+/// What one imported snapshot could not get from the packs. Paths are
+/// inside the snapshot (`/` is its root).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SnapshotDamage {
+    pub snapshot: String,
+    /// Directories whose contents are lost: shown empty.
+    pub lost_dirs: Vec<String>,
+    pub lost_dirs_count: u64,
+    /// Directories whose tree record in the packs is missing or damaged,
+    /// rebuilt from the rows of the catalog being replaced.
+    pub reused_dirs: Vec<String>,
+    pub reused_dirs_count: u64,
+}
+
+/// A path as the snapshot shows it (its root is `/`), from one relative to
+/// the root tree.
+fn snapshot_path(rel: &[u8]) -> String {
+    format!("/{}", String::from_utf8_lossy(rel))
 }
 
 impl<'a> Importer<'a> {
@@ -24,7 +99,18 @@ impl<'a> Importer<'a> {
             repo,
             cat,
             problems: Vec::new(),
+            fallback: None,
+            reused_trees: 0,
+            damage: Vec::new(),
+            damaged: HashMap::new(),
         }
+    }
+
+    /// Take trees the packs cannot yield from the rows of `old` (see
+    /// [`Importer::fallback`]).
+    pub fn with_fallback(mut self, old: &'a Catalog) -> Self {
+        self.fallback = Some(old);
+        self
     }
 
     fn read(&self, id: &ChunkId) -> Result<Vec<u8>> {
@@ -45,18 +131,68 @@ impl<'a> Importer<'a> {
     }
 
     /// A tree's decoded entries, ready to be turned into rows.
-    fn open_tree(&self, hash: &TreeHash) -> Result<Pending> {
+    fn open_tree(&self, hash: &TreeHash, path: Vec<u8>) -> Result<Pending> {
         let entries = decode_tree(&self.read(&ChunkId(hash.0))?)
             .map_err(|e| Error::corrupt(format!("tree {hash}: {e}")))?;
-        let nodes = entries.iter().map(Entry::span).sum();
-        Ok(Pending {
-            hash: *hash,
-            nodes,
-            rows: Vec::with_capacity(entries.len()),
-            entries: entries.into_iter(),
-            offset: 0,
-            waiting: None,
-        })
+        Ok(Pending::new(*hash, entries, path))
+    }
+
+    /// The tree `hash` from the fallback catalog's rows, when the packs
+    /// cannot yield it. None without a fallback or when it lacks the tree.
+    ///
+    /// The rows come from a file in the repository, as untrusted as a
+    /// pack: encoded as a tree and decoded again, they pass every check a
+    /// tree read from a pack passes (names, order, node counts, chunk
+    /// lists, xattrs). Rows that encode to `hash` are the very tree the
+    /// packs lost; rows that do not (the old catalog had lost parts of it
+    /// itself) are still the best left, and said so.
+    fn fallback_tree(&self, hash: &TreeHash, path: Vec<u8>) -> Result<Option<(Pending, bool)>> {
+        let Some(old) = self.fallback else {
+            return Ok(None);
+        };
+        let Some((id, _)) = old.tree_by_hash(hash)? else {
+            return Ok(None);
+        };
+        let entries = old
+            .entries(id)?
+            .into_iter()
+            .map(|n| entry_of_row(old, n))
+            .collect::<Result<Vec<Entry>>>()?;
+        let encoded = encode_tree(&entries);
+        let entries = decode_tree(&encoded)?;
+        let exact = crate::store::hash_chunk(&encoded).id.0 == hash.0;
+        let mut p = Pending::new(*hash, entries, path);
+        p.damage.reused.push(Vec::new());
+        p.damage.reused_count = 1;
+        Ok(Some((p, exact)))
+    }
+
+    /// The tree `hash` from the packs, or else from the fallback catalog.
+    /// The error says why neither could.
+    fn open_any(&mut self, hash: &TreeHash, path: Vec<u8>) -> Result<Pending> {
+        let err = match self.open_tree(hash, path.clone()) {
+            Ok(p) => return Ok(p),
+            Err(e) => e,
+        };
+        match self.fallback_tree(hash, path.clone()) {
+            Ok(Some((p, exact))) => {
+                self.reused_trees += 1;
+                self.problems.push(format!(
+                    "directory {:?}: {err}; its rows were taken from the previous catalog{}",
+                    snapshot_path(&path),
+                    if exact {
+                        ""
+                    } else {
+                        " (they differ from the tree the packs recorded: that catalog had lost parts of it too)"
+                    }
+                ));
+                Ok(p)
+            }
+            Ok(None) => Err(err),
+            Err(old) => Err(Error::corrupt(format!(
+                "{err}; the previous catalog's rows for it are unusable too ({old})"
+            ))),
+        }
     }
 
     /// The tree row for `hash`, imported (with everything beneath) if missing.
@@ -64,19 +200,24 @@ impl<'a> Importer<'a> {
     /// Depth-first with an explicit stack, not recursion: the depth of a
     /// tree is whatever the packs say, and a chain of ten thousand nested
     /// directories (real or crafted) once overflowed the thread's stack.
-    /// A subtree that cannot be read or decoded is shown as an empty
-    /// directory and reported in `problems`; catalog errors stop the import.
+    /// A subtree that neither the packs nor the fallback catalog yield is
+    /// shown as an empty directory and reported in `problems`; catalog
+    /// errors stop the import.
     pub fn tree(&mut self, root: &TreeHash) -> Result<TreeId> {
         if let Some((t, _)) = self.cat.tree_by_hash(root)? {
             return Ok(t);
         }
-        let mut stack = vec![self.open_tree(root)?];
+        let first = self.open_any(root, Vec::new())?;
+        let mut stack = vec![first];
         loop {
             let depth = stack.len();
             let top = stack.last_mut().expect("the stack is never empty here");
             let Some(e) = top.entries.next() else {
                 let done = stack.pop().expect("the stack is never empty here");
                 let id = self.cat.add_tree(&done.hash, done.nodes, &done.rows)?;
+                if !done.damage.is_empty() {
+                    self.damaged.insert(done.hash, done.damage.clone());
+                }
                 match stack.last_mut() {
                     None => return Ok(id),
                     Some(parent) => {
@@ -84,6 +225,7 @@ impl<'a> Importer<'a> {
                             .waiting
                             .take()
                             .expect("a parent waits for its subtree");
+                        parent.damage.absorb(&e.name, &done.damage);
                         parent.push(e, None, Some(id));
                         continue;
                     }
@@ -100,17 +242,23 @@ impl<'a> Importer<'a> {
                 }
                 Body::Dir { tree: sub, .. } => {
                     if let Some((t, _)) = self.cat.tree_by_hash(sub)? {
+                        if let Some(d) = self.damaged.get(sub) {
+                            top.damage.absorb(&e.name, d);
+                        }
                         top.push(e, None, Some(t));
                         continue;
                     }
+                    let path = top.child_path(&e.name);
+                    let sub = *sub;
                     let opened = if depth >= crate::tree::MAX_DEPTH {
                         Err(Error::corrupt(format!(
                             "nested deeper than {} levels",
                             crate::tree::MAX_DEPTH
                         )))
                     } else {
-                        self.open_tree(sub)
+                        self.open_any(&sub, path.clone())
                     };
+                    let top = stack.last_mut().expect("the stack is never empty here");
                     match opened {
                         Ok(p) => {
                             top.waiting = Some(e);
@@ -119,8 +267,12 @@ impl<'a> Importer<'a> {
                         Err(err) => {
                             self.problems.push(format!(
                                 "directory {:?}: its contents are lost, shown empty ({err})",
-                                String::from_utf8_lossy(&e.name)
+                                snapshot_path(&path)
                             ));
+                            if top.damage.lost.len() < MAX_LISTED {
+                                top.damage.lost.push(e.name.clone());
+                            }
+                            top.damage.lost_count = top.damage.lost_count.saturating_add(1);
                             let empty = self.empty_tree()?;
                             stack
                                 .last_mut()
@@ -169,8 +321,52 @@ impl<'a> Importer<'a> {
                 self.cat.add_hardlink(id, key, first, count)?;
             }
         }
+        if let Some(d) = self.damaged.get(&root) {
+            self.damage.push(SnapshotDamage {
+                snapshot: row.name.clone(),
+                lost_dirs: d.lost.iter().map(|p| snapshot_path(p)).collect(),
+                lost_dirs_count: d.lost_count,
+                reused_dirs: d.reused.iter().map(|p| snapshot_path(p)).collect(),
+                reused_dirs_count: d.reused_count,
+            });
+        }
         Ok(Some(id))
     }
+}
+
+/// An entry as the tree encoding has it, from a catalog row of `cat`.
+fn entry_of_row(cat: &Catalog, n: Node) -> Result<Entry> {
+    let name = String::from_utf8_lossy(&n.name).into_owned();
+    let body = match n.kind {
+        crate::tree::Kind::File => {
+            let c = n
+                .content
+                .ok_or_else(|| Error::corrupt(format!("file {name:?} has no content row")))?;
+            Body::File(cat.content(c)?)
+        }
+        crate::tree::Kind::Dir => {
+            let t = n
+                .subtree
+                .ok_or_else(|| Error::corrupt(format!("directory {name:?} has no tree row")))?;
+            Body::Dir {
+                tree: cat.tree_hash(t)?,
+                nodes: cat.tree_nodes(t)?,
+            }
+        }
+        crate::tree::Kind::Symlink => Body::Symlink(
+            n.target
+                .ok_or_else(|| Error::corrupt(format!("symlink {name:?} has no target")))?,
+        ),
+        _ => Body::Special,
+    };
+    Ok(Entry {
+        xattrs: decode_xattrs(&n.xattrs)?,
+        name: n.name,
+        kind: n.kind,
+        meta: n.meta,
+        link_key: n.link_key,
+        body,
+    })
 }
 
 /// A tree being imported: its rows so far and the entries still to do.
@@ -182,9 +378,37 @@ struct Pending {
     offset: u64,
     /// The directory entry whose subtree is being imported above this one.
     waiting: Option<Entry>,
+    /// Where this tree is, relative to the tree the import started from.
+    path: Vec<u8>,
+    /// Damage found beneath this tree so far.
+    damage: Damage,
 }
 
 impl Pending {
+    /// `entries` come from `decode_tree`, which checked that their spans
+    /// add up without overflow.
+    fn new(hash: TreeHash, entries: Vec<Entry>, path: Vec<u8>) -> Pending {
+        Pending {
+            hash,
+            nodes: entries.iter().map(Entry::span).sum(),
+            rows: Vec::with_capacity(entries.len()),
+            entries: entries.into_iter(),
+            offset: 0,
+            waiting: None,
+            path,
+            damage: Damage::default(),
+        }
+    }
+
+    fn child_path(&self, name: &[u8]) -> Vec<u8> {
+        let mut p = self.path.clone();
+        if !p.is_empty() {
+            p.push(b'/');
+        }
+        p.extend_from_slice(name);
+        p
+    }
+
     fn push(&mut self, e: Entry, content: Option<ContentId>, subtree: Option<TreeId>) {
         let span = e.span();
         let target = match &e.body {
@@ -424,5 +648,165 @@ mod tests {
             vec![format!("imported-{}", &ids[1].0.to_hex()[..12])]
         );
         assert_eq!(imp.problems.len(), 1);
+    }
+
+    /// The rows of tree `entries` in catalog `cat`, as ingest writes them
+    /// (contents added as needed; no subtrees).
+    fn rows_of(cat: &Catalog, entries: &[Entry]) -> Vec<Node> {
+        let mut offset = 0;
+        entries
+            .iter()
+            .map(|e| {
+                let content = match &e.body {
+                    Body::File(list) => Some(cat.add_content(&list.hash(), list).unwrap()),
+                    _ => None,
+                };
+                let n = Node {
+                    name: e.name.clone(),
+                    kind: e.kind,
+                    meta: e.meta.clone(),
+                    link_key: e.link_key,
+                    xattrs: encode_xattrs(&e.xattrs),
+                    target: match &e.body {
+                        Body::Symlink(t) => Some(t.clone()),
+                        _ => None,
+                    },
+                    content,
+                    subtree: None,
+                    node_offset: offset,
+                };
+                offset += e.span();
+                n
+            })
+            .collect()
+    }
+
+    /// A directory `keep/` whose tree is in no pack, and a catalog (the
+    /// fallback) that has the rows of `lost`, its tree. Returns the
+    /// snapshot record's id.
+    fn keep_dir_not_in_packs(
+        repo: &Repository,
+        cat: &Catalog,
+        old: Option<&Catalog>,
+        lost: &[Entry],
+    ) -> ChunkId {
+        let bytes = encode_tree(lost);
+        let lost_id = hash_chunk(&bytes).id;
+        if let Some(old) = old {
+            old.begin().unwrap();
+            let rows = rows_of(old, lost);
+            old.add_tree(&TreeHash(lost_id.0), lost.len() as u64, &rows)
+                .unwrap();
+            old.commit().unwrap();
+        }
+        let root = encode_tree(&[dir(b"keep", lost_id, lost.len() as u64)]);
+        let root_id = hash_chunk(&root).id;
+        let rec = record(root_id, 1 + lost.len() as u64);
+        store(
+            repo,
+            cat,
+            &[(ChunkKind::Tree, root), (ChunkKind::Snapshot, rec)],
+        )[1]
+    }
+
+    fn file(name: &[u8], data: &[u8]) -> Entry {
+        let mut list = crate::tree::ChunkList::default();
+        list.push(crate::tree::ChunkRef {
+            id: hash_chunk(data).id,
+            len: data.len() as u32,
+        });
+        Entry {
+            name: name.to_vec(),
+            kind: Kind::File,
+            meta: Meta {
+                mode: 0o100644,
+                size: data.len() as u64,
+                nlink: 1,
+                ..Meta::default()
+            },
+            link_key: 0,
+            xattrs: vec![(b"user.k".to_vec(), b"v".to_vec())],
+            body: Body::File(list),
+        }
+    }
+
+    #[test]
+    fn tree_missing_from_the_packs_is_taken_from_the_fallback_rows() {
+        let d = tempfile::tempdir().unwrap();
+        let (repo, cat) = repo(d.path());
+        let old = Catalog::open(&d.path().join("old.db"), true).unwrap();
+        let lost = vec![
+            file(b"f", b"file data"),
+            Entry {
+                name: b"l".to_vec(),
+                kind: Kind::Symlink,
+                meta: Meta {
+                    mode: 0o120777,
+                    ..Meta::default()
+                },
+                link_key: 0,
+                xattrs: vec![],
+                body: Body::Symlink(b"f".to_vec()),
+            },
+        ];
+        let rec = keep_dir_not_in_packs(&repo, &cat, Some(&old), &lost);
+
+        cat.begin().unwrap();
+        let mut imp = Importer::new(&repo, &cat).with_fallback(&old);
+        let id = imp.snapshot(&rec, 0).unwrap().unwrap();
+        cat.commit().unwrap();
+        assert_eq!(imp.reused_trees, 1);
+        assert_eq!(imp.problems.len(), 1, "{:?}", imp.problems);
+        assert!(
+            imp.problems[0].contains("/keep") && !imp.problems[0].contains("differ"),
+            "{:?}",
+            imp.problems
+        );
+        assert_eq!(imp.damage.len(), 1);
+        assert_eq!(imp.damage[0].reused_dirs, vec!["/keep".to_string()]);
+        assert_eq!(imp.damage[0].lost_dirs_count, 0);
+        let root = cat.snapshot(id).unwrap().unwrap().root_tree;
+        let keep = cat.entry(root, b"keep").unwrap().unwrap();
+        let rows = cat.entries(keep.subtree.unwrap()).unwrap();
+        let names: Vec<&[u8]> = rows.iter().map(|n| n.name.as_slice()).collect();
+        assert_eq!(names, vec![&b"f"[..], &b"l"[..]]);
+        let Body::File(list) = &lost[0].body else {
+            unreachable!()
+        };
+        assert_eq!(&cat.content(rows[0].content.unwrap()).unwrap(), list);
+        assert_eq!(rows[0].xattrs, encode_xattrs(&lost[0].xattrs));
+        assert_eq!(rows[1].target.as_deref(), Some(&b"f"[..]));
+
+        // Without the fallback, the directory is shown empty and reported lost.
+        let d2 = tempfile::tempdir().unwrap();
+        let (repo2, cat2) = self::repo(d2.path());
+        let rec2 = keep_dir_not_in_packs(&repo2, &cat2, None, &lost);
+        cat2.begin().unwrap();
+        let mut imp = Importer::new(&repo2, &cat2);
+        imp.snapshot(&rec2, 0).unwrap().unwrap();
+        cat2.commit().unwrap();
+        assert_eq!(imp.damage[0].lost_dirs, vec!["/keep".to_string()]);
+        assert_eq!(imp.reused_trees, 0);
+    }
+
+    /// Fallback rows are as untrusted as packs: a name a tree from a pack
+    /// may not have is refused there too.
+    #[test]
+    fn fallback_rows_with_a_bad_name_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let (repo, cat) = repo(d.path());
+        let old = Catalog::open(&d.path().join("old.db"), true).unwrap();
+        let rec = keep_dir_not_in_packs(&repo, &cat, Some(&old), &[file(b"a/b", b"x")]);
+        cat.begin().unwrap();
+        let mut imp = Importer::new(&repo, &cat).with_fallback(&old);
+        imp.snapshot(&rec, 0).unwrap().unwrap();
+        cat.commit().unwrap();
+        assert_eq!(imp.reused_trees, 0);
+        assert_eq!(imp.damage[0].lost_dirs, vec!["/keep".to_string()]);
+        assert!(
+            imp.problems[0].contains("unusable") && imp.problems[0].contains("contains /"),
+            "{:?}",
+            imp.problems
+        );
     }
 }

@@ -183,11 +183,23 @@ fn run(cli: Cli) -> snapfs::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Command::RebuildCatalog { json } => {
+        Command::RebuildCatalog { force, json } => {
             let repo = Repository::open(&repo_path)?;
-            let r = snapfs::rebuild::rebuild_catalog(&repo)?;
+            let opts = snapfs::rebuild::RebuildOptions { force };
+            let r = snapfs::rebuild::rebuild_catalog(&repo, &opts)?;
             report::rebuild(&r, json);
-            Ok(if r.problems.is_empty() {
+            if !r.replaced {
+                // The text report lists the differences; JSON has them in `worse`.
+                let what = if json {
+                    format!(": {}", r.worse.join("; "))
+                } else {
+                    " (see above)".to_string()
+                };
+                eprintln!(
+                    "snapfs: error: the rebuilt catalog holds fewer snapshots, entries or file bytes than the current one{what}; the current catalog is kept; run again with --force to replace it all the same"
+                );
+            }
+            Ok(if r.replaced && r.problems.is_empty() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)

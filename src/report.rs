@@ -340,13 +340,76 @@ pub fn rebuild(r: &crate::rebuild::RebuildStats, as_json: bool) {
     for p in &r.problems {
         println!("problem: {p}");
     }
+    if let Some(e) = &r.old_catalog_unreadable {
+        println!("the previous catalog does not read ({e}); it is replaced");
+    }
+    for l in &r.snapshots_lost {
+        println!(
+            "snapshot lost: {} ({}): {}",
+            l.name,
+            &l.id[..8.min(l.id.len())],
+            l.reason
+        );
+    }
+    for d in &r.damaged_snapshots {
+        let more = |listed: usize, count: u64| {
+            let rest = count.saturating_sub(listed as u64);
+            if rest > 0 {
+                format!(" and {rest} more")
+            } else {
+                String::new()
+            }
+        };
+        if d.lost_dirs_count > 0 {
+            println!(
+                "snapshot {}: contents lost, shown empty: {}{}",
+                d.snapshot,
+                d.lost_dirs.join(" "),
+                more(d.lost_dirs.len(), d.lost_dirs_count)
+            );
+        }
+        if d.reused_dirs_count > 0 {
+            println!(
+                "snapshot {}: taken from the previous catalog: {}{}",
+                d.snapshot,
+                d.reused_dirs.join(" "),
+                more(d.reused_dirs.len(), d.reused_dirs_count)
+            );
+        }
+    }
+    if r.leftovers_removed > 0 {
+        println!(
+            "removed {} file(s) left by a rebuild that did not finish",
+            r.leftovers_removed
+        );
+    }
+    let a = &r.after;
+    if let Some(b) = &r.before {
+        println!(
+            "current catalog: {} snapshot(s), {} entries, {}; rebuilt: {} snapshot(s), {} entries, {}",
+            b.snapshots,
+            b.entries,
+            bytes(b.bytes),
+            a.snapshots,
+            a.entries,
+            bytes(a.bytes)
+        );
+    }
+    for w in &r.worse {
+        println!("fewer than now: {w}");
+    }
+    println!(
+        "rebuilt the catalog from {} pack(s): {} chunk(s), {} snapshot(s) ({} forgotten ones left out, {} tree(s) from the previous catalog) in {:.1}s",
+        r.packs, r.chunks, r.snapshots, r.forgotten, r.trees_reused, r.seconds
+    );
+    if !r.replaced {
+        println!("NOT REPLACED: the current catalog is kept as it is (--force replaces it)");
+    } else if r.forced {
+        println!("replaced with --force, although the rebuilt catalog holds less");
+    }
     if let Some(old) = &r.old_catalog {
         println!("previous catalog kept as {}", old.display());
     }
-    println!(
-        "rebuilt the catalog from {} pack(s): {} chunk(s), {} snapshot(s) ({} forgotten ones left out) in {:.1}s",
-        r.packs, r.chunks, r.snapshots, r.forgotten, r.seconds
-    );
 }
 
 pub fn diff(r: &crate::diff::DiffReport, as_json: bool) {

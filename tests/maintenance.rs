@@ -28,16 +28,16 @@ use crate::util::*;
 
 /// A scratch area: a canonical base directory with a source tree, frozen
 /// copies of it, and room for restores.
-struct Work {
+pub(crate) struct Work {
     _dir: TempDir,
     base: PathBuf,
-    src: PathBuf,
-    scratch: PathBuf,
+    pub(crate) src: PathBuf,
+    pub(crate) scratch: PathBuf,
     restores: u64,
 }
 
 impl Work {
-    fn new() -> Work {
+    pub(crate) fn new() -> Work {
         let dir = tempdir();
         let base = canonical(dir.path());
         let src = base.join("src");
@@ -54,7 +54,7 @@ impl Work {
     }
 
     /// A frozen copy of the source as it is now (`cp -a`, hard links kept).
-    fn freeze(&self, label: &str) -> PathBuf {
+    pub(crate) fn freeze(&self, label: &str) -> PathBuf {
         self.freeze_of(&self.src, label)
     }
 
@@ -68,7 +68,7 @@ impl Work {
     /// Restores snapshot `spec` whole and asserts that the source inside
     /// it reproduces `reference` (rsync -naHAXc --delete prints nothing,
     /// and metadata agrees).
-    fn assert_restores(&mut self, repo: &Repo, spec: &str, reference: &Path) {
+    pub(crate) fn assert_restores(&mut self, repo: &Repo, spec: &str, reference: &Path) {
         let src = self.src.clone();
         self.assert_restores_of(repo, spec, &src, reference);
     }
@@ -140,7 +140,7 @@ fn verify(repo: &Repo, extra: &[&str]) -> (Output, Value) {
 }
 
 /// Asserts `verify --read-data` exits 0 and reports no problem.
-fn assert_verify_read_data_ok(repo: &Repo, when: &str) {
+pub(crate) fn assert_verify_read_data_ok(repo: &Repo, when: &str) {
     let (out, json) = verify(repo, &["--read-data"]);
     assert!(
         out.status.code() == Some(0) && json["ok"] == Value::Bool(true),
@@ -150,19 +150,19 @@ fn assert_verify_read_data_ok(repo: &Repo, when: &str) {
 }
 
 /// Names of the listed snapshots.
-fn names(repo: &Repo) -> BTreeSet<String> {
+pub(crate) fn names(repo: &Repo) -> BTreeSet<String> {
     repo.snapshots()
         .iter()
         .map(|s| json_str(s, "name").to_string())
         .collect()
 }
 
-fn ids(repo: &Repo) -> BTreeSet<String> {
+pub(crate) fn ids(repo: &Repo) -> BTreeSet<String> {
     repo.snapshot_ids().into_iter().collect()
 }
 
 /// Every `*.pack` file of the repository.
-fn pack_files(repo: &Repo) -> Vec<PathBuf> {
+pub(crate) fn pack_files(repo: &Repo) -> Vec<PathBuf> {
     let dir = repo.path.join("packs");
     if !dir.exists() {
         return Vec::new();
@@ -648,7 +648,7 @@ fn build_varied_tree(root: &Path, seed: u64) {
     set_mtime(&root.join("private"), 1_600_000_000, 123_456_789);
 }
 
-fn delete_catalog(repo: &Repo) {
+pub(crate) fn delete_catalog(repo: &Repo) {
     for name in ["catalog.db", "catalog.db-wal", "catalog.db-shm"] {
         let p = repo.path.join(name);
         if p.exists() {
@@ -997,15 +997,15 @@ impl Expected {
 
 /// Draws kill delays: uniform below the typical length of an uninterrupted
 /// run, measured from the runs that escape a kill.
-struct Killer {
+pub(crate) struct Killer {
     rng: Rng,
     typical: Duration,
-    kills: u32,
+    pub(crate) kills: u32,
     completed: u32,
 }
 
 impl Killer {
-    fn new(seed: u64, guess: Duration) -> Killer {
+    pub(crate) fn new(seed: u64, guess: Duration) -> Killer {
         Killer {
             rng: Rng::new(seed),
             typical: guess,
@@ -1016,7 +1016,7 @@ impl Killer {
 
     /// Spawns `cmd` and SIGKILLs it at a random moment. Returns true when
     /// it was killed; panics if it ended by itself with an error.
-    fn run(&mut self, cmd: &mut Command, what: &str) -> bool {
+    pub(crate) fn run(&mut self, cmd: &mut Command, what: &str) -> bool {
         let micros = self.typical.as_micros() as u64;
         let delay = Duration::from_micros(self.rng.below(micros * 11 / 10 + 1));
         let started = Instant::now();

@@ -26,6 +26,7 @@ mod ingest;
 mod maintenance;
 mod mount;
 mod readers;
+mod rebuild;
 mod security_copy;
 mod security_format;
 mod security_local;

@@ -2,13 +2,15 @@
 //! usage, relocation. Reachability is computed in temporary tables, so memory
 //! stays flat however large the repository is.
 
+use std::collections::HashMap;
+
 use rusqlite::{OptionalExtension, params};
 
 use super::{Catalog, blob_hash};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ids::{ChunkId, ContentId, PackId, PackName, SnapshotId, TreeId};
 use crate::pack::{ChunkKind, PackEntry};
-use crate::tree::ChunkList;
+use crate::tree::{ChunkList, Kind, MAX_DEPTH};
 
 /// A pack and how much of it is still referenced.
 #[derive(Clone, Debug)]
@@ -18,6 +20,26 @@ pub struct PackUsage {
     pub size: u64,
     pub live_bytes: u64,
     pub live_chunks: u64,
+}
+
+/// What a tree holds, counted from its rows: entries beneath it (at every
+/// depth, a shared subtree as often as it appears) and the sizes of the
+/// regular files among them. A rebuild compares these between the catalog
+/// it built and the one it would replace.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Holdings {
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+impl Holdings {
+    /// Figures for comparison, not arithmetic anyone relies on: a crafted
+    /// catalog whose shared subtrees multiply past u64 saturates instead of
+    /// wrapping to a small number.
+    pub fn add(&mut self, other: &Holdings) {
+        self.entries = self.entries.saturating_add(other.entries);
+        self.bytes = self.bytes.saturating_add(other.bytes);
+    }
 }
 
 /// Rows gc removed.
@@ -214,6 +236,231 @@ impl Catalog {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// The chunks this catalog places in the pack named `name`: what a
+    /// rebuild can still use of a pack whose own table is lost (truncated).
+    pub fn chunks_in_pack_named(&self, name: &PackName) -> Result<Vec<PackEntry>> {
+        let mut st = self.conn.prepare(
+            "SELECT c.id, c.kind, c.offset, c.stored_len, c.raw_len
+             FROM chunks c JOIN packs p ON p.id = c.pack WHERE p.name = ?1 ORDER BY c.offset",
+        )?;
+        let rows = st.query_map([&name.0.0[..]], |r| {
+            Ok((
+                blob_hash(r.get(0)?)?,
+                r.get::<_, u8>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, u32>(3)?,
+                r.get::<_, u32>(4)?,
+            ))
+        })?;
+        rows.map(|r| {
+            let (id, kind, offset, stored_len, raw_len) = r?;
+            Ok(PackEntry {
+                id: ChunkId(id),
+                kind: ChunkKind::from_u8(kind)?,
+                offset: u64::try_from(offset).map_err(|_| {
+                    Error::corrupt(format!(
+                        "chunk {}: negative offset in pack {name}",
+                        ChunkId(id)
+                    ))
+                })?,
+                stored_len,
+                raw_len,
+            })
+        })
+        .collect()
+    }
+
+    /// What the tree `root` holds (see [`Holdings`]). `memo` keeps the
+    /// figures of every tree counted so far, so snapshots that share trees
+    /// cost one visit of each. An explicit stack, as every walk of rows
+    /// that may come from a damaged file: a chain or cycle of trees ends
+    /// with an error past [`MAX_DEPTH`] levels (plus the empty directory
+    /// an import puts where it cut a deeper chain).
+    pub fn holdings(&self, root: TreeId, memo: &mut HashMap<TreeId, Holdings>) -> Result<Holdings> {
+        struct Frame {
+            tree: TreeId,
+            rows: std::vec::IntoIter<(u8, u64, Option<TreeId>)>,
+            sum: Holdings,
+        }
+        if let Some(h) = memo.get(&root) {
+            return Ok(*h);
+        }
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT kind, size, subtree FROM entries WHERE tree = ?1")?;
+        let mut rows_of = |tree: TreeId| -> Result<std::vec::IntoIter<(u8, u64, Option<TreeId>)>> {
+            let rows = st.query_map([tree.0], |r| {
+                Ok((
+                    r.get::<_, u8>(0)?,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, Option<i64>>(2)?.map(TreeId),
+                ))
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?.into_iter())
+        };
+        let mut stack = vec![Frame {
+            tree: root,
+            rows: rows_of(root)?,
+            sum: Holdings::default(),
+        }];
+        loop {
+            let depth = stack.len();
+            let top = stack.last_mut().expect("the stack is never empty here");
+            let Some((kind, size, subtree)) = top.rows.next() else {
+                let done = stack.pop().expect("the stack is never empty here");
+                memo.insert(done.tree, done.sum);
+                match stack.last_mut() {
+                    None => return Ok(done.sum),
+                    Some(parent) => {
+                        parent.sum.add(&done.sum);
+                        continue;
+                    }
+                }
+            };
+            top.sum.entries = top.sum.entries.saturating_add(1);
+            if kind == Kind::File as u8 {
+                top.sum.bytes = top.sum.bytes.saturating_add(size);
+            }
+            let Some(sub) = subtree else { continue };
+            if let Some(h) = memo.get(&sub) {
+                top.sum.add(h);
+            } else if depth > MAX_DEPTH {
+                return Err(Error::corrupt(format!(
+                    "tree {}: directories nested deeper than {MAX_DEPTH} levels (perhaps a tree that contains itself)",
+                    sub.0
+                )));
+            } else {
+                let rows = rows_of(sub)?;
+                stack.push(Frame {
+                    tree: sub,
+                    rows,
+                    sum: Holdings::default(),
+                });
+            }
+        }
+    }
+
+    /// Set every snapshot's `added_bytes` from the packs: the size of each
+    /// pack whose chunks a snapshot is the first (oldest first) to use.
+    ///
+    /// Ingest records the packs it wrote, and it writes only chunks the
+    /// repository did not have, all of which its snapshot uses: so the
+    /// packs a snapshot uses first are the packs its ingest wrote, and the
+    /// figure is what ingest recorded. It differs only where the packs no
+    /// longer say who wrote them: after gc moved chunks into new packs,
+    /// after an interrupted ingest left packs that a later one used, or
+    /// when a forgotten snapshot still waiting for gc wrote them.
+    ///
+    /// Trees and contents already seen are not walked again, so the work is
+    /// one visit of each row, in temporary tables (memory stays flat).
+    pub fn attribute_added_bytes(&self) -> Result<()> {
+        self.conn.execute_batch(
+            "DROP TABLE IF EXISTS temp.seen_trees;
+             DROP TABLE IF EXISTS temp.seen_contents;
+             DROP TABLE IF EXISTS temp.claimed_packs;
+             DROP TABLE IF EXISTS temp.fresh_trees;
+             DROP TABLE IF EXISTS temp.fresh_contents;
+             DROP TABLE IF EXISTS temp.fresh_chunks;
+             CREATE TEMP TABLE seen_trees (id INTEGER PRIMARY KEY);
+             CREATE TEMP TABLE seen_contents (id INTEGER PRIMARY KEY);
+             CREATE TEMP TABLE claimed_packs (id INTEGER PRIMARY KEY);
+             CREATE TEMP TABLE fresh_trees (id INTEGER PRIMARY KEY);
+             CREATE TEMP TABLE fresh_contents (id INTEGER PRIMARY KEY);
+             CREATE TEMP TABLE fresh_chunks (id BLOB PRIMARY KEY) WITHOUT ROWID;",
+        )?;
+        let snaps: Vec<(i64, i64, Vec<u8>)> = {
+            let mut st = self
+                .conn
+                .prepare("SELECT id, root_tree, hash FROM snapshots ORDER BY started_ns, id")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let mut add_chunk = self
+            .conn
+            .prepare("INSERT OR IGNORE INTO temp.fresh_chunks (id) VALUES (?1)")?;
+        let mut lists = self
+            .conn
+            .prepare("SELECT c.chunks FROM contents c JOIN temp.fresh_contents f ON f.id = c.id")?;
+        for (id, root, hash) in snaps {
+            self.conn.execute_batch(
+                "DELETE FROM temp.fresh_trees;
+                 DELETE FROM temp.fresh_contents;
+                 DELETE FROM temp.fresh_chunks;",
+            )?;
+            self.conn.execute(
+                "WITH RECURSIVE t(id) AS (
+                     SELECT ?1 WHERE ?1 NOT IN (SELECT id FROM temp.seen_trees)
+                     UNION
+                     SELECT e.subtree FROM entries e JOIN t ON e.tree = t.id
+                     WHERE e.subtree IS NOT NULL
+                       AND e.subtree NOT IN (SELECT id FROM temp.seen_trees)
+                 )
+                 INSERT INTO temp.fresh_trees SELECT id FROM t",
+                [root],
+            )?;
+            self.conn.execute_batch(
+                "INSERT INTO temp.seen_trees SELECT id FROM temp.fresh_trees;
+                 INSERT OR IGNORE INTO temp.fresh_contents
+                     SELECT e.content FROM entries e JOIN temp.fresh_trees f ON e.tree = f.id
+                     WHERE e.content IS NOT NULL
+                       AND e.content NOT IN (SELECT id FROM temp.seen_contents);
+                 INSERT INTO temp.seen_contents SELECT id FROM temp.fresh_contents;
+                 INSERT OR IGNORE INTO temp.fresh_chunks
+                     SELECT t.hash FROM trees t JOIN temp.fresh_trees f ON f.id = t.id;",
+            )?;
+            add_chunk.execute([&hash])?;
+            let mut rows = lists.query([])?;
+            while let Some(r) = rows.next()? {
+                for c in ChunkList::validate(r.get(0)?)?.iter() {
+                    add_chunk.execute([&c.id.0.0[..]])?;
+                }
+            }
+            let added: i64 = self.conn.query_row(
+                "SELECT COALESCE(SUM(size), 0) FROM packs
+                 WHERE id IN (SELECT c.pack FROM chunks c JOIN temp.fresh_chunks f ON f.id = c.id)
+                   AND id NOT IN (SELECT id FROM temp.claimed_packs)",
+                [],
+                |r| r.get(0),
+            )?;
+            self.conn.execute(
+                "INSERT OR IGNORE INTO temp.claimed_packs
+                     SELECT c.pack FROM chunks c JOIN temp.fresh_chunks f ON f.id = c.id",
+                [],
+            )?;
+            self.conn.execute(
+                "UPDATE snapshots SET added_bytes = ?2 WHERE id = ?1",
+                params![id, added],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// A snapshot's share of changed entries and its change alarm: figures
+    /// of the ingest that made it, which its record does not hold, so a
+    /// rebuild takes them from the catalog it replaces.
+    pub fn set_change(&self, id: SnapshotId, change_share: f64, alarm: bool) -> Result<()> {
+        self.conn.execute(
+            "UPDATE snapshots SET change_share = ?2, alarm = ?3 WHERE id = ?1",
+            params![id.0, change_share, alarm as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Fold the write-ahead log into the database file, or fail: before a
+    /// rebuilt catalog is renamed into place, everything must be in the one
+    /// file that is renamed.
+    pub fn fold_wal(&self) -> Result<()> {
+        let busy: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        if busy != 0 {
+            return Err(Error::invalid(
+                "the catalog's write-ahead log could not be folded in: another process is reading it",
+            ));
+        }
+        Ok(())
+    }
+
     /// Stored bytes only this snapshot references (what forgetting it frees).
     pub fn unique_bytes(&self, snap: SnapshotId) -> Result<u64> {
         self.mark_reachable("other", &format!("id != {}", snap.0), true)?;
@@ -310,5 +557,150 @@ impl Catalog {
             })
             .optional()?
             .map(|v| v as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{Node, SnapshotRow};
+    use crate::ids::{Hash, TreeHash};
+    use crate::tree::{ChunkRef, Meta};
+
+    fn id(s: &str) -> ChunkId {
+        ChunkId(Hash::of(s.as_bytes()))
+    }
+
+    fn node(name: &str, size: u64, content: Option<ContentId>, subtree: Option<TreeId>) -> Node {
+        Node {
+            name: name.as_bytes().to_vec(),
+            kind: if subtree.is_some() {
+                Kind::Dir
+            } else {
+                Kind::File
+            },
+            meta: Meta {
+                size,
+                ..Meta::default()
+            },
+            link_key: 0,
+            xattrs: Vec::new(),
+            target: None,
+            content,
+            subtree,
+            node_offset: 0,
+        }
+    }
+
+    fn content(cat: &Catalog, chunk: &str, len: u32) -> ContentId {
+        let mut list = ChunkList::default();
+        list.push(ChunkRef { id: id(chunk), len });
+        cat.add_content(&list.hash(), &list).unwrap()
+    }
+
+    fn pack(cat: &Catalog, name: &str, size: u64, chunks: &[&str]) {
+        let entries: Vec<PackEntry> = chunks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| PackEntry {
+                id: id(c),
+                kind: ChunkKind::Data,
+                offset: 16 + i as u64,
+                stored_len: 1,
+                raw_len: 1,
+            })
+            .collect();
+        cat.add_pack(&PackName(Hash::of(name.as_bytes())), size, &entries)
+            .unwrap();
+    }
+
+    fn snapshot(cat: &Catalog, record: &str, started_ns: i64, root: TreeId) -> SnapshotId {
+        cat.add_snapshot(&SnapshotRow {
+            id: SnapshotId(0),
+            hash: id(record).0,
+            name: record.to_string(),
+            started_ns,
+            finished_ns: started_ns,
+            host: "h".into(),
+            sources: vec![],
+            tags: vec![],
+            root_tree: root,
+            files: 0,
+            dirs: 0,
+            size: 0,
+            added_bytes: 0,
+            read_bytes: 0,
+            warnings: 0,
+            change_share: 0.0,
+            alarm: false,
+        })
+        .unwrap()
+    }
+
+    fn tree(cat: &Catalog, hash: &str, rows: &[Node]) -> TreeId {
+        cat.add_tree(&TreeHash(id(hash).0), rows.len() as u64, rows)
+            .unwrap()
+    }
+
+    /// s1: a/ and b/ (one shared tree holding f) and g; s2: a/ again and
+    /// h, written to a pack of its own; s3: s2's tree again, only its
+    /// record new. Each snapshot is credited with the packs its ingest
+    /// would have written, and counts the shared directory twice.
+    #[test]
+    fn added_bytes_go_to_the_first_user_of_each_pack_and_shared_trees_count_per_name() {
+        let d = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&d.path().join("c.db"), true).unwrap();
+        cat.begin().unwrap();
+        pack(&cat, "p1", 1000, &["x", "y", "tree-a", "tree-r1", "rec1"]);
+        pack(&cat, "p2", 200, &["z", "tree-r2", "rec2"]);
+        pack(&cat, "p3", 30, &["rec3"]);
+        let a = tree(
+            &cat,
+            "tree-a",
+            &[node("f", 10, Some(content(&cat, "x", 10)), None)],
+        );
+        let r1 = tree(
+            &cat,
+            "tree-r1",
+            &[
+                node("a", 0, None, Some(a)),
+                node("b", 0, None, Some(a)),
+                node("g", 5, Some(content(&cat, "y", 5)), None),
+            ],
+        );
+        let r2 = tree(
+            &cat,
+            "tree-r2",
+            &[
+                node("a", 0, None, Some(a)),
+                node("h", 7, Some(content(&cat, "z", 7)), None),
+            ],
+        );
+        let s1 = snapshot(&cat, "rec1", 1, r1);
+        let s2 = snapshot(&cat, "rec2", 2, r2);
+        let s3 = snapshot(&cat, "rec3", 3, r2);
+        cat.attribute_added_bytes().unwrap();
+        cat.commit().unwrap();
+        let added = |s| cat.snapshot(s).unwrap().unwrap().added_bytes;
+        assert_eq!((added(s1), added(s2), added(s3)), (1000, 200, 30));
+
+        let mut memo = HashMap::new();
+        let h = cat.holdings(r1, &mut memo).unwrap();
+        assert_eq!((h.entries, h.bytes), (5, 25));
+        let h = cat.holdings(r2, &mut memo).unwrap();
+        assert_eq!((h.entries, h.bytes), (3, 17));
+    }
+
+    /// A tampered catalog whose directory contains itself: counting its
+    /// holdings ends with an error, not a hang or a stack overflow.
+    #[test]
+    fn holdings_of_a_tree_that_contains_itself_are_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&d.path().join("c.db"), true).unwrap();
+        let t = tree(&cat, "loop", &[]);
+        cat.add_entries(t, &[node("again", 0, None, Some(t))])
+            .unwrap();
+        let err = cat.holdings(t, &mut HashMap::new()).unwrap_err();
+        assert!(err.to_string().contains("deeper than"), "{err}");
     }
 }
