@@ -624,6 +624,7 @@ mod tests {
             host: "h".into(),
             sources: vec![],
             tags: vec![],
+            damage: None,
             root_tree: root,
             files: 0,
             dirs: 0,
