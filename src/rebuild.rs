@@ -265,7 +265,7 @@ fn build(
             .at(building)?;
     }
     let cat = Catalog::open(building, true)?;
-    cat.begin()?;
+    let tx = cat.transaction()?;
     let old = previous.map(|p| &p.cat);
 
     let listed = repo.backend.list()?;
@@ -391,7 +391,7 @@ fn build(
         stats.after.bytes = stats.after.bytes.saturating_add(h.bytes);
         held.insert(s.hash, (h.entries, h.bytes));
     }
-    cat.commit()?;
+    tx.commit()?;
 
     if let Some(prev) = previous {
         let mut lost: Vec<(&Hash, &PreviousSnapshot)> = prev
