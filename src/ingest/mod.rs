@@ -5,6 +5,7 @@
 //! appears in one final commit, after every pack it uses is durable.
 
 pub mod pipeline;
+mod sparse;
 pub mod walk;
 
 use std::fmt;
@@ -91,6 +92,8 @@ pub struct IngestStats {
     pub size: u64,
     /// Bytes read from source files (0 when nothing changed).
     pub bytes_read: u64,
+    /// Bytes of holes in sparse files, recorded without reading them.
+    pub hole_bytes: u64,
     /// Files reused from the previous snapshot without reading.
     pub reused_files: u64,
     pub new_chunks: u64,
