@@ -1188,3 +1188,55 @@ fn access_times_alone_make_no_new_trees() {
     );
     assert_eq!(second.num("bytes_read"), 0, "{}", second.json);
 }
+
+/// Restore writes every file with one pool of threads (one per core, at
+/// least two), big files included, plus the thread that walks the snapshot
+/// and the one that flushes batches: never a pool per big file.
+#[test]
+fn restore_runs_one_bounded_pool_of_threads() {
+    let dir = tempdir();
+    let root = canonical(dir.path()).join("src");
+    mkdir(&root);
+    for i in 0..6 {
+        write_random_file(&root.join(format!("big-{i}")), 70 + i, 24 * MIB);
+    }
+    build_plain_tree(&root.join("small"), 9, 4, 200, 10_000);
+    let repo = Repo::new();
+    let snap = repo.ingest(&[], &[&root]);
+
+    let target_dir = tempdir();
+    let target = canonical(target_dir.path()).join("out");
+    let mut child = repo
+        .cmd()
+        .arg("restore")
+        .arg(&snap.id)
+        .arg(&target)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn restore");
+    let status = format!("/proc/{}/status", child.id());
+    let (mut most, mut samples) = (0u64, 0);
+    while child.try_wait().expect("wait").is_none() {
+        let threads = fs::read_to_string(&status).ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        });
+        if let Some(n) = threads {
+            most = most.max(n);
+            samples += 1;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(500));
+    }
+    let out = child.wait_with_output().expect("restore output");
+    assert!(out.status.success(), "{}", describe("restore", &out));
+    assert!(samples > 0 && most > 1, "never saw the restore's threads");
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
+    let bound = cores.clamp(2, 16) + 2;
+    assert!(
+        most <= bound,
+        "restore ran {most} threads at once on {cores} cores; at most {bound} expected"
+    );
+    assert_same_tree(&root, &restored_path(&target, &root));
+}
