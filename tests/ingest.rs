@@ -1189,6 +1189,71 @@ fn access_times_alone_make_no_new_trees() {
     assert_eq!(second.num("bytes_read"), 0, "{}", second.json);
 }
 
+/// A previous snapshot's extended attributes that do not decode (a damaged
+/// row) made the next snapshot record no extended attributes for the file,
+/// silently, when the file was unchanged: ACLs and capabilities vanished
+/// from every later snapshot. They are read from disk again, with a
+/// warning naming the file.
+#[test]
+fn undecodable_xattrs_of_the_previous_snapshot_are_read_again_with_a_warning() {
+    let dir = tempdir();
+    let root = canonical(dir.path()).join("src");
+    mkdir(&root);
+    let file = root.join("file");
+    write_file(&file, b"has extended attributes\n");
+    xattr::set(&file, "user.keep", b"this value").expect("setxattr");
+    xattr::set(&file, "user.binary", &[0, 1, 2, 255]).expect("setxattr");
+    let repo = Repo::new();
+    repo.ingest(&[], &[&root]);
+    edit_catalog(
+        &repo,
+        "n = db.execute('UPDATE entries SET xattrs = ? WHERE name = ?', (argv[0], argv[1])).rowcount\n\
+         assert n == 1, n",
+        &[b"\xff\xff\xff\xff", b"file"],
+    );
+
+    let out = run_ok(&mut repo.ingest_cmd(&[], &[&root]));
+    let snap = Ingested::from_output(&out);
+    let warned = snap.json["warnings"]
+        .as_array()
+        .expect("warnings")
+        .iter()
+        .any(|w| w["kind"] == "damaged_previous" && w["path"] == file.to_string_lossy().as_ref());
+    assert!(warned, "no warning for {}: {}", file.display(), snap.json);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&*file.to_string_lossy()) && stderr.contains("extended attributes"),
+        "stderr does not name the file: {stderr}"
+    );
+
+    let target_dir = tempdir();
+    let target = canonical(target_dir.path()).join("out");
+    repo.restore(&snap.id, &target);
+    let restored = restored_path(&target, &file);
+    assert_eq!(
+        xattr::get(&restored, "user.keep")
+            .expect("getxattr")
+            .as_deref(),
+        Some(&b"this value"[..])
+    );
+    assert_eq!(
+        xattr::get(&restored, "user.binary")
+            .expect("getxattr")
+            .as_deref(),
+        Some(&[0u8, 1, 2, 255][..])
+    );
+    // The damaged rows were put right: the first snapshot, which shares
+    // them, restores with its attributes too.
+    let first_target = canonical(target_dir.path()).join("first");
+    repo.restore("latest~1", &first_target);
+    assert_eq!(
+        xattr::get(restored_path(&first_target, &file), "user.keep")
+            .expect("getxattr")
+            .as_deref(),
+        Some(&b"this value"[..])
+    );
+}
+
 /// Restore writes every file with one pool of threads (one per core, at
 /// least two), big files included, plus the thread that walks the snapshot
 /// and the one that flushes batches: never a pool per big file.

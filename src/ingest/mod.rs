@@ -58,6 +58,14 @@ pub enum Warning {
         #[serde(serialize_with = "crate::report::lossy_path")]
         path: PathBuf,
     },
+    /// What the previous snapshot recorded for the path does not decode;
+    /// it was read from disk instead of being reused.
+    DamagedPrevious {
+        #[serde(serialize_with = "crate::report::lossy_path")]
+        path: PathBuf,
+        what: &'static str,
+        error: String,
+    },
 }
 
 impl fmt::Display for Warning {
@@ -76,6 +84,11 @@ impl fmt::Display for Warning {
             Warning::Changed { path } => write!(
                 f,
                 "{}: changed while being read; kept as read (the next snapshot reads it again)",
+                path.display()
+            ),
+            Warning::DamagedPrevious { path, what, error } => write!(
+                f,
+                "{}: the previous snapshot's {what} do not decode ({error}); read from disk instead",
                 path.display()
             ),
         }

@@ -109,6 +109,9 @@ pub struct Walker<'a> {
     source_dev: u64,
     /// The chunker's read buffer, reused for every file.
     buf: Vec<u8>,
+    /// A row of the previous snapshot did not decode: the tree rows this
+    /// ingest reuses by hash may be the damaged ones, and are checked.
+    saw_damage: bool,
 }
 
 impl<'a> Walker<'a> {
@@ -130,6 +133,7 @@ impl<'a> Walker<'a> {
             last_checkpoint: Instant::now(),
             source_dev: 0,
             buf: Vec::new(),
+            saw_damage: false,
         }
     }
 
@@ -359,7 +363,10 @@ impl<'a> Walker<'a> {
         let nodes: u64 = entries.iter().map(Entry::span).sum();
         let blob = encode_tree(&entries);
         let hash = TreeHash(self.put_chunk(ChunkKind::Tree, &blob)?.0);
-        if let Some((id, _)) = self.cat.tree_by_hash(&hash)? {
+        let existing = self.cat.tree_by_hash(&hash)?;
+        if let Some((id, _)) = existing
+            && !self.saw_damage
+        {
             return Ok(DirResult { hash, id, nodes });
         }
         let mut offset = 0;
@@ -385,7 +392,19 @@ impl<'a> Walker<'a> {
                 }
             })
             .collect();
-        let id = self.cat.add_tree(&hash, nodes, &rows)?;
+        let id = match existing {
+            // The same directory as a tree already stored: its rows are the
+            // ones its hash describes unless they are damaged, in which case
+            // reusing them would carry the damage into this snapshot.
+            Some((id, _)) => {
+                if self.cat.entries(id)? != rows {
+                    log::warn!("tree {hash}: damaged rows put right from the directory on disk");
+                    self.cat.replace_entries(id, &rows)?;
+                }
+                id
+            }
+            None => self.cat.add_tree(&hash, nodes, &rows)?,
+        };
         Ok(DirResult { hash, id, nodes })
     }
 
@@ -439,12 +458,24 @@ impl<'a> Walker<'a> {
 
     fn xattrs(&mut self, path: &Path, meta: &Meta, prev: Option<&Node>) -> Vec<(Vec<u8>, Vec<u8>)> {
         // An xattr change updates ctime: with the same inode and ctime, the
-        // previous snapshot's attributes are still right.
+        // previous snapshot's attributes are still right, if they decode.
+        // Ones that do not are read again: recording none in their place
+        // would drop ACLs and capabilities from every later snapshot.
         if let Some(p) = prev
             && p.meta.ino == meta.ino
             && p.meta.ctime_ns == meta.ctime_ns
         {
-            return crate::tree::decode_xattrs(&p.xattrs).unwrap_or_default();
+            match crate::tree::decode_xattrs(&p.xattrs) {
+                Ok(x) => return x,
+                Err(e) => {
+                    self.saw_damage = true;
+                    self.warn(Warning::DamagedPrevious {
+                        path: path.to_path_buf(),
+                        what: "extended attributes",
+                        error: e.to_string(),
+                    });
+                }
+            }
         }
         read_xattrs(path).unwrap_or_else(|e| {
             log::debug!("{}: cannot list extended attributes: {e}", path.display());
