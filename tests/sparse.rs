@@ -11,6 +11,7 @@
 use std::fs::{self, File};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::thread;
@@ -167,10 +168,13 @@ fn sparse_file(path: &Path, len: u64, islands: &[(u64, Vec<u8>)]) {
     f.sync_all().expect("fsync");
 }
 
-/// Runs `cmd` to its end or the hang guard, whichever comes first.
+/// Runs `cmd` to its end or the hang guard, whichever comes first. It runs
+/// in a process group of its own, all of which a timeout kills (the shell
+/// of `ingest_counting_reads` and the snapfs it runs alike).
 fn run_within(cmd: &mut Command, limit: Duration) -> Output {
     let what = format!("{cmd:?}");
     let mut child = cmd
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -188,7 +192,8 @@ fn run_within(cmd: &mut Command, limit: Duration) -> Output {
     let status = match wait_timeout(&mut child, limit) {
         Some(s) => s,
         None => {
-            let _ = child.kill();
+            // SAFETY: signalling the process group of our own child.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
             let _ = child.wait();
             panic!("{what} still running after {limit:?}: it reads the holes")
         }
