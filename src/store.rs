@@ -83,7 +83,7 @@ fn zero_frame_hash(len: usize, i: usize) -> Hash {
 
 /// What [`hash_chunk`] gives for `len` zeros, from the frame structure: one
 /// constant per whole frame and at most one short frame hashed.
-pub fn zero_hashed(len: usize) -> Hashed {
+pub(crate) fn zero_hashed(len: usize) -> Hashed {
     let frame_hashes: Vec<Hash> = (0..frame_count(len))
         .map(|i| zero_frame_hash(len, i))
         .collect();
@@ -106,7 +106,7 @@ const ZERO_IDS_MAX: usize = 1024;
 /// as holes). The read path asks for every chunk it meets, from many
 /// threads at once: a lookup takes a shared lock only, and a new length is
 /// computed outside any lock.
-pub fn zero_id(len: u32) -> ChunkId {
+pub(crate) fn zero_id(len: u32) -> ChunkId {
     if let Some(id) = ZERO_IDS.read().expect("zero id lock").get(&len) {
         return *id;
     }
@@ -120,7 +120,7 @@ pub fn zero_id(len: u32) -> ChunkId {
 }
 
 /// Whether chunk `id` of `len` bytes holds nothing but zeros.
-pub fn is_zero_chunk(id: &ChunkId, len: u32) -> bool {
+pub(crate) fn is_zero_chunk(id: &ChunkId, len: u32) -> bool {
     zero_id(len) == *id
 }
 

@@ -458,7 +458,7 @@ impl Catalog {
 
     /// Put right the entries of a tree row found to disagree with its hash
     /// (a damaged row): the entries the hash describes replace them.
-    pub fn replace_entries(&self, tree: TreeId, entries: &[Node]) -> Result<()> {
+    pub(crate) fn replace_entries(&self, tree: TreeId, entries: &[Node]) -> Result<()> {
         self.conn
             .prepare_cached("DELETE FROM entries WHERE tree = ?1")?
             .execute(params![tree.0])?;
