@@ -64,8 +64,48 @@ impl ChunkerParams {
     }
 }
 
+/// Where the chunker's bytes come from. A source may know of runs of zeros
+/// ahead that it can pass over without reading them: the holes of a sparse
+/// file, found with SEEK_HOLE.
+pub trait Source: Read {
+    /// How many of the bytes not yet read, from the next one on, are zeros
+    /// known without reading (0 when none are). Never more than the source
+    /// holds.
+    fn hole_ahead(&mut self) -> u64 {
+        0
+    }
+
+    /// Pass over `n` of those zeros (`n <= hole_ahead()`).
+    fn skip_hole(&mut self, n: u64) {
+        let _ = n;
+    }
+}
+
+impl Source for &[u8] {}
+impl Source for std::io::StdinLock<'_> {}
+
+/// What the chunker cuts next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Piece<'a> {
+    /// One chunk of bytes read.
+    Data(&'a [u8]),
+    /// `count` chunks of `len` zeros each, from a hole nobody read: exactly
+    /// the chunks that reading those zeros would have been cut into.
+    Zeros { len: usize, count: u64 },
+}
+
 /// Reads through a caller-owned buffer, so that chunking thousands of small
 /// files does not allocate (and zero) a buffer of several MiB for each.
+///
+/// Holes are chunked as if their zeros had been read, so a sparse file and
+/// a copy of it with its zeros written out are the same chunks. This needs
+/// no scan of the zeros: a cut point depends only on the bytes from the
+/// chunk's start up to the maximum chunk size. A chunk that starts with at
+/// least that many zeros ahead is therefore always the same (`zero_cut`
+/// long: the whole maximum, with FastCDC's gear hash on zeros), and only the
+/// chunks where a hole meets data see actual bytes (its zeros are filled in
+/// memory). The chunker's buffer knows which of its trailing bytes are such
+/// filled-in zeros, to count them with the rest of their hole.
 pub struct Chunker<'b, R> {
     reader: R,
     params: ChunkerParams,
@@ -73,10 +113,16 @@ pub struct Chunker<'b, R> {
     buf: &'b mut Vec<u8>,
     start: usize,
     end: usize,
+    /// `buf[hole_from..end]` are zeros filled in for a hole the reader is
+    /// still in (or just left); `hole_from == end` when the last bytes
+    /// buffered were read.
+    hole_from: usize,
     eof: bool,
+    /// Where a chunk of nothing but zeros is cut (computed at the first hole).
+    zero_cut: Option<usize>,
 }
 
-impl<'b, R: Read> Chunker<'b, R> {
+impl<'b, R: Source> Chunker<'b, R> {
     pub fn new(reader: R, params: ChunkerParams, buf: &'b mut Vec<u8>) -> Self {
         if buf.len() < 4 * params.max {
             buf.resize(4 * params.max, 0);
@@ -88,7 +134,9 @@ impl<'b, R: Read> Chunker<'b, R> {
             buf,
             start: 0,
             end: 0,
+            hole_from: 0,
             eof: false,
+            zero_cut: None,
         }
     }
 
@@ -101,12 +149,32 @@ impl<'b, R: Read> Chunker<'b, R> {
         if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
+            self.hole_from = self.hole_from.saturating_sub(self.start);
             self.start = 0;
         }
         while !self.eof && self.end < self.buf.len() {
+            let hole = self.reader.hole_ahead();
+            if hole > 0 {
+                // Fill in only as many zeros as the next cut can look at:
+                // the rest of a big hole is passed over in `zeros`.
+                let room = self.params.max.saturating_sub(self.end - self.start);
+                if room == 0 {
+                    break;
+                }
+                let n = room
+                    .min(self.buf.len() - self.end)
+                    .min(usize::try_from(hole).unwrap_or(usize::MAX));
+                self.buf[self.end..self.end + n].fill(0);
+                self.reader.skip_hole(n as u64);
+                self.end += n;
+                continue;
+            }
             match self.reader.read(&mut self.buf[self.end..]) {
                 Ok(0) => self.eof = true,
-                Ok(n) => self.end += n,
+                Ok(n) => {
+                    self.end += n;
+                    self.hole_from = self.end;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
@@ -114,10 +182,51 @@ impl<'b, R: Read> Chunker<'b, R> {
         Ok(())
     }
 
-    /// The next chunk's bytes, or None at the end.
-    pub fn next_chunk(&mut self) -> io::Result<Option<&[u8]>> {
+    /// Chunks of zeros, if the next chunk starts with at least a maximum
+    /// chunk's worth of hole (buffered or still in the reader) ahead.
+    fn zeros(&mut self) -> Option<Piece<'static>> {
+        if self.start < self.hole_from {
+            return None;
+        }
+        let buffered = (self.end - self.start) as u64;
+        let ahead = self.reader.hole_ahead();
+        let run = buffered.checked_add(ahead)?;
+        let max = self.params.max as u64;
+        if run < max {
+            return None;
+        }
+        let z = *self.zero_cut.get_or_insert_with(|| {
+            let zeros = vec![0u8; self.params.max];
+            let (ms, ml) = self.masks;
+            let (p, avg, max) = (&self.params, self.params.avg, self.params.max);
+            match cut(&zeros, p.min, avg, max, ms, ml, ms << 1, ml << 1).1 {
+                0 => max,
+                n => n,
+            }
+        });
+        // Each chunk must start with a whole maximum of zeros ahead.
+        let count = (run - max) / z as u64 + 1;
+        let len = count * z as u64;
+        if len <= buffered {
+            self.start += len as usize;
+        } else {
+            self.reader.skip_hole(len - buffered);
+            self.start = self.end;
+            self.hole_from = self.end;
+        }
+        Some(Piece::Zeros { len: z, count })
+    }
+
+    /// The next chunk (or run of zero chunks), or None at the end.
+    pub fn next_piece(&mut self) -> io::Result<Option<Piece<'_>>> {
+        if let Some(z) = self.zeros() {
+            return Ok(Some(z));
+        }
         if self.end - self.start < self.params.max && !self.eof {
             self.fill()?;
+            if let Some(z) = self.zeros() {
+                return Ok(Some(z));
+            }
         }
         let avail = self.end - self.start;
         if avail == 0 {
@@ -137,7 +246,7 @@ impl<'b, R: Read> Chunker<'b, R> {
         let n = if n == 0 { avail } else { n };
         let s = self.start;
         self.start += n;
-        Ok(Some(&self.buf[s..s + n]))
+        Ok(Some(Piece::Data(&self.buf[s..s + n])))
     }
 }
 
@@ -160,14 +269,22 @@ pub(crate) fn seeded_bytes(seed: u64, len: usize) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn lengths(data: &[u8]) -> Vec<usize> {
+    /// The chunks of a source without holes.
+    fn chunks(data: &[u8]) -> Vec<Vec<u8>> {
         let mut buf = Vec::new();
         let mut c = Chunker::new(data, ChunkerParams::default(), &mut buf);
         let mut out = Vec::new();
-        while let Some(ch) = c.next_chunk().unwrap() {
-            out.push(ch.len());
+        while let Some(p) = c.next_piece().unwrap() {
+            match p {
+                Piece::Data(d) => out.push(d.to_vec()),
+                Piece::Zeros { .. } => panic!("zeros from a source without holes"),
+            }
         }
         out
+    }
+
+    fn lengths(data: &[u8]) -> Vec<usize> {
+        chunks(data).iter().map(Vec::len).collect()
     }
 
     #[test]
@@ -197,15 +314,8 @@ mod tests {
         let data = seeded_bytes(7, 16 * 1024 * 1024);
         let mut changed = data.clone();
         changed.splice(8_000_000..8_000_000, std::iter::repeat_n(0xAB, 1000));
-        let hashes = |d: &[u8]| {
-            let mut buf = Vec::new();
-            let mut c = Chunker::new(d, ChunkerParams::default(), &mut buf);
-            let mut v = Vec::new();
-            while let Some(ch) = c.next_chunk().unwrap() {
-                v.push(blake3::hash(ch));
-            }
-            v
-        };
+        let hashes =
+            |d: &[u8]| -> Vec<blake3::Hash> { chunks(d).iter().map(|c| blake3::hash(c)).collect() };
         let a = hashes(&data);
         let b = hashes(&changed);
         let new = b.iter().filter(|h| !a.contains(h)).count();
@@ -218,5 +328,186 @@ mod tests {
         assert_eq!(lengths(&[1, 2, 3]), vec![3]);
         let zeros = vec![0u8; 9 * 1024 * 1024];
         assert!(lengths(&zeros).iter().all(|&n| n <= 4 * 1024 * 1024));
+    }
+
+    /// Bytes in memory of which some ranges (all zeros) are holes: read
+    /// only outside them, as a sparse file is.
+    struct Holey<'a> {
+        data: &'a [u8],
+        holes: Vec<(usize, usize)>,
+        pos: usize,
+        read: usize,
+    }
+
+    impl Holey<'_> {
+        fn hole_at(&self, pos: usize) -> Option<(usize, usize)> {
+            self.holes
+                .iter()
+                .copied()
+                .find(|&(s, e)| s <= pos && pos < e)
+        }
+    }
+
+    impl Read for Holey<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            assert!(self.hole_at(self.pos).is_none(), "read inside a hole");
+            let next_hole = self
+                .holes
+                .iter()
+                .map(|&(s, _)| s)
+                .filter(|&s| s > self.pos)
+                .min()
+                .unwrap_or(self.data.len());
+            let n = out.len().min(next_hole - self.pos);
+            out[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+            self.pos += n;
+            self.read += n;
+            Ok(n)
+        }
+    }
+
+    impl Source for Holey<'_> {
+        fn hole_ahead(&mut self) -> u64 {
+            self.hole_at(self.pos)
+                .map_or(0, |(_, e)| (e - self.pos) as u64)
+        }
+        fn skip_hole(&mut self, n: u64) {
+            assert!(n <= self.hole_ahead(), "skipped past the hole");
+            self.pos += n as usize;
+        }
+    }
+
+    /// (id, length) of every chunk, zero runs spelled out, and the bytes
+    /// read from the source.
+    fn chunked_with_holes(
+        data: &[u8],
+        holes: &[(usize, usize)],
+        params: ChunkerParams,
+    ) -> (Vec<(blake3::Hash, usize)>, usize) {
+        let src = Holey {
+            data,
+            holes: holes.to_vec(),
+            pos: 0,
+            read: 0,
+        };
+        let mut buf = Vec::new();
+        let mut c = Chunker::new(src, params, &mut buf);
+        let mut out = Vec::new();
+        while let Some(p) = c.next_piece().unwrap() {
+            match p {
+                Piece::Data(d) => out.push((blake3::hash(d), d.len())),
+                Piece::Zeros { len, count } => {
+                    assert!(count > 0);
+                    let h = blake3::hash(&vec![0u8; len]);
+                    out.extend(std::iter::repeat_n((h, len), count as usize));
+                }
+            }
+        }
+        (out, c.into_inner().read)
+    }
+
+    fn dense(data: &[u8], params: ChunkerParams) -> Vec<(blake3::Hash, usize)> {
+        let mut buf = Vec::new();
+        let mut c = Chunker::new(data, params, &mut buf);
+        let mut out = Vec::new();
+        while let Some(p) = c.next_piece().unwrap() {
+            match p {
+                Piece::Data(d) => out.push((blake3::hash(d), d.len())),
+                Piece::Zeros { .. } => panic!("zeros from a source without holes"),
+            }
+        }
+        out
+    }
+
+    /// Data islands with holes between them, at the start and at the end.
+    fn islands(layout: &[(usize, usize)], len: usize, seed: u64) -> (Vec<u8>, Vec<(usize, usize)>) {
+        let mut data = vec![0u8; len];
+        let mut holes = Vec::new();
+        let mut at = 0;
+        for (i, &(off, n)) in layout.iter().enumerate() {
+            if off > at {
+                holes.push((at, off));
+            }
+            data[off..off + n].copy_from_slice(&seeded_bytes(seed + i as u64, n));
+            at = off + n;
+        }
+        if len > at {
+            holes.push((at, len));
+        }
+        (data, holes)
+    }
+
+    #[test]
+    fn holes_are_cut_as_their_zeros_would_be_without_reading_them() {
+        const MIB: usize = 1 << 20;
+        let p = ChunkerParams::default();
+        // Islands at the start, in the middle (unaligned), and at the end,
+        // holes shorter and far longer than a chunk between them; one island
+        // holds zeros of its own.
+        let len = 200 * MIB + 12_345;
+        let (mut data, holes) = islands(
+            &[
+                (0, 3 * MIB + 7),
+                (5 * MIB, 100_000),
+                (90 * MIB + 4321, 2 * MIB),
+                (len - MIB, MIB),
+            ],
+            len,
+            11,
+        );
+        data[90 * MIB + 4321 + 1000..90 * MIB + 4321 + 1000 + MIB].fill(0);
+        let (got, read) = chunked_with_holes(&data, &holes, p);
+        assert_eq!(got, dense(&data, p));
+        let island_bytes = 3 * MIB + 7 + 100_000 + 2 * MIB + MIB;
+        // Besides the islands, at most the zeros a chunk at each edge of a
+        // hole looks at are filled in, and none of them is read.
+        assert_eq!(read, island_bytes, "only the islands are read");
+    }
+
+    #[test]
+    fn a_file_that_is_all_hole_reads_nothing() {
+        let p = ChunkerParams::default();
+        for len in [0, 1, p.max - 1, p.max, p.max + 1, 10 * p.max + 17] {
+            let data = vec![0u8; len];
+            let holes = if len > 0 { vec![(0, len)] } else { vec![] };
+            let (got, read) = chunked_with_holes(&data, &holes, p);
+            assert_eq!(got, dense(&data, p), "{len} bytes of hole");
+            assert_eq!(read, 0);
+        }
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Small chunk limits, so that many layouts of holes and islands
+        /// (including zeros in islands, holes between close islands, a
+        /// chunk's worth and just under) are tried quickly.
+        #[test]
+        fn any_layout_of_holes_chunks_as_the_dense_bytes_do(
+            pieces in prop::collection::vec((0usize..5000, 0usize..3000, any::<bool>()), 0..12),
+            tail in 0usize..5000,
+            seed in any::<u64>(),
+        ) {
+            let p = ChunkerParams { min: 64, avg: 256, max: 1024 };
+            let mut layout = Vec::new();
+            let mut at = 0;
+            for &(gap, n, _) in &pieces {
+                at += gap;
+                layout.push((at, n));
+                at += n;
+            }
+            let len = at + tail;
+            let (mut data, holes) = islands(&layout, len, seed);
+            for (&(off, n), &(_, _, zeros)) in layout.iter().zip(&pieces) {
+                if zeros {
+                    data[off..off + n / 2].fill(0);
+                }
+            }
+            let (got, read) = chunked_with_holes(&data, &holes, p);
+            prop_assert_eq!(got, dense(&data, p));
+            prop_assert_eq!(read, layout.iter().map(|&(_, n)| n).sum::<usize>());
+        }
     }
 }

@@ -11,6 +11,8 @@
 //!        | frame bytes, back to back
 //! ```
 
+use std::collections::HashMap;
+
 use crate::error::{Error, Result};
 use crate::ids::{ChunkId, Hash};
 
@@ -58,6 +60,68 @@ fn id_from_frames(frames: &[Hash]) -> ChunkId {
         h.update(&f.0);
     }
     ChunkId(Hash(*h.finalize().as_bytes()))
+}
+
+/// A frame's worth of zeros, for the hashes of zero chunks' short frames.
+static ZEROS: [u8; FRAME] = [0; FRAME];
+
+/// BLAKE3 of one whole frame of zeros (pinned by a test), so that the id of
+/// a run of zeros as long as a hole's chunks is known without hashing
+/// megabytes of zeros.
+const ZERO_FRAME_HASH: [u8; 32] = [
+    0x86, 0xbb, 0x2b, 0x52, 0x1a, 0x10, 0x61, 0x2d, 0x5a, 0x1d, 0x38, 0x20, 0x4f, 0xac, 0x4f, 0xa6,
+    0x32, 0x46, 0x6d, 0x18, 0x66, 0x14, 0x4d, 0x8a, 0x6a, 0x7e, 0x3a, 0xfc, 0x05, 0x0c, 0xe7, 0xae,
+];
+
+/// The digest of frame `i` of a chunk of `len` zeros.
+fn zero_frame_hash(len: usize, i: usize) -> Hash {
+    match frame_len_of(len, i) {
+        FRAME => Hash(ZERO_FRAME_HASH),
+        short => Hash::of(&ZEROS[..short]),
+    }
+}
+
+/// What [`hash_chunk`] gives for `len` zeros, from the frame structure: one
+/// constant per whole frame and at most one short frame hashed.
+pub(crate) fn zero_hashed(len: usize) -> Hashed {
+    let frame_hashes: Vec<Hash> = (0..frame_count(len))
+        .map(|i| zero_frame_hash(len, i))
+        .collect();
+    Hashed {
+        id: id_from_frames(&frame_hashes),
+        frame_hashes,
+    }
+}
+
+/// Ids of zero chunks already computed, by length. Bounded: a damaged
+/// catalog may name chunks of any length, and one that is missing here only
+/// costs a recomputation.
+static ZERO_IDS: std::sync::LazyLock<std::sync::RwLock<HashMap<u32, ChunkId>>> =
+    std::sync::LazyLock::new(Default::default);
+const ZERO_IDS_MAX: usize = 1024;
+
+/// The id of a chunk of `len` zeros: the chunks that holes of sparse files
+/// are recorded as, which readers then pass over (the mount answers
+/// SEEK_HOLE with them and reads them without decoding, restore leaves them
+/// as holes). The read path asks for every chunk it meets, from many
+/// threads at once: a lookup takes a shared lock only, and a new length is
+/// computed outside any lock.
+pub(crate) fn zero_id(len: u32) -> ChunkId {
+    if let Some(id) = ZERO_IDS.read().expect("zero id lock").get(&len) {
+        return *id;
+    }
+    let id = zero_hashed(len as usize).id;
+    let mut ids = ZERO_IDS.write().expect("zero id lock");
+    if ids.len() >= ZERO_IDS_MAX {
+        ids.clear();
+    }
+    ids.insert(len, id);
+    id
+}
+
+/// Whether chunk `id` of `len` bytes holds nothing but zeros.
+pub(crate) fn is_zero_chunk(id: &ChunkId, len: u32) -> bool {
+    zero_id(len) == *id
 }
 
 /// Compresses chunks into blobs; one per worker thread, to reuse zstd state.
@@ -433,6 +497,45 @@ mod tests {
             h.decode_frame(0, &blob[start..start + len], &id).unwrap(),
             noise
         );
+    }
+
+    #[test]
+    fn zero_chunk_ids_are_the_ids_of_hashed_zeros() {
+        assert_eq!(Hash::of(&[0u8; FRAME]).0, ZERO_FRAME_HASH);
+        for len in [
+            0,
+            1,
+            4095,
+            FRAME - 1,
+            FRAME,
+            FRAME + 1,
+            3 * FRAME + 12_345,
+            1 << 20,
+            4 << 20,
+            MAX_DATA_CHUNK_LEN,
+        ] {
+            let want = hash_chunk(&vec![0u8; len]);
+            let got = zero_hashed(len);
+            assert_eq!(got.id, want.id, "{len} zeros");
+            assert_eq!(got.frame_hashes, want.frame_hashes, "{len} zeros");
+            assert_eq!(zero_id(len as u32), want.id, "{len} zeros, by id");
+            assert_eq!(zero_id(len as u32), want.id, "{len} zeros, cached");
+            assert!(is_zero_chunk(&want.id, len as u32));
+        }
+        let one = hash_chunk(&[0, 1]).id;
+        assert!(!is_zero_chunk(&one, 2));
+        assert!(
+            !is_zero_chunk(&zero_id(10), 11),
+            "the length is part of the id"
+        );
+    }
+
+    #[test]
+    fn zero_ids_stay_right_past_the_cache_bound() {
+        for len in 0..(ZERO_IDS_MAX as u32 + 10) {
+            let len = len * 7;
+            assert_eq!(zero_id(len), hash_chunk(&vec![0u8; len as usize]).id);
+        }
     }
 
     use crate::codec::mutate;

@@ -1188,3 +1188,120 @@ fn access_times_alone_make_no_new_trees() {
     );
     assert_eq!(second.num("bytes_read"), 0, "{}", second.json);
 }
+
+/// A previous snapshot's extended attributes that do not decode (a damaged
+/// row) made the next snapshot record no extended attributes for the file,
+/// silently, when the file was unchanged: ACLs and capabilities vanished
+/// from every later snapshot. They are read from disk again, with a
+/// warning naming the file.
+#[test]
+fn undecodable_xattrs_of_the_previous_snapshot_are_read_again_with_a_warning() {
+    let dir = tempdir();
+    let root = canonical(dir.path()).join("src");
+    mkdir(&root);
+    let file = root.join("file");
+    write_file(&file, b"has extended attributes\n");
+    xattr::set(&file, "user.keep", b"this value").expect("setxattr");
+    xattr::set(&file, "user.binary", &[0, 1, 2, 255]).expect("setxattr");
+    let repo = Repo::new();
+    repo.ingest(&[], &[&root]);
+    edit_catalog(
+        &repo,
+        "n = db.execute('UPDATE entries SET xattrs = ? WHERE name = ?', (argv[0], argv[1])).rowcount\n\
+         assert n == 1, n",
+        &[b"\xff\xff\xff\xff", b"file"],
+    );
+
+    let out = run_ok(&mut repo.ingest_cmd(&[], &[&root]));
+    let snap = Ingested::from_output(&out);
+    let warned = snap.json["warnings"]
+        .as_array()
+        .expect("warnings")
+        .iter()
+        .any(|w| w["kind"] == "damaged_previous" && w["path"] == file.to_string_lossy().as_ref());
+    assert!(warned, "no warning for {}: {}", file.display(), snap.json);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&*file.to_string_lossy()) && stderr.contains("extended attributes"),
+        "stderr does not name the file: {stderr}"
+    );
+
+    let target_dir = tempdir();
+    let target = canonical(target_dir.path()).join("out");
+    repo.restore(&snap.id, &target);
+    let restored = restored_path(&target, &file);
+    assert_eq!(
+        xattr::get(&restored, "user.keep")
+            .expect("getxattr")
+            .as_deref(),
+        Some(&b"this value"[..])
+    );
+    assert_eq!(
+        xattr::get(&restored, "user.binary")
+            .expect("getxattr")
+            .as_deref(),
+        Some(&[0u8, 1, 2, 255][..])
+    );
+    // The damaged rows were put right: the first snapshot, which shares
+    // them, restores with its attributes too.
+    let first_target = canonical(target_dir.path()).join("first");
+    repo.restore("latest~1", &first_target);
+    assert_eq!(
+        xattr::get(restored_path(&first_target, &file), "user.keep")
+            .expect("getxattr")
+            .as_deref(),
+        Some(&b"this value"[..])
+    );
+}
+
+/// Restore writes every file with one pool of threads (one per core, at
+/// least two), big files included, plus the thread that walks the snapshot
+/// and the one that flushes batches: never a pool per big file.
+#[test]
+fn restore_runs_one_bounded_pool_of_threads() {
+    let dir = tempdir();
+    let root = canonical(dir.path()).join("src");
+    mkdir(&root);
+    for i in 0..6 {
+        write_random_file(&root.join(format!("big-{i}")), 70 + i, 24 * MIB);
+    }
+    build_plain_tree(&root.join("small"), 9, 4, 200, 10_000);
+    let repo = Repo::new();
+    let snap = repo.ingest(&[], &[&root]);
+
+    let target_dir = tempdir();
+    let target = canonical(target_dir.path()).join("out");
+    let mut child = repo
+        .cmd()
+        .arg("restore")
+        .arg(&snap.id)
+        .arg(&target)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn restore");
+    let status = format!("/proc/{}/status", child.id());
+    let (mut most, mut samples) = (0u64, 0);
+    while child.try_wait().expect("wait").is_none() {
+        let threads = fs::read_to_string(&status).ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        });
+        if let Some(n) = threads {
+            most = most.max(n);
+            samples += 1;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(500));
+    }
+    let out = child.wait_with_output().expect("restore output");
+    assert!(out.status.success(), "{}", describe("restore", &out));
+    assert!(samples > 0 && most > 1, "never saw the restore's threads");
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
+    let bound = cores.clamp(2, 16) + 2;
+    assert!(
+        most <= bound,
+        "restore ran {most} threads at once on {cores} cores; at most {bound} expected"
+    );
+    assert_same_tree(&root, &restored_path(&target, &root));
+}

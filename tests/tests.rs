@@ -31,3 +31,4 @@ mod security_copy;
 mod security_format;
 mod security_local;
 mod security_restore;
+mod sparse;

@@ -644,6 +644,15 @@ impl Catalog {
         Ok(())
     }
 
+    /// Put right the entries of a tree row found to disagree with its hash
+    /// (a damaged row): the entries the hash describes replace them.
+    pub(crate) fn replace_entries(&self, tree: TreeId, entries: &[Node]) -> Result<()> {
+        self.conn
+            .prepare_cached("DELETE FROM entries WHERE tree = ?1")?
+            .execute(params![tree.0])?;
+        self.add_entries(tree, entries)
+    }
+
     /// A directory listing in name order, starting after `after` (for paged reads).
     pub fn entries_after(
         &self,

@@ -5,6 +5,7 @@
 //! appears in one final commit, after every pack it uses is durable.
 
 pub mod pipeline;
+mod sparse;
 pub mod walk;
 
 use std::fmt;
@@ -57,6 +58,14 @@ pub enum Warning {
         #[serde(serialize_with = "crate::report::lossy_path")]
         path: PathBuf,
     },
+    /// What the previous snapshot recorded for the path does not decode;
+    /// it was read from disk instead of being reused.
+    DamagedPrevious {
+        #[serde(serialize_with = "crate::report::lossy_path")]
+        path: PathBuf,
+        what: &'static str,
+        error: String,
+    },
 }
 
 impl fmt::Display for Warning {
@@ -77,6 +86,11 @@ impl fmt::Display for Warning {
                 "{}: changed while being read; kept as read (the next snapshot reads it again)",
                 path.display()
             ),
+            Warning::DamagedPrevious { path, what, error } => write!(
+                f,
+                "{}: the previous snapshot's {what} do not decode ({error}); read from disk instead",
+                path.display()
+            ),
         }
     }
 }
@@ -91,6 +105,8 @@ pub struct IngestStats {
     pub size: u64,
     /// Bytes read from source files (0 when nothing changed).
     pub bytes_read: u64,
+    /// Bytes of holes in sparse files, recorded without reading them.
+    pub hole_bytes: u64,
     /// Files reused from the previous snapshot without reading.
     pub reused_files: u64,
     pub new_chunks: u64,

@@ -18,13 +18,14 @@ use std::time::Instant;
 use globset::GlobSet;
 
 use super::pipeline::Pipeline;
+use super::sparse::SparseFile;
 use super::{IngestStats, Warning};
 use crate::catalog::{Catalog, Node};
-use crate::chunker::{Chunker, ChunkerParams};
+use crate::chunker::{Chunker, ChunkerParams, Piece, Source};
 use crate::error::{Error, Result};
 use crate::ids::{ChunkId, ContentId, TreeHash, TreeId};
 use crate::pack::ChunkKind;
-use crate::store::hash_chunk;
+use crate::store::{hash_chunk, zero_hashed, zero_id};
 use crate::tree::{Body, ChunkList, ChunkRef, Entry, Kind, Meta, encode_tree, encode_xattrs};
 
 /// Commit the catalog at least this often, so a killed ingest loses little.
@@ -108,6 +109,9 @@ pub struct Walker<'a> {
     source_dev: u64,
     /// The chunker's read buffer, reused for every file.
     buf: Vec<u8>,
+    /// A row of the previous snapshot did not decode: the tree rows this
+    /// ingest reuses by hash may be the damaged ones, and are checked.
+    saw_damage: bool,
 }
 
 impl<'a> Walker<'a> {
@@ -129,6 +133,7 @@ impl<'a> Walker<'a> {
             last_checkpoint: Instant::now(),
             source_dev: 0,
             buf: Vec::new(),
+            saw_damage: false,
         }
     }
 
@@ -162,6 +167,22 @@ impl<'a> Walker<'a> {
             self.pending.insert(id);
             self.stats.new_chunks += 1;
             self.pipe.store(kind, data.to_vec(), hashed)?;
+        }
+        Ok(id)
+    }
+
+    /// A chunk of `len` zeros (from a hole), stored like any chunk unless
+    /// the repository has it: readers that know nothing of holes (verify,
+    /// copy, older releases) find it in a pack. Its id needs no hashing.
+    fn put_zero_chunk(&mut self, len: usize) -> Result<ChunkId> {
+        let len32 = u32::try_from(len)
+            .map_err(|_| Error::invalid(format!("a chunk of {len} bytes is too long")))?;
+        let id = zero_id(len32);
+        if !self.pending.contains(&id) && !self.cat.has_chunk(&id)? {
+            self.pending.insert(id);
+            self.stats.new_chunks += 1;
+            self.pipe
+                .store(ChunkKind::Data, vec![0; len], zero_hashed(len))?;
         }
         Ok(id)
     }
@@ -342,7 +363,10 @@ impl<'a> Walker<'a> {
         let nodes: u64 = entries.iter().map(Entry::span).sum();
         let blob = encode_tree(&entries);
         let hash = TreeHash(self.put_chunk(ChunkKind::Tree, &blob)?.0);
-        if let Some((id, _)) = self.cat.tree_by_hash(&hash)? {
+        let existing = self.cat.tree_by_hash(&hash)?;
+        if let Some((id, _)) = existing
+            && !self.saw_damage
+        {
             return Ok(DirResult { hash, id, nodes });
         }
         let mut offset = 0;
@@ -368,7 +392,19 @@ impl<'a> Walker<'a> {
                 }
             })
             .collect();
-        let id = self.cat.add_tree(&hash, nodes, &rows)?;
+        let id = match existing {
+            // The same directory as a tree already stored: its rows are the
+            // ones its hash describes unless they are damaged, in which case
+            // reusing them would carry the damage into this snapshot.
+            Some((id, _)) => {
+                if self.cat.entries(id)? != rows {
+                    log::warn!("tree {hash}: damaged rows put right from the directory on disk");
+                    self.cat.replace_entries(id, &rows)?;
+                }
+                id
+            }
+            None => self.cat.add_tree(&hash, nodes, &rows)?,
+        };
         Ok(DirResult { hash, id, nodes })
     }
 
@@ -422,12 +458,24 @@ impl<'a> Walker<'a> {
 
     fn xattrs(&mut self, path: &Path, meta: &Meta, prev: Option<&Node>) -> Vec<(Vec<u8>, Vec<u8>)> {
         // An xattr change updates ctime: with the same inode and ctime, the
-        // previous snapshot's attributes are still right.
+        // previous snapshot's attributes are still right, if they decode.
+        // Ones that do not are read again: recording none in their place
+        // would drop ACLs and capabilities from every later snapshot.
         if let Some(p) = prev
             && p.meta.ino == meta.ino
             && p.meta.ctime_ns == meta.ctime_ns
         {
-            return crate::tree::decode_xattrs(&p.xattrs).unwrap_or_default();
+            match crate::tree::decode_xattrs(&p.xattrs) {
+                Ok(x) => return x,
+                Err(e) => {
+                    self.saw_damage = true;
+                    self.warn(Warning::DamagedPrevious {
+                        path: path.to_path_buf(),
+                        what: "extended attributes",
+                        error: e.to_string(),
+                    });
+                }
+            }
         }
         read_xattrs(path).unwrap_or_else(|e| {
             log::debug!("{}: cannot list extended attributes: {e}", path.display());
@@ -575,7 +623,9 @@ impl<'a> Walker<'a> {
                 return Ok(None);
             }
         }
-        let (list, read, file) = match self.store_stream(file) {
+        // Only a file with fewer blocks than its size can have holes.
+        let sparse = meta.blocks.saturating_mul(512) < meta.size;
+        let (list, read, source) = match self.store_stream(SparseFile::new(file, sparse)) {
             Ok(v) => v,
             Err(StreamError::Read(e)) => {
                 self.unreadable(path, e);
@@ -583,6 +633,10 @@ impl<'a> Walker<'a> {
             }
             Err(StreamError::Store(e)) => return Err(e),
         };
+        let holes = source.hole_bytes();
+        self.stats.bytes_read += read.saturating_sub(holes);
+        self.stats.hole_bytes += holes;
+        let file = source.into_inner();
         let after = file.metadata().map(|m| Meta::from_stat(&m));
         let changed = match &after {
             Ok(a) => a.size != read || a.mtime_ns != meta.mtime_ns || a.ctime_ns != meta.ctime_ns,
@@ -598,7 +652,9 @@ impl<'a> Walker<'a> {
         Ok(Some(list))
     }
 
-    fn store_stream<R: Read>(
+    /// Chunk and store a stream; returns its chunks and its length (holes
+    /// included).
+    fn store_stream<R: Source>(
         &mut self,
         r: R,
     ) -> std::result::Result<(ChunkList, u64, R), StreamError> {
@@ -607,27 +663,31 @@ impl<'a> Walker<'a> {
         let mut list = ChunkList::default();
         let mut read = 0u64;
         let result = loop {
-            let chunk = match chunker.next_chunk() {
-                Ok(Some(c)) => c,
+            let (id, len, count) = match chunker.next_piece() {
+                Ok(Some(Piece::Data(chunk))) => match self.put_chunk(ChunkKind::Data, chunk) {
+                    Ok(id) => (id, chunk.len(), 1),
+                    Err(e) => break Err(StreamError::Store(e)),
+                },
+                Ok(Some(Piece::Zeros { len, count })) => match self.put_zero_chunk(len) {
+                    Ok(id) => (id, len, count),
+                    Err(e) => break Err(StreamError::Store(e)),
+                },
                 Ok(None) => break Ok(()),
                 Err(e) => break Err(StreamError::Read(e)),
             };
-            let len = chunk.len();
-            let id = match self.put_chunk(ChunkKind::Data, chunk) {
-                Ok(id) => id,
-                Err(e) => break Err(StreamError::Store(e)),
-            };
-            read += len as u64;
-            self.progress.bytes(len as u64);
-            list.push(ChunkRef {
-                id,
-                len: len as u32,
-            });
+            let bytes = (len as u64).saturating_mul(count);
+            read = read.saturating_add(bytes);
+            self.progress.bytes(bytes);
+            for _ in 0..count {
+                list.push(ChunkRef {
+                    id,
+                    len: len as u32,
+                });
+            }
         };
         let reader = chunker.into_inner();
         self.buf = buf;
         result?;
-        self.stats.bytes_read += read;
         Ok((list, read, reader))
     }
 
@@ -640,6 +700,7 @@ impl<'a> Walker<'a> {
             },
             StreamError::Store(e) => e,
         })?;
+        self.stats.bytes_read += read;
         let cid = self.content_id(&list)?;
         let now = crate::time::now_ns();
         // SAFETY: plain libc getters.

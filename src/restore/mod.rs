@@ -195,11 +195,10 @@ pub fn restore(repo: &Repository, spec: &OsStr, target: &Path) -> Result<Restore
     let root_dir: DirFd = Arc::new(root_dir);
     let removed = remove_leftovers(root_dir.as_fd(), &root_shown)?;
 
-    // A fixed pool: `workers` threads in all, big files included, and one
-    // committer that mostly waits for the disk.
-    let workers = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .max(2);
+    // One fixed pool for the whole restore, big files included (they are
+    // cut into parts for it), and one committer that mostly waits for the
+    // disk: nothing else starts threads.
+    let workers = pool_size(std::thread::available_parallelism().map_or(2, |n| n.get()));
     let (tx, rx) = bounded::<Job>(workers * 4);
     let shared = Shared::default();
     let whole = matches!(located, Located::Root(_));
@@ -301,6 +300,17 @@ pub fn restore(repo: &Repository, spec: &OsStr, target: &Path) -> Result<Restore
     stats.skipped = shared.skipped.load(Ordering::Relaxed);
     stats.seconds = t0.elapsed().as_secs_f64();
     Ok(stats)
+}
+
+/// Most writer threads a restore runs: each decodes at over 1 GB/s, so
+/// more than this outruns any disk and only adds memory (each holds chunk
+/// buffers and a catalog connection).
+const MAX_WORKERS: usize = 16;
+
+/// Writer threads for `cores` cores: one per core, at least two so that
+/// one slow file (a big one, one on a slow disk) never holds up the rest.
+fn pool_size(cores: usize) -> usize {
+    cores.clamp(2, MAX_WORKERS)
 }
 
 /// A directory entry's tree, or a clear error for a row without one.
@@ -588,6 +598,14 @@ fn finish_dirs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_worker_pool_is_bounded_whatever_the_core_count() {
+        assert_eq!(pool_size(1), 2);
+        assert_eq!(pool_size(2), 2);
+        assert_eq!(pool_size(8), 8);
+        assert_eq!(pool_size(256), MAX_WORKERS);
+    }
 
     #[test]
     fn spec_splits_at_the_first_colon() {

@@ -24,7 +24,7 @@ use crate::catalog::{Catalog, ChunkLoc, Node};
 use crate::error::{Error, IoContext, Result};
 use crate::ids::{ChunkId, ContentId};
 use crate::repo::Repository;
-use crate::store::FRAME;
+use crate::store::{FRAME, is_zero_chunk};
 
 /// A directory of the target, shared by the jobs of the files inside it.
 pub type DirFd = Arc<OwnedFd>;
@@ -103,12 +103,16 @@ fn chunk_work(
     shown: &Path,
 ) -> Result<Vec<(ChunkId, ChunkLoc, u64)>> {
     let list = cat.content(cid)?;
-    let mut work = Vec::with_capacity(list.len());
+    let mut work: Vec<(ChunkId, ChunkLoc, u64)> = Vec::with_capacity(list.len());
     let mut offset = 0u64;
     for c in list.iter() {
-        let loc = cat
-            .chunk_loc(&c.id)?
-            .ok_or_else(|| Error::corrupt(format!("chunk {} is missing from the catalog", c.id)))?;
+        // A hole is a long run of one zero chunk: look it up once.
+        let loc = match work.last() {
+            Some((id, loc, _)) if *id == c.id => loc.clone(),
+            _ => cat.chunk_loc(&c.id)?.ok_or_else(|| {
+                Error::corrupt(format!("chunk {} is missing from the catalog", c.id))
+            })?,
+        };
         work.push((c.id, loc, offset));
         offset = offset
             .checked_add(u64::from(c.len))
@@ -145,6 +149,11 @@ fn write_chunk(
     at: u64,
     shown: &Path,
 ) -> Result<u64> {
+    // A chunk of zeros stays a hole: nothing to read, decode or write (the
+    // file gets its full length at the end).
+    if is_zero_chunk(id, loc.raw_len) {
+        return Ok(u64::from(loc.raw_len));
+    }
     let data = repo
         .read_chunk(id, loc)
         .map_err(|e| Error::corrupt(format!("{}: {e}", shown.display())))?;
@@ -434,6 +443,9 @@ fn existing_matches(
     let f = File::from(fd);
     let mut buf = Vec::new();
     for (id, loc, at) in work {
+        if is_zero_chunk(id, loc.raw_len) && is_hole(&f, *at, loc.raw_len) {
+            continue;
+        }
         buf.resize(loc.raw_len as usize, 0);
         f.read_exact_at(&mut buf, *at).ok()?;
         if crate::store::hash_chunk(&buf).id != *id {
@@ -441,6 +453,21 @@ fn existing_matches(
         }
     }
     Some(f)
+}
+
+/// Whether `len` bytes of `f` from `at` are a hole (so read as zeros),
+/// asked without reading them: a restored sparse file is checked in the
+/// time its data takes, not its size.
+fn is_hole(f: &File, at: u64, len: u32) -> bool {
+    let Some(end) = at.checked_add(u64::from(len)) else {
+        return false;
+    };
+    match rustix::fs::seek(f, rustix::fs::SeekFrom::Data(at)) {
+        Ok(next_data) => next_data >= end,
+        // No data from `at` to the end of the file (its size is checked).
+        Err(rustix::io::Errno::NXIO) => true,
+        Err(_) => false,
+    }
 }
 
 /// Plan a big file: a temporary file and its parts. Returns None when the

@@ -22,9 +22,9 @@ use lru::LruCache;
 
 use crate::catalog::{Catalog, ChunkLoc, Node, SnapshotRow};
 use crate::error::{Error, Result};
-use crate::ids::{ChunkId, ContentId, SnapshotId, TreeId};
+use crate::ids::{ContentId, SnapshotId, TreeId};
 use crate::repo::Repository;
-use crate::store::{FRAME, Header, hash_chunk, header_len};
+use crate::store::{FRAME, Header, header_len, is_zero_chunk};
 use crate::tree::{ChunkList, Kind, Meta, decode_xattrs};
 use cache::FrameCache;
 use frame::Frame;
@@ -202,9 +202,6 @@ struct Shared {
     /// Resolved files (see `Files`).
     files: Mutex<Files>,
     idle_expiry: Duration,
-    /// Chunk ids of runs of zeros, by length: holes for SEEK_HOLE and reads
-    /// that need no decoding.
-    zero_ids: Mutex<HashMap<u32, ChunkId>>,
 }
 
 pub struct SnapshotFs {
@@ -342,12 +339,6 @@ impl Shared {
         })
     }
 
-    fn zero_id(&self, len: u32) -> ChunkId {
-        let mut z = self.zero_ids.lock().expect("zero id lock");
-        *z.entry(len)
-            .or_insert_with(|| hash_chunk(&vec![0u8; len as usize]).id)
-    }
-
     /// What reading file `ino` (content `content`) needs: from the cache, or
     /// resolved from the catalog now and remembered.
     fn file(&self, ino: u64, content: Option<ContentId>) -> Result<Arc<OpenFile>> {
@@ -472,7 +463,7 @@ impl Shared {
         self.frames.get_or_load(key, || {
             let raw_len = c.len as usize;
             let frame_len = (raw_len - fi as usize * FRAME).min(FRAME);
-            if c.id == self.zero_id(c.len) {
+            if is_zero_chunk(&c.id, c.len) {
                 return Ok(Frame::heap(vec![0u8; frame_len]));
             }
             let loc = &f.locs[ci];
@@ -559,7 +550,6 @@ impl SnapshotFs {
             frames: FrameCache::new(opts.cache_bytes),
             files: Mutex::new(Files::new()),
             idle_expiry: opts.idle_expiry,
-            zero_ids: Mutex::new(HashMap::new()),
         });
         let lease = shared.repo.reader_lease("mount")?;
         let leased = shared.clone();
@@ -1195,7 +1185,7 @@ impl SnapshotFs {
         let mut ci = f.starts.partition_point(|&s| s <= offset) - 1;
         while ci < f.chunks.len() {
             let c = f.chunks.get(ci);
-            let is_hole = c.id == self.shared.zero_id(c.len);
+            let is_hole = is_zero_chunk(&c.id, c.len);
             if is_hole != data {
                 return Ok(Some(f.starts[ci].max(offset)));
             }
@@ -1238,7 +1228,7 @@ impl SnapshotFs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::Hash;
+    use crate::ids::{ChunkId, Hash};
     use crate::tree::ChunkRef;
 
     #[test]
