@@ -266,7 +266,9 @@ pub fn ingest(repo: &Repository, sources: &[PathBuf], opts: &IngestOptions) -> R
     let _lock = repo.lock("ingest")?;
     let cat = repo.catalog()?;
     let name = choose_name(&cat, opts.name.as_deref(), started_ns)?;
-    cat.begin()?;
+    // Committed at the end (and at the walk's checkpoints, which commit
+    // and begin again on the same connection); rolled back if dropped.
+    let tx = cat.transaction()?;
     let adopted = repo.adopt_orphan_packs(&cat)?;
     if adopted > 0 {
         log::info!("indexed {adopted} pack(s) left by an interrupted command");
@@ -365,7 +367,7 @@ pub fn ingest(repo: &Repository, sources: &[PathBuf], opts: &IngestOptions) -> R
                 cat.add_hardlink(id, key, first, count)?;
             }
         }
-        cat.commit()?;
+        tx.commit()?;
         stats.snapshot_id = row.hash.to_hex();
         stats.change_share = row.change_share;
         stats.alarm = row.alarm;
@@ -380,7 +382,6 @@ pub fn ingest(repo: &Repository, sources: &[PathBuf], opts: &IngestOptions) -> R
             Ok(stats)
         }
         Err(e) => {
-            cat.rollback();
             pipe.finish();
             Err(e)
         }
