@@ -14,7 +14,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -865,49 +864,15 @@ fn gc_while_a_mount_reads_a_forgotten_snapshot_keeps_its_packs_until_unmount() {
 
     // The reader copies the file in 1 MiB pieces; it pauses after a part
     // until the forget and gc have run, then copies the rest.
-    let (started_tx, started_rx) = mpsc::channel::<()>();
-    let (go_tx, go_rx) = mpsc::channel::<()>();
     let copy = work.base.join("copy.bin");
-    let reader = {
-        let in_mount = in_mount.clone();
-        let copy = copy.clone();
-        thread::spawn(move || -> Result<u64, String> {
-            use std::io::Write;
-            let mut f = fs::File::open(&in_mount).map_err(|e| format!("open: {e}"))?;
-            let mut out = fs::File::create(&copy).map_err(|e| format!("create: {e}"))?;
-            let mut buf = vec![0u8; MIB as usize];
-            let mut total = 0u64;
-            let mut signalled = false;
-            loop {
-                let n = f
-                    .read(&mut buf)
-                    .map_err(|e| format!("read at {total}: {e}"))?;
-                if n == 0 {
-                    break;
-                }
-                out.write_all(&buf[..n])
-                    .map_err(|e| format!("write: {e}"))?;
-                total += n as u64;
-                if !signalled && total >= 16 * MIB {
-                    signalled = true;
-                    let _ = started_tx.send(());
-                    let _ = go_rx.recv_timeout(Duration::from_secs(120));
-                }
-            }
-            Ok(total)
-        })
-    };
-    started_rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the reader should get 16 MiB into the file");
+    let reader = crate::readers::PausedReader::start(&in_mount, &copy);
     let json = forget(&repo, &["big", "--gc"]);
     let g = &json["gc"];
     eprintln!("forget big --gc while mounted: {g}");
     let waiting = json_u64(g, "packs_waiting");
     // While the file is still open, another gc may not delete them either.
     let again = gc(&repo, &[]);
-    go_tx.send(()).expect("resume the reader");
-    let copied = reader.join().expect("reader thread");
+    let copied = reader.finish();
     assert!(
         waiting > 0,
         "gc during a mount should leave the packs of the forgotten snapshot waiting: {json}"

@@ -110,24 +110,23 @@ fn big_and_small() -> BigAndSmall {
     }
 }
 
-#[test]
-fn a_file_held_open_through_the_mount_keeps_its_bytes_past_the_idle_expiry() {
-    let w = big_and_small();
-    let repo = &w.repo;
-    // An expiry of one second: the file stays open, idle, for several.
-    let mount = Mount::new(repo, &["--idle-expiry", "1"]);
-    let in_mount = restored_path(&mount.path.join("big"), &w.big);
-    let copy = canonical(w.base.path()).join("copy.bin");
+/// A reader copying a file out of the mount in 1 MiB pieces that pauses,
+/// file open, 16 MiB in, until told to go on.
+pub(crate) struct PausedReader {
+    go: mpsc::Sender<()>,
+    thread: thread::JoinHandle<Result<u64, String>>,
+}
 
-    let (started_tx, started_rx) = mpsc::channel::<()>();
-    let (go_tx, go_rx) = mpsc::channel::<()>();
-    let reader = {
-        let in_mount = in_mount.clone();
-        let copy = copy.clone();
-        thread::spawn(move || -> Result<u64, String> {
+impl PausedReader {
+    /// Starts the reader and returns once it has paused.
+    pub(crate) fn start(from: &Path, to: &Path) -> PausedReader {
+        let (paused_tx, paused_rx) = mpsc::channel::<()>();
+        let (go, go_rx) = mpsc::channel::<()>();
+        let (from, to) = (from.to_path_buf(), to.to_path_buf());
+        let thread = thread::spawn(move || -> Result<u64, String> {
             use std::io::Write;
-            let mut f = fs::File::open(&in_mount).map_err(|e| format!("open: {e}"))?;
-            let mut out = fs::File::create(&copy).map_err(|e| format!("create: {e}"))?;
+            let mut f = fs::File::open(&from).map_err(|e| format!("open: {e}"))?;
+            let mut out = fs::File::create(&to).map_err(|e| format!("create: {e}"))?;
             let mut buf = vec![0u8; MIB as usize];
             let mut total = 0u64;
             let mut paused = false;
@@ -143,16 +142,35 @@ fn a_file_held_open_through_the_mount_keeps_its_bytes_past_the_idle_expiry() {
                 total += n as u64;
                 if !paused && total >= 16 * MIB {
                     paused = true;
-                    let _ = started_tx.send(());
+                    let _ = paused_tx.send(());
                     let _ = go_rx.recv_timeout(Duration::from_secs(300));
                 }
             }
             Ok(total)
-        })
-    };
-    started_rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the reader should get 16 MiB into the file");
+        });
+        paused_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the reader should get 16 MiB into the file");
+        PausedReader { go, thread }
+    }
+
+    /// Lets it read the rest; the bytes it copied in all, or what failed.
+    pub(crate) fn finish(self) -> Result<u64, String> {
+        self.go.send(()).expect("resume the reader");
+        self.thread.join().expect("reader thread")
+    }
+}
+
+#[test]
+fn a_file_held_open_through_the_mount_keeps_its_bytes_past_the_idle_expiry() {
+    let w = big_and_small();
+    let repo = &w.repo;
+    // An expiry of one second: the file stays open, idle, for several.
+    let mount = Mount::new(repo, &["--idle-expiry", "1"]);
+    let in_mount = restored_path(&mount.path.join("big"), &w.big);
+    let copy = canonical(w.base.path()).join("copy.bin");
+
+    let reader = PausedReader::start(&in_mount, &copy);
     // Forget the snapshot and gc, twice, with an idle longer than the
     // expiry before each: the open file's locations must still hold.
     thread::sleep(Duration::from_secs(3));
@@ -161,8 +179,7 @@ fn a_file_held_open_through_the_mount_keeps_its_bytes_past_the_idle_expiry() {
     let second = gc(repo, &[]);
     thread::sleep(Duration::from_secs(3));
     let third = gc(repo, &[]);
-    go_tx.send(()).expect("resume the reader");
-    let copied = reader.join().expect("reader thread").unwrap_or_else(|e| {
+    let copied = reader.finish().unwrap_or_else(|e| {
         panic!(
             "reading the open file through the mount failed after forget + gc with idles past \
              the expiry: {e}\nforget: {first}\ngc: {second}\ngc: {third}\n--- mount stderr ---\n{}",

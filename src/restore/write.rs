@@ -151,7 +151,7 @@ fn write_chunk(
 ) -> Result<u64> {
     // A chunk of zeros stays a hole: nothing to read, decode or write (the
     // file gets its full length at the end).
-    if is_zero_chunk(id, loc.raw_len) {
+    if is_zero_chunk(id, loc.raw_len, loc.stored_len) {
         return Ok(u64::from(loc.raw_len));
     }
     let data = repo
@@ -443,7 +443,7 @@ fn existing_matches(
     let f = File::from(fd);
     let mut buf = Vec::new();
     for (id, loc, at) in work {
-        if is_zero_chunk(id, loc.raw_len) && is_hole(&f, *at, loc.raw_len) {
+        if is_zero_chunk(id, loc.raw_len, loc.stored_len) && is_hole(&f, *at, loc.raw_len) {
             continue;
         }
         buf.resize(loc.raw_len as usize, 0);

@@ -463,10 +463,10 @@ impl Shared {
         self.frames.get_or_load(key, || {
             let raw_len = c.len as usize;
             let frame_len = (raw_len - fi as usize * FRAME).min(FRAME);
-            if is_zero_chunk(&c.id, c.len) {
+            let loc = &f.locs[ci];
+            if is_zero_chunk(&c.id, c.len, loc.stored_len) {
                 return Ok(Frame::heap(vec![0u8; frame_len]));
             }
-            let loc = &f.locs[ci];
             let header = match self.frames.header(&c.id) {
                 Some(h) => h,
                 None => {
@@ -1185,7 +1185,7 @@ impl SnapshotFs {
         let mut ci = f.starts.partition_point(|&s| s <= offset) - 1;
         while ci < f.chunks.len() {
             let c = f.chunks.get(ci);
-            let is_hole = is_zero_chunk(&c.id, c.len);
+            let is_hole = is_zero_chunk(&c.id, c.len, f.locs[ci].stored_len);
             if is_hole != data {
                 return Ok(Some(f.starts[ci].max(offset)));
             }
