@@ -169,7 +169,7 @@ pub enum Command {
         /// Seconds a closed file's chunk locations are kept for its next
         /// open; gc keeps their packs meanwhile (an open file keeps its own
         /// until closed, however long)
-        #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+        #[arg(long, default_value_t = crate::snapshot_fs::DEFAULT_IDLE_EXPIRY.as_secs(), value_name = "SECONDS")]
         idle_expiry: u64,
     },
     /// Every version of one path across all snapshots

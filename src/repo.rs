@@ -795,7 +795,7 @@ impl Repository {
     /// `mounts/`, so gc never sees it half made: an unlocked lease there is
     /// a dead holder's. Its time is taken before the caller reads the
     /// catalog, so every chunk location the caller finds was in use then.
-    pub fn take_lease(&self, what: &str) -> Result<Lease> {
+    fn take_lease(&self, what: &str) -> Result<Lease> {
         let dir = self.root.join("mounts");
         match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => {}

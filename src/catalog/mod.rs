@@ -397,9 +397,9 @@ impl Catalog {
 
     /// Begin a write transaction by hand.
     ///
-    /// Prefer [`Catalog::transaction`]: with `begin`, every error path must
-    /// remember to call [`Catalog::rollback`]. Kept until its last callers
-    /// are converted.
+    /// Prefer [`Catalog::transaction`], whose guard rolls back on any early
+    /// return. Kept for ingest's checkpoints, which commit and begin again
+    /// inside its guarded transaction, and for unit tests.
     pub fn begin(&self) -> Result<()> {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         Ok(())
@@ -421,12 +421,6 @@ impl Catalog {
         {
             log::debug!("catalog checkpoint: {e}");
         }
-    }
-
-    /// Roll back a transaction opened with [`Catalog::begin`] (prefer
-    /// [`Catalog::transaction`], whose guard does this when dropped).
-    pub fn rollback(&self) {
-        let _ = self.conn.execute_batch("ROLLBACK");
     }
 
     pub fn integrity_check(&self) -> Result<String> {
