@@ -166,9 +166,9 @@ pub enum Command {
         /// (@GMT-YYYY.MM.DD-HH.MM.SS, for Samba's shadow_copy2 "Previous Versions")
         #[arg(long, value_enum, default_value = "plain")]
         names: NameStyle,
-        /// Seconds a closed file's chunk locations are kept for its next
-        /// open; gc keeps their packs meanwhile (an open file keeps its own
-        /// until closed, however long)
+        /// Seconds after which a file's chunk locations are let go once it
+        /// is closed; gc keeps their packs meanwhile (an open file keeps its
+        /// own until closed, however long)
         #[arg(long, default_value_t = crate::snapshot_fs::DEFAULT_IDLE_EXPIRY.as_secs(), value_name = "SECONDS")]
         idle_expiry: u64,
     },

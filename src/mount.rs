@@ -25,6 +25,8 @@ const ROOT_TTL: Duration = Duration::from_secs(1);
 
 struct Fuse {
     fs: SnapshotFs,
+    /// The kernel takes ENOSYS from open as "no open needed" (see `open`).
+    no_open: bool,
     /// The kernel takes ENOSYS from opendir as "no opendir needed" (see
     /// `opendir`).
     no_opendir: bool,
@@ -125,6 +127,9 @@ impl Filesystem for Fuse {
                 "this kernel's FUSE cannot enforce POSIX ACLs (FUSE_POSIX_ACL); refusing to mount",
             ));
         }
+        self.no_open = config
+            .capabilities()
+            .contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
         self.no_opendir = config
             .capabilities()
             .contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
@@ -134,7 +139,10 @@ impl Filesystem for Fuse {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.fs.lookup(parent.0, name.as_bytes()) {
-            Ok(Some(a)) => reply.entry(&entry_ttl(parent.0, a.ino), &file_attr(&a), Generation(0)),
+            Ok(Some(a)) => {
+                self.fs.hold(parent.0, name.as_bytes(), &a);
+                reply.entry(&entry_ttl(parent.0, a.ino), &file_attr(&a), Generation(0))
+            }
             // A cached negative entry: file managers probe for names that do not exist.
             Ok(None) => {
                 let mut none = file_attr(&Attr {
@@ -176,46 +184,33 @@ impl Filesystem for Fuse {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, _req: &Request, _ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
             return reply.error(Errno::EROFS);
         }
-        // Opens are answered, not declined with ENOSYS (which would spare
-        // the round trip): the handle holds the file's chunk locations, and
-        // with them its packs, until the kernel releases it, however long
-        // the file stays open while gc runs. Pages are kept across opens.
-        match self.fs.open(ino.0) {
-            Ok(handle) => reply.opened(FileHandle(handle), FopenFlags::FOPEN_KEEP_CACHE),
-            Err(e) => reply.error(errno(&e)),
+        // Reads find the file by inode number, and what a file open for
+        // long holds is kept by lookup count (`hold`, `forget`), so when the
+        // kernel can do without opens, ENOSYS tells it so: no open or
+        // release round trip per file any more, and pages are kept across
+        // opens.
+        if self.no_open {
+            return reply.error(Errno::ENOSYS);
         }
-    }
-
-    fn release(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        _flush: bool,
-        reply: ReplyEmpty,
-    ) {
-        self.fs.release(fh.0);
-        reply.ok();
+        reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE)
     }
 
     fn read(
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(ino.0, fh.0, offset, size) {
+        match self.fs.read(ino.0, offset, size) {
             Ok(d) => {
                 reply.data(d.as_slice());
                 d.recycle();
@@ -297,6 +292,10 @@ impl Filesystem for Fuse {
                         Generation(0),
                     ) {
                         break;
+                    }
+                    // Counted once in the reply, before it is sent.
+                    if it.name != b"." && it.name != b".." {
+                        self.fs.hold(ino.0, &it.name, &it.attr);
                     }
                 }
                 reply.ok();
@@ -488,9 +487,11 @@ pub fn mount(
     }
     config.n_threads = Some(req.threads.max(1));
     config.clone_fd = true;
+    let invalidate = fs.invalidate_slot();
     let mut session = Session::new(
         Fuse {
             fs,
+            no_open: false,
             no_opendir: false,
         },
         mountpoint,
@@ -502,6 +503,13 @@ pub fn mount(
             mountpoint.display()
         ))
     })?;
+    let notifier = session.notifier();
+    invalidate.set(Box::new(move |parent, name| {
+        // ENOENT: the kernel no longer caches the name. Nothing to do.
+        if let Err(e) = notifier.inval_entry(INodeNo(parent), OsStr::from_bytes(name)) {
+            log::debug!("dropping a cached name from the kernel: {e}");
+        }
+    }));
     let mut unmounter = session.unmount_callable();
     let mp = mountpoint.to_path_buf();
     std::thread::Builder::new()

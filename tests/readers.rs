@@ -161,6 +161,28 @@ impl PausedReader {
     }
 }
 
+/// Gc until no pack waits for a reader, for at most 30 s: what a closed
+/// file read through the mount held must be let go once the expiry has
+/// passed, while the mount stays up. Returns the bytes freed in all.
+fn gc_until_nothing_waits(repo: &Repo, mount: &Mount, what: &str) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut freed = 0;
+    loop {
+        thread::sleep(Duration::from_millis(1500));
+        let g = gc(repo, &[]);
+        freed += json_u64(&g, "bytes_freed");
+        if json_u64(&g, "packs_waiting") == 0 {
+            return freed;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: 30 s after the file was closed (expiry 1 s), gc still leaves packs waiting: \
+             {g}\n--- mount stderr ---\n{}",
+            mount.stderr_text()
+        );
+    }
+}
+
 #[test]
 fn a_file_held_open_through_the_mount_keeps_its_bytes_past_the_idle_expiry() {
     let w = big_and_small();
@@ -198,23 +220,68 @@ fn a_file_held_open_through_the_mount_keeps_its_bytes_past_the_idle_expiry() {
 
     // Closed, the file no longer holds them: once the expiry has passed,
     // gc frees the space while the mount is still up.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        thread::sleep(Duration::from_millis(1500));
-        let g = gc(repo, &[]);
-        if json_u64(&g, "packs_waiting") == 0 {
-            assert!(
-                json_u64(&g, "bytes_freed") >= w.len * 9 / 10,
-                "the closed file's packs should be freed: {g}"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "30 s after the file was closed (expiry 1 s), gc still leaves packs waiting: {g}"
-        );
-    }
+    let freed = gc_until_nothing_waits(repo, &mount, "a file read by its one name");
+    assert!(
+        freed >= w.len * 9 / 10,
+        "the closed file's packs should be freed, freed {freed} bytes"
+    );
     mount.finish();
+}
+
+/// The kernel keeps a file it has looked up under each name it was given
+/// (both names of a hard link, a version's name in `history/`); a closed
+/// file is only let go once every one of them is dropped from its cache.
+#[test]
+fn a_closed_file_read_by_a_second_hard_link_or_a_history_version_lets_its_packs_go() {
+    for how in ["second hard link", "history version"] {
+        let base = tempdir();
+        let src = canonical(base.path()).join("src");
+        mkdir(&src);
+        let data = src.join("data.bin");
+        let len = 16 * MIB;
+        write_random_file(&data, 1203, len);
+        fs::hard_link(&data, src.join("data.link")).expect("hard link");
+        let repo = Repo::new();
+        repo.ingest(&["--name", "old"], &[&src]);
+        let other = canonical(base.path()).join("other");
+        mkdir(&other);
+        write_random_file(&other.join("small.bin"), 1204, MIB);
+        repo.ingest(&["--name", "keep"], &[&other]);
+
+        let mount = Mount::new(&repo, &["--idle-expiry", "1"]);
+        let in_old = restored_path(&mount.path.join("old"), &data);
+        let read_by = match how {
+            "second hard link" => {
+                // Known to the kernel by its first name too.
+                fs::metadata(&in_old).expect("stat the first name");
+                in_old.with_file_name("data.link")
+            }
+            _ => {
+                let dir = mount.history(&data);
+                let versions: Vec<PathBuf> = fs::read_dir(&dir)
+                    .unwrap_or_else(|e| panic!("list {}: {e}", dir.display()))
+                    .map(|e| e.expect("entry").path())
+                    .collect();
+                assert_eq!(versions.len(), 1, "one version of data.bin: {versions:?}");
+                versions[0].clone()
+            }
+        };
+        let bytes = fs::read(&read_by).unwrap_or_else(|e| panic!("{how}: read: {e}"));
+        assert!(
+            bytes == fs::read(&data).expect("source"),
+            "{how}: bytes read"
+        );
+        drop(bytes);
+
+        let first = forget(&repo, &["old", "--gc"]);
+        let freed =
+            json_u64(&first["gc"], "bytes_freed") + gc_until_nothing_waits(&repo, &mount, how);
+        assert!(
+            freed >= len * 9 / 10,
+            "{how}: the closed file's packs should be freed, freed {freed} bytes: {first}"
+        );
+        mount.finish();
+    }
 }
 
 #[test]

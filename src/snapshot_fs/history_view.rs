@@ -199,6 +199,13 @@ impl SnapshotFs {
             .ok_or_else(|| Error::NoSuchSnapshot(format!("history inode {ino}")))
     }
 
+    /// (parent, name) of a history inode, while the table holds it.
+    pub(super) fn history_name(&self, ino: u64) -> Option<super::CachedName> {
+        let t = self.history.lock().expect("history table lock");
+        let n = t.by_ino.get(&ino)?;
+        Some((n.parent, n.path.file_name()?.as_bytes().into()))
+    }
+
     pub(super) fn history_getattr(&self, ino: u64) -> Result<Attr> {
         if inode::history_seq(ino) == Some(0) {
             return Ok(self.history_root_attr());
