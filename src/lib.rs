@@ -3,54 +3,35 @@
 //! Deduplicated backups in which every snapshot is a read-only directory.
 //!
 //! # Layout
-//! - `cli`: command-line syntax (clap types only); `report`: what commands print;
-//!   `progress`: progress bars on a terminal
-//! - `error`: the error type and its errno mapping; `ids`: hash and row id newtypes
-//! - `tree`: entries, metadata, and the encoded forms of trees and chunk lists
-//! - `codec`: the varint encoding of metadata stored in packs
-//! - `chunker`: content-defined chunking (FastCDC)
-//! - `store`: chunk ids, framed zstd compression, verification
-//! - `pack`: the pack file format; `backend`: where packs live
-//! - `catalog`: the SQLite catalog (the only module with SQL)
-//! - `repo`: a repository on disk: config, lock, catalog, packs
-//! - `ingest`: the walk and the chunk→store pipeline
-//! - `restore`: snapshots back out to a directory
-//! - `forget`, `gc`, `verify`, `rebuild`: retention, space, integrity, recovery
-//! - `diff`, `stats`: what changed between snapshots; sizes and ratios
-//! - `snapshot_fs`: snapshots as directories (lookup, readdir, read), no FUSE types
-//! - `mount`: the thin FUSE adapter over `snapshot_fs`
-//! - `snapshot`: snapshot references (`latest~2`, id prefixes)
-//! - `time`: UTC timestamps
+//! Folders by layer; each depends only on those listed before it (the
+//! layering test, `tests/layers.rs`, checks it):
+//! - `error`, `ids`, `time`: the error type, hash and row-id newtypes, UTC
+//!   times — used by every layer
+//! - `format`: the on-disk format, byte for byte (chunker, blob frames,
+//!   packs, trees, snapshot records, the varint codec, entry names)
+//! - `repo`: a repository: its directory, config, writer lock and reader
+//!   leases, where packs live (`backend`), the SQLite `catalog`, rows made
+//!   from packs (`import`), paths and history across snapshots, snapshot
+//!   references (`latest~2`)
+//! - `commands`: one module per command (ingest, restore, diff, find, log,
+//!   stats, forget, gc, verify, rebuild, copy with its ssh transport)
+//! - `mount`: the FUSE mount: process set-up, the adapter, and
+//!   `snapshot_fs` (snapshots as directories: namespace, inode numbers,
+//!   the data path and its frame cache)
+//! - `app`: the program: command-line syntax, one function per command,
+//!   what is printed for people or as JSON
 
-pub mod backend;
-pub mod catalog;
-pub mod chunker;
-pub mod cli;
-pub mod codec;
-pub mod copy;
-pub mod diff;
 pub mod error;
-pub mod find;
-pub mod forget;
-pub mod gc;
-pub mod history;
+pub mod format;
 pub mod ids;
-pub mod import;
-pub mod ingest;
-pub mod mount;
-pub mod pack;
-pub mod progress;
-pub mod rebuild;
-pub mod remote;
-pub mod repo;
-pub mod report;
-pub mod restore;
-pub mod snapshot;
-pub mod snapshot_fs;
-pub mod stats;
-pub mod store;
-pub mod time;
-pub mod tree;
-pub mod verify;
+pub(crate) mod time;
+
+pub(crate) mod repo;
+
+pub(crate) mod commands;
+
+pub(crate) mod mount;
+
+pub mod app;
 
 pub use error::{Error, Result};

@@ -12,12 +12,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 use std::time::{Duration, Instant};
 
-use snapfs::catalog::SnapshotRow;
-use snapfs::codec::Encoder;
+use snapfs::format::blob::{self as store, hash_chunk};
+use snapfs::format::codec::Encoder;
+use snapfs::format::pack::{ChunkKind, PackWriter};
+use snapfs::format::record::SnapshotRow;
+use snapfs::format::tree::{Body, ChunkList, ChunkRef, Entry, Kind, Meta, encode_tree};
 use snapfs::ids::{ChunkId, Hash, SnapshotId, TreeHash, TreeId};
-use snapfs::pack::{ChunkKind, PackWriter};
-use snapfs::store::{self, hash_chunk};
-use snapfs::tree::{Body, ChunkList, ChunkRef, Entry, Kind, Meta, encode_tree};
 
 use crate::util::*;
 
@@ -217,7 +217,7 @@ fn record(name: &str, root: ChunkId, nodes: u64) -> Vec<u8> {
         alarm: false,
         damage: None,
     };
-    snapfs::snapshot::encode_record(&row, &TreeHash(root.0), nodes, &[1, 1, 0, 0, 0])
+    snapfs::format::record::encode_record(&row, &TreeHash(root.0), nodes, &[1, 1, 0, 0, 0])
 }
 
 /// A snapshot `name` holding one file whose chunks are `chunks`: the tree
@@ -426,7 +426,7 @@ fn serve_refuses_a_forget_record() {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("full snapshot id in {:?}", kept.json));
     let before = pack_files(&repo.path);
-    let forget = snapfs::snapshot::encode_forget_record(&[full], 1_800_000_000_000_000_000);
+    let forget = snapfs::format::record::encode_forget_record(&[full], 1_800_000_000_000_000_000);
     let pack = craft_pack(&[meta_row(ChunkKind::Snapshot, &forget)]);
 
     let mut serve = Serve::start(&repo.path, &["--append-only"]);

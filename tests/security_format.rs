@@ -7,11 +7,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use snapfs::catalog::SnapshotRow;
+use snapfs::format::blob::{Encoder, hash_chunk};
+use snapfs::format::pack::{ChunkKind, PackWriter};
+use snapfs::format::record::SnapshotRow;
+use snapfs::format::tree::{Body, Entry, Kind, Meta, encode_tree};
 use snapfs::ids::{ChunkId, Hash, SnapshotId, TreeHash, TreeId};
-use snapfs::pack::{ChunkKind, PackWriter};
-use snapfs::store::{Encoder, hash_chunk};
-use snapfs::tree::{Body, Entry, Kind, Meta, encode_tree};
 
 /// Fails unless `out` ended by itself (no signal: no abort, no stack
 /// overflow) without a panic.
@@ -59,12 +59,12 @@ fn wrapping_pack() -> Vec<u8> {
     let count = u32::MAX;
     let table_offset = size.wrapping_sub(28).wrapping_sub(u64::from(count) * 49);
     let mut b = vec![0u8; size as usize];
-    b[..8].copy_from_slice(snapfs::pack::MAGIC);
-    b[8] = snapfs::pack::FORMAT_PLAIN;
+    b[..8].copy_from_slice(snapfs::format::pack::MAGIC);
+    b[8] = snapfs::format::pack::FORMAT_PLAIN;
     let f = &mut b[size as usize - 28..];
     f[..8].copy_from_slice(&table_offset.to_le_bytes());
     f[8..12].copy_from_slice(&count.to_le_bytes());
-    f[20..].copy_from_slice(snapfs::pack::TABLE_MAGIC);
+    f[20..].copy_from_slice(snapfs::format::pack::TABLE_MAGIC);
     b
 }
 
@@ -256,8 +256,12 @@ fn plant_tree_chain(repo: &Repo, depth: u64, bottom: Vec<Entry>) {
         alarm: false,
         damage: None,
     };
-    let record =
-        snapfs::snapshot::encode_record(&row, &TreeHash(below.0), nodes, &[0, depth, 0, 0, 0]);
+    let record = snapfs::format::record::encode_record(
+        &row,
+        &TreeHash(below.0),
+        nodes,
+        &[0, depth, 0, 0, 0],
+    );
     chunks.push((ChunkKind::Snapshot, record));
 
     let tmp = repo.path.join("tmp");

@@ -1,0 +1,330 @@
+//! Command-line syntax (clap derive types only; the work is in the library).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "snapfs",
+    version,
+    about = "Deduplicated backups where every snapshot is a read-only directory"
+)]
+pub struct Cli {
+    /// Repository path [default: $SNAPFS_REPO, else ~/.local/share/snapfs]
+    #[arg(long, global = true, env = "SNAPFS_REPO")]
+    pub repo: Option<PathBuf>,
+
+    /// More log output (repeat for more)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Only errors
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    /// Seconds to wait for another command that holds the repository's
+    /// writer lock before giving up (the message names the holder)
+    #[arg(
+        long,
+        global = true,
+        env = "SNAPFS_LOCK_WAIT",
+        default_value_t = 300,
+        value_name = "SECONDS"
+    )]
+    pub lock_wait: u64,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a repository
+    Init {
+        /// Default zstd level for ingests
+        #[arg(long, default_value_t = 3)]
+        compression: i32,
+        /// Refuse forget and gc unless given --allow-delete. This guards
+        /// against mistakes on this machine; history is protected from a
+        /// compromised client only when the client reaches the repository
+        /// through `serve --append-only` (see SECURITY.md)
+        #[arg(long)]
+        append_only: bool,
+        /// Share the repository read-only with this group (directories
+        /// 2750, files 0640); without it only the owner can read anything
+        #[arg(long, value_name = "GROUP")]
+        group: Option<String>,
+    },
+    /// Make a snapshot of SOURCE paths
+    Ingest(IngestArgs),
+    /// List snapshots
+    Snapshots {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy a snapshot, or a path inside it, out to TARGET with full metadata
+    Restore {
+        /// SNAPSHOT[:PATH]; SNAPSHOT is a name, an id prefix, latest or latest~N
+        spec: std::ffi::OsString,
+        target: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove snapshots: the named ones, or those a retention policy does not keep
+    Forget(ForgetArgs),
+    /// Reclaim the space of forgotten snapshots
+    Gc {
+        /// Report what would be done, change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Rewrite packs with more than this percentage unused
+        #[arg(long, default_value_t = 10.0)]
+        max_unused: f64,
+        /// Run even on an append-only repository
+        #[arg(long)]
+        allow_delete: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the catalog and, with --read-data, every stored byte
+    Verify {
+        /// Read and check every pack
+        #[arg(long)]
+        read_data: bool,
+        /// Read and check this percentage of packs (a different part each day)
+        #[arg(long, value_name = "PERCENT", conflicts_with = "read_data")]
+        read_data_subset: Option<f64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild catalog.db from the packs (the old file is kept aside; a result holding fewer snapshots, entries or bytes is refused without --force)
+    RebuildCatalog {
+        /// Replace the catalog even when the rebuilt one holds fewer snapshots, entries or file bytes
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// What was added, removed, modified or changed in metadata between two snapshots
+    Diff {
+        from: String,
+        to: String,
+        /// Only beneath this absolute path
+        path: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sizes, deduplication and compression of the repository or one snapshot
+    Stats {
+        snapshot: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy snapshots (default: all that REPO2 lacks) to another repository,
+    /// sending only the data it lacks; REPO2 is a path or ssh://[user@]host[:port]/path
+    Copy {
+        #[arg(long = "to", value_name = "REPO2")]
+        to: String,
+        /// Program to reach ssh:// targets (e.g. "ssh -i key") [env: SNAPFS_SSH]
+        #[arg(long, env = "SNAPFS_SSH", default_value = "ssh")]
+        ssh: String,
+        /// snapfs on the far side of ssh://
+        #[arg(long, default_value = "snapfs")]
+        remote_snapfs: String,
+        #[arg(long)]
+        json: bool,
+        snapshots: Vec<String>,
+    },
+    /// The far end of `copy --to ssh://...` (speaks on stdin/stdout)
+    #[command(hide = true)]
+    Serve {
+        /// Never create the repository (serve never replaces or removes
+        /// anything anyway), for a forced command in authorized_keys
+        #[arg(long)]
+        append_only: bool,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions { shell: clap_complete::Shell },
+    /// Write man pages (snapfs.1, snapfs-ingest.1, ...) into DIR
+    Man { dir: PathBuf },
+    /// Serve every snapshot as a read-only directory at MOUNTPOINT (foreground;
+    /// stop with `fusermount3 -u MOUNTPOINT` or Ctrl-C)
+    Mount {
+        mountpoint: PathBuf,
+        /// Let other users in (the kernel still enforces the original modes)
+        #[arg(long)]
+        allow_other: bool,
+        /// Memory for decoded file data, e.g. 256M, 1G
+        #[arg(long, default_value = "256M", value_parser = parse_size)]
+        cache_size: u64,
+        /// Threads serving requests (more than cores: a copy out of the
+        /// mount waits less for a free one)
+        #[arg(long, default_value_t = 16)]
+        threads: usize,
+        /// Snapshot directory names: `plain` (the snapshot's name) or `gmt`
+        /// (@GMT-YYYY.MM.DD-HH.MM.SS, for Samba's shadow_copy2 "Previous Versions")
+        #[arg(long, value_enum, default_value = "plain")]
+        names: NameStyle,
+        /// Seconds after which a file's chunk locations are let go once it
+        /// is closed; gc keeps their packs meanwhile (an open file keeps its
+        /// own until closed, however long)
+        #[arg(long, default_value_t = crate::mount::snapshot_fs::DEFAULT_IDLE_EXPIRY.as_secs(), value_name = "SECONDS")]
+        idle_expiry: u64,
+    },
+    /// Every version of one path across all snapshots
+    Log {
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Names matching GLOB in all snapshots (a GLOB with '/' matches whole paths)
+    Find {
+        glob: String,
+        /// Only in this snapshot
+        #[arg(long)]
+        snapshot: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum NameStyle {
+    Plain,
+    Gmt,
+}
+
+/// `512K`, `256M`, `1G`, or plain bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let unit = s[i..].to_ascii_uppercase();
+            let m = match unit.trim_end_matches("IB").trim_end_matches('B') {
+                "" => 1,
+                "K" => 1 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                "T" => 1u64 << 40,
+                _ => return Err(format!("unknown size unit in {s:?}")),
+            };
+            (&s[..i], m)
+        }
+        None => (s, 1),
+    };
+    num.trim()
+        .parse::<u64>()
+        .map(|n| n * mult)
+        .map_err(|_| format!("not a size: {s:?}"))
+}
+
+/// Policies apply to each group of snapshots with the same host and the
+/// same sources (the paths given to ingest; for `--stdin`, the
+/// `--stdin-name`), so one machine's or one stream's policy never removes
+/// another's snapshots.
+#[derive(Args, Debug)]
+pub struct ForgetArgs {
+    /// Keep the N newest snapshots
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<u32>,
+    /// Keep the newest snapshot of each of the N newest hours
+    #[arg(long, value_name = "N")]
+    pub keep_hourly: Option<u32>,
+    /// ... days
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<u32>,
+    /// ... ISO weeks
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<u32>,
+    /// ... months
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<u32>,
+    /// ... years
+    #[arg(long, value_name = "N")]
+    pub keep_yearly: Option<u32>,
+    /// Keep everything within DURATION of the newest snapshot (e.g. 7d, 2w, 1y6m, 36h)
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<String>,
+    /// Keep snapshots with this tag (repeatable)
+    #[arg(long = "keep-tag", value_name = "TAG")]
+    pub keep_tags: Vec<String>,
+    /// List every snapshot with keep/remove and the rules that decided, change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Run gc afterwards
+    #[arg(long)]
+    pub gc: bool,
+    /// Run even on an append-only repository
+    #[arg(long)]
+    pub allow_delete: bool,
+    #[arg(long)]
+    pub json: bool,
+    /// Snapshots to remove (instead of a policy)
+    pub snapshots: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct IngestArgs {
+    /// Snapshot name [default: the UTC start time, YYYY-MM-DDTHH-MM-SSZ]
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Tag the snapshot (repeatable)
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Leave out paths matching GLOB (repeatable); without '/', matches names anywhere
+    #[arg(long = "exclude", value_name = "GLOB")]
+    pub excludes: Vec<String>,
+    /// Read exclude patterns from a file, one per line
+    #[arg(long = "exclude-file", value_name = "FILE")]
+    pub exclude_files: Vec<PathBuf>,
+    /// Leave out the contents of directories tagged with CACHEDIR.TAG
+    #[arg(long)]
+    pub exclude_caches: bool,
+    /// Do not descend into other filesystems
+    #[arg(long)]
+    pub one_file_system: bool,
+    /// zstd compression level (1-19) [default: the repository's]
+    #[arg(long)]
+    pub compression: Option<i32>,
+    /// Store standard input as one file (see --stdin-name)
+    #[arg(long)]
+    pub stdin: bool,
+    /// Path of the file that --stdin makes
+    #[arg(long, default_value = "stdin", requires = "stdin")]
+    pub stdin_name: PathBuf,
+    /// Print the summary as JSON
+    #[arg(long)]
+    pub json: bool,
+    pub sources: Vec<PathBuf>,
+}
+
+/// Write the completion script for `shell` to standard output.
+pub fn print_completions(shell: clap_complete::Shell) {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    clap_complete::generate(shell, &mut cmd, "snapfs", &mut std::io::stdout());
+}
+
+/// Write one man page per command into `dir`; returns the files written.
+pub fn write_man_pages(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir)?;
+    let cmd = Cli::command();
+    let mut written = Vec::new();
+    let mut write = |name: String, c: clap::Command| -> std::io::Result<()> {
+        let path = dir.join(format!("{name}.1"));
+        let mut out = Vec::new();
+        clap_mangen::Man::new(c).render(&mut out)?;
+        std::fs::write(&path, out)?;
+        written.push(path);
+        Ok(())
+    };
+    for sub in cmd.get_subcommands() {
+        let name = format!("snapfs-{}", sub.get_name());
+        let leaked: &'static str = Box::leak(name.clone().into_boxed_str());
+        write(name, sub.clone().name(leaked))?;
+    }
+    write("snapfs".into(), cmd)?;
+    Ok(written)
+}

@@ -1,0 +1,335 @@
+//! The chunk → store pipeline: compression on every core, one pack writer.
+//!
+//! ```text
+//! walker ──jobs──► compressors (N threads) ──blobs──► pack writer ──► backend
+//!    ▲                                                      │
+//!    └───────────── sealed packs (at a flush) ◄─────────────┘
+//! ```
+//! Queues are bounded, so memory does not grow with the data. The walker owns
+//! the catalog: it records sealed packs only at a flush, after they are
+//! durable, and then commits; so no catalog row ever points at missing data.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+
+use crate::error::{Error, Result};
+use crate::format::blob::{Encoder, Hashed};
+use crate::format::pack::{ChunkKind, PackWriter, SealedPack};
+use crate::ids::ChunkId;
+use crate::repo::backend::Backend;
+
+struct Job {
+    id: ChunkId,
+    kind: ChunkKind,
+    data: Vec<u8>,
+    hashed: Hashed,
+}
+
+enum ToWriter {
+    Blob {
+        id: ChunkId,
+        kind: ChunkKind,
+        raw_len: u32,
+        blob: Vec<u8>,
+    },
+    Seal(Sender<Vec<SealedPack>>),
+}
+
+/// Chunks handed over but not yet appended to a pack; a flush waits for zero.
+#[derive(Default)]
+struct InFlight {
+    count: Mutex<usize>,
+    zero: Condvar,
+}
+
+impl InFlight {
+    fn add(&self) {
+        *self.count.lock().expect("in-flight lock") += 1;
+    }
+    fn done(&self) {
+        let mut c = self.count.lock().expect("in-flight lock");
+        *c -= 1;
+        if *c == 0 {
+            self.zero.notify_all();
+        }
+    }
+    fn wait_zero(&self) {
+        let mut c = self.count.lock().expect("in-flight lock");
+        while *c > 0 {
+            c = self.zero.wait(c).expect("in-flight lock");
+        }
+    }
+}
+
+pub struct Pipeline {
+    jobs: Option<Sender<Job>>,
+    to_writer: Option<Sender<ToWriter>>,
+    in_flight: Arc<InFlight>,
+    error: Arc<Mutex<Option<Error>>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+pub struct PipelineOptions {
+    pub level: i32,
+    pub workers: usize,
+    pub pack_size: u64,
+    pub tmp_dir: PathBuf,
+}
+
+impl Pipeline {
+    pub fn start(backend: Arc<dyn Backend>, opts: PipelineOptions) -> Result<Pipeline> {
+        // Fail on a bad level now, not in a worker.
+        Encoder::new(opts.level)?;
+        let workers = opts.workers.max(1);
+        let (jobs_tx, jobs_rx) = bounded::<Job>(workers * 2);
+        let (blob_tx, blob_rx) = bounded::<ToWriter>(workers * 2);
+        let in_flight = Arc::new(InFlight::default());
+        let error = Arc::new(Mutex::new(None));
+        let mut threads = Vec::new();
+        for i in 0..workers {
+            let rx = jobs_rx.clone();
+            let tx = blob_tx.clone();
+            let err = error.clone();
+            let fl = in_flight.clone();
+            let level = opts.level;
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("compress-{i}"))
+                    .spawn(move || compress_loop(level, rx, tx, err, fl))
+                    .expect("spawn compressor thread"),
+            );
+        }
+        let err = error.clone();
+        let fl = in_flight.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("pack-writer".into())
+                .spawn(move || writer_loop(backend, opts.tmp_dir, opts.pack_size, blob_rx, err, fl))
+                .expect("spawn pack writer thread"),
+        );
+        Ok(Pipeline {
+            jobs: Some(jobs_tx),
+            to_writer: Some(blob_tx),
+            in_flight,
+            error,
+            threads,
+        })
+    }
+
+    fn check(&self) -> Result<()> {
+        match self.error.lock().expect("error lock").take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Hand a new chunk over for compression and storage.
+    pub fn store(&self, kind: ChunkKind, data: Vec<u8>, hashed: Hashed) -> Result<()> {
+        self.check()?;
+        self.in_flight.add();
+        let job = Job {
+            id: hashed.id,
+            kind,
+            data,
+            hashed,
+        };
+        if self
+            .jobs
+            .as_ref()
+            .expect("pipeline is running")
+            .send(job)
+            .is_err()
+        {
+            return Err(Error::invalid("storage pipeline stopped"));
+        }
+        Ok(())
+    }
+
+    /// Wait until everything handed over is in sealed, durable packs, and
+    /// return the packs sealed since the last flush.
+    pub fn flush(&self) -> Result<Vec<SealedPack>> {
+        self.in_flight.wait_zero();
+        self.check()?;
+        let (tx, rx) = bounded(1);
+        self.to_writer
+            .as_ref()
+            .expect("pipeline is running")
+            .send(ToWriter::Seal(tx))
+            .map_err(|_| Error::invalid("storage pipeline stopped"))?;
+        let sealed = rx
+            .recv()
+            .map_err(|_| Error::invalid("storage pipeline stopped"))?;
+        self.check()?;
+        Ok(sealed)
+    }
+
+    /// Stop the threads (after a flush, or to abandon the work on error).
+    pub fn finish(mut self) {
+        self.jobs.take();
+        self.to_writer.take();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn record(err: &Mutex<Option<Error>>, e: Error) {
+    let mut slot = err.lock().expect("error lock");
+    if slot.is_none() {
+        *slot = Some(e);
+    }
+}
+
+fn compress_loop(
+    level: i32,
+    rx: Receiver<Job>,
+    tx: Sender<ToWriter>,
+    err: Arc<Mutex<Option<Error>>>,
+    in_flight: Arc<InFlight>,
+) {
+    let mut enc = match Encoder::new(level) {
+        Ok(e) => e,
+        Err(e) => {
+            record(&err, e);
+            for _ in rx {
+                in_flight.done();
+            }
+            return;
+        }
+    };
+    for job in rx {
+        match enc.encode(&job.data, &job.hashed) {
+            Ok(blob) => {
+                let msg = ToWriter::Blob {
+                    id: job.id,
+                    kind: job.kind,
+                    raw_len: job.data.len() as u32,
+                    blob,
+                };
+                if tx.send(msg).is_err() {
+                    in_flight.done();
+                }
+            }
+            Err(e) => {
+                record(&err, e);
+                in_flight.done();
+            }
+        }
+    }
+}
+
+fn writer_loop(
+    backend: Arc<dyn Backend>,
+    tmp_dir: PathBuf,
+    pack_size: u64,
+    rx: Receiver<ToWriter>,
+    err: Arc<Mutex<Option<Error>>>,
+    in_flight: Arc<InFlight>,
+) {
+    // Packs are made durable on a thread of their own, so writing the next
+    // pack goes on during an fsync. A flush waits for that thread to drain.
+    let (sync_tx, sync_rx) = bounded::<ToSyncer>(2);
+    let sealed: Arc<Mutex<Vec<SealedPack>>> = Arc::default();
+    let syncer = {
+        let sealed = sealed.clone();
+        let err = err.clone();
+        std::thread::Builder::new()
+            .name("pack-sync".into())
+            .spawn(move || {
+                let mut failed = false;
+                for msg in sync_rx {
+                    match msg {
+                        ToSyncer::Pack(u) if failed => u.abandon(),
+                        ToSyncer::Pack(u) => {
+                            let res = u.sync().and_then(|s| {
+                                backend.put(&s.name, &s.path)?;
+                                Ok(s)
+                            });
+                            match res {
+                                Ok(s) => sealed.lock().expect("sealed list lock").push(s),
+                                Err(e) => {
+                                    failed = true;
+                                    record(&err, e);
+                                }
+                            }
+                        }
+                        ToSyncer::Drained(ack) => {
+                            let _ = ack.send(());
+                        }
+                    }
+                }
+            })
+            .expect("spawn pack sync thread")
+    };
+    let mut current: Option<PackWriter> = None;
+    let mut failed = false;
+    let hand_over = |w: PackWriter| -> Result<()> {
+        let u = w.seal_unsynced()?;
+        sync_tx
+            .send(ToSyncer::Pack(u))
+            .map_err(|_| Error::invalid("pack sync thread stopped"))
+    };
+    for msg in rx {
+        match msg {
+            ToWriter::Blob {
+                id,
+                kind,
+                raw_len,
+                blob,
+            } => {
+                if !failed {
+                    let res = (|| -> Result<()> {
+                        if current.is_none() {
+                            current = Some(PackWriter::create(&tmp_dir)?);
+                        }
+                        let w = current.as_mut().expect("writer just created");
+                        w.append(id, kind, raw_len, &blob)?;
+                        if w.len() >= pack_size {
+                            hand_over(current.take().expect("writer present"))?;
+                        }
+                        Ok(())
+                    })();
+                    if let Err(e) = res {
+                        failed = true;
+                        if let Some(w) = current.take() {
+                            w.abandon();
+                        }
+                        record(&err, e);
+                    }
+                }
+                in_flight.done();
+            }
+            ToWriter::Seal(reply) => {
+                if !failed
+                    && let Some(w) = current.take()
+                    && !w.is_empty()
+                    && let Err(e) = hand_over(w)
+                {
+                    failed = true;
+                    record(&err, e);
+                }
+                let (ack, done) = bounded(1);
+                if sync_tx.send(ToSyncer::Drained(ack)).is_ok() {
+                    let _ = done.recv();
+                }
+                let _ = reply.send(std::mem::take(
+                    &mut *sealed.lock().expect("sealed list lock"),
+                ));
+            }
+        }
+    }
+    if let Some(w) = current.take() {
+        w.abandon();
+    }
+    drop(sync_tx);
+    let _ = syncer.join();
+}
+
+enum ToSyncer {
+    Pack(crate::format::pack::Unsynced),
+    /// Answered once every pack sent before it is durable (or failed).
+    Drained(Sender<()>),
+}

@@ -1,0 +1,200 @@
+//! Decoded frames of chunks, kept in a bounded LRU so that sequential 128 KiB
+//! reads inflate each frame once, and read ahead by background threads since
+//! a file's chunk list says exactly what comes next.
+
+use std::collections::HashSet;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Condvar, Mutex};
+
+use lru::LruCache;
+
+use super::frame::{Frame, Slot, Slots};
+use crate::format::blob::{FRAME, Header};
+use crate::ids::ChunkId;
+
+pub type FrameKey = (ChunkId, u32);
+
+struct Lru {
+    frames: LruCache<FrameKey, Arc<Frame>>,
+    bytes: usize,
+}
+
+pub struct FrameCache {
+    lru: Mutex<Lru>,
+    capacity: usize,
+    /// Frames being decoded right now; a reader of one waits instead of
+    /// decoding it a second time.
+    loading: Mutex<HashSet<FrameKey>>,
+    loaded: Condvar,
+    headers: Mutex<LruCache<ChunkId, Arc<Header>>>,
+    /// Where full-size frames live (see `frame`).
+    slots: Option<Arc<Slots>>,
+}
+
+/// Slots beyond the cache's own: frames evicted while still being sent to
+/// a reader, and frames being decoded.
+const SLOTS_IN_FLIGHT: usize = 64;
+
+impl FrameCache {
+    pub fn new(capacity: usize) -> FrameCache {
+        FrameCache {
+            lru: Mutex::new(Lru {
+                frames: LruCache::unbounded(),
+                bytes: 0,
+            }),
+            capacity,
+            loading: Mutex::new(HashSet::new()),
+            loaded: Condvar::new(),
+            headers: Mutex::new(LruCache::new(NonZeroUsize::new(4096).expect("non-zero"))),
+            slots: Slots::new(capacity / FRAME + SLOTS_IN_FLIGHT),
+        }
+    }
+
+    pub fn get(&self, key: &FrameKey) -> Option<Arc<Frame>> {
+        self.lru
+            .lock()
+            .expect("frame cache lock")
+            .frames
+            .get(key)
+            .cloned()
+    }
+
+    pub fn contains(&self, key: &FrameKey) -> bool {
+        self.lru
+            .lock()
+            .expect("frame cache lock")
+            .frames
+            .contains(key)
+    }
+
+    fn insert(&self, key: FrameKey, data: Arc<Frame>) {
+        let mut l = self.lru.lock().expect("frame cache lock");
+        l.bytes += data.len();
+        if let Some(old) = l.frames.put(key, data) {
+            l.bytes -= old.len();
+        }
+        while l.bytes > self.capacity {
+            match l.frames.pop_lru() {
+                Some((_, v)) => l.bytes -= v.len(),
+                None => break,
+            }
+        }
+    }
+
+    /// Drop a frame that will not be asked for again soon.
+    pub fn forget(&self, key: &FrameKey) {
+        let mut l = self.lru.lock().expect("frame cache lock");
+        if let Some(v) = l.frames.pop(key) {
+            l.bytes -= v.len();
+        }
+    }
+
+    /// A slot to decode a full-size frame into; None: use the heap.
+    pub fn slot(&self) -> Option<Slot> {
+        self.slots.as_ref()?.take()
+    }
+
+    /// The frame from the cache, or decoded by `load` exactly once however
+    /// many threads ask at the same time.
+    pub fn get_or_load(
+        &self,
+        key: FrameKey,
+        load: impl FnOnce() -> crate::Result<Frame>,
+    ) -> crate::Result<Arc<Frame>> {
+        loop {
+            if let Some(v) = self.get(&key) {
+                return Ok(v);
+            }
+            let mut loading = self.loading.lock().expect("loading lock");
+            if loading.contains(&key) {
+                let _unused = self.loaded.wait(loading).expect("loading lock");
+                continue;
+            }
+            // Re-check under the lock: it may have landed meanwhile.
+            if let Some(v) = self.get(&key) {
+                return Ok(v);
+            }
+            loading.insert(key);
+            break;
+        }
+        let result = load().map(Arc::new);
+        if let Ok(v) = &result {
+            self.insert(key, v.clone());
+        }
+        self.loading.lock().expect("loading lock").remove(&key);
+        self.loaded.notify_all();
+        result
+    }
+
+    /// True if nobody holds or decodes this frame: worth prefetching.
+    pub fn absent(&self, key: &FrameKey) -> bool {
+        !self.contains(key) && !self.loading.lock().expect("loading lock").contains(key)
+    }
+
+    pub fn header(&self, id: &ChunkId) -> Option<Arc<Header>> {
+        self.headers
+            .lock()
+            .expect("header cache lock")
+            .get(id)
+            .cloned()
+    }
+
+    pub fn put_header(&self, id: ChunkId, h: Arc<Header>) {
+        self.headers.lock().expect("header cache lock").put(id, h);
+    }
+
+    #[cfg(test)]
+    pub fn bytes(&self) -> usize {
+        self.lru.lock().expect("frame cache lock").bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::Hash;
+
+    #[test]
+    fn stays_within_its_byte_budget_and_loads_once() {
+        let c = FrameCache::new(10_000);
+        for i in 0..100u32 {
+            let v = c
+                .get_or_load((ChunkId(Hash::of(b"x")), i), || {
+                    Ok(Frame::heap(vec![0u8; 1000]))
+                })
+                .unwrap();
+            assert_eq!(v.len(), 1000);
+        }
+        assert!(c.bytes() <= 10_000);
+        let key = (ChunkId(Hash::of(b"x")), 99);
+        let v = c
+            .get_or_load(key, || panic!("must come from the cache"))
+            .unwrap();
+        assert_eq!(v.len(), 1000);
+        assert!(
+            c.get_or_load((ChunkId(Hash::of(b"y")), 0), || Err(crate::Error::corrupt(
+                "bad"
+            )))
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn a_forgotten_frame_leaves_and_frees_its_bytes() {
+        let c = FrameCache::new(1 << 20);
+        let key = (ChunkId(Hash::of(b"z")), 0);
+        let held = c
+            .get_or_load(key, || Ok(Frame::heap(vec![7u8; 4096])))
+            .unwrap();
+        assert_eq!(c.bytes(), 4096);
+        c.forget(&key);
+        assert_eq!(c.bytes(), 0);
+        assert!(c.absent(&key));
+        // Whoever still holds it keeps valid bytes.
+        assert_eq!(held[4095], 7);
+        let again = c
+            .get_or_load(key, || Ok(Frame::heap(vec![8u8; 4096])))
+            .unwrap();
+        assert_eq!(again[0], 8, "decoded again after being forgotten");
+    }
+}

@@ -1,0 +1,694 @@
+//! Catalog queries of forget, gc, verify and rebuild: reachability, pack
+//! usage, relocation. Reachability is computed in temporary tables, so memory
+//! stays flat however large the repository is.
+
+use std::collections::HashMap;
+
+use rusqlite::params;
+
+use super::{Catalog, blob_hash};
+use crate::error::{Error, Result};
+use crate::format::pack::{ChunkKind, PackEntry};
+use crate::format::tree::{ChunkList, Kind, MAX_DEPTH};
+use crate::ids::{ChunkId, ContentId, PackId, PackName, SnapshotId, TreeId};
+
+/// A pack and how much of it is still referenced.
+#[derive(Clone, Debug)]
+pub struct PackUsage {
+    pub id: PackId,
+    pub name: PackName,
+    pub size: u64,
+    pub live_bytes: u64,
+    pub live_chunks: u64,
+}
+
+/// What a tree holds, counted from its rows: entries beneath it (at every
+/// depth, a shared subtree as often as it appears) and the sizes of the
+/// regular files among them. A rebuild compares these between the catalog
+/// it built and the one it would replace.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Holdings {
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+impl Holdings {
+    /// Figures for comparison, not arithmetic anyone relies on: a crafted
+    /// catalog whose shared subtrees multiply past u64 saturates instead of
+    /// wrapping to a small number.
+    pub fn add(&mut self, other: &Holdings) {
+        self.entries = self.entries.saturating_add(other.entries);
+        self.bytes = self.bytes.saturating_add(other.bytes);
+    }
+}
+
+/// Rows gc removed.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct DeadRows {
+    pub trees: u64,
+    pub contents: u64,
+    pub chunks: u64,
+}
+
+impl Catalog {
+    pub fn delete_snapshot(&self, id: SnapshotId) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM hardlinks WHERE snapshot = ?1", [id.0])?;
+        self.conn
+            .execute("DELETE FROM snapshots WHERE id = ?1", [id.0])?;
+        Ok(())
+    }
+
+    /// Fill temp tables `live_trees` and `live_contents` with what some
+    /// snapshot reaches, and `live_chunks` with their chunks (data, trees,
+    /// snapshot records).
+    pub fn mark_live(&self) -> Result<()> {
+        self.mark_reachable("live", "1 = 1", true)
+    }
+
+    /// Fill temp tables `<prefix>_trees`, `<prefix>_contents`, `<prefix>_chunks`
+    /// with what the snapshots matching `filter` (SQL over `snapshots`) reach.
+    fn mark_reachable(&self, prefix: &str, filter: &str, tombstones: bool) -> Result<()> {
+        let tomb = if tombstones {
+            format!("INSERT OR IGNORE INTO {prefix}_chunks SELECT chunk FROM tombstones;")
+        } else {
+            String::new()
+        };
+        self.conn.execute_batch(&format!(
+            "DROP TABLE IF EXISTS temp.{prefix}_trees;
+             DROP TABLE IF EXISTS temp.{prefix}_contents;
+             DROP TABLE IF EXISTS temp.{prefix}_chunks;
+             CREATE TEMP TABLE {prefix}_trees (id INTEGER PRIMARY KEY);
+             CREATE TEMP TABLE {prefix}_contents (id INTEGER PRIMARY KEY);
+             CREATE TEMP TABLE {prefix}_chunks (id BLOB PRIMARY KEY) WITHOUT ROWID;
+             WITH RECURSIVE t(id) AS (
+                 SELECT root_tree FROM snapshots WHERE {filter}
+                 UNION
+                 SELECT e.subtree FROM entries e JOIN t ON e.tree = t.id WHERE e.subtree IS NOT NULL
+             )
+             INSERT INTO {prefix}_trees SELECT id FROM t;
+             INSERT OR IGNORE INTO {prefix}_contents
+                 SELECT e.content FROM entries e JOIN {prefix}_trees t ON e.tree = t.id
+                 WHERE e.content IS NOT NULL;
+             INSERT OR IGNORE INTO {prefix}_chunks SELECT hash FROM snapshots WHERE {filter};
+             {tomb}
+             INSERT OR IGNORE INTO {prefix}_chunks
+                 SELECT t.hash FROM trees t JOIN {prefix}_trees l ON l.id = t.id;"
+        ))?;
+        let mut ins = self.conn.prepare(&format!(
+            "INSERT OR IGNORE INTO {prefix}_chunks (id) VALUES (?1)"
+        ))?;
+        let mut st = self.conn.prepare(&format!(
+            "SELECT c.chunks FROM contents c JOIN {prefix}_contents l ON l.id = c.id"
+        ))?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let list = ChunkList::validate(r.get(0)?)?;
+            for c in list.iter() {
+                ins.execute([&c.id.0.0[..]])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Delete the rows `mark_live` did not reach.
+    pub fn delete_dead(&self) -> Result<DeadRows> {
+        let c = &self.conn;
+        c.execute(
+            "DELETE FROM entries WHERE tree NOT IN (SELECT id FROM temp.live_trees)",
+            [],
+        )?;
+        let trees = c.execute(
+            "DELETE FROM trees WHERE id NOT IN (SELECT id FROM temp.live_trees)",
+            [],
+        )? as u64;
+        let contents = c.execute(
+            "DELETE FROM contents WHERE id NOT IN (SELECT id FROM temp.live_contents)",
+            [],
+        )? as u64;
+        let chunks = c.execute(
+            "DELETE FROM chunks WHERE id NOT IN (SELECT id FROM temp.live_chunks)",
+            [],
+        )? as u64;
+        Ok(DeadRows {
+            trees,
+            contents,
+            chunks,
+        })
+    }
+
+    /// Every pack with its referenced bytes (after `delete_dead`).
+    pub fn pack_usage(&self) -> Result<Vec<PackUsage>> {
+        let mut st = self.conn.prepare(
+            "SELECT p.id, p.name, p.size, COALESCE(SUM(c.stored_len), 0), COUNT(c.id)
+             FROM packs p LEFT JOIN chunks c ON c.pack = p.id GROUP BY p.id ORDER BY p.id",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(PackUsage {
+                id: PackId(r.get(0)?),
+                name: PackName(blob_hash(r.get(1)?)?),
+                size: r.get::<_, i64>(2)? as u64,
+                live_bytes: r.get::<_, i64>(3)? as u64,
+                live_chunks: r.get::<_, i64>(4)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The catalog's chunks stored in one pack, in pack order.
+    pub fn chunks_in_pack(&self, pack: PackId) -> Result<Vec<PackEntry>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, kind, offset, stored_len, raw_len FROM chunks WHERE pack = ?1 ORDER BY offset",
+        )?;
+        let rows = st.query_map([pack.0], |r| {
+            let kind: u8 = r.get(1)?;
+            Ok((
+                blob_hash(r.get(0)?)?,
+                kind,
+                r.get::<_, i64>(2)?,
+                r.get(3)?,
+                r.get(4)?,
+            ))
+        })?;
+        rows.map(|r| {
+            let (id, kind, offset, stored_len, raw_len) = r?;
+            Ok(PackEntry {
+                id: ChunkId(id),
+                kind: ChunkKind::from_u8(kind)?,
+                offset: offset as u64,
+                stored_len,
+                raw_len,
+            })
+        })
+        .collect()
+    }
+
+    /// Point a chunk at its copy in another pack.
+    pub fn move_chunk(&self, id: &ChunkId, pack: PackId, offset: u64) -> Result<()> {
+        self.conn
+            .prepare_cached("UPDATE chunks SET pack = ?2, offset = ?3 WHERE id = ?1")?
+            .execute(params![&id.0.0[..], pack.0, offset as i64])?;
+        Ok(())
+    }
+
+    /// Record a pack (with no chunk rows of its own yet).
+    pub fn add_empty_pack(&self, name: &PackName, size: u64) -> Result<PackId> {
+        self.add_pack(name, size, &[])
+    }
+
+    /// Take a pack out of use; its file is deleted later (see `doomed_packs`).
+    pub fn doom_pack(&self, id: PackId, name: &PackName, now_ns: i64) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM packs WHERE id = ?1", [id.0])?;
+        self.conn.execute(
+            "INSERT OR REPLACE INTO doomed_packs (name, doomed_ns) VALUES (?1, ?2)",
+            params![&name.0.0[..], now_ns],
+        )?;
+        Ok(())
+    }
+
+    pub fn doomed_packs(&self) -> Result<Vec<(PackName, i64)>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT name, doomed_ns FROM doomed_packs")?;
+        let rows = st.query_map([], |r| Ok((PackName(blob_hash(r.get(0)?)?), r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn forget_doomed(&self, name: &PackName) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM doomed_packs WHERE name = ?1", [&name.0.0[..]])?;
+        Ok(())
+    }
+
+    pub fn add_tombstone(&self, chunk: &ChunkId) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO tombstones (chunk) VALUES (?1)",
+            [&chunk.0.0[..]],
+        )?;
+        Ok(())
+    }
+
+    /// Ids of stored metadata chunks of one kind (for a rebuild).
+    pub fn chunk_ids_of_kind(&self, kind: ChunkKind) -> Result<Vec<ChunkId>> {
+        let mut st = self.conn.prepare("SELECT id FROM chunks WHERE kind = ?1")?;
+        let rows = st.query_map([kind as u8], |r| Ok(ChunkId(blob_hash(r.get(0)?)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The chunks this catalog places in the pack named `name`: what a
+    /// rebuild can still use of a pack whose own table is lost (truncated).
+    pub fn chunks_in_pack_named(&self, name: &PackName) -> Result<Vec<PackEntry>> {
+        let mut st = self.conn.prepare(
+            "SELECT c.id, c.kind, c.offset, c.stored_len, c.raw_len
+             FROM chunks c JOIN packs p ON p.id = c.pack WHERE p.name = ?1 ORDER BY c.offset",
+        )?;
+        let rows = st.query_map([&name.0.0[..]], |r| {
+            Ok((
+                blob_hash(r.get(0)?)?,
+                r.get::<_, u8>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, u32>(3)?,
+                r.get::<_, u32>(4)?,
+            ))
+        })?;
+        rows.map(|r| {
+            let (id, kind, offset, stored_len, raw_len) = r?;
+            Ok(PackEntry {
+                id: ChunkId(id),
+                kind: ChunkKind::from_u8(kind)?,
+                offset: u64::try_from(offset).map_err(|_| {
+                    Error::corrupt(format!(
+                        "chunk {}: negative offset in pack {name}",
+                        ChunkId(id)
+                    ))
+                })?,
+                stored_len,
+                raw_len,
+            })
+        })
+        .collect()
+    }
+
+    /// What the tree `root` holds (see [`Holdings`]). `memo` keeps the
+    /// figures of every tree counted so far, so snapshots that share trees
+    /// cost one visit of each. An explicit stack, as every walk of rows
+    /// that may come from a damaged file: a chain or cycle of trees ends
+    /// with an error past [`MAX_DEPTH`] levels (plus the empty directory
+    /// an import puts where it cut a deeper chain).
+    pub fn holdings(&self, root: TreeId, memo: &mut HashMap<TreeId, Holdings>) -> Result<Holdings> {
+        struct Frame {
+            tree: TreeId,
+            rows: std::vec::IntoIter<(u8, u64, Option<TreeId>)>,
+            sum: Holdings,
+        }
+        if let Some(h) = memo.get(&root) {
+            return Ok(*h);
+        }
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT kind, size, subtree FROM entries WHERE tree = ?1")?;
+        let mut rows_of = |tree: TreeId| -> Result<std::vec::IntoIter<(u8, u64, Option<TreeId>)>> {
+            let rows = st.query_map([tree.0], |r| {
+                Ok((
+                    r.get::<_, u8>(0)?,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, Option<i64>>(2)?.map(TreeId),
+                ))
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?.into_iter())
+        };
+        let mut stack = vec![Frame {
+            tree: root,
+            rows: rows_of(root)?,
+            sum: Holdings::default(),
+        }];
+        loop {
+            let depth = stack.len();
+            let top = stack.last_mut().expect("the stack is never empty here");
+            let Some((kind, size, subtree)) = top.rows.next() else {
+                let done = stack.pop().expect("the stack is never empty here");
+                memo.insert(done.tree, done.sum);
+                match stack.last_mut() {
+                    None => return Ok(done.sum),
+                    Some(parent) => {
+                        parent.sum.add(&done.sum);
+                        continue;
+                    }
+                }
+            };
+            top.sum.entries = top.sum.entries.saturating_add(1);
+            if kind == Kind::File as u8 {
+                top.sum.bytes = top.sum.bytes.saturating_add(size);
+            }
+            let Some(sub) = subtree else { continue };
+            if let Some(h) = memo.get(&sub) {
+                top.sum.add(h);
+            } else if depth > MAX_DEPTH {
+                return Err(Error::corrupt(format!(
+                    "tree {}: directories nested deeper than {MAX_DEPTH} levels (perhaps a tree that contains itself)",
+                    sub.0
+                )));
+            } else {
+                let rows = rows_of(sub)?;
+                stack.push(Frame {
+                    tree: sub,
+                    rows,
+                    sum: Holdings::default(),
+                });
+            }
+        }
+    }
+
+    /// Set every snapshot's `added_bytes` from the packs: the size of each
+    /// pack whose chunks a snapshot is the first (oldest first) to use.
+    ///
+    /// Ingest records the packs it wrote, and it writes only chunks the
+    /// repository did not have, all of which its snapshot uses: so the
+    /// packs a snapshot uses first are the packs its ingest wrote, and the
+    /// figure is what ingest recorded. It differs only where the packs no
+    /// longer say who wrote them: after gc moved chunks into new packs,
+    /// after an interrupted ingest left packs that a later one used, or
+    /// when a forgotten snapshot still waiting for gc wrote them.
+    ///
+    /// Trees and contents already seen are not walked again, so the work is
+    /// one visit of each row, in temporary tables (memory stays flat).
+    pub fn attribute_added_bytes(&self) -> Result<()> {
+        self.conn.execute_batch(
+            "DROP TABLE IF EXISTS temp.seen_trees;
+             DROP TABLE IF EXISTS temp.seen_contents;
+             DROP TABLE IF EXISTS temp.claimed_packs;
+             DROP TABLE IF EXISTS temp.fresh_trees;
+             DROP TABLE IF EXISTS temp.fresh_contents;
+             DROP TABLE IF EXISTS temp.fresh_chunks;
+             CREATE TEMP TABLE seen_trees (id INTEGER PRIMARY KEY);
+             CREATE TEMP TABLE seen_contents (id INTEGER PRIMARY KEY);
+             CREATE TEMP TABLE claimed_packs (id INTEGER PRIMARY KEY);
+             CREATE TEMP TABLE fresh_trees (id INTEGER PRIMARY KEY);
+             CREATE TEMP TABLE fresh_contents (id INTEGER PRIMARY KEY);
+             CREATE TEMP TABLE fresh_chunks (id BLOB PRIMARY KEY) WITHOUT ROWID;",
+        )?;
+        let snaps: Vec<(i64, i64, Vec<u8>)> = {
+            let mut st = self
+                .conn
+                .prepare("SELECT id, root_tree, hash FROM snapshots ORDER BY started_ns, id")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let mut add_chunk = self
+            .conn
+            .prepare("INSERT OR IGNORE INTO temp.fresh_chunks (id) VALUES (?1)")?;
+        let mut lists = self
+            .conn
+            .prepare("SELECT c.chunks FROM contents c JOIN temp.fresh_contents f ON f.id = c.id")?;
+        for (id, root, hash) in snaps {
+            self.conn.execute_batch(
+                "DELETE FROM temp.fresh_trees;
+                 DELETE FROM temp.fresh_contents;
+                 DELETE FROM temp.fresh_chunks;",
+            )?;
+            self.conn.execute(
+                "WITH RECURSIVE t(id) AS (
+                     SELECT ?1 WHERE ?1 NOT IN (SELECT id FROM temp.seen_trees)
+                     UNION
+                     SELECT e.subtree FROM entries e JOIN t ON e.tree = t.id
+                     WHERE e.subtree IS NOT NULL
+                       AND e.subtree NOT IN (SELECT id FROM temp.seen_trees)
+                 )
+                 INSERT INTO temp.fresh_trees SELECT id FROM t",
+                [root],
+            )?;
+            self.conn.execute_batch(
+                "INSERT INTO temp.seen_trees SELECT id FROM temp.fresh_trees;
+                 INSERT OR IGNORE INTO temp.fresh_contents
+                     SELECT e.content FROM entries e JOIN temp.fresh_trees f ON e.tree = f.id
+                     WHERE e.content IS NOT NULL
+                       AND e.content NOT IN (SELECT id FROM temp.seen_contents);
+                 INSERT INTO temp.seen_contents SELECT id FROM temp.fresh_contents;
+                 INSERT OR IGNORE INTO temp.fresh_chunks
+                     SELECT t.hash FROM trees t JOIN temp.fresh_trees f ON f.id = t.id;",
+            )?;
+            add_chunk.execute([&hash])?;
+            let mut rows = lists.query([])?;
+            while let Some(r) = rows.next()? {
+                for c in ChunkList::validate(r.get(0)?)?.iter() {
+                    add_chunk.execute([&c.id.0.0[..]])?;
+                }
+            }
+            let added: i64 = self.conn.query_row(
+                "SELECT COALESCE(SUM(size), 0) FROM packs
+                 WHERE id IN (SELECT c.pack FROM chunks c JOIN temp.fresh_chunks f ON f.id = c.id)
+                   AND id NOT IN (SELECT id FROM temp.claimed_packs)",
+                [],
+                |r| r.get(0),
+            )?;
+            self.conn.execute(
+                "INSERT OR IGNORE INTO temp.claimed_packs
+                     SELECT c.pack FROM chunks c JOIN temp.fresh_chunks f ON f.id = c.id",
+                [],
+            )?;
+            self.conn.execute(
+                "UPDATE snapshots SET added_bytes = ?2 WHERE id = ?1",
+                params![id, added],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// A snapshot's share of changed entries and its change alarm: figures
+    /// of the ingest that made it, which its record does not hold, so a
+    /// rebuild takes them from the catalog it replaces.
+    pub fn set_change(&self, id: SnapshotId, change_share: f64, alarm: bool) -> Result<()> {
+        self.conn.execute(
+            "UPDATE snapshots SET change_share = ?2, alarm = ?3 WHERE id = ?1",
+            params![id.0, change_share, alarm as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Fold the write-ahead log into the database file, or fail: before a
+    /// rebuilt catalog is renamed into place, everything must be in the one
+    /// file that is renamed.
+    pub fn fold_wal(&self) -> Result<()> {
+        let busy: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        if busy != 0 {
+            return Err(Error::invalid(
+                "the catalog's write-ahead log could not be folded in: another process is reading it",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Stored bytes only this snapshot references (what forgetting it frees).
+    pub fn unique_bytes(&self, snap: SnapshotId) -> Result<u64> {
+        self.mark_reachable("other", &format!("id != {}", snap.0), true)?;
+        self.mark_reachable("this", &format!("id = {}", snap.0), false)?;
+        Ok(self.conn.query_row(
+            "SELECT COALESCE(SUM(c.stored_len), 0) FROM temp.this_chunks t JOIN chunks c ON c.id = t.id
+             WHERE t.id NOT IN (SELECT id FROM temp.other_chunks)",
+            [],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+
+    /// (raw bytes, stored bytes, chunks) of the file data in the repository.
+    pub fn data_totals(&self) -> Result<(u64, u64, u64)> {
+        Ok(self.conn.query_row(
+            "SELECT COALESCE(SUM(raw_len), 0), COALESCE(SUM(stored_len), 0), COUNT(*) FROM chunks WHERE kind = 0",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64)),
+        )?)
+    }
+
+    // ---- verify ----
+
+    /// (tree, entry name) of entries whose content or subtree row is missing.
+    pub fn dangling_entries(&self) -> Result<Vec<(TreeId, Vec<u8>)>> {
+        let mut st = self.conn.prepare(
+            "SELECT e.tree, e.name FROM entries e
+             WHERE (e.content IS NOT NULL AND NOT EXISTS (SELECT 1 FROM contents c WHERE c.id = e.content))
+                OR (e.subtree IS NOT NULL AND NOT EXISTS (SELECT 1 FROM trees t WHERE t.id = e.subtree))",
+        )?;
+        let rows = st.query_map([], |r| Ok((TreeId(r.get(0)?), r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Snapshots whose root tree row is missing.
+    pub fn snapshots_without_root(&self) -> Result<Vec<String>> {
+        let mut st = self.conn.prepare(
+            "SELECT s.name FROM snapshots s WHERE NOT EXISTS (SELECT 1 FROM trees t WHERE t.id = s.root_tree)",
+        )?;
+        let rows = st.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Call `f` with every content row (id, chunk list).
+    pub fn each_content(
+        &self,
+        mut f: impl FnMut(ContentId, ChunkList) -> Result<()>,
+    ) -> Result<()> {
+        let mut st = self.conn.prepare("SELECT id, chunks FROM contents")?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            f(ContentId(r.get(0)?), ChunkList::validate(r.get(1)?)?)?;
+        }
+        Ok(())
+    }
+
+    /// Metadata chunks (trees, snapshot records) missing from the chunk index.
+    pub fn missing_meta_chunks(&self) -> Result<u64> {
+        Ok(self.conn.query_row(
+            "SELECT (SELECT COUNT(*) FROM trees t WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.id = t.hash))
+                  + (SELECT COUNT(*) FROM snapshots s WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.id = s.hash))",
+            [],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+
+    /// Chunks whose recorded place does not fit inside their pack.
+    pub fn chunks_outside_packs(&self) -> Result<u64> {
+        Ok(self.conn.query_row(
+            "SELECT COUNT(*) FROM chunks c JOIN packs p ON p.id = c.pack
+             WHERE c.offset + c.stored_len > p.size",
+            [],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+
+    pub fn chunks_without_pack(&self) -> Result<u64> {
+        Ok(self.conn.query_row(
+            "SELECT COUNT(*) FROM chunks c WHERE NOT EXISTS (SELECT 1 FROM packs p WHERE p.id = c.pack)",
+            [],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::record::SnapshotRow;
+    use crate::format::tree::{ChunkRef, Meta};
+    use crate::ids::{Hash, TreeHash};
+    use crate::repo::catalog::Node;
+
+    fn id(s: &str) -> ChunkId {
+        ChunkId(Hash::of(s.as_bytes()))
+    }
+
+    fn node(name: &str, size: u64, content: Option<ContentId>, subtree: Option<TreeId>) -> Node {
+        Node {
+            name: name.as_bytes().to_vec(),
+            kind: if subtree.is_some() {
+                Kind::Dir
+            } else {
+                Kind::File
+            },
+            meta: Meta {
+                size,
+                ..Meta::default()
+            },
+            link_key: 0,
+            xattrs: Vec::new(),
+            target: None,
+            content,
+            subtree,
+            node_offset: 0,
+        }
+    }
+
+    fn content(cat: &Catalog, chunk: &str, len: u32) -> ContentId {
+        let mut list = ChunkList::default();
+        list.push(ChunkRef { id: id(chunk), len });
+        cat.add_content(&list.hash(), &list).unwrap()
+    }
+
+    fn pack(cat: &Catalog, name: &str, size: u64, chunks: &[&str]) {
+        let entries: Vec<PackEntry> = chunks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| PackEntry {
+                id: id(c),
+                kind: ChunkKind::Data,
+                offset: 16 + i as u64,
+                stored_len: 1,
+                raw_len: 1,
+            })
+            .collect();
+        cat.add_pack(&PackName(Hash::of(name.as_bytes())), size, &entries)
+            .unwrap();
+    }
+
+    fn snapshot(cat: &Catalog, record: &str, started_ns: i64, root: TreeId) -> SnapshotId {
+        cat.add_snapshot(&SnapshotRow {
+            id: SnapshotId(0),
+            hash: id(record).0,
+            name: record.to_string(),
+            started_ns,
+            finished_ns: started_ns,
+            host: "h".into(),
+            sources: vec![],
+            tags: vec![],
+            damage: None,
+            root_tree: root,
+            files: 0,
+            dirs: 0,
+            size: 0,
+            added_bytes: 0,
+            read_bytes: 0,
+            warnings: 0,
+            change_share: 0.0,
+            alarm: false,
+        })
+        .unwrap()
+    }
+
+    fn tree(cat: &Catalog, hash: &str, rows: &[Node]) -> TreeId {
+        cat.add_tree(&TreeHash(id(hash).0), rows.len() as u64, rows)
+            .unwrap()
+    }
+
+    /// s1: a/ and b/ (one shared tree holding f) and g; s2: a/ again and
+    /// h, written to a pack of its own; s3: s2's tree again, only its
+    /// record new. Each snapshot is credited with the packs its ingest
+    /// would have written, and counts the shared directory twice.
+    #[test]
+    fn added_bytes_go_to_the_first_user_of_each_pack_and_shared_trees_count_per_name() {
+        let d = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&d.path().join("c.db"), true).unwrap();
+        cat.begin().unwrap();
+        pack(&cat, "p1", 1000, &["x", "y", "tree-a", "tree-r1", "rec1"]);
+        pack(&cat, "p2", 200, &["z", "tree-r2", "rec2"]);
+        pack(&cat, "p3", 30, &["rec3"]);
+        let a = tree(
+            &cat,
+            "tree-a",
+            &[node("f", 10, Some(content(&cat, "x", 10)), None)],
+        );
+        let r1 = tree(
+            &cat,
+            "tree-r1",
+            &[
+                node("a", 0, None, Some(a)),
+                node("b", 0, None, Some(a)),
+                node("g", 5, Some(content(&cat, "y", 5)), None),
+            ],
+        );
+        let r2 = tree(
+            &cat,
+            "tree-r2",
+            &[
+                node("a", 0, None, Some(a)),
+                node("h", 7, Some(content(&cat, "z", 7)), None),
+            ],
+        );
+        let s1 = snapshot(&cat, "rec1", 1, r1);
+        let s2 = snapshot(&cat, "rec2", 2, r2);
+        let s3 = snapshot(&cat, "rec3", 3, r2);
+        cat.attribute_added_bytes().unwrap();
+        cat.commit().unwrap();
+        let added = |s| cat.snapshot(s).unwrap().unwrap().added_bytes;
+        assert_eq!((added(s1), added(s2), added(s3)), (1000, 200, 30));
+
+        let mut memo = HashMap::new();
+        let h = cat.holdings(r1, &mut memo).unwrap();
+        assert_eq!((h.entries, h.bytes), (5, 25));
+        let h = cat.holdings(r2, &mut memo).unwrap();
+        assert_eq!((h.entries, h.bytes), (3, 17));
+    }
+
+    /// A tampered catalog whose directory contains itself: counting its
+    /// holdings ends with an error, not a hang or a stack overflow.
+    #[test]
+    fn holdings_of_a_tree_that_contains_itself_are_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&d.path().join("c.db"), true).unwrap();
+        let t = tree(&cat, "loop", &[]);
+        cat.add_entries(t, &[node("again", 0, None, Some(t))])
+            .unwrap();
+        let err = cat.holdings(t, &mut HashMap::new()).unwrap_err();
+        assert!(err.to_string().contains("deeper than"), "{err}");
+    }
+}

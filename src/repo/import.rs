@@ -1,0 +1,813 @@
+//! Catalog rows from metadata chunks already in packs: a snapshot record and
+//! the trees beneath it. Used to rebuild a lost catalog and to receive
+//! copied snapshots; in both, the packs are durable before rows refer to them.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::format::record::SnapshotRow;
+use crate::format::record::{Record, decode_record};
+use crate::format::tree::{Body, Entry, decode_tree, decode_xattrs, encode_tree, encode_xattrs};
+use crate::ids::{ChunkId, ContentId, SnapshotId, TreeHash, TreeId};
+use crate::repo::Repository;
+use crate::repo::catalog::{Catalog, Node};
+
+/// Paths listed per tree and per snapshot in a damage report; beyond this,
+/// only counted (a crafted repository can lose any number of directories).
+const MAX_LISTED: usize = 100;
+
+pub struct Importer<'a> {
+    pub repo: &'a Repository,
+    pub cat: &'a Catalog,
+    /// What could not be imported (lost trees), for the caller to report.
+    pub problems: Vec<String>,
+    /// A catalog whose rows stand in for trees the packs no longer yield:
+    /// a rebuild passes the catalog it would replace, so that one damaged
+    /// tree record does not empty a directory that catalog still knows.
+    fallback: Option<&'a Catalog>,
+    /// Trees whose rows came from `fallback`.
+    pub reused_trees: u64,
+    /// Per imported snapshot with any, the directories lost or taken from
+    /// `fallback`.
+    pub damage: Vec<SnapshotDamage>,
+    /// Damage beneath each tree imported so far that has any, with paths
+    /// relative to that tree: a later snapshot that shares the tree shares
+    /// its damage, and is told so too.
+    damaged: HashMap<TreeHash, Damage>,
+}
+
+/// Directories beneath one tree (paths relative to it, "" for itself)
+/// whose contents are lost, or whose rows came from the fallback catalog.
+#[derive(Clone, Debug, Default)]
+struct Damage {
+    lost: Vec<Vec<u8>>,
+    reused: Vec<Vec<u8>>,
+    /// How many of each there are, listed or not.
+    lost_count: u64,
+    reused_count: u64,
+}
+
+impl Damage {
+    fn is_empty(&self) -> bool {
+        self.lost_count == 0 && self.reused_count == 0
+    }
+
+    /// Take in the damage of the subtree at `name`.
+    fn absorb(&mut self, name: &[u8], below: &Damage) {
+        let under = |p: &Vec<u8>| {
+            let mut q = name.to_vec();
+            if !p.is_empty() {
+                q.push(b'/');
+                q.extend_from_slice(p);
+            }
+            q
+        };
+        let room = MAX_LISTED.saturating_sub(self.lost.len());
+        self.lost.extend(below.lost.iter().take(room).map(under));
+        let room = MAX_LISTED.saturating_sub(self.reused.len());
+        self.reused
+            .extend(below.reused.iter().take(room).map(under));
+        self.lost_count = self.lost_count.saturating_add(below.lost_count);
+        self.reused_count = self.reused_count.saturating_add(below.reused_count);
+    }
+}
+
+/// What one imported snapshot could not get from the packs. Paths are
+/// inside the snapshot (`/` is its root).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SnapshotDamage {
+    pub snapshot: String,
+    /// Directories whose contents are lost: shown empty.
+    pub lost_dirs: Vec<String>,
+    pub lost_dirs_count: u64,
+    /// Directories whose tree record in the packs is missing or damaged,
+    /// rebuilt from the rows of the catalog being replaced.
+    pub reused_dirs: Vec<String>,
+    pub reused_dirs_count: u64,
+}
+
+/// A path as the snapshot shows it (its root is `/`), from one relative to
+/// the root tree.
+fn snapshot_path(rel: &[u8]) -> String {
+    format!("/{}", String::from_utf8_lossy(rel))
+}
+
+impl<'a> Importer<'a> {
+    pub fn new(repo: &'a Repository, cat: &'a Catalog) -> Self {
+        Importer {
+            repo,
+            cat,
+            problems: Vec::new(),
+            fallback: None,
+            reused_trees: 0,
+            damage: Vec::new(),
+            damaged: HashMap::new(),
+        }
+    }
+
+    /// Take trees the packs cannot yield from the rows of `old` (see
+    /// [`Importer::fallback`]).
+    pub fn with_fallback(mut self, old: &'a Catalog) -> Self {
+        self.fallback = Some(old);
+        self
+    }
+
+    fn read(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        let loc = self
+            .cat
+            .chunk_loc(id)?
+            .ok_or_else(|| Error::corrupt(format!("metadata chunk {id} is not in any pack")))?;
+        self.repo.read_chunk(id, &loc)
+    }
+
+    /// The row of an empty directory, standing in for one whose tree is lost.
+    fn empty_tree(&self) -> Result<TreeId> {
+        let hash = TreeHash(crate::format::blob::hash_chunk(&encode_tree(&[])).id.0);
+        match self.cat.tree_by_hash(&hash)? {
+            Some((t, _)) => Ok(t),
+            None => self.cat.add_tree(&hash, 0, &[]),
+        }
+    }
+
+    /// A tree's decoded entries, ready to be turned into rows.
+    fn open_tree(&self, hash: &TreeHash, path: Vec<u8>) -> Result<Pending> {
+        let entries = decode_tree(&self.read(&ChunkId(hash.0))?)
+            .map_err(|e| Error::corrupt(format!("tree {hash}: {e}")))?;
+        Ok(Pending::new(*hash, entries, path))
+    }
+
+    /// The tree `hash` from the fallback catalog's rows, when the packs
+    /// cannot yield it. None without a fallback or when it lacks the tree.
+    ///
+    /// The rows come from a file in the repository, as untrusted as a
+    /// pack: encoded as a tree and decoded again, they pass every check a
+    /// tree read from a pack passes (names, order, node counts, chunk
+    /// lists, xattrs). Rows that encode to `hash` are the very tree the
+    /// packs lost; rows that do not (the old catalog had lost parts of it
+    /// itself) are still the best left, and said so.
+    fn fallback_tree(&self, hash: &TreeHash, path: Vec<u8>) -> Result<Option<(Pending, bool)>> {
+        let Some(old) = self.fallback else {
+            return Ok(None);
+        };
+        let Some((id, _)) = old.tree_by_hash(hash)? else {
+            return Ok(None);
+        };
+        let entries = old
+            .entries(id)?
+            .into_iter()
+            .map(|n| entry_of_row(old, n))
+            .collect::<Result<Vec<Entry>>>()?;
+        let encoded = encode_tree(&entries);
+        let entries = decode_tree(&encoded)?;
+        let exact = crate::format::blob::hash_chunk(&encoded).id.0 == hash.0;
+        let mut p = Pending::new(*hash, entries, path);
+        p.damage.reused.push(Vec::new());
+        p.damage.reused_count = 1;
+        Ok(Some((p, exact)))
+    }
+
+    /// The tree `hash` from the packs, or else from the fallback catalog.
+    /// The error says why neither could.
+    fn open_any(&mut self, hash: &TreeHash, path: Vec<u8>) -> Result<Pending> {
+        let err = match self.open_tree(hash, path.clone()) {
+            Ok(p) => return Ok(p),
+            Err(e) => e,
+        };
+        match self.fallback_tree(hash, path.clone()) {
+            Ok(Some((p, exact))) => {
+                self.reused_trees += 1;
+                self.problems.push(format!(
+                    "directory {:?}: {err}; its rows were taken from the previous catalog{}",
+                    snapshot_path(&path),
+                    if exact {
+                        ""
+                    } else {
+                        " (they differ from the tree the packs recorded: that catalog had lost parts of it too)"
+                    }
+                ));
+                Ok(p)
+            }
+            Ok(None) => Err(err),
+            Err(old) => Err(Error::corrupt(format!(
+                "{err}; the previous catalog's rows for it are unusable too ({old})"
+            ))),
+        }
+    }
+
+    /// The tree row for `hash`, imported (with everything beneath) if missing.
+    ///
+    /// Depth-first with an explicit stack, not recursion: the depth of a
+    /// tree is whatever the packs say, and a chain of ten thousand nested
+    /// directories (real or crafted) once overflowed the thread's stack.
+    /// A subtree that neither the packs nor the fallback catalog yield is
+    /// shown as an empty directory and reported in `problems`; catalog
+    /// errors stop the import.
+    pub fn tree(&mut self, root: &TreeHash) -> Result<TreeId> {
+        if let Some((t, _)) = self.cat.tree_by_hash(root)? {
+            return Ok(t);
+        }
+        let first = self.open_any(root, Vec::new())?;
+        let mut stack = vec![first];
+        loop {
+            let depth = stack.len();
+            let top = stack.last_mut().expect("the stack is never empty here");
+            let Some(e) = top.entries.next() else {
+                let done = stack.pop().expect("the stack is never empty here");
+                let id = self.cat.add_tree(&done.hash, done.nodes, &done.rows)?;
+                if !done.damage.is_empty() {
+                    self.damaged.insert(done.hash, done.damage.clone());
+                }
+                match stack.last_mut() {
+                    None => return Ok(id),
+                    Some(parent) => {
+                        let e = parent
+                            .waiting
+                            .take()
+                            .expect("a parent waits for its subtree");
+                        parent.damage.absorb(&e.name, &done.damage);
+                        parent.push(e, None, Some(id));
+                        continue;
+                    }
+                }
+            };
+            match &e.body {
+                Body::File(list) => {
+                    let h = list.hash();
+                    let c = match self.cat.content_by_hash(&h)? {
+                        Some(c) => c,
+                        None => self.cat.add_content(&h, list)?,
+                    };
+                    top.push(e, Some(c), None);
+                }
+                Body::Dir { tree: sub, .. } => {
+                    if let Some((t, _)) = self.cat.tree_by_hash(sub)? {
+                        if let Some(d) = self.damaged.get(sub) {
+                            top.damage.absorb(&e.name, d);
+                        }
+                        top.push(e, None, Some(t));
+                        continue;
+                    }
+                    let path = top.child_path(&e.name);
+                    let sub = *sub;
+                    let opened = if depth >= crate::format::tree::MAX_DEPTH {
+                        Err(Error::corrupt(format!(
+                            "nested deeper than {} levels",
+                            crate::format::tree::MAX_DEPTH
+                        )))
+                    } else {
+                        self.open_any(&sub, path.clone())
+                    };
+                    let top = stack.last_mut().expect("the stack is never empty here");
+                    match opened {
+                        Ok(p) => {
+                            top.waiting = Some(e);
+                            stack.push(p);
+                        }
+                        Err(err) => {
+                            self.problems.push(format!(
+                                "directory {:?}: its contents are lost, shown empty ({err})",
+                                snapshot_path(&path)
+                            ));
+                            if top.damage.lost.len() < MAX_LISTED {
+                                top.damage.lost.push(e.name.clone());
+                            }
+                            top.damage.lost_count = top.damage.lost_count.saturating_add(1);
+                            let empty = self.empty_tree()?;
+                            stack
+                                .last_mut()
+                                .expect("the stack is never empty here")
+                                .push(e, None, Some(empty));
+                        }
+                    }
+                }
+                Body::Symlink(_) | Body::Special => top.push(e, None, None),
+            }
+        }
+    }
+
+    /// Add the snapshot whose record is chunk `record` (trees imported as
+    /// needed). Returns None if the record is a forget record or the
+    /// snapshot is already present.
+    pub fn snapshot(&mut self, record: &ChunkId, added_bytes: u64) -> Result<Option<SnapshotId>> {
+        let Record::Snapshot { row, root } = decode_record(&self.read(record)?, record.0)? else {
+            return Ok(None);
+        };
+        if self.cat.snapshots()?.iter().any(|s| s.hash == row.hash) {
+            return Ok(None);
+        }
+        let mut row: SnapshotRow = *row;
+        if let Err(e) = crate::format::record::check_snapshot_name(&row.name) {
+            // The name becomes a directory of the mount: one that ingest
+            // would refuse is replaced, not trusted.
+            let safe = format!("imported-{}", &record.0.to_hex()[..12]);
+            self.problems
+                .push(format!("snapshot record {record}: {e}; imported as {safe}"));
+            row.name = safe;
+        }
+        row.root_tree = self.tree(&root)?;
+        row.added_bytes = added_bytes;
+        let base = row.name.clone();
+        let mut i = 2;
+        while self.cat.name_taken(&row.name)? {
+            row.name = format!("{base}-{i}");
+            i += 1;
+        }
+        let id = self.cat.add_snapshot(&row)?;
+        let mut links: HashMap<u64, (u64, u64)> = HashMap::new();
+        count_links(self.cat, row.root_tree, 0, &mut links)?;
+        for (key, (first, count)) in links {
+            if count > 1 {
+                self.cat.add_hardlink(id, key, first, count)?;
+            }
+        }
+        if let Some(d) = self.damaged.get(&root) {
+            self.damage.push(SnapshotDamage {
+                snapshot: row.name.clone(),
+                lost_dirs: d.lost.iter().map(|p| snapshot_path(p)).collect(),
+                lost_dirs_count: d.lost_count,
+                reused_dirs: d.reused.iter().map(|p| snapshot_path(p)).collect(),
+                reused_dirs_count: d.reused_count,
+            });
+        }
+        Ok(Some(id))
+    }
+}
+
+/// An entry as the tree encoding has it, from a catalog row of `cat`.
+fn entry_of_row(cat: &Catalog, n: Node) -> Result<Entry> {
+    let name = String::from_utf8_lossy(&n.name).into_owned();
+    let body = match n.kind {
+        crate::format::tree::Kind::File => {
+            let c = n
+                .content
+                .ok_or_else(|| Error::corrupt(format!("file {name:?} has no content row")))?;
+            Body::File(cat.content(c)?)
+        }
+        crate::format::tree::Kind::Dir => {
+            let t = n
+                .subtree
+                .ok_or_else(|| Error::corrupt(format!("directory {name:?} has no tree row")))?;
+            Body::Dir {
+                tree: cat.tree_hash(t)?,
+                nodes: cat.tree_nodes(t)?,
+            }
+        }
+        crate::format::tree::Kind::Symlink => Body::Symlink(
+            n.target
+                .ok_or_else(|| Error::corrupt(format!("symlink {name:?} has no target")))?,
+        ),
+        _ => Body::Special,
+    };
+    Ok(Entry {
+        xattrs: decode_xattrs(&n.xattrs)?,
+        name: n.name,
+        kind: n.kind,
+        meta: n.meta,
+        link_key: n.link_key,
+        body,
+    })
+}
+
+/// A tree being imported: its rows so far and the entries still to do.
+struct Pending {
+    hash: TreeHash,
+    nodes: u64,
+    entries: std::vec::IntoIter<Entry>,
+    rows: Vec<Node>,
+    offset: u64,
+    /// The directory entry whose subtree is being imported above this one.
+    waiting: Option<Entry>,
+    /// Where this tree is, relative to the tree the import started from.
+    path: Vec<u8>,
+    /// Damage found beneath this tree so far.
+    damage: Damage,
+}
+
+impl Pending {
+    /// `entries` come from `decode_tree`, which checked that their spans
+    /// add up without overflow.
+    fn new(hash: TreeHash, entries: Vec<Entry>, path: Vec<u8>) -> Pending {
+        Pending {
+            hash,
+            nodes: entries.iter().map(Entry::span).sum(),
+            rows: Vec::with_capacity(entries.len()),
+            entries: entries.into_iter(),
+            offset: 0,
+            waiting: None,
+            path,
+            damage: Damage::default(),
+        }
+    }
+
+    fn child_path(&self, name: &[u8]) -> Vec<u8> {
+        let mut p = self.path.clone();
+        if !p.is_empty() {
+            p.push(b'/');
+        }
+        p.extend_from_slice(name);
+        p
+    }
+
+    fn push(&mut self, e: Entry, content: Option<ContentId>, subtree: Option<TreeId>) {
+        let span = e.span();
+        let target = match &e.body {
+            Body::Symlink(t) => Some(t.clone()),
+            _ => None,
+        };
+        self.rows.push(Node {
+            xattrs: encode_xattrs(&e.xattrs),
+            name: e.name,
+            kind: e.kind,
+            meta: e.meta,
+            link_key: e.link_key,
+            target,
+            content,
+            subtree,
+            node_offset: self.offset,
+        });
+        self.offset += span;
+    }
+}
+
+/// Hard link groups of a snapshot in depth-first order, as ingest numbers
+/// them. An explicit stack, as in [`Importer::tree`]: depth comes from the
+/// repository and must not be able to exhaust ours.
+pub fn count_links(
+    cat: &Catalog,
+    tree: TreeId,
+    pos: u64,
+    links: &mut HashMap<u64, (u64, u64)>,
+) -> Result<()> {
+    let mut stack = vec![(tree, pos)];
+    while let Some((tree, pos)) = stack.pop() {
+        let mut subs = Vec::new();
+        for n in cat.entries(tree)? {
+            let p = pos
+                .checked_add(1)
+                .and_then(|p| p.checked_add(n.node_offset))
+                .ok_or_else(|| Error::corrupt("snapshot's node numbers overflow"))?;
+            if n.link_key != 0 {
+                // Positions are depth-first numbers, so the group's first
+                // member is its lowest position, whatever order we visit in.
+                let g = links.entry(n.link_key).or_insert((p, 0));
+                g.0 = g.0.min(p);
+                g.1 += 1;
+            }
+            if let Some(sub) = n.subtree {
+                subs.push((sub, p));
+            }
+        }
+        stack.extend(subs);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::format::blob::{Encoder, hash_chunk};
+    use crate::format::pack::{ChunkKind, PackWriter};
+    use crate::format::record::SnapshotRow;
+    use crate::format::tree::{Kind, Meta};
+    use crate::ids::Hash;
+    use crate::repo::Config;
+
+    /// Store `chunks` in one pack of `repo` and index it.
+    fn store(repo: &Repository, cat: &Catalog, chunks: &[(ChunkKind, Vec<u8>)]) -> Vec<ChunkId> {
+        let mut w = PackWriter::create(&repo.tmp_dir()).unwrap();
+        let mut enc = Encoder::new(1).unwrap();
+        let mut ids = Vec::new();
+        for (kind, data) in chunks {
+            let h = hash_chunk(data);
+            let blob = enc.encode(data, &h).unwrap();
+            w.append(h.id, *kind, data.len() as u32, &blob).unwrap();
+            ids.push(h.id);
+        }
+        let sealed = w.seal().unwrap();
+        repo.backend.put(&sealed.name, &sealed.path).unwrap();
+        cat.begin().unwrap();
+        cat.add_pack(&sealed.name, sealed.size, &sealed.entries)
+            .unwrap();
+        cat.commit().unwrap();
+        ids
+    }
+
+    fn dir(name: &[u8], tree: ChunkId, nodes: u64) -> Entry {
+        Entry {
+            name: name.to_vec(),
+            kind: Kind::Dir,
+            meta: Meta {
+                mode: 0o40755,
+                ..Meta::default()
+            },
+            link_key: 0,
+            xattrs: vec![],
+            body: Body::Dir {
+                tree: TreeHash(tree.0),
+                nodes,
+            },
+        }
+    }
+
+    fn record(root: ChunkId, nodes: u64) -> Vec<u8> {
+        let row = SnapshotRow {
+            id: SnapshotId(0),
+            hash: Hash::default(),
+            name: "s1".into(),
+            started_ns: 1,
+            finished_ns: 2,
+            host: "h".into(),
+            sources: vec![],
+            tags: vec![],
+            root_tree: TreeId(0),
+            files: 0,
+            dirs: nodes,
+            size: 0,
+            added_bytes: 0,
+            read_bytes: 0,
+            warnings: 0,
+            change_share: 0.0,
+            alarm: false,
+            damage: None,
+        };
+        crate::format::record::encode_record(&row, &TreeHash(root.0), nodes, &[0, nodes, 0, 0, 0])
+    }
+
+    fn repo(dir: &Path) -> (Repository, Catalog) {
+        let repo = Repository::init(&dir.join("r"), Config::default()).unwrap();
+        let cat = repo.catalog().unwrap();
+        (repo, cat)
+    }
+
+    #[test]
+    fn deep_tree_chain_does_not_overflow_the_stack() {
+        // Run on a small stack, so that recursion per level would overflow
+        // it long before the bottom.
+        std::thread::Builder::new()
+            .stack_size(512 * 1024)
+            .spawn(|| {
+                const DEPTH: u64 = 20_000;
+                let d = tempfile::tempdir().unwrap();
+                let (repo, cat) = repo(d.path());
+                let mut chunks = vec![(ChunkKind::Tree, encode_tree(&[]))];
+                let mut below = hash_chunk(&chunks[0].1).id;
+                for level in 0..DEPTH {
+                    let t = encode_tree(&[dir(b"d", below, level)]);
+                    below = hash_chunk(&t).id;
+                    chunks.push((ChunkKind::Tree, t));
+                }
+                chunks.push((ChunkKind::Snapshot, record(below, DEPTH)));
+                let ids = store(&repo, &cat, &chunks);
+                cat.begin().unwrap();
+                let mut imp = Importer::new(&repo, &cat);
+                let snap = imp.snapshot(ids.last().unwrap(), 0).unwrap();
+                assert!(snap.is_some());
+                // Cut at the deepest nesting snapfs follows, and said so.
+                assert_eq!(imp.problems.len(), 1, "{:?}", imp.problems);
+                assert!(
+                    imp.problems[0].contains("deeper than"),
+                    "{:?}",
+                    imp.problems
+                );
+                cat.commit().unwrap();
+                assert!(cat.tree_by_hash(&TreeHash(below.0)).unwrap().is_some());
+            })
+            .unwrap()
+            .join()
+            .expect("import of a deep chain panicked");
+    }
+
+    #[test]
+    fn tree_with_dotdot_name_is_rejected_on_import() {
+        let d = tempfile::tempdir().unwrap();
+        let (repo, cat) = repo(d.path());
+        let empty = encode_tree(&[]);
+        let empty_id = hash_chunk(&empty).id;
+        // encode_tree writes whatever it is given; the decoder must refuse.
+        let evil = encode_tree(&[dir(b"..", empty_id, 0)]);
+        let evil_id = hash_chunk(&evil).id;
+        let parent = encode_tree(&[dir(b"ok", evil_id, 1)]);
+        let parent_id = hash_chunk(&parent).id;
+        store(
+            &repo,
+            &cat,
+            &[
+                (ChunkKind::Tree, empty),
+                (ChunkKind::Tree, evil),
+                (ChunkKind::Tree, parent),
+            ],
+        );
+        cat.begin().unwrap();
+        let mut imp = Importer::new(&repo, &cat);
+        let err = imp.tree(&TreeHash(evil_id.0)).unwrap_err().to_string();
+        assert!(
+            err.contains(&evil_id.to_string()) && err.contains(".."),
+            "{err}"
+        );
+        // Beneath another tree, the bad subtree is shown empty and reported.
+        let t = imp.tree(&TreeHash(parent_id.0)).unwrap();
+        assert_eq!(imp.problems.len(), 1, "{:?}", imp.problems);
+        let rows = cat.entries(t).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert!(cat.entries(rows[0].subtree.unwrap()).unwrap().is_empty());
+        cat.commit().unwrap();
+    }
+
+    #[test]
+    fn snapshot_name_ingest_would_refuse_is_replaced() {
+        let d = tempfile::tempdir().unwrap();
+        let (repo, cat) = repo(d.path());
+        let empty = encode_tree(&[]);
+        let root = hash_chunk(&empty).id;
+        let rec = record(root, 0);
+        // The record's name "s1" becomes "..": same length, so the rest of
+        // the record stays as it is.
+        let at = rec.windows(2).position(|w| w == b"s1").unwrap();
+        let mut rec = rec;
+        rec[at..at + 2].copy_from_slice(b"..");
+        let ids = store(
+            &repo,
+            &cat,
+            &[(ChunkKind::Tree, empty), (ChunkKind::Snapshot, rec)],
+        );
+        cat.begin().unwrap();
+        let mut imp = Importer::new(&repo, &cat);
+        imp.snapshot(&ids[1], 0).unwrap().unwrap();
+        cat.commit().unwrap();
+        let names: Vec<String> = cat
+            .snapshots()
+            .unwrap()
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(
+            names,
+            vec![format!("imported-{}", &ids[1].0.to_hex()[..12])]
+        );
+        assert_eq!(imp.problems.len(), 1);
+    }
+
+    /// The rows of tree `entries` in catalog `cat`, as ingest writes them
+    /// (contents added as needed; no subtrees).
+    fn rows_of(cat: &Catalog, entries: &[Entry]) -> Vec<Node> {
+        let mut offset = 0;
+        entries
+            .iter()
+            .map(|e| {
+                let content = match &e.body {
+                    Body::File(list) => Some(cat.add_content(&list.hash(), list).unwrap()),
+                    _ => None,
+                };
+                let n = Node {
+                    name: e.name.clone(),
+                    kind: e.kind,
+                    meta: e.meta.clone(),
+                    link_key: e.link_key,
+                    xattrs: encode_xattrs(&e.xattrs),
+                    target: match &e.body {
+                        Body::Symlink(t) => Some(t.clone()),
+                        _ => None,
+                    },
+                    content,
+                    subtree: None,
+                    node_offset: offset,
+                };
+                offset += e.span();
+                n
+            })
+            .collect()
+    }
+
+    /// A directory `keep/` whose tree is in no pack, and a catalog (the
+    /// fallback) that has the rows of `lost`, its tree. Returns the
+    /// snapshot record's id.
+    fn keep_dir_not_in_packs(
+        repo: &Repository,
+        cat: &Catalog,
+        old: Option<&Catalog>,
+        lost: &[Entry],
+    ) -> ChunkId {
+        let bytes = encode_tree(lost);
+        let lost_id = hash_chunk(&bytes).id;
+        if let Some(old) = old {
+            old.begin().unwrap();
+            let rows = rows_of(old, lost);
+            old.add_tree(&TreeHash(lost_id.0), lost.len() as u64, &rows)
+                .unwrap();
+            old.commit().unwrap();
+        }
+        let root = encode_tree(&[dir(b"keep", lost_id, lost.len() as u64)]);
+        let root_id = hash_chunk(&root).id;
+        let rec = record(root_id, 1 + lost.len() as u64);
+        store(
+            repo,
+            cat,
+            &[(ChunkKind::Tree, root), (ChunkKind::Snapshot, rec)],
+        )[1]
+    }
+
+    fn file(name: &[u8], data: &[u8]) -> Entry {
+        let mut list = crate::format::tree::ChunkList::default();
+        list.push(crate::format::tree::ChunkRef {
+            id: hash_chunk(data).id,
+            len: data.len() as u32,
+        });
+        Entry {
+            name: name.to_vec(),
+            kind: Kind::File,
+            meta: Meta {
+                mode: 0o100644,
+                size: data.len() as u64,
+                nlink: 1,
+                ..Meta::default()
+            },
+            link_key: 0,
+            xattrs: vec![(b"user.k".to_vec(), b"v".to_vec())],
+            body: Body::File(list),
+        }
+    }
+
+    #[test]
+    fn tree_missing_from_the_packs_is_taken_from_the_fallback_rows() {
+        let d = tempfile::tempdir().unwrap();
+        let (repo, cat) = repo(d.path());
+        let old = Catalog::open(&d.path().join("old.db"), true).unwrap();
+        let lost = vec![
+            file(b"f", b"file data"),
+            Entry {
+                name: b"l".to_vec(),
+                kind: Kind::Symlink,
+                meta: Meta {
+                    mode: 0o120777,
+                    ..Meta::default()
+                },
+                link_key: 0,
+                xattrs: vec![],
+                body: Body::Symlink(b"f".to_vec()),
+            },
+        ];
+        let rec = keep_dir_not_in_packs(&repo, &cat, Some(&old), &lost);
+
+        cat.begin().unwrap();
+        let mut imp = Importer::new(&repo, &cat).with_fallback(&old);
+        let id = imp.snapshot(&rec, 0).unwrap().unwrap();
+        cat.commit().unwrap();
+        assert_eq!(imp.reused_trees, 1);
+        assert_eq!(imp.problems.len(), 1, "{:?}", imp.problems);
+        assert!(
+            imp.problems[0].contains("/keep") && !imp.problems[0].contains("differ"),
+            "{:?}",
+            imp.problems
+        );
+        assert_eq!(imp.damage.len(), 1);
+        assert_eq!(imp.damage[0].reused_dirs, vec!["/keep".to_string()]);
+        assert_eq!(imp.damage[0].lost_dirs_count, 0);
+        let root = cat.snapshot(id).unwrap().unwrap().root_tree;
+        let keep = cat.entry(root, b"keep").unwrap().unwrap();
+        let rows = cat.entries(keep.subtree.unwrap()).unwrap();
+        let names: Vec<&[u8]> = rows.iter().map(|n| n.name.as_slice()).collect();
+        assert_eq!(names, vec![&b"f"[..], &b"l"[..]]);
+        let Body::File(list) = &lost[0].body else {
+            unreachable!()
+        };
+        assert_eq!(&cat.content(rows[0].content.unwrap()).unwrap(), list);
+        assert_eq!(rows[0].xattrs, encode_xattrs(&lost[0].xattrs));
+        assert_eq!(rows[1].target.as_deref(), Some(&b"f"[..]));
+
+        // Without the fallback, the directory is shown empty and reported lost.
+        let d2 = tempfile::tempdir().unwrap();
+        let (repo2, cat2) = self::repo(d2.path());
+        let rec2 = keep_dir_not_in_packs(&repo2, &cat2, None, &lost);
+        cat2.begin().unwrap();
+        let mut imp = Importer::new(&repo2, &cat2);
+        imp.snapshot(&rec2, 0).unwrap().unwrap();
+        cat2.commit().unwrap();
+        assert_eq!(imp.damage[0].lost_dirs, vec!["/keep".to_string()]);
+        assert_eq!(imp.reused_trees, 0);
+    }
+
+    /// Fallback rows are as untrusted as packs: a name a tree from a pack
+    /// may not have is refused there too.
+    #[test]
+    fn fallback_rows_with_a_bad_name_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let (repo, cat) = repo(d.path());
+        let old = Catalog::open(&d.path().join("old.db"), true).unwrap();
+        let rec = keep_dir_not_in_packs(&repo, &cat, Some(&old), &[file(b"a/b", b"x")]);
+        cat.begin().unwrap();
+        let mut imp = Importer::new(&repo, &cat).with_fallback(&old);
+        imp.snapshot(&rec, 0).unwrap().unwrap();
+        cat.commit().unwrap();
+        assert_eq!(imp.reused_trees, 0);
+        assert_eq!(imp.damage[0].lost_dirs, vec!["/keep".to_string()]);
+        assert!(
+            imp.problems[0].contains("unusable") && imp.problems[0].contains("contains a slash"),
+            "{:?}",
+            imp.problems
+        );
+    }
+}
