@@ -10,7 +10,7 @@ mod frame;
 mod history_view;
 pub mod inode;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -204,6 +204,8 @@ struct Shared {
     idle_expiry: Duration,
     /// See `Files`; unset until the FUSE session exists.
     invalidate: OnceLock<Invalidate>,
+    /// Wakes the lease thread to trim `Files::fresh`.
+    trim: Sender<()>,
 }
 
 /// Where the FUSE adapter puts the `Invalidate` for its session.
@@ -283,6 +285,12 @@ struct Files {
     recent: LruCache<u64, Arc<OpenFile>>,
     /// Regular files the kernel holds, by the inode number it knows them by.
     held: HashMap<u64, Held>,
+    /// Held files in the order they were given a resolution, not yet asked
+    /// to be dropped: past `HELD_FRESH`, the oldest are asked at once rather
+    /// than after the idle expiry, so that a reader going through millions
+    /// of files keeps a bounded number of resolutions here (the kernel keeps
+    /// the files it has looked up for as long as it has memory to spare).
+    fresh: VecDeque<u64>,
     /// Start times of resolutions under way, by a token of their own.
     resolving: HashMap<u64, i64>,
     next_token: u64,
@@ -305,6 +313,10 @@ struct Held {
     nudged_ns: i64,
 }
 
+/// Held files with a resolution that may wait for the idle expiry before
+/// the kernel is asked to drop them (see `Files::fresh`): about 0.5 KiB each.
+const HELD_FRESH: usize = 1024;
+
 /// A hard-linked file's names kept for dropping from the kernel's cache;
 /// past this, the kernel forgets it when its memory runs short.
 const MAX_NAMES: usize = 256;
@@ -324,6 +336,7 @@ impl Files {
         Files {
             recent: LruCache::new(NonZeroUsize::new(FILE_CACHE).expect("non-zero")),
             held: HashMap::new(),
+            fresh: VecDeque::new(),
             resolving: HashMap::new(),
             next_token: 0,
         }
@@ -353,6 +366,31 @@ impl Files {
             }
         }
         (self.oldest_ns().unwrap_or(now), stale)
+    }
+
+    /// Past `HELD_FRESH`, ask the kernel to drop the oldest held files
+    /// given a resolution (see `fresh`) down to half of it: their names, for
+    /// `Invalidate`. In batches, because each drop also invalidates the
+    /// attributes of the file's directory, which the kernel then asks for
+    /// again (once per batch, not once per file).
+    fn trim(&mut self, now: i64) -> Vec<CachedName> {
+        let mut stale = Vec::new();
+        if self.fresh.len() <= HELD_FRESH {
+            return stale;
+        }
+        while self.fresh.len() > HELD_FRESH / 2 {
+            let Some(ino) = self.fresh.pop_front() else {
+                break;
+            };
+            if let Some(h) = self.held.get_mut(&ino)
+                && h.file.is_some()
+                && h.nudged_ns == 0
+            {
+                h.nudged_ns = now;
+                stale.extend(h.names.iter().cloned());
+            }
+        }
+        stale
     }
 
     fn oldest_ns(&self) -> Option<i64> {
@@ -478,13 +516,25 @@ impl Shared {
             .lock()
             .expect("file cache lock")
             .expire(now, self.idle_expiry);
-        // Outside the lock: the kernel answers a forget on another thread.
+        self.invalidate(stale);
+        oldest
+    }
+
+    /// See `Files::trim`.
+    fn trim_files(&self) {
+        let now = crate::time::now_ns();
+        let stale = self.files.lock().expect("file cache lock").trim(now);
+        self.invalidate(stale);
+    }
+
+    /// Outside the file lock: the kernel may send forgets meanwhile, which
+    /// another thread answers.
+    fn invalidate(&self, names: Vec<CachedName>) {
         if let Some(invalidate) = self.invalidate.get() {
-            for (parent, name) in stale {
+            for (parent, name) in names {
                 invalidate(parent, &name);
             }
         }
-        oldest
     }
 
     /// Run one read-ahead job; errors surface when a reader gets there.
@@ -618,6 +668,7 @@ impl SnapshotFs {
     pub fn new(repo: Repository, opts: MountOptions) -> Result<SnapshotFs> {
         // Fail now, with a clear message, if the catalog cannot be opened.
         let first = Catalog::open_read(&repo.catalog_path())?;
+        let (trim, trim_wanted) = bounded::<()>(1);
         let shared = Arc::new(Shared {
             repo,
             pool: Mutex::new(vec![first]),
@@ -625,6 +676,7 @@ impl SnapshotFs {
             files: Mutex::new(Files::new()),
             idle_expiry: opts.idle_expiry,
             invalidate: OnceLock::new(),
+            trim,
         });
         let lease = shared.repo.reader_lease("mount")?;
         let leased = shared.clone();
@@ -639,12 +691,16 @@ impl SnapshotFs {
             .spawn(move || {
                 // Renewed until the filesystem is dropped (the sender goes):
                 // then the lease is dropped too, and its file removed.
-                while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
-                    stopped.recv_timeout(every)
-                {
-                    let since = leased.expire_files();
-                    if let Some(lease) = &lease {
-                        lease.renew(since);
+                loop {
+                    crossbeam_channel::select! {
+                        recv(stopped) -> _ => break,
+                        recv(trim_wanted) -> _ => leased.trim_files(),
+                        default(every) => {
+                            let since = leased.expire_files();
+                            if let Some(lease) = &lease {
+                                lease.renew(since);
+                            }
+                        }
                     }
                 }
                 drop(lease);
@@ -1141,11 +1197,15 @@ impl SnapshotFs {
         // Not held (forgotten meanwhile): the kernel will look it up again
         // before it reads again.
         if let Some(h) = files.held.get_mut(&ino) {
-            if h.file.is_none() {
-                h.file = Some(f.clone());
-            }
             if let Some((parent, name)) = name {
                 h.add_name(parent, &name);
+            }
+            if h.file.is_none() {
+                h.file = Some(f.clone());
+                files.fresh.push_back(ino);
+                if files.fresh.len() > HELD_FRESH {
+                    let _ = self.shared.trim.try_send(());
+                }
             }
         }
         Ok(f)
@@ -1366,5 +1426,72 @@ mod tests {
         assert_eq!(f.frame_end(0, 1), 300 * K, "a chunk's short last frame");
         // Stepping from frame end to frame end visits the short final chunk.
         assert_eq!(f.frame_end(1, 0), 400 * K);
+    }
+
+    fn resolved(ino: u64, opened_ns: i64) -> Arc<OpenFile> {
+        Arc::new(OpenFile {
+            ino,
+            opened_ns,
+            chunks: ChunkList::default(),
+            starts: Vec::new(),
+            size: 0,
+            locs: Vec::new(),
+            last_end: AtomicU64::new(u64::MAX),
+        })
+    }
+
+    /// Hold `ino` as the kernel would (one lookup under `name` in directory
+    /// 1) and give it a resolution, as its first read does.
+    fn hold_and_read(files: &mut Files, ino: u64, opened_ns: i64) {
+        let h = files.held.entry(ino).or_default();
+        h.lookups += 1;
+        h.add_name(1, format!("f{ino}").as_bytes());
+        h.file = Some(resolved(ino, opened_ns));
+        files.fresh.push_back(ino);
+    }
+
+    #[test]
+    fn a_reader_of_many_files_gets_the_oldest_dropped_past_the_budget() {
+        let mut files = Files::new();
+        for ino in 0..HELD_FRESH as u64 + 10 {
+            hold_and_read(&mut files, ino + 100, ino as i64);
+        }
+        // The kernel forgot one of the oldest already: nothing to ask.
+        files.held.remove(&100);
+        let names = files.trim(1_000);
+        let want: Vec<CachedName> = (101..100 + HELD_FRESH as u64 / 2 + 10)
+            .map(|i| (1, format!("f{i}").into_bytes().into_boxed_slice()))
+            .collect();
+        assert_eq!(
+            names, want,
+            "the oldest, down to half the budget, each once"
+        );
+        assert_eq!(files.fresh.len(), HELD_FRESH / 2);
+        for ino in 0..HELD_FRESH as u64 / 2 {
+            hold_and_read(&mut files, ino + 10_000, 1_500);
+        }
+        assert!(
+            files.trim(2_000).is_empty(),
+            "nothing while within the budget"
+        );
+        // Asked once: the idle expiry asks again later, not the budget.
+        assert_eq!(files.held[&101].nudged_ns, 1_000);
+    }
+
+    #[test]
+    fn an_old_held_file_is_asked_for_once_per_expiry_and_holds_the_lease() {
+        let idle = Duration::from_secs(1);
+        let mut files = Files::new();
+        hold_and_read(&mut files, 7, 0);
+        let (oldest, names) = files.expire(2_000_000_000, idle);
+        assert_eq!(oldest, 0, "an open file keeps the lease at its resolution");
+        assert_eq!(names.len(), 1);
+        let (_, again) = files.expire(2_500_000_000, idle);
+        assert!(again.is_empty(), "not asked again within the expiry");
+        let (_, later) = files.expire(3_100_000_000, idle);
+        assert_eq!(later.len(), 1, "asked again once the expiry has passed");
+        files.held.remove(&7);
+        let (oldest, _) = files.expire(3_200_000_000, idle);
+        assert_eq!(oldest, 3_200_000_000, "forgotten: the lease moves on");
     }
 }
