@@ -202,7 +202,7 @@ impl SnapshotFs {
     }
 
     /// (parent, name) of a history inode, while the table holds it.
-    pub(super) fn history_name(&self, ino: u64) -> Option<super::CachedName> {
+    pub(super) fn history_name(&self, ino: u64) -> Option<super::files::CachedName> {
         let t = self.history.lock().expect("history table lock");
         let n = t.by_ino.get(&ino)?;
         Some((n.parent, n.path.file_name()?.as_bytes().into()))
