@@ -42,6 +42,15 @@ pub enum Error {
     )]
     DamagedCatalog { path: PathBuf, why: String },
 
+    /// A reader found the catalog file replaced (by `rebuild-catalog`)
+    /// under it: the new catalog's row ids mean other things, so reading on
+    /// could mix two catalogs.
+    #[error(
+        "{} was replaced while being read (by rebuild-catalog?); run the command again, or unmount and mount again",
+        .0.display()
+    )]
+    CatalogReplaced(PathBuf),
+
     #[error("no snapshot matches {0:?} (see `snapfs snapshots`)")]
     NoSuchSnapshot(String),
 
@@ -83,6 +92,7 @@ impl Error {
             Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             Error::NoSuchSnapshot(_) | Error::NoSuchPath { .. } => libc::ENOENT,
             Error::Invalid(_) => libc::EINVAL,
+            Error::CatalogReplaced(_) => libc::ESTALE,
             _ => libc::EIO,
         }
     }

@@ -71,7 +71,6 @@ pub fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcStats> {
         stats.contents_removed = dead.contents;
         stats.chunks_removed = dead.chunks;
         let usage = cat.pack_usage()?;
-        let now = crate::time::now_ns();
         let mut writer: Option<PackWriter> = None;
         let mut sealed: Vec<SealedPack> = Vec::new();
         let mut doomed = Vec::new();
@@ -151,7 +150,7 @@ pub fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcStats> {
             }
         }
         for (id, name) in doomed {
-            cat.doom_pack(id, &name, now)?;
+            cat.doom_pack(id, &name)?;
         }
         Ok(())
     })();
@@ -191,6 +190,9 @@ fn seal(repo: &Repository, w: PackWriter) -> Result<SealedPack> {
 /// Delete the files of packs out of use that no running mount can still read.
 /// Returns (bytes freed, packs still waiting).
 pub fn delete_doomed(repo: &Repository, cat: &crate::repo::catalog::Catalog) -> Result<(u64, u64)> {
+    // Packs doomed by a committed transaction (this gc's, or one killed
+    // before it got here) get their time now, after that commit.
+    cat.stamp_doomed(crate::time::now_ns())?;
     let oldest_mount = repo.oldest_lease_ns()?;
     let mut freed = 0;
     let mut waiting = 0;

@@ -174,9 +174,27 @@ impl Previous {
     }
 }
 
+/// A mount, restore, verify or copy reading the catalog would go on with
+/// the row ids of the old one against the new one (other files' bytes, or
+/// errors): the catalog is only replaced with no reader about.
+fn refuse_with_readers(repo: &Repository) -> Result<()> {
+    let readers = repo.live_leases()?;
+    if readers.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = readers.into_iter().map(|(name, _)| name).collect();
+    Err(Error::invalid(format!(
+        "rebuild-catalog replaces the catalog that running readers use ({}, leases in {}); \
+         unmount the mounts and let restores, verifies and copies finish, then run it again",
+        names.join(", "),
+        repo.root.join("mounts").display()
+    )))
+}
+
 pub fn rebuild_catalog(repo: &Repository, opts: &RebuildOptions) -> Result<RebuildStats> {
     let t0 = Instant::now();
     let _lock = repo.lock("rebuild-catalog")?;
+    refuse_with_readers(repo)?;
     let mut stats = RebuildStats::default();
     let path = repo.catalog_path();
     stats.leftovers_removed = remove_leftovers(&repo.root, &path)?;
@@ -214,6 +232,11 @@ pub fn rebuild_catalog(repo: &Repository, opts: &RebuildOptions) -> Result<Rebui
         return Ok(stats);
     }
     stats.forced = !stats.worse.is_empty();
+    // A reader that started during the build (readers take no writer lock).
+    if let Err(e) = refuse_with_readers(repo) {
+        remove_building(&building);
+        return Err(e);
+    }
     match swap(repo, &building, &path) {
         Ok(aside) => stats.old_catalog = aside,
         Err(e) => {

@@ -10,24 +10,30 @@
 
 pub(crate) mod backend;
 pub(crate) mod catalog;
+mod config;
 pub(crate) mod history;
 pub(crate) mod import;
+mod lease;
+mod lock;
 pub(crate) mod paths;
 pub(crate) mod refs;
 
+pub use config::Config;
+pub use lock::{RepoLock, set_lock_wait};
+
 use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::os::unix::io::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
 
 use crate::error::{Error, IoContext, Result};
 use crate::format::blob;
-use crate::format::chunker::ChunkerParams;
 use crate::format::pack;
 use crate::ids::ChunkId;
 use crate::repo::backend::{Backend, LocalDir, fsync_dir};
@@ -35,233 +41,10 @@ use crate::repo::catalog::{Catalog, ChunkLoc};
 
 pub const FORMAT: u32 = 1;
 
-/// Repository settings, fixed at `init` (the chunker limits must never change:
-/// dedup depends on them).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Config {
-    pub format: u32,
-    pub chunker: ChunkerParams,
-    pub pack_size: u64,
-    pub compression: i32,
-    pub append_only: bool,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            format: FORMAT,
-            chunker: ChunkerParams::default(),
-            pack_size: 32 << 20,
-            compression: 3,
-            append_only: false,
-        }
-    }
-}
-
-impl Config {
-    /// The config file's text, as `init` writes it. Public for fuzzing and tests.
-    pub fn render(&self) -> String {
-        format!(
-            "# snapfs repository configuration\nformat = {}\nchunk_min = {}\nchunk_avg = {}\nchunk_max = {}\nframe = {}\npack_size = {}\ncompression = {}\nappend_only = {}\n",
-            self.format,
-            self.chunker.min,
-            self.chunker.avg,
-            self.chunker.max,
-            blob::FRAME,
-            self.pack_size,
-            self.compression,
-            self.append_only
-        )
-    }
-
-    /// Parse and check a config file. Every key is known, given once and
-    /// within its range; an error names the file and the key. The file is
-    /// input like any other: a zero `chunk_avg` once made every ingest panic.
-    pub fn parse(text: &str, path: &Path) -> Result<Config> {
-        let mut c = Config::default();
-        let bad = |what: &str| Error::UnsupportedFormat {
-            path: path.to_path_buf(),
-            found: what.to_string(),
-            supported: FORMAT,
-        };
-        let invalid =
-            |key: &str, why: String| Error::invalid(format!("{}: {key}: {why}", path.display()));
-        let mut saw_format = false;
-        let mut seen = HashSet::new();
-        for line in text.lines() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let (k, v) = line
-                .split_once('=')
-                .map(|(k, v)| (k.trim(), v.trim()))
-                .ok_or_else(|| {
-                    Error::invalid(format!(
-                        "{}: unreadable line {line:?} (expected key = value)",
-                        path.display()
-                    ))
-                })?;
-            if !seen.insert(k.to_string()) {
-                return Err(invalid(k, "given more than once".into()));
-            }
-            let num = |lo: u64, hi: u64| match v.parse::<u64>() {
-                Ok(n) if (lo..=hi).contains(&n) => Ok(n),
-                _ => Err(invalid(k, format!("{v:?} is not a number in {lo}..={hi}"))),
-            };
-            let size = |lo: u64, hi: u64| num(lo, hi).map(|n| n as usize);
-            match k {
-                "format" => {
-                    saw_format = true;
-                    c.format = v.parse::<u32>().map_err(|_| bad(v))?;
-                    if c.format != FORMAT {
-                        return Err(bad(v));
-                    }
-                }
-                "chunk_min" => c.chunker.min = size(0, u32::MAX.into())?,
-                "chunk_avg" => c.chunker.avg = size(0, u32::MAX.into())?,
-                "chunk_max" => c.chunker.max = size(0, u32::MAX.into())?,
-                "frame" => {
-                    let f = blob::FRAME as u64;
-                    num(f, f)?;
-                }
-                "pack_size" => c.pack_size = num(MIN_PACK_SIZE, MAX_PACK_SIZE)?,
-                "compression" => {
-                    let range = zstd::compression_level_range();
-                    c.compression =
-                        v.parse()
-                            .ok()
-                            .filter(|l| range.contains(l))
-                            .ok_or_else(|| {
-                                invalid(
-                                    k,
-                                    format!(
-                                        "{v:?} is not a zstd level in {}..={}",
-                                        range.start(),
-                                        range.end()
-                                    ),
-                                )
-                            })?;
-                }
-                "append_only" => {
-                    c.append_only = match v {
-                        "true" => true,
-                        "false" => false,
-                        _ => return Err(invalid(k, format!("{v:?} is neither true nor false"))),
-                    }
-                }
-                _ => return Err(invalid(k, "unknown key".into())),
-            }
-        }
-        if !saw_format {
-            return Err(bad("no format line"));
-        }
-        if let Some((key, why)) = c.chunker.problem() {
-            return Err(invalid(key, why));
-        }
-        Ok(c)
-    }
-}
-
-/// Smallest `pack_size`: below this, packs are mostly table and footer.
-const MIN_PACK_SIZE: u64 = 64 << 10;
-/// Largest `pack_size`: a pack is read whole by verify and copy.
-const MAX_PACK_SIZE: u64 = 4 << 30;
-
-#[cfg(test)]
-mod config_tests {
-    use super::*;
-    use crate::format::codec::mutate;
-    use proptest::prelude::*;
-
-    fn with(key: &str, value: &str) -> String {
-        Config::default()
-            .render()
-            .lines()
-            .map(|l| match l.split_once(" = ") {
-                Some((k, _)) if k == key => format!("{k} = {value}\n"),
-                _ => format!("{l}\n"),
-            })
-            .collect()
-    }
-
-    fn error(key: &str, value: &str) -> String {
-        match Config::parse(&with(key, value), Path::new("/r/config")) {
-            Ok(c) => panic!("{key} = {value} accepted: {c:?}"),
-            Err(e) => e.to_string(),
-        }
-    }
-
-    #[test]
-    fn config_with_zero_chunk_avg_is_a_clear_error() {
-        let e = error("chunk_avg", "0");
-        assert!(e.contains("/r/config") && e.contains("chunk_avg"), "{e}");
-    }
-
-    #[test]
-    fn every_config_value_is_range_checked() {
-        for (k, v) in [
-            ("chunk_min", "0"),
-            ("chunk_min", "2097152"),
-            ("chunk_max", "18446744073709551615"),
-            ("chunk_max", "65536"),
-            ("chunk_avg", "1048577"),
-            ("chunk_avg", "-1"),
-            ("frame", "1"),
-            ("pack_size", "0"),
-            ("pack_size", "18446744073709551615"),
-            ("compression", "1000"),
-            ("compression", "x"),
-            ("append_only", "yes"),
-            ("format", "4294967297"),
-        ] {
-            let e = error(k, v);
-            assert!(e.contains("/r/config"), "{k}: {e}");
-        }
-        let dup = format!("{}chunk_avg = 1048576\n", Config::default().render());
-        assert!(Config::parse(&dup, Path::new("c")).is_err());
-        let unknown = format!("{}apend_only = true\n", Config::default().render());
-        let e = Config::parse(&unknown, Path::new("c"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("apend_only"), "{e}");
-        let small = with("chunk_min", "64")
-            .replace("chunk_avg = 1048576", "chunk_avg = 256")
-            .replace("chunk_max = 4194304", "chunk_max = 1024");
-        assert!(Config::parse(&small, Path::new("c")).is_ok());
-    }
-
-    proptest! {
-        #![proptest_config(mutate::config())]
-
-        #[test]
-        fn config_parse_never_panics(b in mutate::bytes()) {
-            if let Ok(c) = Config::parse(&String::from_utf8_lossy(&b), Path::new("c")) {
-                prop_assert_eq!(Config::parse(&c.render(), Path::new("c")).unwrap(), c);
-            }
-        }
-
-        #[test]
-        fn damaged_configs_parse_to_usable_values_or_fail(
-            b in mutate::damaged(Config::default().render().into_bytes())
-        ) {
-            if let Ok(c) = Config::parse(&String::from_utf8_lossy(&b), Path::new("c")) {
-                prop_assert!(c.chunker.problem().is_none());
-                prop_assert_eq!(Config::parse(&c.render(), Path::new("c")).unwrap(), c);
-            }
-        }
-    }
-}
-
 pub struct Repository {
     pub root: PathBuf,
     pub config: Config,
     pub backend: Arc<dyn Backend>,
-}
-
-/// Held while a command writes packs; released on drop (or process death).
-pub struct RepoLock {
-    _file: File,
 }
 
 /// Modes of what a repository holds. Private by default: only the owner
@@ -300,17 +83,6 @@ pub fn private_umask() {
 fn set_umask(access: Access) {
     // SAFETY: as above.
     unsafe { libc::umask(access.umask() as libc::mode_t) };
-}
-
-/// How long `lock` waits for another writer, in milliseconds (`--lock-wait`).
-static LOCK_WAIT_MS: AtomicU64 = AtomicU64::new(300_000);
-
-/// How long a command waits for the writer lock before giving up.
-pub fn set_lock_wait(wait: Duration) {
-    LOCK_WAIT_MS.store(
-        u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-        Ordering::Relaxed,
-    );
 }
 
 /// The id of group `name` (or a number), for `init --group`.
@@ -525,6 +297,12 @@ impl Repository {
             Err(e) => return Err(e).at(&cfg_path),
         };
         let config = Config::parse(&text, &cfg_path)?;
+        for own in ["packs", "tmp", "mounts", "catalog.db"] {
+            let p = root.join(own);
+            if std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(not_own_dir(&p));
+            }
+        }
         let repo = Repository {
             root: root.to_path_buf(),
             config,
@@ -580,6 +358,16 @@ impl Repository {
         self.root.join("catalog.db")
     }
 
+    /// Which file the catalog is (device, inode). A reader that opens it
+    /// again (a mount's further connections) checks that it is still the
+    /// one it started with: `rebuild-catalog` puts a new one in its place,
+    /// whose row ids mean other things.
+    pub fn catalog_file(&self) -> Result<(u64, u64)> {
+        let p = self.catalog_path();
+        let md = std::fs::metadata(&p).at(&p)?;
+        Ok((md.dev(), md.ino()))
+    }
+
     pub fn catalog(&self) -> Result<Catalog> {
         let p = self.catalog_path();
         if !p.exists() {
@@ -591,81 +379,32 @@ impl Repository {
         Catalog::open(&p, false)
     }
 
-    pub fn tmp_dir(&self) -> PathBuf {
-        self.root.join("tmp")
-    }
-
-    /// Take the writer lock, waiting (and saying so, naming the holder) if
-    /// another writer holds it, for at most `--lock-wait`. Leftovers of a
-    /// killed writer are removed once the lock is ours.
-    ///
-    /// The lock file is the owner's alone (0600, never through a symlink):
-    /// a user who could open it could hold the lock and stop every backup.
-    pub fn lock(&self, what: &str) -> Result<RepoLock> {
-        let path = self.root.join("lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-            .at(&path)?;
-        // An older release made it 0644: close it to others now.
-        if file.metadata().at(&path)?.permissions().mode() & 0o077 != 0 {
-            file.set_permissions(std::fs::Permissions::from_mode(0o600))
-                .at(&path)?;
-        }
-        let fd = file.as_raw_fd();
-        let try_lock = || {
-            // SAFETY: flock on a descriptor we own.
-            unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) == 0 }
-        };
-        if !try_lock() {
-            let wait = Duration::from_millis(LOCK_WAIT_MS.load(Ordering::Relaxed));
-            let holder = lock_holder(&file);
-            log::warn!(
-                "waiting for {holder} to finish writing to the repository ({what}; giving up after {} s, see --lock-wait)",
-                wait.as_secs()
-            );
-            let t0 = Instant::now();
-            loop {
-                std::thread::sleep(Duration::from_millis(100));
-                if try_lock() {
-                    break;
-                }
-                let e = std::io::Error::last_os_error();
-                if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                    return Err(e).at(&path);
-                }
-                if t0.elapsed() >= wait {
-                    return Err(Error::invalid(format!(
-                        "the repository is busy: {} holds its writer lock ({}); waited {} s (--lock-wait sets how long)",
-                        lock_holder(&file),
-                        path.display(),
-                        wait.as_secs()
-                    )));
-                }
+    /// One of the repository's own directories (`tmp`, `mounts`), made
+    /// with `mode` (under the umask) if missing and asked for, opened as a
+    /// descriptor without following a symlink; None if missing. Files in
+    /// them are removed through the descriptor: a repository whose
+    /// directory points elsewhere (a crafted disk, or its owner when root
+    /// runs gc) must not make snapfs remove files there.
+    pub(crate) fn own_dir(&self, name: &str, mode: Option<u32>) -> Result<Option<OwnedFd>> {
+        let path = self.root.join(name);
+        if let Some(mode) = mode {
+            match std::fs::DirBuilder::new().mode(mode).create(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e).at(&path),
             }
         }
-        // Say who holds it, for the next one who waits.
-        let me = format!(
-            "snapfs {what} (pid {}, uid {}, since {})",
-            std::process::id(),
-            // SAFETY: getuid cannot fail.
-            unsafe { libc::getuid() },
-            crate::time::rfc3339(crate::time::now_ns())
-        );
-        let _ = file.set_len(0);
-        let _ = file.write_all_at(me.as_bytes(), 0);
-        let tmp = self.tmp_dir();
-        std::fs::create_dir_all(&tmp).at(&tmp)?;
-        for e in std::fs::read_dir(&tmp).at(&tmp)? {
-            let e = e.at(&tmp)?;
-            let _ = std::fs::remove_file(e.path());
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        match rustix::fs::open(&path, flags, Mode::empty()) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(e) if e == Errno::NOENT => Ok(None),
+            Err(e) if e == Errno::LOOP || e == Errno::NOTDIR => Err(not_own_dir(&path)),
+            Err(e) => Err(std::io::Error::from(e)).at(&path),
         }
-        Ok(RepoLock { _file: file })
+    }
+
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
     }
 
     /// Index packs that are on disk but not in the catalog: the work of an
@@ -740,183 +479,7 @@ impl Repository {
     }
 }
 
-/// Held by every command that reads packs (a mount, restore, verify, copy,
-/// diff, stats): gc deletes a doomed pack only when every lease held says
-/// that nothing its holder still reads predates the doom (so no reader can
-/// still point into the pack).
-///
-/// A lease is a file in `mounts/` (the name predates the other readers; an
-/// older gc reads the same files), shared-locked with `flock` for as long as
-/// its holder lives: a lease whose lock is free is left over from a dead
-/// holder, and gc removes it. Its modification time is the holder's start
-/// (or, for a mount, the oldest state it still serves), to the nanosecond;
-/// its name says who holds it, for an administrator looking at what keeps
-/// space from being freed. The time is in the inode, not in the file's
-/// bytes, so a lease needs no data block (a restore must work on a full
-/// disk) and is renewed atomically.
-pub struct Lease {
-    path: PathBuf,
-    file: File,
-}
-
-/// Set a lease's time (see `Lease`).
-fn set_lease_time(file: &File, since_ns: i64) -> std::io::Result<()> {
-    let ts = libc::timespec {
-        tv_sec: since_ns.div_euclid(1_000_000_000),
-        tv_nsec: since_ns.rem_euclid(1_000_000_000),
-    };
-    let times = [ts, ts];
-    // SAFETY: futimens on a descriptor we own, with two valid timespecs.
-    if unsafe { libc::futimens(file.as_raw_fd(), times.as_ptr()) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-impl Lease {
-    /// Declare that nothing this holder reads predates `since_ns`, so packs
-    /// doomed before then may go.
-    pub fn renew(&self, since_ns: i64) {
-        if let Err(e) = set_lease_time(&self.file, since_ns) {
-            // The old time stays: more careful than the new one.
-            log::debug!("renewing {}: {e}", self.path.display());
-        }
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-/// How long an unlocked lease still being made may lie in `mounts/` before
-/// gc takes it for a dead holder's leftover.
-const LEASE_TMP_GRACE: Duration = Duration::from_secs(3600);
-
 impl Repository {
-    /// Take a lease for a command that reads packs (see `Lease`). `what`
-    /// names the holder ("restore", "mount", …).
-    ///
-    /// The lease is complete (locked, dated) before it takes its name in
-    /// `mounts/`, so gc never sees it half made: an unlocked lease there is
-    /// a dead holder's. Its time is taken before the caller reads the
-    /// catalog, so every chunk location the caller finds was in use then.
-    fn take_lease(&self, what: &str) -> Result<Lease> {
-        let dir = self.root.join("mounts");
-        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e).at(&dir),
-        }
-        let token = pack::unique_token();
-        let tmp = dir.join(format!(".{token}.lease-tmp"));
-        let file = OpenOptions::new()
-            .create_new(true)
-            .read(true)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)
-            .at(&tmp)?;
-        let made = (|| -> Result<()> {
-            // SAFETY: flock on a descriptor we own.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH) } != 0 {
-                return Err(std::io::Error::last_os_error()).at(&tmp);
-            }
-            set_lease_time(&file, crate::time::now_ns()).at(&tmp)
-        })();
-        let holder: String = what
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
-            .collect();
-        let path = dir.join(format!("{token}-pid{}-{holder}.lease", std::process::id()));
-        if let Err(e) = made.and_then(|()| std::fs::rename(&tmp, &path).at(&tmp)) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-        Ok(Lease { path, file })
-    }
-
-    /// `take_lease` for a command that only reads: where no lease can be
-    /// made (a read-only medium, a full disk, a repository shared with the
-    /// reader's group, which may not write in it) it reads without one,
-    /// saying what that risks, rather than refuse to restore on the day the
-    /// disk is full.
-    pub fn reader_lease(&self, what: &str) -> Result<Option<Lease>> {
-        match self.take_lease(what) {
-            Ok(l) => Ok(Some(l)),
-            Err(Error::Io { path, source })
-                if matches!(
-                    source.raw_os_error(),
-                    Some(libc::EROFS | libc::EACCES | libc::EPERM | libc::ENOSPC | libc::EDQUOT)
-                ) =>
-            {
-                log::warn!(
-                    "cannot take a reader lease ({}: {source}); a gc running meanwhile could delete packs this {what} reads",
-                    path.display()
-                );
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The oldest time a live lease holder still reads from (see `Lease`);
-    /// leases of dead holders are removed.
-    pub fn oldest_lease_ns(&self) -> Result<Option<i64>> {
-        let dir = self.root.join("mounts");
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            return Ok(None);
-        };
-        let mut oldest: Option<i64> = None;
-        for e in rd {
-            let e = e.at(&dir)?;
-            let path = e.path();
-            let name = e.file_name();
-            let name = name.as_bytes();
-            let finished = name.ends_with(b".lease");
-            let making = name.ends_with(b".lease-tmp");
-            if !finished && !making {
-                continue;
-            }
-            let Ok(f) = OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-                .open(&path)
-            else {
-                continue;
-            };
-            let Ok(md) = f.metadata() else { continue };
-            if !md.is_file() {
-                continue;
-            }
-            // SAFETY: flock on a descriptor we own.
-            let free = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-            if making {
-                // Still being made by a live holder (it renames it when
-                // done): nothing reads yet. A dead one's is tidied late, so
-                // a holder that is merely slow is never robbed of its file.
-                let stale = md
-                    .modified()
-                    .ok()
-                    .and_then(|m| m.elapsed().ok())
-                    .is_some_and(|age| age > LEASE_TMP_GRACE);
-                if free && stale {
-                    let _ = std::fs::remove_file(&path);
-                }
-                continue;
-            }
-            if free {
-                let _ = std::fs::remove_file(&path);
-                continue;
-            }
-            let started = lease_time(&f);
-            oldest = Some(oldest.map_or(started, |o| o.min(started)));
-        }
-        Ok(oldest)
-    }
-
     /// Refuse to destroy history in an append-only repository unless overridden.
     pub fn check_may_delete(&self, what: &str, override_: bool) -> Result<()> {
         if self.config.append_only && !override_ {
@@ -925,39 +488,6 @@ impl Repository {
             )));
         }
         Ok(())
-    }
-}
-
-/// The time a lease's live holder set (see `Lease`), or 0, the most careful
-/// answer, where it cannot be read.
-fn lease_time(f: &File) -> i64 {
-    let Ok(m) = f.metadata() else { return 0 };
-    if m.len() == 0 {
-        return m
-            .mtime()
-            .saturating_mul(1_000_000_000)
-            .saturating_add(m.mtime_nsec());
-    }
-    // An older release's mount wrote its time as text (and its mtime moves
-    // with every renewal, so it says nothing).
-    let mut text = [0u8; 20];
-    let n = f.read_at(&mut text, 0).unwrap_or(0);
-    std::str::from_utf8(&text[..n])
-        .ok()
-        .and_then(|s| s.trim().parse::<i64>().ok())
-        .unwrap_or(0)
-}
-
-/// What the writer lock's holder wrote of itself (see `Repository::lock`).
-fn lock_holder(file: &File) -> String {
-    let mut buf = [0u8; 256];
-    let n = file.read_at(&mut buf, 0).unwrap_or(0);
-    let text = String::from_utf8_lossy(&buf[..n]);
-    let text = text.trim();
-    if text.is_empty() {
-        "another snapfs command".to_string()
-    } else {
-        text.chars().filter(|c| !c.is_control()).collect()
     }
 }
 
@@ -978,6 +508,16 @@ fn remove_dead_inits(parent: &Path, base: &str) {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
+}
+
+/// A repository's own directory that is a symlink or not a directory.
+fn not_own_dir(path: &Path) -> Error {
+    Error::invalid(format!(
+        "{} is a symbolic link or not what it should be; a repository's own directories and \
+         files must be real ones, never links to elsewhere (move it aside, or restore the \
+         repository from a copy)",
+        path.display()
+    ))
 }
 
 /// The default repository when neither --repo nor SNAPFS_REPO is given.

@@ -91,6 +91,10 @@ const STREAM_WINDOW: u64 = 8 << 20;
 /// How many entries after a file that is first read get warmed (`Job::Siblings`).
 const SIBLINGS_AHEAD: u64 = 32;
 
+/// Held files with more chunks than this are not resolved again when old
+/// (see `Shared::refresh`): a catalog lookup per chunk each idle expiry.
+const REFRESH_MAX_CHUNKS: usize = 1 << 16;
+
 impl Shared {
     /// What reading file `ino` (content `content`) needs: from the cache, or
     /// resolved from the catalog now and remembered.
@@ -162,13 +166,57 @@ impl Shared {
     /// the mount's lease reports.
     pub(super) fn expire_files(&self) -> i64 {
         let now = crate::time::now_ns();
-        let (oldest, stale) = self
+        let expired = self
             .files
             .lock()
             .expect("file cache lock")
             .expire(now, self.idle_expiry);
-        self.invalidate(stale);
-        oldest
+        self.invalidate(expired.stale);
+        for (ino, old) in expired.refresh {
+            self.refresh(ino, old);
+        }
+        expired.oldest_ns
+    }
+
+    /// Resolve held file `ino` again where every chunk of it is still in
+    /// the catalog (its snapshot, or another holding the same chunks, is
+    /// still there), so that it no longer holds back packs taken out of use
+    /// since its first resolution. Where some chunk is gone, the old
+    /// resolution stays: the file is open, and its bytes are kept for it.
+    fn refresh(&self, ino: u64, old: Arc<OpenFile>) {
+        if old.chunks.len() > REFRESH_MAX_CHUNKS {
+            return;
+        }
+        let (started, token) = {
+            let mut files = self.files.lock().expect("file cache lock");
+            let now = crate::time::now_ns();
+            let token = files.next_token;
+            files.next_token = files.next_token.wrapping_add(1);
+            files.resolving.insert(token, now);
+            (now, token)
+        };
+        let locs: Option<Vec<ChunkLoc>> = self.conn().ok().and_then(|cat| {
+            old.chunks
+                .iter()
+                .map(|c| cat.chunk_loc(&c.id).ok().flatten())
+                .collect()
+        });
+        let mut files = self.files.lock().expect("file cache lock");
+        files.resolving.remove(&token);
+        let Some(locs) = locs else { return };
+        if let Some(h) = files.held.get_mut(&ino)
+            && h.file.as_ref().is_some_and(|f| Arc::ptr_eq(f, &old))
+        {
+            h.file = Some(Arc::new(OpenFile {
+                ino: old.ino,
+                opened_ns: started,
+                chunks: old.chunks.clone(),
+                starts: old.starts.clone(),
+                size: old.size,
+                locs,
+                last_end: AtomicU64::new(old.last_end.load(Ordering::Relaxed)),
+            }));
+        }
     }
 
     /// See `Files::trim`.
@@ -305,7 +353,10 @@ impl SnapshotFs {
         if inode::history_seq(ino).is_some() {
             return self.history_name(ino);
         }
-        let i = self.cached(ino)?;
+        // Resolved again if it has left the inode cache: a file that is
+        // never named to the kernel again would be held until it runs short
+        // of memory.
+        let i = self.inode(ino).ok()?;
         let n = i.node.as_ref()?;
         Some((i.parent, n.name.as_slice().into()))
     }

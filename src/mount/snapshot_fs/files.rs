@@ -74,6 +74,16 @@ pub(super) struct Files {
     pub(super) next_token: u64,
 }
 
+/// What `Files::expire` found: the time for the lease, names for the kernel
+/// to drop, and held files (most likely open) whose resolution is old, to
+/// be resolved again where their chunks are still in the catalog, so that
+/// an open file pins only what its own snapshot no longer keeps.
+pub(super) struct Expired {
+    pub(super) oldest_ns: i64,
+    pub(super) stale: Vec<CachedName>,
+    pub(super) refresh: Vec<(u64, Arc<OpenFile>)>,
+}
+
 /// A name in the kernel's cache: (parent directory's inode, name).
 pub(super) type CachedName = (u64, Box<[u8]>);
 
@@ -124,7 +134,7 @@ impl Files {
     /// held files whose resolution is that old, for the kernel to drop
     /// (once per `idle`); the time before which nothing held here was
     /// resolved (or now), for the lease.
-    pub(super) fn expire(&mut self, now: i64, idle: Duration) -> (i64, Vec<CachedName>) {
+    pub(super) fn expire(&mut self, now: i64, idle: Duration) -> Expired {
         let limit = now.saturating_sub(i64::try_from(idle.as_nanos()).unwrap_or(i64::MAX));
         let old: Vec<u64> = self
             .recent
@@ -137,13 +147,23 @@ impl Files {
             self.recent.pop(&ino);
         }
         let mut stale = Vec::new();
-        for h in self.held.values_mut() {
-            if h.file.as_ref().is_some_and(|f| f.opened_ns < limit) && h.nudged_ns < limit {
+        let mut refresh = Vec::new();
+        for (&ino, h) in self.held.iter_mut() {
+            let Some(f) = &h.file else { continue };
+            if f.opened_ns < limit && h.nudged_ns < limit {
+                // Asked once already and still held: most likely open.
+                if h.nudged_ns != 0 {
+                    refresh.push((ino, f.clone()));
+                }
                 h.nudged_ns = now;
                 stale.extend(h.names.iter().cloned());
             }
         }
-        (self.oldest_ns().unwrap_or(now), stale)
+        Expired {
+            oldest_ns: self.oldest_ns().unwrap_or(now),
+            stale,
+            refresh,
+        }
     }
 
     /// Past `HELD_FRESH`, ask the kernel to drop the oldest held files
@@ -274,15 +294,34 @@ mod tests {
         let idle = Duration::from_secs(1);
         let mut files = Files::new();
         hold_and_read(&mut files, 7, 0);
-        let (oldest, names) = files.expire(2_000_000_000, idle);
-        assert_eq!(oldest, 0, "an open file keeps the lease at its resolution");
-        assert_eq!(names.len(), 1);
-        let (_, again) = files.expire(2_500_000_000, idle);
-        assert!(again.is_empty(), "not asked again within the expiry");
-        let (_, later) = files.expire(3_100_000_000, idle);
-        assert_eq!(later.len(), 1, "asked again once the expiry has passed");
+        let first = files.expire(2_000_000_000, idle);
+        assert_eq!(
+            first.oldest_ns, 0,
+            "an open file keeps the lease at its resolution"
+        );
+        assert_eq!(first.stale.len(), 1);
+        assert!(
+            first.refresh.is_empty(),
+            "first asked to drop it, not resolved again"
+        );
+        let again = files.expire(2_500_000_000, idle);
+        assert!(again.stale.is_empty(), "not asked again within the expiry");
+        let later = files.expire(3_100_000_000, idle);
+        assert_eq!(
+            later.stale.len(),
+            1,
+            "asked again once the expiry has passed"
+        );
+        assert_eq!(
+            later.refresh.len(),
+            1,
+            "still held: resolved again if it can be"
+        );
         files.held.remove(&7);
-        let (oldest, _) = files.expire(3_200_000_000, idle);
-        assert_eq!(oldest, 3_200_000_000, "forgotten: the lease moves on");
+        let gone = files.expire(3_200_000_000, idle);
+        assert_eq!(
+            gone.oldest_ns, 3_200_000_000,
+            "forgotten: the lease moves on"
+        );
     }
 }

@@ -134,6 +134,8 @@ struct Shared {
     invalidate: OnceLock<Invalidate>,
     /// Wakes the lease thread to trim `Files::fresh`.
     trim: Sender<()>,
+    /// The catalog file the mount started with (`Repository::catalog_file`).
+    catalog_file: (u64, u64),
 }
 
 /// Where the FUSE adapter puts the `Invalidate` for its session.
@@ -212,7 +214,17 @@ impl Shared {
     fn conn(&self) -> Result<Conn<'_>> {
         let cat = match self.pool.lock().expect("pool lock").pop() {
             Some(c) => c,
-            None => Catalog::open_read(&self.repo.catalog_path())?,
+            None => {
+                let cat = Catalog::open_read(&self.repo.catalog_path())?;
+                // Checked after the open: a catalog swapped in before it
+                // is seen here, one swapped in after it is not the one open.
+                if self.repo.catalog_file()? != self.catalog_file {
+                    let e = Error::CatalogReplaced(self.repo.catalog_path());
+                    log::error!("{e}");
+                    return Err(e);
+                }
+                cat
+            }
         };
         Ok(Conn {
             cat: Some(cat),
@@ -242,6 +254,7 @@ impl SnapshotFs {
     pub fn new(repo: Repository, opts: MountOptions) -> Result<SnapshotFs> {
         // Fail now, with a clear message, if the catalog cannot be opened.
         let first = Catalog::open_read(&repo.catalog_path())?;
+        let catalog_file = repo.catalog_file()?;
         let (trim, trim_wanted) = bounded::<()>(1);
         let shared = Arc::new(Shared {
             repo,
@@ -251,6 +264,7 @@ impl SnapshotFs {
             idle_expiry: opts.idle_expiry,
             invalidate: OnceLock::new(),
             trim,
+            catalog_file,
         });
         let lease = shared.repo.reader_lease("mount")?;
         let leased = shared.clone();

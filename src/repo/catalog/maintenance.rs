@@ -50,6 +50,10 @@ pub struct DeadRows {
     pub chunks: u64,
 }
 
+/// The time of a pack taken out of use whose transaction may not have been
+/// committed yet (see `Catalog::doom_pack`): later than any lease.
+pub const UNSTAMPED: i64 = i64::MAX;
+
 impl Catalog {
     pub fn delete_snapshot(&self, id: SnapshotId) -> Result<()> {
         self.conn
@@ -197,12 +201,26 @@ impl Catalog {
     }
 
     /// Take a pack out of use; its file is deleted later (see `doomed_packs`).
-    pub fn doom_pack(&self, id: PackId, name: &PackName, now_ns: i64) -> Result<()> {
+    /// Take a pack out of use. Its time is stamped only once the caller's
+    /// transaction is committed (`stamp_doomed`): a reader that starts
+    /// before the commit still reads the catalog that points into the pack,
+    /// so the time that tells it apart must come after.
+    pub fn doom_pack(&self, id: PackId, name: &PackName) -> Result<()> {
         self.conn
             .execute("DELETE FROM packs WHERE id = ?1", [id.0])?;
         self.conn.execute(
             "INSERT OR REPLACE INTO doomed_packs (name, doomed_ns) VALUES (?1, ?2)",
-            params![&name.0.0[..], now_ns],
+            params![&name.0.0[..], UNSTAMPED],
+        )?;
+        Ok(())
+    }
+
+    /// Give packs taken out of use by a committed transaction their time
+    /// (see `doom_pack`): now, which is after that commit.
+    pub fn stamp_doomed(&self, now_ns: i64) -> Result<()> {
+        self.conn.execute(
+            "UPDATE doomed_packs SET doomed_ns = ?1 WHERE doomed_ns = ?2",
+            params![now_ns, UNSTAMPED],
         )?;
         Ok(())
     }
