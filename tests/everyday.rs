@@ -19,14 +19,6 @@ use crate::util::*;
 
 // ---------------------------------------------------------------- helpers
 
-fn stdout_of(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr_of(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 /// `snapfs diff FROM TO [PATH] --json`, expecting success.
 fn diff_json(repo: &Repo, from: &str, to: &str, path: Option<&Path>) -> Value {
     let mut cmd = repo.cmd();
@@ -34,8 +26,7 @@ fn diff_json(repo: &Repo, from: &str, to: &str, path: Option<&Path>) -> Value {
     if let Some(p) = path {
         cmd.arg(p);
     }
-    let out = run_ok(&mut cmd);
-    parse_json("diff --json", &out.stdout)
+    json_of("diff --json", &mut cmd)
 }
 
 fn stats_json(repo: &Repo, snapshot: Option<&str>) -> Value {
@@ -44,26 +35,7 @@ fn stats_json(repo: &Repo, snapshot: Option<&str>) -> Value {
     if let Some(s) = snapshot {
         cmd.arg(s);
     }
-    let out = run_ok(&mut cmd);
-    parse_json("stats --json", &out.stdout)
-}
-
-fn json_f64(v: &Value, key: &str) -> f64 {
-    v.get(key)
-        .and_then(Value::as_f64)
-        .unwrap_or_else(|| panic!("expected number field {key:?} in {v}"))
-}
-
-fn json_bool(v: &Value, key: &str) -> bool {
-    v.get(key)
-        .and_then(Value::as_bool)
-        .unwrap_or_else(|| panic!("expected boolean field {key:?} in {v}"))
-}
-
-fn json_array<'a>(v: &'a Value, key: &str) -> &'a Vec<Value> {
-    v.get(key)
-        .and_then(Value::as_array)
-        .unwrap_or_else(|| panic!("expected array field {key:?} in {v}"))
+    json_of("stats --json", &mut cmd)
 }
 
 /// One change of a diff: (change, path, type).
@@ -687,11 +659,6 @@ fn is_rfc3339_utc(t: &str) -> bool {
         && b[16] == b':'
         && digits(17..19)
         && t.ends_with('Z')
-}
-
-fn json_of(what: &str, cmd: &mut Command) -> Value {
-    let out = run_ok(cmd);
-    parse_json(what, &out.stdout)
 }
 
 #[test]

@@ -745,10 +745,7 @@ fn random_changes_over_many_snapshots_restore_exactly() {
     mkdir(&refs);
     let repo = Repo::new();
     // A fixed seed by default; SNAPFS_TEST_SEED explores others.
-    let seed = std::env::var("SNAPFS_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(4711);
+    let seed = test_seed();
     eprintln!("random changes with seed {seed}");
     let mut rng = Rng::new(seed);
     let mut serial = 0;

@@ -7,21 +7,12 @@
 
 use std::ffi::OsStr;
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::os::unix::fs::{MetadataExt, symlink};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::mount::{Mount, as_nobody, open_source_dir, require_fuse};
 use crate::util::*;
-
-fn mode_of(p: &Path) -> u32 {
-    fs::symlink_metadata(p)
-        .unwrap_or_else(|e| panic!("lstat {}: {e}", p.display()))
-        .permissions()
-        .mode()
-        & 0o7777
-}
 
 /// Every file and directory below `root` (root included) with its mode.
 fn modes_below(root: &Path) -> Vec<(std::path::PathBuf, u32)> {
@@ -336,14 +327,6 @@ fn device_node_in_a_snapshot_cannot_be_opened() {
     );
     let err = fs::File::open(&dev).expect_err("a device node opened through the mount");
     assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
-}
-
-fn setfacl(args: &[&str], p: &Path) {
-    require_tool("setfacl");
-    let mut a: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
-    a.push(p.as_os_str());
-    let out = tool("setfacl", &a);
-    assert!(out.status.success(), "{}", describe("setfacl", &out));
 }
 
 /// Today only mode bits were checked through the mount: the owning group

@@ -27,10 +27,6 @@ fn rename_entry(repo: &Repo, from: &str, to: &[u8]) {
     );
 }
 
-fn stderr_of(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 /// `restore SPEC TARGET` without expecting an outcome.
 fn try_restore(repo: &Repo, spec: impl AsRef<std::ffi::OsStr>, target: &Path) -> Output {
     repo.cmd()
@@ -359,22 +355,16 @@ fn snapshot_with_damageable_file(base: &Path) -> (Repo, PathBuf, String, PathBuf
     }
     let repo = Repo::new();
     repo.ingest(&[], &[&src]);
-    let packs_before = pack_files(&repo);
+    let packs_before = repo.pack_files();
     write_random_file(&src.join("zz-victim.bin"), 7, 12 * MIB);
     let snap = repo.ingest(&[], &[&src]);
-    let pack = pack_files(&repo)
+    let pack = repo
+        .pack_files()
         .difference(&packs_before)
         .max_by_key(|p| fs::metadata(p).expect("stat pack").len())
         .cloned()
         .expect("the second ingest wrote a pack");
     (repo, src, snap.id, pack)
-}
-
-fn pack_files(repo: &Repo) -> BTreeSet<PathBuf> {
-    walk(&repo.path.join("packs"))
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "pack"))
-        .collect()
 }
 
 /// Broke: a failed restore left 0-byte (or partial) files under their
