@@ -823,12 +823,7 @@ fn killed_copy_over_ssh_resumes() {
         repo.packs_bytes()
     );
     for (i, part) in parts.iter().enumerate() {
-        assert_restores(
-            &repo2,
-            format!("part-{i}"),
-            &[part],
-            "after kills over ssh",
-        );
+        assert_restores(&repo2, format!("part-{i}"), &[part], "after kills over ssh");
     }
     let again = sshd.copy_ok(&repo, &far);
     assert_eq!(again.bytes_sent, 0, "{}", again.json);

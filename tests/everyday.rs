@@ -3,8 +3,7 @@
 //! codes, progress output, shell completions, man pages and the systemd
 //! units in `scripts/systemd/`.
 //!
-//! Exit code 3 (unreadable files) is covered in `faults.rs`; the missing
-//! repository for ingest, snapshots and restore in `faults.rs` too.
+//! Exit code 3 (unreadable files) is covered in `faults.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
@@ -1049,13 +1048,22 @@ fn ambiguous_id_prefix_is_refused_and_names_the_candidates() {
 
 // ---------------------------------------------------------------- exit codes
 
+/// Every command on a repository that is not there exits 1, names it, and
+/// creates nothing; on a snapshot that is not there, exits 1 with a message.
 #[test]
 fn commands_on_a_missing_repository_or_snapshot_exit_1() {
     let dir = tempdir();
     let base = canonical(dir.path());
     let nowhere = base.join("no-repo-here");
     let missing = Repo::at(&nowhere);
+    let root = base.join("src");
+    build_plain_tree(&root, 5, 1, 3, 1000);
+    let root_s = root.to_str().expect("utf-8 path");
+    let out_s = base.join("out").to_str().expect("utf-8 path").to_string();
     for args in [
+        vec!["ingest", root_s],
+        vec!["snapshots"],
+        vec!["restore", "latest", out_s.as_str()],
         vec!["diff", "latest~1", "latest"],
         vec!["stats"],
         vec!["verify"],
@@ -1086,8 +1094,6 @@ fn commands_on_a_missing_repository_or_snapshot_exit_1() {
         );
     }
     // A working command exits 0.
-    let root = base.join("src");
-    build_plain_tree(&root, 5, 1, 3, 1000);
     repo.ingest(&[], &[&root]);
     run_ok(repo.cmd().args(["diff", "latest", "latest"]));
     run_ok(repo.cmd().args(["stats", "latest"]));
@@ -1148,7 +1154,7 @@ fn progress_is_drawn_only_on_a_terminal() {
     // Pipes: nothing but the summary.
     let ingest = run_ok(repo.cmd().arg("ingest").arg(&root));
     let target = base.join("out");
-    let restore = run_ok(repo.cmd().arg("restore").arg("latest").arg(&target));
+    let restore = run_ok(&mut repo.restore_cmd("latest", &target));
     let verify = run_ok(repo.cmd().args(["verify", "--read-data"]));
     for (what, o) in [
         ("ingest", &ingest),

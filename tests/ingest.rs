@@ -173,13 +173,7 @@ fn restore_finds_snapshots_by_name_id_prefix_and_latest() {
 
     // An unknown snapshot is an error, not an empty restore.
     let target = base.join("unknown");
-    let out = run_expect(
-        repo.cmd()
-            .arg("restore")
-            .arg("no-such-snapshot")
-            .arg(&target),
-        1,
-    );
+    let out = run_expect(&mut repo.restore_cmd("no-such-snapshot", &target), 1);
     assert!(!out.stderr.is_empty(), "no message for an unknown snapshot");
 }
 
@@ -1091,7 +1085,7 @@ fn restore_from_an_empty_repository_fails_with_a_message() {
     let target_dir = tempdir();
     let target = canonical(target_dir.path()).join("out");
     for spec in ["latest", "anything"] {
-        let out = run_expect(repo.cmd().arg("restore").arg(spec).arg(&target), 1);
+        let out = run_expect(&mut repo.restore_cmd(spec, &target), 1);
         assert!(
             !out.stderr.is_empty(),
             "restore {spec} failed without a message"
@@ -1269,10 +1263,7 @@ fn restore_runs_one_bounded_pool_of_threads() {
     let target_dir = tempdir();
     let target = canonical(target_dir.path()).join("out");
     let mut child = repo
-        .cmd()
-        .arg("restore")
-        .arg(&snap.id)
-        .arg(&target)
+        .restore_cmd(&snap.id, &target)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

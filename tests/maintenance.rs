@@ -220,12 +220,7 @@ fn forget_keep_last_and_keep_tag_apply_to_each_group_on_its_own() {
     // What is kept still restores (group a's source is its current state).
     let reference = work.freeze_of(&a, "a4");
     work.assert_restores_of(&repo, "a4", &a, &reference);
-    let out = output_of(
-        repo.cmd()
-            .arg("restore")
-            .arg("a1")
-            .arg(work.scratch.join("x")),
-    );
+    let out = output_of(&mut repo.restore_cmd("a1", &work.scratch.join("x")));
     assert_eq!(
         out.status.code(),
         Some(1),

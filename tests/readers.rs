@@ -230,10 +230,7 @@ fn restore_paused_while_forget_and_gc_run_still_restores_every_byte() {
     let repo = &w.repo;
     let target = canonical(w.base.path()).join("restored");
     let mut child = repo
-        .cmd()
-        .arg("restore")
-        .arg("big")
-        .arg(&target)
+        .restore_cmd("big", &target)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -398,10 +395,7 @@ fn leases_are_removed_on_clean_unmount_and_a_killed_readers_is_tidied_by_gc() {
     forget(repo, &["big"]);
     let target = canonical(w.base.path()).join("restored");
     let mut child = repo
-        .cmd()
-        .arg("restore")
-        .arg("small")
-        .arg(&target)
+        .restore_cmd("small", &target)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -143,10 +143,7 @@ fn assert_ingest_restores(repo: &Repo, data: &[u8], what: &str) {
     let out = tempdir();
     let target = canonical(out.path()).join("restored");
     let res = repo
-        .cmd()
-        .arg("restore")
-        .arg("honest")
-        .arg(&target)
+        .restore_cmd("honest", &target)
         .output()
         .expect("spawn restore");
     let got = fs::read(restored_path(&target, &src).join("victim")).ok();

@@ -10,9 +10,8 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 
-#[allow(unused_imports)]
 use crate::util::*;
 
 const TMP_PREFIX: &str = ".snapfs-restore-";
@@ -25,16 +24,6 @@ fn rename_entry(repo: &Repo, from: &str, to: &[u8]) {
          assert n >= 1, 'no entry renamed'",
         &[from.as_bytes(), to],
     );
-}
-
-/// `restore SPEC TARGET` without expecting an outcome.
-fn try_restore(repo: &Repo, spec: impl AsRef<std::ffi::OsStr>, target: &Path) -> Output {
-    repo.cmd()
-        .arg("restore")
-        .arg(spec)
-        .arg(target)
-        .output()
-        .expect("spawn restore")
 }
 
 /// `SNAPSHOT:PATH` for a subtree restore.
@@ -135,7 +124,7 @@ fn snapshot_with_victim_name() -> (Repo, tempfile::TempDir, PathBuf, PathBuf) {
 fn assert_refused(repo: &Repo, base: &Path, bad: &[u8], escape: &Path) {
     let before = listing(base);
     let target = base.join("targets").join("t");
-    let out = try_restore(repo, "latest", &target);
+    let out = output_of(&mut repo.restore_cmd("latest", &target));
     let what = format!("entry named {:?}", String::from_utf8_lossy(bad));
     assert_eq!(
         out.status.code(),
@@ -217,7 +206,7 @@ fn restore_creates_no_setuid_file_outside_target() {
     let bad = format!("{}planted-suid", "../".repeat(depth + 1));
     rename_entry(&repo, "aaXaa", bad.as_bytes());
     let target = base.join("targets").join("t");
-    let out = try_restore(&repo, "latest", &target);
+    let out = output_of(&mut repo.restore_cmd("latest", &target));
     assert_eq!(out.status.code(), Some(1), "{}", describe("restore", &out));
     for p in walk(&base) {
         if p.starts_with(&target) {
@@ -259,7 +248,7 @@ fn restore_does_not_write_through_a_symlink_in_the_target() {
     symlink(&outside.path, target.join("etc")).expect("plant dir symlink");
     symlink(&victim, target.join("config")).expect("plant file symlink");
 
-    let out = try_restore(&repo, spec_of(&snap.id, &src), &target);
+    let out = output_of(&mut repo.restore_cmd(spec_of(&snap.id, &src), &target));
     assert!(out.status.success(), "{}", describe("restore", &out));
     outside.assert_untouched("symlinked directory");
     assert_eq!(fs::read(&victim).expect("read victim"), b"victim\n");
@@ -291,7 +280,7 @@ fn restore_does_not_chmod_through_a_symlink() {
     let target = base.join("target");
     mkdir(&target);
     symlink(&outside.path, target.join("public")).expect("plant symlink");
-    let out = try_restore(&repo, spec_of(&snap.id, &src), &target);
+    let out = output_of(&mut repo.restore_cmd(spec_of(&snap.id, &src), &target));
     assert!(out.status.success(), "{}", describe("restore", &out));
     outside.assert_untouched("chmod through a symlink");
     assert_eq!(
@@ -334,7 +323,7 @@ fn restore_never_follows_a_symlink_it_restored_itself() {
         &[],
     );
     let target = base.join("target");
-    let out = try_restore(&repo, "latest", &target);
+    let out = output_of(&mut repo.restore_cmd("latest", &target));
     outside.assert_untouched(&format!(
         "symlink restored in the same run\n{}",
         describe("restore", &out)
@@ -378,7 +367,7 @@ fn failed_restore_leaves_no_half_written_files() {
     flip_byte(&pack, len / 2);
 
     let target = base.join("target");
-    let out = try_restore(&repo, spec_of(&id, &src), &target);
+    let out = output_of(&mut repo.restore_cmd(spec_of(&id, &src), &target));
     assert_eq!(out.status.code(), Some(1), "{}", describe("restore", &out));
     assert!(
         stderr_of(&out).contains("zz-victim.bin"),
@@ -421,7 +410,7 @@ fn interrupted_restore_resumes_and_skips_complete_files() {
     let len = fs::metadata(&pack).expect("stat pack").len();
     flip_byte(&pack, len / 2);
     let target = base.join("target");
-    let out = try_restore(&repo, spec_of(&id, &src), &target);
+    let out = output_of(&mut repo.restore_cmd(spec_of(&id, &src), &target));
     assert_eq!(out.status.code(), Some(1), "{}", describe("restore", &out));
 
     // The pack repaired (the flip undone), the same restore completes and
@@ -482,17 +471,12 @@ fn killed_restore_leaves_only_temporary_names_and_the_next_run_removes_them() {
         b"half",
     );
     let mut child = repo
-        .cmd()
-        .arg("restore")
-        .arg(spec_of(&snap.id, &src))
-        .arg(&target)
+        .restore_cmd(spec_of(&snap.id, &src), &target)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn restore");
-    std::thread::sleep(std::time::Duration::from_millis(150));
-    let _ = child.kill();
-    let _ = child.wait();
+    kill_after(&mut child, std::time::Duration::from_millis(150));
     for p in walk(&target) {
         let m = fs::symlink_metadata(&p).expect("lstat");
         let name = p.file_name().expect("name").as_bytes();

@@ -178,7 +178,7 @@ fn ingest_counting_reads(repo: &Repo, src: &Path) -> (Ingested, u64) {
 fn restore_within(repo: &Repo, spec: &str, target: &Path) {
     expect_ok(
         "restore",
-        run_within(repo.cmd().arg("restore").arg(spec).arg(target), HANG_GUARD),
+        run_within(&mut repo.restore_cmd(spec, target), HANG_GUARD),
     );
 }
 

@@ -75,7 +75,7 @@ pub(crate) fn assert_restores_as(
     let spec = spec.as_ref();
     let dir = tempdir();
     let target = canonical(dir.path()).join("restored");
-    let out = output_of(repo.cmd().arg("restore").arg(spec).arg(&target));
+    let out = output_of(&mut repo.restore_cmd(spec, &target));
     assert!(
         out.status.success(),
         "{when}: restore of {spec:?} from {} fails\n{}",

@@ -108,9 +108,16 @@ impl Repo {
         self.snapshot_names().into_iter().collect()
     }
 
+    /// `snapfs --repo PATH restore SPEC TARGET` as a command.
+    pub(crate) fn restore_cmd(&self, spec: impl AsRef<OsStr>, target: &Path) -> Command {
+        let mut cmd = self.cmd();
+        cmd.arg("restore").arg(spec.as_ref()).arg(target);
+        cmd
+    }
+
     /// Restores `spec` (SNAPSHOT or SNAPSHOT:PATH) into `target`, expecting success.
     pub(crate) fn restore(&self, spec: impl AsRef<OsStr>, target: &Path) -> Output {
-        run_ok(self.cmd().arg("restore").arg(spec.as_ref()).arg(target))
+        run_ok(&mut self.restore_cmd(spec, target))
     }
 
     /// Every `*.pack` file of the repository.
