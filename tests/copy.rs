@@ -219,18 +219,11 @@ fn second_repository_verifies_and_restores_without_the_first() {
         sorted(repo2.snapshot_names()),
         vec!["monday".to_string(), "tuesday".to_string()]
     );
-    let dir = tempdir();
-    for (name, sources) in [
-        ("monday", vec![fixture.root.clone()]),
-        ("tuesday", vec![fixture.root.clone(), more.clone()]),
-    ] {
-        let target = canonical(dir.path()).join(name);
-        repo2.restore(name, &target);
-        for src in sources {
-            assert_same_tree(&src, &restored_path(&target, &src));
-        }
-    }
+    let when = "with the first repository deleted";
+    assert_restores(&repo2, "monday", &[&fixture.root], when);
+    assert_restores(&repo2, "tuesday", &[&fixture.root, &more], when);
     // A subtree restore works from the copy too (TARGET mirrors the path).
+    let dir = tempdir();
     let sub = canonical(dir.path()).join("sub");
     let spec = format!("tuesday:{}", more.join("odd").display());
     repo2.restore(&spec, &sub);

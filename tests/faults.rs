@@ -600,8 +600,7 @@ fn restore_from_a_damaged_pack_fails_loudly_and_names_the_file() {
     }
 
     // Snapshots that do not use the damaged pack are unaffected.
-    repo.restore(&first.id, &targets.join("first"));
-    assert_same_tree(&good, &restored_path(&targets.join("first"), &good));
+    assert_restores(&repo, &first.id, &[&good], "beside the damaged pack");
 }
 
 #[test]

@@ -237,11 +237,7 @@ fn snapshots_json_describes_each_snapshot() {
     assert_eq!(json_u64(s, "added_bytes"), snap.num("added_bytes"));
 
     // Both sources come back at their absolute paths.
-    let target_dir = tempdir();
-    let target = canonical(target_dir.path()).join("out");
-    repo.restore("nightly", &target);
-    assert_same_tree(&a, &restored_path(&target, &a));
-    assert_same_tree(&b, &restored_path(&target, &b));
+    assert_restores(&repo, "nightly", &[&a, &b], "both sources");
 
     // The plain listing mentions the snapshot too.
     let out = run_ok(repo.cmd().arg("snapshots"));
@@ -336,10 +332,7 @@ fn incremental_ingest_reads_only_what_changed() {
         snap.json
     );
 
-    let target_dir = tempdir();
-    let target = canonical(target_dir.path()).join("out");
-    repo.restore("latest", &target);
-    assert_same_tree(&root, &restored_path(&target, &root));
+    assert_restores(&repo, "latest", &[&root], "after the incremental ingest");
 }
 
 #[test]
@@ -370,10 +363,7 @@ fn one_byte_insert_in_64_mib_file_costs_a_few_chunks() {
     );
     assert!(snap.num("added_bytes") < 8 * MIB, "{}", snap.json);
 
-    let target_dir = tempdir();
-    let target = canonical(target_dir.path()).join("out");
-    repo.restore(&snap.id, &target);
-    assert_same_tree(&root, &restored_path(&target, &root));
+    assert_restores(&repo, &snap.id, &[&root], "after the insert");
 }
 
 #[test]
@@ -392,10 +382,7 @@ fn identical_files_are_stored_once() {
         snap.json
     );
 
-    let target_dir = tempdir();
-    let target = canonical(target_dir.path()).join("out");
-    repo.restore(&snap.id, &target);
-    assert_same_tree(&root, &restored_path(&target, &root));
+    assert_restores(&repo, &snap.id, &[&root], "with a duplicate file");
 }
 
 #[test]
@@ -423,10 +410,7 @@ fn compressible_data_is_stored_compressed() {
         snap.json
     );
 
-    let target_dir = tempdir();
-    let target = canonical(target_dir.path()).join("out");
-    repo.restore(&snap.id, &target);
-    assert_same_tree(&root, &restored_path(&target, &root));
+    assert_restores(&repo, &snap.id, &[&root], "compressed text");
 }
 
 #[test]
@@ -795,10 +779,7 @@ fn incremental_ingest_records_metadata_only_changes() {
     set_mtime(&root.join("d00"), 1_222_222_222, 222);
     let snap = repo.ingest(&[], &[&root]);
 
-    let target_dir = tempdir();
-    let target = canonical(target_dir.path()).join("out");
-    repo.restore(&snap.id, &target);
-    assert_same_tree(&root, &restored_path(&target, &root));
+    assert_restores(&repo, &snap.id, &[&root], "after metadata-only changes");
 }
 
 #[test]
@@ -825,10 +806,7 @@ fn many_small_files_in_one_directory_round_trip() {
     let snap = repo.ingest(&[], &[&root]);
     assert_eq!(snap.num("files"), 22_000, "{}", snap.json);
 
-    let target_dir = tempdir();
-    let target = canonical(target_dir.path()).join("out");
-    repo.restore(&snap.id, &target);
-    assert_same_tree(&root, &restored_path(&target, &root));
+    assert_restores(&repo, &snap.id, &[&root], "many small files");
 }
 
 #[test]
@@ -851,10 +829,7 @@ fn relative_sources_are_recorded_as_absolute_paths() {
         "{}",
         listed[0]
     );
-    let target_dir = tempdir();
-    let target = canonical(target_dir.path()).join("out");
-    repo.restore(&snap.id, &target);
-    assert_same_tree(&root, &restored_path(&target, &root));
+    assert_restores(&repo, &snap.id, &[&root], "from a relative source");
 }
 
 #[test]
@@ -1045,10 +1020,7 @@ fn init_over_an_existing_repository_keeps_it() {
         describe("init over a repository", &out)
     );
     assert_eq!(repo.snapshot_ids(), vec![snap.id.clone()]);
-    let target_dir = tempdir();
-    let target = canonical(target_dir.path()).join("out");
-    repo.restore(&snap.id, &target);
-    assert_same_tree(&root, &restored_path(&target, &root));
+    assert_restores(&repo, &snap.id, &[&root], "after init over the repository");
 }
 
 #[test]
@@ -1073,10 +1045,7 @@ fn copy_of_a_tree_elsewhere_adds_almost_no_data() {
         "a copy of a {before}-byte tree at another path added {growth} bytes: {}",
         snap.json
     );
-    let target_dir = tempdir();
-    let target = canonical(target_dir.path()).join("out");
-    repo.restore(&snap.id, &target);
-    assert_same_tree(&copy, &restored_path(&target, &copy));
+    assert_restores(&repo, &snap.id, &[&copy], "the copy elsewhere");
 }
 
 #[test]
