@@ -1413,7 +1413,7 @@ fn systemd_units_pass_systemd_analyze_verify() {
         .current_dir(&units)
         .output()
         .expect("spawn systemd-analyze");
-    let all = format!("{}{}", stdout_of(&out), stderr_of(&out));
+    let all = all_output(&out);
     assert!(
         out.status.success(),
         "{}",

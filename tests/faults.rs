@@ -447,8 +447,7 @@ fn sigkill_during_ingest_never_leaves_a_broken_repository() {
             })
             .unwrap_or_else(|| panic!("snapshot without its generation source: {s}"));
         let target = scratch.join(format!("gen-of-{id}"));
-        let mut spec = std::ffi::OsString::from(format!("{id}:"));
-        spec.push(generation.as_os_str());
+        let spec = spec_of(id, &generation);
         repo.restore(&spec, &target);
         assert_same_tree(&generation, &target);
         fs::remove_dir_all(&target).expect("clean up");

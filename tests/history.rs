@@ -212,10 +212,6 @@ fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
-fn strings(items: &[&str]) -> Vec<String> {
-    items.iter().map(|s| s.to_string()).collect()
-}
-
 fn lossy(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }

@@ -117,8 +117,7 @@ fn restore_of_a_path_writes_that_directory_contents_into_target() {
 
     let target_dir = tempdir();
     let target = canonical(target_dir.path()).join("out");
-    let mut spec = std::ffi::OsString::from(format!("{}:", snap.id));
-    spec.push(root.join("sub").as_os_str());
+    let spec = spec_of(&snap.id, &root.join("sub"));
     repo.restore(&spec, &target);
     assert_same_tree(&root.join("sub"), &target);
     assert!(
@@ -850,8 +849,7 @@ fn restore_of_a_subtree_keeps_hard_links_whose_group_starts_outside_it() {
 
     let target_dir = tempdir();
     let target = canonical(target_dir.path()).join("out");
-    let mut spec = std::ffi::OsString::from(format!("{}:", snap.id));
-    spec.push(root.join("b-second").as_os_str());
+    let spec = spec_of(&snap.id, &root.join("b-second"));
     repo.restore(&spec, &target);
     let one = fs::metadata(target.join("one")).expect("stat one");
     let two = fs::metadata(target.join("inner/two")).expect("stat two");
@@ -956,14 +954,12 @@ fn restore_path_may_hold_colons_and_non_utf8_bytes() {
     let targets = canonical(target_dir.path());
 
     // SNAPSHOT:PATH splits at the first colon only.
-    let mut spec = std::ffi::OsString::from(format!("{}:", snap.id));
-    spec.push(colon.as_os_str());
+    let spec = spec_of(&snap.id, &colon);
     repo.restore(&spec, &targets.join("colon"));
     assert_same_tree(&colon, &targets.join("colon"));
 
     // A path that is not UTF-8 can be restored on its own.
-    let mut spec = std::ffi::OsString::from(format!("{}:", snap.id));
-    spec.push(latin1.as_os_str());
+    let spec = spec_of(&snap.id, &latin1);
     repo.restore(&spec, &targets.join("latin1"));
     assert_same_tree(&latin1, &targets.join("latin1"));
 }

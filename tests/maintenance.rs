@@ -183,7 +183,7 @@ fn stdin_streams_keep_their_own_newest_snapshot() {
         assert!(out.status.success(), "{}", describe("ingest --stdin", &out));
     }
     let json = forget(&repo, &["--keep-last", "1"]);
-    let expect: BTreeSet<String> = ["db1-a", "db2-b"].iter().map(|s| s.to_string()).collect();
+    let expect = string_set(&["db1-a", "db2-b"]);
     assert_eq!(
         repo.name_set(),
         expect,
@@ -204,13 +204,13 @@ fn forget_keep_last_and_keep_tag_apply_to_each_group_on_its_own() {
     let (repo, a, _b) = two_groups(&work);
     let json = forget(&repo, &["--keep-last", "1", "--keep-tag", "precious"]);
     assert_eq!(json["dry_run"], Value::Bool(false), "{json}");
-    let expect: BTreeSet<String> = ["a4", "a2", "b2"].iter().map(|s| s.to_string()).collect();
+    let expect = string_set(&["a4", "a2", "b2"]);
     assert_eq!(repo.name_set(), expect, "after forget: {json}");
 
     // Group b's last snapshot is older than everything in group a: a policy
     // applied to the whole repository would have removed it.
     let json = forget(&repo, &["--keep-last", "1"]);
-    let expect: BTreeSet<String> = ["a4", "b2"].iter().map(|s| s.to_string()).collect();
+    let expect = string_set(&["a4", "b2"]);
     assert_eq!(
         repo.name_set(),
         expect,
@@ -252,12 +252,9 @@ fn forget_named_snapshots_removes_exactly_those() {
         .filter(|(_, (keep, _))| !keep)
         .map(|(n, _)| n)
         .collect();
-    let expect: BTreeSet<String> = ["a3", "b1"].iter().map(|s| s.to_string()).collect();
+    let expect = string_set(&["a3", "b1"]);
     assert_eq!(removed, expect, "forget a3 {prefix}: {json}");
-    let left: BTreeSet<String> = ["a1", "a2", "a4", "b2"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let left = string_set(&["a1", "a2", "a4", "b2"]);
     assert_eq!(repo.name_set(), left);
 
     // An unknown name fails and removes nothing.
@@ -435,11 +432,7 @@ fn verify_read_data_names_the_files_and_snapshots_of_a_flipped_byte() {
     // The human-readable report names the file too.
     let out = output_of(repo.cmd().args(["verify", "--read-data"]));
     assert_eq!(out.status.code(), Some(1), "{}", describe("verify", &out));
-    let all = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        stderr_of(&out)
-    );
+    let all = all_output(&out);
     assert!(
         all.contains(hit.to_str().expect("utf-8 path")),
         "plain verify --read-data should name {}:\n{all}",
@@ -573,7 +566,7 @@ fn forgotten_snapshots_stay_forgotten_after_a_rebuild() {
     // s0 forgotten and collected; s2 only forgotten.
     forget(&repo, &["s0", "--gc"]);
     forget(&repo, &["s2"]);
-    let expect: BTreeSet<String> = ["s1", "s3"].iter().map(|s| s.to_string()).collect();
+    let expect = string_set(&["s1", "s3"]);
     assert_eq!(repo.name_set(), expect);
 
     delete_catalog(&repo);

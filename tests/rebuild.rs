@@ -74,10 +74,6 @@ impl Three {
     }
 }
 
-fn set(names: &[&str]) -> BTreeSet<String> {
-    names.iter().map(|s| s.to_string()).collect()
-}
-
 /// Files in the repository's root whose names start with `prefix`.
 fn root_files(repo: &Repo, prefix: &str) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = fs::read_dir(&repo.path)
@@ -177,7 +173,7 @@ fn rebuild_with_a_missing_pack_keeps_the_catalog_unless_forced() {
 
     let (out, json) = rebuild_catalog(&t.repo, &[]);
     assert_refused(&t.repo, &catalog, &out, &json);
-    assert_eq!(lost_names(&json), set(&["s3"]), "{json}");
+    assert_eq!(lost_names(&json), string_set(&["s3"]), "{json}");
     assert!(
         json["snapshots_lost"][0]["reason"]
             .as_str()
@@ -195,7 +191,7 @@ fn rebuild_with_a_missing_pack_keeps_the_catalog_unless_forced() {
         })
         .collect();
     assert_eq!(missing, expected, "{json}");
-    assert_eq!(t.repo.name_set(), set(&["s1", "s2", "s3"]));
+    assert_eq!(t.repo.name_set(), string_set(&["s1", "s2", "s3"]));
     t.assert_restore("s1");
     t.assert_restore("s2");
 
@@ -206,8 +202,8 @@ fn rebuild_with_a_missing_pack_keeps_the_catalog_unless_forced() {
         "{}",
         describe("rebuild-catalog --force", &out)
     );
-    assert_forced(&t.repo, &out, &json, &set(&["s1", "s2"]));
-    assert_eq!(lost_names(&json), set(&["s3"]), "{json}");
+    assert_forced(&t.repo, &out, &json, &string_set(&["s1", "s2"]));
+    assert_eq!(lost_names(&json), string_set(&["s3"]), "{json}");
     t.assert_restore("s1");
     t.assert_restore("s2");
 }
@@ -229,7 +225,7 @@ fn rebuild_with_a_truncated_pack_keeps_the_chunks_that_still_read() {
         "{}",
         describe("rebuild-catalog", &out)
     );
-    assert_eq!(t.repo.name_set(), set(&["s1", "s2", "s3"]), "{json}");
+    assert_eq!(t.repo.name_set(), string_set(&["s1", "s2", "s3"]), "{json}");
     for name in ["s1", "s2", "s3"] {
         t.assert_restore(name);
     }
@@ -244,12 +240,12 @@ fn rebuild_with_a_truncated_pack_keeps_the_chunks_that_still_read() {
     let asides = root_files(&t.repo, "catalog.db.before-rebuild-");
     let (out, json) = rebuild_catalog(&t.repo, &[]);
     assert_refused_keeping(&t.repo, &catalog, &asides, &out, &json);
-    assert_eq!(lost_names(&json), set(&["s3"]), "{json}");
-    assert_eq!(t.repo.name_set(), set(&["s1", "s2", "s3"]));
+    assert_eq!(lost_names(&json), string_set(&["s3"]), "{json}");
+    assert_eq!(t.repo.name_set(), string_set(&["s1", "s2", "s3"]));
 
     let (out, json) = rebuild_catalog(&t.repo, &["--force"]);
-    assert_forced(&t.repo, &out, &json, &set(&["s1", "s2"]));
-    assert_eq!(lost_names(&json), set(&["s3"]), "{json}");
+    assert_forced(&t.repo, &out, &json, &string_set(&["s1", "s2"]));
+    assert_eq!(lost_names(&json), string_set(&["s3"]), "{json}");
     t.assert_restore("s1");
     t.assert_restore("s2");
 }
@@ -293,7 +289,7 @@ fn rebuild_with_a_damaged_tree_record_restores_the_directory_from_the_old_rows()
         .filter(|d| json_str_list(d, "reused_dirs").contains(&victim))
         .map(|d| json_str(d, "snapshot").to_string())
         .collect();
-    assert_eq!(reporting, set(&["s1", "s2", "s3"]), "{json}");
+    assert_eq!(reporting, string_set(&["s1", "s2", "s3"]), "{json}");
     // The directory alone, too (TARGET is the directory).
     let target = t.work.scratch.join("victim-only");
     t.repo.restore(format!("s2:{victim}"), &target);
@@ -315,7 +311,7 @@ fn rebuild_with_a_damaged_tree_record_restores_the_directory_from_the_old_rows()
         .filter(|d| json_str_list(d, "lost_dirs").contains(&victim))
         .map(|d| json_str(d, "snapshot").to_string())
         .collect();
-    assert_eq!(reporting, set(&["s1", "s2", "s3"]), "{json}");
+    assert_eq!(reporting, string_set(&["s1", "s2", "s3"]), "{json}");
 }
 
 #[test]
@@ -432,7 +428,7 @@ fn unreadable_catalog_is_replaced_and_kept_aside() {
         assert_eq!(json["replaced"], Value::Bool(true), "{what}: {json}");
         let aside = json_str(&json, "old_catalog");
         assert_eq!(fs::read(aside).expect("read aside"), bytes, "{what}");
-        assert_eq!(t.repo.name_set(), set(&["s1", "s2", "s3"]), "{what}");
+        assert_eq!(t.repo.name_set(), string_set(&["s1", "s2", "s3"]), "{what}");
         let mode = fs::metadata(t.repo.path.join("catalog.db"))
             .expect("stat catalog")
             .permissions()

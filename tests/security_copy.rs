@@ -140,18 +140,8 @@ fn assert_ingest_restores(repo: &Repo, data: &[u8], what: &str) {
     mkdir(&src);
     write_file(&src.join("victim"), data);
     repo.ingest(&["--name", "honest"], &[&src]);
-    let out = tempdir();
-    let target = canonical(out.path()).join("restored");
-    let res = repo
-        .restore_cmd("honest", &target)
-        .output()
-        .expect("spawn restore");
-    let got = fs::read(restored_path(&target, &src).join("victim")).ok();
-    assert!(
-        res.status.success() && got.as_deref() == Some(data),
-        "{what}: an honest ingest of the chunk does not restore\n{}",
-        describe("restore", &res)
-    );
+    let when = format!("{what}: an honest ingest of the chunk");
+    assert_restores(repo, "honest", &[&src], &when);
 }
 
 // ---------------------------------------------------------------- the holes

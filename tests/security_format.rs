@@ -31,14 +31,6 @@ fn run(repo: &Repo, args: &[&str]) -> Output {
     out
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// A 137-byte pack whose footer says: table at offset T with 2^32-1 rows,
 /// where T + rows * 49 + 28 wraps around to exactly 137.
 fn wrapping_pack() -> Vec<u8> {
@@ -69,9 +61,9 @@ fn every_command_survives(repo: &Repo, src: &Path, name: &str, plant: impl Fn(&P
     let out = run(repo, &["ingest", src.to_str().expect("utf-8")]);
     assert_eq!(out.status.code(), Some(0), "{}", describe("ingest", &out));
     assert!(
-        text(&out).contains(name),
+        all_output(&out).contains(name),
         "ingest does not report {name}:\n{}",
-        text(&out)
+        all_output(&out)
     );
     let out = run(repo, &["gc"]);
     assert_eq!(out.status.code(), Some(0), "{}", describe("gc", &out));
@@ -79,9 +71,9 @@ fn every_command_survives(repo: &Repo, src: &Path, name: &str, plant: impl Fn(&P
     assert_eq!(out.status.code(), Some(0), "{}", describe("verify", &out));
     let out = run(repo, &["rebuild-catalog"]);
     assert!(
-        text(&out).contains(name),
+        all_output(&out).contains(name),
         "rebuild-catalog does not report {name}:\n{}",
-        text(&out)
+        all_output(&out)
     );
     assert_eq!(
         repo.snapshots().len(),
@@ -131,9 +123,9 @@ fn non_ascii_file_in_packs_is_skipped() {
     let out = run(&repo, &["ingest", src.to_str().expect("utf-8")]);
     assert_eq!(out.status.code(), Some(0), "{}", describe("ingest", &out));
     assert!(
-        text(&out).contains(&odd),
+        all_output(&out).contains(&odd),
         "the stray file is not named:\n{}",
-        text(&out)
+        all_output(&out)
     );
     for args in [&["gc"][..], &["verify"], &["rebuild-catalog"]] {
         run(&repo, args);
@@ -230,7 +222,11 @@ fn deep_tree_chain_does_not_overflow_the_stack() {
         "{}",
         describe("rebuild-catalog", &out)
     );
-    assert!(text(&out).contains("deeper than"), "{}", text(&out));
+    assert!(
+        all_output(&out).contains("deeper than"),
+        "{}",
+        all_output(&out)
+    );
     assert_eq!(
         repo.snapshots().len(),
         1,
@@ -286,7 +282,7 @@ fn tree_with_dotdot_name_is_rejected_on_import() {
     };
     plant_tree_chain(&repo, 2, vec![dotdot]);
     let out = run(&repo, &["rebuild-catalog"]);
-    let all = text(&out);
+    let all = all_output(&out);
     assert!(
         all.contains("..") && all.contains("tree"),
         "rebuild-catalog does not report the bad name:\n{all}"
@@ -330,8 +326,8 @@ fn catalog_cycle_is_an_error_not_a_crash() {
         &["restore", "s", restore_to.to_str().expect("utf-8")],
     );
     assert!(
-        text(&out).contains("deeper than"),
+        all_output(&out).contains("deeper than"),
         "restore of a cycle does not say what is wrong:\n{}",
-        text(&out)
+        all_output(&out)
     );
 }

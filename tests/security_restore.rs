@@ -5,7 +5,6 @@
 //! test machines have), so the packs stay valid and only the rows lie.
 
 use std::collections::BTreeSet;
-use std::ffi::OsString;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
@@ -24,13 +23,6 @@ fn rename_entry(repo: &Repo, from: &str, to: &[u8]) {
          assert n >= 1, 'no entry renamed'",
         &[from.as_bytes(), to],
     );
-}
-
-/// `SNAPSHOT:PATH` for a subtree restore.
-fn spec_of(id: &str, path: &Path) -> OsString {
-    let mut spec = OsString::from(format!("{id}:"));
-    spec.push(path.as_os_str());
-    spec
 }
 
 /// Every path under `dir` (recursively, without following symlinks),

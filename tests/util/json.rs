@@ -1,7 +1,8 @@
 //! Reading the `--json` answers: each accessor panics with the whole value
 //! when a field is missing or of another type, so a changed shape fails
-//! with what was there.
+//! with what was there; and the expected lists they are compared with.
 
+use std::collections::BTreeSet;
 use std::process::Command;
 
 use serde_json::Value;
@@ -63,4 +64,14 @@ pub(crate) fn json_str_list(v: &Value, key: &str) -> Vec<String> {
                 .to_string()
         })
         .collect()
+}
+
+/// Owned strings, to compare with a list read from an answer.
+pub(crate) fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// The same as a set, where order does not matter.
+pub(crate) fn string_set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
 }

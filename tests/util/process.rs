@@ -55,6 +55,11 @@ pub(crate) fn stderr_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Stdout then stderr, for a message that may go to either.
+pub(crate) fn all_output(out: &Output) -> String {
+    stdout_of(out) + &stderr_of(out)
+}
+
 /// Runs `cmd` whatever its outcome, for commands whose failure the test
 /// expects or inspects itself.
 pub(crate) fn output_of(cmd: &mut Command) -> Output {

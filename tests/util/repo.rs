@@ -5,7 +5,7 @@
 //! Every repository lives in its own `TempDir`, so tests can run in parallel.
 
 use std::collections::BTreeSet;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -160,6 +160,14 @@ impl Ingested {
     pub(crate) fn num(&self, key: &str) -> u64 {
         json_u64(&self.json, key)
     }
+}
+
+/// `SNAPSHOT:PATH`, the reference to one path of a snapshot (PATH may
+/// hold any byte, colons included).
+pub(crate) fn spec_of(snapshot: &str, path: &Path) -> OsString {
+    let mut spec = OsString::from(format!("{snapshot}:"));
+    spec.push(path.as_os_str());
+    spec
 }
 
 /// Where restoring a whole snapshot into `target` puts the source `source`
