@@ -984,7 +984,7 @@ fn gc_and_ingest_running_together_both_complete() {
 // ---------------------------------------------------------------- disk full
 
 fn free_bytes(p: &Path) -> u64 {
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).expect("path");
+    let c = cpath(p);
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
     assert_eq!(rc, 0, "statvfs {}", p.display());

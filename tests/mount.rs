@@ -9,7 +9,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -596,7 +595,6 @@ fn writes_fail_with_read_only_file_system() {
             Err(std::io::Error::last_os_error())
         }
     }
-    let cstr = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).expect("no NUL");
 
     let attempts: Vec<(&str, std::io::Result<()>)> = vec![
         (
@@ -616,7 +614,7 @@ fn writes_fail_with_read_only_file_system() {
                 .map(drop),
         ),
         ("truncate(2)", {
-            let c = cstr(&file);
+            let c = cpath(&file);
             libc_result(unsafe { libc::truncate(c.as_ptr(), 0) })
         }),
         (
@@ -647,11 +645,11 @@ fn writes_fail_with_read_only_file_system() {
             fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o777)),
         ),
         ("chown", {
-            let c = cstr(&file);
+            let c = cpath(&file);
             libc_result(unsafe { libc::lchown(c.as_ptr(), 1, 1) })
         }),
         ("utimensat", {
-            let c = cstr(&file);
+            let c = cpath(&file);
             libc_result(unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), std::ptr::null(), 0) })
         }),
         ("setxattr", xattr::set(&file, "user.new", b"x")),
@@ -667,7 +665,7 @@ fn writes_fail_with_read_only_file_system() {
         ),
         ("link", fs::hard_link(&file, m.join("new-link"))),
         ("mkfifo", {
-            let c = cstr(&m.join("new-fifo"));
+            let c = cpath(&m.join("new-fifo"));
             libc_result(unsafe { libc::mkfifo(c.as_ptr(), 0o644) })
         }),
     ];

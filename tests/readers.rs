@@ -290,7 +290,7 @@ impl MovedIn {
         unsafe {
             let fd = libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC);
             assert!(fd >= 0, "inotify_init1");
-            let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).expect("c path");
+            let c = cpath(dir);
             let wd = libc::inotify_add_watch(fd, c.as_ptr(), libc::IN_MOVED_TO);
             assert!(wd >= 0, "inotify_add_watch {}", dir.display());
             MovedIn { fd }

@@ -1,9 +1,10 @@
 //! Security: the copy receiver (`serve`, a local target) trusts nothing the sender says; append-only serving.
 //!
 //! Most tests play a compromised client: they start `snapfs --repo R serve`
-//! themselves and speak its framed protocol (see `src/remote.rs`) with
-//! packs and snapshots crafted by hand through the library's own writers.
-//! Each test is named after the hole it closes.
+//! themselves and speak its framed protocol (see
+//! `src/commands/copy/remote.rs`) with packs and snapshots crafted by hand
+//! through the library's own writers (`util/craft.rs`). Each test is named
+//! after the hole it closes.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -113,6 +114,12 @@ impl Drop for Serve {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Writes an executable shell script (a stand-in for ssh, a slow peer).
+fn write_script(p: &Path, text: &[u8]) {
+    write_file(p, text);
+    chmod(p, 0o755);
 }
 
 // ---------------------------------------------------------------- crafted snapshots

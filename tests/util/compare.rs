@@ -22,7 +22,7 @@ pub(crate) fn assert_same_tree(src: &Path, restored: &Path) {
 }
 
 /// What [`assert_same_tree`] would fail with, if anything.
-pub(crate) fn tree_differences(src: &Path, restored: &Path) -> Option<String> {
+fn tree_differences(src: &Path, restored: &Path) -> Option<String> {
     if !fs::symlink_metadata(restored)
         .map(|m| m.is_dir())
         .unwrap_or(false)

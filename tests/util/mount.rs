@@ -58,7 +58,7 @@ pub(crate) fn is_mounted(path: &Path) -> bool {
 }
 
 /// Undoes the octal escapes (`\040` for a space) of /proc/mounts.
-pub(crate) fn unescape_mount_field(field: &str) -> Vec<u8> {
+fn unescape_mount_field(field: &str) -> Vec<u8> {
     let b = field.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -177,7 +177,7 @@ pub(crate) fn signal(pid: u32, sig: libc::c_int) -> std::io::Result<()> {
 }
 
 /// Sends `sig` to the process group led by `pid`.
-pub(crate) fn signal_group(pid: u32, sig: libc::c_int) -> std::io::Result<()> {
+fn signal_group(pid: u32, sig: libc::c_int) -> std::io::Result<()> {
     // SAFETY: kill(2) has no memory-safety preconditions.
     let rc = unsafe { libc::kill(-(pid as libc::pid_t), sig) };
     if rc == 0 {

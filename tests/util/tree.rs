@@ -282,12 +282,6 @@ pub(crate) fn write_file(p: &Path, data: &[u8]) {
     fs::write(p, data).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
 }
 
-/// Writes an executable shell script (a stand-in for ssh, a slow peer).
-pub(crate) fn write_script(p: &Path, text: &[u8]) {
-    write_file(p, text);
-    chmod(p, 0o755);
-}
-
 pub(crate) fn mkdir(p: &Path) {
     fs::create_dir_all(p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
 }
