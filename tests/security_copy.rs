@@ -327,12 +327,10 @@ fn serve_refuses_a_forget_record() {
     assert_eq!(names, vec!["kept".to_string()]);
 }
 
+/// The peak resident memory of process `pid`, in KiB.
 fn vm_hwm_kib(pid: u32) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    proc_field(&status, "VmHWM:")
 }
 
 /// A frame claiming 1 GiB was read into a 1 GiB buffer (and serve waited

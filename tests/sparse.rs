@@ -167,11 +167,8 @@ fn ingest_counting_reads(repo: &Repo, src: &Path) -> (Ingested, u64) {
         .env_remove("SNAPFS_REPO");
     let out = expect_ok("ingest", run_within(&mut cmd, HANG_GUARD));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let rchar = stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("rchar:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no rchar line in {stderr}"));
+    let rchar =
+        proc_field(&stderr, "rchar:").unwrap_or_else(|| panic!("no rchar line in {stderr}"));
     (Ingested::from_output(&out), rchar)
 }
 
@@ -360,9 +357,7 @@ fn open_fd(pid: u32, path: &Path) -> Option<String> {
 /// SEEK_DATA/SEEK_HOLE landed), while it is open.
 fn fd_pos(pid: u32, fd: &str) -> Option<u64> {
     let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("pos:"))
-        .and_then(|v| v.trim().parse().ok())
+    proc_field(&info, "pos:")
 }
 
 /// Resumes a stopped process and kills it, if it still runs, when dropped.

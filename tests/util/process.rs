@@ -167,24 +167,29 @@ pub(crate) fn run_within(cmd: &mut Command, limit: Duration) -> Output {
 
 /// Sends `sig` to process `pid`.
 pub(crate) fn signal(pid: u32, sig: libc::c_int) -> std::io::Result<()> {
+    kill(pid as libc::pid_t, sig)
+}
+
+/// Sends `sig` to the process group led by `pid`.
+fn signal_group(pid: u32, sig: libc::c_int) -> std::io::Result<()> {
+    kill(-(pid as libc::pid_t), sig)
+}
+
+fn kill(pid: libc::pid_t, sig: libc::c_int) -> std::io::Result<()> {
     // SAFETY: kill(2) has no memory-safety preconditions.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
-    if rc == 0 {
+    if unsafe { libc::kill(pid, sig) } == 0 {
         Ok(())
     } else {
         Err(Error::last_os_error())
     }
 }
 
-/// Sends `sig` to the process group led by `pid`.
-fn signal_group(pid: u32, sig: libc::c_int) -> std::io::Result<()> {
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    let rc = unsafe { libc::kill(-(pid as libc::pid_t), sig) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(Error::last_os_error())
-    }
+/// The number on the line of `text` that starts with `key`, the way
+/// `/proc` files put them (`VmHWM:    1234 kB`, `pos:\t4096`).
+pub(crate) fn proc_field(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// Polls `check` until it returns true or `limit` passes.
