@@ -440,14 +440,13 @@ fn a_missing_pack_reads_as_eio_through_the_mount_not_enoent() {
         "a missing pack should read as EIO (damage), not {err}"
     );
     // The log arrives through a pipe: give it a moment.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut log = mount.stderr_text();
-    while !log.contains("is missing") && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(50));
+    let mut log = String::new();
+    let named = eventually(Duration::from_secs(10), || {
         log = mount.stderr_text();
-    }
+        log.contains("is missing")
+    });
     assert!(
-        log.contains("is missing"),
+        named,
         "the mount's log should name the missing pack:\n{log}"
     );
     drop(mount);

@@ -250,11 +250,10 @@ fn lock_wait_gives_up_and_names_the_holder() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn holder");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while fs::read(repo.path.join("lock")).map_or(true, |b| b.is_empty()) {
-        assert!(Instant::now() < deadline, "the holder never took the lock");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let taken = eventually(Duration::from_secs(20), || {
+        fs::read(repo.path.join("lock")).is_ok_and(|b| !b.is_empty())
+    });
+    assert!(taken, "the holder never took the lock");
     let (_src_dir, src) = open_source_dir();
     write_file(&src.join("f"), b"x\n");
     let t0 = Instant::now();
