@@ -112,7 +112,7 @@ fn sh_quote(s: &OsStr) -> String {
 
 /// Whether output carries progress drawing: carriage returns or ANSI escapes.
 fn has_progress_marks(bytes: &[u8]) -> bool {
-    bytes.contains(&b'\r') || bytes.windows(2).any(|w| w == b"\x1b[")
+    bytes.contains(&b'\r') || has_ansi_escapes(bytes)
 }
 
 fn has_ansi_escapes(bytes: &[u8]) -> bool {

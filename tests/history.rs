@@ -7,7 +7,8 @@
 //! start time to the millisecond and stay unique within one, and each
 //! snapshot of a `--names gmt` mount has a second of its own, so no test
 //! waits for the clock. Expected names are computed here from the start
-//! times the catalog records (read with `sqlite3`) and formatted by `date`.
+//! times the catalog records (read with python3's sqlite3) and formatted
+//! by `date`.
 //! Every mount and every `smbd` lives behind a guard whose `Drop` stops it,
 //! so a failing test leaves nothing running or mounted.
 

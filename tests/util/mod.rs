@@ -1,5 +1,6 @@
-//! The harness every end-to-end test uses; each helper is defined once,
-//! here, and a test file keeps only the helpers no other file needs.
+//! The harness of the end-to-end tests: every helper that more than one
+//! test file needs is defined here, once; a helper only one file needs
+//! stays in that file.
 //!
 //! - `process`: running the binary and real tools, time limits, signals,
 //!   another user (`setpriv`), loopback ports
@@ -11,7 +12,8 @@
 //! - `fixture`: the tree with every kind of entry a backup must keep
 //! - `compare`: trees compared with rsync and a metadata walk, round trips
 //! - `work`: a changing source with frozen copies of each snapshot's state
-//! - `mount`: the [`Mount`] guard, the mount table, fusermount3, [`Tmpfs`]
+//! - `mount`: the [`Mount`] guard, the mount table, fusermount3, a
+//!   [`PausedReader`] holding a file open, [`Tmpfs`]
 //! - `kill`: SIGKILL at random moments ([`Killer`])
 //! - `sshd`: a real sshd on loopback ([`Sshd`])
 //! - `catalog`: the catalog read and edited with python3's sqlite3

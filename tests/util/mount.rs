@@ -1,7 +1,8 @@
 //! Mounts that clean up after themselves: the guard around a running
 //! `snapfs mount` (unmounted, and its process stopped, on drop, so a failing
 //! test never leaves a stale mount behind), the mount table, fusermount3,
-//! and a tmpfs for the tests that need a small or a hole-keeping filesystem.
+//! a reader that holds a file of the mount open half way through, and a
+//! tmpfs for the tests that need a small or a hole-keeping filesystem.
 //!
 //! The mount tests need `/dev/fuse` and `fusermount3`; without them they
 //! fail with a message saying so, they never skip.
