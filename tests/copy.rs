@@ -9,17 +9,13 @@
 
 use std::ffi::OsStr;
 use std::fs;
-use std::net::{TcpListener, TcpStream};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tempfile::TempDir;
 
-use crate::mount::Mount;
 use crate::util::*;
 
 // ---------------------------------------------------------------- copy helpers
@@ -38,17 +34,7 @@ struct Copied {
 impl Copied {
     fn parse(out: &Output) -> Copied {
         let json = parse_json("copy --json", &out.stdout);
-        let copied = json
-            .get("snapshots_copied")
-            .and_then(Value::as_array)
-            .unwrap_or_else(|| panic!("copy --json has no \"snapshots_copied\" array: {json}"))
-            .iter()
-            .map(|v| {
-                v.as_str()
-                    .unwrap_or_else(|| panic!("snapshots_copied holds a non-string: {json}"))
-                    .to_string()
-            })
-            .collect();
+        let copied = json_str_list(&json, "snapshots_copied");
         assert!(
             json.get("seconds").and_then(Value::as_f64).is_some(),
             "copy --json has no numeric \"seconds\": {json}"
@@ -80,60 +66,9 @@ fn copy_ok(src: &Repo, to: impl AsRef<OsStr>, extra: &[&str]) -> Copied {
     Copied::parse(&run_ok(&mut copy_cmd(src, to, extra)))
 }
 
-/// Names of the snapshots of a repository, oldest first as listed.
-fn snapshot_names(repo: &Repo) -> Vec<String> {
-    repo.snapshots()
-        .iter()
-        .map(|s| json_str(s, "name").to_string())
-        .collect()
-}
-
 fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
     v
-}
-
-fn verify_read_data(repo: &Repo, when: &str) {
-    let out = repo
-        .cmd()
-        .args(["verify", "--read-data"])
-        .output()
-        .expect("spawn verify");
-    assert!(
-        out.status.success(),
-        "{when}: verify --read-data of {} fails\n{}",
-        repo.path.display(),
-        describe("verify --read-data", &out)
-    );
-}
-
-/// Restores snapshot `name` of `repo` and asserts that each of `sources`
-/// comes back identical (rsync -naHAXc prints nothing).
-fn assert_restores(repo: &Repo, name: &str, sources: &[PathBuf], when: &str) {
-    let dir = tempdir();
-    let target = canonical(dir.path()).join("restored");
-    let out = repo
-        .cmd()
-        .arg("restore")
-        .arg(name)
-        .arg(&target)
-        .output()
-        .expect("spawn restore");
-    assert!(
-        out.status.success(),
-        "{when}: restore of {name} from {} fails\n{}",
-        repo.path.display(),
-        describe("restore", &out)
-    );
-    for src in sources {
-        let diff = rsync_diff(src, &restored_path(&target, src));
-        assert!(
-            diff.is_empty(),
-            "{when}: {} in snapshot {name} restored from {} differs from the source:\n{diff}",
-            src.display(),
-            repo.path.display()
-        );
-    }
 }
 
 /// Number of regular files under `dir` (0 if it is missing).
@@ -150,14 +85,6 @@ fn count_files(dir: &Path) -> usize {
         }
     }
     n
-}
-
-/// A seed for the random kill moments: fixed unless SNAPFS_TEST_SEED says.
-fn seed() -> u64 {
-    std::env::var("SNAPFS_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(4711)
 }
 
 /// A small tree with the awkward parts (hard links, xattrs, odd names,
@@ -222,8 +149,8 @@ fn copy_then_mount_second_repository_matches_sources() {
         c.json
     );
     assert_eq!(
-        sorted(snapshot_names(&repo2)),
-        sorted(snapshot_names(&repo))
+        sorted(repo2.snapshot_names()),
+        sorted(repo.snapshot_names())
     );
 
     let mnt = Mount::new(&repo2, &[]);
@@ -264,7 +191,7 @@ fn second_repository_verifies_and_restores_without_the_first() {
     let repo2 = Repo::at(&canonical(dst_dir.path()).join("offsite"));
     let first = copy_ok(&repo, &repo2.path, &[]);
     assert_eq!(first.copied, vec!["monday".to_string()], "{}", first.json);
-    verify_read_data(&repo2, "after the first copy");
+    assert_verify_read_data_ok(&repo2, "after the first copy");
 
     repo.ingest(&["--name", "tuesday"], &[&fixture.root, &more]);
     let second = copy_ok(&repo, &repo2.path, &[]);
@@ -283,27 +210,20 @@ fn second_repository_verifies_and_restores_without_the_first() {
         second.bytes_sent,
         second.json
     );
-    verify_read_data(&repo2, "after the second copy");
+    assert_verify_read_data_ok(&repo2, "after the second copy");
 
     fs::remove_dir_all(&repo.path).expect("delete the first repository");
     drop(repo);
-    verify_read_data(&repo2, "with the first repository deleted");
+    assert_verify_read_data_ok(&repo2, "with the first repository deleted");
     assert_eq!(
-        sorted(snapshot_names(&repo2)),
+        sorted(repo2.snapshot_names()),
         vec!["monday".to_string(), "tuesday".to_string()]
     );
-    let dir = tempdir();
-    for (name, sources) in [
-        ("monday", vec![fixture.root.clone()]),
-        ("tuesday", vec![fixture.root.clone(), more.clone()]),
-    ] {
-        let target = canonical(dir.path()).join(name);
-        repo2.restore(name, &target);
-        for src in sources {
-            assert_same_tree(&src, &restored_path(&target, &src));
-        }
-    }
+    let when = "with the first repository deleted";
+    assert_restores(&repo2, "monday", &[&fixture.root], when);
+    assert_restores(&repo2, "tuesday", &[&fixture.root, &more], when);
     // A subtree restore works from the copy too (TARGET mirrors the path).
+    let dir = tempdir();
     let sub = canonical(dir.path()).join("sub");
     let spec = format!("tuesday:{}", more.join("odd").display());
     repo2.restore(&spec, &sub);
@@ -368,8 +288,8 @@ fn repeated_copy_sends_nothing_and_increment_sends_only_the_change() {
     assert_eq!(none.present, 2, "{}", none.json);
     assert_eq!(none.bytes_sent, 0, "{}", none.json);
 
-    verify_read_data(&repo2, "after the incremental copy");
-    assert_restores(&repo2, "day-2", std::slice::from_ref(&src), "day 2");
+    assert_verify_read_data_ok(&repo2, "after the incremental copy");
+    assert_restores(&repo2, "day-2", &[&src], "day 2");
 }
 
 /// `copy --to R2 NAME` copies that snapshot only; a later plain copy
@@ -392,7 +312,7 @@ fn named_snapshots_only() {
     let one = copy_ok(&repo, &repo2.path, &["beta"]);
     assert_eq!(one.copied, vec!["beta".to_string()], "{}", one.json);
     assert_eq!(one.present, 0, "{}", one.json);
-    assert_eq!(snapshot_names(&repo2), vec!["beta".to_string()]);
+    assert_eq!(repo2.snapshot_names(), vec!["beta".to_string()]);
     // Only beta's data went: about 1.5 MiB, not the 4.5 MiB of all three.
     assert!(
         one.bytes_sent < 3 * MIB,
@@ -400,7 +320,7 @@ fn named_snapshots_only() {
         one.bytes_sent,
         one.json
     );
-    assert_restores(&repo2, "beta", std::slice::from_ref(&b), "beta alone");
+    assert_restores(&repo2, "beta", &[&b], "beta alone");
 
     // Naming it again (by id prefix) finds it present and sends nothing.
     let prefix = &beta.id[..12];
@@ -418,7 +338,7 @@ fn named_snapshots_only() {
         two.json
     );
     assert_eq!(
-        sorted(snapshot_names(&repo2)),
+        sorted(repo2.snapshot_names()),
         vec!["alpha".to_string(), "beta".to_string(), "gamma".to_string()]
     );
 
@@ -432,7 +352,7 @@ fn named_snapshots_only() {
         "the error should name the unknown snapshot:\n{err}"
     );
     if repo3.join("catalog.db").exists() {
-        assert!(snapshot_names(&Repo::at(&repo3)).is_empty());
+        assert!(Repo::at(&repo3).snapshot_names().is_empty());
     }
 }
 
@@ -442,7 +362,7 @@ fn named_snapshots_only() {
 /// and, all runs together, about one copy's worth of data arrived.
 #[test]
 fn killed_copy_resumes_without_resending() {
-    let seed = seed();
+    let seed = test_seed();
     eprintln!("killed_copy_resumes_without_resending: seed {seed}");
     let mut rng = Rng::new(seed);
     let base = tempdir();
@@ -528,7 +448,7 @@ fn killed_copy_resumes_without_resending() {
         );
         kills += 1;
         let listed = if repo2.path.join("catalog.db").exists() {
-            snapshot_names(&repo2)
+            repo2.snapshot_names()
         } else {
             assert!(
                 !repo2.path.exists() || count_files(&repo2.path.join("packs")) == 0,
@@ -546,7 +466,7 @@ fn killed_copy_resumes_without_resending() {
             continue;
         }
         let when = format!("after kill {kills} (seed {seed})\n{}", log.join("\n"));
-        verify_read_data(&repo2, &when);
+        assert_verify_read_data_ok(&repo2, &when);
         for name in &listed {
             let srcs = &sources
                 .iter()
@@ -563,11 +483,11 @@ fn killed_copy_resumes_without_resending() {
         "the copy completed after only {kills} kills; the test wants at least 10:\n{log}"
     );
     assert_eq!(
-        sorted(snapshot_names(&repo2)),
+        sorted(repo2.snapshot_names()),
         sorted(sources.iter().map(|s| s.0.clone()).collect()),
         "{log}"
     );
-    verify_read_data(&repo2, &format!("after the final run\n{log}"));
+    assert_verify_read_data_ok(&repo2, &format!("after the final run\n{log}"));
     for (name, srcs) in &sources {
         assert_restores(&repo2, name, srcs, &format!("after the final run\n{log}"));
     }
@@ -668,21 +588,16 @@ fn assert_says_disk_full(out: &Output, what: &str) {
 /// REPO2 holds exactly the three parts, verifies, and restores each.
 fn assert_holds_all_parts(repo2: &Repo, parts: &[PathBuf], what: &str) {
     assert_eq!(
-        sorted(snapshot_names(repo2)),
+        sorted(repo2.snapshot_names()),
         vec![
             "part-0".to_string(),
             "part-1".to_string(),
             "part-2".to_string()
         ]
     );
-    verify_read_data(repo2, what);
+    assert_verify_read_data_ok(repo2, what);
     for (i, part) in parts.iter().enumerate() {
-        assert_restores(
-            repo2,
-            &format!("part-{i}"),
-            std::slice::from_ref(part),
-            what,
-        );
+        assert_restores(repo2, format!("part-{i}"), &[part], what);
     }
 }
 
@@ -701,12 +616,12 @@ fn full_disk_fails_cleanly_and_copy_completes_after_growing() {
 
     let out = run_expect(&mut copy_cmd(&repo, &repo2.path, &[]), 1);
     assert_says_disk_full(&out, "the failed copy");
-    let got = snapshot_names(&repo2);
+    let got = repo2.snapshot_names();
     assert!(
         got.len() < 3,
         "all three snapshots were copied onto a filesystem too small for them: {got:?}"
     );
-    verify_read_data(&repo2, "after the disk filled up");
+    assert_verify_read_data_ok(&repo2, "after the disk filled up");
     for name in &got {
         let i: usize = name.trim_start_matches("part-").parse().expect("part-N");
         assert_restores(&repo2, name, &parts[i..=i], "after the disk filled up");
@@ -728,128 +643,8 @@ fn full_disk_fails_cleanly_and_copy_completes_after_growing() {
 
 // ---------------------------------------------------------------- over ssh
 
-/// An sshd on 127.0.0.1 with its own host key, config and client key,
-/// stopped on drop.
-struct Sshd {
-    child: Option<Child>,
-    port: u16,
-    dir: TempDir,
-    key: PathBuf,
-}
-
+/// Copies to the far repository at `remote` through this sshd.
 impl Sshd {
-    fn start() -> Sshd {
-        require_tool("ssh");
-        require_tool("ssh-keygen");
-        assert!(
-            Path::new("/usr/sbin/sshd").is_file(),
-            "this test needs /usr/sbin/sshd (openssh-server; scripts/test.sh installs it)"
-        );
-        let dir = tempdir();
-        let d = canonical(dir.path());
-        let keygen = |path: &Path| {
-            tool(
-                "ssh-keygen",
-                &[
-                    OsStr::new("-q"),
-                    OsStr::new("-t"),
-                    OsStr::new("ed25519"),
-                    OsStr::new("-N"),
-                    OsStr::new(""),
-                    OsStr::new("-f"),
-                    path.as_os_str(),
-                ],
-            );
-        };
-        let host_key = d.join("host_key");
-        let key = d.join("client_key");
-        keygen(&host_key);
-        keygen(&key);
-        let authorized = d.join("authorized_keys");
-        fs::copy(d.join("client_key.pub"), &authorized).expect("authorized_keys");
-        fs::set_permissions(&authorized, fs::Permissions::from_mode(0o600)).expect("chmod");
-        let port = {
-            let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-            l.local_addr().expect("local addr").port()
-        };
-        let conf = d.join("sshd_config");
-        write_file(
-            &conf,
-            format!(
-                "Port {port}\n\
-                 ListenAddress 127.0.0.1\n\
-                 HostKey {}\n\
-                 AuthorizedKeysFile {}\n\
-                 PermitRootLogin prohibit-password\n\
-                 PubkeyAuthentication yes\n\
-                 PasswordAuthentication no\n\
-                 KbdInteractiveAuthentication no\n\
-                 UsePAM no\n\
-                 StrictModes no\n\
-                 PidFile {}\n",
-                host_key.display(),
-                authorized.display(),
-                d.join("sshd.pid").display()
-            )
-            .as_bytes(),
-        );
-        // sshd's privilege separation directory.
-        mkdir(Path::new("/run/sshd"));
-        let log = fs::File::create(d.join("sshd.log")).expect("sshd log");
-        let child = Command::new("/usr/sbin/sshd")
-            .arg("-D")
-            .arg("-e")
-            .arg("-f")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn sshd");
-        let mut sshd = Sshd {
-            child: Some(child),
-            port,
-            dir,
-            key,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            let status = sshd.child.as_mut().expect("sshd").try_wait().expect("wait");
-            assert!(
-                status.is_none() && Instant::now() < deadline,
-                "sshd did not start listening on port {port} (exit: {status:?})\n{}",
-                sshd.log()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-        sshd
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
-    }
-
-    fn url(&self, path: &Path) -> String {
-        format!("ssh://root@127.0.0.1:{}{}", self.port, path.display())
-    }
-
-    /// The `--ssh` program and `--remote-snapfs` options for a copy.
-    fn options(&self) -> Vec<String> {
-        vec![
-            "--ssh".to_string(),
-            format!(
-                "ssh -i {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
-                 -o BatchMode=yes -o LogLevel=ERROR",
-                self.key.display()
-            ),
-            "--remote-snapfs".to_string(),
-            snapfs_bin().to_string(),
-        ]
-    }
-
     fn copy_cmd(&self, src: &Repo, remote: &Path, names: &[&str]) -> Command {
         let opts = self.options();
         let mut extra: Vec<&str> = opts.iter().map(String::as_str).collect();
@@ -869,15 +664,6 @@ impl Sshd {
             self.log()
         );
         Copied::parse(&out)
-    }
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 
@@ -907,9 +693,9 @@ fn copy_over_ssh_to_a_real_sshd() {
     );
     assert!(c.bytes_sent >= 10 * MIB, "{}", c.json);
     let repo2 = Repo::at(&far);
-    assert_eq!(snapshot_names(&repo2), vec!["first", "second"]);
-    verify_read_data(&repo2, "after a copy over ssh");
-    assert_restores(&repo2, "second", std::slice::from_ref(&tree), "over ssh");
+    assert_eq!(repo2.snapshot_names(), vec!["first", "second"]);
+    assert_verify_read_data_ok(&repo2, "after a copy over ssh");
+    assert_restores(&repo2, "second", &[&tree], "over ssh");
     {
         let mnt = Mount::new(&repo2, &[]);
         let diff = rsync_diff(&tree, &restored_path(&mnt.path.join("second"), &tree));
@@ -934,12 +720,7 @@ fn copy_over_ssh_to_a_real_sshd() {
         "{}",
         inc.json
     );
-    assert_restores(
-        &repo2,
-        "third",
-        std::slice::from_ref(&tree),
-        "over ssh, third",
-    );
+    assert_restores(&repo2, "third", &[&tree], "over ssh, third");
 }
 
 /// SIGKILL of the local `snapfs copy` while it talks to the far side over
@@ -948,7 +729,7 @@ fn copy_over_ssh_to_a_real_sshd() {
 #[test]
 fn killed_copy_over_ssh_resumes() {
     let sshd = Sshd::start();
-    let mut rng = Rng::new(seed() ^ 0x55);
+    let mut rng = Rng::new(test_seed() ^ 0x55);
     let base = tempdir();
     let root = canonical(base.path());
     let repo = Repo::new();
@@ -1005,7 +786,7 @@ fn killed_copy_over_ssh_resumes() {
         // The far `snapfs serve` notices the lost connection and exits,
         // releasing its lock; reading the repository must work meanwhile.
         if far.join("catalog.db").exists() {
-            let names = snapshot_names(&repo2);
+            let names = repo2.snapshot_names();
             log.push(format!("  far snapshots: {names:?}"));
         }
     }
@@ -1023,9 +804,9 @@ fn killed_copy_over_ssh_resumes() {
         done.bytes_sent,
         repo.packs_bytes()
     );
-    verify_read_data(&repo2, &format!("after kills over ssh\n{log}"));
+    assert_verify_read_data_ok(&repo2, &format!("after kills over ssh\n{log}"));
     assert_eq!(
-        sorted(snapshot_names(&repo2)),
+        sorted(repo2.snapshot_names()),
         (0..6).map(|i| format!("part-{i}")).collect::<Vec<_>>()
     );
     assert!(
@@ -1035,12 +816,7 @@ fn killed_copy_over_ssh_resumes() {
         repo.packs_bytes()
     );
     for (i, part) in parts.iter().enumerate() {
-        assert_restores(
-            &repo2,
-            &format!("part-{i}"),
-            std::slice::from_ref(part),
-            "after kills over ssh",
-        );
+        assert_restores(&repo2, format!("part-{i}"), &[part], "after kills over ssh");
     }
     let again = sshd.copy_ok(&repo, &far);
     assert_eq!(again.bytes_sent, 0, "{}", again.json);
@@ -1064,9 +840,9 @@ fn full_remote_disk_over_ssh_fails_cleanly_and_resumes() {
     let mut cmd = sshd.copy_cmd(&repo, &far, &[]);
     let out = run_expect(&mut cmd, 1);
     assert_says_disk_full(&out, "a copy onto a full far disk");
-    let got = snapshot_names(&repo2);
+    let got = repo2.snapshot_names();
     assert!(got.len() < 3, "{got:?}");
-    verify_read_data(&repo2, "after the far disk filled up");
+    assert_verify_read_data_ok(&repo2, "after the far disk filled up");
 
     small.resize("128m");
     let done = sshd.copy_ok(&repo, &far);

@@ -3,8 +3,7 @@
 //! codes, progress output, shell completions, man pages and the systemd
 //! units in `scripts/systemd/`.
 //!
-//! Exit code 3 (unreadable files) is covered in `faults.rs`; the missing
-//! repository for ingest, snapshots and restore in `faults.rs` too.
+//! Exit code 3 (unreadable files) is covered in `faults.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
@@ -19,14 +18,6 @@ use crate::util::*;
 
 // ---------------------------------------------------------------- helpers
 
-fn stdout_of(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr_of(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 /// `snapfs diff FROM TO [PATH] --json`, expecting success.
 fn diff_json(repo: &Repo, from: &str, to: &str, path: Option<&Path>) -> Value {
     let mut cmd = repo.cmd();
@@ -34,8 +25,7 @@ fn diff_json(repo: &Repo, from: &str, to: &str, path: Option<&Path>) -> Value {
     if let Some(p) = path {
         cmd.arg(p);
     }
-    let out = run_ok(&mut cmd);
-    parse_json("diff --json", &out.stdout)
+    json_of("diff --json", &mut cmd)
 }
 
 fn stats_json(repo: &Repo, snapshot: Option<&str>) -> Value {
@@ -44,26 +34,7 @@ fn stats_json(repo: &Repo, snapshot: Option<&str>) -> Value {
     if let Some(s) = snapshot {
         cmd.arg(s);
     }
-    let out = run_ok(&mut cmd);
-    parse_json("stats --json", &out.stdout)
-}
-
-fn json_f64(v: &Value, key: &str) -> f64 {
-    v.get(key)
-        .and_then(Value::as_f64)
-        .unwrap_or_else(|| panic!("expected number field {key:?} in {v}"))
-}
-
-fn json_bool(v: &Value, key: &str) -> bool {
-    v.get(key)
-        .and_then(Value::as_bool)
-        .unwrap_or_else(|| panic!("expected boolean field {key:?} in {v}"))
-}
-
-fn json_array<'a>(v: &'a Value, key: &str) -> &'a Vec<Value> {
-    v.get(key)
-        .and_then(Value::as_array)
-        .unwrap_or_else(|| panic!("expected array field {key:?} in {v}"))
+    json_of("stats --json", &mut cmd)
 }
 
 /// One change of a diff: (change, path, type).
@@ -141,7 +112,7 @@ fn sh_quote(s: &OsStr) -> String {
 
 /// Whether output carries progress drawing: carriage returns or ANSI escapes.
 fn has_progress_marks(bytes: &[u8]) -> bool {
-    bytes.contains(&b'\r') || bytes.windows(2).any(|w| w == b"\x1b[")
+    bytes.contains(&b'\r') || has_ansi_escapes(bytes)
 }
 
 fn has_ansi_escapes(bytes: &[u8]) -> bool {
@@ -689,11 +660,6 @@ fn is_rfc3339_utc(t: &str) -> bool {
         && t.ends_with('Z')
 }
 
-fn json_of(what: &str, cmd: &mut Command) -> Value {
-    let out = run_ok(cmd);
-    parse_json(what, &out.stdout)
-}
-
 #[test]
 fn json_output_of_every_command_parses_with_the_documented_keys() {
     let dir = tempdir();
@@ -1082,13 +1048,22 @@ fn ambiguous_id_prefix_is_refused_and_names_the_candidates() {
 
 // ---------------------------------------------------------------- exit codes
 
+/// Every command on a repository that is not there exits 1, names it, and
+/// creates nothing; on a snapshot that is not there, exits 1 with a message.
 #[test]
 fn commands_on_a_missing_repository_or_snapshot_exit_1() {
     let dir = tempdir();
     let base = canonical(dir.path());
     let nowhere = base.join("no-repo-here");
     let missing = Repo::at(&nowhere);
+    let root = base.join("src");
+    build_plain_tree(&root, 5, 1, 3, 1000);
+    let root_s = root.to_str().expect("utf-8 path");
+    let out_s = base.join("out").to_str().expect("utf-8 path").to_string();
     for args in [
+        vec!["ingest", root_s],
+        vec!["snapshots"],
+        vec!["restore", "latest", out_s.as_str()],
         vec!["diff", "latest~1", "latest"],
         vec!["stats"],
         vec!["verify"],
@@ -1119,8 +1094,6 @@ fn commands_on_a_missing_repository_or_snapshot_exit_1() {
         );
     }
     // A working command exits 0.
-    let root = base.join("src");
-    build_plain_tree(&root, 5, 1, 3, 1000);
     repo.ingest(&[], &[&root]);
     run_ok(repo.cmd().args(["diff", "latest", "latest"]));
     run_ok(repo.cmd().args(["stats", "latest"]));
@@ -1181,7 +1154,7 @@ fn progress_is_drawn_only_on_a_terminal() {
     // Pipes: nothing but the summary.
     let ingest = run_ok(repo.cmd().arg("ingest").arg(&root));
     let target = base.join("out");
-    let restore = run_ok(repo.cmd().arg("restore").arg("latest").arg(&target));
+    let restore = run_ok(&mut repo.restore_cmd("latest", &target));
     let verify = run_ok(repo.cmd().args(["verify", "--read-data"]));
     for (what, o) in [
         ("ingest", &ingest),
@@ -1440,7 +1413,7 @@ fn systemd_units_pass_systemd_analyze_verify() {
         .current_dir(&units)
         .output()
         .expect("spawn systemd-analyze");
-    let all = format!("{}{}", stdout_of(&out), stderr_of(&out));
+    let all = all_output(&out);
     assert!(
         out.status.success(),
         "{}",

@@ -1,11 +1,11 @@
 //! Bad input and hostile conditions: unreadable and vanishing files,
-//! missing sources and repositories, unknown formats, a full disk, kills in
+//! missing sources, unknown formats, a full disk, kills in
 //! the middle of an ingest, and two ingests at once.
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -15,38 +15,19 @@ use serde_json::Value;
 
 use crate::util::*;
 
-fn stderr_of(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn pack_files(repo: &Repo) -> BTreeSet<PathBuf> {
-    let packs = repo.path.join("packs");
-    if !packs.exists() {
-        return BTreeSet::new();
-    }
-    walk(&packs).into_iter().filter(|p| p.is_file()).collect()
-}
-
 /// The string sources recorded for a snapshot in `snapshots --json`.
 fn sources_of(snapshot: &Value) -> Vec<PathBuf> {
-    snapshot["sources"]
-        .as_array()
-        .unwrap_or_else(|| panic!("sources is not an array in {snapshot}"))
-        .iter()
-        .map(|v| PathBuf::from(v.as_str().expect("source as string")))
+    json_str_list(snapshot, "sources")
+        .into_iter()
+        .map(PathBuf::from)
         .collect()
 }
 
 /// Restores the whole snapshot and compares every source it records with
 /// the tree on disk.
-fn assert_snapshot_matches_sources(repo: &Repo, snapshot: &Value, scratch: &Path) {
+fn assert_snapshot_matches_sources(repo: &Repo, snapshot: &Value) {
     let id = json_str(snapshot, "id");
-    let target = scratch.join(format!("verify-{id}"));
-    repo.restore(id, &target);
-    for src in sources_of(snapshot) {
-        assert_same_tree(&src, &restored_path(&target, &src));
-    }
-    fs::remove_dir_all(&target).expect("clean up restore");
+    assert_restores(repo, id, &sources_of(snapshot), &format!("snapshot {id}"));
 }
 
 #[test]
@@ -245,7 +226,7 @@ fn missing_source_fails_and_writes_nothing() {
     let changed = base.join("changed");
     build_plain_tree(&changed, 6, 2, 4, 100_000);
     let missing = base.join("does-not-exist");
-    let packs_before = pack_files(&repo);
+    let packs_before = repo.pack_files();
     let bytes_before = repo.packs_bytes();
     let out = run_expect(&mut repo.ingest_cmd(&[], &[&changed, &missing]), 1);
     let stderr = stderr_of(&out);
@@ -258,45 +239,11 @@ fn missing_source_fails_and_writes_nothing() {
         vec![first.id.clone()],
         "a snapshot appeared"
     );
-    assert_eq!(pack_files(&repo), packs_before, "packs were written");
+    assert_eq!(repo.pack_files(), packs_before, "packs were written");
     assert_eq!(repo.packs_bytes(), bytes_before, "packs were written");
 
     run_expect(&mut repo.ingest_cmd(&[], &[&missing]), 1);
     assert_eq!(repo.snapshot_ids(), vec![first.id]);
-}
-
-#[test]
-fn missing_repository_fails_with_a_message() {
-    let dir = tempdir();
-    let base = canonical(dir.path());
-    let src = base.join("src");
-    build_plain_tree(&src, 7, 1, 2, 1000);
-    let nowhere = base.join("no-repo-here");
-    let repo = Repo::at(&nowhere);
-    for args in [
-        vec![
-            "ingest".to_string(),
-            src.to_str().expect("utf-8").to_string(),
-        ],
-        vec!["snapshots".to_string()],
-        vec![
-            "restore".to_string(),
-            "latest".to_string(),
-            base.join("out").to_str().expect("utf-8").to_string(),
-        ],
-    ] {
-        let out = run_expect(repo.cmd().args(&args), 1);
-        let stderr = stderr_of(&out);
-        assert!(
-            stderr.contains("no-repo-here"),
-            "`snapfs {}` does not name the missing repository:\n{stderr}",
-            args[0]
-        );
-    }
-    assert!(
-        !nowhere.exists(),
-        "a command created the missing repository"
-    );
 }
 
 #[test]
@@ -325,7 +272,7 @@ fn repository_with_an_unknown_format_version_is_refused() {
         .map(|l| l + "\n")
         .collect();
     write_file(&config, edited.as_bytes());
-    let packs_before = pack_files(&repo);
+    let packs_before = repo.pack_files();
 
     for args in [
         vec!["snapshots"],
@@ -339,7 +286,7 @@ fn repository_with_an_unknown_format_version_is_refused() {
             args[0]
         );
     }
-    assert_eq!(pack_files(&repo), packs_before, "packs were written");
+    assert_eq!(repo.pack_files(), packs_before, "packs were written");
     assert_eq!(
         fs::read_to_string(&config).expect("read"),
         edited,
@@ -409,34 +356,15 @@ fn disk_full_while_writing_packs_leaves_the_repository_usable() {
         vec![first.id.clone()],
         "a partial snapshot is listed"
     );
-    let scratch = base.join("scratch");
-    mkdir(&scratch);
-    assert_snapshot_matches_sources(&repo, &listed[0], &scratch);
+    assert_snapshot_matches_sources(&repo, &listed[0]);
 
     fs_guard.resize("400m");
     let second = repo.ingest(&[], &[&big]);
     assert_eq!(repo.snapshots().len(), 2);
     for s in repo.snapshots() {
-        assert_snapshot_matches_sources(&repo, &s, &scratch);
+        assert_snapshot_matches_sources(&repo, &s);
     }
     assert_ne!(second.id, first.id);
-}
-
-/// Waits for `child` for at most `delay`, then kills it with SIGKILL if it
-/// is still running. Returns the exit code if it finished by itself.
-fn kill_after(child: &mut Child, delay: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = std::time::Instant::now() + delay;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return Some(status);
-        }
-        if std::time::Instant::now() >= deadline {
-            child.kill().expect("SIGKILL ingest");
-            child.wait().expect("reap killed ingest");
-            return None;
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
 }
 
 #[test]
@@ -463,38 +391,22 @@ fn sigkill_during_ingest_never_leaves_a_broken_repository() {
         // New data every round, so every ingest has packs to write.
         let generation = base.join(format!("gen-{round:02}"));
         build_plain_tree(&generation, 7000 + round, 3, 12, 2 * MIB);
-        let mut child = repo
-            .ingest_cmd(&[], &[&shared, &generation])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ingest");
         let span_ms = if rng.below(3) == 0 {
             1500
         } else {
             (last_duration.as_millis() as u64 * 9 / 10).clamp(1, 1500)
         };
         let delay = Duration::from_millis(rng.below(span_ms));
-        let started = std::time::Instant::now();
-        match kill_after(&mut child, delay) {
+        let mut cmd = repo.ingest_cmd(&[], &[&shared, &generation]);
+        let what = format!("round {round}: an ingest after a kill");
+        match run_killed_after(&mut cmd, delay, &what) {
             None => {
                 kills += 1;
                 eprintln!("round {round}: killed after {delay:?}");
             }
-            Some(status) => {
-                last_duration = started.elapsed();
+            Some(took) => {
+                last_duration = took;
                 eprintln!("round {round}: finished in {last_duration:?}");
-                let mut err = String::new();
-                use std::io::Read;
-                let _ = child
-                    .stderr
-                    .take()
-                    .expect("stderr")
-                    .read_to_string(&mut err);
-                assert!(
-                    status.success(),
-                    "round {round}: an ingest after a kill failed ({status}):\n{err}"
-                );
             }
         }
 
@@ -509,7 +421,7 @@ fn sigkill_during_ingest_never_leaves_a_broken_repository() {
         );
         for s in &listed {
             if !seen.contains(json_str(s, "id")) {
-                assert_snapshot_matches_sources(&repo, s, &scratch);
+                assert_snapshot_matches_sources(&repo, s);
             }
         }
         seen = ids;
@@ -535,8 +447,7 @@ fn sigkill_during_ingest_never_leaves_a_broken_repository() {
             })
             .unwrap_or_else(|| panic!("snapshot without its generation source: {s}"));
         let target = scratch.join(format!("gen-of-{id}"));
-        let mut spec = std::ffi::OsString::from(format!("{id}:"));
-        spec.push(generation.as_os_str());
+        let spec = spec_of(id, &generation);
         repo.restore(&spec, &target);
         assert_same_tree(&generation, &target);
         fs::remove_dir_all(&target).expect("clean up");
@@ -551,7 +462,7 @@ fn sigkill_during_ingest_never_leaves_a_broken_repository() {
         .iter()
         .find(|s| json_str(s, "id") == snap.id)
         .expect("the final snapshot is listed");
-    assert_snapshot_matches_sources(&repo, s, &scratch);
+    assert_snapshot_matches_sources(&repo, s);
 }
 
 #[test]
@@ -626,10 +537,8 @@ fn concurrent_ingests_into_one_repository_both_land_or_one_fails_clearly() {
 
     let listed = repo.snapshots();
     assert_eq!(listed.len(), 2, "{listed:?}");
-    let scratch = base.join("scratch");
-    mkdir(&scratch);
     for s in &listed {
-        assert_snapshot_matches_sources(&repo, s, &scratch);
+        assert_snapshot_matches_sources(&repo, s);
     }
 }
 
@@ -641,7 +550,7 @@ fn restore_from_a_damaged_pack_fails_loudly_and_names_the_file() {
     build_plain_tree(&good, 50, 2, 6, 100_000);
     let repo = Repo::new();
     let first = repo.ingest(&[], &[&good]);
-    let packs_before = pack_files(&repo);
+    let packs_before = repo.pack_files();
 
     // A second snapshot whose new data is one file: its new packs hold
     // (almost) nothing but that file's chunks.
@@ -650,7 +559,8 @@ fn restore_from_a_damaged_pack_fails_loudly_and_names_the_file() {
     let victim = victim_dir.join("victim.bin");
     write_random_file(&victim, 51, 6 * MIB);
     let second = repo.ingest(&[], &[&victim_dir]);
-    let new_packs: Vec<PathBuf> = pack_files(&repo)
+    let new_packs: Vec<PathBuf> = repo
+        .pack_files()
         .difference(&packs_before)
         .cloned()
         .collect();
@@ -667,10 +577,7 @@ fn restore_from_a_damaged_pack_fails_loudly_and_names_the_file() {
     let target_dir = tempdir();
     let targets = canonical(target_dir.path());
     let out = repo
-        .cmd()
-        .arg("restore")
-        .arg(&second.id)
-        .arg(targets.join("damaged"))
+        .restore_cmd(&second.id, &targets.join("damaged"))
         .output()
         .expect("spawn restore");
     assert!(
@@ -692,8 +599,7 @@ fn restore_from_a_damaged_pack_fails_loudly_and_names_the_file() {
     }
 
     // Snapshots that do not use the damaged pack are unaffected.
-    repo.restore(&first.id, &targets.join("first"));
-    assert_same_tree(&good, &restored_path(&targets.join("first"), &good));
+    assert_restores(&repo, &first.id, &[&good], "beside the damaged pack");
 }
 
 #[test]
@@ -795,10 +701,7 @@ fn restore_over_a_killed_restore_completes_it() {
     for (i, fraction) in [0.2, 0.5, 0.8].into_iter().enumerate() {
         let target = targets.join(format!("killed-{i}"));
         let mut child = repo
-            .cmd()
-            .arg("restore")
-            .arg(&snap.id)
-            .arg(&target)
+            .restore_cmd(&snap.id, &target)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -820,13 +723,7 @@ fn restore_onto_a_full_disk_fails_with_a_message() {
     let repo = Repo::new();
     let snap = repo.ingest(&[], &[&src]);
     let small = Tmpfs::mount(&base.join("small-fs"), "8m");
-    let out = run_expect(
-        repo.cmd()
-            .arg("restore")
-            .arg(&snap.id)
-            .arg(small.path.join("out")),
-        1,
-    );
+    let out = run_expect(&mut repo.restore_cmd(&snap.id, &small.path.join("out")), 1);
     let stderr = stderr_of(&out).to_lowercase();
     assert!(
         stderr.contains("space"),

@@ -7,28 +7,26 @@
 //! start time to the millisecond and stay unique within one, and each
 //! snapshot of a `--names gmt` mount has a second of its own, so no test
 //! waits for the clock. Expected names are computed here from the start
-//! times the catalog records (read with `sqlite3`) and formatted by `date`.
+//! times the catalog records (read with python3's sqlite3) and formatted
+//! by `date`.
 //! Every mount and every `smbd` lives behind a guard whose `Drop` stops it,
 //! so a failing test leaves nothing running or mounted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::net::{TcpListener, TcpStream};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::mount::{Mount, as_nobody, open_source_dir, wait_timeout};
 use crate::util::*;
 
-// ---------------------------------------------------------------- the mount guard
+// ---------------------------------------------------------------- helpers
 
 /// Names in a directory, as bytes, sorted.
 fn names_in(dir: &Path) -> BTreeSet<Vec<u8>> {
@@ -73,29 +71,15 @@ impl Started {
     }
 }
 
-/// `started_ns` of each snapshot, by name, read from the catalog with the
-/// `sqlite3` tool (no output at all when there are no rows).
+/// `started_ns` of each snapshot, by name, read from the catalog.
 fn started_ns(repo: &Repo) -> BTreeMap<String, i64> {
-    require_tool("sqlite3");
-    let out = run_ok(
-        Command::new("sqlite3")
-            .args(["-readonly", "-json"])
-            .arg(repo.path.join("catalog.db"))
-            .arg("SELECT name, started_ns FROM snapshots"),
-    );
-    if out.stdout.iter().all(u8::is_ascii_whitespace) {
-        return BTreeMap::new();
-    }
-    let Value::Array(rows) = parse_json("sqlite3 -json", &out.stdout) else {
-        panic!("sqlite3 -json did not answer an array")
-    };
-    rows.iter()
-        .map(|r| {
-            let ns = r
-                .get("started_ns")
-                .and_then(Value::as_i64)
-                .unwrap_or_else(|| panic!("started_ns in {r}"));
-            (json_str(r, "name").to_string(), ns)
+    query_catalog(repo, "SELECT name, started_ns FROM snapshots", &[])
+        .into_iter()
+        .map(|row| {
+            let ns = row[1]
+                .parse()
+                .unwrap_or_else(|e| panic!("started_ns of {row:?}: {e}"));
+            (row[0].clone(), ns)
         })
         .collect()
 }
@@ -209,28 +193,9 @@ fn find_json(repo: &Repo, extra: &[&str], glob: &str) -> BTreeMap<String, Value>
         .collect()
 }
 
-fn str_list(v: &Value, key: &str) -> Vec<String> {
-    v.get(key)
-        .and_then(Value::as_array)
-        .unwrap_or_else(|| panic!("expected array field {key:?} in {v}"))
-        .iter()
-        .map(|s| {
-            s.as_str()
-                .unwrap_or_else(|| panic!("{key:?} holds a non-string: {v}"))
-                .to_string()
-        })
-        .collect()
-}
-
-fn array<'a>(v: &'a Value, key: &str) -> &'a Vec<Value> {
-    v.get(key)
-        .and_then(Value::as_array)
-        .unwrap_or_else(|| panic!("expected array field {key:?} in {v}"))
-}
-
 /// (snapshot, event) pairs of a `log --json` answer.
 fn events(log: &Value) -> Vec<(String, String)> {
-    array(log, "events")
+    json_array(log, "events")
         .iter()
         .map(|e| {
             (
@@ -248,26 +213,8 @@ fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
-fn strings(items: &[&str]) -> Vec<String> {
-    items.iter().map(|s| s.to_string()).collect()
-}
-
 fn lossy(p: &Path) -> String {
     p.to_string_lossy().into_owned()
-}
-
-/// Polls `check` until it returns true or `limit` passes.
-fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
 }
 
 // ---------------------------------------------------------------- versions of a file
@@ -408,7 +355,7 @@ fn changed_file_shows_each_distinct_version_once() {
         lossy(&file),
         "log --json path: {log}"
     );
-    let versions = array(&log, "versions");
+    let versions = json_array(&log, "versions");
     assert_eq!(
         versions.len(),
         3,
@@ -433,7 +380,7 @@ fn changed_file_shows_each_distinct_version_once() {
             "first_snapshot in {v}"
         );
         assert_eq!(
-            str_list(v, "snapshots"),
+            json_str_list(v, "snapshots"),
             strings(e.snapshots),
             "snapshots in {v}"
         );
@@ -443,7 +390,7 @@ fn changed_file_shows_each_distinct_version_once() {
         pairs(&[("s1", "created"), ("s3", "changed"), ("s5", "changed")]),
         "log --json events: {log}"
     );
-    for e in array(&log, "events") {
+    for e in json_array(&log, "events") {
         let s = json_str(e, "snapshot");
         assert_eq!(json_str(e, "time"), times[s].time, "event time in {e}");
     }
@@ -537,7 +484,7 @@ fn three_snapshots_in_one_second_show_three_history_versions() {
     mnt.finish();
 
     let log = log_json(&repo, &file);
-    let logged: Vec<Vec<u8>> = array(&log, "versions")
+    let logged: Vec<Vec<u8>> = json_array(&log, "versions")
         .iter()
         .map(|v| json_str(v, "name").as_bytes().to_vec())
         .collect();
@@ -658,7 +605,7 @@ fn versions_sharing_a_millisecond_or_an_entry_name_each_keep_their_own_name() {
             );
         }
         let log = log_json(&repo, path);
-        let logged: Vec<Vec<u8>> = array(&log, "versions")
+        let logged: Vec<Vec<u8>> = json_array(&log, "versions")
             .iter()
             .map(|v| json_str(v, "name").as_bytes().to_vec())
             .collect();
@@ -707,7 +654,7 @@ fn deleted_file_is_reachable_and_recreation_is_logged() {
         pairs(&[("d1", "created"), ("d2", "deleted")]),
         "log --json after the deletion: {log}"
     );
-    assert_eq!(array(&log, "versions").len(), 1, "one version: {log}");
+    assert_eq!(json_array(&log, "versions").len(), 1, "one version: {log}");
 
     let times = snapshot_times(&repo);
     let mnt = Mount::new(&repo, &[]);
@@ -763,10 +710,10 @@ fn deleted_file_is_reachable_and_recreation_is_logged() {
         pairs(&[("d1", "created"), ("d2", "deleted"), ("d3", "recreated")]),
         "log --json after the re-creation: {log}"
     );
-    let versions = array(&log, "versions");
+    let versions = json_array(&log, "versions");
     assert_eq!(versions.len(), 2, "two versions: {log}");
-    assert_eq!(str_list(&versions[0], "snapshots"), strings(&["d1"]));
-    assert_eq!(str_list(&versions[1], "snapshots"), strings(&["d3"]));
+    assert_eq!(json_str_list(&versions[0], "snapshots"), strings(&["d1"]));
+    assert_eq!(json_str_list(&versions[1], "snapshots"), strings(&["d3"]));
 }
 
 /// A directory deleted in a later snapshot is still listed under history/
@@ -1007,7 +954,7 @@ fn odd_names_in_log_and_find() {
         if json_str(&log, "path") != lossy(&path) {
             problems.push(format!("log --json {path:?}: path field {:?}", log["path"]));
         }
-        let got: Vec<String> = array(&log, "versions")
+        let got: Vec<String> = json_array(&log, "versions")
             .iter()
             .map(|v| json_str(v, "name").to_string())
             .collect();
@@ -1281,7 +1228,7 @@ fn find_lists_matches_across_snapshots() {
     .collect();
     let seen: BTreeMap<String, Vec<String>> = got
         .iter()
-        .map(|(k, v)| (k.clone(), str_list(v, "snapshots")))
+        .map(|(k, v)| (k.clone(), json_str_list(v, "snapshots")))
         .collect();
     assert_eq!(seen, want, "find --json report.txt");
     for (path, m) in &got {
@@ -1299,7 +1246,7 @@ fn find_lists_matches_across_snapshots() {
     let got = find_json(&repo, &["--snapshot", "f1"], "report.txt");
     let seen: BTreeMap<String, Vec<String>> = got
         .iter()
-        .map(|(k, v)| (k.clone(), str_list(v, "snapshots")))
+        .map(|(k, v)| (k.clone(), json_str_list(v, "snapshots")))
         .collect();
     let want: BTreeMap<String, Vec<String>> = [
         (p("a/report.txt"), strings(&["f1"])),
@@ -1334,7 +1281,7 @@ fn find_lists_matches_across_snapshots() {
         "find d"
     );
     assert_eq!(json_str(&got[&p("d")], "type"), "dir");
-    assert_eq!(str_list(&got[&p("d")], "snapshots"), strings(&["f2"]));
+    assert_eq!(json_str_list(&got[&p("d")], "snapshots"), strings(&["f2"]));
 
     // A glob with '/' matches whole absolute paths; '*' stays in one component.
     let glob = format!("{}/*/report.txt", src.display());
@@ -1369,12 +1316,6 @@ fn find_lists_matches_across_snapshots() {
 
 // ---------------------------------------------------------------- Samba
 
-/// A TCP port nobody listens on right now.
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
-}
-
 /// A running `smbd`, stopped on drop.
 struct Smbd {
     child: Option<Child>,
@@ -1398,16 +1339,10 @@ impl Smbd {
             child: Some(child),
             log_dir: log_dir.to_path_buf(),
         };
-        let up = eventually(Duration::from_secs(20), || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        if !up {
-            let status = smbd
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
+        let limit = Duration::from_secs(20);
+        if let Err(status) = wait_listening(smbd.child.as_mut().expect("smbd"), port, limit) {
             panic!(
-                "smbd did not listen on port {port} within 20 s (exit: {status:?})\n{}",
+                "smbd did not listen on port {port} within {limit:?} (exit: {status:?})\n{}",
                 smbd.logs()
             );
         }
@@ -1433,7 +1368,7 @@ impl Smbd {
 impl Drop for Smbd {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = signal(child.id(), libc::SIGTERM);
             if wait_timeout(&mut child, Duration::from_secs(10)).is_none() {
                 let _ = child.kill();
                 let _ = child.wait();

@@ -117,8 +117,7 @@ fn restore_of_a_path_writes_that_directory_contents_into_target() {
 
     let target_dir = tempdir();
     let target = canonical(target_dir.path()).join("out");
-    let mut spec = std::ffi::OsString::from(format!("{}:", snap.id));
-    spec.push(root.join("sub").as_os_str());
+    let spec = spec_of(&snap.id, &root.join("sub"));
     repo.restore(&spec, &target);
     assert_same_tree(&root.join("sub"), &target);
     assert!(
@@ -173,13 +172,7 @@ fn restore_finds_snapshots_by_name_id_prefix_and_latest() {
 
     // An unknown snapshot is an error, not an empty restore.
     let target = base.join("unknown");
-    let out = run_expect(
-        repo.cmd()
-            .arg("restore")
-            .arg("no-such-snapshot")
-            .arg(&target),
-        1,
-    );
+    let out = run_expect(&mut repo.restore_cmd("no-such-snapshot", &target), 1);
     assert!(!out.stderr.is_empty(), "no message for an unknown snapshot");
 }
 
@@ -243,11 +236,7 @@ fn snapshots_json_describes_each_snapshot() {
     assert_eq!(json_u64(s, "added_bytes"), snap.num("added_bytes"));
 
     // Both sources come back at their absolute paths.
-    let target_dir = tempdir();
-    let target = canonical(target_dir.path()).join("out");
-    repo.restore("nightly", &target);
-    assert_same_tree(&a, &restored_path(&target, &a));
-    assert_same_tree(&b, &restored_path(&target, &b));
+    assert_restores(&repo, "nightly", &[&a, &b], "both sources");
 
     // The plain listing mentions the snapshot too.
     let out = run_ok(repo.cmd().arg("snapshots"));
@@ -342,10 +331,7 @@ fn incremental_ingest_reads_only_what_changed() {
         snap.json
     );
 
-    let target_dir = tempdir();
-    let target = canonical(target_dir.path()).join("out");
-    repo.restore("latest", &target);
-    assert_same_tree(&root, &restored_path(&target, &root));
+    assert_restores(&repo, "latest", &[&root], "after the incremental ingest");
 }
 
 #[test]
@@ -376,10 +362,7 @@ fn one_byte_insert_in_64_mib_file_costs_a_few_chunks() {
     );
     assert!(snap.num("added_bytes") < 8 * MIB, "{}", snap.json);
 
-    let target_dir = tempdir();
-    let target = canonical(target_dir.path()).join("out");
-    repo.restore(&snap.id, &target);
-    assert_same_tree(&root, &restored_path(&target, &root));
+    assert_restores(&repo, &snap.id, &[&root], "after the insert");
 }
 
 #[test]
@@ -398,10 +381,7 @@ fn identical_files_are_stored_once() {
         snap.json
     );
 
-    let target_dir = tempdir();
-    let target = canonical(target_dir.path()).join("out");
-    repo.restore(&snap.id, &target);
-    assert_same_tree(&root, &restored_path(&target, &root));
+    assert_restores(&repo, &snap.id, &[&root], "with a duplicate file");
 }
 
 #[test]
@@ -429,10 +409,7 @@ fn compressible_data_is_stored_compressed() {
         snap.json
     );
 
-    let target_dir = tempdir();
-    let target = canonical(target_dir.path()).join("out");
-    repo.restore(&snap.id, &target);
-    assert_same_tree(&root, &restored_path(&target, &root));
+    assert_restores(&repo, &snap.id, &[&root], "compressed text");
 }
 
 #[test]
@@ -745,10 +722,7 @@ fn random_changes_over_many_snapshots_restore_exactly() {
     mkdir(&refs);
     let repo = Repo::new();
     // A fixed seed by default; SNAPFS_TEST_SEED explores others.
-    let seed = std::env::var("SNAPFS_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(4711);
+    let seed = test_seed();
     eprintln!("random changes with seed {seed}");
     let mut rng = Rng::new(seed);
     let mut serial = 0;
@@ -804,10 +778,7 @@ fn incremental_ingest_records_metadata_only_changes() {
     set_mtime(&root.join("d00"), 1_222_222_222, 222);
     let snap = repo.ingest(&[], &[&root]);
 
-    let target_dir = tempdir();
-    let target = canonical(target_dir.path()).join("out");
-    repo.restore(&snap.id, &target);
-    assert_same_tree(&root, &restored_path(&target, &root));
+    assert_restores(&repo, &snap.id, &[&root], "after metadata-only changes");
 }
 
 #[test]
@@ -834,10 +805,7 @@ fn many_small_files_in_one_directory_round_trip() {
     let snap = repo.ingest(&[], &[&root]);
     assert_eq!(snap.num("files"), 22_000, "{}", snap.json);
 
-    let target_dir = tempdir();
-    let target = canonical(target_dir.path()).join("out");
-    repo.restore(&snap.id, &target);
-    assert_same_tree(&root, &restored_path(&target, &root));
+    assert_restores(&repo, &snap.id, &[&root], "many small files");
 }
 
 #[test]
@@ -860,10 +828,7 @@ fn relative_sources_are_recorded_as_absolute_paths() {
         "{}",
         listed[0]
     );
-    let target_dir = tempdir();
-    let target = canonical(target_dir.path()).join("out");
-    repo.restore(&snap.id, &target);
-    assert_same_tree(&root, &restored_path(&target, &root));
+    assert_restores(&repo, &snap.id, &[&root], "from a relative source");
 }
 
 #[test]
@@ -884,8 +849,7 @@ fn restore_of_a_subtree_keeps_hard_links_whose_group_starts_outside_it() {
 
     let target_dir = tempdir();
     let target = canonical(target_dir.path()).join("out");
-    let mut spec = std::ffi::OsString::from(format!("{}:", snap.id));
-    spec.push(root.join("b-second").as_os_str());
+    let spec = spec_of(&snap.id, &root.join("b-second"));
     repo.restore(&spec, &target);
     let one = fs::metadata(target.join("one")).expect("stat one");
     let two = fs::metadata(target.join("inner/two")).expect("stat two");
@@ -990,14 +954,12 @@ fn restore_path_may_hold_colons_and_non_utf8_bytes() {
     let targets = canonical(target_dir.path());
 
     // SNAPSHOT:PATH splits at the first colon only.
-    let mut spec = std::ffi::OsString::from(format!("{}:", snap.id));
-    spec.push(colon.as_os_str());
+    let spec = spec_of(&snap.id, &colon);
     repo.restore(&spec, &targets.join("colon"));
     assert_same_tree(&colon, &targets.join("colon"));
 
     // A path that is not UTF-8 can be restored on its own.
-    let mut spec = std::ffi::OsString::from(format!("{}:", snap.id));
-    spec.push(latin1.as_os_str());
+    let spec = spec_of(&snap.id, &latin1);
     repo.restore(&spec, &targets.join("latin1"));
     assert_same_tree(&latin1, &targets.join("latin1"));
 }
@@ -1054,10 +1016,7 @@ fn init_over_an_existing_repository_keeps_it() {
         describe("init over a repository", &out)
     );
     assert_eq!(repo.snapshot_ids(), vec![snap.id.clone()]);
-    let target_dir = tempdir();
-    let target = canonical(target_dir.path()).join("out");
-    repo.restore(&snap.id, &target);
-    assert_same_tree(&root, &restored_path(&target, &root));
+    assert_restores(&repo, &snap.id, &[&root], "after init over the repository");
 }
 
 #[test]
@@ -1082,10 +1041,7 @@ fn copy_of_a_tree_elsewhere_adds_almost_no_data() {
         "a copy of a {before}-byte tree at another path added {growth} bytes: {}",
         snap.json
     );
-    let target_dir = tempdir();
-    let target = canonical(target_dir.path()).join("out");
-    repo.restore(&snap.id, &target);
-    assert_same_tree(&copy, &restored_path(&target, &copy));
+    assert_restores(&repo, &snap.id, &[&copy], "the copy elsewhere");
 }
 
 #[test]
@@ -1094,7 +1050,7 @@ fn restore_from_an_empty_repository_fails_with_a_message() {
     let target_dir = tempdir();
     let target = canonical(target_dir.path()).join("out");
     for spec in ["latest", "anything"] {
-        let out = run_expect(repo.cmd().arg("restore").arg(spec).arg(&target), 1);
+        let out = run_expect(&mut repo.restore_cmd(spec, &target), 1);
         assert!(
             !out.stderr.is_empty(),
             "restore {spec} failed without a message"
@@ -1272,10 +1228,7 @@ fn restore_runs_one_bounded_pool_of_threads() {
     let target_dir = tempdir();
     let target = canonical(target_dir.path()).join("out");
     let mut child = repo
-        .cmd()
-        .arg("restore")
-        .arg(&snap.id)
-        .arg(&target)
+        .restore_cmd(&snap.id, &target)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -9,168 +9,19 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tempfile::TempDir;
 
-use crate::mount::Mount;
 use crate::util::*;
 
 // ---------------------------------------------------------------- helpers
-
-/// A scratch area: a canonical base directory with a source tree, frozen
-/// copies of it, and room for restores.
-pub(crate) struct Work {
-    _dir: TempDir,
-    base: PathBuf,
-    pub(crate) src: PathBuf,
-    pub(crate) scratch: PathBuf,
-    restores: u64,
-}
-
-impl Work {
-    pub(crate) fn new() -> Work {
-        let dir = tempdir();
-        let base = canonical(dir.path());
-        let src = base.join("src");
-        let scratch = base.join("scratch");
-        mkdir(&src);
-        mkdir(&scratch);
-        Work {
-            _dir: dir,
-            base,
-            src,
-            scratch,
-            restores: 0,
-        }
-    }
-
-    /// A frozen copy of the source as it is now (`cp -a`, hard links kept).
-    pub(crate) fn freeze(&self, label: &str) -> PathBuf {
-        self.freeze_of(&self.src, label)
-    }
-
-    fn freeze_of(&self, src: &Path, label: &str) -> PathBuf {
-        let dest = self.base.join(format!("ref-{label}"));
-        assert!(!dest.exists(), "{} exists already", dest.display());
-        tool("cp", &[OsStr::new("-a"), src.as_os_str(), dest.as_os_str()]);
-        dest
-    }
-
-    /// Restores snapshot `spec` whole and asserts that the source inside
-    /// it reproduces `reference` (rsync -naHAXc --delete prints nothing,
-    /// and metadata agrees).
-    pub(crate) fn assert_restores(&mut self, repo: &Repo, spec: &str, reference: &Path) {
-        let src = self.src.clone();
-        self.assert_restores_of(repo, spec, &src, reference);
-    }
-
-    /// The same for a snapshot of `src` rather than of the main source.
-    fn assert_restores_of(&mut self, repo: &Repo, spec: &str, src: &Path, reference: &Path) {
-        self.restores += 1;
-        let target = self.scratch.join(format!("restore-{}", self.restores));
-        let out = repo
-            .cmd()
-            .arg("restore")
-            .arg(spec)
-            .arg(&target)
-            .output()
-            .expect("spawn restore");
-        assert!(
-            out.status.success(),
-            "restore of snapshot {spec} failed\n{}",
-            describe("restore", &out)
-        );
-        let restored = restored_path(&target, src);
-        let diff = rsync_diff(reference, &restored);
-        assert!(
-            diff.is_empty(),
-            "snapshot {spec} does not restore identical to its source copy {}:\n{diff}",
-            reference.display()
-        );
-        assert_same_tree(reference, &restored);
-        remove_tree(&target);
-    }
-}
-
-/// Removes a restored tree even where it holds read-only directories.
-fn remove_tree(p: &Path) {
-    if fs::remove_dir_all(p).is_err() {
-        let _ = Command::new("chmod").arg("-R").arg("u+rwx").arg(p).status();
-        fs::remove_dir_all(p).unwrap_or_else(|e| panic!("remove {}: {e}", p.display()));
-    }
-}
-
-/// Runs `cmd` and returns (exit code, output), for commands whose failure
-/// the test expects or inspects itself.
-pub(crate) fn output_of(cmd: &mut Command) -> Output {
-    let what = format!("{cmd:?}");
-    cmd.output().unwrap_or_else(|e| panic!("spawn {what}: {e}"))
-}
-
-fn stderr_of(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// `gc --json EXTRA`, expecting success.
-pub(crate) fn gc(repo: &Repo, extra: &[&str]) -> Value {
-    let out = run_ok(repo.cmd().args(["gc", "--json"]).args(extra));
-    parse_json("gc --json", &out.stdout)
-}
-
-/// `forget --json ARGS`, expecting success.
-pub(crate) fn forget(repo: &Repo, args: &[&str]) -> Value {
-    let out = run_ok(repo.cmd().args(["forget", "--json"]).args(args));
-    parse_json("forget --json", &out.stdout)
-}
-
-/// `verify --json EXTRA`: the output and its parsed report.
-fn verify(repo: &Repo, extra: &[&str]) -> (Output, Value) {
-    let out = output_of(repo.cmd().args(["verify", "--json"]).args(extra));
-    let json = parse_json(&describe("verify --json", &out), &out.stdout);
-    (out, json)
-}
-
-/// Asserts `verify --read-data` exits 0 and reports no problem.
-pub(crate) fn assert_verify_read_data_ok(repo: &Repo, when: &str) {
-    let (out, json) = verify(repo, &["--read-data"]);
-    assert!(
-        out.status.code() == Some(0) && json["ok"] == Value::Bool(true),
-        "{when}: verify --read-data should pass\n{}",
-        describe("verify --read-data --json", &out)
-    );
-}
-
-/// Names of the listed snapshots.
-pub(crate) fn names(repo: &Repo) -> BTreeSet<String> {
-    repo.snapshots()
-        .iter()
-        .map(|s| json_str(s, "name").to_string())
-        .collect()
-}
-
-pub(crate) fn ids(repo: &Repo) -> BTreeSet<String> {
-    repo.snapshot_ids().into_iter().collect()
-}
-
-/// Every `*.pack` file of the repository.
-pub(crate) fn pack_files(repo: &Repo) -> Vec<PathBuf> {
-    let dir = repo.path.join("packs");
-    if !dir.exists() {
-        return Vec::new();
-    }
-    walk(&dir)
-        .into_iter()
-        .filter(|p| p.extension() == Some(OsStr::new("pack")) && p.is_file())
-        .collect()
-}
 
 /// Replaces `share_percent` of the files under `root` (every file of the
 /// tree, in a seeded random choice) with new random data of similar size.
@@ -187,23 +38,6 @@ fn replace_share(root: &Path, seed: u64, share_percent: u64) -> usize {
         }
     }
     replaced
-}
-
-/// Waits up to `limit` for `child`; kills it with SIGKILL after that.
-/// Returns the exit status when it ended by itself.
-fn kill_after(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            child.kill().expect("SIGKILL");
-            child.wait().expect("reap killed child");
-            return None;
-        }
-        thread::sleep(Duration::from_micros(500));
-    }
 }
 
 /// A command left running in the background, with its output collected.
@@ -231,12 +65,7 @@ fn decisions(json: &Value) -> BTreeMap<String, (bool, Vec<String>)> {
             let keep = d["keep"]
                 .as_bool()
                 .unwrap_or_else(|| panic!("decision without \"keep\": {d}"));
-            let reasons = d["reasons"]
-                .as_array()
-                .unwrap_or_else(|| panic!("decision without \"reasons\": {d}"))
-                .iter()
-                .map(|r| r.as_str().expect("reason string").to_string())
-                .collect();
+            let reasons = json_str_list(d, "reasons");
             (json_str(d, "name").to_string(), (keep, reasons))
         })
         .collect()
@@ -269,8 +98,8 @@ fn two_groups(work: &Work) -> (Repo, PathBuf, PathBuf) {
 fn forget_dry_run_lists_every_decision_and_removes_nothing() {
     let work = Work::new();
     let (repo, _, _) = two_groups(&work);
-    let before = names(&repo);
-    let packs_before = pack_files(&repo);
+    let before = repo.name_set();
+    let packs_before = repo.pack_files();
     let json = forget(
         &repo,
         &["--keep-last", "1", "--keep-tag", "precious", "--dry-run"],
@@ -305,8 +134,8 @@ fn forget_dry_run_lists_every_decision_and_removes_nothing() {
     );
     assert!(d["a2"].1.iter().any(|r| r.contains("tag")), "{json}");
     assert!(d["a4"].1.iter().any(|r| r.contains("last")), "{json}");
-    assert_eq!(names(&repo), before, "a dry run removed snapshots");
-    assert_eq!(pack_files(&repo), packs_before, "a dry run changed packs");
+    assert_eq!(repo.name_set(), before, "a dry run removed snapshots");
+    assert_eq!(repo.pack_files(), packs_before, "a dry run changed packs");
 
     // The plain-text dry run says the same without changing anything.
     let out = run_ok(repo.cmd().args(["forget", "--keep-last", "1", "--dry-run"]));
@@ -315,7 +144,7 @@ fn forget_dry_run_lists_every_decision_and_removes_nothing() {
         text.contains("a3") && text.contains("remove"),
         "plain dry run output:\n{text}"
     );
-    assert_eq!(names(&repo), before, "a dry run removed snapshots");
+    assert_eq!(repo.name_set(), before, "a dry run removed snapshots");
 }
 
 /// Today every `--stdin` snapshot recorded no sources, so all streams fell
@@ -354,8 +183,12 @@ fn stdin_streams_keep_their_own_newest_snapshot() {
         assert!(out.status.success(), "{}", describe("ingest --stdin", &out));
     }
     let json = forget(&repo, &["--keep-last", "1"]);
-    let expect: BTreeSet<String> = ["db1-a", "db2-b"].iter().map(|s| s.to_string()).collect();
-    assert_eq!(names(&repo), expect, "after forget --keep-last 1: {json}");
+    let expect = string_set(&["db1-a", "db2-b"]);
+    assert_eq!(
+        repo.name_set(),
+        expect,
+        "after forget --keep-last 1: {json}"
+    );
     let target = tempdir();
     let out = repo.restore("db1-a", &target.path().join("r"));
     assert!(out.status.success(), "{}", describe("restore", &out));
@@ -367,28 +200,27 @@ fn stdin_streams_keep_their_own_newest_snapshot() {
 
 #[test]
 fn forget_keep_last_and_keep_tag_apply_to_each_group_on_its_own() {
-    let mut work = Work::new();
+    let work = Work::new();
     let (repo, a, _b) = two_groups(&work);
     let json = forget(&repo, &["--keep-last", "1", "--keep-tag", "precious"]);
     assert_eq!(json["dry_run"], Value::Bool(false), "{json}");
-    let expect: BTreeSet<String> = ["a4", "a2", "b2"].iter().map(|s| s.to_string()).collect();
-    assert_eq!(names(&repo), expect, "after forget: {json}");
+    let expect = string_set(&["a4", "a2", "b2"]);
+    assert_eq!(repo.name_set(), expect, "after forget: {json}");
 
     // Group b's last snapshot is older than everything in group a: a policy
     // applied to the whole repository would have removed it.
     let json = forget(&repo, &["--keep-last", "1"]);
-    let expect: BTreeSet<String> = ["a4", "b2"].iter().map(|s| s.to_string()).collect();
-    assert_eq!(names(&repo), expect, "after forget --keep-last 1: {json}");
+    let expect = string_set(&["a4", "b2"]);
+    assert_eq!(
+        repo.name_set(),
+        expect,
+        "after forget --keep-last 1: {json}"
+    );
 
     // What is kept still restores (group a's source is its current state).
     let reference = work.freeze_of(&a, "a4");
     work.assert_restores_of(&repo, "a4", &a, &reference);
-    let out = output_of(
-        repo.cmd()
-            .arg("restore")
-            .arg("a1")
-            .arg(work.scratch.join("x")),
-    );
+    let out = output_of(&mut repo.restore_cmd("a1", &work.scratch.join("x")));
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -420,13 +252,10 @@ fn forget_named_snapshots_removes_exactly_those() {
         .filter(|(_, (keep, _))| !keep)
         .map(|(n, _)| n)
         .collect();
-    let expect: BTreeSet<String> = ["a3", "b1"].iter().map(|s| s.to_string()).collect();
+    let expect = string_set(&["a3", "b1"]);
     assert_eq!(removed, expect, "forget a3 {prefix}: {json}");
-    let left: BTreeSet<String> = ["a1", "a2", "a4", "b2"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    assert_eq!(names(&repo), left);
+    let left = string_set(&["a1", "a2", "a4", "b2"]);
+    assert_eq!(repo.name_set(), left);
 
     // An unknown name fails and removes nothing.
     let out = output_of(repo.cmd().args(["forget", "no-such-snapshot"]));
@@ -441,23 +270,23 @@ fn forget_named_snapshots_removes_exactly_those() {
         "the error should name the snapshot: {}",
         stderr_of(&out)
     );
-    assert_eq!(names(&repo), left);
+    assert_eq!(repo.name_set(), left);
 }
 
 #[test]
 fn forget_keep_within_a_long_duration_keeps_everything() {
     let work = Work::new();
     let (repo, _, _) = two_groups(&work);
-    let before = names(&repo);
+    let before = repo.name_set();
     let json = forget(&repo, &["--keep-within", "10y"]);
     assert!(
         decisions(&json).values().all(|(keep, _)| *keep),
         "--keep-within 10y should keep every snapshot: {json}"
     );
-    assert_eq!(names(&repo), before);
+    assert_eq!(repo.name_set(), before);
     // A within rule combined with --gc removes nothing either.
     let json = forget(&repo, &["--keep-within", "36h", "--gc"]);
-    assert_eq!(names(&repo), before, "{json}");
+    assert_eq!(repo.name_set(), before, "{json}");
     assert_eq!(json["gc"]["packs_removed"], 0, "{json}");
 }
 
@@ -465,7 +294,7 @@ fn forget_keep_within_a_long_duration_keeps_everything() {
 
 #[test]
 fn gc_after_forgetting_all_but_the_last_frees_the_space_of_the_rest() {
-    let mut work = Work::new();
+    let work = Work::new();
     build_plain_tree(&work.src, 31, 4, 40, MIB); // ~40 MiB
     let repo = Repo::new();
     let mut last = String::new();
@@ -481,7 +310,7 @@ fn gc_after_forgetting_all_but_the_last_frees_the_space_of_the_rest() {
     let full = repo.packs_bytes();
     let json = forget(&repo, &["--keep-last", "1", "--gc"]);
     assert_eq!(
-        ids(&repo),
+        repo.id_set(),
         [last.clone()].into_iter().collect(),
         "forget --keep-last 1: {json}"
     );
@@ -534,12 +363,13 @@ fn verify_read_data_names_the_files_and_snapshots_of_a_flipped_byte() {
 
     // The first ingest's pack is the only one holding a.bin and b.bin, and
     // both files fill nearly all of it: its middle lies inside one of them.
-    let first_pack = pack_files(&repo)
+    let first_pack = repo
+        .pack_files()
         .into_iter()
         .filter(|p| fs::metadata(p).expect("stat").len() > 2 * len)
         .min_by_key(|p| fs::metadata(p).expect("stat").modified().expect("mtime"))
         .expect("a pack holding the first snapshot's data");
-    let mode = fs::metadata(&first_pack).expect("stat").mode() & 0o777;
+    let mode = mode_of(&first_pack);
     assert_eq!(
         mode, 0o400,
         "pack files should be read-only and private (mode 0400)"
@@ -602,11 +432,7 @@ fn verify_read_data_names_the_files_and_snapshots_of_a_flipped_byte() {
     // The human-readable report names the file too.
     let out = output_of(repo.cmd().args(["verify", "--read-data"]));
     assert_eq!(out.status.code(), Some(1), "{}", describe("verify", &out));
-    let all = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        stderr_of(&out)
-    );
+    let all = all_output(&out);
     assert!(
         all.contains(hit.to_str().expect("utf-8 path")),
         "plain verify --read-data should name {}:\n{all}",
@@ -647,24 +473,9 @@ fn build_varied_tree(root: &Path, seed: u64) {
     set_mtime(&root.join("private"), 1_600_000_000, 123_456_789);
 }
 
-pub(crate) fn delete_catalog(repo: &Repo) {
-    for name in ["catalog.db", "catalog.db-wal", "catalog.db-shm"] {
-        let p = repo.path.join(name);
-        if p.exists() {
-            fs::remove_file(&p).unwrap_or_else(|e| panic!("rm {}: {e}", p.display()));
-        }
-    }
-    assert!(!repo.path.join("catalog.db").exists());
-}
-
-fn rebuild(repo: &Repo) -> Value {
-    let out = run_ok(repo.cmd().args(["rebuild-catalog", "--json"]));
-    parse_json("rebuild-catalog --json", &out.stdout)
-}
-
 #[test]
 fn rebuilt_catalog_restores_every_snapshot_identically() {
-    let mut work = Work::new();
+    let work = Work::new();
     build_varied_tree(&work.src, 61);
     let repo = Repo::new();
     let mut refs: BTreeMap<String, PathBuf> = BTreeMap::new();
@@ -704,7 +515,7 @@ fn rebuilt_catalog_restores_every_snapshot_identically() {
     };
 
     delete_catalog(&repo);
-    let json = rebuild(&repo);
+    let json = rebuild_catalog_ok(&repo);
     assert_eq!(json["snapshots"], 3, "{json}");
     let after = repo.snapshots();
     assert_eq!(after.len(), before.len(), "snapshot count after rebuild");
@@ -740,7 +551,7 @@ fn rebuilt_catalog_restores_every_snapshot_identically() {
 
 #[test]
 fn forgotten_snapshots_stay_forgotten_after_a_rebuild() {
-    let mut work = Work::new();
+    let work = Work::new();
     build_varied_tree(&work.src, 62);
     let repo = Repo::new();
     let mut refs: BTreeMap<String, PathBuf> = BTreeMap::new();
@@ -755,13 +566,13 @@ fn forgotten_snapshots_stay_forgotten_after_a_rebuild() {
     // s0 forgotten and collected; s2 only forgotten.
     forget(&repo, &["s0", "--gc"]);
     forget(&repo, &["s2"]);
-    let expect: BTreeSet<String> = ["s1", "s3"].iter().map(|s| s.to_string()).collect();
-    assert_eq!(names(&repo), expect);
+    let expect = string_set(&["s1", "s3"]);
+    assert_eq!(repo.name_set(), expect);
 
     delete_catalog(&repo);
-    let json = rebuild(&repo);
+    let json = rebuild_catalog_ok(&repo);
     assert_eq!(
-        names(&repo),
+        repo.name_set(),
         expect,
         "after rebuild-catalog the forgotten snapshots came back: {json}"
     );
@@ -770,13 +581,13 @@ fn forgotten_snapshots_stay_forgotten_after_a_rebuild() {
     }
     assert_verify_read_data_ok(&repo, "after rebuild");
     // A second rebuild, with the old catalog moved aside, agrees.
-    let json = rebuild(&repo);
+    let json = rebuild_catalog_ok(&repo);
     let aside = json["old_catalog"].as_str().unwrap_or_default();
     assert!(
         !aside.is_empty() && Path::new(aside).exists(),
         "the previous catalog should be kept aside: {json}"
     );
-    assert_eq!(names(&repo), expect);
+    assert_eq!(repo.name_set(), expect);
     // And gc after the rebuild frees what s2 held, without touching s1/s3.
     gc(&repo, &[]);
     for name in &expect {
@@ -789,7 +600,7 @@ fn forgotten_snapshots_stay_forgotten_after_a_rebuild() {
 
 #[test]
 fn append_only_repository_refuses_forget_and_gc_without_allow_delete() {
-    let mut work = Work::new();
+    let work = Work::new();
     let dir = tempdir();
     let repo = Repo::at(&canonical(dir.path()).join("repo"));
     run_ok(repo.cmd().args(["init", "--append-only"]));
@@ -798,12 +609,12 @@ fn append_only_repository_refuses_forget_and_gc_without_allow_delete() {
     replace_share(&work.src, 72, 50);
     repo.ingest(&["--name", "two"], &[&work.src]);
     let two = work.freeze("two");
-    for p in pack_files(&repo) {
-        let mode = fs::metadata(&p).expect("stat").mode() & 0o777;
+    for p in repo.pack_files() {
+        let mode = mode_of(&p);
         assert_eq!(mode, 0o400, "pack {} has mode {mode:o}", p.display());
     }
-    let before = names(&repo);
-    let packs = pack_files(&repo);
+    let before = repo.name_set();
+    let packs = repo.pack_files();
 
     let refused: [&[&str]; 4] = [
         &["forget", "--keep-last", "1"],
@@ -824,14 +635,14 @@ fn append_only_repository_refuses_forget_and_gc_without_allow_delete() {
             err.contains("append-only") && err.contains("--allow-delete"),
             "{args:?}: the refusal should say why and how to override:\n{err}"
         );
-        assert_eq!(names(&repo), before, "{args:?} removed snapshots");
-        assert_eq!(pack_files(&repo), packs, "{args:?} changed packs");
+        assert_eq!(repo.name_set(), before, "{args:?} removed snapshots");
+        assert_eq!(repo.pack_files(), packs, "{args:?} changed packs");
     }
     // A dry run changes nothing either way; it need not be refused.
 
     let json = forget(&repo, &["--keep-last", "1", "--allow-delete"]);
     assert_eq!(
-        names(&repo),
+        repo.name_set(),
         ["two".to_string()].into_iter().collect(),
         "{json}"
     );
@@ -865,7 +676,7 @@ fn gc_while_a_mount_reads_a_forgotten_snapshot_keeps_its_packs_until_unmount() {
     // The reader copies the file in 1 MiB pieces; it pauses after a part
     // until the forget and gc have run, then copies the rest.
     let copy = work.base.join("copy.bin");
-    let reader = crate::readers::PausedReader::start(&in_mount, &copy);
+    let reader = PausedReader::start(&in_mount, &copy);
     let json = forget(&repo, &["big", "--gc"]);
     let g = &json["gc"];
     eprintln!("forget big --gc while mounted: {g}");
@@ -948,7 +759,7 @@ struct Expected {
 impl Expected {
     /// Asserts every listed snapshot is known and restores identical, and
     /// `verify --read-data` passes.
-    fn check(&self, work: &mut Work, repo: &Repo, when: &str) {
+    fn check(&self, work: &Work, repo: &Repo, when: &str) {
         assert_verify_read_data_ok(repo, when);
         for id in repo.snapshot_ids() {
             let reference = self
@@ -957,64 +768,6 @@ impl Expected {
                 .unwrap_or_else(|| panic!("{when}: unknown snapshot {id} listed"));
             work.assert_restores(repo, &id, reference);
         }
-    }
-}
-
-/// Draws kill delays: uniform below the typical length of an uninterrupted
-/// run, measured from the runs that escape a kill.
-pub(crate) struct Killer {
-    rng: Rng,
-    typical: Duration,
-    pub(crate) kills: u32,
-    completed: u32,
-}
-
-impl Killer {
-    pub(crate) fn new(seed: u64, guess: Duration) -> Killer {
-        Killer {
-            rng: Rng::new(seed),
-            typical: guess,
-            kills: 0,
-            completed: 0,
-        }
-    }
-
-    /// Spawns `cmd` and SIGKILLs it at a random moment. Returns true when
-    /// it was killed; panics if it ended by itself with an error.
-    pub(crate) fn run(&mut self, cmd: &mut Command, what: &str) -> bool {
-        let micros = self.typical.as_micros() as u64;
-        let delay = Duration::from_micros(self.rng.below(micros * 11 / 10 + 1));
-        let started = Instant::now();
-        let mut child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-        match kill_after(&mut child, delay) {
-            None => {
-                self.kills += 1;
-                eprintln!("{what}: killed after {delay:?}");
-                true
-            }
-            Some(status) => {
-                let took = started.elapsed();
-                self.completed += 1;
-                self.typical = (self.typical + took) / 2;
-                let mut err = String::new();
-                let _ = child
-                    .stderr
-                    .take()
-                    .expect("stderr")
-                    .read_to_string(&mut err);
-                assert!(status.success(), "{what} failed ({status}):\n{err}");
-                false
-            }
-        }
-    }
-
-    /// Notes how long an uninterrupted run of the command took.
-    fn observe(&mut self, took: Duration) {
-        self.typical = (self.typical + took) / 2;
     }
 }
 
@@ -1029,7 +782,7 @@ fn timed_ok(cmd: &mut Command) -> (Output, Duration) {
 
 #[test]
 fn sigkill_during_forget_never_breaks_the_repository() {
-    let mut work = Work::new();
+    let work = Work::new();
     build_plain_tree(&work.src, 41, 2, 10, 200 * KIB);
     let repo = Repo::new();
     let mut exp = Expected {
@@ -1051,24 +804,24 @@ fn sigkill_during_forget_never_breaks_the_repository() {
             let reference = work.freeze(&id);
             exp.refs.insert(id, reference);
         }
-        let before = ids(&repo);
+        let before = repo.id_set();
         let killed = killer.run(
             repo.cmd().args(["forget", "--keep-last", "3"]),
             "forget --keep-last 3",
         );
-        let now = ids(&repo);
+        let now = repo.id_set();
         assert!(
             now.is_subset(&before) && now.len() >= before.len().min(3),
             "round {round}: after {} forget the snapshots are {now:?}, before {before:?}",
             if killed { "a killed" } else { "a" }
         );
-        exp.check(&mut work, &repo, &format!("round {round}, after forget"));
+        exp.check(&work, &repo, &format!("round {round}, after forget"));
         let (_, took) = timed_ok(repo.cmd().args(["forget", "--keep-last", "3"]));
         if killed {
             killer.observe(took);
         }
         assert_eq!(
-            ids(&repo).len(),
+            repo.id_set().len(),
             before.len().min(3),
             "round {round}: the rerun of forget"
         );
@@ -1077,12 +830,12 @@ fn sigkill_during_forget_never_breaks_the_repository() {
         "forget: {} kills, {} completed, typical run {:?}",
         killer.kills, killer.completed, killer.typical
     );
-    exp.check(&mut work, &repo, "at the end");
+    exp.check(&work, &repo, "at the end");
 }
 
 #[test]
 fn sigkill_during_gc_never_breaks_the_repository() {
-    let mut work = Work::new();
+    let work = Work::new();
     build_plain_tree(&work.src, 51, 3, 16, 640 * KIB); // ~10 MiB
     let repo = Repo::new();
     let mut exp = Expected {
@@ -1102,14 +855,14 @@ fn sigkill_during_gc_never_breaks_the_repository() {
         let reference = work.freeze(&id);
         exp.refs.insert(id, reference);
         forget(&repo, &["--keep-last", "2"]);
-        let before = ids(&repo);
+        let before = repo.id_set();
         let killed = killer.run(repo.cmd().args(["gc", "--max-unused", "5"]), "gc");
         assert_eq!(
-            ids(&repo),
+            repo.id_set(),
             before,
             "round {round}: gc changed the snapshot list"
         );
-        exp.check(&mut work, &repo, &format!("round {round}, after gc"));
+        exp.check(&work, &repo, &format!("round {round}, after gc"));
         let (_, took) = timed_ok(repo.cmd().args(["gc", "--max-unused", "5"]));
         if killed {
             killer.observe(took);
@@ -1119,14 +872,14 @@ fn sigkill_during_gc_never_breaks_the_repository() {
         "gc: {} kills, {} completed, typical run {:?}",
         killer.kills, killer.completed, killer.typical
     );
-    exp.check(&mut work, &repo, "at the end");
+    exp.check(&work, &repo, "at the end");
     let g = gc(&repo, &[]);
     assert_eq!(json_u64(&g, "packs_waiting"), 0, "{g}");
 }
 
 #[test]
 fn sigkill_during_ingest_with_several_snapshots_never_breaks_the_repository() {
-    let mut work = Work::new();
+    let work = Work::new();
     build_plain_tree(&work.src, 81, 3, 16, 640 * KIB); // ~10 MiB
     let repo = Repo::new();
     let mut exp = Expected {
@@ -1149,9 +902,9 @@ fn sigkill_during_ingest_with_several_snapshots_never_breaks_the_repository() {
         );
         replace_share(&work.src, 8200 + round as u64, 30);
         let reference = work.freeze(&format!("round-{round}"));
-        let before = ids(&repo);
+        let before = repo.id_set();
         let killed = killer.run(&mut repo.ingest_cmd(&[], &[&work.src]), "ingest");
-        let now = ids(&repo);
+        let now = repo.id_set();
         let new: Vec<&String> = now.difference(&before).collect();
         assert!(
             now.is_superset(&before) && new.len() <= 1,
@@ -1160,7 +913,7 @@ fn sigkill_during_ingest_with_several_snapshots_never_breaks_the_repository() {
         for id in new {
             exp.refs.insert(id.clone(), reference.clone());
         }
-        exp.check(&mut work, &repo, &format!("round {round}, after ingest"));
+        exp.check(&work, &repo, &format!("round {round}, after ingest"));
         let (out, took) = timed_ok(&mut repo.ingest_cmd(&[], &[&work.src]));
         let id = Ingested::from_output(&out).id;
         exp.refs.insert(id.clone(), reference);
@@ -1170,7 +923,7 @@ fn sigkill_during_ingest_with_several_snapshots_never_breaks_the_repository() {
         }
         work.assert_restores(&repo, &id, &exp.refs[&id].clone());
         // Keep the number of snapshots (and so the checks) bounded.
-        if ids(&repo).len() > 4 {
+        if repo.id_set().len() > 4 {
             forget(&repo, &["--keep-last", "3", "--gc"]);
         }
     }
@@ -1178,14 +931,14 @@ fn sigkill_during_ingest_with_several_snapshots_never_breaks_the_repository() {
         "ingest: {} kills, {} completed, typical run {:?}",
         killer.kills, killer.completed, killer.typical
     );
-    exp.check(&mut work, &repo, "at the end");
+    exp.check(&work, &repo, "at the end");
 }
 
 // ---------------------------------------------------------------- gc with ingest
 
 #[test]
 fn gc_and_ingest_running_together_both_complete() {
-    let mut work = Work::new();
+    let work = Work::new();
     build_plain_tree(&work.src, 91, 4, 24, MIB); // ~24 MiB
     let repo = Repo::new();
     let mut refs: BTreeMap<String, PathBuf> = BTreeMap::new();
@@ -1231,7 +984,7 @@ fn gc_and_ingest_running_together_both_complete() {
 // ---------------------------------------------------------------- disk full
 
 fn free_bytes(p: &Path) -> u64 {
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).expect("path");
+    let c = cpath(p);
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
     assert_eq!(rc, 0, "statvfs {}", p.display());
@@ -1240,7 +993,7 @@ fn free_bytes(p: &Path) -> u64 {
 
 #[test]
 fn disk_full_during_gc_fails_cleanly_and_a_later_gc_succeeds() {
-    let mut work = Work::new();
+    let work = Work::new();
     let dir = tempdir();
     let fs_dir = canonical(dir.path()).join("small-fs");
     let tmpfs = Tmpfs::mount(&fs_dir, "48m");
@@ -1264,7 +1017,7 @@ fn disk_full_during_gc_fails_cleanly_and_a_later_gc_succeeds() {
     let free = free_bytes(&tmpfs.path);
     assert!(free > 4 * MIB, "the tmpfs has only {free} bytes free");
     write_random_file(&filler, 1003, free - 2 * MIB);
-    let packs_before = pack_files(&repo);
+    let packs_before = repo.pack_files();
 
     let out = output_of(repo.cmd().args(["gc"]));
     assert_eq!(
@@ -1284,7 +1037,7 @@ fn disk_full_during_gc_fails_cleanly_and_a_later_gc_succeeds() {
         "gc panicked on a full disk:\n{err}"
     );
     assert_eq!(
-        pack_files(&repo),
+        repo.pack_files(),
         packs_before,
         "a failed gc must not delete or add packs"
     );
@@ -1294,7 +1047,7 @@ fn disk_full_during_gc_fails_cleanly_and_a_later_gc_succeeds() {
     fs::remove_file(&filler).expect("rm filler");
     let g = gc(&repo, &[]);
     assert!(json_u64(&g, "bytes_freed") >= 15 * MIB, "{g}");
-    assert_eq!(names(&repo), ["two".to_string()].into_iter().collect());
+    assert_eq!(repo.name_set(), ["two".to_string()].into_iter().collect());
     work.assert_restores(&repo, "two", &two);
     assert_verify_read_data_ok(&repo, "after gc with space again");
     assert!(

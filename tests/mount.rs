@@ -9,336 +9,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tempfile::TempDir;
-
 use crate::util::*;
 
-/// How long a mount may take to print its "mounted" line.
-const READY_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the mount process may take to exit once unmounted or signalled.
-const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a snapshot ingested while mounted may take to show up.
 const APPEAR_TIMEOUT: Duration = Duration::from_secs(5);
-
-// ---------------------------------------------------------------- the mount guard
-
-/// Fails the test unless this machine can mount FUSE filesystems.
-pub(crate) fn require_fuse() {
-    assert!(
-        Path::new("/dev/fuse").exists(),
-        "the mount tests need /dev/fuse (load the fuse module, or give the container \
-         --device /dev/fuse --cap-add SYS_ADMIN); they fail rather than skip"
-    );
-    require_tool("fusermount3");
-}
-
-/// The mount table entry for `path`, as (filesystem type, options), if any.
-fn mount_entry(path: &Path) -> Option<(String, String)> {
-    let table = fs::read_to_string("/proc/self/mounts").expect("read /proc/self/mounts");
-    let want = path.as_os_str().as_bytes();
-    let mut found = None;
-    for line in table.lines() {
-        let fields: Vec<&str> = line.split(' ').collect();
-        if fields.len() >= 4 && unescape_mount_field(fields[1]) == want {
-            // The last entry for a path is the one on top.
-            found = Some((fields[2].to_string(), fields[3].to_string()));
-        }
-    }
-    found
-}
-
-pub(crate) fn is_mounted(path: &Path) -> bool {
-    mount_entry(path).is_some()
-}
-
-/// Undoes the octal escapes (`\040` for a space) of /proc/mounts.
-pub(crate) fn unescape_mount_field(field: &str) -> Vec<u8> {
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
-}
-
-/// Waits up to `limit` for `child` to exit.
-pub(crate) fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        match child.try_wait().expect("wait for child") {
-            Some(status) => return Some(status),
-            None if Instant::now() >= deadline => return None,
-            None => thread::sleep(Duration::from_millis(20)),
-        }
-    }
-}
-
-pub(crate) fn fusermount_unmount(path: &Path, lazy: bool) -> Output {
-    let mut cmd = Command::new("fusermount3");
-    cmd.arg("-u");
-    if lazy {
-        cmd.arg("-z");
-    }
-    cmd.arg(path)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("spawn fusermount3: {e}"))
-}
-
-/// A running `snapfs mount`. Dropping it unmounts (lazily if it must) and
-/// stops the process; [`Mount::finish`] does the same but asserts the
-/// clean-exit contract.
-pub(crate) struct Mount {
-    pub(crate) path: PathBuf,
-    child: Option<Child>,
-    stdout_lines: Arc<Mutex<Vec<String>>>,
-    stderr: Arc<Mutex<Vec<u8>>>,
-    ready_line: String,
-    _dir: Option<TempDir>,
-}
-
-impl Mount {
-    /// Mounts `repo` on a fresh mount point of its own, whose parent is
-    /// 0755 so that other users can reach it (with --allow-other).
-    pub(crate) fn new(repo: &Repo, extra: &[&str]) -> Mount {
-        let dir = tempdir();
-        chmod(dir.path(), 0o755);
-        let path = canonical(dir.path()).join("mnt");
-        mkdir(&path);
-        Mount::start(repo, extra, path, Some(dir))
-    }
-
-    /// Mounts `repo` on `path`, which the caller owns (and must outlive this).
-    fn at(repo: &Repo, extra: &[&str], path: &Path) -> Mount {
-        Mount::start(repo, extra, path.to_path_buf(), None)
-    }
-
-    fn start(repo: &Repo, extra: &[&str], path: PathBuf, dir: Option<TempDir>) -> Mount {
-        require_fuse();
-        let mut cmd = repo.cmd();
-        cmd.arg("mount").args(extra).arg(&path);
-        // Its log level is what the arguments say (see `finish`).
-        cmd.env_remove("RUST_LOG");
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let what = format!("{cmd:?}");
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        {
-            let mut pipe = child.stderr.take().expect("piped stderr");
-            let sink = Arc::clone(&stderr);
-            thread::spawn(move || {
-                let mut buf = [0u8; 8192];
-                while let Ok(n) = pipe.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    sink.lock()
-                        .expect("stderr lock")
-                        .extend_from_slice(&buf[..n]);
-                }
-            });
-        }
-        let stdout_lines = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        {
-            let pipe = child.stdout.take().expect("piped stdout");
-            let sink = Arc::clone(&stdout_lines);
-            thread::spawn(move || {
-                for line in BufReader::new(pipe).lines() {
-                    let Ok(line) = line else { break };
-                    sink.lock().expect("stdout lock").push(line.clone());
-                    let _ = tx.send(line);
-                }
-            });
-        }
-
-        // From here on the guard cleans up, whatever happens.
-        let mut mount = Mount {
-            path,
-            child: Some(child),
-            stdout_lines,
-            stderr,
-            ready_line: String::new(),
-            _dir: dir,
-        };
-        match rx.recv_timeout(READY_TIMEOUT) {
-            Ok(line) => {
-                assert!(
-                    line.starts_with("mounted"),
-                    "{what}: the first line on stdout should start with \"mounted\", got {line:?}\n{}",
-                    mount.stderr_text()
-                );
-                mount.ready_line = line;
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => panic!(
-                "{what} printed no \"mounted\" line within {READY_TIMEOUT:?}\n--- stderr ---\n{}",
-                mount.stderr_text()
-            ),
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let status = mount
-                    .child
-                    .as_mut()
-                    .and_then(|c| wait_timeout(c, EXIT_TIMEOUT));
-                thread::sleep(Duration::from_millis(100));
-                panic!(
-                    "{what} closed stdout before printing \"mounted\" (exit: {status:?})\n--- stderr ---\n{}",
-                    mount.stderr_text()
-                )
-            }
-        }
-        let entry = mount_entry(&mount.path);
-        assert!(
-            matches!(&entry, Some((fstype, _)) if fstype.starts_with("fuse")),
-            "{what} printed {:?} but {} is not a FUSE mount in /proc/self/mounts (entry: {entry:?})\n{}",
-            mount.ready_line,
-            mount.path.display(),
-            mount.stderr_text()
-        );
-        mount
-    }
-
-    pub(crate) fn stderr_text(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.lock().expect("stderr lock")).into_owned()
-    }
-
-    fn stdout_lines(&self) -> Vec<String> {
-        self.stdout_lines.lock().expect("stdout lock").clone()
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.as_ref().expect("mount process").id() as i32
-    }
-
-    /// Panics unless the mount process is still running and still mounted.
-    fn assert_alive(&mut self) {
-        let status = self
-            .child
-            .as_mut()
-            .expect("mount process")
-            .try_wait()
-            .expect("try_wait");
-        assert!(
-            status.is_none(),
-            "the mount process exited ({status:?})\n--- stderr ---\n{}",
-            self.stderr_text()
-        );
-        assert!(
-            is_mounted(&self.path),
-            "{} is no longer mounted\n--- stderr ---\n{}",
-            self.path.display(),
-            self.stderr_text()
-        );
-    }
-
-    /// Where `source` of snapshot `name` appears in the mount.
-    /// `MNT/history/<absolute path>`.
-    pub(crate) fn history(&self, abs: &Path) -> PathBuf {
-        restored_path(&self.path.join("history"), abs)
-    }
-
-    fn source_in(&self, name: &str, source: &Path) -> PathBuf {
-        restored_path(&self.path.join(name), source)
-    }
-
-    /// Unmounts with `fusermount3 -u` and asserts the documented ending: the
-    /// process exits 0, the mount point is no longer mounted, stdout held
-    /// exactly the one "mounted" line, and nothing panicked. Returns what
-    /// the process wrote to stderr.
-    pub(crate) fn finish(mut self) -> String {
-        let out = fusermount_unmount(&self.path, false);
-        assert!(
-            out.status.success(),
-            "{}\n--- mount stderr ---\n{}",
-            describe("fusermount3 -u", &out),
-            self.stderr_text()
-        );
-        self.expect_clean_exit("fusermount3 -u")
-    }
-
-    /// Sends `signal` and asserts the same clean ending as [`Mount::finish`].
-    fn stop_with(mut self, signal: libc::c_int, name: &str) {
-        let rc = unsafe { libc::kill(self.pid(), signal) };
-        assert_eq!(rc, 0, "kill {name}: {}", std::io::Error::last_os_error());
-        self.expect_clean_exit(name);
-    }
-
-    fn expect_clean_exit(&mut self, how: &str) -> String {
-        let mut child = self.child.take().expect("mount process");
-        let status = wait_timeout(&mut child, EXIT_TIMEOUT);
-        if status.is_none() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        // Let the reader threads drain the pipes.
-        thread::sleep(Duration::from_millis(50));
-        let stderr = self.stderr_text();
-        assert_eq!(
-            status.and_then(|s| s.code()),
-            Some(0),
-            "after {how} the mount process should exit 0 within {EXIT_TIMEOUT:?}, got {status:?}\n--- stderr ---\n{stderr}"
-        );
-        assert!(
-            !is_mounted(&self.path),
-            "after {how} and exit, {} is still in /proc/self/mounts",
-            self.path.display()
-        );
-        let lines = self.stdout_lines();
-        assert_eq!(
-            lines.len(),
-            1,
-            "the mount should print exactly one line on stdout, printed {lines:?}"
-        );
-        assert!(
-            !stderr.contains("panicked"),
-            "the mount process panicked:\n{stderr}"
-        );
-        stderr
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        if is_mounted(&self.path) && !fusermount_unmount(&self.path, false).status.success() {
-            let _ = fusermount_unmount(&self.path, true);
-        }
-        if let Some(mut child) = self.child.take()
-            && wait_timeout(&mut child, Duration::from_secs(5)).is_none()
-        {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if is_mounted(&self.path) {
-            let _ = fusermount_unmount(&self.path, true);
-        }
-        if is_mounted(&self.path) {
-            // Never let TempDir's cleanup walk into a live mount.
-            if let Some(dir) = self._dir.take() {
-                let _ = dir.keep();
-            }
-        }
-    }
-}
 
 // ---------------------------------------------------------------- helpers
 
@@ -356,17 +36,6 @@ fn ino_of(p: &Path) -> u64 {
         .unwrap_or_else(|e| panic!("stat -c %i {}: {s:?}: {e}", p.display()))
 }
 
-/// Runs `cmd` as the unprivileged user nobody (65534) through `setpriv`.
-pub(crate) fn as_nobody(args: &[&OsStr]) -> Output {
-    require_tool("setpriv");
-    Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("spawn setpriv")
-}
-
 /// A small tree for the tests that do not need the whole fixture: files,
 /// a nested directory, an empty directory, a hard-link pair across
 /// directories, and symlinks to a file and to a directory.
@@ -380,15 +49,6 @@ fn build_small_tree(root: &Path) {
     fs::hard_link(root.join("dir/linked"), root.join("dir/sub/also-linked")).expect("hard link");
     std::os::unix::fs::symlink("dir/a.txt", root.join("to-file")).expect("symlink");
     std::os::unix::fs::symlink("dir", root.join("to-dir")).expect("symlink");
-}
-
-/// A source directory that other users may traverse (tempdirs are 0700).
-pub(crate) fn open_source_dir() -> (TempDir, PathBuf) {
-    let dir = tempdir();
-    let root = canonical(dir.path()).join("src");
-    mkdir(&root);
-    chmod(dir.path(), 0o755);
-    (dir, root)
 }
 
 /// Every path under `root` (root included) mapped to its inode number.
@@ -935,7 +595,6 @@ fn writes_fail_with_read_only_file_system() {
             Err(std::io::Error::last_os_error())
         }
     }
-    let cstr = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).expect("no NUL");
 
     let attempts: Vec<(&str, std::io::Result<()>)> = vec![
         (
@@ -955,7 +614,7 @@ fn writes_fail_with_read_only_file_system() {
                 .map(drop),
         ),
         ("truncate(2)", {
-            let c = cstr(&file);
+            let c = cpath(&file);
             libc_result(unsafe { libc::truncate(c.as_ptr(), 0) })
         }),
         (
@@ -986,11 +645,11 @@ fn writes_fail_with_read_only_file_system() {
             fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o777)),
         ),
         ("chown", {
-            let c = cstr(&file);
+            let c = cpath(&file);
             libc_result(unsafe { libc::lchown(c.as_ptr(), 1, 1) })
         }),
         ("utimensat", {
-            let c = cstr(&file);
+            let c = cpath(&file);
             libc_result(unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), std::ptr::null(), 0) })
         }),
         ("setxattr", xattr::set(&file, "user.new", b"x")),
@@ -1006,7 +665,7 @@ fn writes_fail_with_read_only_file_system() {
         ),
         ("link", fs::hard_link(&file, m.join("new-link"))),
         ("mkfifo", {
-            let c = cstr(&m.join("new-fifo"));
+            let c = cpath(&m.join("new-fifo"));
             libc_result(unsafe { libc::mkfifo(c.as_ptr(), 0o644) })
         }),
     ];
@@ -1473,17 +1132,11 @@ fn damaged_pack_byte_gives_eio_for_that_file_only() {
 
 // ---------------------------------------------------------------- sparse files
 
+/// [`sparse_image`] as `ROOT/sparse.img`.
 fn build_sparse(root: &Path) -> PathBuf {
-    use std::io::{Seek, SeekFrom, Write};
     mkdir(root);
     let sparse = root.join("sparse.img");
-    let mut f = fs::File::create(&sparse).expect("create sparse");
-    f.set_len(GIB).expect("truncate sparse");
-    for (i, off) in [0, 512 * MIB + 12_345, GIB - MIB].into_iter().enumerate() {
-        f.seek(SeekFrom::Start(off)).expect("seek");
-        f.write_all(&random_bytes(900 + i as u64, MIB as usize))
-            .expect("write");
-    }
+    sparse_image(&sparse);
     sparse
 }
 
@@ -1544,65 +1197,35 @@ fn seek_hole_and_seek_data_find_the_holes() {
     let mounted = mount.source_in("sparse", &sparse);
 
     let f = fs::File::open(&mounted).expect("open sparse on the mount");
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
-    let seek = |off: u64, whence: libc::c_int| -> Result<u64, String> {
-        let r = unsafe { libc::lseek(fd, off as libc::off_t, whence) };
-        if r < 0 {
-            Err(io_errno(&std::io::Error::last_os_error()))
-        } else {
-            Ok(r as u64)
-        }
-    };
-    let hole = seek(0, libc::SEEK_HOLE);
+    let hole = seek(&f, 0, libc::SEEK_HOLE);
     assert!(
         matches!(hole, Ok(h) if (MIB..512 * MIB).contains(&h)),
         "SEEK_HOLE from 0 gives {hole:?}; data ends at {MIB}, the next data is at {}",
         512 * MIB + 12_345
     );
-    let data = seek(256 * MIB, libc::SEEK_DATA);
+    let data = seek(&f, 256 * MIB, libc::SEEK_DATA);
     assert!(
         matches!(data, Ok(d) if d > 256 * MIB && d <= 512 * MIB + 12_345),
         "SEEK_DATA from 256 MiB (inside a hole) gives {data:?}; the next data is at {}",
         512 * MIB + 12_345
     );
-    let data = seek(600 * MIB, libc::SEEK_DATA);
+    let data = seek(&f, 600 * MIB, libc::SEEK_DATA);
     assert!(
         matches!(data, Ok(d) if d > 600 * MIB && d <= GIB - MIB),
         "SEEK_DATA from 600 MiB gives {data:?}; the last data is at {}",
         GIB - MIB
     );
     // The bytes at the data found are the source's.
-    let want = random_bytes(901, MIB as usize);
+    let (middle, seed) = SPARSE_ISLANDS[1];
+    let want = random_bytes(seed, MIB as usize);
     let mut got = vec![0u8; MIB as usize];
-    f.read_exact_at(&mut got, 512 * MIB + 12_345)
-        .expect("read data region");
+    f.read_exact_at(&mut got, middle).expect("read data region");
     assert!(got == want, "the middle data region reads back wrong");
     drop(f);
     mount.finish();
 }
 
 // ---------------------------------------------------------------- errors
-
-/// Runs `cmd` with a time limit, so a mount that wrongly starts serving
-/// fails the test instead of hanging it.
-fn output_within(cmd: &mut Command, limit: Duration) -> Output {
-    let what = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-    if wait_timeout(&mut child, limit).is_none() {
-        let _ = child.kill();
-        let out = child.wait_with_output().expect("collect output");
-        panic!(
-            "{what} still running after {limit:?}\n{}",
-            describe(&what, &out)
-        );
-    }
-    child.wait_with_output().expect("collect output")
-}
 
 fn assert_one_line_failure(out: &Output, what: &str, mentions: &Path) {
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -1629,7 +1252,7 @@ fn missing_mount_point_fails_with_one_line() {
     let repo = Repo::new();
     let dir = tempdir();
     let missing = canonical(dir.path()).join("no-such-mountpoint");
-    let out = output_within(
+    let out = run_within(
         repo.cmd().arg("mount").arg(&missing),
         Duration::from_secs(10),
     );
@@ -1644,7 +1267,7 @@ fn mount_point_that_is_a_file_fails_with_one_line() {
     let dir = tempdir();
     let file = canonical(dir.path()).join("a-regular-file");
     write_file(&file, b"not a directory\n");
-    let out = output_within(repo.cmd().arg("mount").arg(&file), Duration::from_secs(10));
+    let out = run_within(repo.cmd().arg("mount").arg(&file), Duration::from_secs(10));
     assert_one_line_failure(&out, "mount on a regular file", &file);
     assert!(!is_mounted(&file));
 }

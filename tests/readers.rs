@@ -8,12 +8,9 @@ use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::maintenance::{forget, gc, output_of};
-use crate::mount::{Mount, wait_timeout};
 use crate::util::*;
 
 /// The lease files in the repository's `mounts/`, with their names (which
@@ -75,12 +72,6 @@ fn written_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-fn signal(child: &Child, sig: i32) {
-    // SAFETY: a plain kill(2) on a child we spawned and have not reaped.
-    let rc = unsafe { libc::kill(child.id() as i32, sig) };
-    assert_eq!(rc, 0, "kill({}, {sig})", child.id());
-}
-
 /// A repository with a 200 MiB snapshot "big" and a small snapshot "small".
 struct BigAndSmall {
     repo: Repo,
@@ -107,57 +98,6 @@ fn big_and_small() -> BigAndSmall {
         base,
         big,
         len,
-    }
-}
-
-/// A reader copying a file out of the mount in 1 MiB pieces that pauses,
-/// file open, 16 MiB in, until told to go on.
-pub(crate) struct PausedReader {
-    go: mpsc::Sender<()>,
-    thread: thread::JoinHandle<Result<u64, String>>,
-}
-
-impl PausedReader {
-    /// Starts the reader and returns once it has paused.
-    pub(crate) fn start(from: &Path, to: &Path) -> PausedReader {
-        let (paused_tx, paused_rx) = mpsc::channel::<()>();
-        let (go, go_rx) = mpsc::channel::<()>();
-        let (from, to) = (from.to_path_buf(), to.to_path_buf());
-        let thread = thread::spawn(move || -> Result<u64, String> {
-            use std::io::Write;
-            let mut f = fs::File::open(&from).map_err(|e| format!("open: {e}"))?;
-            let mut out = fs::File::create(&to).map_err(|e| format!("create: {e}"))?;
-            let mut buf = vec![0u8; MIB as usize];
-            let mut total = 0u64;
-            let mut paused = false;
-            loop {
-                let n = f
-                    .read(&mut buf)
-                    .map_err(|e| format!("read at {total}: {e}"))?;
-                if n == 0 {
-                    break;
-                }
-                out.write_all(&buf[..n])
-                    .map_err(|e| format!("write: {e}"))?;
-                total += n as u64;
-                if !paused && total >= 16 * MIB {
-                    paused = true;
-                    let _ = paused_tx.send(());
-                    let _ = go_rx.recv_timeout(Duration::from_secs(300));
-                }
-            }
-            Ok(total)
-        });
-        paused_rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the reader should get 16 MiB into the file");
-        PausedReader { go, thread }
-    }
-
-    /// Lets it read the rest; the bytes it copied in all, or what failed.
-    pub(crate) fn finish(self) -> Result<u64, String> {
-        self.go.send(()).expect("resume the reader");
-        self.thread.join().expect("reader thread")
     }
 }
 
@@ -290,10 +230,7 @@ fn restore_paused_while_forget_and_gc_run_still_restores_every_byte() {
     let repo = &w.repo;
     let target = canonical(w.base.path()).join("restored");
     let mut child = repo
-        .cmd()
-        .arg("restore")
-        .arg("big")
-        .arg(&target)
+        .restore_cmd("big", &target)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -312,10 +249,10 @@ fn restore_paused_while_forget_and_gc_run_still_restores_every_byte() {
         );
         thread::sleep(Duration::from_millis(5));
     }
-    signal(&child, libc::SIGSTOP);
+    signal(child.id(), libc::SIGSTOP).expect("kill SIGSTOP");
     let json = forget(repo, &["big", "--gc"]);
     let again = gc(repo, &[]);
-    signal(&child, libc::SIGCONT);
+    signal(child.id(), libc::SIGCONT).expect("kill SIGCONT");
     let status = wait_timeout(&mut child, Duration::from_secs(300)).expect("restore ends");
     let mut err = String::new();
     child
@@ -353,7 +290,7 @@ impl MovedIn {
         unsafe {
             let fd = libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC);
             assert!(fd >= 0, "inotify_init1");
-            let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).expect("c path");
+            let c = cpath(dir);
             let wd = libc::inotify_add_watch(fd, c.as_ptr(), libc::IN_MOVED_TO);
             assert!(wd >= 0, "inotify_add_watch {}", dir.display());
             MovedIn { fd }
@@ -458,17 +395,14 @@ fn leases_are_removed_on_clean_unmount_and_a_killed_readers_is_tidied_by_gc() {
     forget(repo, &["big"]);
     let target = canonical(w.base.path()).join("restored");
     let mut child = repo
-        .cmd()
-        .arg("restore")
-        .arg("small")
-        .arg(&target)
+        .restore_cmd("small", &target)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn restore");
     wait_for_lease(repo, "restore", &mut child);
-    signal(&child, libc::SIGSTOP);
-    signal(&child, libc::SIGKILL);
+    signal(child.id(), libc::SIGSTOP).expect("kill SIGSTOP");
+    signal(child.id(), libc::SIGKILL).expect("kill SIGKILL");
     let _ = child.wait();
     assert_eq!(leases(repo).len(), 1, "the killed restore's lease stays");
     let g = gc(repo, &[]);
@@ -506,14 +440,13 @@ fn a_missing_pack_reads_as_eio_through_the_mount_not_enoent() {
         "a missing pack should read as EIO (damage), not {err}"
     );
     // The log arrives through a pipe: give it a moment.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut log = mount.stderr_text();
-    while !log.contains("is missing") && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(50));
+    let mut log = String::new();
+    let named = eventually(Duration::from_secs(10), || {
         log = mount.stderr_text();
-    }
+        log.contains("is missing")
+    });
     assert!(
-        log.contains("is missing"),
+        named,
         "the mount's log should name the missing pack:\n{log}"
     );
     drop(mount);

@@ -13,14 +13,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::maintenance::{
-    Killer, Work, assert_verify_read_data_ok, delete_catalog, ids, names, output_of, pack_files,
-};
 use crate::util::*;
 
 /// Three snapshots `s1`..`s3` of one source, each adding files, with the
@@ -60,9 +57,9 @@ impl Three {
                     120 * KIB,
                 );
             }
-            let before: BTreeSet<PathBuf> = pack_files(&three.repo).into_iter().collect();
+            let before = three.repo.pack_files();
             let made = three.repo.ingest(&["--name", name], &[&three.work.src]);
-            let after: BTreeSet<PathBuf> = pack_files(&three.repo).into_iter().collect();
+            let after = three.repo.pack_files();
             three.packs.insert(name.to_string(), &after - &before);
             three.ids.insert(name.to_string(), made.id);
             let frozen = three.work.freeze(name);
@@ -71,21 +68,10 @@ impl Three {
         three
     }
 
-    fn assert_restore(&mut self, name: &str) {
-        let reference = self.refs[name].clone();
-        self.work.assert_restores(&self.repo, name, &reference);
+    fn assert_restore(&self, name: &str) {
+        self.work
+            .assert_restores(&self.repo, name, &self.refs[name]);
     }
-}
-
-fn set(names: &[&str]) -> BTreeSet<String> {
-    names.iter().map(|s| s.to_string()).collect()
-}
-
-/// `rebuild-catalog --json EXTRA`: the output and its parsed report.
-fn rebuild(repo: &Repo, extra: &[&str]) -> (Output, Value) {
-    let out = output_of(repo.cmd().args(["rebuild-catalog", "--json"]).args(extra));
-    let json = parse_json("rebuild-catalog --json", &out.stdout);
-    (out, json)
 }
 
 /// Files in the repository's root whose names start with `prefix`.
@@ -101,78 +87,6 @@ fn root_files(repo: &Repo, prefix: &str) -> Vec<PathBuf> {
         .collect();
     out.sort();
     out
-}
-
-/// Runs python3 `script` against the repository's catalog (opened read
-/// only) and returns what it prints. `argv` holds `args` as byte strings.
-fn query_catalog(repo: &Repo, script: &str, args: &[&[u8]]) -> String {
-    require_tool("python3");
-    let mut cmd = Command::new("python3");
-    cmd.arg("-c").arg(format!(
-        "import sqlite3, sys\n\
-         db = sqlite3.connect('file:' + sys.argv[1] + '?mode=ro', uri=True)\n\
-         argv = [bytes.fromhex(a) for a in sys.argv[2:]]\n\
-         {script}\n"
-    ));
-    cmd.arg(repo.path.join("catalog.db"));
-    for a in args {
-        cmd.arg(a.iter().map(|b| format!("{b:02x}")).collect::<String>());
-    }
-    let out = cmd.output().expect("spawn python3");
-    assert!(out.status.success(), "{}", describe("query catalog", &out));
-    String::from_utf8(out.stdout).expect("utf-8 answer")
-}
-
-/// Where a chunk is stored, per the catalog: (pack file, offset, stored length).
-fn chunk_place(repo: &Repo, sql_for_chunk: &str, args: &[&[u8]]) -> (PathBuf, u64, u64) {
-    let answer = query_catalog(
-        repo,
-        &format!(
-            "rows = db.execute('''SELECT DISTINCT hex(p.name), c.offset, c.stored_len
-                FROM chunks c JOIN packs p ON p.id = c.pack WHERE c.id IN ({sql_for_chunk})''', argv).fetchall()\n\
-             assert len(rows) == 1, rows\n\
-             print(*rows[0])"
-        ),
-        args,
-    );
-    let parts: Vec<&str> = answer.split_whitespace().collect();
-    assert_eq!(parts.len(), 3, "unexpected answer {answer:?}");
-    let hex = parts[0].to_ascii_lowercase();
-    let pack = repo
-        .path
-        .join("packs")
-        .join(&hex[..2])
-        .join(format!("{hex}.pack"));
-    assert!(pack.is_file(), "{} is not a pack file", pack.display());
-    (
-        pack,
-        parts[1].parse().expect("offset"),
-        parts[2].parse().expect("length"),
-    )
-}
-
-/// Truncates a (read-only) pack file to `len` bytes.
-fn truncate_pack(pack: &Path, len: u64) {
-    let mode = fs::metadata(pack).expect("stat pack").permissions().mode();
-    chmod(pack, 0o644);
-    fs::OpenOptions::new()
-        .write(true)
-        .open(pack)
-        .and_then(|f| f.set_len(len))
-        .unwrap_or_else(|e| panic!("truncate {}: {e}", pack.display()));
-    chmod(pack, mode & 0o7777);
-}
-
-fn json_strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .unwrap_or_else(|| panic!("not an array: {v}"))
-        .iter()
-        .map(|s| {
-            s.as_str()
-                .unwrap_or_else(|| panic!("not a string: {s}"))
-                .to_string()
-        })
-        .collect()
 }
 
 /// The names in the report's `snapshots_lost`.
@@ -208,7 +122,7 @@ fn assert_refused_keeping(
     );
     assert_eq!(json["replaced"], Value::Bool(false), "{json}");
     assert!(
-        !json_strings(&json["worse"]).is_empty(),
+        !json_str_list(json, "worse").is_empty(),
         "a refusal must say what is worse: {json}"
     );
     let err = String::from_utf8_lossy(&out.stderr);
@@ -236,7 +150,7 @@ fn assert_forced(repo: &Repo, out: &Output, json: &Value, expect: &BTreeSet<Stri
         describe("rebuild-catalog --force", out)
     );
     assert_eq!(json["forced"], Value::Bool(true), "{json}");
-    assert_eq!(names(repo), *expect, "{json}");
+    assert_eq!(repo.name_set(), *expect, "{json}");
     assert_eq!(json_u64(json, "snapshots"), expect.len() as u64, "{json}");
     assert_eq!(
         json_u64(&json["after"], "snapshots"),
@@ -249,7 +163,7 @@ fn assert_forced(repo: &Repo, out: &Output, json: &Value, expect: &BTreeSet<Stri
 
 #[test]
 fn rebuild_with_a_missing_pack_keeps_the_catalog_unless_forced() {
-    let mut t = Three::new(701);
+    let t = Three::new(701);
     let gone = t.packs["s3"].clone();
     assert!(!gone.is_empty());
     for p in &gone {
@@ -257,16 +171,16 @@ fn rebuild_with_a_missing_pack_keeps_the_catalog_unless_forced() {
     }
     let catalog = fs::read(t.repo.path.join("catalog.db")).expect("read catalog");
 
-    let (out, json) = rebuild(&t.repo, &[]);
+    let (out, json) = rebuild_catalog(&t.repo, &[]);
     assert_refused(&t.repo, &catalog, &out, &json);
-    assert_eq!(lost_names(&json), set(&["s3"]), "{json}");
+    assert_eq!(lost_names(&json), string_set(&["s3"]), "{json}");
     assert!(
         json["snapshots_lost"][0]["reason"]
             .as_str()
             .is_some_and(|r| r.contains("missing")),
         "{json}"
     );
-    let missing: BTreeSet<String> = json_strings(&json["missing_packs"]).into_iter().collect();
+    let missing: BTreeSet<String> = json_str_list(&json, "missing_packs").into_iter().collect();
     let expected: BTreeSet<String> = gone
         .iter()
         .map(|p| {
@@ -277,26 +191,26 @@ fn rebuild_with_a_missing_pack_keeps_the_catalog_unless_forced() {
         })
         .collect();
     assert_eq!(missing, expected, "{json}");
-    assert_eq!(names(&t.repo), set(&["s1", "s2", "s3"]));
+    assert_eq!(t.repo.name_set(), string_set(&["s1", "s2", "s3"]));
     t.assert_restore("s1");
     t.assert_restore("s2");
 
-    let (out, json) = rebuild(&t.repo, &["--force"]);
+    let (out, json) = rebuild_catalog(&t.repo, &["--force"]);
     assert_eq!(
         out.status.code(),
         Some(1),
         "{}",
         describe("rebuild-catalog --force", &out)
     );
-    assert_forced(&t.repo, &out, &json, &set(&["s1", "s2"]));
-    assert_eq!(lost_names(&json), set(&["s3"]), "{json}");
+    assert_forced(&t.repo, &out, &json, &string_set(&["s1", "s2"]));
+    assert_eq!(lost_names(&json), string_set(&["s3"]), "{json}");
     t.assert_restore("s1");
     t.assert_restore("s2");
 }
 
 #[test]
 fn rebuild_with_a_truncated_pack_keeps_the_chunks_that_still_read() {
-    let mut t = Three::new(702);
+    let t = Three::new(702);
     let s3 = t.ids["s3"].clone();
     let record = hex_bytes(&s3);
     let (pack, offset, _) = chunk_place(&t.repo, "?", &[&record]);
@@ -304,14 +218,14 @@ fn rebuild_with_a_truncated_pack_keeps_the_chunks_that_still_read() {
 
     // The pack's table goes: its chunks are all still there.
     truncate_pack(&pack, size - 20);
-    let (out, json) = rebuild(&t.repo, &[]);
+    let (out, json) = rebuild_catalog(&t.repo, &[]);
     assert_eq!(
         out.status.code(),
         Some(1),
         "{}",
         describe("rebuild-catalog", &out)
     );
-    assert_eq!(names(&t.repo), set(&["s1", "s2", "s3"]), "{json}");
+    assert_eq!(t.repo.name_set(), string_set(&["s1", "s2", "s3"]), "{json}");
     for name in ["s1", "s2", "s3"] {
         t.assert_restore(name);
     }
@@ -324,14 +238,14 @@ fn rebuild_with_a_truncated_pack_keeps_the_chunks_that_still_read() {
     truncate_pack(&pack, offset + 1);
     let catalog = fs::read(t.repo.path.join("catalog.db")).expect("read catalog");
     let asides = root_files(&t.repo, "catalog.db.before-rebuild-");
-    let (out, json) = rebuild(&t.repo, &[]);
+    let (out, json) = rebuild_catalog(&t.repo, &[]);
     assert_refused_keeping(&t.repo, &catalog, &asides, &out, &json);
-    assert_eq!(lost_names(&json), set(&["s3"]), "{json}");
-    assert_eq!(names(&t.repo), set(&["s1", "s2", "s3"]));
+    assert_eq!(lost_names(&json), string_set(&["s3"]), "{json}");
+    assert_eq!(t.repo.name_set(), string_set(&["s1", "s2", "s3"]));
 
-    let (out, json) = rebuild(&t.repo, &["--force"]);
-    assert_forced(&t.repo, &out, &json, &set(&["s1", "s2"]));
-    assert_eq!(lost_names(&json), set(&["s3"]), "{json}");
+    let (out, json) = rebuild_catalog(&t.repo, &["--force"]);
+    assert_forced(&t.repo, &out, &json, &string_set(&["s1", "s2"]));
+    assert_eq!(lost_names(&json), string_set(&["s3"]), "{json}");
     t.assert_restore("s1");
     t.assert_restore("s2");
 }
@@ -345,16 +259,15 @@ fn hex_bytes(hex: &str) -> Vec<u8> {
 
 #[test]
 fn rebuild_with_a_damaged_tree_record_restores_the_directory_from_the_old_rows() {
-    let mut t = Three::new(703);
-    let (pack, offset, len) = chunk_place(
+    let t = Three::new(703);
+    damage_chunk(
         &t.repo,
         "SELECT t.hash FROM entries e JOIN trees t ON t.id = e.subtree WHERE e.name = ?",
         &[b"victim"],
     );
-    flip_byte(&pack, offset + len / 2);
     let victim = format!("{}/victim", t.work.src.display());
 
-    let (out, json) = rebuild(&t.repo, &[]);
+    let (out, json) = rebuild_catalog(&t.repo, &[]);
     for name in ["s1", "s2", "s3"] {
         t.assert_restore(name);
     }
@@ -373,10 +286,10 @@ fn rebuild_with_a_damaged_tree_record_restores_the_directory_from_the_old_rows()
         .expect("damaged_snapshots");
     let reporting: BTreeSet<String> = damaged
         .iter()
-        .filter(|d| json_strings(&d["reused_dirs"]).contains(&victim))
+        .filter(|d| json_str_list(d, "reused_dirs").contains(&victim))
         .map(|d| json_str(d, "snapshot").to_string())
         .collect();
-    assert_eq!(reporting, set(&["s1", "s2", "s3"]), "{json}");
+    assert_eq!(reporting, string_set(&["s1", "s2", "s3"]), "{json}");
     // The directory alone, too (TARGET is the directory).
     let target = t.work.scratch.join("victim-only");
     t.repo.restore(format!("s2:{victim}"), &target);
@@ -389,16 +302,16 @@ fn rebuild_with_a_damaged_tree_record_restores_the_directory_from_the_old_rows()
     // Without a catalog to take rows from, the loss is named for each
     // snapshot that shows the directory empty.
     delete_catalog(&t.repo);
-    let (_, json) = rebuild(&t.repo, &[]);
+    let (_, json) = rebuild_catalog(&t.repo, &[]);
     let damaged = json["damaged_snapshots"]
         .as_array()
         .expect("damaged_snapshots");
     let reporting: BTreeSet<String> = damaged
         .iter()
-        .filter(|d| json_strings(&d["lost_dirs"]).contains(&victim))
+        .filter(|d| json_str_list(d, "lost_dirs").contains(&victim))
         .map(|d| json_str(d, "snapshot").to_string())
         .collect();
-    assert_eq!(reporting, set(&["s1", "s2", "s3"]), "{json}");
+    assert_eq!(reporting, string_set(&["s1", "s2", "s3"]), "{json}");
 }
 
 #[test]
@@ -413,7 +326,7 @@ fn killed_rebuild_leaves_the_old_catalog_in_place() {
         let id = repo.ingest(&[], &[&work.src]).id;
         refs.insert(id.clone(), work.freeze(&id));
     }
-    let expect = ids(&repo);
+    let expect = repo.id_set();
     let mut killer = Killer::new(7041, Duration::from_millis(300));
     let mut rounds = 0;
     while killer.kills < KILLS {
@@ -442,7 +355,7 @@ fn killed_rebuild_leaves_the_old_catalog_in_place() {
             );
         }
         assert_eq!(
-            ids(&repo),
+            repo.id_set(),
             expect,
             "round {rounds}: after {} rebuild",
             if killed { "a killed" } else { "a" }
@@ -457,20 +370,13 @@ fn killed_rebuild_leaves_the_old_catalog_in_place() {
     );
     write_file(&repo.path.join("catalog.db.rebuild-0123abcd-wal"), b"log");
     let left = root_files(&repo, "catalog.db.rebuild-").len() as u64;
-    let (out, json) = rebuild(&repo, &[]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        describe("rebuild-catalog", &out)
-    );
+    let json = rebuild_catalog_ok(&repo);
     assert_eq!(
         root_files(&repo, "catalog.db.rebuild-"),
         Vec::<PathBuf>::new()
     );
     assert_eq!(json_u64(&json, "leftovers_removed"), left, "{json}");
-    assert_eq!(ids(&repo), expect);
-    let mut work = work;
+    assert_eq!(repo.id_set(), expect);
     let last = expect.iter().next().expect("a snapshot").clone();
     work.assert_restores(&repo, &last, &refs[&last]);
     assert_verify_read_data_ok(&repo, "after the kills");
@@ -489,27 +395,12 @@ fn added_bytes_after_a_rebuild_equal_what_ingest_recorded() {
     };
     let before = added(&t.repo);
     assert!(before.values().all(|&a| a > 0), "{before:?}");
-    let (out, _) = rebuild(&t.repo, &[]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        describe("rebuild-catalog", &out)
-    );
+    rebuild_catalog_ok(&t.repo);
     assert_eq!(added(&t.repo), before, "with the old catalog present");
     delete_catalog(&t.repo);
-    let (out, _) = rebuild(&t.repo, &[]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        describe("rebuild-catalog", &out)
-    );
+    rebuild_catalog_ok(&t.repo);
     assert_eq!(added(&t.repo), before, "from the packs alone");
-    let stats = parse_json(
-        "stats --json",
-        &run_ok(t.repo.cmd().args(["stats", "s2", "--json"])).stdout,
-    );
+    let stats = json_of("stats --json", t.repo.cmd().args(["stats", "s2", "--json"]));
     assert_eq!(json_u64(&stats, "added_bytes"), before["s2"], "{stats}");
 }
 
@@ -517,7 +408,7 @@ fn added_bytes_after_a_rebuild_equal_what_ingest_recorded() {
 /// should keep: it is replaced (and kept aside), not a reason to refuse.
 #[test]
 fn unreadable_catalog_is_replaced_and_kept_aside() {
-    let mut t = Three::new(706);
+    let t = Three::new(706);
     for (what, bytes) in [
         ("empty", Vec::new()),
         ("garbage", random_bytes(7060, 64 * 1024)),
@@ -526,7 +417,7 @@ fn unreadable_catalog_is_replaced_and_kept_aside() {
             let _ = fs::remove_file(t.repo.path.join(side));
         }
         fs::write(t.repo.path.join("catalog.db"), &bytes).expect("write catalog");
-        let (out, json) = rebuild(&t.repo, &[]);
+        let (out, json) = rebuild_catalog(&t.repo, &[]);
         assert_eq!(
             out.status.code(),
             Some(0),
@@ -537,7 +428,7 @@ fn unreadable_catalog_is_replaced_and_kept_aside() {
         assert_eq!(json["replaced"], Value::Bool(true), "{what}: {json}");
         let aside = json_str(&json, "old_catalog");
         assert_eq!(fs::read(aside).expect("read aside"), bytes, "{what}");
-        assert_eq!(names(&t.repo), set(&["s1", "s2", "s3"]), "{what}");
+        assert_eq!(t.repo.name_set(), string_set(&["s1", "s2", "s3"]), "{what}");
         let mode = fs::metadata(t.repo.path.join("catalog.db"))
             .expect("stat catalog")
             .permissions()

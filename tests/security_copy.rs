@@ -1,23 +1,24 @@
 //! Security: the copy receiver (`serve`, a local target) trusts nothing the sender says; append-only serving.
 //!
 //! Most tests play a compromised client: they start `snapfs --repo R serve`
-//! themselves and speak its framed protocol (see `src/remote.rs`) with
-//! packs and snapshots crafted by hand through the library's own writers.
-//! Each test is named after the hole it closes.
+//! themselves and speak its framed protocol (see
+//! `src/commands/copy/remote.rs`) with packs and snapshots crafted by hand
+//! through the library's own writers (`util/craft.rs`). Each test is named
+//! after the hole it closes.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 use std::time::{Duration, Instant};
 
-use snapfs::format::blob::{self as store, hash_chunk};
+use snapfs::format::blob::{self as store};
 use snapfs::format::codec::Encoder;
-use snapfs::format::pack::{ChunkKind, PackWriter};
-use snapfs::format::record::SnapshotRow;
-use snapfs::format::tree::{Body, ChunkList, ChunkRef, Entry, Kind, Meta, encode_tree};
-use snapfs::ids::{ChunkId, Hash, SnapshotId, TreeHash, TreeId};
+use snapfs::format::pack::ChunkKind;
+use snapfs::format::tree::encode_tree;
+use snapfs::ids::{ChunkId, Hash};
 
 use crate::util::*;
 
@@ -115,135 +116,27 @@ impl Drop for Serve {
     }
 }
 
-// ---------------------------------------------------------------- crafted packs
-
-/// One row of a crafted pack: what the table claims, and the blob.
-type Row = (ChunkId, ChunkKind, u32, Vec<u8>);
-
-struct CraftedPack {
-    name: Hash,
-    bytes: Vec<u8>,
+/// Writes an executable shell script (a stand-in for ssh, a slow peer).
+fn write_script(p: &Path, text: &[u8]) {
+    write_file(p, text);
+    chmod(p, 0o755);
 }
 
-/// A pack of (id, kind, raw length, blob) rows, written by the library's
-/// own pack writer, so only what the rows claim is a lie.
-fn craft_pack(rows: &[Row]) -> CraftedPack {
-    let dir = tempdir();
-    let mut w = PackWriter::create(dir.path()).expect("pack writer");
-    for (id, kind, raw_len, blob) in rows {
-        w.append(*id, *kind, *raw_len, blob).expect("append");
-    }
-    let sealed = w.seal().expect("seal");
-    let bytes = fs::read(&sealed.path).expect("read sealed pack");
-    CraftedPack {
-        name: sealed.name.0,
-        bytes,
-    }
-}
-
-/// The honest stored form of `data`: (id, raw length, blob).
-fn honest_blob(data: &[u8]) -> (ChunkId, u32, Vec<u8>) {
-    let h = hash_chunk(data);
-    let blob = store::Encoder::new(3)
-        .expect("zstd")
-        .encode(data, &h)
-        .expect("encode");
-    (h.id, data.len() as u32, blob)
-}
-
-/// A metadata chunk stored honestly, as a pack row.
-fn meta_row(kind: ChunkKind, data: &[u8]) -> Row {
-    let (id, len, blob) = honest_blob(data);
-    (id, kind, len, blob)
-}
-
-fn file_entry(name: &str, chunks: &[(ChunkId, u32)]) -> Entry {
-    let mut list = ChunkList::default();
-    for (id, len) in chunks {
-        list.push(ChunkRef { id: *id, len: *len });
-    }
-    Entry {
-        name: name.as_bytes().to_vec(),
-        kind: Kind::File,
-        meta: Meta {
-            mode: 0o100644,
-            size: chunks.iter().map(|c| u64::from(c.1)).sum(),
-            nlink: 1,
-            ..Meta::default()
-        },
-        link_key: 0,
-        xattrs: vec![],
-        body: Body::File(list),
-    }
-}
-
-fn dir_entry(name: &str, tree: ChunkId, nodes: u64) -> Entry {
-    Entry {
-        name: name.as_bytes().to_vec(),
-        kind: Kind::Dir,
-        meta: Meta {
-            mode: 0o040755,
-            nlink: 2,
-            ..Meta::default()
-        },
-        link_key: 0,
-        xattrs: vec![],
-        body: Body::Dir {
-            tree: TreeHash(tree.0),
-            nodes,
-        },
-    }
-}
-
-/// A snapshot record named `name` with root tree `root`.
-fn record(name: &str, root: ChunkId, nodes: u64) -> Vec<u8> {
-    let row = SnapshotRow {
-        id: SnapshotId(0),
-        hash: Hash::of(b"unused"),
-        name: name.to_string(),
-        started_ns: 1_700_000_000_000_000_000,
-        finished_ns: 1_700_000_001_000_000_000,
-        host: "compromised".to_string(),
-        sources: vec![PathBuf::from("/data")],
-        tags: vec![],
-        root_tree: TreeId(0),
-        files: 1,
-        dirs: 1,
-        size: 0,
-        added_bytes: 0,
-        read_bytes: 0,
-        warnings: 0,
-        change_share: 0.0,
-        alarm: false,
-        damage: None,
-    };
-    snapfs::format::record::encode_record(&row, &TreeHash(root.0), nodes, &[1, 1, 0, 0, 0])
-}
+// ---------------------------------------------------------------- crafted snapshots
 
 /// A snapshot `name` holding one file whose chunks are `chunks`: the tree
 /// chunks and the record as pack rows, and the record's id.
 fn one_file_snapshot(name: &str, chunks: &[(ChunkId, u32)]) -> (Vec<Row>, ChunkId) {
-    let inner = encode_tree(&[file_entry("file", chunks)]);
-    let inner_row = meta_row(ChunkKind::Tree, &inner);
-    let root = encode_tree(&[dir_entry("data", inner_row.0, 1)]);
-    let root_row = meta_row(ChunkKind::Tree, &root);
-    let rec_row = meta_row(ChunkKind::Snapshot, &record(name, root_row.0, 2));
+    let inner = encode_tree(&[file_entry(b"file", chunks)]);
+    let inner_row = honest_row(ChunkKind::Tree, &inner);
+    let root = encode_tree(&[dir_entry(b"data", inner_row.0, 1)]);
+    let root_row = honest_row(ChunkKind::Tree, &root);
+    let rec_row = honest_row(
+        ChunkKind::Snapshot,
+        &snapshot_record(name, "/data", root_row.0, 2, &[1, 1, 0, 0, 0]),
+    );
     let rec = rec_row.0;
     (vec![inner_row, root_row, rec_row], rec)
-}
-
-fn pack_files(repo: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(dirs) = fs::read_dir(repo.join("packs")) else {
-        return out;
-    };
-    for d in dirs.flatten() {
-        if let Ok(files) = fs::read_dir(d.path()) {
-            out.extend(files.flatten().map(|f| f.path()));
-        }
-    }
-    out.sort();
-    out
 }
 
 /// Ingests a file holding `data` (a single chunk, under the chunker's
@@ -254,21 +147,8 @@ fn assert_ingest_restores(repo: &Repo, data: &[u8], what: &str) {
     mkdir(&src);
     write_file(&src.join("victim"), data);
     repo.ingest(&["--name", "honest"], &[&src]);
-    let out = tempdir();
-    let target = canonical(out.path()).join("restored");
-    let res = repo
-        .cmd()
-        .arg("restore")
-        .arg("honest")
-        .arg(&target)
-        .output()
-        .expect("spawn restore");
-    let got = fs::read(restored_path(&target, &src).join("victim")).ok();
-    assert!(
-        res.status.success() && got.as_deref() == Some(data),
-        "{what}: an honest ingest of the chunk does not restore\n{}",
-        describe("restore", &res)
-    );
+    let when = format!("{what}: an honest ingest of the chunk");
+    assert_restores(repo, "honest", &[&src], &when);
 }
 
 // ---------------------------------------------------------------- the holes
@@ -290,7 +170,7 @@ fn serve_refuses_a_pack_whose_chunks_do_not_match_their_ids() {
         answer.is_err(),
         "serve accepted a pack whose chunk does not match its id\n{stderr}"
     );
-    assert_eq!(pack_files(&repo.path), Vec::<PathBuf>::new());
+    assert_eq!(repo.pack_files(), BTreeSet::new());
     assert_ingest_restores(&repo, &victim, "after a refused forged pack");
 }
 
@@ -322,7 +202,7 @@ fn squatted_chunk_id_does_not_poison_later_ingests() {
         );
     }
     serve.finish();
-    assert_eq!(pack_files(&repo.path), Vec::<PathBuf>::new());
+    assert_eq!(repo.pack_files(), BTreeSet::new());
     assert_ingest_restores(&repo, &victim, "after squatting attempts");
     run_ok(repo.cmd().args(["verify", "--read-data"]));
 }
@@ -383,11 +263,14 @@ fn serve_refuses_snapshots_with_lying_node_counts_or_bad_names() {
         .put_pack(&craft_pack(&[(x, ChunkKind::Data, len, blob)]))
         .expect("data");
 
-    let inner = encode_tree(&[file_entry("file", &[(x, len)])]);
-    let inner_row = meta_row(ChunkKind::Tree, &inner);
-    let lying = encode_tree(&[dir_entry("data", inner_row.0, 1 << 41)]);
-    let lying_row = meta_row(ChunkKind::Tree, &lying);
-    let lying_rec = meta_row(ChunkKind::Snapshot, &record("lying", lying_row.0, 2));
+    let inner = encode_tree(&[file_entry(b"file", &[(x, len)])]);
+    let inner_row = honest_row(ChunkKind::Tree, &inner);
+    let lying = encode_tree(&[dir_entry(b"data", inner_row.0, 1 << 41)]);
+    let lying_row = honest_row(ChunkKind::Tree, &lying);
+    let lying_rec = honest_row(
+        ChunkKind::Snapshot,
+        &snapshot_record("lying", "/data", lying_row.0, 2, &[1, 1, 0, 0, 0]),
+    );
     let (bad_name_rows, bad_name_rec) = one_file_snapshot("../../escape", &[(x, len)]);
     let (reserved_rows, reserved_rec) = one_file_snapshot("latest", &[(x, len)]);
     let lying_id = lying_rec.0;
@@ -425,16 +308,16 @@ fn serve_refuses_a_forget_record() {
         .and_then(|v| v.as_str())
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("full snapshot id in {:?}", kept.json));
-    let before = pack_files(&repo.path);
+    let before = repo.pack_files();
     let forget = snapfs::format::record::encode_forget_record(&[full], 1_800_000_000_000_000_000);
-    let pack = craft_pack(&[meta_row(ChunkKind::Snapshot, &forget)]);
+    let pack = craft_pack(&[honest_row(ChunkKind::Snapshot, &forget)]);
 
     let mut serve = Serve::start(&repo.path, &["--append-only"]);
     serve.hello().expect("hello");
     let answer = serve.put_pack(&pack);
     let stderr = serve.finish();
     assert!(answer.is_err(), "a forget record was accepted\n{stderr}");
-    assert_eq!(pack_files(&repo.path), before);
+    assert_eq!(repo.pack_files(), before);
     run_ok(repo.cmd().arg("rebuild-catalog"));
     let names: Vec<String> = repo
         .snapshots()
@@ -444,24 +327,10 @@ fn serve_refuses_a_forget_record() {
     assert_eq!(names, vec!["kept".to_string()]);
 }
 
+/// The peak resident memory of process `pid`, in KiB.
 fn vm_hwm_kib(pid: u32) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-/// Waits up to `limit` for serve to exit; its status, or None if it did not.
-fn exits_within(serve: &mut Serve, limit: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Some(s) = serve.child.try_wait().expect("try_wait") {
-            return Some(s);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    None
+    proc_field(&status, "VmHWM:")
 }
 
 /// A frame claiming 1 GiB was read into a 1 GiB buffer (and serve waited
@@ -476,7 +345,7 @@ fn oversized_frame_is_refused_without_allocating() {
     let mut claim = (1u32 << 30).to_le_bytes().to_vec();
     claim.extend_from_slice(&[4, 1, 2, 3]);
     serve.send_raw(&claim);
-    let status = exits_within(&mut serve, Duration::from_secs(10));
+    let status = wait_timeout(&mut serve.child, Duration::from_secs(10));
     assert!(
         status.is_some_and(|s| !s.success()),
         "serve did not fail fast on a 1 GiB frame claim: {status:?}"
@@ -487,7 +356,7 @@ fn oversized_frame_is_refused_without_allocating() {
     // Before hello only small requests are read.
     let mut serve = Serve::start(&repo.path, &[]);
     serve.send_raw(&(8u32 << 20).to_le_bytes());
-    let status = exits_within(&mut serve, Duration::from_secs(10));
+    let status = wait_timeout(&mut serve.child, Duration::from_secs(10));
     assert!(
         status.is_some_and(|s| !s.success()),
         "serve did not refuse an 8 MiB request before hello: {status:?}"
@@ -529,11 +398,10 @@ fn ssh_host_starting_with_dash_is_refused() {
     let cwd = canonical(dir.path());
     // A stand-in for ssh that records being run.
     let fake_ssh = cwd.join("fake-ssh");
-    write_file(
+    write_script(
         &fake_ssh,
         b"#!/bin/sh\necho \"$@\" > \"$(dirname \"$0\")/fake-ssh-ran\"\nexit 1\n",
     );
-    fs::set_permissions(&fake_ssh, fs::Permissions::from_mode(0o755)).expect("chmod");
 
     let real_ssh_urls = [
         "ssh://-oProxyCommand=touch pwned/srv/repo",
@@ -610,20 +478,21 @@ fn append_only_serve_refuses_overwrite() {
         let mut serve = Serve::start(&repo.path, extra);
         serve.hello().expect("hello");
         serve.put_pack(&pack).expect("first put");
-        let stored = pack_files(&repo.path);
+        let stored = repo.pack_files();
         assert_eq!(stored.len(), 1);
-        let before = fs::metadata(&stored[0]).expect("stat pack");
+        let pack_file = stored.first().expect("the stored pack");
+        let before = fs::metadata(pack_file).expect("stat pack");
         serve
             .put_pack(&pack)
             .expect("the same pack again is a no-op");
         serve.finish();
-        let after = fs::metadata(&stored[0]).expect("stat pack");
+        let after = fs::metadata(pack_file).expect("stat pack");
         assert_eq!(
             (before.ino(), before.ctime(), before.ctime_nsec()),
             (after.ino(), after.ctime(), after.ctime_nsec()),
             "serve {extra:?} replaced a stored pack"
         );
-        assert_eq!(pack_files(&repo.path), stored);
+        assert_eq!(repo.pack_files(), stored);
     }
 }
 
@@ -637,10 +506,10 @@ fn received_packs_are_private() {
     repo.ingest(&["--name", "one"], &[&src]);
     let far = canonical(dir.path()).join("far");
     run_ok(repo.cmd().arg("copy").arg("--to").arg(&far));
-    let packs = pack_files(&far);
+    let packs = Repo::at(&far).pack_files();
     assert!(!packs.is_empty());
     for p in packs {
-        let mode = fs::metadata(&p).expect("stat").mode() & 0o777;
+        let mode = mode_of(&p);
         assert_eq!(
             mode,
             0o400,
@@ -671,7 +540,7 @@ fn copy_scratch_dir_is_private() {
     // time the sender has made its scratch directory; meanwhile note the
     // directory's mode and owner.
     let fake_ssh = base.join("fake-ssh");
-    write_file(
+    write_script(
         &fake_ssh,
         format!(
             "#!/bin/sh\n\
@@ -686,7 +555,6 @@ fn copy_scratch_dir_is_private() {
         )
         .as_bytes(),
     );
-    fs::set_permissions(&fake_ssh, fs::Permissions::from_mode(0o755)).expect("chmod");
     let out = repo
         .cmd()
         .env("TMPDIR", &tmp)
@@ -719,11 +587,10 @@ fn copy_refuses_an_oversized_answer_from_the_server() {
     let dir = tempdir();
     let base = canonical(dir.path());
     let fake_ssh = base.join("fake-ssh");
-    write_file(
+    write_script(
         &fake_ssh,
         b"#!/bin/sh\nprintf '\\000\\000\\000\\100\\000'\nexec sleep 30\n",
     );
-    fs::set_permissions(&fake_ssh, fs::Permissions::from_mode(0o755)).expect("chmod");
     let started = Instant::now();
     let out = repo
         .cmd()

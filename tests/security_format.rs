@@ -1,17 +1,13 @@
 //! Security: damaged and hostile repository bytes (packs, blobs, trees, records, config) give clear errors, never panics, aborts, hangs or unbounded allocations.
 
-#[allow(unused_imports)]
 use crate::util::*;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use snapfs::format::blob::{Encoder, hash_chunk};
-use snapfs::format::pack::{ChunkKind, PackWriter};
-use snapfs::format::record::SnapshotRow;
+use snapfs::format::pack::ChunkKind;
 use snapfs::format::tree::{Body, Entry, Kind, Meta, encode_tree};
-use snapfs::ids::{ChunkId, Hash, SnapshotId, TreeHash, TreeId};
 
 /// Fails unless `out` ended by itself (no signal: no abort, no stack
 /// overflow) without a panic.
@@ -33,23 +29,6 @@ fn run(repo: &Repo, args: &[&str]) -> Output {
     let out = repo.cmd().args(args).output().expect("spawn snapfs");
     assert_no_crash(&format!("snapfs {}", args.join(" ")), &out);
     out
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Puts `bytes` under `packs/` as the pack their hash names.
-fn plant_pack(repo_path: &Path, bytes: &[u8]) -> String {
-    let hex = Hash::of(bytes).to_hex();
-    let dir = repo_path.join("packs").join(&hex[..2]);
-    fs::create_dir_all(&dir).expect("create pack dir");
-    write_file(&dir.join(format!("{hex}.pack")), bytes);
-    hex
 }
 
 /// A 137-byte pack whose footer says: table at offset T with 2^32-1 rows,
@@ -82,9 +61,9 @@ fn every_command_survives(repo: &Repo, src: &Path, name: &str, plant: impl Fn(&P
     let out = run(repo, &["ingest", src.to_str().expect("utf-8")]);
     assert_eq!(out.status.code(), Some(0), "{}", describe("ingest", &out));
     assert!(
-        text(&out).contains(name),
+        all_output(&out).contains(name),
         "ingest does not report {name}:\n{}",
-        text(&out)
+        all_output(&out)
     );
     let out = run(repo, &["gc"]);
     assert_eq!(out.status.code(), Some(0), "{}", describe("gc", &out));
@@ -92,9 +71,9 @@ fn every_command_survives(repo: &Repo, src: &Path, name: &str, plant: impl Fn(&P
     assert_eq!(out.status.code(), Some(0), "{}", describe("verify", &out));
     let out = run(repo, &["rebuild-catalog"]);
     assert!(
-        text(&out).contains(name),
+        all_output(&out).contains(name),
         "rebuild-catalog does not report {name}:\n{}",
-        text(&out)
+        all_output(&out)
     );
     assert_eq!(
         repo.snapshots().len(),
@@ -144,9 +123,9 @@ fn non_ascii_file_in_packs_is_skipped() {
     let out = run(&repo, &["ingest", src.to_str().expect("utf-8")]);
     assert_eq!(out.status.code(), Some(0), "{}", describe("ingest", &out));
     assert!(
-        text(&out).contains(&odd),
+        all_output(&out).contains(&odd),
         "the stray file is not named:\n{}",
-        text(&out)
+        all_output(&out)
     );
     for args in [&["gc"][..], &["verify"], &["rebuild-catalog"]] {
         run(&repo, args);
@@ -210,74 +189,23 @@ fn config_with_zero_chunk_avg_is_a_clear_error() {
 /// record for it into one pack under `repo`'s packs/, with no catalog rows:
 /// what rebuild-catalog imports.
 fn plant_tree_chain(repo: &Repo, depth: u64, bottom: Vec<Entry>) {
-    let dir_entry = |name: &[u8], tree: ChunkId, nodes: u64| Entry {
-        name: name.to_vec(),
-        kind: Kind::Dir,
-        meta: Meta {
-            mode: 0o40755,
-            nlink: 2,
-            ..Meta::default()
-        },
-        link_key: 0,
-        xattrs: vec![],
-        body: Body::Dir {
-            tree: TreeHash(tree.0),
-            nodes,
-        },
-    };
-    let mut chunks = Vec::new();
+    let mut rows = Vec::new();
     let mut nodes = bottom.iter().map(Entry::span).sum::<u64>();
-    let first = encode_tree(&bottom);
-    let mut below = hash_chunk(&first).id;
-    chunks.push((ChunkKind::Tree, first));
+    let first = honest_row(ChunkKind::Tree, &encode_tree(&bottom));
+    let mut below = first.0;
+    rows.push(first);
     for _ in 0..depth {
-        let t = encode_tree(&[dir_entry(b"d", below, nodes)]);
+        let row = honest_row(
+            ChunkKind::Tree,
+            &encode_tree(&[dir_entry(b"d", below, nodes)]),
+        );
         nodes += 1;
-        below = hash_chunk(&t).id;
-        chunks.push((ChunkKind::Tree, t));
+        below = row.0;
+        rows.push(row);
     }
-    let row = SnapshotRow {
-        id: SnapshotId(0),
-        hash: Hash::default(),
-        name: "crafted".into(),
-        started_ns: 1_000_000_000,
-        finished_ns: 2_000_000_000,
-        host: "h".into(),
-        sources: vec![PathBuf::from("/d")],
-        tags: vec![],
-        root_tree: TreeId(0),
-        files: 0,
-        dirs: depth,
-        size: 0,
-        added_bytes: 0,
-        read_bytes: 0,
-        warnings: 0,
-        change_share: 0.0,
-        alarm: false,
-        damage: None,
-    };
-    let record = snapfs::format::record::encode_record(
-        &row,
-        &TreeHash(below.0),
-        nodes,
-        &[0, depth, 0, 0, 0],
-    );
-    chunks.push((ChunkKind::Snapshot, record));
-
-    let tmp = repo.path.join("tmp");
-    fs::create_dir_all(&tmp).expect("tmp");
-    let mut w = PackWriter::create(&tmp).expect("pack writer");
-    let mut enc = Encoder::new(1).expect("zstd");
-    for (kind, data) in &chunks {
-        let h = hash_chunk(data);
-        let blob = enc.encode(data, &h).expect("encode");
-        w.append(h.id, *kind, data.len() as u32, &blob)
-            .expect("append");
-    }
-    let sealed = w.seal().expect("seal");
-    let bytes = fs::read(&sealed.path).expect("read pack");
-    fs::remove_file(&sealed.path).expect("rm tmp pack");
-    plant_pack(&repo.path, &bytes);
+    let record = snapshot_record("crafted", "/d", below, nodes, &[0, depth, 0, 0, 0]);
+    rows.push(honest_row(ChunkKind::Snapshot, &record));
+    plant_pack(&repo.path, &craft_pack(&rows).bytes);
 }
 
 #[test]
@@ -294,7 +222,11 @@ fn deep_tree_chain_does_not_overflow_the_stack() {
         "{}",
         describe("rebuild-catalog", &out)
     );
-    assert!(text(&out).contains("deeper than"), "{}", text(&out));
+    assert!(
+        all_output(&out).contains("deeper than"),
+        "{}",
+        all_output(&out)
+    );
     assert_eq!(
         repo.snapshots().len(),
         1,
@@ -350,7 +282,7 @@ fn tree_with_dotdot_name_is_rejected_on_import() {
     };
     plant_tree_chain(&repo, 2, vec![dotdot]);
     let out = run(&repo, &["rebuild-catalog"]);
-    let all = text(&out);
+    let all = all_output(&out);
     assert!(
         all.contains("..") && all.contains("tree"),
         "rebuild-catalog does not report the bad name:\n{all}"
@@ -394,8 +326,8 @@ fn catalog_cycle_is_an_error_not_a_crash() {
         &["restore", "s", restore_to.to_str().expect("utf-8")],
     );
     assert!(
-        text(&out).contains("deeper than"),
+        all_output(&out).contains("deeper than"),
         "restore of a cycle does not say what is wrong:\n{}",
-        text(&out)
+        all_output(&out)
     );
 }

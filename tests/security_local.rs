@@ -7,21 +7,12 @@
 
 use std::ffi::OsStr;
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::os::unix::fs::{MetadataExt, symlink};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::mount::{Mount, as_nobody, open_source_dir, require_fuse};
 use crate::util::*;
-
-fn mode_of(p: &Path) -> u32 {
-    fs::symlink_metadata(p)
-        .unwrap_or_else(|e| panic!("lstat {}: {e}", p.display()))
-        .permissions()
-        .mode()
-        & 0o7777
-}
 
 /// Every file and directory below `root` (root included) with its mode.
 fn modes_below(root: &Path) -> Vec<(std::path::PathBuf, u32)> {
@@ -32,20 +23,32 @@ fn modes_below(root: &Path) -> Vec<(std::path::PathBuf, u32)> {
     out
 }
 
-/// `snapfs init` under a given umask, through the shell.
-fn init_with_umask(path: &Path, umask: &str, extra: &str) {
+/// `snapfs --repo PATH ARGS...` under a given umask (through the shell),
+/// expecting success.
+fn snapfs_with_umask(umask: &str, path: &Path, args: &[&OsStr]) {
     let out = Command::new("sh")
         .arg("-c")
-        .arg(format!(
-            "umask {umask}; exec \"$0\" --repo \"$1\" init {extra}"
-        ))
+        .arg(format!("umask {umask}; exec \"$0\" \"$@\""))
         .arg(snapfs_bin())
+        .arg("--repo")
         .arg(path)
+        .args(args)
         .env_remove("SNAPFS_REPO")
         .stdin(Stdio::null())
         .output()
         .expect("spawn sh");
-    assert!(out.status.success(), "{}", describe("init", &out));
+    assert!(
+        out.status.success(),
+        "{}",
+        describe(&format!("umask {umask}; snapfs {args:?}"), &out)
+    );
+}
+
+/// `snapfs init EXTRA...` under a given umask.
+fn init_with_umask(path: &Path, umask: &str, extra: &[&str]) {
+    let mut args = vec![OsStr::new("init")];
+    args.extend(extra.iter().map(OsStr::new));
+    snapfs_with_umask(umask, path, &args);
 }
 
 // ---------------------------------------------------------------- the repository
@@ -58,24 +61,13 @@ fn init_makes_a_private_repository_whatever_the_umask() {
         let dir = tempdir();
         chmod(dir.path(), 0o755);
         let path = canonical(dir.path()).join("repo");
-        init_with_umask(&path, umask, "");
+        init_with_umask(&path, umask, &[]);
         let repo = Repo::at(&path);
         let (_src_dir, src) = open_source_dir();
         write_file(&src.join("shadow"), b"root:$6$secret\n");
         chmod(&src.join("shadow"), 0o600);
         // Ingest under the loose umask too: packs, WAL files, lock.
-        let out = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "umask {umask}; exec \"$0\" --repo \"$1\" ingest \"$2\""
-            ))
-            .arg(snapfs_bin())
-            .arg(&path)
-            .arg(&src)
-            .stdin(Stdio::null())
-            .output()
-            .expect("spawn sh");
-        assert!(out.status.success(), "{}", describe("ingest", &out));
+        snapfs_with_umask(umask, &path, &[OsStr::new("ingest"), src.as_os_str()]);
         for (p, mode) in modes_below(&path) {
             assert_eq!(
                 mode & 0o077,
@@ -129,7 +121,7 @@ fn init_keeps_an_admin_prepared_directory_and_its_mode() {
     lchown(&path, 0, 65534);
     chmod(&path, 0o750);
     let before = fs::metadata(&path).expect("stat");
-    init_with_umask(&path, "022", "");
+    init_with_umask(&path, "022", &[]);
     let after = fs::metadata(&path).expect("stat");
     assert_eq!(after.ino(), before.ino(), "init replaced the directory");
     assert_eq!((after.uid(), after.gid()), (0, 65534));
@@ -138,7 +130,7 @@ fn init_keeps_an_admin_prepared_directory_and_its_mode() {
     let open = canonical(dir.path()).join("open");
     mkdir(&open);
     chmod(&open, 0o755);
-    init_with_umask(&open, "022", "");
+    init_with_umask(&open, "022", &[]);
     assert_eq!(mode_of(&open), 0o750);
 }
 
@@ -149,7 +141,7 @@ fn init_group_shares_read_only_with_that_group() {
     let dir = tempdir();
     chmod(dir.path(), 0o755);
     let path = canonical(dir.path()).join("repo");
-    init_with_umask(&path, "000", "--group 65534");
+    init_with_umask(&path, "000", &["--group", "65534"]);
     let (_src_dir, src) = open_source_dir();
     write_file(&src.join("f"), b"shared\n");
     Repo::at(&path).ingest(&[], &[&src]);
@@ -259,11 +251,10 @@ fn lock_wait_gives_up_and_names_the_holder() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn holder");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while fs::read(repo.path.join("lock")).map_or(true, |b| b.is_empty()) {
-        assert!(Instant::now() < deadline, "the holder never took the lock");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let taken = eventually(Duration::from_secs(20), || {
+        fs::read(repo.path.join("lock")).is_ok_and(|b| !b.is_empty())
+    });
+    assert!(taken, "the holder never took the lock");
     let (_src_dir, src) = open_source_dir();
     write_file(&src.join("f"), b"x\n");
     let t0 = Instant::now();
@@ -336,14 +327,6 @@ fn device_node_in_a_snapshot_cannot_be_opened() {
     );
     let err = fs::File::open(&dev).expect_err("a device node opened through the mount");
     assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
-}
-
-fn setfacl(args: &[&str], p: &Path) {
-    require_tool("setfacl");
-    let mut a: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
-    a.push(p.as_os_str());
-    let out = tool("setfacl", &a);
-    assert!(out.status.success(), "{}", describe("setfacl", &out));
 }
 
 /// Today only mode bits were checked through the mount: the owning group

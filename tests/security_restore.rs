@@ -5,14 +5,12 @@
 //! test machines have), so the packs stay valid and only the rows lie.
 
 use std::collections::BTreeSet;
-use std::ffi::OsString;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 
-#[allow(unused_imports)]
 use crate::util::*;
 
 const TMP_PREFIX: &str = ".snapfs-restore-";
@@ -25,27 +23,6 @@ fn rename_entry(repo: &Repo, from: &str, to: &[u8]) {
          assert n >= 1, 'no entry renamed'",
         &[from.as_bytes(), to],
     );
-}
-
-fn stderr_of(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// `restore SPEC TARGET` without expecting an outcome.
-fn try_restore(repo: &Repo, spec: impl AsRef<std::ffi::OsStr>, target: &Path) -> Output {
-    repo.cmd()
-        .arg("restore")
-        .arg(spec)
-        .arg(target)
-        .output()
-        .expect("spawn restore")
-}
-
-/// `SNAPSHOT:PATH` for a subtree restore.
-fn spec_of(id: &str, path: &Path) -> OsString {
-    let mut spec = OsString::from(format!("{id}:"));
-    spec.push(path.as_os_str());
-    spec
 }
 
 /// Every path under `dir` (recursively, without following symlinks),
@@ -139,7 +116,7 @@ fn snapshot_with_victim_name() -> (Repo, tempfile::TempDir, PathBuf, PathBuf) {
 fn assert_refused(repo: &Repo, base: &Path, bad: &[u8], escape: &Path) {
     let before = listing(base);
     let target = base.join("targets").join("t");
-    let out = try_restore(repo, "latest", &target);
+    let out = output_of(&mut repo.restore_cmd("latest", &target));
     let what = format!("entry named {:?}", String::from_utf8_lossy(bad));
     assert_eq!(
         out.status.code(),
@@ -221,7 +198,7 @@ fn restore_creates_no_setuid_file_outside_target() {
     let bad = format!("{}planted-suid", "../".repeat(depth + 1));
     rename_entry(&repo, "aaXaa", bad.as_bytes());
     let target = base.join("targets").join("t");
-    let out = try_restore(&repo, "latest", &target);
+    let out = output_of(&mut repo.restore_cmd("latest", &target));
     assert_eq!(out.status.code(), Some(1), "{}", describe("restore", &out));
     for p in walk(&base) {
         if p.starts_with(&target) {
@@ -263,7 +240,7 @@ fn restore_does_not_write_through_a_symlink_in_the_target() {
     symlink(&outside.path, target.join("etc")).expect("plant dir symlink");
     symlink(&victim, target.join("config")).expect("plant file symlink");
 
-    let out = try_restore(&repo, spec_of(&snap.id, &src), &target);
+    let out = output_of(&mut repo.restore_cmd(spec_of(&snap.id, &src), &target));
     assert!(out.status.success(), "{}", describe("restore", &out));
     outside.assert_untouched("symlinked directory");
     assert_eq!(fs::read(&victim).expect("read victim"), b"victim\n");
@@ -295,7 +272,7 @@ fn restore_does_not_chmod_through_a_symlink() {
     let target = base.join("target");
     mkdir(&target);
     symlink(&outside.path, target.join("public")).expect("plant symlink");
-    let out = try_restore(&repo, spec_of(&snap.id, &src), &target);
+    let out = output_of(&mut repo.restore_cmd(spec_of(&snap.id, &src), &target));
     assert!(out.status.success(), "{}", describe("restore", &out));
     outside.assert_untouched("chmod through a symlink");
     assert_eq!(
@@ -338,7 +315,7 @@ fn restore_never_follows_a_symlink_it_restored_itself() {
         &[],
     );
     let target = base.join("target");
-    let out = try_restore(&repo, "latest", &target);
+    let out = output_of(&mut repo.restore_cmd("latest", &target));
     outside.assert_untouched(&format!(
         "symlink restored in the same run\n{}",
         describe("restore", &out)
@@ -359,22 +336,16 @@ fn snapshot_with_damageable_file(base: &Path) -> (Repo, PathBuf, String, PathBuf
     }
     let repo = Repo::new();
     repo.ingest(&[], &[&src]);
-    let packs_before = pack_files(&repo);
+    let packs_before = repo.pack_files();
     write_random_file(&src.join("zz-victim.bin"), 7, 12 * MIB);
     let snap = repo.ingest(&[], &[&src]);
-    let pack = pack_files(&repo)
+    let pack = repo
+        .pack_files()
         .difference(&packs_before)
         .max_by_key(|p| fs::metadata(p).expect("stat pack").len())
         .cloned()
         .expect("the second ingest wrote a pack");
     (repo, src, snap.id, pack)
-}
-
-fn pack_files(repo: &Repo) -> BTreeSet<PathBuf> {
-    walk(&repo.path.join("packs"))
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "pack"))
-        .collect()
 }
 
 /// Broke: a failed restore left 0-byte (or partial) files under their
@@ -388,7 +359,7 @@ fn failed_restore_leaves_no_half_written_files() {
     flip_byte(&pack, len / 2);
 
     let target = base.join("target");
-    let out = try_restore(&repo, spec_of(&id, &src), &target);
+    let out = output_of(&mut repo.restore_cmd(spec_of(&id, &src), &target));
     assert_eq!(out.status.code(), Some(1), "{}", describe("restore", &out));
     assert!(
         stderr_of(&out).contains("zz-victim.bin"),
@@ -431,7 +402,7 @@ fn interrupted_restore_resumes_and_skips_complete_files() {
     let len = fs::metadata(&pack).expect("stat pack").len();
     flip_byte(&pack, len / 2);
     let target = base.join("target");
-    let out = try_restore(&repo, spec_of(&id, &src), &target);
+    let out = output_of(&mut repo.restore_cmd(spec_of(&id, &src), &target));
     assert_eq!(out.status.code(), Some(1), "{}", describe("restore", &out));
 
     // The pack repaired (the flip undone), the same restore completes and
@@ -492,17 +463,12 @@ fn killed_restore_leaves_only_temporary_names_and_the_next_run_removes_them() {
         b"half",
     );
     let mut child = repo
-        .cmd()
-        .arg("restore")
-        .arg(spec_of(&snap.id, &src))
-        .arg(&target)
+        .restore_cmd(spec_of(&snap.id, &src), &target)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn restore");
-    std::thread::sleep(std::time::Duration::from_millis(150));
-    let _ = child.kill();
-    let _ = child.wait();
+    kill_after(&mut child, std::time::Duration::from_millis(150));
     for p in walk(&target) {
         let m = fs::symlink_metadata(&p).expect("lstat");
         let name = p.file_name().expect("name").as_bytes();

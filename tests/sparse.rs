@@ -11,7 +11,6 @@
 use std::fs::{self, File};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::thread;
@@ -19,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::mount::{Mount, wait_timeout};
 use crate::util::*;
 
 const TIB: u64 = 1 << 40;
@@ -69,17 +67,6 @@ fn holes_supported(dir: &Path) -> bool {
     });
     let _ = fs::remove_file(&probe);
     ok
-}
-
-/// lseek, with the errno on failure.
-fn seek(f: &File, off: u64, whence: libc::c_int) -> Result<u64, i32> {
-    // SAFETY: lseek on a descriptor we own.
-    let r = unsafe { libc::lseek(f.as_raw_fd(), off as libc::off_t, whence) };
-    if r < 0 {
-        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
-    } else {
-        Ok(r as u64)
-    }
 }
 
 /// The data regions of `f`, as SEEK_DATA and SEEK_HOLE report them.
@@ -158,53 +145,6 @@ fn assert_same_sparse(a: &Path, b: &Path) {
     }
 }
 
-/// A file of `len` bytes (set_len: all hole) with `islands` of data.
-fn sparse_file(path: &Path, len: u64, islands: &[(u64, Vec<u8>)]) {
-    let f = File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
-    f.set_len(len).expect("set_len");
-    for (off, data) in islands {
-        f.write_all_at(data, *off).expect("write island");
-    }
-    f.sync_all().expect("fsync");
-}
-
-/// Runs `cmd` to its end or the hang guard, whichever comes first. It runs
-/// in a process group of its own, all of which a timeout kills (the shell
-/// of `ingest_counting_reads` and the snapfs it runs alike).
-fn run_within(cmd: &mut Command, limit: Duration) -> Output {
-    let what = format!("{cmd:?}");
-    let mut child = cmd
-        .process_group(0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
-        thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = pipe.read_to_end(&mut v);
-            v
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().expect("stdout")));
-    let err = drain(Box::new(child.stderr.take().expect("stderr")));
-    let status = match wait_timeout(&mut child, limit) {
-        Some(s) => s,
-        None => {
-            // SAFETY: signalling the process group of our own child.
-            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
-            let _ = child.wait();
-            panic!("{what} still running after {limit:?}: it reads the holes")
-        }
-    };
-    Output {
-        status,
-        stdout: out.join().expect("stdout reader"),
-        stderr: err.join().expect("stderr reader"),
-    }
-}
-
 fn expect_ok(what: &str, out: Output) -> Output {
     assert!(out.status.success(), "{}", describe(what, &out));
     out
@@ -227,18 +167,15 @@ fn ingest_counting_reads(repo: &Repo, src: &Path) -> (Ingested, u64) {
         .env_remove("SNAPFS_REPO");
     let out = expect_ok("ingest", run_within(&mut cmd, HANG_GUARD));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let rchar = stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("rchar:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no rchar line in {stderr}"));
+    let rchar =
+        proc_field(&stderr, "rchar:").unwrap_or_else(|| panic!("no rchar line in {stderr}"));
     (Ingested::from_output(&out), rchar)
 }
 
 fn restore_within(repo: &Repo, spec: &str, target: &Path) {
     expect_ok(
         "restore",
-        run_within(repo.cmd().arg("restore").arg(spec).arg(target), HANG_GUARD),
+        run_within(&mut repo.restore_cmd(spec, target), HANG_GUARD),
     );
 }
 
@@ -420,9 +357,7 @@ fn open_fd(pid: u32, path: &Path) -> Option<String> {
 /// SEEK_DATA/SEEK_HOLE landed), while it is open.
 fn fd_pos(pid: u32, fd: &str) -> Option<u64> {
     let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("pos:"))
-        .and_then(|v| v.trim().parse().ok())
+    proc_field(&info, "pos:")
 }
 
 /// Resumes a stopped process and kills it, if it still runs, when dropped.
@@ -430,8 +365,7 @@ struct Child(std::process::Child);
 
 impl Drop for Child {
     fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGCONT) };
+        let _ = signal(self.0.id(), libc::SIGCONT);
         if self.0.try_wait().ok().flatten().is_none() {
             let _ = self.0.kill();
             let _ = self.0.wait();
@@ -482,8 +416,7 @@ fn holes_filled_while_a_sparse_file_is_ingested_are_reported_or_not_seen() {
             if let Some(fd) = open_fd(pid, &disk)
                 && fd_pos(pid, &fd).is_some_and(|p| p >= TIB / 2)
             {
-                // SAFETY: signalling our own child.
-                unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+                signal(pid, libc::SIGSTOP).expect("SIGSTOP ingest");
                 break fd_pos(pid, &fd);
             }
             if child.0.try_wait().expect("wait").is_some() || Instant::now() > deadline {
@@ -508,8 +441,7 @@ fn holes_filled_while_a_sparse_file_is_ingested_are_reported_or_not_seen() {
             }
             f.sync_all().expect("fsync");
         }
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+        signal(pid, libc::SIGCONT).expect("SIGCONT ingest");
         let status = wait_timeout(&mut child.0, HANG_GUARD)
             .unwrap_or_else(|| panic!("ingest still running after {HANG_GUARD:?}"));
         let mut out = Vec::new();

@@ -1,0 +1,231 @@
+//! A repository driven through the real `snapfs` binary, and the commands
+//! tests run on one (ingest, snapshots, restore, gc, forget, verify,
+//! rebuild-catalog) with their `--json` answers parsed.
+//!
+//! Every repository lives in its own `TempDir`, so tests can run in parallel.
+
+use std::collections::BTreeSet;
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+use super::*;
+
+/// A repository in its own temporary directory.
+pub(crate) struct Repo {
+    _dir: Option<TempDir>,
+    pub(crate) path: PathBuf,
+}
+
+impl Repo {
+    /// Creates and initializes a fresh repository.
+    pub(crate) fn new() -> Repo {
+        let dir = tempdir();
+        let path = canonical(dir.path()).join("repo");
+        let repo = Repo {
+            _dir: Some(dir),
+            path,
+        };
+        repo.init();
+        repo
+    }
+
+    /// A handle on a repository at `path` that this handle does not own.
+    pub(crate) fn at(path: &Path) -> Repo {
+        Repo {
+            _dir: None,
+            path: path.to_path_buf(),
+        }
+    }
+
+    pub(crate) fn init(&self) {
+        run_ok(self.cmd().arg("init"));
+        assert!(
+            self.path.join("catalog.db").is_file(),
+            "init did not create {}",
+            self.path.join("catalog.db").display()
+        );
+    }
+
+    /// `snapfs --repo PATH` ready for a subcommand.
+    pub(crate) fn cmd(&self) -> Command {
+        let mut cmd = snapfs();
+        cmd.arg("--repo").arg(&self.path);
+        cmd
+    }
+
+    /// `snapfs --repo PATH ingest --json EXTRA... SOURCES...` as a command.
+    pub(crate) fn ingest_cmd<S: AsRef<OsStr>>(&self, extra: &[&str], sources: &[S]) -> Command {
+        let mut cmd = self.cmd();
+        cmd.arg("ingest").arg("--json").args(extra);
+        for s in sources {
+            cmd.arg(s.as_ref());
+        }
+        cmd
+    }
+
+    /// Ingests `sources`, expecting success, and returns the JSON summary.
+    pub(crate) fn ingest<S: AsRef<OsStr>>(&self, extra: &[&str], sources: &[S]) -> Ingested {
+        let out = run_ok(&mut self.ingest_cmd(extra, sources));
+        Ingested::from_output(&out)
+    }
+
+    /// The parsed `snapshots --json` list.
+    pub(crate) fn snapshots(&self) -> Vec<Value> {
+        let out = run_ok(self.cmd().args(["snapshots", "--json"]));
+        match parse_json("snapshots --json", &out.stdout) {
+            Value::Array(items) => items,
+            other => panic!("snapshots --json is not an array: {other}"),
+        }
+    }
+
+    /// Ids of the listed snapshots, in the order listed (oldest first).
+    pub(crate) fn snapshot_ids(&self) -> Vec<String> {
+        self.snapshots()
+            .iter()
+            .map(|s| json_str(s, "id").to_string())
+            .collect()
+    }
+
+    /// Names of the listed snapshots, in the order listed (oldest first).
+    pub(crate) fn snapshot_names(&self) -> Vec<String> {
+        self.snapshots()
+            .iter()
+            .map(|s| json_str(s, "name").to_string())
+            .collect()
+    }
+
+    /// [`Repo::snapshot_ids`] as a set.
+    pub(crate) fn id_set(&self) -> BTreeSet<String> {
+        self.snapshot_ids().into_iter().collect()
+    }
+
+    /// [`Repo::snapshot_names`] as a set.
+    pub(crate) fn name_set(&self) -> BTreeSet<String> {
+        self.snapshot_names().into_iter().collect()
+    }
+
+    /// `snapfs --repo PATH restore SPEC TARGET` as a command.
+    pub(crate) fn restore_cmd(&self, spec: impl AsRef<OsStr>, target: &Path) -> Command {
+        let mut cmd = self.cmd();
+        cmd.arg("restore").arg(spec.as_ref()).arg(target);
+        cmd
+    }
+
+    /// Restores `spec` (SNAPSHOT or SNAPSHOT:PATH) into `target`, expecting success.
+    pub(crate) fn restore(&self, spec: impl AsRef<OsStr>, target: &Path) -> Output {
+        run_ok(&mut self.restore_cmd(spec, target))
+    }
+
+    /// Every `*.pack` file of the repository.
+    pub(crate) fn pack_files(&self) -> BTreeSet<PathBuf> {
+        let dir = self.path.join("packs");
+        if !dir.exists() {
+            return BTreeSet::new();
+        }
+        walk(&dir)
+            .into_iter()
+            .filter(|p| p.extension() == Some(OsStr::new("pack")) && p.is_file())
+            .collect()
+    }
+
+    /// Total bytes of the files under `packs/`.
+    pub(crate) fn packs_bytes(&self) -> u64 {
+        dir_bytes(&self.path.join("packs"))
+    }
+}
+
+/// What `ingest --json` reported.
+#[derive(Debug, Clone)]
+pub(crate) struct Ingested {
+    pub(crate) json: Value,
+    pub(crate) id: String,
+    pub(crate) name: String,
+}
+
+impl Ingested {
+    pub(crate) fn from_output(out: &Output) -> Ingested {
+        let json = parse_json("ingest --json", &out.stdout);
+        let snap = json
+            .get("snapshot")
+            .unwrap_or_else(|| panic!("ingest --json has no \"snapshot\": {json}"));
+        let id = json_str(snap, "id").to_string();
+        let name = json_str(snap, "name").to_string();
+        Ingested { json, id, name }
+    }
+
+    pub(crate) fn num(&self, key: &str) -> u64 {
+        json_u64(&self.json, key)
+    }
+}
+
+/// `SNAPSHOT:PATH`, the reference to one path of a snapshot (PATH may
+/// hold any byte, colons included).
+pub(crate) fn spec_of(snapshot: &str, path: &Path) -> OsString {
+    let mut spec = OsString::from(format!("{snapshot}:"));
+    spec.push(path.as_os_str());
+    spec
+}
+
+/// Where restoring a whole snapshot into `target` puts the source `source`
+/// (snapshots keep sources at their absolute paths).
+pub(crate) fn restored_path(target: &Path, source: &Path) -> PathBuf {
+    let rel = source
+        .strip_prefix("/")
+        .unwrap_or_else(|_| panic!("{} is not absolute", source.display()));
+    target.join(rel)
+}
+
+// ---------------------------------------------------------------- maintenance commands
+
+/// `gc --json EXTRA`, expecting success.
+pub(crate) fn gc(repo: &Repo, extra: &[&str]) -> Value {
+    json_of("gc --json", repo.cmd().args(["gc", "--json"]).args(extra))
+}
+
+/// `forget --json ARGS`, expecting success.
+pub(crate) fn forget(repo: &Repo, args: &[&str]) -> Value {
+    json_of(
+        "forget --json",
+        repo.cmd().args(["forget", "--json"]).args(args),
+    )
+}
+
+/// `verify --json EXTRA`, whatever its outcome: the output and its report.
+pub(crate) fn verify(repo: &Repo, extra: &[&str]) -> (Output, Value) {
+    let out = output_of(repo.cmd().args(["verify", "--json"]).args(extra));
+    let json = parse_json(&describe("verify --json", &out), &out.stdout);
+    (out, json)
+}
+
+/// Asserts `verify --read-data` exits 0 and reports no problem; `when`
+/// says at which point of the test.
+pub(crate) fn assert_verify_read_data_ok(repo: &Repo, when: &str) {
+    let (out, json) = verify(repo, &["--read-data"]);
+    assert!(
+        out.status.code() == Some(0) && json["ok"] == Value::Bool(true),
+        "{when}: verify --read-data of {} should pass\n{}",
+        repo.path.display(),
+        describe("verify --read-data --json", &out)
+    );
+}
+
+/// `rebuild-catalog --json EXTRA`, whatever its outcome: the output and
+/// its report.
+pub(crate) fn rebuild_catalog(repo: &Repo, extra: &[&str]) -> (Output, Value) {
+    let out = output_of(repo.cmd().args(["rebuild-catalog", "--json"]).args(extra));
+    let json = parse_json(&describe("rebuild-catalog --json", &out), &out.stdout);
+    (out, json)
+}
+
+/// `rebuild-catalog --json`, expecting success (exit 0: nothing lost,
+/// nothing damaged): its report.
+pub(crate) fn rebuild_catalog_ok(repo: &Repo) -> Value {
+    json_of(
+        "rebuild-catalog --json",
+        repo.cmd().args(["rebuild-catalog", "--json"]),
+    )
+}
