@@ -79,6 +79,19 @@ fn reader_refuses(repo: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// The reader's stderr, asserting it refused the request (exit status 2).
+fn reader_refuses_usage(repo: &Path, args: &[&str]) -> String {
+    let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    let out = reader(repo, &args);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        describe(&format!("format_reader.py {args:?}"), &out)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 fn extract(repo: &Repo, snapshot: &str, target: &Path) {
     reader_ok(
         &repo.path,
@@ -113,10 +126,11 @@ fn assert_diff_r_clean(a: &Path, b: &Path) {
 /// empty, multi-chunk and 1 GiB sparse files, hard links across
 /// directories, symlinks with odd targets, non-UTF-8 names and names with
 /// newlines, devices, a fifo, xattrs and ACLs, foreign owners, odd modes,
-/// nanosecond mtimes) in two snapshots, the second after changes; the
-/// reader gets both back from the packs, bit for bit with their metadata,
-/// agrees with snapfs on the list of snapshots, and finds the catalog to
-/// be exactly what the packs say.
+/// nanosecond mtimes) in two snapshots, the second after changes, and a
+/// third snapshot forgotten, then collected: the reader gets the two back
+/// from the packs, bit for bit with their metadata, agrees with snapfs on
+/// the list of snapshots (the forgotten one is not in it), and finds the
+/// catalog to be exactly what the packs say.
 #[test]
 fn format_reader_recovers_every_snapshot_from_the_packs_alone() {
     // Fail before the long set-up if the reader cannot run.
@@ -158,6 +172,15 @@ fn format_reader_recovers_every_snapshot_from_the_packs_alone() {
     let second = repo.ingest(&["--tag", "after"], &[&root]);
     assert_ne!(first.id, second.id);
 
+    // A third snapshot, of another source, forgotten: its record stays in
+    // its pack until gc, and the forget record must hide it.
+    let other_dir = tempdir();
+    let other = canonical(other_dir.path()).join("other");
+    mkdir(&other);
+    write_random_file(&other.join("only-here"), 12, 300_000);
+    let third = repo.ingest(&["--name", "to-forget"], &[&other]);
+    run_ok(repo.cmd().args(["forget", "to-forget"]));
+
     // The list, from the packs alone, is snapfs's.
     let out = reader_ok(&repo.path, &["list", "--json"]);
     let listed = match parse_json("format_reader.py list --json", &out.stdout) {
@@ -184,6 +207,8 @@ fn format_reader_recovers_every_snapshot_from_the_packs_alone() {
         ]
     );
     assert_eq!(listed[1]["tags"], serde_json::json!(["after"]));
+    let err = reader_refuses_usage(&repo.path, &["extract", &third.id, "/nonexistent"]);
+    assert!(err.contains("no snapshot named"), "{err}");
 
     // Every row of the catalog is what the document says it is derived from.
     reader_ok(&repo.path, &["check-catalog"]);
@@ -216,6 +241,17 @@ fn format_reader_recovers_every_snapshot_from_the_packs_alone() {
     assert!(
         allocated < 64 * MIB,
         "the extracted sparse file allocates {allocated} bytes for 3 MiB of data"
+    );
+
+    // After gc (the forgotten snapshot's pack deleted, packs rewritten),
+    // the packs still say what the catalog says.
+    run_ok(repo.cmd().arg("gc"));
+    reader_ok(&repo.path, &["check-catalog"]);
+    let out = reader_ok(&repo.path, &["list", "--json"]);
+    let listed = parse_json("format_reader.py list --json", &out.stdout);
+    assert_eq!(
+        ids_names(listed.as_array().expect("an array")),
+        ids_names(&repo.snapshots())
     );
 }
 
