@@ -36,6 +36,26 @@ if ((${#need_install[@]} > 0)); then
     apt-get install -y --no-install-recommends "${need_install[@]}"
 fi
 
+# The independent reader of docs/FORMAT.md (tests/format_reader.py) needs
+# BLAKE3 and zstd from Python: the `blake3` and `zstandard` modules, in a
+# virtual environment of their own under target/, where tests/format_doc.rs
+# looks for it. Debian has no python3-blake3, so both come from PyPI, for
+# the one interpreter that runs the reader.
+reader_venv=target/format-reader-venv
+if ! "$reader_venv/bin/python3" -c 'import blake3, zstandard' >/dev/null 2>&1; then
+    if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+        echo "installing: python3-venv"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update
+        apt-get install -y --no-install-recommends python3-venv
+    fi
+    rm -rf "$reader_venv"
+    python3 -m venv "$reader_venv"
+    "$reader_venv/bin/python3" -m pip install --quiet --disable-pip-version-check \
+        'blake3==1.0.11' 'zstandard==0.25.0'
+    "$reader_venv/bin/python3" -c 'import blake3, zstandard'
+fi
+
 if [[ ! -e /dev/fuse ]]; then
     echo "error: /dev/fuse does not exist; the mount tests need FUSE" >&2
     exit 1

@@ -33,6 +33,7 @@ mod copy;
 mod damage;
 mod everyday;
 mod faults;
+mod format_doc;
 mod history;
 mod ingest;
 mod maintenance;
