@@ -17,7 +17,6 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
-use crate::maintenance::pack_files;
 use crate::util::*;
 
 /// The Python interpreter that has the reader's modules.
@@ -260,7 +259,7 @@ fn format_reader_recovers_every_snapshot_from_the_packs_alone() {
 fn largest_data_blob(repo: &Repo) -> (PathBuf, u64, u32, String) {
     use snapfs::format::pack::{ChunkKind, decode_pack};
     let mut best: Option<(PathBuf, u64, u32, u32, String)> = None;
-    for p in pack_files(repo) {
+    for p in repo.pack_files() {
         let bytes = fs::read(&p).expect("read pack");
         for e in decode_pack(&bytes).expect("snapfs decodes its own pack") {
             if e.kind == ChunkKind::Data && best.as_ref().is_none_or(|b| e.raw_len > b.3) {

@@ -13,6 +13,8 @@ use super::*;
 pub(crate) struct Fixture {
     pub(crate) root: PathBuf,
     pub(crate) sparse: PathBuf,
+    /// The 100 MiB file of mixed data.
+    pub(crate) big: PathBuf,
 }
 
 /// Builds, under `dir`, a tree with every kind of entry a backup must keep:
@@ -205,5 +207,5 @@ pub(crate) fn build_fixture(dir: &Path) -> Fixture {
     set_mtime(&files.join("also-empty"), 1_000_000_000, 0);
     set_mtime(&root, 1_234_567_890, 987_654_321);
 
-    Fixture { root, sparse }
+    Fixture { root, sparse, big }
 }
