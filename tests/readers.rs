@@ -3,6 +3,7 @@
 //! locations for as long as the kernel holds the file open; leases go away
 //! with their holders.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
@@ -450,4 +451,187 @@ fn a_missing_pack_reads_as_eio_through_the_mount_not_enoent() {
         "the mount's log should name the missing pack:\n{log}"
     );
     drop(mount);
+}
+
+/// gc used to date the packs it took out of use with the time it started,
+/// before its rewrite and commit: a reader that started in between still
+/// read the old catalog, pointing into those packs, but held a lease newer
+/// than their date, and gc deleted them under it (EIO through the mount).
+#[test]
+fn gc_keeps_the_packs_of_a_reader_that_started_during_its_rewrite() {
+    let base = tempdir();
+    let src = canonical(base.path()).join("src");
+    mkdir(&src);
+    // Packs of 32 MiB: the live file's tail shares a pack with the dead
+    // file's head, which gc then rewrites (more than 10% unused).
+    let live = src.join("a_live.bin");
+    let len = 60 * MIB;
+    write_random_file(&live, 1301, len);
+    write_random_file(&src.join("z_dead.bin"), 1302, 10 * MIB);
+    let repo = Repo::new();
+    repo.ingest(&["--name", "both"], &[&src]);
+    fs::remove_file(src.join("z_dead.bin")).expect("remove the dead file");
+    repo.ingest(&["--name", "live"], &[&src]);
+    forget(&repo, &["both"]);
+
+    // gc, stopped while it writes the rewritten pack (before its commit).
+    let mut gc = repo
+        .cmd()
+        .args(["gc", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn gc");
+    let tmp = repo.path.join("tmp");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let writing = fs::read_dir(&tmp).is_ok_and(|mut d| d.next().is_some());
+        if writing {
+            signal(gc.id(), libc::SIGSTOP).expect("stop gc");
+            break;
+        }
+        if let Ok(Some(status)) = gc.try_wait() {
+            panic!("gc ended ({status}) before it was seen rewriting a pack");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gc never wrote to {}",
+            tmp.display()
+        );
+        thread::sleep(Duration::from_micros(200));
+    }
+    // A reader starts now, reading the catalog as it is before gc commits.
+    let mount = Mount::new(&repo, &[]);
+    let copy = canonical(base.path()).join("copy.bin");
+    let reader = PausedReader::start(&restored_path(&mount.path.join("live"), &live), &copy);
+    signal(gc.id(), libc::SIGCONT).expect("continue gc");
+    let out = gc.wait_with_output().expect("wait for gc");
+    assert!(out.status.success(), "{}", describe("gc", &out));
+    let done = parse_json("gc", &out.stdout);
+    assert!(
+        json_u64(&done, "packs_rewritten") > 0,
+        "gc should rewrite a pack: {done}"
+    );
+
+    let copied = reader.finish().unwrap_or_else(|e| {
+        panic!(
+            "a reader that started while gc rewrote lost its bytes: {e}\ngc: {done}\n\
+             --- mount stderr ---\n{}",
+            mount.stderr_text()
+        )
+    });
+    assert_eq!(copied, len);
+    let same = tool("cmp", &[live.as_os_str(), copy.as_os_str()]);
+    assert!(same.status.success(), "{}", describe("cmp", &same));
+    mount.finish();
+}
+
+/// A file held open used to hold back every pack taken out of use after it
+/// was first read, for as long as it stayed open (any user of an
+/// --allow-other mount could stop all space reclamation): a held file whose
+/// snapshot is still there is now resolved again when its resolution is old.
+#[test]
+fn a_file_held_open_of_a_kept_snapshot_does_not_stop_gc_freeing_others() {
+    let w = big_and_small();
+    let repo = &w.repo;
+    let mount = Mount::new(repo, &["--idle-expiry", "1"]);
+    let in_mount = restored_path(&mount.path.join("big"), &w.big);
+    let copy = canonical(w.base.path()).join("copy.bin");
+    let reader = PausedReader::start(&in_mount, &copy);
+
+    // Another snapshot comes and goes while the file stays open.
+    let other = canonical(w.base.path()).join("passing");
+    mkdir(&other);
+    write_random_file(&other.join("p.bin"), 1305, 20 * MIB);
+    repo.ingest(&["--name", "passing"], &[&other]);
+    let first = forget(repo, &["passing", "--gc"]);
+    let freed = json_u64(&first["gc"], "bytes_freed")
+        + gc_until_nothing_waits(repo, &mount, "a file held open of a kept snapshot");
+    assert!(
+        freed >= 18 * MIB,
+        "the passing snapshot's packs should be freed while the file is open: {freed} bytes"
+    );
+
+    let copied = reader.finish().expect("the open file reads to its end");
+    assert_eq!(copied, w.len);
+    let same = tool("cmp", &[w.big.as_os_str(), copy.as_os_str()]);
+    assert!(same.status.success(), "{}", describe("cmp", &same));
+    mount.finish();
+}
+
+/// gc took a lease it could not read (here: `mounts/` made by root, the
+/// repository's owner running gc) for no reader at all, and deleted packs
+/// root's mount still read. Now such a lease keeps every pack, and says so.
+#[test]
+fn gc_keeps_every_pack_while_a_lease_cannot_be_read() {
+    let base = tempdir();
+    let top = canonical(base.path());
+    chmod(&top, 0o755);
+    lchown(&top, 65534, 65534);
+    let repo_path = top.join("repo");
+    let src = top.join("src");
+    mkdir(&src);
+    write_random_file(&src.join("f.bin"), 1306, 40 * MIB);
+    lchown(&src, 65534, 65534);
+    lchown(&src.join("f.bin"), 65534, 65534);
+    let init = as_nobody(&[
+        snapfs_bin().as_ref(),
+        "--repo".as_ref(),
+        repo_path.as_os_str(),
+        "init".as_ref(),
+    ]);
+    assert!(
+        init.status.success(),
+        "{}",
+        describe("init as nobody", &init)
+    );
+    let as_owner = |args: &[&str]| {
+        let mut all: Vec<&OsStr> = vec![
+            snapfs_bin().as_ref(),
+            "--repo".as_ref(),
+            repo_path.as_os_str(),
+        ];
+        all.extend(args.iter().map(|a| OsStr::new(*a)));
+        as_nobody(&all)
+    };
+    let ingest = as_owner(&["ingest", "--name", "s1", src.to_str().expect("utf-8 path")]);
+    assert!(
+        ingest.status.success(),
+        "{}",
+        describe("ingest as the owner", &ingest)
+    );
+
+    // Root mounts the owner's repository: its lease directory is root's.
+    let repo = Repo::at(&repo_path);
+    let mount = Mount::new(&repo, &[]);
+    let in_mount = restored_path(&mount.path.join("s1"), &src.join("f.bin"));
+    let copy = top.join("copy.bin");
+    let reader = PausedReader::start(&in_mount, &copy);
+
+    let forget = as_owner(&["forget", "s1"]);
+    assert!(
+        forget.status.success(),
+        "{}",
+        describe("forget as the owner", &forget)
+    );
+    for round in 0..2 {
+        let gc = as_owner(&["gc", "--json"]);
+        assert!(gc.status.success(), "{}", describe("gc as the owner", &gc));
+        let g = parse_json("gc", &gc.stdout);
+        assert_eq!(
+            json_u64(&g, "bytes_freed"),
+            0,
+            "gc {round} freed packs a reader may read: {g}"
+        );
+        assert!(json_u64(&g, "packs_waiting") > 0, "gc {round}: {g}");
+        let said = String::from_utf8_lossy(&gc.stderr);
+        assert!(
+            said.contains("cannot read the reader lease"),
+            "gc {round} should say why: {said}"
+        );
+        thread::sleep(Duration::from_millis(1500));
+    }
+    let copied = reader.finish().expect("root's reader reads to the end");
+    assert_eq!(copied, 40 * MIB);
+    mount.finish();
 }

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
@@ -436,4 +436,54 @@ fn unreadable_catalog_is_replaced_and_kept_aside() {
         assert_eq!(mode & 0o777, 0o600, "{what}: catalog.db mode {mode:o}");
     }
     t.assert_restore("s3");
+}
+
+/// rebuild-catalog replaced the catalog under a running mount, whose cached
+/// row ids then named other rows: it served other files' bytes. It now
+/// refuses while a reader holds a lease, naming it, and leaves the catalog.
+#[test]
+fn rebuild_catalog_refuses_while_a_mount_reads_the_catalog() {
+    let base = tempdir();
+    let src = canonical(base.path()).join("src");
+    mkdir(&src);
+    write_random_file(&src.join("f.bin"), 1401, MIB);
+    let repo = Repo::new();
+    repo.ingest(&["--name", "s1"], &[&src]);
+    let catalog = repo.path.join("catalog.db");
+    let before = fs::metadata(&catalog).expect("catalog").ino();
+
+    let mount = Mount::new(&repo, &[]);
+    let out = repo
+        .cmd()
+        .args(["rebuild-catalog"])
+        .output()
+        .expect("run rebuild");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("running readers") && said.contains("mount"),
+        "rebuild-catalog under a mount should refuse, naming it: {}",
+        describe("rebuild-catalog", &out)
+    );
+    assert_eq!(
+        fs::metadata(&catalog).expect("catalog").ino(),
+        before,
+        "catalog replaced"
+    );
+    let in_mount = restored_path(&mount.path.join("s1"), &src.join("f.bin"));
+    assert!(
+        fs::read(&in_mount).expect("read through the mount")
+            == fs::read(src.join("f.bin")).expect("source")
+    );
+    mount.finish();
+
+    let out = repo
+        .cmd()
+        .args(["rebuild-catalog"])
+        .output()
+        .expect("run rebuild");
+    assert!(
+        out.status.success(),
+        "{}",
+        describe("rebuild-catalog, unmounted", &out)
+    );
 }

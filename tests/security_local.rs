@@ -454,3 +454,50 @@ fn source_through_a_symlink_records_the_real_directory_mode() {
         "the recorded ancestor is not the real directory's mode"
     );
 }
+
+/// A repository whose own `tmp/` or `mounts/` was a symlink (a crafted
+/// disk handed to root, or its owner racing root's gc) made snapfs remove
+/// the files where it pointed: with `tmp -> /etc`, every file in /etc.
+#[test]
+fn a_repository_whose_tmp_or_mounts_is_a_symlink_is_refused_and_nothing_there_is_removed() {
+    for own in ["tmp", "mounts"] {
+        let base = tempdir();
+        let src = canonical(base.path()).join("src");
+        mkdir(&src);
+        write_file(&src.join("f"), b"data");
+        let repo = Repo::new();
+        repo.ingest(&[], &[&src]);
+        let victim = canonical(base.path()).join("victim");
+        mkdir(&victim);
+        let kept = ["passwd", "notes.lease", ".old.lease-tmp"];
+        for name in kept {
+            write_file(&victim.join(name), b"precious");
+        }
+        let link = repo.path.join(own);
+        let _ = fs::remove_dir_all(&link);
+        symlink(&victim, &link).expect("symlink");
+        for args in [
+            &["gc"][..],
+            &["verify"],
+            &["restore", "latest", "/nonexistent-target"],
+        ] {
+            let out = repo.cmd().args(args).output().expect("run snapfs");
+            let said = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success() && said.contains("symbolic link"),
+                "{own} -> elsewhere: {args:?} should refuse the repository: {}",
+                describe("snapfs", &out)
+            );
+        }
+        for name in kept {
+            assert!(
+                victim.join(name).exists(),
+                "{own} -> elsewhere: {name} there was removed"
+            );
+        }
+        assert_eq!(
+            fs::read_dir(&victim).expect("list victim").count(),
+            kept.len()
+        );
+    }
+}
