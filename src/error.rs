@@ -15,7 +15,7 @@ pub enum Error {
     Io { path: PathBuf, source: io::Error },
 
     #[error("catalog: {0}")]
-    Catalog(#[from] rusqlite::Error),
+    Catalog(CatalogError),
 
     #[error("{} is not a snapfs repository (create one with `snapfs init`, or pass --repo)", .0.display())]
     NotARepository(PathBuf),
@@ -50,6 +50,11 @@ pub enum Error {
         .0.display()
     )]
     CatalogReplaced(PathBuf),
+
+    /// An inode number the mount does not know (any more): the kernel asked
+    /// after a name it was given long ago, of a snapshot since forgotten.
+    #[error("no such inode {0} in the mount (its snapshot may have been forgotten)")]
+    NoSuchInode(u64),
 
     #[error("no snapshot matches {0:?} (see `snapfs snapshots`)")]
     NoSuchSnapshot(String),
@@ -90,7 +95,9 @@ impl Error {
     pub fn errno(&self) -> i32 {
         match self {
             Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
-            Error::NoSuchSnapshot(_) | Error::NoSuchPath { .. } => libc::ENOENT,
+            Error::NoSuchSnapshot(_) | Error::NoSuchPath { .. } | Error::NoSuchInode(_) => {
+                libc::ENOENT
+            }
             Error::Invalid(_) => libc::EINVAL,
             Error::CatalogReplaced(_) => libc::ESTALE,
             _ => libc::EIO,
@@ -101,12 +108,38 @@ impl Error {
     pub fn is_disk_full(&self) -> bool {
         match self {
             Error::Io { source, .. } => source.raw_os_error() == Some(libc::ENOSPC),
-            Error::Catalog(rusqlite::Error::SqliteFailure(e, _)) => {
-                e.code == rusqlite::ErrorCode::DiskFull
-            }
+            Error::Catalog(e) => e.kind == CatalogErrorKind::DiskFull,
             _ => false,
         }
     }
+}
+
+/// A catalog error, in terms of what callers act on; the catalog module
+/// makes these from its database library's errors (no third-party type
+/// crosses this module's boundary).
+#[derive(Debug)]
+pub struct CatalogError {
+    pub kind: CatalogErrorKind,
+    /// The database's own words.
+    pub message: String,
+}
+
+impl std::fmt::Display for CatalogError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// What a caller may do about a catalog error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CatalogErrorKind {
+    /// The disk (or quota) is full.
+    DiskFull,
+    /// Another process holds the database, or the system ran short (I/O,
+    /// memory, permission): says nothing about the catalog's contents.
+    Transient,
+    /// Anything else: a query failed on what the catalog holds.
+    Other,
 }
 
 /// Attach the path an I/O error happened on.

@@ -5,8 +5,8 @@
 //! # Layout
 //! Folders by layer; each depends only on those listed before it (the
 //! layering test, `tests/layers.rs`, checks it):
-//! - `error`, `ids`, `time`: the error type, hash and row-id newtypes, UTC
-//!   times — used by every layer
+//! - `error`, `ids`, `time`, `units`: the error type, hash and row-id
+//!   newtypes, UTC times, sizes for people — used by every layer
 //! - `format`: the on-disk format, byte for byte (chunker, blob frames,
 //!   packs, trees, snapshot records, the varint codec, entry names)
 //! - `repo`: a repository: its directory, config, writer lock and reader
@@ -25,6 +25,7 @@ pub mod error;
 pub mod format;
 pub mod ids;
 pub(crate) mod time;
+pub(crate) mod units;
 
 pub(crate) mod repo;
 

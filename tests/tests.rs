@@ -36,6 +36,7 @@ mod faults;
 mod format_doc;
 mod history;
 mod ingest;
+mod layers;
 mod maintenance;
 mod mount;
 mod readers;

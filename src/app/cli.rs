@@ -150,28 +150,7 @@ pub enum Command {
     Man { dir: PathBuf },
     /// Serve every snapshot as a read-only directory at MOUNTPOINT (foreground;
     /// stop with `fusermount3 -u MOUNTPOINT` or Ctrl-C)
-    Mount {
-        mountpoint: PathBuf,
-        /// Let other users in (the kernel still enforces the original modes)
-        #[arg(long)]
-        allow_other: bool,
-        /// Memory for decoded file data, e.g. 256M, 1G
-        #[arg(long, default_value = "256M", value_parser = parse_size)]
-        cache_size: u64,
-        /// Threads serving requests (more than cores: a copy out of the
-        /// mount waits less for a free one)
-        #[arg(long, default_value_t = 16)]
-        threads: usize,
-        /// Snapshot directory names: `plain` (the snapshot's name) or `gmt`
-        /// (@GMT-YYYY.MM.DD-HH.MM.SS, for Samba's shadow_copy2 "Previous Versions")
-        #[arg(long, value_enum, default_value = "plain")]
-        names: NameStyle,
-        /// Seconds after which a file's chunk locations are let go once it
-        /// is closed; gc keeps their packs meanwhile (an open file keeps its
-        /// own until closed, however long)
-        #[arg(long, default_value_t = crate::mount::snapshot_fs::DEFAULT_IDLE_EXPIRY.as_secs(), value_name = "SECONDS")]
-        idle_expiry: u64,
-    },
+    Mount(MountArgs),
     /// Every version of one path across all snapshots
     Log {
         path: PathBuf,
@@ -327,4 +306,84 @@ pub fn write_man_pages(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
     }
     write("snapfs".into(), cmd)?;
     Ok(written)
+}
+
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    pub mountpoint: PathBuf,
+    /// Let other users in (the kernel still enforces the original modes)
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Memory for decoded file data, e.g. 256M, 1G
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    pub cache_size: u64,
+    /// Threads serving requests (more than cores: a copy out of the
+    /// mount waits less for a free one)
+    #[arg(long, default_value_t = 16)]
+    pub threads: usize,
+    /// Snapshot directory names: `plain` (the snapshot's name) or `gmt`
+    /// (@GMT-YYYY.MM.DD-HH.MM.SS, for Samba's shadow_copy2 "Previous Versions")
+    #[arg(long, value_enum, default_value = "plain")]
+    pub names: NameStyle,
+    /// Seconds after which a file's chunk locations are let go once it
+    /// is closed; gc keeps their packs meanwhile (an open file keeps its
+    /// own until closed, however long)
+    #[arg(long, default_value_t = crate::mount::snapshot_fs::DEFAULT_IDLE_EXPIRY.as_secs(), value_name = "SECONDS")]
+    pub idle_expiry: u64,
+}
+
+impl MountArgs {
+    pub fn request(&self) -> crate::mount::MountRequest {
+        crate::mount::MountRequest {
+            names: match self.names {
+                NameStyle::Plain => crate::mount::snapshot_fs::Names::Plain,
+                NameStyle::Gmt => crate::mount::snapshot_fs::Names::Gmt,
+            },
+            allow_other: self.allow_other,
+            cache_bytes: self.cache_size as usize,
+            threads: self.threads,
+            idle_expiry: std::time::Duration::from_secs(self.idle_expiry),
+        }
+    }
+}
+
+impl IngestArgs {
+    pub fn options(&self) -> crate::commands::ingest::IngestOptions {
+        crate::commands::ingest::IngestOptions {
+            name: self.name.clone(),
+            tags: self.tags.clone(),
+            excludes: self.excludes.clone(),
+            exclude_files: self.exclude_files.clone(),
+            exclude_caches: self.exclude_caches,
+            one_file_system: self.one_file_system,
+            compression: self.compression,
+            stdin_name: self.stdin.then(|| self.stdin_name.clone()),
+        }
+    }
+}
+
+impl ForgetArgs {
+    pub fn options(&self) -> crate::Result<crate::commands::forget::ForgetOptions> {
+        use crate::commands::forget::{ForgetOptions, Policy, parse_duration};
+        let policy = Policy {
+            last: self.keep_last,
+            hourly: self.keep_hourly,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+            yearly: self.keep_yearly,
+            within_ns: self
+                .keep_within
+                .as_deref()
+                .map(parse_duration)
+                .transpose()?,
+            tags: self.keep_tags.clone(),
+        };
+        Ok(ForgetOptions {
+            policy,
+            snapshots: self.snapshots.clone(),
+            dry_run: self.dry_run,
+            allow_delete: self.allow_delete,
+        })
+    }
 }

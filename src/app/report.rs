@@ -6,21 +6,7 @@ use crate::commands::ingest::IngestStats;
 use crate::commands::restore::RestoreStats;
 use crate::format::record::SnapshotRow;
 
-/// `1.5 GiB`-style sizes for people.
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+pub use crate::units::bytes;
 
 fn json<T: Serialize>(v: &T) {
     println!(

@@ -254,15 +254,7 @@ pub fn rebuild_catalog(repo: &Repository, opts: &RebuildOptions) -> Result<Rebui
 fn transient(e: &Error) -> bool {
     match e {
         Error::Io { .. } => true,
-        Error::Catalog(rusqlite::Error::SqliteFailure(f, _)) => matches!(
-            f.code,
-            rusqlite::ErrorCode::DatabaseBusy
-                | rusqlite::ErrorCode::DatabaseLocked
-                | rusqlite::ErrorCode::SystemIoFailure
-                | rusqlite::ErrorCode::OutOfMemory
-                | rusqlite::ErrorCode::CannotOpen
-                | rusqlite::ErrorCode::PermissionDenied
-        ),
+        Error::Catalog(c) => c.kind == crate::error::CatalogErrorKind::Transient,
         _ => false,
     }
 }
@@ -524,7 +516,7 @@ fn salvage(repo: &Repository, old: &Catalog, name: &PackName) -> Option<(u64, Ve
 /// is not made up for by another one found).
 fn compare(prev: &Previous, new: &HashMap<Hash, (u64, u64)>, stats: &mut RebuildStats) {
     let (b, a) = (prev.totals, stats.after);
-    let bytes = crate::app::report::bytes;
+    let bytes = crate::units::bytes;
     if a.snapshots < b.snapshots || !stats.snapshots_lost.is_empty() {
         let names: Vec<&str> = stats
             .snapshots_lost

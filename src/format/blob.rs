@@ -391,6 +391,11 @@ pub fn decode_blob(blob: &[u8], id: &ChunkId, raw_len: usize) -> Result<Vec<u8>>
     Ok(out)
 }
 
+/// The compression levels a repository's config may ask for.
+pub fn compression_levels() -> std::ops::RangeInclusive<i32> {
+    zstd::compression_level_range()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

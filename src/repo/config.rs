@@ -101,7 +101,7 @@ impl Config {
                 }
                 "pack_size" => c.pack_size = num(MIN_PACK_SIZE, MAX_PACK_SIZE)?,
                 "compression" => {
-                    let range = zstd::compression_level_range();
+                    let range = blob::compression_levels();
                     c.compression =
                         v.parse()
                             .ok()

@@ -198,7 +198,7 @@ impl SnapshotFs {
         t.by_ino
             .get(&ino)
             .map(|n| (n.path.clone(), n.versions, n.parent))
-            .ok_or_else(|| Error::NoSuchSnapshot(format!("history inode {ino}")))
+            .ok_or(Error::NoSuchInode(ino))
     }
 
     /// (parent, name) of a history inode, while the table holds it.
@@ -216,7 +216,7 @@ impl SnapshotFs {
         t.by_ino
             .get(&ino)
             .map(|n| n.attr.clone())
-            .ok_or_else(|| Error::NoSuchSnapshot(format!("history inode {ino}")))
+            .ok_or(Error::NoSuchInode(ino))
     }
 
     pub(super) fn history_forget(&self, ino: u64, n: u64) {

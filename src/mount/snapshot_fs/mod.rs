@@ -452,10 +452,9 @@ impl SnapshotFs {
         if let Some(i) = self.cached(ino) {
             return Ok(i);
         }
-        let (snap_id, pos) =
-            inode::decode(ino).ok_or_else(|| Error::NoSuchSnapshot(ino.to_string()))?;
+        let (snap_id, pos) = inode::decode(ino).ok_or(Error::NoSuchInode(ino))?;
         let snap = self.snapshot(snap_id)?;
-        let gone = || Error::NoSuchSnapshot(format!("inode {ino}"));
+        let gone = || Error::NoSuchInode(ino);
         let mut tree = snap.root_tree;
         let mut base = 0u64;
         let mut parent;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 
-use crate::error::{Error, Result};
+use crate::error::{CatalogError, CatalogErrorKind, Error, Result};
 use crate::format::pack::{ChunkKind, PackEntry};
 use crate::format::record::{RowDamage, SnapshotRow, decode_paths, encode_paths};
 use crate::format::tree::{ChunkList, Kind, Meta};
@@ -17,6 +17,30 @@ use crate::ids::{ContentHash, ContentId, Hash, PackId, PackName, SnapshotId, Tre
 
 pub const SCHEMA_VERSION: i64 = 1;
 const SCHEMA: &str = include_str!("schema.sql");
+
+/// The database library's errors, in the crate's terms (see `CatalogError`).
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Error {
+        use rusqlite::ErrorCode as C;
+        let kind = match &e {
+            rusqlite::Error::SqliteFailure(f, _) => match f.code {
+                C::DiskFull => CatalogErrorKind::DiskFull,
+                C::DatabaseBusy
+                | C::DatabaseLocked
+                | C::SystemIoFailure
+                | C::OutOfMemory
+                | C::CannotOpen
+                | C::PermissionDenied => CatalogErrorKind::Transient,
+                _ => CatalogErrorKind::Other,
+            },
+            _ => CatalogErrorKind::Other,
+        };
+        Error::Catalog(CatalogError {
+            kind,
+            message: e.to_string(),
+        })
+    }
+}
 
 mod maintenance;
 pub use maintenance::PackUsage;
@@ -241,7 +265,7 @@ fn open_error(path: &Path, e: rusqlite::Error) -> Error {
     } else if code == Some(rusqlite::ErrorCode::NotADatabase) {
         format!("is not an SQLite database ({e})")
     } else {
-        return Error::Catalog(e);
+        return Error::from(e);
     };
     Error::DamagedCatalog {
         path: path.to_path_buf(),
