@@ -36,3 +36,13 @@ pub(crate) mod mount;
 pub mod app;
 
 pub use error::{Error, Result};
+
+/// The decoders of bytes from outside that live above `format` (the config
+/// file, the copy protocol's frames, packs received by a copy): public for
+/// the fuzz targets in `fuzz/`, not an interface.
+#[doc(hidden)]
+pub mod untrusted {
+    pub use crate::commands::copy::remote::{Request, decode_request};
+    pub use crate::commands::copy::verify_pack;
+    pub use crate::repo::Config;
+}

@@ -6,7 +6,7 @@
 /// frames' digests), so the fuzzer can get past the id check and reach the
 /// frame decoding behind it. None if the bytes are too short to say.
 pub fn claimed_id(blob: &[u8], raw_len: usize) -> Option<snapfs::ids::ChunkId> {
-    let frames = raw_len.div_ceil(snapfs::store::FRAME).max(1);
+    let frames = raw_len.div_ceil(snapfs::format::blob::FRAME).max(1);
     let recs = blob.get(3..3 + frames.checked_mul(36)?)?;
     let mut h = blake3::Hasher::new();
     for r in recs.chunks_exact(36) {

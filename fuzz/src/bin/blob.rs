@@ -6,19 +6,19 @@ fn main() {
             return;
         };
         // Keep sizes a fuzzer can reach: up to 4 frames.
-        let raw_len = (u32::from_le_bytes(*len) as usize) % (4 * snapfs::store::FRAME + 1);
+        let raw_len = (u32::from_le_bytes(*len) as usize) % (4 * snapfs::format::blob::FRAME + 1);
         let Some(id) = snapfs_fuzz::claimed_id(blob, raw_len) else {
             return;
         };
-        if let Ok(out) = snapfs::store::decode_blob(blob, &id, raw_len) {
+        if let Ok(out) = snapfs::format::blob::decode_blob(blob, &id, raw_len) {
             assert_eq!(out.len(), raw_len);
-            assert_eq!(snapfs::store::hash_chunk(&out).id, id);
+            assert_eq!(snapfs::format::blob::hash_chunk(&out).id, id);
         }
-        if let Ok(h) = snapfs::store::Header::parse(blob, &id, raw_len) {
+        if let Ok(h) = snapfs::format::blob::Header::parse(blob, &id, raw_len) {
             for i in 0..h.frame_count() + 1 {
                 let (start, len) = h.frame_range(i);
                 let stored = blob.get(start..start.saturating_add(len)).unwrap_or(&[]);
-                let mut out = vec![0u8; snapfs::store::FRAME];
+                let mut out = vec![0u8; snapfs::format::blob::FRAME];
                 if let Ok(n) = h.decode_frame_to(i, stored, &id, &mut out) {
                     assert_eq!(n, h.frame_len(i));
                 }

@@ -5,9 +5,9 @@ fn main() {
             return;
         };
         let path = std::path::Path::new("config");
-        if let Ok(c) = snapfs::repo::Config::parse(text, path) {
+        if let Ok(c) = snapfs::untrusted::Config::parse(text, path) {
             assert_eq!(
-                snapfs::repo::Config::parse(&c.render(), path).expect("rendered config"),
+                snapfs::untrusted::Config::parse(&c.render(), path).expect("rendered config"),
                 c
             );
         }

@@ -7,11 +7,11 @@ fn main() {
             return;
         };
         if which & 1 == 0 {
-            let _ = snapfs::remote::decode_request(rest);
+            let _ = snapfs::untrusted::decode_request(rest);
         } else {
             // Named by its true hash, as an honest or a cunning peer would.
             let name = snapfs::ids::PackName(snapfs::ids::Hash::of(rest));
-            let _ = snapfs::copy::verify_pack(&name, rest);
+            let _ = snapfs::untrusted::verify_pack(&name, rest);
         }
     });
 }

@@ -3,11 +3,13 @@
 //! Run from `fuzz/`: `cargo run --bin gen_seeds`.
 use std::path::{Path, PathBuf};
 
-use snapfs::catalog::SnapshotRow;
+use snapfs::format::blob::{Encoder, hash_chunk};
+use snapfs::format::pack::{ChunkKind, PackWriter};
+use snapfs::format::record::SnapshotRow;
+use snapfs::format::tree::{
+    Body, ChunkList, ChunkRef, Entry, Kind, Meta, encode_tree, encode_xattrs,
+};
 use snapfs::ids::{ChunkId, Hash, SnapshotId, TreeHash, TreeId};
-use snapfs::pack::{ChunkKind, PackWriter};
-use snapfs::store::{Encoder, hash_chunk};
-use snapfs::tree::{Body, ChunkList, ChunkRef, Entry, Kind, Meta, encode_tree, encode_xattrs};
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) {
     std::fs::create_dir_all(dir).expect("create seed dir");
@@ -146,19 +148,20 @@ fn main() {
         warnings: 0,
         change_share: 0.0,
         alarm: false,
+        damage: None,
     };
     let root = TreeHash(Hash::of(b"root"));
     write(
         &seeds.join("record"),
         "snapshot",
-        &snapfs::snapshot::encode_record(&row, &root, 5, &[1, 2, 3, 4, 0]),
+        &snapfs::format::record::encode_record(&row, &root, 5, &[1, 2, 3, 4, 0]),
     );
     write(
         &seeds.join("record"),
         "forget",
-        &snapfs::snapshot::encode_forget_record(&[Hash::of(b"x")], 7),
+        &snapfs::format::record::encode_forget_record(&[Hash::of(b"x")], 7),
     );
 
-    let config = snapfs::repo::Config::default().render();
+    let config = snapfs::untrusted::Config::default().render();
     write(&seeds.join("config"), "default", config.as_bytes());
 }

@@ -2,7 +2,7 @@
 //! as a bare table whose checksum the harness supplies (first 8 bytes: the
 //! table's offset), since a fuzzer cannot forge the BLAKE3 in a footer and
 //! would otherwise never reach the row checks.
-use snapfs::pack::{HEADER_LEN, TableLoc, decode_pack, parse_table};
+use snapfs::format::pack::{HEADER_LEN, TableLoc, decode_pack, parse_table};
 
 fn main() {
     afl::fuzz!(|data: &[u8]| {

@@ -1,6 +1,6 @@
 //! A snapshot or forget record.
 fn main() {
     afl::fuzz!(|data: &[u8]| {
-        let _ = snapfs::snapshot::decode_record(data, snapfs::ids::Hash::default());
+        let _ = snapfs::format::record::decode_record(data, snapfs::ids::Hash::default());
     });
 }

@@ -2,17 +2,17 @@
 //! must encode back to bytes that decode to the same entries.
 fn main() {
     afl::fuzz!(|data: &[u8]| {
-        if let Ok(entries) = snapfs::tree::decode_tree(data) {
-            let again = snapfs::tree::encode_tree(&entries);
+        if let Ok(entries) = snapfs::format::tree::decode_tree(data) {
+            let again = snapfs::format::tree::encode_tree(&entries);
             assert_eq!(
-                snapfs::tree::decode_tree(&again).expect("re-encoded tree"),
+                snapfs::format::tree::decode_tree(&again).expect("re-encoded tree"),
                 entries
             );
         }
-        if let Ok(x) = snapfs::tree::decode_xattrs(data) {
-            let again = snapfs::tree::encode_xattrs(&x);
+        if let Ok(x) = snapfs::format::tree::decode_xattrs(data) {
+            let again = snapfs::format::tree::encode_xattrs(&x);
             assert_eq!(
-                snapfs::tree::decode_xattrs(&again).expect("re-encoded xattrs"),
+                snapfs::format::tree::decode_xattrs(&again).expect("re-encoded xattrs"),
                 x
             );
         }
