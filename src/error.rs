@@ -122,11 +122,18 @@ pub struct CatalogError {
     pub kind: CatalogErrorKind,
     /// The database's own words.
     pub message: String,
+    /// Which query failed, on which object (`chunk_loc (chunk 3fa2…)`):
+    /// filled in by the catalog method that ran it.
+    pub during: String,
 }
 
 impl std::fmt::Display for CatalogError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
+        f.write_str(&self.message)?;
+        if !self.during.is_empty() {
+            write!(f, " (in {})", self.during)?;
+        }
+        Ok(())
     }
 }
 

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use rusqlite::params;
 
+use super::During;
 use super::{Catalog, blob_hash};
 use crate::error::{Error, Result};
 use crate::format::pack::{ChunkKind, PackEntry};
@@ -56,11 +57,14 @@ pub const UNSTAMPED: i64 = i64::MAX;
 
 impl Catalog {
     pub fn delete_snapshot(&self, id: SnapshotId) -> Result<()> {
-        self.conn
-            .execute("DELETE FROM hardlinks WHERE snapshot = ?1", [id.0])?;
-        self.conn
-            .execute("DELETE FROM snapshots WHERE id = ?1", [id.0])?;
-        Ok(())
+        (|| -> Result<()> {
+            self.conn
+                .execute("DELETE FROM hardlinks WHERE snapshot = ?1", [id.0])?;
+            self.conn
+                .execute("DELETE FROM snapshots WHERE id = ?1", [id.0])?;
+            Ok(())
+        })()
+        .during(|| format!("delete_snapshot (snapshot {id:?})"))
     }
 
     /// Fill temp tables `live_trees` and `live_contents` with what some
@@ -68,6 +72,7 @@ impl Catalog {
     /// snapshot records).
     pub fn mark_live(&self) -> Result<()> {
         self.mark_reachable("live", "1 = 1", true)
+            .during(|| "mark_live".to_string())
     }
 
     /// Fill temp tables `<prefix>_trees`, `<prefix>_contents`, `<prefix>_chunks`
@@ -117,87 +122,100 @@ impl Catalog {
 
     /// Delete the rows `mark_live` did not reach.
     pub fn delete_dead(&self) -> Result<DeadRows> {
-        let c = &self.conn;
-        c.execute(
-            "DELETE FROM entries WHERE tree NOT IN (SELECT id FROM temp.live_trees)",
-            [],
-        )?;
-        let trees = c.execute(
-            "DELETE FROM trees WHERE id NOT IN (SELECT id FROM temp.live_trees)",
-            [],
-        )? as u64;
-        let contents = c.execute(
-            "DELETE FROM contents WHERE id NOT IN (SELECT id FROM temp.live_contents)",
-            [],
-        )? as u64;
-        let chunks = c.execute(
-            "DELETE FROM chunks WHERE id NOT IN (SELECT id FROM temp.live_chunks)",
-            [],
-        )? as u64;
-        Ok(DeadRows {
-            trees,
-            contents,
-            chunks,
-        })
+        (|| -> Result<DeadRows> {
+            let c = &self.conn;
+            c.execute(
+                "DELETE FROM entries WHERE tree NOT IN (SELECT id FROM temp.live_trees)",
+                [],
+            )?;
+            let trees = c.execute(
+                "DELETE FROM trees WHERE id NOT IN (SELECT id FROM temp.live_trees)",
+                [],
+            )? as u64;
+            let contents = c.execute(
+                "DELETE FROM contents WHERE id NOT IN (SELECT id FROM temp.live_contents)",
+                [],
+            )? as u64;
+            let chunks = c.execute(
+                "DELETE FROM chunks WHERE id NOT IN (SELECT id FROM temp.live_chunks)",
+                [],
+            )? as u64;
+            Ok(DeadRows {
+                trees,
+                contents,
+                chunks,
+            })
+        })()
+        .during(|| "delete_dead".to_string())
     }
 
     /// Every pack with its referenced bytes (after `delete_dead`).
     pub fn pack_usage(&self) -> Result<Vec<PackUsage>> {
-        let mut st = self.conn.prepare(
-            "SELECT p.id, p.name, p.size, COALESCE(SUM(c.stored_len), 0), COUNT(c.id)
-             FROM packs p LEFT JOIN chunks c ON c.pack = p.id GROUP BY p.id ORDER BY p.id",
-        )?;
-        let rows = st.query_map([], |r| {
-            Ok(PackUsage {
-                id: PackId(r.get(0)?),
-                name: PackName(blob_hash(r.get(1)?)?),
-                size: r.get::<_, i64>(2)? as u64,
-                live_bytes: r.get::<_, i64>(3)? as u64,
-                live_chunks: r.get::<_, i64>(4)? as u64,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        (|| -> Result<Vec<PackUsage>> {
+            let mut st = self.conn.prepare(
+                "SELECT p.id, p.name, p.size, COALESCE(SUM(c.stored_len), 0), COUNT(c.id)
+                 FROM packs p LEFT JOIN chunks c ON c.pack = p.id GROUP BY p.id ORDER BY p.id",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok(PackUsage {
+                    id: PackId(r.get(0)?),
+                    name: PackName(blob_hash(r.get(1)?)?),
+                    size: r.get::<_, i64>(2)? as u64,
+                    live_bytes: r.get::<_, i64>(3)? as u64,
+                    live_chunks: r.get::<_, i64>(4)? as u64,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })()
+        .during(|| "pack_usage".to_string())
     }
 
     /// The catalog's chunks stored in one pack, in pack order.
     pub fn chunks_in_pack(&self, pack: PackId) -> Result<Vec<PackEntry>> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT id, kind, offset, stored_len, raw_len FROM chunks WHERE pack = ?1 ORDER BY offset",
-        )?;
-        let rows = st.query_map([pack.0], |r| {
-            let kind: u8 = r.get(1)?;
-            Ok((
-                blob_hash(r.get(0)?)?,
-                kind,
-                r.get::<_, i64>(2)?,
-                r.get(3)?,
-                r.get(4)?,
-            ))
-        })?;
-        rows.map(|r| {
-            let (id, kind, offset, stored_len, raw_len) = r?;
-            Ok(PackEntry {
-                id: ChunkId(id),
-                kind: ChunkKind::from_u8(kind)?,
-                offset: offset as u64,
-                stored_len,
-                raw_len,
+        (|| -> Result<Vec<PackEntry>> {
+            let mut st = self.conn.prepare_cached(
+                "SELECT id, kind, offset, stored_len, raw_len FROM chunks WHERE pack = ?1 ORDER BY offset",
+            )?;
+            let rows = st.query_map([pack.0], |r| {
+                let kind: u8 = r.get(1)?;
+                Ok((
+                    blob_hash(r.get(0)?)?,
+                    kind,
+                    r.get::<_, i64>(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                ))
+            })?;
+            rows.map(|r| {
+                let (id, kind, offset, stored_len, raw_len) = r?;
+                Ok(PackEntry {
+                    id: ChunkId(id),
+                    kind: ChunkKind::from_u8(kind)?,
+                    offset: offset as u64,
+                    stored_len,
+                    raw_len,
+                })
             })
-        })
-        .collect()
+            .collect()
+        })()
+        .during(|| "chunks_in_pack".to_string())
     }
 
     /// Point a chunk at its copy in another pack.
     pub fn move_chunk(&self, id: &ChunkId, pack: PackId, offset: u64) -> Result<()> {
-        self.conn
-            .prepare_cached("UPDATE chunks SET pack = ?2, offset = ?3 WHERE id = ?1")?
-            .execute(params![&id.0.0[..], pack.0, offset as i64])?;
-        Ok(())
+        (|| -> Result<()> {
+            self.conn
+                .prepare_cached("UPDATE chunks SET pack = ?2, offset = ?3 WHERE id = ?1")?
+                .execute(params![&id.0.0[..], pack.0, offset as i64])?;
+            Ok(())
+        })()
+        .during(|| "move_chunk".to_string())
     }
 
     /// Record a pack (with no chunk rows of its own yet).
     pub fn add_empty_pack(&self, name: &PackName, size: u64) -> Result<PackId> {
         self.add_pack(name, size, &[])
+            .during(|| format!("add_empty_pack (pack {name})"))
     }
 
     /// Take a pack out of use; its file is deleted later (see `doomed_packs`).
@@ -206,86 +224,107 @@ impl Catalog {
     /// before the commit still reads the catalog that points into the pack,
     /// so the time that tells it apart must come after.
     pub fn doom_pack(&self, id: PackId, name: &PackName) -> Result<()> {
-        self.conn
-            .execute("DELETE FROM packs WHERE id = ?1", [id.0])?;
-        self.conn.execute(
-            "INSERT OR REPLACE INTO doomed_packs (name, doomed_ns) VALUES (?1, ?2)",
-            params![&name.0.0[..], UNSTAMPED],
-        )?;
-        Ok(())
+        (|| -> Result<()> {
+            self.conn
+                .execute("DELETE FROM packs WHERE id = ?1", [id.0])?;
+            self.conn.execute(
+                "INSERT OR REPLACE INTO doomed_packs (name, doomed_ns) VALUES (?1, ?2)",
+                params![&name.0.0[..], UNSTAMPED],
+            )?;
+            Ok(())
+        })()
+        .during(|| format!("doom_pack (pack {name})"))
     }
 
     /// Give packs taken out of use by a committed transaction their time
     /// (see `doom_pack`): now, which is after that commit.
     pub fn stamp_doomed(&self, now_ns: i64) -> Result<()> {
-        self.conn.execute(
-            "UPDATE doomed_packs SET doomed_ns = ?1 WHERE doomed_ns = ?2",
-            params![now_ns, UNSTAMPED],
-        )?;
-        Ok(())
+        (|| -> Result<()> {
+            self.conn.execute(
+                "UPDATE doomed_packs SET doomed_ns = ?1 WHERE doomed_ns = ?2",
+                params![now_ns, UNSTAMPED],
+            )?;
+            Ok(())
+        })()
+        .during(|| "stamp_doomed".to_string())
     }
 
     pub fn doomed_packs(&self) -> Result<Vec<(PackName, i64)>> {
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT name, doomed_ns FROM doomed_packs")?;
-        let rows = st.query_map([], |r| Ok((PackName(blob_hash(r.get(0)?)?), r.get(1)?)))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        (|| -> Result<Vec<(PackName, i64)>> {
+            let mut st = self
+                .conn
+                .prepare_cached("SELECT name, doomed_ns FROM doomed_packs")?;
+            let rows = st.query_map([], |r| Ok((PackName(blob_hash(r.get(0)?)?), r.get(1)?)))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })()
+        .during(|| "doomed_packs".to_string())
     }
 
     pub fn forget_doomed(&self, name: &PackName) -> Result<()> {
-        self.conn
-            .execute("DELETE FROM doomed_packs WHERE name = ?1", [&name.0.0[..]])?;
-        Ok(())
+        (|| -> Result<()> {
+            self.conn
+                .execute("DELETE FROM doomed_packs WHERE name = ?1", [&name.0.0[..]])?;
+            Ok(())
+        })()
+        .during(|| format!("forget_doomed (pack {name})"))
     }
 
     pub fn add_tombstone(&self, chunk: &ChunkId) -> Result<()> {
-        self.conn.execute(
-            "INSERT OR IGNORE INTO tombstones (chunk) VALUES (?1)",
-            [&chunk.0.0[..]],
-        )?;
-        Ok(())
+        (|| -> Result<()> {
+            self.conn.execute(
+                "INSERT OR IGNORE INTO tombstones (chunk) VALUES (?1)",
+                [&chunk.0.0[..]],
+            )?;
+            Ok(())
+        })()
+        .during(|| "add_tombstone".to_string())
     }
 
     /// Ids of stored metadata chunks of one kind (for a rebuild).
     pub fn chunk_ids_of_kind(&self, kind: ChunkKind) -> Result<Vec<ChunkId>> {
-        let mut st = self.conn.prepare("SELECT id FROM chunks WHERE kind = ?1")?;
-        let rows = st.query_map([kind as u8], |r| Ok(ChunkId(blob_hash(r.get(0)?)?)))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        (|| -> Result<Vec<ChunkId>> {
+            let mut st = self.conn.prepare("SELECT id FROM chunks WHERE kind = ?1")?;
+            let rows = st.query_map([kind as u8], |r| Ok(ChunkId(blob_hash(r.get(0)?)?)))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })()
+        .during(|| "chunk_ids_of_kind".to_string())
     }
 
     /// The chunks this catalog places in the pack named `name`: what a
     /// rebuild can still use of a pack whose own table is lost (truncated).
     pub fn chunks_in_pack_named(&self, name: &PackName) -> Result<Vec<PackEntry>> {
-        let mut st = self.conn.prepare(
-            "SELECT c.id, c.kind, c.offset, c.stored_len, c.raw_len
-             FROM chunks c JOIN packs p ON p.id = c.pack WHERE p.name = ?1 ORDER BY c.offset",
-        )?;
-        let rows = st.query_map([&name.0.0[..]], |r| {
-            Ok((
-                blob_hash(r.get(0)?)?,
-                r.get::<_, u8>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, u32>(3)?,
-                r.get::<_, u32>(4)?,
-            ))
-        })?;
-        rows.map(|r| {
-            let (id, kind, offset, stored_len, raw_len) = r?;
-            Ok(PackEntry {
-                id: ChunkId(id),
-                kind: ChunkKind::from_u8(kind)?,
-                offset: u64::try_from(offset).map_err(|_| {
-                    Error::corrupt(format!(
-                        "chunk {}: negative offset in pack {name}",
-                        ChunkId(id)
-                    ))
-                })?,
-                stored_len,
-                raw_len,
+        (|| -> Result<Vec<PackEntry>> {
+            let mut st = self.conn.prepare(
+                "SELECT c.id, c.kind, c.offset, c.stored_len, c.raw_len
+                 FROM chunks c JOIN packs p ON p.id = c.pack WHERE p.name = ?1 ORDER BY c.offset",
+            )?;
+            let rows = st.query_map([&name.0.0[..]], |r| {
+                Ok((
+                    blob_hash(r.get(0)?)?,
+                    r.get::<_, u8>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, u32>(3)?,
+                    r.get::<_, u32>(4)?,
+                ))
+            })?;
+            rows.map(|r| {
+                let (id, kind, offset, stored_len, raw_len) = r?;
+                Ok(PackEntry {
+                    id: ChunkId(id),
+                    kind: ChunkKind::from_u8(kind)?,
+                    offset: u64::try_from(offset).map_err(|_| {
+                        Error::corrupt(format!(
+                            "chunk {}: negative offset in pack {name}",
+                            ChunkId(id)
+                        ))
+                    })?,
+                    stored_len,
+                    raw_len,
+                })
             })
-        })
-        .collect()
+            .collect()
+        })()
+        .during(|| format!("chunks_in_pack_named (pack {name})"))
     }
 
     /// What the tree `root` holds (see [`Holdings`]). `memo` keeps the
@@ -295,67 +334,70 @@ impl Catalog {
     /// with an error past [`MAX_DEPTH`] levels (plus the empty directory
     /// an import puts where it cut a deeper chain).
     pub fn holdings(&self, root: TreeId, memo: &mut HashMap<TreeId, Holdings>) -> Result<Holdings> {
-        struct Frame {
-            tree: TreeId,
-            rows: std::vec::IntoIter<(u8, u64, Option<TreeId>)>,
-            sum: Holdings,
-        }
-        if let Some(h) = memo.get(&root) {
-            return Ok(*h);
-        }
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT kind, size, subtree FROM entries WHERE tree = ?1")?;
-        let mut rows_of = |tree: TreeId| -> Result<std::vec::IntoIter<(u8, u64, Option<TreeId>)>> {
-            let rows = st.query_map([tree.0], |r| {
-                Ok((
-                    r.get::<_, u8>(0)?,
-                    r.get::<_, i64>(1)? as u64,
-                    r.get::<_, Option<i64>>(2)?.map(TreeId),
-                ))
-            })?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?.into_iter())
-        };
-        let mut stack = vec![Frame {
-            tree: root,
-            rows: rows_of(root)?,
-            sum: Holdings::default(),
-        }];
-        loop {
-            let depth = stack.len();
-            let top = stack.last_mut().expect("the stack is never empty here");
-            let Some((kind, size, subtree)) = top.rows.next() else {
-                let done = stack.pop().expect("the stack is never empty here");
-                memo.insert(done.tree, done.sum);
-                match stack.last_mut() {
-                    None => return Ok(done.sum),
-                    Some(parent) => {
-                        parent.sum.add(&done.sum);
-                        continue;
-                    }
-                }
+        (|| -> Result<Holdings> {
+            struct Frame {
+                tree: TreeId,
+                rows: std::vec::IntoIter<(u8, u64, Option<TreeId>)>,
+                sum: Holdings,
+            }
+            if let Some(h) = memo.get(&root) {
+                return Ok(*h);
+            }
+            let mut st = self
+                .conn
+                .prepare_cached("SELECT kind, size, subtree FROM entries WHERE tree = ?1")?;
+            let mut rows_of = |tree: TreeId| -> Result<std::vec::IntoIter<(u8, u64, Option<TreeId>)>> {
+                let rows = st.query_map([tree.0], |r| {
+                    Ok((
+                        r.get::<_, u8>(0)?,
+                        r.get::<_, i64>(1)? as u64,
+                        r.get::<_, Option<i64>>(2)?.map(TreeId),
+                    ))
+                })?;
+                Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?.into_iter())
             };
-            top.sum.entries = top.sum.entries.saturating_add(1);
-            if kind == Kind::File as u8 {
-                top.sum.bytes = top.sum.bytes.saturating_add(size);
+            let mut stack = vec![Frame {
+                tree: root,
+                rows: rows_of(root)?,
+                sum: Holdings::default(),
+            }];
+            loop {
+                let depth = stack.len();
+                let top = stack.last_mut().expect("the stack is never empty here");
+                let Some((kind, size, subtree)) = top.rows.next() else {
+                    let done = stack.pop().expect("the stack is never empty here");
+                    memo.insert(done.tree, done.sum);
+                    match stack.last_mut() {
+                        None => return Ok(done.sum),
+                        Some(parent) => {
+                            parent.sum.add(&done.sum);
+                            continue;
+                        }
+                    }
+                };
+                top.sum.entries = top.sum.entries.saturating_add(1);
+                if kind == Kind::File as u8 {
+                    top.sum.bytes = top.sum.bytes.saturating_add(size);
+                }
+                let Some(sub) = subtree else { continue };
+                if let Some(h) = memo.get(&sub) {
+                    top.sum.add(h);
+                } else if depth > MAX_DEPTH {
+                    return Err(Error::corrupt(format!(
+                        "tree {}: directories nested deeper than {MAX_DEPTH} levels (perhaps a tree that contains itself)",
+                        sub.0
+                    )));
+                } else {
+                    let rows = rows_of(sub)?;
+                    stack.push(Frame {
+                        tree: sub,
+                        rows,
+                        sum: Holdings::default(),
+                    });
+                }
             }
-            let Some(sub) = subtree else { continue };
-            if let Some(h) = memo.get(&sub) {
-                top.sum.add(h);
-            } else if depth > MAX_DEPTH {
-                return Err(Error::corrupt(format!(
-                    "tree {}: directories nested deeper than {MAX_DEPTH} levels (perhaps a tree that contains itself)",
-                    sub.0
-                )));
-            } else {
-                let rows = rows_of(sub)?;
-                stack.push(Frame {
-                    tree: sub,
-                    rows,
-                    sum: Holdings::default(),
-                });
-            }
-        }
+        })()
+        .during(|| "holdings".to_string())
     }
 
     /// Set every snapshot's `added_bytes` from the packs: the size of each
@@ -372,154 +414,175 @@ impl Catalog {
     /// Trees and contents already seen are not walked again, so the work is
     /// one visit of each row, in temporary tables (memory stays flat).
     pub fn attribute_added_bytes(&self) -> Result<()> {
-        self.conn.execute_batch(
-            "DROP TABLE IF EXISTS temp.seen_trees;
-             DROP TABLE IF EXISTS temp.seen_contents;
-             DROP TABLE IF EXISTS temp.claimed_packs;
-             DROP TABLE IF EXISTS temp.fresh_trees;
-             DROP TABLE IF EXISTS temp.fresh_contents;
-             DROP TABLE IF EXISTS temp.fresh_chunks;
-             CREATE TEMP TABLE seen_trees (id INTEGER PRIMARY KEY);
-             CREATE TEMP TABLE seen_contents (id INTEGER PRIMARY KEY);
-             CREATE TEMP TABLE claimed_packs (id INTEGER PRIMARY KEY);
-             CREATE TEMP TABLE fresh_trees (id INTEGER PRIMARY KEY);
-             CREATE TEMP TABLE fresh_contents (id INTEGER PRIMARY KEY);
-             CREATE TEMP TABLE fresh_chunks (id BLOB PRIMARY KEY) WITHOUT ROWID;",
-        )?;
-        let snaps: Vec<(i64, i64, Vec<u8>)> = {
-            let mut st = self
+        (|| -> Result<()> {
+            self.conn.execute_batch(
+                "DROP TABLE IF EXISTS temp.seen_trees;
+                 DROP TABLE IF EXISTS temp.seen_contents;
+                 DROP TABLE IF EXISTS temp.claimed_packs;
+                 DROP TABLE IF EXISTS temp.fresh_trees;
+                 DROP TABLE IF EXISTS temp.fresh_contents;
+                 DROP TABLE IF EXISTS temp.fresh_chunks;
+                 CREATE TEMP TABLE seen_trees (id INTEGER PRIMARY KEY);
+                 CREATE TEMP TABLE seen_contents (id INTEGER PRIMARY KEY);
+                 CREATE TEMP TABLE claimed_packs (id INTEGER PRIMARY KEY);
+                 CREATE TEMP TABLE fresh_trees (id INTEGER PRIMARY KEY);
+                 CREATE TEMP TABLE fresh_contents (id INTEGER PRIMARY KEY);
+                 CREATE TEMP TABLE fresh_chunks (id BLOB PRIMARY KEY) WITHOUT ROWID;",
+            )?;
+            let snaps: Vec<(i64, i64, Vec<u8>)> = {
+                let mut st = self
+                    .conn
+                    .prepare("SELECT id, root_tree, hash FROM snapshots ORDER BY started_ns, id")?;
+                let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            let mut add_chunk = self
                 .conn
-                .prepare("SELECT id, root_tree, hash FROM snapshots ORDER BY started_ns, id")?;
-            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            rows.collect::<rusqlite::Result<_>>()?
-        };
-        let mut add_chunk = self
-            .conn
-            .prepare("INSERT OR IGNORE INTO temp.fresh_chunks (id) VALUES (?1)")?;
-        let mut lists = self
-            .conn
-            .prepare("SELECT c.chunks FROM contents c JOIN temp.fresh_contents f ON f.id = c.id")?;
-        for (id, root, hash) in snaps {
-            self.conn.execute_batch(
-                "DELETE FROM temp.fresh_trees;
-                 DELETE FROM temp.fresh_contents;
-                 DELETE FROM temp.fresh_chunks;",
-            )?;
-            self.conn.execute(
-                "WITH RECURSIVE t(id) AS (
-                     SELECT ?1 WHERE ?1 NOT IN (SELECT id FROM temp.seen_trees)
-                     UNION
-                     SELECT e.subtree FROM entries e JOIN t ON e.tree = t.id
-                     WHERE e.subtree IS NOT NULL
-                       AND e.subtree NOT IN (SELECT id FROM temp.seen_trees)
-                 )
-                 INSERT INTO temp.fresh_trees SELECT id FROM t",
-                [root],
-            )?;
-            self.conn.execute_batch(
-                "INSERT INTO temp.seen_trees SELECT id FROM temp.fresh_trees;
-                 INSERT OR IGNORE INTO temp.fresh_contents
-                     SELECT e.content FROM entries e JOIN temp.fresh_trees f ON e.tree = f.id
-                     WHERE e.content IS NOT NULL
-                       AND e.content NOT IN (SELECT id FROM temp.seen_contents);
-                 INSERT INTO temp.seen_contents SELECT id FROM temp.fresh_contents;
-                 INSERT OR IGNORE INTO temp.fresh_chunks
-                     SELECT t.hash FROM trees t JOIN temp.fresh_trees f ON f.id = t.id;",
-            )?;
-            add_chunk.execute([&hash])?;
-            let mut rows = lists.query([])?;
-            while let Some(r) = rows.next()? {
-                for c in ChunkList::validate(r.get(0)?)?.iter() {
-                    add_chunk.execute([&c.id.0.0[..]])?;
+                .prepare("INSERT OR IGNORE INTO temp.fresh_chunks (id) VALUES (?1)")?;
+            let mut lists = self
+                .conn
+                .prepare("SELECT c.chunks FROM contents c JOIN temp.fresh_contents f ON f.id = c.id")?;
+            for (id, root, hash) in snaps {
+                self.conn.execute_batch(
+                    "DELETE FROM temp.fresh_trees;
+                     DELETE FROM temp.fresh_contents;
+                     DELETE FROM temp.fresh_chunks;",
+                )?;
+                self.conn.execute(
+                    "WITH RECURSIVE t(id) AS (
+                         SELECT ?1 WHERE ?1 NOT IN (SELECT id FROM temp.seen_trees)
+                         UNION
+                         SELECT e.subtree FROM entries e JOIN t ON e.tree = t.id
+                         WHERE e.subtree IS NOT NULL
+                           AND e.subtree NOT IN (SELECT id FROM temp.seen_trees)
+                     )
+                     INSERT INTO temp.fresh_trees SELECT id FROM t",
+                    [root],
+                )?;
+                self.conn.execute_batch(
+                    "INSERT INTO temp.seen_trees SELECT id FROM temp.fresh_trees;
+                     INSERT OR IGNORE INTO temp.fresh_contents
+                         SELECT e.content FROM entries e JOIN temp.fresh_trees f ON e.tree = f.id
+                         WHERE e.content IS NOT NULL
+                           AND e.content NOT IN (SELECT id FROM temp.seen_contents);
+                     INSERT INTO temp.seen_contents SELECT id FROM temp.fresh_contents;
+                     INSERT OR IGNORE INTO temp.fresh_chunks
+                         SELECT t.hash FROM trees t JOIN temp.fresh_trees f ON f.id = t.id;",
+                )?;
+                add_chunk.execute([&hash])?;
+                let mut rows = lists.query([])?;
+                while let Some(r) = rows.next()? {
+                    for c in ChunkList::validate(r.get(0)?)?.iter() {
+                        add_chunk.execute([&c.id.0.0[..]])?;
+                    }
                 }
+                let added: i64 = self.conn.query_row(
+                    "SELECT COALESCE(SUM(size), 0) FROM packs
+                     WHERE id IN (SELECT c.pack FROM chunks c JOIN temp.fresh_chunks f ON f.id = c.id)
+                       AND id NOT IN (SELECT id FROM temp.claimed_packs)",
+                    [],
+                    |r| r.get(0),
+                )?;
+                self.conn.execute(
+                    "INSERT OR IGNORE INTO temp.claimed_packs
+                         SELECT c.pack FROM chunks c JOIN temp.fresh_chunks f ON f.id = c.id",
+                    [],
+                )?;
+                self.conn.execute(
+                    "UPDATE snapshots SET added_bytes = ?2 WHERE id = ?1",
+                    params![id, added],
+                )?;
             }
-            let added: i64 = self.conn.query_row(
-                "SELECT COALESCE(SUM(size), 0) FROM packs
-                 WHERE id IN (SELECT c.pack FROM chunks c JOIN temp.fresh_chunks f ON f.id = c.id)
-                   AND id NOT IN (SELECT id FROM temp.claimed_packs)",
-                [],
-                |r| r.get(0),
-            )?;
-            self.conn.execute(
-                "INSERT OR IGNORE INTO temp.claimed_packs
-                     SELECT c.pack FROM chunks c JOIN temp.fresh_chunks f ON f.id = c.id",
-                [],
-            )?;
-            self.conn.execute(
-                "UPDATE snapshots SET added_bytes = ?2 WHERE id = ?1",
-                params![id, added],
-            )?;
-        }
-        Ok(())
+            Ok(())
+        })()
+        .during(|| "attribute_added_bytes".to_string())
     }
 
     /// A snapshot's share of changed entries and its change alarm: figures
     /// of the ingest that made it, which its record does not hold, so a
     /// rebuild takes them from the catalog it replaces.
     pub fn set_change(&self, id: SnapshotId, change_share: f64, alarm: bool) -> Result<()> {
-        self.conn.execute(
-            "UPDATE snapshots SET change_share = ?2, alarm = ?3 WHERE id = ?1",
-            params![id.0, change_share, alarm as i64],
-        )?;
-        Ok(())
+        (|| -> Result<()> {
+            self.conn.execute(
+                "UPDATE snapshots SET change_share = ?2, alarm = ?3 WHERE id = ?1",
+                params![id.0, change_share, alarm as i64],
+            )?;
+            Ok(())
+        })()
+        .during(|| format!("set_change (snapshot {id:?})"))
     }
 
     /// Fold the write-ahead log into the database file, or fail: before a
     /// rebuilt catalog is renamed into place, everything must be in the one
     /// file that is renamed.
     pub fn fold_wal(&self) -> Result<()> {
-        let busy: i64 = self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
-        if busy != 0 {
-            return Err(Error::invalid(
-                "the catalog's write-ahead log could not be folded in: another process is reading it",
-            ));
-        }
-        Ok(())
+        (|| -> Result<()> {
+            let busy: i64 = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+            if busy != 0 {
+                return Err(Error::invalid(
+                    "the catalog's write-ahead log could not be folded in: another process is reading it",
+                ));
+            }
+            Ok(())
+        })()
+        .during(|| "fold_wal".to_string())
     }
 
     /// Stored bytes only this snapshot references (what forgetting it frees).
     pub fn unique_bytes(&self, snap: SnapshotId) -> Result<u64> {
-        self.mark_reachable("other", &format!("id != {}", snap.0), true)?;
-        self.mark_reachable("this", &format!("id = {}", snap.0), false)?;
-        Ok(self.conn.query_row(
-            "SELECT COALESCE(SUM(c.stored_len), 0) FROM temp.this_chunks t JOIN chunks c ON c.id = t.id
-             WHERE t.id NOT IN (SELECT id FROM temp.other_chunks)",
-            [],
-            |r| r.get::<_, i64>(0),
-        )? as u64)
+        (|| -> Result<u64> {
+            self.mark_reachable("other", &format!("id != {}", snap.0), true)?;
+            self.mark_reachable("this", &format!("id = {}", snap.0), false)?;
+            Ok(self.conn.query_row(
+                "SELECT COALESCE(SUM(c.stored_len), 0) FROM temp.this_chunks t JOIN chunks c ON c.id = t.id
+                 WHERE t.id NOT IN (SELECT id FROM temp.other_chunks)",
+                [],
+                |r| r.get::<_, i64>(0),
+            )? as u64)
+        })()
+        .during(|| format!("unique_bytes (snapshot {snap:?})"))
     }
 
     /// (raw bytes, stored bytes, chunks) of the file data in the repository.
     pub fn data_totals(&self) -> Result<(u64, u64, u64)> {
-        Ok(self.conn.query_row(
-            "SELECT COALESCE(SUM(raw_len), 0), COALESCE(SUM(stored_len), 0), COUNT(*) FROM chunks WHERE kind = 0",
-            [],
-            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64)),
-        )?)
+        (|| -> Result<(u64, u64, u64)> {
+            Ok(self.conn.query_row(
+                "SELECT COALESCE(SUM(raw_len), 0), COALESCE(SUM(stored_len), 0), COUNT(*) FROM chunks WHERE kind = 0",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64)),
+            )?)
+        })()
+        .during(|| "data_totals".to_string())
     }
 
     // ---- verify ----
 
     /// (tree, entry name) of entries whose content or subtree row is missing.
     pub fn dangling_entries(&self) -> Result<Vec<(TreeId, Vec<u8>)>> {
-        let mut st = self.conn.prepare(
-            "SELECT e.tree, e.name FROM entries e
-             WHERE (e.content IS NOT NULL AND NOT EXISTS (SELECT 1 FROM contents c WHERE c.id = e.content))
-                OR (e.subtree IS NOT NULL AND NOT EXISTS (SELECT 1 FROM trees t WHERE t.id = e.subtree))",
-        )?;
-        let rows = st.query_map([], |r| Ok((TreeId(r.get(0)?), r.get(1)?)))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        (|| -> Result<Vec<(TreeId, Vec<u8>)>> {
+            let mut st = self.conn.prepare(
+                "SELECT e.tree, e.name FROM entries e
+                 WHERE (e.content IS NOT NULL AND NOT EXISTS (SELECT 1 FROM contents c WHERE c.id = e.content))
+                    OR (e.subtree IS NOT NULL AND NOT EXISTS (SELECT 1 FROM trees t WHERE t.id = e.subtree))",
+            )?;
+            let rows = st.query_map([], |r| Ok((TreeId(r.get(0)?), r.get(1)?)))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })()
+        .during(|| "dangling_entries".to_string())
     }
 
     /// Snapshots whose root tree row is missing.
     pub fn snapshots_without_root(&self) -> Result<Vec<String>> {
-        let mut st = self.conn.prepare(
-            "SELECT s.name FROM snapshots s WHERE NOT EXISTS (SELECT 1 FROM trees t WHERE t.id = s.root_tree)",
-        )?;
-        let rows = st.query_map([], |r| r.get(0))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        (|| -> Result<Vec<String>> {
+            let mut st = self.conn.prepare(
+                "SELECT s.name FROM snapshots s WHERE NOT EXISTS (SELECT 1 FROM trees t WHERE t.id = s.root_tree)",
+            )?;
+            let rows = st.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })()
+        .during(|| "snapshots_without_root".to_string())
     }
 
     /// Call `f` with every content row (id, chunk list).
@@ -537,30 +600,39 @@ impl Catalog {
 
     /// Metadata chunks (trees, snapshot records) missing from the chunk index.
     pub fn missing_meta_chunks(&self) -> Result<u64> {
-        Ok(self.conn.query_row(
-            "SELECT (SELECT COUNT(*) FROM trees t WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.id = t.hash))
-                  + (SELECT COUNT(*) FROM snapshots s WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.id = s.hash))",
-            [],
-            |r| r.get::<_, i64>(0),
-        )? as u64)
+        (|| -> Result<u64> {
+            Ok(self.conn.query_row(
+                "SELECT (SELECT COUNT(*) FROM trees t WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.id = t.hash))
+                      + (SELECT COUNT(*) FROM snapshots s WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.id = s.hash))",
+                [],
+                |r| r.get::<_, i64>(0),
+            )? as u64)
+        })()
+        .during(|| "missing_meta_chunks".to_string())
     }
 
     /// Chunks whose recorded place does not fit inside their pack.
     pub fn chunks_outside_packs(&self) -> Result<u64> {
-        Ok(self.conn.query_row(
-            "SELECT COUNT(*) FROM chunks c JOIN packs p ON p.id = c.pack
-             WHERE c.offset + c.stored_len > p.size",
-            [],
-            |r| r.get::<_, i64>(0),
-        )? as u64)
+        (|| -> Result<u64> {
+            Ok(self.conn.query_row(
+                "SELECT COUNT(*) FROM chunks c JOIN packs p ON p.id = c.pack
+                 WHERE c.offset + c.stored_len > p.size",
+                [],
+                |r| r.get::<_, i64>(0),
+            )? as u64)
+        })()
+        .during(|| "chunks_outside_packs".to_string())
     }
 
     pub fn chunks_without_pack(&self) -> Result<u64> {
-        Ok(self.conn.query_row(
-            "SELECT COUNT(*) FROM chunks c WHERE NOT EXISTS (SELECT 1 FROM packs p WHERE p.id = c.pack)",
-            [],
-            |r| r.get::<_, i64>(0),
-        )? as u64)
+        (|| -> Result<u64> {
+            Ok(self.conn.query_row(
+                "SELECT COUNT(*) FROM chunks c WHERE NOT EXISTS (SELECT 1 FROM packs p WHERE p.id = c.pack)",
+                [],
+                |r| r.get::<_, i64>(0),
+            )? as u64)
+        })()
+        .during(|| "chunks_without_pack".to_string())
     }
 }
 

@@ -38,6 +38,26 @@ impl From<rusqlite::Error> for Error {
         Error::Catalog(CatalogError {
             kind,
             message: e.to_string(),
+            during: String::new(),
+        })
+    }
+}
+
+/// Names the query (and object) a catalog error happened in: every public
+/// catalog method runs its body under one, so an error says more than the
+/// database's words.
+pub(crate) trait During<T> {
+    fn during(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> During<T> for Result<T> {
+    fn during(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| match e {
+            Error::Catalog(mut c) if c.during.is_empty() => {
+                c.during = what();
+                Error::Catalog(c)
+            }
+            e => e,
         })
     }
 }
@@ -361,210 +381,255 @@ impl Catalog {
     }
 
     pub fn integrity_check(&self) -> Result<String> {
-        Ok(self
-            .conn
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+        (|| -> Result<String> {
+            Ok(self
+                .conn
+                .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+        })()
+        .during(|| "integrity_check".to_string())
     }
 
     // ---- packs and chunks ----
 
     pub fn has_chunk(&self, id: &crate::ids::ChunkId) -> Result<bool> {
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT 1 FROM chunks WHERE id = ?1")?;
-        Ok(st.exists([&id.0.0[..]])?)
+        (|| -> Result<bool> {
+            let mut st = self
+                .conn
+                .prepare_cached("SELECT 1 FROM chunks WHERE id = ?1")?;
+            Ok(st.exists([&id.0.0[..]])?)
+        })()
+        .during(|| format!("has_chunk (chunk {id})"))
     }
 
     /// Record a durable pack and its chunks; chunks already known elsewhere keep
     /// their first location.
     pub fn add_pack(&self, name: &PackName, size: u64, entries: &[PackEntry]) -> Result<PackId> {
-        self.conn
-            .prepare_cached("INSERT INTO packs (name, size) VALUES (?1, ?2)")?
-            .execute(params![&name.0.0[..], size as i64])?;
-        let pack = self.conn.last_insert_rowid();
-        // The first copy of a chunk stays where it is; but where two packs
-        // disagree on its kind, a metadata kind wins over Data. The bytes
-        // are the same (both are verified against the id), and a copy peer
-        // that sent a snapshot record's bytes again as Data must not make a
-        // rebuild, which finds snapshots by kind, lose that snapshot.
-        let mut st = self.conn.prepare_cached(
-            "INSERT INTO chunks (id, pack, offset, stored_len, raw_len, kind)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (id) DO UPDATE SET kind = excluded.kind
-             WHERE chunks.kind = 0 AND excluded.kind != 0",
-        )?;
-        for e in entries {
-            st.execute(params![
-                &e.id.0.0[..],
-                pack,
-                e.offset as i64,
-                e.stored_len,
-                e.raw_len,
-                e.kind as u8
-            ])?;
-        }
-        Ok(PackId(pack))
+        (|| -> Result<PackId> {
+            self.conn
+                .prepare_cached("INSERT INTO packs (name, size) VALUES (?1, ?2)")?
+                .execute(params![&name.0.0[..], size as i64])?;
+            let pack = self.conn.last_insert_rowid();
+            // The first copy of a chunk stays where it is; but where two packs
+            // disagree on its kind, a metadata kind wins over Data. The bytes
+            // are the same (both are verified against the id), and a copy peer
+            // that sent a snapshot record's bytes again as Data must not make a
+            // rebuild, which finds snapshots by kind, lose that snapshot.
+            let mut st = self.conn.prepare_cached(
+                "INSERT INTO chunks (id, pack, offset, stored_len, raw_len, kind)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (id) DO UPDATE SET kind = excluded.kind
+                 WHERE chunks.kind = 0 AND excluded.kind != 0",
+            )?;
+            for e in entries {
+                st.execute(params![
+                    &e.id.0.0[..],
+                    pack,
+                    e.offset as i64,
+                    e.stored_len,
+                    e.raw_len,
+                    e.kind as u8
+                ])?;
+            }
+            Ok(PackId(pack))
+        })()
+        .during(|| format!("add_pack (pack {name})"))
     }
 
     pub fn chunk_loc(&self, id: &crate::ids::ChunkId) -> Result<Option<ChunkLoc>> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT p.name, c.offset, c.stored_len, c.raw_len
-             FROM chunks c JOIN packs p ON p.id = c.pack WHERE c.id = ?1",
-        )?;
-        Ok(st
-            .query_row([&id.0.0[..]], |r| {
-                Ok(ChunkLoc {
-                    pack: PackName(blob_hash(r.get(0)?)?),
-                    offset: get_u64(r, 1)?,
-                    stored_len: r.get(2)?,
-                    raw_len: r.get(3)?,
+        (|| -> Result<Option<ChunkLoc>> {
+            let mut st = self.conn.prepare_cached(
+                "SELECT p.name, c.offset, c.stored_len, c.raw_len
+                 FROM chunks c JOIN packs p ON p.id = c.pack WHERE c.id = ?1",
+            )?;
+            Ok(st
+                .query_row([&id.0.0[..]], |r| {
+                    Ok(ChunkLoc {
+                        pack: PackName(blob_hash(r.get(0)?)?),
+                        offset: get_u64(r, 1)?,
+                        stored_len: r.get(2)?,
+                        raw_len: r.get(3)?,
+                    })
                 })
-            })
-            .optional()?)
+                .optional()?)
+        })()
+        .during(|| format!("chunk_loc (chunk {id})"))
     }
 
     pub fn chunk_kind(&self, id: &crate::ids::ChunkId) -> Result<Option<ChunkKind>> {
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT kind FROM chunks WHERE id = ?1")?;
-        match st
-            .query_row([&id.0.0[..]], |r| r.get::<_, u8>(0))
-            .optional()?
-        {
-            Some(k) => Ok(Some(ChunkKind::from_u8(k)?)),
-            None => Ok(None),
-        }
+        (|| -> Result<Option<ChunkKind>> {
+            let mut st = self
+                .conn
+                .prepare_cached("SELECT kind FROM chunks WHERE id = ?1")?;
+            match st
+                .query_row([&id.0.0[..]], |r| r.get::<_, u8>(0))
+                .optional()?
+            {
+                Some(k) => Ok(Some(ChunkKind::from_u8(k)?)),
+                None => Ok(None),
+            }
+        })()
+        .during(|| format!("chunk_kind (chunk {id})"))
     }
 
     /// Every (kind, chunk id) whose bytes live in the given pack.
     pub fn packs(&self) -> Result<Vec<(PackId, PackName, u64)>> {
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT id, name, size FROM packs ORDER BY id")?;
-        let rows = st.query_map([], |r| {
-            Ok((
-                PackId(r.get(0)?),
-                PackName(blob_hash(r.get(1)?)?),
-                get_u64(r, 2)?,
-            ))
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        (|| -> Result<Vec<(PackId, PackName, u64)>> {
+            let mut st = self
+                .conn
+                .prepare_cached("SELECT id, name, size FROM packs ORDER BY id")?;
+            let rows = st.query_map([], |r| {
+                Ok((
+                    PackId(r.get(0)?),
+                    PackName(blob_hash(r.get(1)?)?),
+                    get_u64(r, 2)?,
+                ))
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })()
+        .during(|| "packs".to_string())
     }
 
     pub fn stored_bytes(&self) -> Result<u64> {
-        Ok(self
-            .conn
-            .query_row("SELECT COALESCE(SUM(size), 0) FROM packs", [], |r| {
-                r.get::<_, i64>(0)
-            })? as u64)
+        (|| -> Result<u64> {
+            Ok(self
+                .conn
+                .query_row("SELECT COALESCE(SUM(size), 0) FROM packs", [], |r| {
+                    r.get::<_, i64>(0)
+                })? as u64)
+        })()
+        .during(|| "stored_bytes".to_string())
     }
 
     // ---- contents ----
 
     pub fn content_by_hash(&self, hash: &ContentHash) -> Result<Option<ContentId>> {
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT id FROM contents WHERE hash = ?1")?;
-        Ok(st
-            .query_row([&hash.0.0[..]], |r| r.get(0))
-            .optional()?
-            .map(ContentId))
+        (|| -> Result<Option<ContentId>> {
+            let mut st = self
+                .conn
+                .prepare_cached("SELECT id FROM contents WHERE hash = ?1")?;
+            Ok(st
+                .query_row([&hash.0.0[..]], |r| r.get(0))
+                .optional()?
+                .map(ContentId))
+        })()
+        .during(|| format!("content_by_hash (content {hash})"))
     }
 
     pub fn add_content(&self, hash: &ContentHash, list: &ChunkList) -> Result<ContentId> {
-        self.conn
-            .prepare_cached("INSERT INTO contents (hash, size, chunks) VALUES (?1, ?2, ?3)")?
-            .execute(params![&hash.0.0[..], list.total() as i64, &list.0])?;
-        Ok(ContentId(self.conn.last_insert_rowid()))
+        (|| -> Result<ContentId> {
+            self.conn
+                .prepare_cached("INSERT INTO contents (hash, size, chunks) VALUES (?1, ?2, ?3)")?
+                .execute(params![&hash.0.0[..], list.total() as i64, &list.0])?;
+            Ok(ContentId(self.conn.last_insert_rowid()))
+        })()
+        .during(|| format!("add_content (content {hash})"))
     }
 
     pub fn content(&self, id: ContentId) -> Result<ChunkList> {
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT chunks FROM contents WHERE id = ?1")?;
-        let bytes: Vec<u8> = st
-            .query_row([id.0], |r| r.get(0))
-            .optional()?
-            .ok_or_else(|| Error::corrupt(format!("content {} missing from catalog", id.0)))?;
-        ChunkList::validate(bytes)
+        (|| -> Result<ChunkList> {
+            let mut st = self
+                .conn
+                .prepare_cached("SELECT chunks FROM contents WHERE id = ?1")?;
+            let bytes: Vec<u8> = st
+                .query_row([id.0], |r| r.get(0))
+                .optional()?
+                .ok_or_else(|| Error::corrupt(format!("content {} missing from catalog", id.0)))?;
+            ChunkList::validate(bytes)
+        })()
+        .during(|| format!("content (content {id:?})"))
     }
 
     // ---- trees and entries ----
 
     pub fn tree_by_hash(&self, hash: &TreeHash) -> Result<Option<(TreeId, u64)>> {
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT id, nodes FROM trees WHERE hash = ?1")?;
-        Ok(st
-            .query_row([&hash.0.0[..]], |r| Ok((TreeId(r.get(0)?), get_u64(r, 1)?)))
-            .optional()?)
+        (|| -> Result<Option<(TreeId, u64)>> {
+            let mut st = self
+                .conn
+                .prepare_cached("SELECT id, nodes FROM trees WHERE hash = ?1")?;
+            Ok(st
+                .query_row([&hash.0.0[..]], |r| Ok((TreeId(r.get(0)?), get_u64(r, 1)?)))
+                .optional()?)
+        })()
+        .during(|| format!("tree_by_hash (tree {hash})"))
     }
 
     /// Entries beneath a tree, recursively. A missing row is damage, not
     /// an empty tree: counting it as 0 would shift every inode number after it.
     pub fn tree_nodes(&self, id: TreeId) -> Result<u64> {
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT nodes FROM trees WHERE id = ?1")?;
-        st.query_row([id.0], |r| get_u64(r, 0))
-            .optional()?
-            .ok_or_else(|| Error::corrupt(format!("tree {} missing from catalog", id.0)))
+        (|| -> Result<u64> {
+            let mut st = self
+                .conn
+                .prepare_cached("SELECT nodes FROM trees WHERE id = ?1")?;
+            st.query_row([id.0], |r| get_u64(r, 0))
+                .optional()?
+                .ok_or_else(|| Error::corrupt(format!("tree {} missing from catalog", id.0)))
+        })()
+        .during(|| format!("tree_nodes (tree {id:?})"))
     }
 
     pub fn tree_hash(&self, id: TreeId) -> Result<TreeHash> {
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT hash FROM trees WHERE id = ?1")?;
-        let h = st
-            .query_row([id.0], |r| blob_hash(r.get(0)?))
-            .optional()?
-            .ok_or_else(|| Error::corrupt(format!("tree {} missing from catalog", id.0)))?;
-        Ok(TreeHash(h))
+        (|| -> Result<TreeHash> {
+            let mut st = self
+                .conn
+                .prepare_cached("SELECT hash FROM trees WHERE id = ?1")?;
+            let h = st
+                .query_row([id.0], |r| blob_hash(r.get(0)?))
+                .optional()?
+                .ok_or_else(|| Error::corrupt(format!("tree {} missing from catalog", id.0)))?;
+            Ok(TreeHash(h))
+        })()
+        .during(|| format!("tree_hash (tree {id:?})"))
     }
 
     /// Insert a new tree with its entries (given in name order).
     pub fn add_tree(&self, hash: &TreeHash, nodes: u64, entries: &[Node]) -> Result<TreeId> {
-        self.conn
-            .prepare_cached("INSERT INTO trees (hash, nodes) VALUES (?1, ?2)")?
-            .execute(params![&hash.0.0[..], nodes as i64])?;
-        let tree = TreeId(self.conn.last_insert_rowid());
-        self.add_entries(tree, entries)?;
-        Ok(tree)
+        (|| -> Result<TreeId> {
+            self.conn
+                .prepare_cached("INSERT INTO trees (hash, nodes) VALUES (?1, ?2)")?
+                .execute(params![&hash.0.0[..], nodes as i64])?;
+            let tree = TreeId(self.conn.last_insert_rowid());
+            self.add_entries(tree, entries)?;
+            Ok(tree)
+        })()
+        .during(|| format!("add_tree (tree {hash})"))
     }
 
     /// Insert the entries of a tree row.
     pub fn add_entries(&self, tree: TreeId, entries: &[Node]) -> Result<()> {
-        let tree = tree.0;
-        let mut st = self.conn.prepare_cached(&format!(
-            "INSERT INTO entries (tree, {NODE_COLUMNS}) VALUES
-             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
-        ))?;
-        for n in entries {
-            let m = &n.meta;
-            st.execute(params![
-                tree,
-                &n.name,
-                n.kind as u8,
-                m.mode,
-                m.uid,
-                m.gid,
-                m.size as i64,
-                m.mtime_ns,
-                m.ctime_ns,
-                m.atime_ns,
-                m.rdev as i64,
-                m.ino as i64,
-                m.nlink as i64,
-                m.blocks as i64,
-                n.link_key as i64,
-                &n.xattrs,
-                &n.target,
-                n.content.map(|c| c.0),
-                n.subtree.map(|t| t.0),
-                n.node_offset as i64,
-            ])?;
-        }
-        Ok(())
+        (|| -> Result<()> {
+            let tree = tree.0;
+            let mut st = self.conn.prepare_cached(&format!(
+                "INSERT INTO entries (tree, {NODE_COLUMNS}) VALUES
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+            ))?;
+            for n in entries {
+                let m = &n.meta;
+                st.execute(params![
+                    tree,
+                    &n.name,
+                    n.kind as u8,
+                    m.mode,
+                    m.uid,
+                    m.gid,
+                    m.size as i64,
+                    m.mtime_ns,
+                    m.ctime_ns,
+                    m.atime_ns,
+                    m.rdev as i64,
+                    m.ino as i64,
+                    m.nlink as i64,
+                    m.blocks as i64,
+                    n.link_key as i64,
+                    &n.xattrs,
+                    &n.target,
+                    n.content.map(|c| c.0),
+                    n.subtree.map(|t| t.0),
+                    n.node_offset as i64,
+                ])?;
+            }
+            Ok(())
+        })()
+        .during(|| format!("add_entries (tree {tree:?})"))
     }
 
     /// Put right the entries of a tree row found to disagree with its hash
@@ -596,101 +661,126 @@ impl Catalog {
     /// A directory listing in depth-first (= name) order from `node_offset`
     /// onwards: the mount's readdir resumes here by a stable cookie.
     pub fn entries_from(&self, tree: TreeId, min_offset: u64, limit: usize) -> Result<Vec<Node>> {
-        let mut st = self.conn.prepare_cached(&format!(
-            "SELECT {NODE_COLUMNS} FROM entries WHERE tree = ?1 AND node_offset >= ?2
-             ORDER BY node_offset LIMIT ?3"
-        ))?;
-        let rows = st.query_map(
-            params![tree.0, min_offset as i64, limit as i64],
-            node_from_row,
-        )?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        (|| -> Result<Vec<Node>> {
+            let mut st = self.conn.prepare_cached(&format!(
+                "SELECT {NODE_COLUMNS} FROM entries WHERE tree = ?1 AND node_offset >= ?2
+                 ORDER BY node_offset LIMIT ?3"
+            ))?;
+            let rows = st.query_map(
+                params![tree.0, min_offset as i64, limit as i64],
+                node_from_row,
+            )?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })()
+        .during(|| format!("entries_from (tree {tree:?})"))
     }
 
     /// The whole listing of a directory (bounded by the directory's size).
     pub fn entries(&self, tree: TreeId) -> Result<Vec<Node>> {
         self.entries_after(tree, None, usize::MAX >> 1)
+            .during(|| format!("entries (tree {tree:?})"))
     }
 
     pub fn entry(&self, tree: TreeId, name: &[u8]) -> Result<Option<Node>> {
-        let mut st = self.conn.prepare_cached(&format!(
-            "SELECT {NODE_COLUMNS} FROM entries WHERE tree = ?1 AND name = ?2"
-        ))?;
-        Ok(st
-            .query_row(params![tree.0, name], node_from_row)
-            .optional()?)
+        (|| -> Result<Option<Node>> {
+            let mut st = self.conn.prepare_cached(&format!(
+                "SELECT {NODE_COLUMNS} FROM entries WHERE tree = ?1 AND name = ?2"
+            ))?;
+            Ok(st
+                .query_row(params![tree.0, name], node_from_row)
+                .optional()?)
+        })()
+        .during(|| format!("entry (tree {tree:?})"))
     }
 
     /// The entry whose depth-first span contains `offset` inside `tree`.
     pub fn entry_at(&self, tree: TreeId, offset: u64) -> Result<Option<Node>> {
-        let mut st = self.conn.prepare_cached(&format!(
-            "SELECT {NODE_COLUMNS} FROM entries WHERE tree = ?1 AND node_offset <= ?2
-             ORDER BY node_offset DESC LIMIT 1"
-        ))?;
-        Ok(st
-            .query_row(params![tree.0, offset as i64], node_from_row)
-            .optional()?)
+        (|| -> Result<Option<Node>> {
+            let mut st = self.conn.prepare_cached(&format!(
+                "SELECT {NODE_COLUMNS} FROM entries WHERE tree = ?1 AND node_offset <= ?2
+                 ORDER BY node_offset DESC LIMIT 1"
+            ))?;
+            Ok(st
+                .query_row(params![tree.0, offset as i64], node_from_row)
+                .optional()?)
+        })()
+        .during(|| format!("entry_at (tree {tree:?})"))
     }
 
     // ---- snapshots ----
 
     pub fn name_taken(&self, name: &str) -> Result<bool> {
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT 1 FROM snapshots WHERE name = ?1")?;
-        Ok(st.exists([name])?)
+        (|| -> Result<bool> {
+            let mut st = self
+                .conn
+                .prepare_cached("SELECT 1 FROM snapshots WHERE name = ?1")?;
+            Ok(st.exists([name])?)
+        })()
+        .during(|| format!("name_taken (snapshot {name:?})"))
     }
 
     /// Record a finished snapshot (the caller commits).
     pub fn add_snapshot(&self, s: &SnapshotRow) -> Result<SnapshotId> {
-        self.conn
-            .prepare_cached(&format!(
-                "INSERT INTO snapshots ({}) VALUES (NULL, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-                SNAPSHOT_COLUMNS
-            ))?
-            .execute(params![
-                &s.hash.0[..],
-                s.name,
-                s.started_ns,
-                s.finished_ns,
-                s.host,
-                encode_paths(&s.sources),
-                serde_json::to_string(&s.tags).expect("tags serialize"),
-                s.root_tree.0,
-                s.files as i64,
-                s.dirs as i64,
-                s.size as i64,
-                s.added_bytes as i64,
-                s.read_bytes as i64,
-                s.warnings as i64,
-                s.change_share,
-                s.alarm as i64,
-            ])?;
-        Ok(SnapshotId(self.conn.last_insert_rowid()))
+        (|| -> Result<SnapshotId> {
+            self.conn
+                .prepare_cached(&format!(
+                    "INSERT INTO snapshots ({}) VALUES (NULL, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                    SNAPSHOT_COLUMNS
+                ))?
+                .execute(params![
+                    &s.hash.0[..],
+                    s.name,
+                    s.started_ns,
+                    s.finished_ns,
+                    s.host,
+                    encode_paths(&s.sources),
+                    serde_json::to_string(&s.tags).expect("tags serialize"),
+                    s.root_tree.0,
+                    s.files as i64,
+                    s.dirs as i64,
+                    s.size as i64,
+                    s.added_bytes as i64,
+                    s.read_bytes as i64,
+                    s.warnings as i64,
+                    s.change_share,
+                    s.alarm as i64,
+                ])?;
+            Ok(SnapshotId(self.conn.last_insert_rowid()))
+        })()
+        .during(|| "add_snapshot".to_string())
     }
 
     /// All snapshots, oldest first.
     pub fn snapshots(&self) -> Result<Vec<SnapshotRow>> {
-        let mut st = self.conn.prepare_cached(&format!(
-            "SELECT {SNAPSHOT_COLUMNS} FROM snapshots ORDER BY started_ns, id"
-        ))?;
-        let rows = st.query_map([], snapshot_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        (|| -> Result<Vec<SnapshotRow>> {
+            let mut st = self.conn.prepare_cached(&format!(
+                "SELECT {SNAPSHOT_COLUMNS} FROM snapshots ORDER BY started_ns, id"
+            ))?;
+            let rows = st.query_map([], snapshot_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })()
+        .during(|| "snapshots".to_string())
     }
 
     #[cfg(test)]
     pub fn snapshot(&self, id: SnapshotId) -> Result<Option<SnapshotRow>> {
-        let mut st = self.conn.prepare_cached(&format!(
-            "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE id = ?1"
-        ))?;
-        Ok(st.query_row([id.0], snapshot_from_row).optional()?)
+        (|| -> Result<Option<SnapshotRow>> {
+            let mut st = self.conn.prepare_cached(&format!(
+                "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE id = ?1"
+            ))?;
+            Ok(st.query_row([id.0], snapshot_from_row).optional()?)
+        })()
+        .during(|| format!("snapshot (snapshot {id:?})"))
     }
 
     pub fn snapshot_by_name(&self, name: &str) -> Result<Option<SnapshotRow>> {
-        let mut st = self.conn.prepare_cached(&format!(
-            "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE name = ?1"
-        ))?;
-        Ok(st.query_row([name], snapshot_from_row).optional()?)
+        (|| -> Result<Option<SnapshotRow>> {
+            let mut st = self.conn.prepare_cached(&format!(
+                "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE name = ?1"
+            ))?;
+            Ok(st.query_row([name], snapshot_from_row).optional()?)
+        })()
+        .during(|| format!("snapshot_by_name (snapshot {name:?})"))
     }
 
     /// The newest snapshots of these sources from this host, newest first.
@@ -744,14 +834,17 @@ impl Catalog {
 
     /// (first member's position, names in the snapshot) of a hard link group.
     pub fn hardlink(&self, snap: SnapshotId, key: u64) -> Result<Option<(u64, u64)>> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT first_node, count FROM hardlinks WHERE snapshot = ?1 AND link_key = ?2",
-        )?;
-        Ok(st
-            .query_row(params![snap.0, key as i64], |r| {
-                Ok((get_u64(r, 0)?, get_u64(r, 1)?))
-            })
-            .optional()?)
+        (|| -> Result<Option<(u64, u64)>> {
+            let mut st = self.conn.prepare_cached(
+                "SELECT first_node, count FROM hardlinks WHERE snapshot = ?1 AND link_key = ?2",
+            )?;
+            Ok(st
+                .query_row(params![snap.0, key as i64], |r| {
+                    Ok((get_u64(r, 0)?, get_u64(r, 1)?))
+                })
+                .optional()?)
+        })()
+        .during(|| format!("hardlink (snapshot {snap:?})"))
     }
 }
 
@@ -950,5 +1043,27 @@ mod tests {
         let d = tempfile::tempdir().expect("tempdir");
         let cat = Catalog::open(&d.path().join("c.db"), true).expect("open");
         assert!(cat.tree_nodes(TreeId(42)).is_err());
+    }
+
+    /// A catalog error gave only the database's words ("no such table"),
+    /// not which query failed on which object.
+    #[test]
+    fn a_catalog_error_names_the_query_and_the_object() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let cat = Catalog::open(&d.path().join("c.db"), true).expect("open");
+        cat.conn.execute("DROP TABLE chunks", []).expect("drop");
+        let id = ChunkId(Hash::of(b"x"));
+        let e = cat.chunk_loc(&id).expect_err("no chunks table");
+        let said = e.to_string();
+        assert!(
+            said.contains("chunk_loc") && said.contains(&id.to_string()),
+            "{said}"
+        );
+        cat.conn.execute("DROP TABLE entries", []).expect("drop");
+        let e = cat
+            .entry(TreeId(7), b"name")
+            .map(drop)
+            .expect_err("no entries");
+        assert!(e.to_string().contains("entry (tree TreeId(7))"), "{e}");
     }
 }
