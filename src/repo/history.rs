@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use crate::error::Result;
+use crate::format::names::NAME_MAX;
 use crate::format::record::SnapshotRow;
 use crate::format::tree::Kind;
 use crate::ids::TreeId;
@@ -325,7 +326,9 @@ fn version_stamp(started_ns: i64) -> String {
 }
 
 /// `<stamp>.<name>`, or `<stamp>.<tag>.<name>`: the original name last, so
-/// the extension still tells a file manager what opens it.
+/// the extension still tells a file manager what opens it. Never longer
+/// than a name may be (NAME_MAX): a long name is cut (see `shortened`), or
+/// copying the version out of the mount would fail on every filesystem.
 fn compose(stamp: &str, tag: Option<&str>, name: &[u8]) -> Vec<u8> {
     let mut v = stamp.as_bytes().to_vec();
     v.push(b'.');
@@ -333,8 +336,29 @@ fn compose(stamp: &str, tag: Option<&str>, name: &[u8]) -> Vec<u8> {
         v.extend_from_slice(t.as_bytes());
         v.push(b'.');
     }
-    v.extend_from_slice(name);
+    let room = NAME_MAX.saturating_sub(v.len());
+    if name.len() <= room {
+        v.extend_from_slice(name);
+    } else {
+        v.extend_from_slice(&shortened(name, room));
+    }
     v
+}
+
+/// `name` in at most `room` bytes: the start of it, `~`, and its extension
+/// (when it has a short one), cut between characters of a UTF-8 name.
+fn shortened(name: &[u8], room: usize) -> Vec<u8> {
+    let ext: &[u8] = match name.iter().rposition(|&b| b == b'.') {
+        Some(i) if i > 0 && name.len() - i <= 16 => &name[i..],
+        _ => &[],
+    };
+    let mut cut = room
+        .saturating_sub(ext.len() + 1)
+        .min(name.len() - ext.len());
+    while cut > 0 && name[cut] & 0xC0 == 0x80 {
+        cut -= 1;
+    }
+    [&name[..cut], b"~", ext].concat()
 }
 
 /// A version with its name in the history view.
@@ -681,5 +705,28 @@ mod tests {
         // never a panic or a duplicate.
         let end = [snap("x", i64::MAX), snap("y", i64::MAX)];
         assert_eq!(gmt(&end).len(), 1);
+    }
+
+    /// A version of a file whose name is near 255 bytes was named longer
+    /// than any filesystem allows: copying it out of the mount failed.
+    #[test]
+    fn version_names_of_long_names_fit_in_a_name() {
+        let stamp = version_stamp(1_700_000_000_123_000_000);
+        let long = [vec![b'a'; 240], b".tar.gz".to_vec()].concat();
+        for tag in [None, Some("3fa2c4d1"), Some("3fa2c4d1-2")] {
+            let v = compose(&stamp, tag, &long);
+            assert!(v.len() <= NAME_MAX, "{} bytes", v.len());
+            assert!(v.ends_with(b"~.gz"), "{}", String::from_utf8_lossy(&v));
+        }
+        // Multi-byte characters are never cut in half.
+        let wide = "é".repeat(127).into_bytes();
+        let v = compose(&stamp, Some("3fa2c4d1"), &wide);
+        assert!(v.len() <= NAME_MAX);
+        assert!(std::str::from_utf8(&v).is_ok(), "{v:?}");
+        // Short names are left as they are.
+        assert_eq!(
+            compose(&stamp, None, b"report.odt"),
+            [stamp.as_bytes(), b".report.odt"].concat()
+        );
     }
 }
