@@ -274,22 +274,10 @@ mod tests {
         SnapshotRow {
             id: SnapshotId(id),
             hash: Hash::of(&id.to_le_bytes()),
-            name: format!("s{id}"),
-            started_ns: ns,
-            finished_ns: ns,
             host: "h".into(),
             sources: vec!["/data".into()],
             tags: tags.iter().map(|t| t.to_string()).collect(),
-            root_tree: TreeId(1),
-            files: 0,
-            dirs: 0,
-            size: 0,
-            added_bytes: 0,
-            read_bytes: 0,
-            warnings: 0,
-            change_share: 0.0,
-            alarm: false,
-            damage: None,
+            ..SnapshotRow::new(format!("s{id}"), ns, TreeId(1))
         }
     }
 

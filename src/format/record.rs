@@ -56,6 +56,32 @@ impl std::fmt::Display for RowDamage {
 }
 
 impl SnapshotRow {
+    /// A row with nothing else known yet: no row id or record id, no host,
+    /// sources or tags, nothing counted, finished when it started. Callers
+    /// fill in the rest with struct update syntax.
+    pub fn new(name: String, started_ns: i64, root_tree: TreeId) -> SnapshotRow {
+        SnapshotRow {
+            id: SnapshotId(0),
+            hash: Hash::default(),
+            name,
+            started_ns,
+            finished_ns: started_ns,
+            host: String::new(),
+            sources: Vec::new(),
+            tags: Vec::new(),
+            root_tree,
+            files: 0,
+            dirs: 0,
+            size: 0,
+            added_bytes: 0,
+            read_bytes: 0,
+            warnings: 0,
+            change_share: 0.0,
+            alarm: false,
+            damage: None,
+        }
+    }
+
     /// The row, if its sources and tags decoded; otherwise an error naming
     /// the snapshot, for commands that act on those values (retention).
     pub fn decoded(&self) -> Result<&SnapshotRow> {
@@ -240,24 +266,16 @@ mod tests {
 
     fn row() -> SnapshotRow {
         SnapshotRow {
-            id: SnapshotId(0),
-            hash: Hash::default(),
-            name: "2024-01-02T03-04-05".into(),
-            started_ns: -1,
             finished_ns: 2,
             host: "host".into(),
             sources: vec![PathBuf::from("/home")],
             tags: vec!["daily".into()],
-            root_tree: TreeId(0),
             files: 1,
             dirs: 2,
             size: 3,
-            added_bytes: 0,
             read_bytes: 4,
             warnings: 5,
-            change_share: 0.0,
-            alarm: false,
-            damage: None,
+            ..SnapshotRow::new("2024-01-02T03-04-05".into(), -1, TreeId(0))
         }
     }
 

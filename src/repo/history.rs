@@ -547,22 +547,8 @@ mod tests {
         SnapshotRow {
             id: crate::ids::SnapshotId(0),
             hash: crate::ids::Hash::of(name.as_bytes()),
-            name: name.into(),
-            started_ns,
-            finished_ns: started_ns,
             host: "h".into(),
-            sources: Vec::new(),
-            tags: Vec::new(),
-            damage: None,
-            root_tree: TreeId(1),
-            files: 0,
-            dirs: 0,
-            size: 0,
-            added_bytes: 0,
-            read_bytes: 0,
-            warnings: 0,
-            change_share: 0.0,
-            alarm: false,
+            ..SnapshotRow::new(name.into(), started_ns, TreeId(1))
         }
     }
 

@@ -473,7 +473,6 @@ mod tests {
     use crate::format::pack::{ChunkKind, PackWriter};
     use crate::format::record::SnapshotRow;
     use crate::format::tree::{Kind, Meta};
-    use crate::ids::Hash;
     use crate::repo::Config;
 
     /// Store `chunks` in one pack of `repo` and index it.
@@ -515,24 +514,10 @@ mod tests {
 
     fn record(root: ChunkId, nodes: u64) -> Vec<u8> {
         let row = SnapshotRow {
-            id: SnapshotId(0),
-            hash: Hash::default(),
-            name: "s1".into(),
-            started_ns: 1,
             finished_ns: 2,
             host: "h".into(),
-            sources: vec![],
-            tags: vec![],
-            root_tree: TreeId(0),
-            files: 0,
             dirs: nodes,
-            size: 0,
-            added_bytes: 0,
-            read_bytes: 0,
-            warnings: 0,
-            change_share: 0.0,
-            alarm: false,
-            damage: None,
+            ..SnapshotRow::new("s1".into(), 1, TreeId(0))
         };
         crate::format::record::encode_record(&row, &TreeHash(root.0), nodes, &[0, nodes, 0, 0, 0])
     }

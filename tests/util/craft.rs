@@ -12,7 +12,7 @@ use snapfs::format::blob::{self, hash_chunk};
 use snapfs::format::pack::{ChunkKind, PackWriter};
 use snapfs::format::record::{SnapshotRow, encode_record};
 use snapfs::format::tree::{Body, ChunkList, ChunkRef, Entry, Kind, Meta};
-use snapfs::ids::{ChunkId, Hash, SnapshotId, TreeHash, TreeId};
+use snapfs::ids::{ChunkId, Hash, TreeHash, TreeId};
 
 use super::*;
 
@@ -129,24 +129,10 @@ pub(crate) fn snapshot_record(
     // Only what a record holds is read from the row; the rest is the
     // catalog's.
     let row = SnapshotRow {
-        id: SnapshotId(0),
-        hash: Hash::default(),
-        name: name.to_string(),
-        started_ns: 1_700_000_000_000_000_000,
         finished_ns: 1_700_000_001_000_000_000,
         host: "crafted".to_string(),
         sources: vec![PathBuf::from(source)],
-        tags: vec![],
-        root_tree: TreeId(0),
-        files: 0,
-        dirs: 0,
-        size: 0,
-        added_bytes: 0,
-        read_bytes: 0,
-        warnings: 0,
-        change_share: 0.0,
-        alarm: false,
-        damage: None,
+        ..SnapshotRow::new(name.to_string(), 1_700_000_000_000_000_000, TreeId(0))
     };
     encode_record(&row, &TreeHash(root.0), nodes, counts)
 }

@@ -9,7 +9,7 @@ use snapfs::format::record::SnapshotRow;
 use snapfs::format::tree::{
     Body, ChunkList, ChunkRef, Entry, Kind, Meta, encode_tree, encode_xattrs,
 };
-use snapfs::ids::{ChunkId, Hash, SnapshotId, TreeHash, TreeId};
+use snapfs::ids::{ChunkId, Hash, TreeHash, TreeId};
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) {
     std::fs::create_dir_all(dir).expect("create seed dir");
@@ -131,24 +131,15 @@ fn main() {
     let _ = std::fs::remove_dir_all(&tmp);
 
     let row = SnapshotRow {
-        id: SnapshotId(0),
-        hash: Hash::default(),
-        name: "2024-01-02T03-04-05".into(),
-        started_ns: 1,
         finished_ns: 2,
         host: "host".into(),
         sources: vec![PathBuf::from("/home")],
         tags: vec!["daily".into()],
-        root_tree: TreeId(0),
         files: 1,
         dirs: 2,
         size: 3,
-        added_bytes: 0,
         read_bytes: 4,
-        warnings: 0,
-        change_share: 0.0,
-        alarm: false,
-        damage: None,
+        ..SnapshotRow::new("2024-01-02T03-04-05".into(), 1, TreeId(0))
     };
     let root = TreeHash(Hash::of(b"root"));
     write(

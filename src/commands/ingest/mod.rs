@@ -291,24 +291,12 @@ pub fn ingest(repo: &Repository, sources: &[PathBuf], opts: &IngestOptions) -> R
         let links = std::mem::take(&mut w.links);
         let finished_ns = crate::time::now_ns();
         let mut row = SnapshotRow {
-            id: SnapshotId(0),
             hash: Default::default(),
-            name: name.clone(),
-            started_ns,
             finished_ns,
             host: host.clone(),
             sources: sources.clone(),
             tags: opts.tags.clone(),
-            root_tree: root.id,
-            files: 0,
-            dirs: 0,
-            size: 0,
-            added_bytes: 0,
-            read_bytes: 0,
-            warnings: 0,
-            change_share: 0.0,
-            alarm: false,
-            damage: None,
+            ..SnapshotRow::new(name.clone(), started_ns, root.id)
         };
         let record = crate::format::record::encode_record(
             &row,

@@ -693,24 +693,9 @@ mod tests {
 
     fn snapshot(cat: &Catalog, record: &str, started_ns: i64, root: TreeId) -> SnapshotId {
         cat.add_snapshot(&SnapshotRow {
-            id: SnapshotId(0),
             hash: id(record).0,
-            name: record.to_string(),
-            started_ns,
-            finished_ns: started_ns,
             host: "h".into(),
-            sources: vec![],
-            tags: vec![],
-            damage: None,
-            root_tree: root,
-            files: 0,
-            dirs: 0,
-            size: 0,
-            added_bytes: 0,
-            read_bytes: 0,
-            warnings: 0,
-            change_share: 0.0,
-            alarm: false,
+            ..SnapshotRow::new(record.to_string(), started_ns, root)
         })
         .unwrap()
     }

@@ -956,24 +956,15 @@ mod tests {
 
     fn snapshot_row(name: &str) -> SnapshotRow {
         SnapshotRow {
-            id: SnapshotId(0),
             hash: Hash::of(name.as_bytes()),
-            name: name.into(),
-            started_ns: 1,
             finished_ns: 2,
             host: "h".into(),
             sources: vec![PathBuf::from("/data")],
             tags: vec!["daily".into()],
-            root_tree: TreeId(1),
             files: 1,
             dirs: 1,
             size: 1,
-            added_bytes: 0,
-            read_bytes: 0,
-            warnings: 0,
-            change_share: 0.0,
-            alarm: false,
-            damage: None,
+            ..SnapshotRow::new(name.into(), 1, TreeId(1))
         }
     }
 
