@@ -24,7 +24,12 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 /// Broken-down UTC time of nanoseconds since the epoch.
 pub fn utc_parts(ns: i64) -> (i64, u32, u32, u32, u32, u32) {
-    let secs = ns.div_euclid(1_000_000_000);
+    utc_parts_secs(ns.div_euclid(1_000_000_000))
+}
+
+/// Broken-down UTC time of seconds since the epoch (any i64: file times
+/// reach past the years an i64 of nanoseconds holds).
+pub fn utc_parts_secs(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
     let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
     let s = secs.rem_euclid(86_400);
     (
@@ -51,7 +56,12 @@ pub fn display(ns: i64) -> String {
 
 /// RFC 3339, for JSON.
 pub fn rfc3339(ns: i64) -> String {
-    let (y, mo, d, h, mi, s) = utc_parts(ns);
+    rfc3339_secs(ns.div_euclid(1_000_000_000))
+}
+
+/// RFC 3339 of seconds since the epoch (file times).
+pub fn rfc3339_secs(secs: i64) -> String {
+    let (y, mo, d, h, mi, s) = utc_parts_secs(secs);
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
 }
 

@@ -410,7 +410,7 @@ fn format_doc_worked_example_is_a_pack_snapfs_reads() {
             ),
             (
                 "572532c8a3cc2e801c6da3fcb0334ef09f011994052085255b3e6d76ae623f29".to_string(),
-                ChunkKind::Tree,
+                ChunkKind::Page,
                 vec![1, 0]
             ),
         ]

@@ -128,9 +128,9 @@ fn write_script(p: &Path, text: &[u8]) {
 /// chunks and the record as pack rows, and the record's id.
 fn one_file_snapshot(name: &str, chunks: &[(ChunkId, u32)]) -> (Vec<Row>, ChunkId) {
     let inner = encode_tree(&[file_entry(b"file", chunks)]);
-    let inner_row = honest_row(ChunkKind::Tree, &inner);
+    let inner_row = honest_row(ChunkKind::Page, &inner);
     let root = encode_tree(&[dir_entry(b"data", inner_row.0, 1)]);
-    let root_row = honest_row(ChunkKind::Tree, &root);
+    let root_row = honest_row(ChunkKind::Page, &root);
     let rec_row = honest_row(
         ChunkKind::Snapshot,
         &snapshot_record(name, "/data", root_row.0, 2, &[1, 1, 0, 0, 0]),
@@ -264,9 +264,9 @@ fn serve_refuses_snapshots_with_lying_node_counts_or_bad_names() {
         .expect("data");
 
     let inner = encode_tree(&[file_entry(b"file", &[(x, len)])]);
-    let inner_row = honest_row(ChunkKind::Tree, &inner);
+    let inner_row = honest_row(ChunkKind::Page, &inner);
     let lying = encode_tree(&[dir_entry(b"data", inner_row.0, 1 << 41)]);
-    let lying_row = honest_row(ChunkKind::Tree, &lying);
+    let lying_row = honest_row(ChunkKind::Page, &lying);
     let lying_rec = honest_row(
         ChunkKind::Snapshot,
         &snapshot_record("lying", "/data", lying_row.0, 2, &[1, 1, 0, 0, 0]),

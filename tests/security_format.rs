@@ -191,12 +191,12 @@ fn config_with_zero_chunk_avg_is_a_clear_error() {
 fn plant_tree_chain(repo: &Repo, depth: u64, bottom: Vec<Entry>) {
     let mut rows = Vec::new();
     let mut nodes = bottom.iter().map(Entry::span).sum::<u64>();
-    let first = honest_row(ChunkKind::Tree, &encode_tree(&bottom));
+    let first = honest_row(ChunkKind::Page, &encode_tree(&bottom));
     let mut below = first.0;
     rows.push(first);
     for _ in 0..depth {
         let row = honest_row(
-            ChunkKind::Tree,
+            ChunkKind::Page,
             &encode_tree(&[dir_entry(b"d", below, nodes)]),
         );
         nodes += 1;

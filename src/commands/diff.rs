@@ -104,7 +104,7 @@ fn same_meta(a: &Node, b: &Node) -> bool {
     a.meta.mode == b.meta.mode
         && a.meta.uid == b.meta.uid
         && a.meta.gid == b.meta.gid
-        && a.meta.mtime_ns == b.meta.mtime_ns
+        && a.meta.mtime == b.meta.mtime
         && a.xattrs == b.xattrs
 }
 

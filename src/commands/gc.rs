@@ -67,7 +67,7 @@ pub fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcStats> {
         repo.adopt_orphan_packs(&cat)?;
         cat.mark_live()?;
         let dead = cat.delete_dead()?;
-        stats.trees_removed = dead.trees;
+        stats.trees_removed = dead.pages;
         stats.contents_removed = dead.contents;
         stats.chunks_removed = dead.chunks;
         let usage = cat.pack_usage()?;

@@ -56,7 +56,7 @@ pub fn log(repo: &Repository, path: &Path) -> Result<Log> {
             name: String::from_utf8_lossy(&name).into_owned(),
             kind: v.found.node.kind.name(),
             size: v.found.node.meta.size,
-            mtime: crate::time::rfc3339(v.found.node.meta.mtime_ns),
+            mtime: crate::time::rfc3339_secs(v.found.node.meta.mtime.secs),
             first_snapshot: snaps[v.first].name.clone(),
             snapshots: v.snapshots.iter().map(|&i| snaps[i].name.clone()).collect(),
         })

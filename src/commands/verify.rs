@@ -15,7 +15,8 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::format::blob::decode_blob;
 use crate::format::pack;
-use crate::ids::{ChunkId, ContentId, TreeId};
+use crate::format::tree::ContentRef;
+use crate::ids::{ChunkId, TreeId};
 use crate::repo::Repository;
 use crate::repo::catalog::Catalog;
 
@@ -221,10 +222,11 @@ fn trace_damage(
     bad_chunks: &HashSet<ChunkId>,
     dangling: &[(TreeId, Vec<u8>)],
 ) -> Result<(Vec<DamagedFile>, Vec<String>)> {
-    let mut bad_contents: HashSet<ContentId> = HashSet::new();
-    cat.each_content(|id, list| {
-        if list.iter().any(|c| bad_chunks.contains(&c.id)) {
-            bad_contents.insert(id);
+    let mut bad_contents: HashSet<ContentRef> = HashSet::new();
+    cat.each_content(|hash, list| {
+        if bad_chunks.contains(&ChunkId(hash.0)) || list.iter().any(|c| bad_chunks.contains(&c.id))
+        {
+            bad_contents.insert(ContentRef::List(hash));
         }
         Ok(())
     })?;
@@ -263,25 +265,40 @@ fn trace_damage(
 struct Trace<'a> {
     cat: &'a Catalog,
     bad_chunks: &'a HashSet<ChunkId>,
-    bad_contents: &'a HashSet<ContentId>,
+    bad_contents: &'a HashSet<ContentRef>,
     bad_entries: &'a HashSet<(TreeId, Vec<u8>)>,
     memo: &'a mut HashMap<TreeId, bool>,
 }
 
 impl Trace<'_> {
+    fn bad_content(&self, c: &Option<ContentRef>) -> bool {
+        match c {
+            Some(ContentRef::Chunk(id, _)) => self.bad_chunks.contains(id),
+            Some(c) => self.bad_contents.contains(c),
+            None => false,
+        }
+    }
+
+    /// Is one of the directory's own pages damaged?
+    fn bad_pages(&self, tree: TreeId) -> Result<bool> {
+        Ok(self
+            .cat
+            .dir_pages(tree)?
+            .iter()
+            .any(|h| self.bad_chunks.contains(&ChunkId(h.0))))
+    }
+
     /// Does anything beneath `tree` use damaged data? (memoized: shared trees once)
     fn damaged(&mut self, tree: TreeId) -> Result<bool> {
         if let Some(&d) = self.memo.get(&tree) {
             return Ok(d);
         }
         let _level = crate::format::tree::descend(|| format!("tree row {}", tree.0))?;
-        let mut d = self
-            .bad_chunks
-            .contains(&ChunkId(self.cat.tree_hash(tree)?.0));
+        let mut d = self.bad_pages(tree)?;
         if !d {
             for n in self.cat.entries(tree)? {
                 if self.bad_entries.contains(&(tree, n.name.clone()))
-                    || n.content.is_some_and(|c| self.bad_contents.contains(&c))
+                    || self.bad_content(&n.content)
                     || n.subtree
                         .map(|t| self.damaged(t))
                         .transpose()?
@@ -307,10 +324,7 @@ impl Trace<'_> {
         if !self.damaged(tree)? {
             return Ok(());
         }
-        if self
-            .bad_chunks
-            .contains(&ChunkId(self.cat.tree_hash(tree)?.0))
-        {
+        if self.bad_pages(tree)? {
             out.push(DamagedFile {
                 snapshot: snap.into(),
                 path: path.to_path_buf(),
@@ -319,7 +333,7 @@ impl Trace<'_> {
         for n in self.cat.entries(tree)? {
             let p = path.join(OsStr::from_bytes(&n.name));
             if self.bad_entries.contains(&(tree, n.name.clone()))
-                || n.content.is_some_and(|c| self.bad_contents.contains(&c))
+                || self.bad_content(&n.content)
             {
                 out.push(DamagedFile {
                     snapshot: snap.into(),

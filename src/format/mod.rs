@@ -12,5 +12,6 @@ pub mod chunker;
 pub mod codec;
 pub mod names;
 pub mod pack;
+pub mod page;
 pub mod record;
 pub mod tree;

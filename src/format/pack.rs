@@ -32,16 +32,21 @@ const TABLE_REC: usize = 49;
 #[repr(u8)]
 pub enum ChunkKind {
     Data = 0,
-    Tree = 1,
+    /// A directory page (`page.rs`).
+    Page = 1,
+    /// A snapshot or forget record (`record.rs`).
     Snapshot = 2,
+    /// The chunk list of a file of several chunks (`tree::ChunkList`).
+    List = 3,
 }
 
 impl ChunkKind {
     pub fn from_u8(v: u8) -> Result<ChunkKind> {
         match v {
             0 => Ok(ChunkKind::Data),
-            1 => Ok(ChunkKind::Tree),
+            1 => Ok(ChunkKind::Page),
             2 => Ok(ChunkKind::Snapshot),
+            3 => Ok(ChunkKind::List),
             _ => Err(Error::corrupt(format!("unknown chunk kind {v}"))),
         }
     }
@@ -288,7 +293,7 @@ fn check_entry(e: &PackEntry, table_offset: u64) -> Result<()> {
     let raw = e.raw_len as usize;
     let cap = match e.kind {
         ChunkKind::Data => blob::MAX_DATA_CHUNK_LEN,
-        ChunkKind::Tree | ChunkKind::Snapshot => blob::MAX_CHUNK_LEN,
+        ChunkKind::Page | ChunkKind::Snapshot | ChunkKind::List => blob::MAX_CHUNK_LEN,
     };
     if raw > cap {
         return bad(format!("raw length {raw} exceeds the limit {cap}"));
@@ -349,7 +354,7 @@ mod tests {
             let kind = if i == 0 {
                 ChunkKind::Data
             } else {
-                ChunkKind::Tree
+                ChunkKind::Page
             };
             w.append(h.id, kind, c.len() as u32, &blob).unwrap();
         }

@@ -12,7 +12,7 @@ use fuser::{
 };
 
 use crate::error::Error;
-use crate::format::tree::Kind;
+use crate::format::tree::{FileTime, Kind};
 use crate::mount::snapshot_fs::{Attr, SnapshotFs, inode};
 
 /// Snapshots never change: the kernel may keep what it learns for long.
@@ -33,14 +33,6 @@ fn errno(e: &Error) -> Errno {
     Errno::from_i32(e.errno())
 }
 
-fn time(ns: i64) -> SystemTime {
-    if ns >= 0 {
-        UNIX_EPOCH + Duration::from_nanos(ns as u64)
-    } else {
-        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
-    }
-}
-
 fn kind(k: Kind) -> FileType {
     match k {
         Kind::File => FileType::RegularFile,
@@ -57,10 +49,10 @@ fn file_attr(a: &Attr) -> FileAttr {
         ino: INodeNo(a.ino),
         size: a.size,
         blocks: a.blocks,
-        atime: time(a.atime_ns),
-        mtime: time(a.mtime_ns),
-        ctime: time(a.ctime_ns),
-        crtime: time(a.ctime_ns),
+        atime: a.atime.to_system_time(),
+        mtime: a.mtime.to_system_time(),
+        ctime: a.ctime.to_system_time(),
+        crtime: a.ctime.to_system_time(),
         kind: kind(a.kind),
         perm: a.perm,
         nlink: a.nlink,
@@ -161,9 +153,9 @@ impl Filesystem for Fuse {
                     gid: 0,
                     size: 0,
                     blocks: 0,
-                    atime_ns: 0,
-                    mtime_ns: 0,
-                    ctime_ns: 0,
+                    atime: FileTime::default(),
+                    mtime: FileTime::default(),
+                    ctime: FileTime::default(),
                     rdev: 0,
                 });
                 none.ino = INodeNo(0);

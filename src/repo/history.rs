@@ -91,14 +91,14 @@ pub fn entries_at(cat: &Catalog, snaps: &[SnapshotRow], path: &Path) -> Result<V
 /// What distinguishes two versions of a non-directory entry.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum VersionKey {
-    Content(Option<i64>),
+    Content(Option<crate::format::tree::ContentRef>),
     Target(Option<Vec<u8>>),
     Special(u8, u64),
 }
 
 pub fn version_key(n: &Node) -> VersionKey {
     match n.kind {
-        Kind::File => VersionKey::Content(n.content.map(|c| c.0)),
+        Kind::File => VersionKey::Content(n.content),
         Kind::Symlink => VersionKey::Target(n.target.clone()),
         k => VersionKey::Special(k as u8, n.meta.rdev),
     }

@@ -9,10 +9,11 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::format::record::SnapshotRow;
 use crate::format::record::{Record, decode_record};
-use crate::format::tree::{Body, Entry, decode_tree, decode_xattrs, encode_tree, encode_xattrs};
-use crate::ids::{ChunkId, ContentId, SnapshotId, TreeHash, TreeId};
+use crate::format::page::{BoundaryKey, BuiltPage, build_dir, load_dir};
+use crate::format::tree::{Body, ChunkList, ContentRef, Entry};
+use crate::ids::{ChunkId, ContentHash, SnapshotId, TreeHash, TreeId};
 use crate::repo::Repository;
-use crate::repo::catalog::{Catalog, Node};
+use crate::repo::catalog::Catalog;
 
 /// Paths listed per tree and per snapshot in a damage report; beyond this,
 /// only counted (a crafted repository can lose any number of directories).
@@ -122,103 +123,136 @@ impl<'a> Importer<'a> {
         self.repo.read_chunk(id, &loc)
     }
 
-    /// The row of an empty directory, standing in for one whose tree is lost.
-    fn empty_tree(&self) -> Result<TreeId> {
-        let hash = TreeHash(crate::format::blob::hash_chunk(&encode_tree(&[])).id.0);
-        match self.cat.tree_by_hash(&hash)? {
-            Some((t, _)) => Ok(t),
-            None => self.cat.add_tree(&hash, 0, &[]),
+    /// Stand in for a directory whose pages are lost: a row under its hash
+    /// that holds an empty page. Its entry in the parent keeps its place
+    /// (and every inode number around it stays), and `verify` reports the
+    /// row as one that disagrees with its hash.
+    fn lost_tree(&self, hash: &TreeHash) -> Result<TreeId> {
+        if let Some((t, _)) = self.cat.tree_by_hash(hash)? {
+            return Ok(t);
         }
+        let mut empty = build_dir(Vec::new(), &BoundaryKey::public())
+            .pages
+            .pop()
+            .expect("an empty directory has one page");
+        empty.hash = *hash;
+        self.cat.add_page(&empty)
     }
 
-    /// A tree's decoded entries, ready to be turned into rows.
-    fn open_tree(&self, hash: &TreeHash, path: Vec<u8>) -> Result<Pending> {
-        let entries = decode_tree(&self.read(&ChunkId(hash.0))?)
-            .map_err(|e| Error::corrupt(format!("tree {hash}: {e}")))?;
-        Ok(Pending::new(*hash, entries, path))
-    }
-
-    /// The tree `hash` from the fallback catalog's rows, when the packs
-    /// cannot yield it. None without a fallback or when it lacks the tree.
-    ///
-    /// The rows come from a file in the repository, as untrusted as a
-    /// pack: encoded as a tree and decoded again, they pass every check a
-    /// tree read from a pack passes (names, order, node counts, chunk
-    /// lists, xattrs). Rows that encode to `hash` are the very tree the
-    /// packs lost; rows that do not (the old catalog had lost parts of it
-    /// itself) are still the best left, and said so.
-    fn fallback_tree(&self, hash: &TreeHash, path: Vec<u8>) -> Result<Option<(Pending, bool)>> {
-        let Some(old) = self.fallback else {
-            return Ok(None);
-        };
-        let Some((id, _)) = old.tree_by_hash(hash)? else {
-            return Ok(None);
-        };
-        let entries = old
-            .entries(id)?
-            .into_iter()
-            .map(|n| entry_of_row(old, n))
-            .collect::<Result<Vec<Entry>>>()?;
-        let encoded = encode_tree(&entries);
-        let entries = decode_tree(&encoded)?;
-        let exact = crate::format::blob::hash_chunk(&encoded).id.0 == hash.0;
-        let mut p = Pending::new(*hash, entries, path);
-        p.damage.reused.push(Vec::new());
-        p.damage.reused_count = 1;
-        Ok(Some((p, exact)))
-    }
-
-    /// The tree `hash` from the packs, or else from the fallback catalog.
-    /// The error says why neither could.
-    fn open_any(&mut self, hash: &TreeHash, path: Vec<u8>) -> Result<Pending> {
-        let err = match self.open_tree(hash, path.clone()) {
-            Ok(p) => return Ok(p),
+    /// One page's bytes: from this catalog when it has the page already
+    /// (shared with a directory imported before), else from the packs, else
+    /// from the fallback catalog. The flag says it came from the fallback,
+    /// and whether those bytes are the very page (hash and all).
+    fn page_bytes(&self, hash: &TreeHash) -> Result<(Vec<u8>, Option<bool>)> {
+        if let Some((id, _)) = self.cat.tree_by_hash(hash)? {
+            return Ok((self.cat.page_body(id)?, None));
+        }
+        let err = match self.read(&ChunkId(hash.0)) {
+            Ok(b) => return Ok((b, None)),
             Err(e) => e,
         };
-        match self.fallback_tree(hash, path.clone()) {
-            Ok(Some((p, exact))) => {
-                self.reused_trees += 1;
-                self.problems.push(format!(
-                    "directory {:?}: {err}; its rows were taken from the previous catalog{}",
-                    snapshot_path(&path),
-                    if exact {
-                        ""
-                    } else {
-                        " (they differ from the tree the packs recorded: that catalog had lost parts of it too)"
-                    }
-                ));
-                Ok(p)
+        let old = match self.fallback {
+            Some(old) => old,
+            None => return Err(err),
+        };
+        match old.tree_by_hash(hash)? {
+            Some((id, _)) => {
+                let body = old.page_body(id)?;
+                let exact = crate::format::blob::hash_chunk(&body).id.0 == hash.0;
+                Ok((body, Some(exact)))
             }
-            Ok(None) => Err(err),
-            Err(old) => Err(Error::corrupt(format!(
-                "{err}; the previous catalog's rows for it are unusable too ({old})"
-            ))),
+            None => Err(err),
         }
     }
 
-    /// The tree row for `hash`, imported (with everything beneath) if missing.
+    /// Every page of the directory `hash` and its entries in order, checked
+    /// (`load_dir`). Pages come from the packs, or from the fallback
+    /// catalog (as untrusted as a pack, and checked the same).
+    fn open_tree(&mut self, hash: &TreeHash, path: Vec<u8>) -> Result<Pending> {
+        let mut reused = None::<bool>;
+        let (pages, entries) = load_dir(hash, |h| {
+            let (bytes, from_old) = self.page_bytes(h)?;
+            if let Some(exact) = from_old {
+                reused = Some(reused.unwrap_or(true) && exact);
+            }
+            Ok(bytes)
+        })?;
+        let mut p = Pending::new(*hash, pages, entries, path);
+        if let Some(exact) = reused {
+            self.reused_trees += 1;
+            p.damage.reused.push(Vec::new());
+            p.damage.reused_count = 1;
+            self.problems.push(format!(
+                "directory {:?}: pages missing from the packs were taken from the previous catalog{}",
+                snapshot_path(&p.path),
+                if exact {
+                    ""
+                } else {
+                    " (they differ from the pages the packs recorded: that catalog had lost parts of them too)"
+                }
+            ));
+        }
+        Ok(p)
+    }
+
+    /// The chunk list `hash` in this catalog, from the packs if missing.
+    /// A list that cannot be had is reported; the file's reads fail.
+    fn content(&mut self, hash: &ContentHash, path: &[u8]) -> Result<()> {
+        if self.cat.has_content(hash)? {
+            return Ok(());
+        }
+        let list = self
+            .read(&ChunkId(hash.0))
+            .and_then(ChunkList::validate)
+            .and_then(|l| {
+                if l.hash() == *hash {
+                    Ok(l)
+                } else {
+                    Err(Error::corrupt("its bytes are not the list its id names"))
+                }
+            });
+        match list {
+            Ok(l) => self.cat.add_content(hash, &l),
+            Err(e) => {
+                self.problems.push(format!(
+                    "file {:?}: its chunk list {hash} is lost ({e}); reading it fails",
+                    snapshot_path(path)
+                ));
+                Ok(())
+            }
+        }
+    }
+
+    /// The directory row for `hash`, imported (with everything beneath) if missing.
     ///
     /// Depth-first with an explicit stack, not recursion: the depth of a
     /// tree is whatever the packs say, and a chain of ten thousand nested
     /// directories (real or crafted) once overflowed the thread's stack.
-    /// A subtree that neither the packs nor the fallback catalog yield is
+    /// A directory that neither the packs nor the fallback catalog yield is
     /// shown as an empty directory and reported in `problems`; catalog
     /// errors stop the import.
     pub fn tree(&mut self, root: &TreeHash) -> Result<TreeId> {
         if let Some((t, _)) = self.cat.tree_by_hash(root)? {
             return Ok(t);
         }
-        let first = self.open_any(root, Vec::new())?;
+        let first = self.open_tree(root, Vec::new())?;
         let mut stack = vec![first];
         loop {
             let depth = stack.len();
             let top = stack.last_mut().expect("the stack is never empty here");
             let Some(e) = top.entries.next() else {
                 let done = stack.pop().expect("the stack is never empty here");
-                let id = self.cat.add_tree(&done.hash, done.nodes, &done.rows)?;
+                let mut id = None;
+                for p in &done.pages {
+                    id = Some(self.cat.add_page(p)?);
+                }
                 if !done.damage.is_empty() {
                     self.damaged.insert(done.hash, done.damage.clone());
                 }
+                let id = match self.cat.tree_by_hash(&done.hash)? {
+                    Some((t, _)) => t,
+                    None => id.expect("a directory has pages"),
+                };
                 match stack.last_mut() {
                     None => return Ok(id),
                     Some(parent) => {
@@ -227,26 +261,20 @@ impl<'a> Importer<'a> {
                             .take()
                             .expect("a parent waits for its subtree");
                         parent.damage.absorb(&e.name, &done.damage);
-                        parent.push(e, None, Some(id));
                         continue;
                     }
                 }
             };
             match &e.body {
-                Body::File(list) => {
-                    let h = list.hash();
-                    let c = match self.cat.content_by_hash(&h)? {
-                        Some(c) => c,
-                        None => self.cat.add_content(&h, list)?,
-                    };
-                    top.push(e, Some(c), None);
+                Body::File(Some(ContentRef::List(h))) => {
+                    let (h, path) = (*h, top.child_path(&e.name));
+                    self.content(&h, &path)?;
                 }
                 Body::Dir { tree: sub, .. } => {
-                    if let Some((t, _)) = self.cat.tree_by_hash(sub)? {
+                    if self.cat.tree_by_hash(sub)?.is_some() {
                         if let Some(d) = self.damaged.get(sub) {
                             top.damage.absorb(&e.name, d);
                         }
-                        top.push(e, None, Some(t));
                         continue;
                     }
                     let path = top.child_path(&e.name);
@@ -257,11 +285,11 @@ impl<'a> Importer<'a> {
                             crate::format::tree::MAX_DEPTH
                         )))
                     } else {
-                        self.open_any(&sub, path.clone())
+                        self.open_tree(&sub, path.clone())
                     };
-                    let top = stack.last_mut().expect("the stack is never empty here");
                     match opened {
                         Ok(p) => {
+                            let top = stack.last_mut().expect("the stack is never empty here");
                             top.waiting = Some(e);
                             stack.push(p);
                         }
@@ -270,19 +298,16 @@ impl<'a> Importer<'a> {
                                 "directory {:?}: its contents are lost, shown empty ({err})",
                                 snapshot_path(&path)
                             ));
+                            let top = stack.last_mut().expect("the stack is never empty here");
                             if top.damage.lost.len() < MAX_LISTED {
                                 top.damage.lost.push(e.name.clone());
                             }
                             top.damage.lost_count = top.damage.lost_count.saturating_add(1);
-                            let empty = self.empty_tree()?;
-                            stack
-                                .last_mut()
-                                .expect("the stack is never empty here")
-                                .push(e, None, Some(empty));
+                            self.lost_tree(&sub)?;
                         }
                     }
                 }
-                Body::Symlink(_) | Body::Special => top.push(e, None, None),
+                _ => {}
             }
         }
     }
@@ -335,66 +360,25 @@ impl<'a> Importer<'a> {
     }
 }
 
-/// An entry as the tree encoding has it, from a catalog row of `cat`.
-fn entry_of_row(cat: &Catalog, n: Node) -> Result<Entry> {
-    let name = String::from_utf8_lossy(&n.name).into_owned();
-    let body = match n.kind {
-        crate::format::tree::Kind::File => {
-            let c = n
-                .content
-                .ok_or_else(|| Error::corrupt(format!("file {name:?} has no content row")))?;
-            Body::File(cat.content(c)?)
-        }
-        crate::format::tree::Kind::Dir => {
-            let t = n
-                .subtree
-                .ok_or_else(|| Error::corrupt(format!("directory {name:?} has no tree row")))?;
-            Body::Dir {
-                tree: cat.tree_hash(t)?,
-                nodes: cat.tree_nodes(t)?,
-            }
-        }
-        crate::format::tree::Kind::Symlink => Body::Symlink(
-            n.target
-                .ok_or_else(|| Error::corrupt(format!("symlink {name:?} has no target")))?,
-        ),
-        _ => Body::Special,
-    };
-    Ok(Entry {
-        xattrs: decode_xattrs(&n.xattrs)?,
-        name: n.name,
-        kind: n.kind,
-        meta: n.meta,
-        link_key: n.link_key,
-        body,
-    })
-}
-
-/// A tree being imported: its rows so far and the entries still to do.
+/// A directory being imported: its pages and the entries still to do.
 struct Pending {
     hash: TreeHash,
-    nodes: u64,
+    pages: Vec<BuiltPage>,
     entries: std::vec::IntoIter<Entry>,
-    rows: Vec<Node>,
-    offset: u64,
     /// The directory entry whose subtree is being imported above this one.
     waiting: Option<Entry>,
-    /// Where this tree is, relative to the tree the import started from.
+    /// Where this directory is, relative to the one the import started from.
     path: Vec<u8>,
-    /// Damage found beneath this tree so far.
+    /// Damage found beneath this directory so far.
     damage: Damage,
 }
 
 impl Pending {
-    /// `entries` come from `decode_tree`, which checked that their spans
-    /// add up without overflow.
-    fn new(hash: TreeHash, entries: Vec<Entry>, path: Vec<u8>) -> Pending {
+    fn new(hash: TreeHash, pages: Vec<BuiltPage>, entries: Vec<Entry>, path: Vec<u8>) -> Pending {
         Pending {
             hash,
-            nodes: entries.iter().map(Entry::span).sum(),
-            rows: Vec::with_capacity(entries.len()),
+            pages,
             entries: entries.into_iter(),
-            offset: 0,
             waiting: None,
             path,
             damage: Damage::default(),
@@ -408,26 +392,6 @@ impl Pending {
         }
         p.extend_from_slice(name);
         p
-    }
-
-    fn push(&mut self, e: Entry, content: Option<ContentId>, subtree: Option<TreeId>) {
-        let span = e.span();
-        let target = match &e.body {
-            Body::Symlink(t) => Some(t.clone()),
-            _ => None,
-        };
-        self.rows.push(Node {
-            xattrs: encode_xattrs(&e.xattrs),
-            name: e.name,
-            kind: e.kind,
-            meta: e.meta,
-            link_key: e.link_key,
-            target,
-            content,
-            subtree,
-            node_offset: self.offset,
-        });
-        self.offset += span;
     }
 }
 
@@ -538,12 +502,12 @@ mod tests {
                 const DEPTH: u64 = 20_000;
                 let d = tempfile::tempdir().unwrap();
                 let (repo, cat) = repo(d.path());
-                let mut chunks = vec![(ChunkKind::Tree, encode_tree(&[]))];
+                let mut chunks = vec![(ChunkKind::Page, encode_tree(&[]))];
                 let mut below = hash_chunk(&chunks[0].1).id;
                 for level in 0..DEPTH {
                     let t = encode_tree(&[dir(b"d", below, level)]);
                     below = hash_chunk(&t).id;
-                    chunks.push((ChunkKind::Tree, t));
+                    chunks.push((ChunkKind::Page, t));
                 }
                 chunks.push((ChunkKind::Snapshot, record(below, DEPTH)));
                 let ids = store(&repo, &cat, &chunks);
@@ -581,9 +545,9 @@ mod tests {
             &repo,
             &cat,
             &[
-                (ChunkKind::Tree, empty),
-                (ChunkKind::Tree, evil),
-                (ChunkKind::Tree, parent),
+                (ChunkKind::Page, empty),
+                (ChunkKind::Page, evil),
+                (ChunkKind::Page, parent),
             ],
         );
         cat.begin().unwrap();
@@ -617,7 +581,7 @@ mod tests {
         let ids = store(
             &repo,
             &cat,
-            &[(ChunkKind::Tree, empty), (ChunkKind::Snapshot, rec)],
+            &[(ChunkKind::Page, empty), (ChunkKind::Snapshot, rec)],
         );
         cat.begin().unwrap();
         let mut imp = Importer::new(&repo, &cat);
@@ -691,7 +655,7 @@ mod tests {
         store(
             repo,
             cat,
-            &[(ChunkKind::Tree, root), (ChunkKind::Snapshot, rec)],
+            &[(ChunkKind::Page, root), (ChunkKind::Snapshot, rec)],
         )[1]
     }
 

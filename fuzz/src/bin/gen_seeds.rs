@@ -104,7 +104,7 @@ fn main() {
     std::fs::create_dir_all(&tmp).expect("tmp dir");
     let mut w = PackWriter::create(&tmp).expect("pack writer");
     let (id, b) = blob(&tree);
-    w.append(id, ChunkKind::Tree, tree.len() as u32, &b)
+    w.append(id, ChunkKind::Page, tree.len() as u32, &b)
         .expect("append");
     let (id, b) = blob(b"data");
     w.append(id, ChunkKind::Data, 4, &b).expect("append");

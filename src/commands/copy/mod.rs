@@ -45,7 +45,8 @@ use crate::error::{Error, IoContext, Result};
 use crate::format::blob::{self, decode_blob};
 use crate::format::pack::{self, ChunkKind, PackEntry, PackWriter};
 use crate::format::record::{Record, decode_record};
-use crate::format::tree::{Body, decode_tree};
+use crate::format::page::{decode_page, load_dir};
+use crate::format::tree::{Body, ChunkList, ContentRef};
 use crate::ids::{ChunkId, Hash, PackName, TreeHash, TreeId};
 use crate::repo::catalog::Catalog;
 use crate::repo::import::Importer;
@@ -232,13 +233,14 @@ impl LocalTarget {
                 holds.insert(hash, nodes);
                 continue;
             }
-            let entries = match self
-                .read_meta(&ChunkId(hash.0), ChunkKind::Tree)
-                .and_then(|raw| decode_tree(&raw))
-            {
-                Ok(e) => e,
+            let loaded = load_dir(&hash, |h| match self.cat.tree_by_hash(h)? {
+                Some((id, _)) => self.cat.page_body(id),
+                None => self.read_meta(&ChunkId(h.0), ChunkKind::Page),
+            });
+            let entries = match loaded {
+                Ok((_, e)) => e,
                 Err(e) => {
-                    problems.push(format!("directory {path}: tree {hash}: {e}"));
+                    problems.push(format!("directory {path}: page {hash}: {e}"));
                     // Counted as holding nothing, so it is not read again.
                     holds.insert(hash, 0);
                     continue;
@@ -260,16 +262,32 @@ impl LocalTarget {
                     .and_then(|s| nodes.checked_add(s))
                     .filter(|n| *n < MAX_SNAPSHOT_NODES)
                     .ok_or_else(|| refuse(format!("directory {path} claims too many entries")))?;
+                let mut check = |id: ChunkId, problems: &mut Vec<String>| -> Result<()> {
+                    if checked.insert(id) && !self.cat.has_chunk(&id)? {
+                        absent_chunks += 1;
+                        if problems.len() < 5 {
+                            problems.push(format!("file {child}: chunk {id} is absent"));
+                        }
+                    }
+                    Ok(())
+                };
                 match e.body {
-                    Body::File(list) => {
-                        for c in list.iter() {
-                            if checked.insert(c.id) && !self.cat.has_chunk(&c.id)? {
-                                absent_chunks += 1;
-                                if problems.len() < 5 {
-                                    problems
-                                        .push(format!("file {child}: chunk {} is absent", c.id));
+                    Body::File(None) => {}
+                    Body::File(Some(ContentRef::Chunk(id, _))) => check(id, &mut problems)?,
+                    Body::File(Some(ContentRef::List(h))) => {
+                        let list = if self.cat.has_content(&h)? {
+                            self.cat.content(&ContentRef::List(h))
+                        } else {
+                            self.read_meta(&ChunkId(h.0), ChunkKind::List)
+                                .and_then(ChunkList::validate)
+                        };
+                        match list {
+                            Ok(list) => {
+                                for c in list.iter() {
+                                    check(c.id, &mut problems)?;
                                 }
                             }
+                            Err(e) => problems.push(format!("file {child}: chunk list {h}: {e}")),
                         }
                     }
                     Body::Dir { tree, nodes } => {
@@ -391,9 +409,12 @@ fn check_blob(bytes: &[u8], e: &PackEntry) -> Result<()> {
     let raw = decode_blob(blob, &id, e.raw_len as usize)?;
     match e.kind {
         ChunkKind::Data => Ok(()),
-        ChunkKind::Tree => decode_tree(&raw)
+        ChunkKind::Page => decode_page(&raw)
             .map(drop)
-            .map_err(|err| Error::corrupt(format!("tree chunk {id} does not decode: {err}"))),
+            .map_err(|err| Error::corrupt(format!("page {id} does not decode: {err}"))),
+        ChunkKind::List => ChunkList::validate(raw)
+            .map(drop)
+            .map_err(|err| Error::corrupt(format!("chunk list {id} does not decode: {err}"))),
         ChunkKind::Snapshot => match decode_record(&raw, id.0) {
             Ok(Record::Snapshot { .. }) => Ok(()),
             Ok(Record::Forget(_)) => Err(Error::corrupt(format!(
@@ -521,6 +542,9 @@ pub struct CopyStats {
 #[derive(Clone, Debug)]
 enum Origin {
     File(Rc<str>),
+    /// The chunk list of a file of several chunks.
+    List(Rc<str>),
+    /// A page of a directory.
     Dir(Rc<str>),
     Record,
 }
@@ -529,7 +553,8 @@ impl Origin {
     fn describe(&self, id: &ChunkId) -> String {
         match self {
             Origin::File(path) => format!("file {path} (chunk {id})"),
-            Origin::Dir(path) => format!("directory {path} (tree {id})"),
+            Origin::List(path) => format!("file {path} (chunk list {id})"),
+            Origin::Dir(path) => format!("directory {path} (page {id})"),
             Origin::Record => format!("its snapshot record {id}"),
         }
     }
@@ -682,9 +707,10 @@ impl Sender<'_> {
                 })?;
                 let raw = self.src.read_chunk(id, &loc)?;
                 match origin {
-                    Origin::Dir(_) => decode_tree(&raw)
+                    Origin::Dir(_) => decode_page(&raw)
                         .map(drop)
                         .map_err(|e| Error::corrupt(format!("it does not decode: {}", e.detail()))),
+                    Origin::List(_) => ChunkList::validate(raw).map(drop),
                     Origin::Record => decode_record(&raw, id.0).map(drop),
                     Origin::File(_) => Ok(()),
                 }
@@ -709,11 +735,14 @@ impl Sender<'_> {
         for n in &entries {
             if let Some(c) = n.content {
                 let file: Rc<str> = child_path(path, &n.name).into();
-                let list = self.cat.content(c).map_err(|e| match e {
+                let list = self.cat.content(&c).map_err(|e| match e {
                     Error::Corrupt(m) => Error::corrupt(format!("file {file}: {m}")),
                     e => e,
                 })?;
                 chunk_ids.extend(list.iter().map(|c| (c.id, Origin::File(file.clone()))));
+                if let ContentRef::List(h) = c {
+                    chunk_ids.push((ChunkId(h.0), Origin::List(file)));
+                }
             }
             if let Some(t) = n.subtree {
                 let dir = child_path(path, &n.name);
@@ -735,7 +764,14 @@ impl Sender<'_> {
                 self.tree(t, h, &dir)?;
             }
         }
-        self.send_missing(&[(ChunkId(hash.0), Origin::Dir(path.into()))])
+        let pages: Vec<(ChunkId, Origin)> = self
+            .cat
+            .dir_pages(tree)
+            .map_err(here)?
+            .into_iter()
+            .map(|h| (ChunkId(h.0), Origin::Dir(path.into())))
+            .collect();
+        self.send_missing(&pages)
     }
 }
 

@@ -24,10 +24,11 @@ use crate::error::{Error, Result};
 use crate::format::blob::{hash_chunk, zero_hashed, zero_id};
 use crate::format::chunker::{Chunker, ChunkerParams, Piece, Source};
 use crate::format::pack::ChunkKind;
+use crate::format::page::{BoundaryKey, build_dir};
 use crate::format::tree::{
-    Body, ChunkList, ChunkRef, Entry, Kind, Meta, encode_tree, encode_xattrs,
+    Body, ChunkList, ChunkRef, ContentRef, Entry, FileTime, Kind, Meta, encode_xattrs,
 };
-use crate::ids::{ChunkId, ContentId, TreeHash, TreeId};
+use crate::ids::{ChunkId, TreeHash, TreeId};
 use crate::repo::catalog::{Catalog, Node};
 
 /// Commit the catalog at least this often, so a killed ingest loses little.
@@ -84,7 +85,7 @@ fn insert(map: &mut BTreeMap<Vec<u8>, Plan>, parts: &[Vec<u8>], leaf: Plan) {
 }
 
 /// An entry found by the walk, with the catalog rows of its content or tree.
-type Walked = (Entry, Option<ContentId>, Option<TreeId>);
+type Walked = (Entry, Option<ContentRef>, Option<TreeId>);
 
 pub struct DirResult {
     pub hash: TreeHash,
@@ -118,6 +119,8 @@ pub struct Walker<'a> {
     /// A row of the previous snapshot did not decode: the tree rows this
     /// ingest reuses by hash may be the damaged ones, and are checked.
     saw_damage: bool,
+    /// Where directory pages end (`format/page.rs`).
+    boundary: BoundaryKey,
 }
 
 impl<'a> Walker<'a> {
@@ -140,6 +143,7 @@ impl<'a> Walker<'a> {
             source_dev: 0,
             buf: Vec::new(),
             saw_damage: false,
+            boundary: BoundaryKey::public(),
         }
     }
 
@@ -278,7 +282,7 @@ impl<'a> Walker<'a> {
             None => HashMap::new(),
         };
         let mut entries: Vec<Entry> = Vec::with_capacity(names.len());
-        let mut ids: Vec<(Option<ContentId>, Option<TreeId>)> = Vec::with_capacity(names.len());
+        let mut ids: Vec<(Option<ContentRef>, Option<TreeId>)> = Vec::with_capacity(names.len());
         let mut offset = 0u64;
         for name in names {
             let child = path.join(OsStr::from_bytes(&name));
@@ -345,73 +349,40 @@ impl<'a> Walker<'a> {
                 nodes: self.cat.tree_nodes(prev)?,
             });
         }
-        // Files reused from the previous snapshot carry their chunk list
-        // only now that the tree must be encoded.
-        for (e, (c, _)) in entries.iter_mut().zip(&ids) {
-            if let (Body::File(list), Some(c)) = (&mut e.body, c)
-                && list.is_empty()
-                && e.meta.size > 0
-            {
-                *list = self.cat.content(*c)?;
-            }
-        }
-        let res = self.finish_tree(entries, ids)?;
+        let res = self.finish_tree(entries)?;
         self.maybe_checkpoint()?;
         Ok(res)
     }
 
-    /// Record a directory's tree, unless an identical one is already stored.
-    fn finish_tree(
-        &mut self,
-        entries: Vec<Entry>,
-        ids: Vec<(Option<ContentId>, Option<TreeId>)>,
-    ) -> Result<DirResult> {
-        let nodes: u64 = entries.iter().map(Entry::span).sum();
-        let blob = encode_tree(&entries);
-        let hash = TreeHash(self.put_chunk(ChunkKind::Tree, &blob)?.0);
-        let existing = self.cat.tree_by_hash(&hash)?;
-        if let Some((id, _)) = existing
-            && !self.saw_damage
-        {
-            return Ok(DirResult { hash, id, nodes });
+    /// Record a directory's pages, those not already stored.
+    fn finish_tree(&mut self, entries: Vec<Entry>) -> Result<DirResult> {
+        let built = build_dir(entries, &self.boundary);
+        let mut id = None;
+        for p in &built.pages {
+            self.put_chunk(ChunkKind::Page, &p.bytes)?;
+            id = Some(match self.cat.tree_by_hash(&p.hash)? {
+                // The same page as one already stored: its row is the one
+                // its hash describes unless it is damaged, in which case
+                // reusing it would carry the damage into this snapshot.
+                Some((id, _)) => {
+                    if self.saw_damage && self.cat.page_body(id)? != p.bytes {
+                        log::warn!(
+                            "page {}: damaged row put right from the directory on disk",
+                            p.hash
+                        );
+                        self.cat.replace_page(id, p)?;
+                    }
+                    id
+                }
+                None => self.cat.add_page(p)?,
+            });
         }
-        let mut offset = 0;
-        let rows: Vec<Node> = entries
-            .into_iter()
-            .zip(ids)
-            .map(|(e, (content, subtree))| {
-                let node_offset = offset;
-                offset += e.span();
-                Node {
-                    xattrs: encode_xattrs(&e.xattrs),
-                    target: match e.body {
-                        Body::Symlink(t) => Some(t),
-                        _ => None,
-                    },
-                    name: e.name,
-                    kind: e.kind,
-                    meta: e.meta,
-                    link_key: e.link_key,
-                    content,
-                    subtree,
-                    node_offset,
-                }
-            })
-            .collect();
-        let id = match existing {
-            // The same directory as a tree already stored: its rows are the
-            // ones its hash describes unless they are damaged, in which case
-            // reusing them would carry the damage into this snapshot.
-            Some((id, _)) => {
-                if self.cat.entries(id)? != rows {
-                    log::warn!("tree {hash}: damaged rows put right from the directory on disk");
-                    self.cat.replace_entries(id, &rows)?;
-                }
-                id
-            }
-            None => self.cat.add_tree(&hash, nodes, &rows)?,
-        };
-        Ok(DirResult { hash, id, nodes })
+        let root = built.root();
+        Ok(DirResult {
+            hash: root.hash,
+            id: id.expect("a directory has a root page"),
+            nodes: root.nodes,
+        })
     }
 
     fn excluded(&self, path: &Path, name: &[u8]) -> bool {
@@ -469,7 +440,7 @@ impl<'a> Walker<'a> {
         // would drop ACLs and capabilities from every later snapshot.
         if let Some(p) = prev
             && p.meta.ino == meta.ino
-            && p.meta.ctime_ns == meta.ctime_ns
+            && p.meta.ctime == meta.ctime
         {
             match crate::format::tree::decode_xattrs(&p.xattrs) {
                 Ok(x) => return x,
@@ -522,7 +493,7 @@ impl<'a> Walker<'a> {
             Kind::Dir => {
                 let cross = self.opts.one_file_system && md.dev() != self.source_dev;
                 let d = if cross {
-                    self.finish_tree(Vec::new(), Vec::new())?
+                    self.finish_tree(Vec::new())?
                 } else {
                     let prev_tree = prev.and_then(|p| p.subtree);
                     match self.walk_dir(path, prev_tree, pos)? {
@@ -545,26 +516,22 @@ impl<'a> Walker<'a> {
                 self.progress.item();
                 let unchanged = prev.filter(|p| {
                     p.meta.size == meta.size
-                        && p.meta.mtime_ns == meta.mtime_ns
-                        && p.meta.ctime_ns == meta.ctime_ns
+                        && p.meta.mtime == meta.mtime
+                        && p.meta.ctime == meta.ctime
                         && p.meta.ino == meta.ino
                         && p.meta.mode == meta.mode
                 });
-                let (list, cid) = match unchanged.and_then(|p| p.content) {
+                let cid = match unchanged.and_then(|p| p.content) {
                     Some(cid) => {
-                        // The chunk list is fetched only if the tree changed.
                         self.stats.reused_files += 1;
-                        (ChunkList::default(), cid)
+                        Some(cid)
                     }
                     None => {
                         if prev.is_some() {
                             self.stats.changed += 1;
                         }
                         match self.read_file(path, &mut meta)? {
-                            Some(list) => {
-                                let cid = self.content_id(&list)?;
-                                (list, cid)
-                            }
+                            Some(list) => self.content_id(&list, meta.size)?,
                             None => {
                                 self.stats.files -= 1;
                                 return Ok(None);
@@ -573,7 +540,7 @@ impl<'a> Walker<'a> {
                     }
                 };
                 self.stats.size += meta.size;
-                (Body::File(list), Some(cid), None)
+                (Body::File(cid), cid, None)
             }
             Kind::Symlink => match std::fs::read_link(path) {
                 Ok(t) => (Body::Symlink(t.as_os_str().as_bytes().to_vec()), None, None),
@@ -598,12 +565,17 @@ impl<'a> Walker<'a> {
         )))
     }
 
-    fn content_id(&mut self, list: &ChunkList) -> Result<ContentId> {
-        let hash = list.hash();
-        match self.cat.content_by_hash(&hash)? {
-            Some(id) => Ok(id),
-            None => self.cat.add_content(&hash, list),
+    /// How a file refers to its chunks; a list of several is stored (once)
+    /// as a chunk of its own and recorded in the catalog.
+    fn content_id(&mut self, list: &ChunkList, size: u64) -> Result<Option<ContentRef>> {
+        let c = ContentRef::of_list(list, size);
+        if let Some(ContentRef::List(hash)) = &c
+            && !self.cat.has_content(hash)?
+        {
+            self.put_chunk(ChunkKind::List, &list.0)?;
+            self.cat.add_content(hash, list)?;
         }
+        Ok(c)
     }
 
     /// Chunk and store a file. None if it could not be read (warned).
@@ -645,7 +617,7 @@ impl<'a> Walker<'a> {
         let file = source.into_inner();
         let after = file.metadata().map(|m| Meta::from_stat(&m));
         let changed = match &after {
-            Ok(a) => a.size != read || a.mtime_ns != meta.mtime_ns || a.ctime_ns != meta.ctime_ns,
+            Ok(a) => a.size != read || a.mtime != meta.mtime || a.ctime != meta.ctime,
             Err(_) => true,
         };
         if changed || read != meta.size {
@@ -707,8 +679,8 @@ impl<'a> Walker<'a> {
             StreamError::Store(e) => e,
         })?;
         self.stats.bytes_read += read;
-        let cid = self.content_id(&list)?;
-        let now = crate::time::now_ns();
+        let cid = self.content_id(&list, read)?;
+        let now = FileTime::from_ns(crate::time::now_ns());
         // SAFETY: plain libc getters.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         self.stats.files += 1;
@@ -722,18 +694,18 @@ impl<'a> Walker<'a> {
                     uid,
                     gid,
                     size: read,
-                    mtime_ns: now,
-                    ctime_ns: now,
-                    atime_ns: now,
+                    mtime: now,
+                    ctime: now,
+                    atime: now,
                     nlink: 1,
                     blocks: read.div_ceil(512),
                     ..Meta::default()
                 },
                 link_key: 0,
                 xattrs: Vec::new(),
-                body: Body::File(list),
+                body: Body::File(cid),
             },
-            Some(cid),
+            cid,
             None,
         ))
     }
@@ -745,12 +717,12 @@ enum StreamError {
 }
 
 fn synthetic_dir_meta() -> Meta {
-    let now = crate::time::now_ns();
+    let now = FileTime::from_ns(crate::time::now_ns());
     Meta {
         mode: libc::S_IFDIR | 0o755,
-        mtime_ns: now,
-        ctime_ns: now,
-        atime_ns: now,
+        mtime: now,
+        ctime: now,
+        atime: now,
         nlink: 2,
         ..Meta::default()
     }
@@ -763,20 +735,20 @@ fn synthetic_dir_meta() -> Meta {
 /// tree in every daily snapshot.
 fn keep_atime(meta: &mut Meta, prev: Option<&Node>) {
     if let Some(p) = prev
-        && p.meta.atime_ns != meta.atime_ns
+        && p.meta.atime != meta.atime
     {
         let same_otherwise = Meta {
-            atime_ns: p.meta.atime_ns,
+            atime: p.meta.atime,
             ..meta.clone()
         } == p.meta;
         if same_otherwise {
-            meta.atime_ns = p.meta.atime_ns;
+            meta.atime = p.meta.atime;
         }
     }
 }
 
 /// Is a new entry exactly the previous snapshot's (so its tree can be reused)?
-fn same_entry(p: &Node, e: &Entry, content: Option<ContentId>, subtree: Option<TreeId>) -> bool {
+fn same_entry(p: &Node, e: &Entry, content: Option<ContentRef>, subtree: Option<TreeId>) -> bool {
     p.kind == e.kind
         && p.meta == e.meta
         && p.link_key == e.link_key

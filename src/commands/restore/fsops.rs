@@ -23,7 +23,7 @@ use rustix::fs::{
 use rustix::io::Errno;
 
 use crate::error::{Error, IoContext, Result};
-use crate::format::tree::{Kind, decode_xattrs};
+use crate::format::tree::{FileTime, Kind, decode_xattrs};
 use crate::repo::catalog::Node;
 
 /// Temporary names start with this, so a later run recognises (and removes)
@@ -159,17 +159,17 @@ pub fn replace(dir: BorrowedFd, tmp: &[u8], name: &[u8], shown: &Path) -> Result
     }
 }
 
-fn timespec(ns: i64) -> Timespec {
+fn timespec(t: FileTime) -> Timespec {
     Timespec {
-        tv_sec: ns.div_euclid(1_000_000_000),
-        tv_nsec: ns.rem_euclid(1_000_000_000),
+        tv_sec: t.secs,
+        tv_nsec: i64::from(t.nanos),
     }
 }
 
 fn times(n: &Node) -> Timestamps {
     Timestamps {
-        last_access: timespec(n.meta.atime_ns),
-        last_modification: timespec(n.meta.mtime_ns),
+        last_access: timespec(n.meta.atime),
+        last_modification: timespec(n.meta.mtime),
     }
 }
 

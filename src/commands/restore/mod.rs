@@ -60,7 +60,7 @@ use serde::Serialize;
 
 use crate::error::{Error, IoContext, Result};
 use crate::format::names::check_name;
-use crate::format::tree::Kind;
+use crate::format::tree::{FileTime, Kind};
 use crate::ids::TreeId;
 use crate::repo::Repository;
 use crate::repo::catalog::{Catalog, Node};
@@ -465,10 +465,10 @@ fn looks_complete(dir: BorrowedFd, name: &[u8], n: &Node) -> bool {
     let Ok(st) = statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
         return false;
     };
-    let mtime_ns = i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec);
+    let mtime = FileTime::from_stat(st.st_mtime, st.st_mtime_nsec as i64);
     FileType::from_raw_mode(st.st_mode).is_file()
         && u64::try_from(st.st_size).is_ok_and(|s| s == n.meta.size)
-        && mtime_ns == i128::from(n.meta.mtime_ns)
+        && mtime == n.meta.mtime
 }
 
 /// Open the directory holding `rel`'s last name, from `root`, one name at

@@ -22,7 +22,8 @@ use rustix::fs::{AtFlags, Mode, OFlags, openat, unlinkat};
 use super::fsops::{apply_meta_fd, io_at, replace, tmp_name};
 use crate::error::{Error, IoContext, Result};
 use crate::format::blob::{FRAME, is_zero_chunk};
-use crate::ids::{ChunkId, ContentId};
+use crate::format::tree::{ContentRef, FileTime};
+use crate::ids::ChunkId;
 use crate::repo::Repository;
 use crate::repo::catalog::{Catalog, ChunkLoc, Node};
 
@@ -99,10 +100,10 @@ impl Shared {
 /// list comes from the catalog).
 fn chunk_work(
     cat: &Catalog,
-    cid: ContentId,
+    cid: ContentRef,
     shown: &Path,
 ) -> Result<Vec<(ChunkId, ChunkLoc, u64)>> {
-    let list = cat.content(cid)?;
+    let list = cat.content(&cid)?;
     let mut work: Vec<(ChunkId, ChunkLoc, u64)> = Vec::with_capacity(list.len());
     let mut offset = 0u64;
     for c in list.iter() {
@@ -429,14 +430,14 @@ fn existing_matches(
     )
     .ok()?;
     let st = rustix::fs::fstat(&fd).ok()?;
-    let mtime_ns = i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec);
+    let mtime = FileTime::from_stat(st.st_mtime, st.st_mtime_nsec as i64);
     let regular = rustix::fs::FileType::from_raw_mode(st.st_mode).is_file();
     if !regular
         || st.st_nlink != 1
         || !may_keep(&st, node)
         || u64::try_from(st.st_size).ok()? != total(work)
         || total(work) != node.meta.size
-        || mtime_ns != i128::from(node.meta.mtime_ns)
+        || mtime != node.meta.mtime
     {
         return None;
     }

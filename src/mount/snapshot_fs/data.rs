@@ -15,7 +15,8 @@ use super::{Attr, InvalidateSlot, Shared, SnapshotFs, inode};
 use crate::error::{Error, Result};
 use crate::format::blob::{FRAME, Header, header_len, is_zero_chunk};
 use crate::format::tree::{ChunkList, Kind};
-use crate::ids::{ContentId, SnapshotId, TreeId};
+use crate::format::tree::ContentRef;
+use crate::ids::{SnapshotId, TreeId};
 use crate::repo::catalog::ChunkLoc;
 
 thread_local! {
@@ -98,7 +99,7 @@ const REFRESH_MAX_CHUNKS: usize = 1 << 16;
 impl Shared {
     /// What reading file `ino` (content `content`) needs: from the cache, or
     /// resolved from the catalog now and remembered.
-    fn file(&self, ino: u64, content: Option<ContentId>) -> Result<Arc<OpenFile>> {
+    fn file(&self, ino: u64, content: Option<ContentRef>) -> Result<Arc<OpenFile>> {
         // The resolution's start is registered (under the same lock as the
         // lookup) before any catalog read: until the result is in `recent`,
         // the lease reports no later than this, so no pack the locations
@@ -126,12 +127,12 @@ impl Shared {
     fn resolve(
         &self,
         ino: u64,
-        content: Option<ContentId>,
+        content: Option<ContentRef>,
         opened_ns: i64,
     ) -> Result<Arc<OpenFile>> {
         let cat = self.conn()?;
         let chunks = match content {
-            Some(c) => cat.content(c)?,
+            Some(c) => cat.content(&c)?,
             None => ChunkList::default(),
         };
         let locs = chunks

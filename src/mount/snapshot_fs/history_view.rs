@@ -19,7 +19,7 @@ use std::sync::Arc;
 use super::{Attr, DirItem, SnapshotFs, dir_attr, inode};
 use crate::error::{Error, Result};
 use crate::format::record::SnapshotRow;
-use crate::format::tree::Kind;
+use crate::format::tree::{FileTime, Kind};
 use crate::repo::catalog::Node;
 use crate::repo::history::{
     Child, DirSpots, Found, Reach, entries_in, named_versions, root_spots, sort_by_time, subdirs,
@@ -80,7 +80,7 @@ fn hist_attr(ino: u64, newest: &Node, reach: &Reach) -> Attr {
         perm,
         uid,
         gid,
-        ..dir_attr(ino, perm, newest.meta.mtime_ns)
+        ..dir_attr(ino, perm, newest.meta.mtime)
     }
 }
 
@@ -94,7 +94,7 @@ impl SnapshotFs {
     }
 
     pub(super) fn history_root_attr(&self) -> Attr {
-        dir_attr(inode::history(0), 0o555, self.started_ns)
+        dir_attr(inode::history(0), 0o555, FileTime::from_ns(self.started_ns))
     }
 
     /// The table entry for `path`, made if needed; `hold` counts a lookup.

@@ -30,7 +30,7 @@ use lru::LruCache;
 
 use crate::error::{Error, Result};
 use crate::format::record::SnapshotRow;
-use crate::format::tree::{Kind, Meta, decode_xattrs};
+use crate::format::tree::{FileTime, Kind, Meta, decode_xattrs};
 use crate::ids::{SnapshotId, TreeId};
 use crate::repo::Repository;
 use crate::repo::catalog::{Catalog, Node};
@@ -47,9 +47,9 @@ pub struct Attr {
     pub gid: u32,
     pub size: u64,
     pub blocks: u64,
-    pub atime_ns: i64,
-    pub mtime_ns: i64,
-    pub ctime_ns: i64,
+    pub atime: FileTime,
+    pub mtime: FileTime,
+    pub ctime: FileTime,
     pub rdev: u32,
 }
 
@@ -233,7 +233,7 @@ impl Shared {
     }
 }
 
-fn dir_attr(ino: u64, perm: u16, time_ns: i64) -> Attr {
+fn dir_attr(ino: u64, perm: u16, time: FileTime) -> Attr {
     Attr {
         ino,
         kind: Kind::Dir,
@@ -243,9 +243,9 @@ fn dir_attr(ino: u64, perm: u16, time_ns: i64) -> Attr {
         gid: 0,
         size: 0,
         blocks: 0,
-        atime_ns: time_ns,
-        mtime_ns: time_ns,
-        ctime_ns: time_ns,
+        atime: time,
+        mtime: time,
+        ctime: time,
         rdev: 0,
     }
 }
@@ -401,11 +401,11 @@ impl SnapshotFs {
             .ok()
             .flatten()
             .map_or(self.started_ns, |s| s.started_ns.max(s.finished_ns));
-        dir_attr(inode::ROOT, 0o555, newest)
+        dir_attr(inode::ROOT, 0o555, FileTime::from_ns(newest))
     }
 
     fn snapshot_attr(s: &SnapshotRow) -> Attr {
-        dir_attr(inode::encode(s.id, 0), 0o555, s.started_ns)
+        dir_attr(inode::encode(s.id, 0), 0o555, FileTime::from_ns(s.started_ns))
     }
 
     fn latest_attr(&self) -> Result<Option<Attr>> {
@@ -422,9 +422,9 @@ impl SnapshotFs {
             gid: 0,
             size: self.dir_name(s).len() as u64,
             blocks: 0,
-            atime_ns: s.started_ns,
-            mtime_ns: s.started_ns,
-            ctime_ns: s.started_ns,
+            atime: FileTime::from_ns(s.started_ns),
+            mtime: FileTime::from_ns(s.started_ns),
+            ctime: FileTime::from_ns(s.started_ns),
             rdev: 0,
         }
     }
@@ -523,9 +523,9 @@ impl SnapshotFs {
             gid: m.gid,
             size,
             blocks: m.blocks,
-            atime_ns: m.atime_ns,
-            mtime_ns: m.mtime_ns,
-            ctime_ns: m.ctime_ns,
+            atime: m.atime,
+            mtime: m.mtime,
+            ctime: m.ctime,
             rdev: m.rdev as u32,
         })
     }

@@ -10,8 +10,9 @@ use super::During;
 use super::{Catalog, blob_hash};
 use crate::error::{Error, Result};
 use crate::format::pack::{ChunkKind, PackEntry};
-use crate::format::tree::{ChunkList, Kind, MAX_DEPTH};
-use crate::ids::{ChunkId, ContentId, PackId, PackName, SnapshotId, TreeId};
+use crate::format::page::Page;
+use crate::format::tree::{Body, ChunkList, ContentRef, Kind, MAX_DEPTH};
+use crate::ids::{ChunkId, ContentHash, PackId, PackName, SnapshotId, TreeHash, TreeId};
 
 /// A pack and how much of it is still referenced.
 #[derive(Clone, Debug)]
@@ -46,7 +47,7 @@ impl Holdings {
 /// Rows gc removed.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct DeadRows {
-    pub trees: u64,
+    pub pages: u64,
     pub contents: u64,
     pub chunks: u64,
 }
@@ -67,15 +68,63 @@ impl Catalog {
         .during(|| format!("delete_snapshot (snapshot {id:?})"))
     }
 
-    /// Fill temp tables `live_trees` and `live_contents` with what some
-    /// snapshot reaches, and `live_chunks` with their chunks (data, trees,
-    /// snapshot records).
+    /// Fill temp tables `live_pages` and `live_contents` with what some
+    /// snapshot reaches, and `live_chunks` with their chunks (data, pages,
+    /// chunk lists, snapshot records).
     pub fn mark_live(&self) -> Result<()> {
         self.mark_reachable("live", "1 = 1", true)
             .during(|| "mark_live".to_string())
     }
 
-    /// Fill temp tables `<prefix>_trees`, `<prefix>_contents`, `<prefix>_chunks`
+    /// Visit every page reachable from `roots` not yet in the temp table
+    /// `set`, adding it there, and call `f` with each. Memory holds the
+    /// pages still to visit, never the set of those visited. A page that
+    /// does not decode stops the walk (gc must not delete what it could
+    /// not see beneath); references to pages the catalog lacks are
+    /// returned (the referring page and the entry's or child's name).
+    fn walk_pages(
+        &self,
+        set: &str,
+        roots: &[TreeId],
+        mut f: impl FnMut(&TreeHash, &Page) -> Result<()>,
+    ) -> Result<Vec<(TreeId, Vec<u8>)>> {
+        let mut ins = self
+            .conn
+            .prepare(&format!("INSERT OR IGNORE INTO temp.{set} (id) VALUES (?1)"))?;
+        let mut stack: Vec<TreeId> = roots.to_vec();
+        let mut missing = Vec::new();
+        while let Some(id) = stack.pop() {
+            if ins.execute([id.0])? == 0 {
+                continue;
+            }
+            let page = self.page(id)?;
+            let mut follow = |hash: &TreeHash, name: &[u8]| -> Result<()> {
+                match self.tree_by_hash(hash)? {
+                    Some((t, _)) => stack.push(t),
+                    None => missing.push((id, name.to_vec())),
+                }
+                Ok(())
+            };
+            match &*page {
+                Page::Index { children, .. } => {
+                    for c in children {
+                        follow(&c.page, &c.first_name)?;
+                    }
+                }
+                Page::Leaf(entries) => {
+                    for e in entries {
+                        if let Body::Dir { tree, .. } = &e.body {
+                            follow(tree, &e.name)?;
+                        }
+                    }
+                }
+            }
+            f(&self.tree_hash(id)?, &page)?;
+        }
+        Ok(missing)
+    }
+
+    /// Fill temp tables `<prefix>_pages`, `<prefix>_contents`, `<prefix>_chunks`
     /// with what the snapshots matching `filter` (SQL over `snapshots`) reach.
     fn mark_reachable(&self, prefix: &str, filter: &str, tombstones: bool) -> Result<()> {
         let tomb = if tombstones {
@@ -84,37 +133,57 @@ impl Catalog {
             String::new()
         };
         self.conn.execute_batch(&format!(
-            "DROP TABLE IF EXISTS temp.{prefix}_trees;
+            "DROP TABLE IF EXISTS temp.{prefix}_pages;
              DROP TABLE IF EXISTS temp.{prefix}_contents;
              DROP TABLE IF EXISTS temp.{prefix}_chunks;
-             CREATE TEMP TABLE {prefix}_trees (id INTEGER PRIMARY KEY);
-             CREATE TEMP TABLE {prefix}_contents (id INTEGER PRIMARY KEY);
-             CREATE TEMP TABLE {prefix}_chunks (id BLOB PRIMARY KEY) WITHOUT ROWID;
-             WITH RECURSIVE t(id) AS (
-                 SELECT root_tree FROM snapshots WHERE {filter}
-                 UNION
-                 SELECT e.subtree FROM entries e JOIN t ON e.tree = t.id WHERE e.subtree IS NOT NULL
-             )
-             INSERT INTO {prefix}_trees SELECT id FROM t;
-             INSERT OR IGNORE INTO {prefix}_contents
-                 SELECT e.content FROM entries e JOIN {prefix}_trees t ON e.tree = t.id
-                 WHERE e.content IS NOT NULL;
-             INSERT OR IGNORE INTO {prefix}_chunks SELECT hash FROM snapshots WHERE {filter};
-             {tomb}
-             INSERT OR IGNORE INTO {prefix}_chunks
-                 SELECT t.hash FROM trees t JOIN {prefix}_trees l ON l.id = t.id;"
+             CREATE TEMP TABLE {prefix}_pages (id INTEGER PRIMARY KEY);
+             CREATE TEMP TABLE {prefix}_contents (hash BLOB PRIMARY KEY) WITHOUT ROWID;
+             CREATE TEMP TABLE {prefix}_chunks (id BLOB PRIMARY KEY) WITHOUT ROWID;"
         ))?;
-        let mut ins = self.conn.prepare(&format!(
+        let roots: Vec<TreeId> = {
+            let mut st = self
+                .conn
+                .prepare(&format!("SELECT root_tree FROM snapshots WHERE {filter}"))?;
+            let rows = st.query_map([], |r| Ok(TreeId(r.get(0)?)))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let mut chunk = self.conn.prepare(&format!(
             "INSERT OR IGNORE INTO {prefix}_chunks (id) VALUES (?1)"
         ))?;
+        let mut list = self.conn.prepare(&format!(
+            "INSERT OR IGNORE INTO {prefix}_contents (hash) VALUES (?1)"
+        ))?;
+        self.walk_pages(&format!("{prefix}_pages"), &roots, |_, page| {
+            if let Page::Leaf(entries) = page {
+                for e in entries {
+                    match &e.body {
+                        Body::File(Some(ContentRef::Chunk(id, _))) => {
+                            chunk.execute([&id.0.0[..]])?;
+                        }
+                        Body::File(Some(ContentRef::List(h))) => {
+                            list.execute([&h.0.0[..]])?;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        self.conn.execute_batch(&format!(
+            "INSERT OR IGNORE INTO {prefix}_chunks SELECT hash FROM snapshots WHERE {filter};
+             {tomb}
+             INSERT OR IGNORE INTO {prefix}_chunks
+                 SELECT p.hash FROM pages p JOIN {prefix}_pages l ON l.id = p.id;
+             INSERT OR IGNORE INTO {prefix}_chunks SELECT hash FROM {prefix}_contents;"
+        ))?;
         let mut st = self.conn.prepare(&format!(
-            "SELECT c.chunks FROM contents c JOIN {prefix}_contents l ON l.id = c.id"
+            "SELECT c.chunks FROM contents c JOIN {prefix}_contents l ON l.hash = c.hash"
         ))?;
         let mut rows = st.query([])?;
         while let Some(r) = rows.next()? {
             let list = ChunkList::validate(r.get(0)?)?;
             for c in list.iter() {
-                ins.execute([&c.id.0.0[..]])?;
+                chunk.execute([&c.id.0.0[..]])?;
             }
         }
         Ok(())
@@ -124,16 +193,12 @@ impl Catalog {
     pub fn delete_dead(&self) -> Result<DeadRows> {
         (|| -> Result<DeadRows> {
             let c = &self.conn;
-            c.execute(
-                "DELETE FROM entries WHERE tree NOT IN (SELECT id FROM temp.live_trees)",
-                [],
-            )?;
-            let trees = c.execute(
-                "DELETE FROM trees WHERE id NOT IN (SELECT id FROM temp.live_trees)",
+            let pages = c.execute(
+                "DELETE FROM pages WHERE id NOT IN (SELECT id FROM temp.live_pages)",
                 [],
             )? as u64;
             let contents = c.execute(
-                "DELETE FROM contents WHERE id NOT IN (SELECT id FROM temp.live_contents)",
+                "DELETE FROM contents WHERE hash NOT IN (SELECT hash FROM temp.live_contents)",
                 [],
             )? as u64;
             let chunks = c.execute(
@@ -141,7 +206,7 @@ impl Catalog {
                 [],
             )? as u64;
             Ok(DeadRows {
-                trees,
+                pages,
                 contents,
                 chunks,
             })
@@ -343,18 +408,13 @@ impl Catalog {
             if let Some(h) = memo.get(&root) {
                 return Ok(*h);
             }
-            let mut st = self
-                .conn
-                .prepare_cached("SELECT kind, size, subtree FROM entries WHERE tree = ?1")?;
-            let mut rows_of = |tree: TreeId| -> Result<std::vec::IntoIter<(u8, u64, Option<TreeId>)>> {
-                let rows = st.query_map([tree.0], |r| {
-                    Ok((
-                        r.get::<_, u8>(0)?,
-                        r.get::<_, i64>(1)? as u64,
-                        r.get::<_, Option<i64>>(2)?.map(TreeId),
-                    ))
-                })?;
-                Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?.into_iter())
+            let rows_of = |tree: TreeId| -> Result<std::vec::IntoIter<(u8, u64, Option<TreeId>)>> {
+                Ok(self
+                    .entries(tree)?
+                    .into_iter()
+                    .map(|n| (n.kind as u8, n.meta.size, n.subtree))
+                    .collect::<Vec<_>>()
+                    .into_iter())
             };
             let mut stack = vec![Frame {
                 tree: root,
@@ -416,17 +476,13 @@ impl Catalog {
     pub fn attribute_added_bytes(&self) -> Result<()> {
         (|| -> Result<()> {
             self.conn.execute_batch(
-                "DROP TABLE IF EXISTS temp.seen_trees;
+                "DROP TABLE IF EXISTS temp.seen_pages;
                  DROP TABLE IF EXISTS temp.seen_contents;
                  DROP TABLE IF EXISTS temp.claimed_packs;
-                 DROP TABLE IF EXISTS temp.fresh_trees;
-                 DROP TABLE IF EXISTS temp.fresh_contents;
                  DROP TABLE IF EXISTS temp.fresh_chunks;
-                 CREATE TEMP TABLE seen_trees (id INTEGER PRIMARY KEY);
-                 CREATE TEMP TABLE seen_contents (id INTEGER PRIMARY KEY);
+                 CREATE TEMP TABLE seen_pages (id INTEGER PRIMARY KEY);
+                 CREATE TEMP TABLE seen_contents (hash BLOB PRIMARY KEY) WITHOUT ROWID;
                  CREATE TEMP TABLE claimed_packs (id INTEGER PRIMARY KEY);
-                 CREATE TEMP TABLE fresh_trees (id INTEGER PRIMARY KEY);
-                 CREATE TEMP TABLE fresh_contents (id INTEGER PRIMARY KEY);
                  CREATE TEMP TABLE fresh_chunks (id BLOB PRIMARY KEY) WITHOUT ROWID;",
             )?;
             let snaps: Vec<(i64, i64, Vec<u8>)> = {
@@ -439,43 +495,37 @@ impl Catalog {
             let mut add_chunk = self
                 .conn
                 .prepare("INSERT OR IGNORE INTO temp.fresh_chunks (id) VALUES (?1)")?;
-            let mut lists = self
+            let mut see_list = self
                 .conn
-                .prepare("SELECT c.chunks FROM contents c JOIN temp.fresh_contents f ON f.id = c.id")?;
+                .prepare("INSERT OR IGNORE INTO temp.seen_contents (hash) VALUES (?1)")?;
             for (id, root, hash) in snaps {
-                self.conn.execute_batch(
-                    "DELETE FROM temp.fresh_trees;
-                     DELETE FROM temp.fresh_contents;
-                     DELETE FROM temp.fresh_chunks;",
-                )?;
-                self.conn.execute(
-                    "WITH RECURSIVE t(id) AS (
-                         SELECT ?1 WHERE ?1 NOT IN (SELECT id FROM temp.seen_trees)
-                         UNION
-                         SELECT e.subtree FROM entries e JOIN t ON e.tree = t.id
-                         WHERE e.subtree IS NOT NULL
-                           AND e.subtree NOT IN (SELECT id FROM temp.seen_trees)
-                     )
-                     INSERT INTO temp.fresh_trees SELECT id FROM t",
-                    [root],
-                )?;
-                self.conn.execute_batch(
-                    "INSERT INTO temp.seen_trees SELECT id FROM temp.fresh_trees;
-                     INSERT OR IGNORE INTO temp.fresh_contents
-                         SELECT e.content FROM entries e JOIN temp.fresh_trees f ON e.tree = f.id
-                         WHERE e.content IS NOT NULL
-                           AND e.content NOT IN (SELECT id FROM temp.seen_contents);
-                     INSERT INTO temp.seen_contents SELECT id FROM temp.fresh_contents;
-                     INSERT OR IGNORE INTO temp.fresh_chunks
-                         SELECT t.hash FROM trees t JOIN temp.fresh_trees f ON f.id = t.id;",
-                )?;
+                self.conn.execute_batch("DELETE FROM temp.fresh_chunks;")?;
                 add_chunk.execute([&hash])?;
-                let mut rows = lists.query([])?;
-                while let Some(r) = rows.next()? {
-                    for c in ChunkList::validate(r.get(0)?)?.iter() {
-                        add_chunk.execute([&c.id.0.0[..]])?;
+                self.walk_pages("seen_pages", &[TreeId(root)], |page_hash, page| {
+                    add_chunk.execute([&page_hash.0.0[..]])?;
+                    let Page::Leaf(entries) = page else {
+                        return Ok(());
+                    };
+                    for e in entries {
+                        match &e.body {
+                            Body::File(Some(ContentRef::Chunk(c, _))) => {
+                                add_chunk.execute([&c.0.0[..]])?;
+                            }
+                            Body::File(Some(c @ ContentRef::List(h))) => {
+                                if see_list.execute([&h.0.0[..]])? > 0 {
+                                    add_chunk.execute([&h.0.0[..]])?;
+                                    if let Ok(list) = self.content(c) {
+                                        for c in list.iter() {
+                                            add_chunk.execute([&c.id.0.0[..]])?;
+                                        }
+                                    }
+                                }
+                            }
+                            _ => {}
+                        }
                     }
-                }
+                    Ok(())
+                })?;
                 let added: i64 = self.conn.query_row(
                     "SELECT COALESCE(SUM(size), 0) FROM packs
                      WHERE id IN (SELECT c.pack FROM chunks c JOIN temp.fresh_chunks f ON f.id = c.id)
@@ -559,25 +609,57 @@ impl Catalog {
 
     // ---- verify ----
 
-    /// (tree, entry name) of entries whose content or subtree row is missing.
+    /// (directory, entry name) of entries whose chunk list or directory
+    /// pages are missing; a directory whose own pages cannot be listed
+    /// comes with an empty name.
     pub fn dangling_entries(&self) -> Result<Vec<(TreeId, Vec<u8>)>> {
         (|| -> Result<Vec<(TreeId, Vec<u8>)>> {
-            let mut st = self.conn.prepare(
-                "SELECT e.tree, e.name FROM entries e
-                 WHERE (e.content IS NOT NULL AND NOT EXISTS (SELECT 1 FROM contents c WHERE c.id = e.content))
-                    OR (e.subtree IS NOT NULL AND NOT EXISTS (SELECT 1 FROM trees t WHERE t.id = e.subtree))",
-            )?;
-            let rows = st.query_map([], |r| Ok((TreeId(r.get(0)?), r.get(1)?)))?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            let roots: Vec<TreeId> = {
+                let mut st = self.conn.prepare(
+                    "SELECT root_tree FROM snapshots s WHERE EXISTS (SELECT 1 FROM pages p WHERE p.id = s.root_tree)",
+                )?;
+                let rows = st.query_map([], |r| Ok(TreeId(r.get(0)?)))?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            let mut seen = std::collections::HashSet::new();
+            let mut stack = roots;
+            let mut out = Vec::new();
+            while let Some(tree) = stack.pop() {
+                if !seen.insert(tree) {
+                    continue;
+                }
+                let entries = match self.entries(tree) {
+                    Ok(e) => e,
+                    Err(Error::Corrupt(_)) => {
+                        out.push((tree, Vec::new()));
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                for n in entries {
+                    let bad = match (&n.content, n.kind) {
+                        (Some(ContentRef::List(h)), _) => !self.has_content(h)?,
+                        (_, Kind::Dir) => n.subtree.is_none(),
+                        _ => false,
+                    };
+                    if bad {
+                        out.push((tree, n.name.clone()));
+                    }
+                    if let Some(t) = n.subtree {
+                        stack.push(t);
+                    }
+                }
+            }
+            Ok(out)
         })()
         .during(|| "dangling_entries".to_string())
     }
 
-    /// Snapshots whose root tree row is missing.
+    /// Snapshots whose root page row is missing.
     pub fn snapshots_without_root(&self) -> Result<Vec<String>> {
         (|| -> Result<Vec<String>> {
             let mut st = self.conn.prepare(
-                "SELECT s.name FROM snapshots s WHERE NOT EXISTS (SELECT 1 FROM trees t WHERE t.id = s.root_tree)",
+                "SELECT s.name FROM snapshots s WHERE NOT EXISTS (SELECT 1 FROM pages p WHERE p.id = s.root_tree)",
             )?;
             let rows = st.query_map([], |r| r.get(0))?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -585,24 +667,28 @@ impl Catalog {
         .during(|| "snapshots_without_root".to_string())
     }
 
-    /// Call `f` with every content row (id, chunk list).
+    /// Call `f` with every chunk list row (hash, chunk list).
     pub fn each_content(
         &self,
-        mut f: impl FnMut(ContentId, ChunkList) -> Result<()>,
+        mut f: impl FnMut(ContentHash, ChunkList) -> Result<()>,
     ) -> Result<()> {
-        let mut st = self.conn.prepare("SELECT id, chunks FROM contents")?;
+        let mut st = self.conn.prepare("SELECT hash, chunks FROM contents")?;
         let mut rows = st.query([])?;
         while let Some(r) = rows.next()? {
-            f(ContentId(r.get(0)?), ChunkList::validate(r.get(1)?)?)?;
+            f(
+                ContentHash(blob_hash(r.get(0)?)?),
+                ChunkList::validate(r.get(1)?)?,
+            )?;
         }
         Ok(())
     }
 
-    /// Metadata chunks (trees, snapshot records) missing from the chunk index.
+    /// Metadata chunks (pages, chunk lists, snapshot records) missing from the chunk index.
     pub fn missing_meta_chunks(&self) -> Result<u64> {
         (|| -> Result<u64> {
             Ok(self.conn.query_row(
-                "SELECT (SELECT COUNT(*) FROM trees t WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.id = t.hash))
+                "SELECT (SELECT COUNT(*) FROM pages t WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.id = t.hash))
+                      + (SELECT COUNT(*) FROM contents t WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.id = t.hash))
                       + (SELECT COUNT(*) FROM snapshots s WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.id = s.hash))",
                 [],
                 |r| r.get::<_, i64>(0),

@@ -12,10 +12,10 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use crate::error::{CatalogError, CatalogErrorKind, Error, Result};
 use crate::format::pack::{ChunkKind, PackEntry};
 use crate::format::record::{RowDamage, SnapshotRow, decode_paths, encode_paths};
-use crate::format::tree::{ChunkList, Kind, Meta};
-use crate::ids::{ContentHash, ContentId, Hash, PackId, PackName, SnapshotId, TreeHash, TreeId};
+use crate::format::tree::{ChunkList, ChunkRef, ContentRef, Kind, Meta};
+use crate::ids::{ContentHash, Hash, PackId, PackName, SnapshotId, TreeId};
 
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 const SCHEMA: &str = include_str!("schema.sql");
 
 /// The database library's errors, in the crate's terms (see `CatalogError`).
@@ -62,11 +62,13 @@ impl<T> During<T> for Result<T> {
     }
 }
 
+mod dirs;
 mod maintenance;
 pub use maintenance::PackUsage;
 
 pub struct Catalog {
     conn: Connection,
+    pages: dirs::PageCache,
 }
 
 /// Where a chunk is stored.
@@ -78,7 +80,7 @@ pub struct ChunkLoc {
     pub raw_len: u32,
 }
 
-/// One entries row: a name in a directory, as the mount and restore see it.
+/// One directory entry, as the mount and restore see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Node {
     pub name: Vec<u8>,
@@ -88,8 +90,11 @@ pub struct Node {
     /// Encoded extended attributes (`tree::decode_xattrs`).
     pub xattrs: Vec<u8>,
     pub target: Option<Vec<u8>>,
-    pub content: Option<ContentId>,
+    /// A non-empty file's content.
+    pub content: Option<ContentRef>,
+    /// A directory's root page (None if the catalog lacks it: damage).
     pub subtree: Option<TreeId>,
+    /// Depth-first position inside the directory (its first entry is 0).
     pub node_offset: u64,
 }
 
@@ -104,36 +109,6 @@ pub(crate) fn blob_hash(b: Vec<u8>) -> rusqlite::Result<Hash> {
 fn get_u64(r: &Row, i: usize) -> rusqlite::Result<u64> {
     let v: i64 = r.get(i)?;
     u64::try_from(v).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(i, v))
-}
-
-const NODE_COLUMNS: &str = "name, kind, mode, uid, gid, size, mtime_ns, ctime_ns, atime_ns, rdev, ino, nlink, blocks, link_key, xattrs, target, content, subtree, node_offset";
-
-fn node_from_row(r: &Row) -> rusqlite::Result<Node> {
-    let kind: u8 = r.get(1)?;
-    Ok(Node {
-        name: r.get(0)?,
-        kind: Kind::from_u8(kind)
-            .map_err(|_| rusqlite::Error::IntegralValueOutOfRange(1, i64::from(kind)))?,
-        meta: Meta {
-            mode: r.get(2)?,
-            uid: r.get(3)?,
-            gid: r.get(4)?,
-            size: get_u64(r, 5)?,
-            mtime_ns: r.get(6)?,
-            ctime_ns: r.get(7)?,
-            atime_ns: r.get(8)?,
-            rdev: r.get::<_, i64>(9)? as u64,
-            ino: r.get::<_, i64>(10)? as u64,
-            nlink: get_u64(r, 11)?,
-            blocks: get_u64(r, 12)?,
-        },
-        link_key: r.get::<_, i64>(13)? as u64,
-        xattrs: r.get(14)?,
-        target: r.get(15)?,
-        content: r.get::<_, Option<i64>>(16)?.map(ContentId),
-        subtree: r.get::<_, Option<i64>>(17)?.map(TreeId),
-        node_offset: get_u64(r, 18)?,
-    })
 }
 
 const SNAPSHOT_COLUMNS: &str = "id, hash, name, started_ns, finished_ns, host, sources, tags, root_tree, files, dirs, size, added_bytes, read_bytes, warnings, change_share, alarm";
@@ -312,7 +287,10 @@ impl Catalog {
         conn.pragma_update(None, "query_only", true)?;
         stable_plans(&conn)?;
         conn.pragma_update(None, "cache_size", -512)?;
-        Ok(Catalog { conn })
+        Ok(Catalog {
+            conn,
+            pages: dirs::PageCache::default(),
+        })
     }
 
     /// Open (or with `create`, create) the catalog at `path`. Without
@@ -331,6 +309,11 @@ impl Catalog {
         if schema == Schema::Empty && !create {
             return Err(empty_catalog(path));
         }
+        if schema == Schema::Empty {
+            // Before anything is written: a page row of a few KiB then
+            // shares a database page instead of spilling into overflow pages.
+            conn.pragma_update(None, "page_size", 16_384)?;
+        }
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // FULL: a committed snapshot survives a power cut, not only a crash.
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -340,7 +323,10 @@ impl Catalog {
                 "BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
             ))?;
         }
-        Ok(Catalog { conn })
+        Ok(Catalog {
+            conn,
+            pages: dirs::PageCache::default(),
+        })
     }
 
     /// Begin a write transaction, rolled back when the guard is dropped
@@ -502,209 +488,52 @@ impl Catalog {
 
     // ---- contents ----
 
-    pub fn content_by_hash(&self, hash: &ContentHash) -> Result<Option<ContentId>> {
-        (|| -> Result<Option<ContentId>> {
+    /// Whether the chunk list `hash` has its row.
+    pub fn has_content(&self, hash: &ContentHash) -> Result<bool> {
+        (|| -> Result<bool> {
             let mut st = self
                 .conn
-                .prepare_cached("SELECT id FROM contents WHERE hash = ?1")?;
-            Ok(st
-                .query_row([&hash.0.0[..]], |r| r.get(0))
-                .optional()?
-                .map(ContentId))
+                .prepare_cached("SELECT 1 FROM contents WHERE hash = ?1")?;
+            Ok(st.exists([&hash.0.0[..]])?)
         })()
-        .during(|| format!("content_by_hash (content {hash})"))
+        .during(|| format!("has_content (content {hash})"))
     }
 
-    pub fn add_content(&self, hash: &ContentHash, list: &ChunkList) -> Result<ContentId> {
-        (|| -> Result<ContentId> {
+    /// Record the chunk list of a file of several chunks (once).
+    pub fn add_content(&self, hash: &ContentHash, list: &ChunkList) -> Result<()> {
+        (|| -> Result<()> {
             self.conn
-                .prepare_cached("INSERT INTO contents (hash, size, chunks) VALUES (?1, ?2, ?3)")?
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO contents (hash, size, chunks) VALUES (?1, ?2, ?3)",
+                )?
                 .execute(params![&hash.0.0[..], list.total() as i64, &list.0])?;
-            Ok(ContentId(self.conn.last_insert_rowid()))
+            Ok(())
         })()
         .during(|| format!("add_content (content {hash})"))
     }
 
-    pub fn content(&self, id: ContentId) -> Result<ChunkList> {
-        (|| -> Result<ChunkList> {
-            let mut st = self
-                .conn
-                .prepare_cached("SELECT chunks FROM contents WHERE id = ?1")?;
-            let bytes: Vec<u8> = st
-                .query_row([id.0], |r| r.get(0))
-                .optional()?
-                .ok_or_else(|| Error::corrupt(format!("content {} missing from catalog", id.0)))?;
-            ChunkList::validate(bytes)
-        })()
-        .during(|| format!("content (content {id:?})"))
-    }
-
-    // ---- trees and entries ----
-
-    pub fn tree_by_hash(&self, hash: &TreeHash) -> Result<Option<(TreeId, u64)>> {
-        (|| -> Result<Option<(TreeId, u64)>> {
-            let mut st = self
-                .conn
-                .prepare_cached("SELECT id, nodes FROM trees WHERE hash = ?1")?;
-            Ok(st
-                .query_row([&hash.0.0[..]], |r| Ok((TreeId(r.get(0)?), get_u64(r, 1)?)))
-                .optional()?)
-        })()
-        .during(|| format!("tree_by_hash (tree {hash})"))
-    }
-
-    /// Entries beneath a tree, recursively. A missing row is damage, not
-    /// an empty tree: counting it as 0 would shift every inode number after it.
-    pub fn tree_nodes(&self, id: TreeId) -> Result<u64> {
-        (|| -> Result<u64> {
-            let mut st = self
-                .conn
-                .prepare_cached("SELECT nodes FROM trees WHERE id = ?1")?;
-            st.query_row([id.0], |r| get_u64(r, 0))
-                .optional()?
-                .ok_or_else(|| Error::corrupt(format!("tree {} missing from catalog", id.0)))
-        })()
-        .during(|| format!("tree_nodes (tree {id:?})"))
-    }
-
-    pub fn tree_hash(&self, id: TreeId) -> Result<TreeHash> {
-        (|| -> Result<TreeHash> {
-            let mut st = self
-                .conn
-                .prepare_cached("SELECT hash FROM trees WHERE id = ?1")?;
-            let h = st
-                .query_row([id.0], |r| blob_hash(r.get(0)?))
-                .optional()?
-                .ok_or_else(|| Error::corrupt(format!("tree {} missing from catalog", id.0)))?;
-            Ok(TreeHash(h))
-        })()
-        .during(|| format!("tree_hash (tree {id:?})"))
-    }
-
-    /// Insert a new tree with its entries (given in name order).
-    pub fn add_tree(&self, hash: &TreeHash, nodes: u64, entries: &[Node]) -> Result<TreeId> {
-        (|| -> Result<TreeId> {
-            self.conn
-                .prepare_cached("INSERT INTO trees (hash, nodes) VALUES (?1, ?2)")?
-                .execute(params![&hash.0.0[..], nodes as i64])?;
-            let tree = TreeId(self.conn.last_insert_rowid());
-            self.add_entries(tree, entries)?;
-            Ok(tree)
-        })()
-        .during(|| format!("add_tree (tree {hash})"))
-    }
-
-    /// Insert the entries of a tree row.
-    pub fn add_entries(&self, tree: TreeId, entries: &[Node]) -> Result<()> {
-        (|| -> Result<()> {
-            let tree = tree.0;
-            let mut st = self.conn.prepare_cached(&format!(
-                "INSERT INTO entries (tree, {NODE_COLUMNS}) VALUES
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
-            ))?;
-            for n in entries {
-                let m = &n.meta;
-                st.execute(params![
-                    tree,
-                    &n.name,
-                    n.kind as u8,
-                    m.mode,
-                    m.uid,
-                    m.gid,
-                    m.size as i64,
-                    m.mtime_ns,
-                    m.ctime_ns,
-                    m.atime_ns,
-                    m.rdev as i64,
-                    m.ino as i64,
-                    m.nlink as i64,
-                    m.blocks as i64,
-                    n.link_key as i64,
-                    &n.xattrs,
-                    &n.target,
-                    n.content.map(|c| c.0),
-                    n.subtree.map(|t| t.0),
-                    n.node_offset as i64,
-                ])?;
+    /// A file's chunks: its one chunk, or its list's row.
+    pub fn content(&self, c: &ContentRef) -> Result<ChunkList> {
+        match c {
+            ContentRef::Chunk(id, len) => {
+                let mut list = ChunkList::default();
+                list.push(ChunkRef { id: *id, len: *len });
+                Ok(list)
             }
-            Ok(())
-        })()
-        .during(|| format!("add_entries (tree {tree:?})"))
-    }
-
-    /// Put right the entries of a tree row found to disagree with its hash
-    /// (a damaged row): the entries the hash describes replace them.
-    pub(crate) fn replace_entries(&self, tree: TreeId, entries: &[Node]) -> Result<()> {
-        self.conn
-            .prepare_cached("DELETE FROM entries WHERE tree = ?1")?
-            .execute(params![tree.0])?;
-        self.add_entries(tree, entries)
-    }
-
-    /// A directory listing in name order, starting after `after` (for paged reads).
-    pub fn entries_after(
-        &self,
-        tree: TreeId,
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<Node>> {
-        let mut st = self.conn.prepare_cached(&format!(
-            "SELECT {NODE_COLUMNS} FROM entries WHERE tree = ?1 AND name > ?2 ORDER BY name LIMIT ?3"
-        ))?;
-        let rows = st.query_map(
-            params![tree.0, after.unwrap_or(&[]), limit as i64],
-            node_from_row,
-        )?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
-    /// A directory listing in depth-first (= name) order from `node_offset`
-    /// onwards: the mount's readdir resumes here by a stable cookie.
-    pub fn entries_from(&self, tree: TreeId, min_offset: u64, limit: usize) -> Result<Vec<Node>> {
-        (|| -> Result<Vec<Node>> {
-            let mut st = self.conn.prepare_cached(&format!(
-                "SELECT {NODE_COLUMNS} FROM entries WHERE tree = ?1 AND node_offset >= ?2
-                 ORDER BY node_offset LIMIT ?3"
-            ))?;
-            let rows = st.query_map(
-                params![tree.0, min_offset as i64, limit as i64],
-                node_from_row,
-            )?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
-        })()
-        .during(|| format!("entries_from (tree {tree:?})"))
-    }
-
-    /// The whole listing of a directory (bounded by the directory's size).
-    pub fn entries(&self, tree: TreeId) -> Result<Vec<Node>> {
-        self.entries_after(tree, None, usize::MAX >> 1)
-            .during(|| format!("entries (tree {tree:?})"))
-    }
-
-    pub fn entry(&self, tree: TreeId, name: &[u8]) -> Result<Option<Node>> {
-        (|| -> Result<Option<Node>> {
-            let mut st = self.conn.prepare_cached(&format!(
-                "SELECT {NODE_COLUMNS} FROM entries WHERE tree = ?1 AND name = ?2"
-            ))?;
-            Ok(st
-                .query_row(params![tree.0, name], node_from_row)
-                .optional()?)
-        })()
-        .during(|| format!("entry (tree {tree:?})"))
-    }
-
-    /// The entry whose depth-first span contains `offset` inside `tree`.
-    pub fn entry_at(&self, tree: TreeId, offset: u64) -> Result<Option<Node>> {
-        (|| -> Result<Option<Node>> {
-            let mut st = self.conn.prepare_cached(&format!(
-                "SELECT {NODE_COLUMNS} FROM entries WHERE tree = ?1 AND node_offset <= ?2
-                 ORDER BY node_offset DESC LIMIT 1"
-            ))?;
-            Ok(st
-                .query_row(params![tree.0, offset as i64], node_from_row)
-                .optional()?)
-        })()
-        .during(|| format!("entry_at (tree {tree:?})"))
+            ContentRef::List(hash) => (|| -> Result<ChunkList> {
+                let mut st = self
+                    .conn
+                    .prepare_cached("SELECT chunks FROM contents WHERE hash = ?1")?;
+                let bytes: Vec<u8> = st
+                    .query_row([&hash.0.0[..]], |r| r.get(0))
+                    .optional()?
+                    .ok_or_else(|| {
+                        Error::corrupt(format!("chunk list {hash} missing from catalog"))
+                    })?;
+                ChunkList::validate(bytes)
+            })()
+            .during(|| format!("content (content {hash})")),
+        }
     }
 
     // ---- snapshots ----

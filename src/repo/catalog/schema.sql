@@ -1,5 +1,6 @@
--- snapfs catalog, schema version 1 (PRAGMA user_version).
--- Later versions migrate forward from this one; nothing is ever dropped and rebuilt.
+-- snapfs catalog, schema version 2 (PRAGMA user_version), for repository
+-- format 2. Created with 16 KiB database pages, so that a directory page's
+-- row (a few KiB) shares a database page with others instead of spilling.
 
 -- Immutable pack files, by content hash.
 CREATE TABLE packs (
@@ -8,7 +9,9 @@ CREATE TABLE packs (
     size INTEGER NOT NULL
 );
 
--- The chunk index: where each stored chunk lives.
+-- The chunk index: where each stored chunk lives. Keyed by id alone (no
+-- index by pack: gc and verify scan it), so a file of one chunk costs the
+-- catalog one row here and its entry in a page.
 CREATE TABLE chunks (
     id         BLOB PRIMARY KEY,
     pack       INTEGER NOT NULL,
@@ -17,9 +20,10 @@ CREATE TABLE chunks (
     raw_len    INTEGER NOT NULL,
     kind       INTEGER NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX chunks_by_pack ON chunks (pack);
 
--- File contents, shared by every entry (in any snapshot) with the same bytes.
+-- Chunk lists of files of several chunks (a file of one chunk refers to its
+-- chunk directly), shared by every entry with the same bytes.
+-- hash: the chunk id of the list stored in a pack (kind List).
 -- chunks: 36 bytes per chunk, (id, little-endian raw length).
 CREATE TABLE contents (
     id     INTEGER PRIMARY KEY,
@@ -28,40 +32,19 @@ CREATE TABLE contents (
     chunks BLOB NOT NULL
 );
 
--- Directories, shared by every snapshot in which they are unchanged.
--- nodes: the number of entries beneath, recursively (for inode numbering).
-CREATE TABLE trees (
-    id    INTEGER PRIMARY KEY,
-    hash  BLOB NOT NULL UNIQUE,
-    nodes INTEGER NOT NULL
+-- Directory pages (format/page.rs), each stored once and shared by every
+-- directory version that holds it. A directory is its root page: snapshot
+-- roots and directory entries refer to one by hash (inside page bodies).
+-- entries, nodes: the names and depth-first nodes beneath the page.
+-- body: the page's bytes, as in its pack.
+CREATE TABLE pages (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    hash    BLOB NOT NULL UNIQUE,
+    level   INTEGER NOT NULL,
+    entries INTEGER NOT NULL,
+    nodes   INTEGER NOT NULL,
+    body    BLOB NOT NULL
 );
-
--- Lookup of (tree, name) is one seek; a listing is a range scan.
--- node_offset: the entry's depth-first position inside its tree.
-CREATE TABLE entries (
-    tree        INTEGER NOT NULL,
-    name        BLOB NOT NULL,
-    kind        INTEGER NOT NULL,
-    mode        INTEGER NOT NULL,
-    uid         INTEGER NOT NULL,
-    gid         INTEGER NOT NULL,
-    size        INTEGER NOT NULL,
-    mtime_ns    INTEGER NOT NULL,
-    ctime_ns    INTEGER NOT NULL,
-    atime_ns    INTEGER NOT NULL,
-    rdev        INTEGER NOT NULL,
-    ino         INTEGER NOT NULL,
-    nlink       INTEGER NOT NULL,
-    blocks      INTEGER NOT NULL,
-    link_key    INTEGER NOT NULL,
-    xattrs      BLOB NOT NULL,
-    target      BLOB,
-    content     INTEGER,
-    subtree     INTEGER,
-    node_offset INTEGER NOT NULL,
-    PRIMARY KEY (tree, name)
-) WITHOUT ROWID;
-CREATE INDEX entries_by_position ON entries (tree, node_offset);
 
 CREATE TABLE snapshots (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -72,7 +55,7 @@ CREATE TABLE snapshots (
     host        TEXT NOT NULL,
     sources     BLOB NOT NULL,             -- encoded list of absolute paths (bytes)
     tags        TEXT NOT NULL,             -- JSON array
-    root_tree   INTEGER NOT NULL,
+    root_tree   INTEGER NOT NULL,          -- root page of the snapshot's top directory
     files       INTEGER NOT NULL,
     dirs        INTEGER NOT NULL,
     size        INTEGER NOT NULL,
