@@ -33,6 +33,17 @@ pub enum Error {
         supported: u32,
     },
 
+    /// A repository of an earlier format, which this release converts.
+    #[error(
+        "repository {} has format {found}, an earlier format than this snapfs reads ({supported}); convert it with `snapfs upgrade --repo {}` (nothing in it is changed until then)",
+        path.display(), path.display()
+    )]
+    OldFormat {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+
     /// The catalog file is there but holds no usable catalog (empty, not a
     /// database, tables without our schema): the packs still hold everything,
     /// so the way out is a rebuild, not another release.

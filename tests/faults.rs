@@ -257,13 +257,13 @@ fn repository_with_an_unknown_format_version_is_refused() {
     let config = repo.path.join("config");
     let text = fs::read_to_string(&config).expect("read REPO/config");
     assert!(
-        text.lines().any(|l| l.trim() == "format = 1"),
-        "REPO/config has no `format = 1` line:\n{text}"
+        text.lines().any(|l| l.trim() == "format = 2"),
+        "REPO/config has no `format = 2` line:\n{text}"
     );
     let edited: String = text
         .lines()
         .map(|l| {
-            if l.trim() == "format = 1" {
+            if l.trim() == "format = 2" {
                 "format = 99".to_string()
             } else {
                 l.to_string()

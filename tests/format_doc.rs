@@ -352,7 +352,7 @@ fn format_reader_refuses_damaged_packs_and_unknown_formats() {
     // A repository of a later format.
     let config = repo.path.join("config");
     let text = fs::read_to_string(&config).expect("read config");
-    write_file(&config, text.replace("format = 1", "format = 2").as_bytes());
+    write_file(&config, text.replace("format = 2", "format = 3").as_bytes());
     let err = reader_refuses(&repo.path, &["list"]);
     assert!(err.contains("repository format '2'"), "{err}");
     write_file(&config, text.as_bytes());
@@ -384,7 +384,7 @@ fn worked_example() -> Vec<u8> {
 fn format_doc_worked_example_is_a_pack_snapfs_reads() {
     use snapfs::format::blob::decode_blob;
     use snapfs::format::pack::{ChunkKind, decode_pack};
-    use snapfs::format::tree::decode_tree;
+    use snapfs::format::page::{Page, decode_page};
     use snapfs::ids::Hash;
 
     let pack = worked_example();
@@ -415,7 +415,10 @@ fn format_doc_worked_example_is_a_pack_snapfs_reads() {
             ),
         ]
     );
-    assert!(decode_tree(&got[1].2).expect("an empty tree").is_empty());
+    assert_eq!(
+        decode_page(&got[1].2).expect("an empty directory"),
+        Page::Leaf(Vec::new())
+    );
 
     let repo = Repo::new();
     let dir = repo.path.join("packs").join(&name[..2]);

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use snapfs::format::blob::{self as store};
 use snapfs::format::codec::Encoder;
 use snapfs::format::pack::ChunkKind;
-use snapfs::format::tree::encode_tree;
 use snapfs::ids::{ChunkId, Hash};
 
 use crate::util::*;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use snapfs::format::pack::ChunkKind;
-use snapfs::format::tree::{Body, Entry, Kind, Meta, encode_tree};
+use snapfs::format::tree::{Body, Entry, Kind, Meta};
 
 /// Fails unless `out` ended by itself (no signal: no abort, no stack
 /// overflow) without a panic.

@@ -4,7 +4,6 @@
 
 use crate::error::{Error, Result};
 use crate::format::codec::{Decoder, Encoder};
-use crate::format::names::name_problem;
 use crate::ids::{ChunkId, ContentHash, TreeHash};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

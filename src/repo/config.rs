@@ -88,6 +88,13 @@ impl Config {
                 "format" => {
                     saw_format = true;
                     c.format = v.parse::<u32>().map_err(|_| bad(v))?;
+                    if c.format == 1 {
+                        return Err(Error::OldFormat {
+                            path: path.parent().unwrap_or(path).to_path_buf(),
+                            found: 1,
+                            supported: FORMAT,
+                        });
+                    }
                     if c.format != FORMAT {
                         return Err(bad(v));
                     }

@@ -555,7 +555,11 @@ mod tests {
     fn file(name: &[u8], content: i64) -> Option<Found> {
         let mut n = node(Kind::File, libc::S_IFREG | 0o644, 0, 0, false);
         n.name = name.to_vec();
-        n.content = Some(crate::ids::ContentId(content));
+        n.meta.size = 1;
+        n.content = Some(crate::format::tree::ContentRef::Chunk(
+            crate::ids::ChunkId(crate::ids::Hash::of(&content.to_le_bytes())),
+            1,
+        ));
         Some(Found { node: n, pos: 1 })
     }
 
@@ -619,22 +623,23 @@ mod tests {
         let id = crate::repo::refs::short_id(&snaps[0]);
         let with_id = format!("2026-11-20T02-00-00.005Z.{id}.a.txt").into_bytes();
         let squat = |names: &[&[u8]]| {
-            let entries: Vec<Node> = names
+            let mut entries: Vec<crate::format::tree::Entry> = names
                 .iter()
                 .enumerate()
                 .map(|(i, n)| {
-                    let mut e = file(n, 100 + i as i64).expect("entry").node;
-                    e.node_offset = i as u64;
-                    e
+                    let e = file(n, 100 + i as i64).expect("entry").node;
+                    crate::format::tree::Entry {
+                        name: e.name,
+                        kind: e.kind,
+                        meta: e.meta,
+                        link_key: 0,
+                        xattrs: Vec::new(),
+                        body: crate::format::tree::Body::File(e.content),
+                    }
                 })
                 .collect();
-            let tree = cat
-                .add_tree(
-                    &crate::ids::TreeHash(crate::ids::Hash::of(&names.concat())),
-                    names.len() as u64,
-                    &entries,
-                )
-                .expect("add tree");
+            entries.sort_by(|a, b| a.name.cmp(&b.name));
+            let tree = cat.add_dir(entries).expect("add tree");
             let mut dir = node(Kind::Dir, libc::S_IFDIR | 0o755, 0, 0, false);
             dir.name = b"a.txt".to_vec();
             dir.subtree = Some(tree);

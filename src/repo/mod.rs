@@ -39,7 +39,9 @@ use crate::ids::ChunkId;
 use crate::repo::backend::{Backend, LocalDir, fsync_dir};
 use crate::repo::catalog::{Catalog, ChunkLoc};
 
-pub const FORMAT: u32 = 1;
+/// The repository format this release writes and reads: 2 (directory
+/// pages, `docs/FORMAT.md`). Format 1 is converted by `snapfs upgrade`.
+pub const FORMAT: u32 = 2;
 
 pub struct Repository {
     pub root: PathBuf,
@@ -537,7 +539,7 @@ mod tests {
         let c = Config::default();
         let p = Path::new("config");
         assert_eq!(Config::parse(&c.render(), p).unwrap(), c);
-        let future = c.render().replace("format = 1", "format = 99");
+        let future = c.render().replace("format = 2", "format = 99");
         assert!(matches!(
             Config::parse(&future, p),
             Err(Error::UnsupportedFormat { .. })

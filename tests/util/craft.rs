@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use snapfs::format::blob::{self, hash_chunk};
 use snapfs::format::pack::{ChunkKind, PackWriter};
 use snapfs::format::record::{SnapshotRow, encode_record};
-use snapfs::format::tree::{Body, ChunkList, ChunkRef, Entry, Kind, Meta};
+use snapfs::format::page::{Page, encode_page};
+use snapfs::format::tree::{Body, ChunkList, ChunkRef, ContentRef, Entry, Kind, Meta};
 use snapfs::ids::{ChunkId, Hash, TreeHash, TreeId};
 
 use super::*;
@@ -92,8 +93,15 @@ pub(crate) fn file_entry(name: &[u8], chunks: &[(ChunkId, u32)]) -> Entry {
         },
         link_key: 0,
         xattrs: vec![],
-        body: Body::File(list),
+        body: Body::File(ContentRef::of_list(&list, list.total())),
     }
+}
+
+/// The page of a directory small enough for one page (as snapfs stores
+/// one), holding `entries` as given: nothing is checked, so a crafted page
+/// can say anything.
+pub(crate) fn encode_tree(entries: &[Entry]) -> Vec<u8> {
+    encode_page(&Page::Leaf(entries.to_vec()))
 }
 
 /// A directory `name` (0755) whose tree is chunk `tree`, claiming `nodes`

@@ -203,6 +203,21 @@ impl Catalog {
         Ok(page)
     }
 
+    /// A directory of `entries` (sorted by name), its pages added as
+    /// needed (tests build catalogs with it; ingest stores pages too).
+    #[cfg(test)]
+    pub(crate) fn add_dir(&self, entries: Vec<Entry>) -> Result<TreeId> {
+        let built = crate::format::page::build_dir(
+            entries,
+            &crate::format::page::BoundaryKey::public(),
+        );
+        let mut id = None;
+        for p in &built.pages {
+            id = Some(self.add_page(p)?);
+        }
+        Ok(id.expect("a directory has a root page"))
+    }
+
     /// The hashes of every page of the directory `tree`, its root first.
     pub fn dir_pages(&self, tree: TreeId) -> Result<Vec<TreeHash>> {
         (|| -> Result<Vec<TreeHash>> {

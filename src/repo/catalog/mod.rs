@@ -879,11 +879,11 @@ mod tests {
             said.contains("chunk_loc") && said.contains(&id.to_string()),
             "{said}"
         );
-        cat.conn.execute("DROP TABLE entries", []).expect("drop");
+        cat.conn.execute("DROP TABLE pages", []).expect("drop");
         let e = cat
             .entry(TreeId(7), b"name")
             .map(drop)
-            .expect_err("no entries");
-        assert!(e.to_string().contains("entry (tree TreeId(7))"), "{e}");
+            .expect_err("no pages");
+        assert!(e.to_string().contains("entry (page TreeId(7))"), "{e}");
     }
 }
