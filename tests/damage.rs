@@ -225,22 +225,14 @@ fn copy_of_a_damaged_tree_names_the_snapshot_and_path() {
     let (_dir, src) = source_tree();
     let repo = Repo::new();
     repo.ingest(&["--name", "nightly"], &[&src]);
-    let tree = query_catalog(
-        &repo,
-        "SELECT t.hash FROM entries e JOIN trees t ON t.id = e.subtree WHERE e.name = ?",
-        &[b"inner"],
-    );
-    damage_chunk(
-        &repo,
-        "SELECT t.hash FROM entries e JOIN trees t ON t.id = e.subtree WHERE e.name = ?",
-        &[b"inner"],
-    );
+    let page = dir_page_hash(&repo, b"inner");
+    damage_chunk(&repo, "SELECT ?", &[&page]);
     let (err, target, _to) = copy_fails(&repo);
     let dir = src.join("docs/inner");
     for (what, want) in [
         ("the snapshot", "snapshot nightly"),
         ("the directory", &format!("directory {}", path_str(&dir))),
-        ("the tree id", &tree[0][0]),
+        ("the page id", &hex(&page)),
     ] {
         assert!(err.contains(want), "the error does not name {what}:\n{err}");
     }
@@ -256,12 +248,8 @@ fn copy_of_a_damaged_file_names_the_snapshot_and_file() {
     let (_dir, src) = source_tree();
     let repo = Repo::new();
     repo.ingest(&["--name", "nightly"], &[&src]);
-    damage_chunk(
-        &repo,
-        "SELECT substr(k.chunks, 1, 32) FROM entries e
-         JOIN contents k ON k.id = e.content WHERE e.name = ?",
-        &[b"notes.txt"],
-    );
+    let chunk = first_chunk_of(&repo, b"notes.txt");
+    damage_chunk(&repo, "SELECT ?", &[&chunk]);
     let (err, target, _to) = copy_fails(&repo);
     let file = src.join("docs/inner/notes.txt");
     assert!(

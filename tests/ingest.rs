@@ -1161,12 +1161,10 @@ fn undecodable_xattrs_of_the_previous_snapshot_are_read_again_with_a_warning() {
     xattr::set(&file, "user.binary", &[0, 1, 2, 255]).expect("setxattr");
     let repo = Repo::new();
     repo.ingest(&[], &[&root]);
-    edit_catalog(
-        &repo,
-        "n = db.execute('UPDATE entries SET xattrs = ? WHERE name = ?', (argv[0], argv[1])).rowcount\n\
-         assert n == 1, n",
-        &[b"\xff\xff\xff\xff", b"file"],
-    );
+    // An extended attribute without a name: the page no longer decodes.
+    tamper_entry(&repo, b"file", |e, _| {
+        e.xattrs.push((Vec::new(), b"v".to_vec()));
+    });
 
     let out = run_ok(&mut repo.ingest_cmd(&[], &[&root]));
     let snap = Ingested::from_output(&out);
@@ -1174,12 +1172,12 @@ fn undecodable_xattrs_of_the_previous_snapshot_are_read_again_with_a_warning() {
         .as_array()
         .expect("warnings")
         .iter()
-        .any(|w| w["kind"] == "damaged_previous" && w["path"] == file.to_string_lossy().as_ref());
-    assert!(warned, "no warning for {}: {}", file.display(), snap.json);
+        .any(|w| w["kind"] == "damaged_previous" && w["path"] == root.to_string_lossy().as_ref());
+    assert!(warned, "no warning for {}: {}", root.display(), snap.json);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains(&*file.to_string_lossy()) && stderr.contains("extended attributes"),
-        "stderr does not name the file: {stderr}"
+        stderr.contains(&*root.to_string_lossy()) && stderr.contains("extended attribute"),
+        "stderr does not name the directory: {stderr}"
     );
 
     let target_dir = tempdir();

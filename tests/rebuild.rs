@@ -260,11 +260,8 @@ fn hex_bytes(hex: &str) -> Vec<u8> {
 #[test]
 fn rebuild_with_a_damaged_tree_record_restores_the_directory_from_the_old_rows() {
     let t = Three::new(703);
-    damage_chunk(
-        &t.repo,
-        "SELECT t.hash FROM entries e JOIN trees t ON t.id = e.subtree WHERE e.name = ?",
-        &[b"victim"],
-    );
+    let page = dir_page_hash(&t.repo, b"victim");
+    damage_chunk(&t.repo, "SELECT ?", &[&page]);
     let victim = format!("{}/victim", t.work.src.display());
 
     let (out, json) = rebuild_catalog(&t.repo, &[]);

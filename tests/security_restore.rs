@@ -17,12 +17,7 @@ const TMP_PREFIX: &str = ".snapfs-restore-";
 
 /// Renames every catalog entry called `from` to the bytes `to`.
 fn rename_entry(repo: &Repo, from: &str, to: &[u8]) {
-    edit_catalog(
-        repo,
-        "n = db.execute('UPDATE entries SET name = ? WHERE name = ?', (argv[1], argv[0])).rowcount\n\
-         assert n >= 1, 'no entry renamed'",
-        &[from.as_bytes(), to],
-    );
+    tamper_entry(repo, from.as_bytes(), |e, _| e.name = to.to_vec());
 }
 
 /// Every path under `dir` (recursively, without following symlinks),
@@ -157,16 +152,11 @@ fn restore_refuses_dotdot_names_from_a_tampered_catalog() {
     let up = "../".repeat(depth);
     let escape = base.join("targets").join("escaped");
     let bad = format!("{up}escaped");
-    rename_entry(&repo, "aaXaa", bad.as_bytes());
-    assert_refused(&repo, &base, bad.as_bytes(), &escape);
-    for other in [&b".."[..], b"."] {
-        rename_entry(&repo, &bad, other);
-        assert_refused(&repo, &base, other, &escape);
-        rename_entry(
-            &repo,
-            std::str::from_utf8(other).expect("ascii"),
-            bad.as_bytes(),
-        );
+    let honest = page_rows(&repo);
+    for name in [bad.as_bytes(), b"..", b"."] {
+        rename_entry(&repo, "aaXaa", name);
+        assert_refused(&repo, &base, name, &escape);
+        put_page_rows(&repo, &honest);
     }
 }
 
@@ -177,15 +167,14 @@ fn restore_refuses_absolute_and_slashed_names_from_a_tampered_catalog() {
     let (repo, _dir, base, _src) = snapshot_with_victim_name();
     let escape = base.join("absolute-escape");
     let bad = escape.as_os_str().as_bytes().to_vec();
+    let honest = page_rows(&repo);
     rename_entry(&repo, "aaXaa", &bad);
     assert_refused(&repo, &base, &bad, &escape);
     // A slash inside a name, an empty name, a NUL byte: refused as well.
-    let mut prev = bad;
     for next in [&b"sub/name"[..], b"", b"nul\0byte"] {
-        let from = String::from_utf8(prev.clone()).expect("utf-8");
-        rename_entry(&repo, &from, next);
+        put_page_rows(&repo, &honest);
+        rename_entry(&repo, "aaXaa", next);
         assert_refused(&repo, &base, next, &base.join("sub"));
-        prev = next.to_vec();
     }
 }
 
@@ -301,19 +290,9 @@ fn restore_never_follows_a_symlink_it_restored_itself() {
     symlink(&outside.path, src.join("d")).expect("symlink");
     let repo = Repo::new();
     repo.ingest(&[], &[&src]);
-    // Two entries named `d` in one directory: drop the primary key, then
-    // rename the directory `e` onto the symlink's name.
-    edit_catalog(
-        &repo,
-        "db.executescript('''
-           ALTER TABLE entries RENAME TO entries_old;
-           CREATE TABLE entries AS SELECT * FROM entries_old;
-           DROP TABLE entries_old;
-           CREATE INDEX entries_by_position ON entries (tree, node_offset);''')\n\
-         n = db.execute(\"UPDATE entries SET name = CAST('d' AS BLOB) WHERE name = CAST('e' AS BLOB)\").rowcount\n\
-         assert n == 1",
-        &[],
-    );
+    // Two entries named `d` in one directory: rename the directory `e`
+    // onto the symlink's name.
+    tamper_entry(&repo, b"e", |e, _| e.name = b"d".to_vec());
     let target = base.join("target");
     let out = output_of(&mut repo.restore_cmd("latest", &target));
     outside.assert_untouched(&format!(

@@ -142,13 +142,13 @@ fn take_name(d: &mut Decoder, prev: Option<&[u8]>) -> Result<Vec<u8>> {
         .ok_or_else(|| Error::corrupt("page entry: shared name prefix is longer than the name before it"))?;
     let mut name = prev_name[..shared].to_vec();
     name.extend_from_slice(d.bytes()?);
-    let show = || String::from_utf8_lossy(&name).into_owned();
+    let show = || name.escape_ascii().to_string();
     if let Some(why) = name_problem(&name) {
-        return Err(Error::corrupt(format!("page entry {:?}: {why}", show())));
+        return Err(Error::corrupt(format!("page entry \"{}\": {why}", show())));
     }
     if prev.is_some_and(|p| p >= name.as_slice()) {
         return Err(Error::corrupt(format!(
-            "page entry {:?}: names are duplicated or out of order",
+            "page entry \"{}\": names are duplicated or out of order",
             show()
         )));
     }
@@ -367,8 +367,8 @@ fn decode_leaf(d: &mut Decoder) -> Result<Vec<Entry>> {
             return Err(Error::corrupt(format!("page entry: unknown flags {flags:#x}")));
         }
         let name = take_name(d, out.last().map(|e| e.name.as_slice()))?;
-        let show = || String::from_utf8_lossy(&name).into_owned();
-        let bad = |why: String| Error::corrupt(format!("page entry {:?}: {why}", show()));
+        let show = || name.escape_ascii().to_string();
+        let bad = |why: String| Error::corrupt(format!("page entry \"{}\": {why}", show()));
         let attr = usize::try_from(d.u64()?).ok().and_then(|i| attrs.get(i));
         let &(kind, mode, uid, gid) =
             attr.ok_or_else(|| bad("attribute index out of range".into()))?;

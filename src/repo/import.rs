@@ -298,11 +298,16 @@ impl<'a> Importer<'a> {
                                 "directory {:?}: its contents are lost, shown empty ({err})",
                                 snapshot_path(&path)
                             ));
+                            // Recorded under the directory's own hash too:
+                            // a later snapshot that shares it is told.
+                            let lost = Damage {
+                                lost: vec![Vec::new()],
+                                lost_count: 1,
+                                ..Damage::default()
+                            };
                             let top = stack.last_mut().expect("the stack is never empty here");
-                            if top.damage.lost.len() < MAX_LISTED {
-                                top.damage.lost.push(e.name.clone());
-                            }
-                            top.damage.lost_count = top.damage.lost_count.saturating_add(1);
+                            top.damage.absorb(&e.name, &lost);
+                            self.damaged.insert(sub, lost);
                             self.lost_tree(&sub)?;
                         }
                     }

@@ -272,13 +272,20 @@ impl<'a> Walker<'a> {
         prev: Option<TreeId>,
         pos: u64,
     ) -> Result<DirResult> {
-        let prev_entries: HashMap<Vec<u8>, Node> = match prev {
-            Some(t) => self
-                .cat
-                .entries(t)?
-                .into_iter()
-                .map(|n| (n.name.clone(), n))
-                .collect(),
+        // A previous listing that does not decode (a damaged page) is
+        // no reason to stop backing up: everything here is read again.
+        let prev_entries: HashMap<Vec<u8>, Node> = match prev.map(|t| self.cat.entries(t)) {
+            Some(Ok(v)) => v.into_iter().map(|n| (n.name.clone(), n)).collect(),
+            Some(Err(Error::Corrupt(e))) => {
+                self.saw_damage = true;
+                self.warn(Warning::DamagedPrevious {
+                    path: path.to_path_buf(),
+                    what: "directory pages",
+                    error: e,
+                });
+                HashMap::new()
+            }
+            Some(Err(e)) => return Err(e),
             None => HashMap::new(),
         };
         let mut entries: Vec<Entry> = Vec::with_capacity(names.len());

@@ -104,6 +104,7 @@ pub fn restore(repo: &Repository, spec: &OsStr, target: &Path) -> Result<Restore
     let t0 = Instant::now();
     raise_fd_limit();
     let cat = repo.catalog()?;
+    cat.hold_read_snapshot()?;
     let (snap_ref, inner) = parse_spec(spec);
     let snap = crate::repo::refs::resolve(&cat, &snap_ref)?;
     let inner = inner.unwrap_or_else(|| PathBuf::from("/"));
@@ -269,6 +270,18 @@ fn pool_size(cores: usize) -> usize {
     cores.clamp(2, MAX_WORKERS)
 }
 
+/// Name the snapshot and directory in an error of listing it (a damaged
+/// or tampered page says only what is wrong with it).
+fn in_listing<'a>(snapshot: &'a str, dir: &'a Path) -> impl FnOnce(Error) -> Error + 'a {
+    move |e| match e {
+        Error::Corrupt(m) => Error::corrupt(format!(
+            "snapshot {snapshot}: directory {}: {m}",
+            dir.display()
+        )),
+        e => e,
+    }
+}
+
 /// A directory entry's tree, or a clear error for a row without one.
 fn subtree(snapshot: &str, path: &Path, n: &Node) -> Result<TreeId> {
     n.subtree.ok_or_else(|| {
@@ -326,13 +339,17 @@ impl Planner<'_> {
         let _level = crate::format::tree::descend(|| snap_path.display().to_string())?;
         // Paging starts after the empty name, so an entry with an empty
         // name would be skipped without a word: look for one on purpose.
-        if self.cat.entry(tree, b"")?.is_some() {
+        let named = in_listing(self.snapshot, snap_path);
+        if self.cat.entry(tree, b"").map_err(named)?.is_some() {
             check_name(self.snapshot, snap_path, b"")?;
         }
         // Page through big directories instead of loading them whole.
         let mut after: Option<Vec<u8>> = None;
         loop {
-            let batch = self.cat.entries_after(tree, after.as_deref(), 1024)?;
+            let batch = self
+                .cat
+                .entries_after(tree, after.as_deref(), 1024)
+                .map_err(in_listing(self.snapshot, snap_path))?;
             let Some(last) = batch.last() else { break };
             after = Some(last.name.clone());
             for n in batch {
@@ -529,7 +546,9 @@ fn finish_dirs(
     let _level = crate::format::tree::descend(|| snap_path.display().to_string())?;
     let mut after: Option<Vec<u8>> = None;
     loop {
-        let batch = cat.entries_after(tree, after.as_deref(), 1024)?;
+        let batch = cat
+            .entries_after(tree, after.as_deref(), 1024)
+            .map_err(in_listing(snapshot, snap_path))?;
         let Some(last) = batch.last() else { break };
         after = Some(last.name.clone());
         for n in batch.into_iter().filter(|n| n.kind == Kind::Dir) {

@@ -16,6 +16,9 @@ use crate::format::tree::{ChunkList, ChunkRef, ContentRef, Kind, Meta};
 use crate::ids::{ContentHash, Hash, PackId, PackName, SnapshotId, TreeId};
 
 pub const SCHEMA_VERSION: i64 = 2;
+
+/// How long a writing command waits for another writer's transaction.
+const WRITER_BUSY: Duration = Duration::from_secs(600);
 const SCHEMA: &str = include_str!("schema.sql");
 
 /// The database library's errors, in the crate's terms (see `CatalogError`).
@@ -303,7 +306,7 @@ impl Catalog {
             flags |= OpenFlags::SQLITE_OPEN_CREATE;
         }
         let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
-        conn.busy_timeout(Duration::from_secs(600))?;
+        conn.busy_timeout(WRITER_BUSY)?;
         stable_plans(&conn)?;
         let schema = check_schema(&conn, path)?;
         if schema == Schema::Empty && !create {
@@ -338,6 +341,20 @@ impl Catalog {
         Ok(Transaction { cat: self })
     }
 
+    /// Hold one view of the catalog until this connection closes: a read
+    /// transaction, begun now. A restore that runs for an hour sees the
+    /// snapshot it started with, even if `forget` and `gc` remove it
+    /// meanwhile (its lease keeps the packs; this keeps the rows).
+    pub fn hold_read_snapshot(&self) -> Result<()> {
+        (|| -> Result<()> {
+            self.conn.execute_batch("BEGIN DEFERRED")?;
+            self.conn
+                .query_row("SELECT COUNT(*) FROM snapshots", [], |r| r.get::<_, i64>(0))?;
+            Ok(())
+        })()
+        .during(|| "hold_read_snapshot".to_string())
+    }
+
     /// Begin a write transaction by hand.
     ///
     /// Prefer [`Catalog::transaction`], whose guard rolls back on any early
@@ -357,13 +374,24 @@ impl Catalog {
 
     /// Fold the write-ahead log back into catalog.db and truncate it, so the
     /// repository's size on disk is what it holds (after a writing command).
+    ///
+    /// Without waiting: a reader that holds its view (a long restore, see
+    /// [`Catalog::hold_read_snapshot`]) keeps the log until it is done, and
+    /// the command that wrote must not wait for it. Whatever can be folded
+    /// in now is; the log is truncated by a later command.
     pub fn checkpoint(&self) {
-        if let Err(e) = self
+        let _ = self.conn.busy_timeout(Duration::ZERO);
+        let done = self
             .conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0));
+        if !matches!(done, Ok(0))
+            && let Err(e) = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
         {
             log::debug!("catalog checkpoint: {e}");
         }
+        let _ = self.conn.busy_timeout(WRITER_BUSY);
     }
 
     pub fn integrity_check(&self) -> Result<String> {
@@ -884,6 +912,6 @@ mod tests {
             .entry(TreeId(7), b"name")
             .map(drop)
             .expect_err("no pages");
-        assert!(e.to_string().contains("entry (page TreeId(7))"), "{e}");
+        assert!(e.to_string().contains("(page TreeId(7))"), "{e}");
     }
 }
