@@ -68,6 +68,10 @@ pub enum Command {
         /// SNAPSHOT[:PATH]; SNAPSHOT is a name, an id prefix, latest or latest~N
         spec: std::ffi::OsString,
         target: PathBuf,
+        /// Keep the recorded numeric owner and group ids instead of giving
+        /// files to the users and groups of the same names on this machine
+        #[arg(long)]
+        numeric_owner: bool,
         #[arg(long)]
         json: bool,
     },

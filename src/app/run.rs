@@ -87,7 +87,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => init(repo, compression, append_only, group.as_deref()),
         Command::Ingest(a) => ingest(repo, a),
         Command::Snapshots { json } => snapshots(repo, json),
-        Command::Restore { spec, target, json } => restore(repo, &spec, &target, json),
+        Command::Restore {
+            spec,
+            target,
+            numeric_owner,
+            json,
+        } => restore(repo, &spec, &target, numeric_owner, json),
         Command::Forget(a) => forget(repo, a),
         Command::Gc {
             dry_run,
@@ -163,10 +168,19 @@ fn snapshots(repo: &Path, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn restore(repo: &Path, spec: &OsStr, target: &Path, json: bool) -> Result<ExitCode> {
+fn restore(
+    repo: &Path,
+    spec: &OsStr,
+    target: &Path,
+    numeric_owner: bool,
+    json: bool,
+) -> Result<ExitCode> {
     let repo = Repository::open(repo)?;
     let _lease = repo.reader_lease("restore")?;
-    report::restore(&restore_cmd::restore(&repo, spec, target)?, json);
+    report::restore(
+        &restore_cmd::restore(&repo, spec, target, numeric_owner)?,
+        json,
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -86,7 +86,7 @@ pub fn diff(repo: &Repository, from: &str, to: &str, path: Option<&Path>) -> Res
         (Some(Located::Root(ta)), Some(Located::Root(tb))) => d.trees(Some(ta), Some(tb), &base)?,
         (la, lb) => {
             let node = |l: Option<Located>| match l {
-                Some(Located::Entry(n)) => Some(n),
+                Some(Located::Entry(n)) => Some(*n),
                 _ => None,
             };
             d.pair(node(la), node(lb), &base)?;

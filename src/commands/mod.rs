@@ -9,6 +9,7 @@ pub(crate) mod forget;
 pub(crate) mod gc;
 pub(crate) mod ingest;
 pub(crate) mod log;
+pub(crate) mod owners;
 pub(crate) mod progress;
 pub(crate) mod rebuild;
 pub(crate) mod restore;

@@ -332,9 +332,7 @@ impl Trace<'_> {
         }
         for n in self.cat.entries(tree)? {
             let p = path.join(OsStr::from_bytes(&n.name));
-            if self.bad_entries.contains(&(tree, n.name.clone()))
-                || self.bad_content(&n.content)
-            {
+            if self.bad_entries.contains(&(tree, n.name.clone())) || self.bad_content(&n.content) {
                 out.push(DamagedFile {
                     snapshot: snap.into(),
                     path: p.clone(),

@@ -63,7 +63,10 @@ impl BoundaryKey {
     /// The key of a repository whose names are stored readable: a constant,
     /// since anyone who can read the pages can read the names.
     pub fn public() -> BoundaryKey {
-        BoundaryKey(blake3::derive_key("snapfs 2026 directory page boundaries", b""))
+        BoundaryKey(blake3::derive_key(
+            "snapfs 2026 directory page boundaries",
+            b"",
+        ))
     }
 
     fn cuts_after(&self, name: &[u8]) -> bool {
@@ -139,7 +142,9 @@ fn take_name(d: &mut Decoder, prev: Option<&[u8]>) -> Result<Vec<u8>> {
     let shared = usize::try_from(d.u64()?)
         .ok()
         .filter(|&n| n <= prev_name.len())
-        .ok_or_else(|| Error::corrupt("page entry: shared name prefix is longer than the name before it"))?;
+        .ok_or_else(|| {
+            Error::corrupt("page entry: shared name prefix is longer than the name before it")
+        })?;
     let mut name = prev_name[..shared].to_vec();
     name.extend_from_slice(d.bytes()?);
     let show = || name.escape_ascii().to_string();
@@ -364,7 +369,9 @@ fn decode_leaf(d: &mut Decoder) -> Result<Vec<Entry>> {
     for _ in 0..n {
         let flags = d.u8()?;
         if flags & !F_ALL != 0 {
-            return Err(Error::corrupt(format!("page entry: unknown flags {flags:#x}")));
+            return Err(Error::corrupt(format!(
+                "page entry: unknown flags {flags:#x}"
+            )));
         }
         let name = take_name(d, out.last().map(|e| e.name.as_slice()))?;
         let show = || name.escape_ascii().to_string();
@@ -402,9 +409,7 @@ fn decode_leaf(d: &mut Decoder) -> Result<Vec<Entry>> {
                     let id = ChunkId(d.hash()?);
                     let len = u32::try_from(size)
                         .ok()
-                        .filter(|&l| {
-                            l > 0 && l as usize <= crate::format::blob::MAX_DATA_CHUNK_LEN
-                        })
+                        .filter(|&l| l > 0 && l as usize <= crate::format::blob::MAX_DATA_CHUNK_LEN)
                         .ok_or_else(|| {
                             bad(format!("a file of {size} bytes cannot be one chunk"))
                         })?;
@@ -503,7 +508,10 @@ pub fn build_dir(entries: Vec<Entry>, key: &BoundaryKey) -> BuiltDir {
     for (i, en) in entries.into_iter().enumerate() {
         bytes += 64
             + en.name.len()
-            + en.xattrs.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+            + en.xattrs
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
             + match &en.body {
                 Body::Symlink(t) => t.len(),
                 _ => 0,
@@ -769,8 +777,11 @@ mod tests {
     fn counts_that_overflow_or_lie_are_rejected() {
         assert!(decode_page(&encode_page(&Page::Leaf(vec![dir(b"a", u64::MAX)]))).is_err());
         assert!(
-            decode_page(&encode_page(&Page::Leaf(vec![dir(b"a", MAX_NODES), dir(b"b", 1)])))
-                .is_err()
+            decode_page(&encode_page(&Page::Leaf(vec![
+                dir(b"a", MAX_NODES),
+                dir(b"b", 1)
+            ])))
+            .is_err()
         );
         let child = |n: &[u8], entries, nodes| ChildRef {
             first_name: n.to_vec(),

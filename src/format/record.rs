@@ -29,6 +29,10 @@ pub struct SnapshotRow {
     pub warnings: u64,
     pub change_share: f64,
     pub alarm: bool,
+    /// The names of the users and groups that own entries of the snapshot,
+    /// as the machine it was taken on called them: a restore elsewhere
+    /// gives files to the same names (as tar and borg do).
+    pub owners: Owners,
     /// Set when the row's `sources` or `tags` column did not decode. The
     /// field that did not is empty and means nothing: whatever needs the
     /// values calls [`SnapshotRow::decoded`], which names the snapshot, and
@@ -36,6 +40,83 @@ pub struct SnapshotRow {
     /// is intact, so the snapshot can still be restored, mounted, copied or
     /// forgotten by name.
     pub damage: Option<RowDamage>,
+}
+
+/// User and group names by numeric id, each list sorted by id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Owners {
+    pub users: Vec<(u32, Vec<u8>)>,
+    pub groups: Vec<(u32, Vec<u8>)>,
+}
+
+/// The longest user or group name kept (Linux allows 32 bytes; some
+/// directories allow more).
+pub const MAX_OWNER_NAME: usize = 255;
+
+impl Owners {
+    pub fn encode(&self, e: &mut Encoder) {
+        for list in [&self.users, &self.groups] {
+            e.u64(list.len() as u64);
+            for (id, name) in list {
+                e.u64(u64::from(*id));
+                e.bytes(name);
+            }
+        }
+    }
+
+    /// Two lists of (id, name), ids strictly rising, names non-empty and
+    /// short, without NUL, ':' or '/' (none of them can be in a name the
+    /// system's databases hold).
+    pub fn decode(d: &mut Decoder) -> Result<Owners> {
+        let mut lists = [Vec::new(), Vec::new()];
+        for list in &mut lists {
+            let n = d.count(2)?;
+            for _ in 0..n {
+                let id = d.u32()?;
+                let name = d.bytes()?;
+                if list.last().is_some_and(|(prev, _)| *prev >= id) {
+                    return Err(Error::corrupt(format!(
+                        "owner {id}: ids are duplicated or out of order"
+                    )));
+                }
+                if name.is_empty()
+                    || name.len() > MAX_OWNER_NAME
+                    || name.iter().any(|b| matches!(b, 0 | b':' | b'/' | b'\n'))
+                {
+                    return Err(Error::corrupt(format!(
+                        "owner {id}: \"{}\" cannot be a user or group name",
+                        name.escape_ascii()
+                    )));
+                }
+                list.push((id, name.to_vec()));
+            }
+        }
+        let [users, groups] = lists;
+        Ok(Owners { users, groups })
+    }
+
+    pub fn user(&self, id: u32) -> Option<&[u8]> {
+        let i = self.users.binary_search_by_key(&id, |(u, _)| *u).ok()?;
+        Some(&self.users[i].1)
+    }
+
+    pub fn group(&self, id: u32) -> Option<&[u8]> {
+        let i = self.groups.binary_search_by_key(&id, |(g, _)| *g).ok()?;
+        Some(&self.groups[i].1)
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut e = Encoder::new();
+        self.encode(&mut e);
+        e.buf
+    }
+
+    pub fn from_bytes(b: &[u8]) -> Result<Owners> {
+        let mut d = Decoder::new(b);
+        let o = Owners::decode(&mut d)?;
+        d.finish("owners")?;
+        Ok(o)
+    }
 }
 
 /// Which columns of a snapshot row did not decode, and why.
@@ -78,6 +159,7 @@ impl SnapshotRow {
             warnings: 0,
             change_share: 0.0,
             alarm: false,
+            owners: Owners::default(),
             damage: None,
         }
     }
@@ -166,6 +248,7 @@ pub fn encode_record(row: &SnapshotRow, root: &TreeHash, nodes: u64, counts: &[u
     for v in counts {
         e.u64(*v);
     }
+    row.owners.encode(&mut e);
     e.buf
 }
 
@@ -221,6 +304,7 @@ fn decode_record_fields(data: &[u8], hash: Hash) -> Result<Record> {
             let size = d.u64()?;
             let read_bytes = d.u64()?;
             let warnings = d.u64()?;
+            let owners = Owners::decode(&mut d)?;
             Record::Snapshot {
                 row: Box::new(SnapshotRow {
                     id: SnapshotId(0),
@@ -240,6 +324,7 @@ fn decode_record_fields(data: &[u8], hash: Hash) -> Result<Record> {
                     warnings,
                     change_share: 0.0,
                     alarm: false,
+                    owners,
                     damage: None,
                 }),
                 root,

@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::format::page::{BoundaryKey, BuiltPage, build_dir, load_dir};
 use crate::format::record::SnapshotRow;
 use crate::format::record::{Record, decode_record};
-use crate::format::page::{BoundaryKey, BuiltPage, build_dir, load_dir};
 use crate::format::tree::{Body, ChunkList, ContentRef, Entry};
 use crate::ids::{ChunkId, ContentHash, SnapshotId, TreeHash, TreeId};
 use crate::repo::Repository;
@@ -440,8 +440,8 @@ mod tests {
     use super::*;
     use crate::format::blob::{Encoder, hash_chunk};
     use crate::format::pack::{ChunkKind, PackWriter};
-    use crate::format::record::SnapshotRow;
     use crate::format::page::{Page, encode_page};
+    use crate::format::record::SnapshotRow;
     use crate::format::tree::{Kind, Meta};
     use crate::repo::Config;
 

@@ -23,7 +23,7 @@ pub fn components(path: &Path) -> Vec<Vec<u8>> {
 /// What a path inside a snapshot names: the snapshot root or one entry.
 pub enum Located {
     Root(TreeId),
-    Entry(Node),
+    Entry(Box<Node>),
 }
 
 /// Find `path` inside a snapshot. `..` is refused rather than skipped, and
@@ -58,7 +58,7 @@ pub fn locate(cat: &Catalog, root: TreeId, snapshot: &str, path: &Path) -> Resul
         found = Some(n);
     }
     Ok(match found {
-        Some(n) => Located::Entry(n),
+        Some(n) => Located::Entry(Box::new(n)),
         None => Located::Root(root),
     })
 }

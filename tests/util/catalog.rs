@@ -119,13 +119,17 @@ pub(crate) fn unhex(hex: &str) -> Vec<u8> {
 /// from the row's bytes with the format's own decoder.
 fn leaf_pages(repo: &Repo) -> Vec<(i64, Vec<u8>, Vec<snapfs::format::tree::Entry>)> {
     use snapfs::format::page::{Page, decode_page};
-    query_catalog(repo, "SELECT id, hash, body FROM pages WHERE level = 0", &[])
-        .into_iter()
-        .filter_map(|r| match decode_page(&unhex(&r[2])) {
-            Ok(Page::Leaf(entries)) => Some((r[0].parse().expect("id"), unhex(&r[1]), entries)),
-            _ => None,
-        })
-        .collect()
+    query_catalog(
+        repo,
+        "SELECT id, hash, body FROM pages WHERE level = 0",
+        &[],
+    )
+    .into_iter()
+    .filter_map(|r| match decode_page(&unhex(&r[2])) {
+        Ok(Page::Leaf(entries)) => Some((r[0].parse().expect("id"), unhex(&r[1]), entries)),
+        _ => None,
+    })
+    .collect()
 }
 
 /// The first entry called `name` in any directory page of the catalog.
@@ -134,7 +138,12 @@ pub(crate) fn catalog_entry(repo: &Repo, name: &[u8]) -> snapfs::format::tree::E
         .into_iter()
         .flat_map(|(_, _, e)| e)
         .find(|e| e.name == name)
-        .unwrap_or_else(|| panic!("no entry {:?} in the catalog", String::from_utf8_lossy(name)))
+        .unwrap_or_else(|| {
+            panic!(
+                "no entry {:?} in the catalog",
+                String::from_utf8_lossy(name)
+            )
+        })
 }
 
 /// The hash of the root page of the directory called `name` (hex).
@@ -158,7 +167,10 @@ pub(crate) fn first_chunk_of(repo: &Repo, name: &[u8]) -> Vec<u8> {
             );
             unhex(&rows[0][0])
         }
-        _ => panic!("{:?} is not a file with data", String::from_utf8_lossy(name)),
+        _ => panic!(
+            "{:?} is not a file with data",
+            String::from_utf8_lossy(name)
+        ),
     }
 }
 
@@ -191,7 +203,11 @@ pub(crate) fn tamper_entry(
             changed += 1;
         }
     }
-    assert!(changed >= 1, "no entry {:?} to tamper with", String::from_utf8_lossy(name));
+    assert!(
+        changed >= 1,
+        "no entry {:?} to tamper with",
+        String::from_utf8_lossy(name)
+    );
     changed
 }
 

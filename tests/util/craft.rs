@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use snapfs::format::blob::{self, hash_chunk};
 use snapfs::format::pack::{ChunkKind, PackWriter};
-use snapfs::format::record::{SnapshotRow, encode_record};
 use snapfs::format::page::{Page, encode_page};
+use snapfs::format::record::{SnapshotRow, encode_record};
 use snapfs::format::tree::{Body, ChunkList, ChunkRef, ContentRef, Entry, Kind, Meta};
 use snapfs::ids::{ChunkId, Hash, TreeHash, TreeId};
 

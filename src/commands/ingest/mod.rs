@@ -296,6 +296,7 @@ pub fn ingest(repo: &Repository, sources: &[PathBuf], opts: &IngestOptions) -> R
             host: host.clone(),
             sources: sources.clone(),
             tags: opts.tags.clone(),
+            owners: crate::commands::owners::names_of(&w.uids, &w.gids),
             ..SnapshotRow::new(name.clone(), started_ns, root.id)
         };
         let record = crate::format::record::encode_record(

@@ -111,6 +111,9 @@ pub struct Walker<'a> {
     pending: HashSet<ChunkId>,
     /// Hard link groups: key → (first member's position, names seen).
     pub links: HashMap<u64, (u64, u64)>,
+    /// Owners and groups of the entries walked, to record their names.
+    pub uids: std::collections::BTreeSet<u32>,
+    pub gids: std::collections::BTreeSet<u32>,
     last_checkpoint: Instant,
     /// Device of the source being walked, for --one-file-system.
     source_dev: u64,
@@ -139,6 +142,8 @@ impl<'a> Walker<'a> {
             stats,
             pending: HashSet::new(),
             links: HashMap::new(),
+            uids: Default::default(),
+            gids: Default::default(),
             last_checkpoint: Instant::now(),
             source_dev: 0,
             buf: Vec::new(),
@@ -324,6 +329,8 @@ impl<'a> Walker<'a> {
                 self.links.entry(entry.link_key).or_insert((child_pos, 0)).1 += 1;
             }
             offset += entry.span();
+            self.uids.insert(entry.meta.uid);
+            self.gids.insert(entry.meta.gid);
             entries.push(entry);
             ids.push((content, subtree));
         }

@@ -58,6 +58,7 @@ use crossbeam_channel::bounded;
 use rustix::fs::{AtFlags, FileType, Mode, linkat, mknodat, statat, symlinkat};
 use serde::Serialize;
 
+use crate::commands::owners::OwnerMap;
 use crate::error::{Error, IoContext, Result};
 use crate::format::names::check_name;
 use crate::format::tree::{FileTime, Kind};
@@ -100,7 +101,14 @@ pub fn parse_spec(spec: &OsStr) -> (String, Option<PathBuf>) {
     }
 }
 
-pub fn restore(repo: &Repository, spec: &OsStr, target: &Path) -> Result<RestoreStats> {
+/// Restore `spec` into `target`. Files go to the users and groups of the
+/// names the snapshot recorded, unless `numeric_owner` keeps the ids.
+pub fn restore(
+    repo: &Repository,
+    spec: &OsStr,
+    target: &Path,
+    numeric_owner: bool,
+) -> Result<RestoreStats> {
     let t0 = Instant::now();
     raise_fd_limit();
     let cat = repo.catalog()?;
@@ -108,7 +116,11 @@ pub fn restore(repo: &Repository, spec: &OsStr, target: &Path) -> Result<Restore
     let (snap_ref, inner) = parse_spec(spec);
     let snap = crate::repo::refs::resolve(&cat, &snap_ref)?;
     let inner = inner.unwrap_or_else(|| PathBuf::from("/"));
-    let located = locate(&cat, snap.root_tree, &snap.name, &inner)?;
+    let owners = OwnerMap::new(&snap.owners, numeric_owner);
+    let mut located = locate(&cat, snap.root_tree, &snap.name, &inner)?;
+    if let Located::Entry(n) = &mut located {
+        owners.apply(n);
+    }
     let mut stats = RestoreStats {
         snapshot: snap.name.clone(),
         ..Default::default()
@@ -163,6 +175,7 @@ pub fn restore(repo: &Repository, spec: &OsStr, target: &Path) -> Result<Restore
     let mut planner = Planner {
         cat: &cat,
         snapshot: &snap.name,
+        owners: &owners,
         tx: Some(tx),
         shared: &shared,
         first_link: HashMap::new(),
@@ -193,7 +206,7 @@ pub fn restore(repo: &Repository, spec: &OsStr, target: &Path) -> Result<Restore
                 let snap_parent = inner.parent().unwrap_or(Path::new("/")).to_path_buf();
                 match &top_name {
                     Some(name) => planner.node(
-                        n.clone(),
+                        n.as_ref().clone(),
                         name,
                         &root_dir,
                         &mut rel,
@@ -233,6 +246,7 @@ pub fn restore(repo: &Repository, spec: &OsStr, target: &Path) -> Result<Restore
         Located::Root(tree) => finish_dirs(
             &cat,
             &snap.name,
+            &owners,
             *tree,
             root_dir.as_fd(),
             &root_shown,
@@ -243,6 +257,7 @@ pub fn restore(repo: &Repository, spec: &OsStr, target: &Path) -> Result<Restore
             finish_dirs(
                 &cat,
                 &snap.name,
+                &owners,
                 tree,
                 root_dir.as_fd(),
                 &root_shown,
@@ -314,6 +329,7 @@ type RelPath = Vec<Vec<u8>>;
 struct Planner<'a> {
     cat: &'a Catalog,
     snapshot: &'a str,
+    owners: &'a OwnerMap,
     /// The workers' channel; None once planning is over.
     tx: Option<crossbeam_channel::Sender<Job>>,
     shared: &'a Shared,
@@ -352,10 +368,11 @@ impl Planner<'_> {
                 .map_err(in_listing(self.snapshot, snap_path))?;
             let Some(last) = batch.last() else { break };
             after = Some(last.name.clone());
-            for n in batch {
+            for mut n in batch {
                 if self.shared.stopped() {
                     return Ok(());
                 }
+                self.owners.apply(&mut n);
                 check_name(self.snapshot, snap_path, &n.name)?;
                 let name = n.name.clone();
                 self.node(n, &name, dir, rel, shown, snap_path)?;
@@ -538,6 +555,7 @@ fn make_link(root: &DirFd, first: &RelPath, member: &RelPath, shown: &Path) -> R
 fn finish_dirs(
     cat: &Catalog,
     snapshot: &str,
+    owners: &OwnerMap,
     tree: TreeId,
     dir: BorrowedFd,
     shown: &Path,
@@ -551,7 +569,8 @@ fn finish_dirs(
             .map_err(in_listing(snapshot, snap_path))?;
         let Some(last) = batch.last() else { break };
         after = Some(last.name.clone());
-        for n in batch.into_iter().filter(|n| n.kind == Kind::Dir) {
+        for mut n in batch.into_iter().filter(|n| n.kind == Kind::Dir) {
+            owners.apply(&mut n);
             check_name(snapshot, snap_path, &n.name)?;
             let p = join(shown, &n.name);
             let sp = join(snap_path, &n.name);
@@ -559,6 +578,7 @@ fn finish_dirs(
             finish_dirs(
                 cat,
                 snapshot,
+                owners,
                 subtree(snapshot, &sp, &n)?,
                 child.as_fd(),
                 &p,

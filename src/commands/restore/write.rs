@@ -266,7 +266,10 @@ pub fn worker(
     shared: &Shared,
     progress: &crate::commands::progress::Progress,
 ) {
-    let cat = match repo.catalog().and_then(|c| c.hold_read_snapshot().map(|()| c)) {
+    let cat = match repo
+        .catalog()
+        .and_then(|c| c.hold_read_snapshot().map(|()| c))
+    {
         Ok(c) => c,
         Err(e) => {
             shared.fail(e);

@@ -14,8 +14,8 @@ use super::frame::Frame;
 use super::{Attr, InvalidateSlot, Shared, SnapshotFs, inode};
 use crate::error::{Error, Result};
 use crate::format::blob::{FRAME, Header, header_len, is_zero_chunk};
-use crate::format::tree::{ChunkList, Kind};
 use crate::format::tree::ContentRef;
+use crate::format::tree::{ChunkList, Kind};
 use crate::ids::{SnapshotId, TreeId};
 use crate::repo::catalog::ChunkLoc;
 

@@ -405,7 +405,11 @@ impl SnapshotFs {
     }
 
     fn snapshot_attr(s: &SnapshotRow) -> Attr {
-        dir_attr(inode::encode(s.id, 0), 0o555, FileTime::from_ns(s.started_ns))
+        dir_attr(
+            inode::encode(s.id, 0),
+            0o555,
+            FileTime::from_ns(s.started_ns),
+        )
     }
 
     fn latest_attr(&self) -> Result<Option<Attr>> {

@@ -178,10 +178,10 @@ impl Catalog {
             return Ok(p);
         }
         let body = self.page_body(id)?;
-        let page = Arc::new(
-            decode_page(&body)
-                .map_err(|e| Error::corrupt(format!("directory page {} in the catalog: {e}", id.0)))?,
-        );
+        let page =
+            Arc::new(decode_page(&body).map_err(|e| {
+                Error::corrupt(format!("directory page {} in the catalog: {e}", id.0))
+            })?);
         self.pages.put(id, page.clone());
         Ok(page)
     }
@@ -207,10 +207,8 @@ impl Catalog {
     /// needed (tests build catalogs with it; ingest stores pages too).
     #[cfg(test)]
     pub(crate) fn add_dir(&self, entries: Vec<Entry>) -> Result<TreeId> {
-        let built = crate::format::page::build_dir(
-            entries,
-            &crate::format::page::BoundaryKey::public(),
-        );
+        let built =
+            crate::format::page::build_dir(entries, &crate::format::page::BoundaryKey::public());
         let mut id = None;
         for p in &built.pages {
             id = Some(self.add_page(p)?);

@@ -88,9 +88,9 @@ impl Catalog {
         roots: &[TreeId],
         mut f: impl FnMut(&TreeHash, &Page) -> Result<()>,
     ) -> Result<Vec<(TreeId, Vec<u8>)>> {
-        let mut ins = self
-            .conn
-            .prepare(&format!("INSERT OR IGNORE INTO temp.{set} (id) VALUES (?1)"))?;
+        let mut ins = self.conn.prepare(&format!(
+            "INSERT OR IGNORE INTO temp.{set} (id) VALUES (?1)"
+        ))?;
         let mut stack: Vec<TreeId> = roots.to_vec();
         let mut missing = Vec::new();
         while let Some(id) = stack.pop() {
@@ -511,13 +511,13 @@ impl Catalog {
                             Body::File(Some(ContentRef::Chunk(c, _))) => {
                                 add_chunk.execute([&c.0.0[..]])?;
                             }
-                            Body::File(Some(c @ ContentRef::List(h))) => {
-                                if see_list.execute([&h.0.0[..]])? > 0 {
-                                    add_chunk.execute([&h.0.0[..]])?;
-                                    if let Ok(list) = self.content(c) {
-                                        for c in list.iter() {
-                                            add_chunk.execute([&c.id.0.0[..]])?;
-                                        }
+                            Body::File(Some(c @ ContentRef::List(h)))
+                                if see_list.execute([&h.0.0[..]])? > 0 =>
+                            {
+                                add_chunk.execute([&h.0.0[..]])?;
+                                if let Ok(list) = self.content(c) {
+                                    for c in list.iter() {
+                                        add_chunk.execute([&c.id.0.0[..]])?;
                                     }
                                 }
                             }
@@ -808,7 +808,11 @@ mod tests {
         cat.begin().unwrap();
         let a = cat.add_dir(vec![file("f", 10, "x")]).unwrap();
         let r1 = cat
-            .add_dir(vec![dir(&cat, "a", a), dir(&cat, "b", a), file("g", 5, "y")])
+            .add_dir(vec![
+                dir(&cat, "a", a),
+                dir(&cat, "b", a),
+                file("g", 5, "y"),
+            ])
             .unwrap();
         let r2 = cat
             .add_dir(vec![dir(&cat, "a", a), file("h", 7, "z")])

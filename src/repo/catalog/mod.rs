@@ -11,7 +11,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 
 use crate::error::{CatalogError, CatalogErrorKind, Error, Result};
 use crate::format::pack::{ChunkKind, PackEntry};
-use crate::format::record::{RowDamage, SnapshotRow, decode_paths, encode_paths};
+use crate::format::record::{Owners, RowDamage, SnapshotRow, decode_paths, encode_paths};
 use crate::format::tree::{ChunkList, ChunkRef, ContentRef, Kind, Meta};
 use crate::ids::{ContentHash, Hash, PackId, PackName, SnapshotId, TreeId};
 
@@ -114,7 +114,7 @@ fn get_u64(r: &Row, i: usize) -> rusqlite::Result<u64> {
     u64::try_from(v).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(i, v))
 }
 
-const SNAPSHOT_COLUMNS: &str = "id, hash, name, started_ns, finished_ns, host, sources, tags, root_tree, files, dirs, size, added_bytes, read_bytes, warnings, change_share, alarm";
+const SNAPSHOT_COLUMNS: &str = "id, hash, name, started_ns, finished_ns, host, sources, tags, root_tree, files, dirs, size, added_bytes, read_bytes, warnings, change_share, alarm, owners";
 
 fn snapshot_from_row(r: &Row) -> rusqlite::Result<SnapshotRow> {
     // Read as bytes whatever their SQL type, so that a damaged value marks
@@ -154,6 +154,18 @@ fn snapshot_from_row(r: &Row) -> rusqlite::Result<SnapshotRow> {
         warnings: get_u64(r, 14)?,
         change_share: r.get(15)?,
         alarm: r.get::<_, i64>(16)? != 0,
+        // Names only help a restore map owners: damaged ones are dropped
+        // (numeric ids are kept in every entry), with a word in the log.
+        owners: match r.get_ref(17)?.as_bytes().map(Owners::from_bytes) {
+            Ok(Ok(o)) => o,
+            _ => {
+                log::warn!(
+                    "snapshot row {}: owner names do not decode",
+                    r.get::<_, i64>(0)?
+                );
+                Owners::default()
+            }
+        },
         damage: (damage != RowDamage::default()).then_some(damage),
     })
 }
@@ -383,7 +395,9 @@ impl Catalog {
         let _ = self.conn.busy_timeout(Duration::ZERO);
         let done = self
             .conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0));
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            });
         if !matches!(done, Ok(0))
             && let Err(e) = self
                 .conn
@@ -581,7 +595,7 @@ impl Catalog {
         (|| -> Result<SnapshotId> {
             self.conn
                 .prepare_cached(&format!(
-                    "INSERT INTO snapshots ({}) VALUES (NULL, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                    "INSERT INTO snapshots ({}) VALUES (NULL, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
                     SNAPSHOT_COLUMNS
                 ))?
                 .execute(params![
@@ -601,6 +615,7 @@ impl Catalog {
                     s.warnings as i64,
                     s.change_share,
                     s.alarm as i64,
+                    s.owners.to_bytes(),
                 ])?;
             Ok(SnapshotId(self.conn.last_insert_rowid()))
         })()

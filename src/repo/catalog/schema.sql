@@ -65,7 +65,9 @@ CREATE TABLE snapshots (
     -- Share of the previous snapshot's entries changed or deleted, and
     -- whether that was far above the usual level (see ingest's change alarm).
     change_share REAL NOT NULL DEFAULT 0,
-    alarm        INTEGER NOT NULL DEFAULT 0
+    alarm        INTEGER NOT NULL DEFAULT 0,
+    -- User and group names by id (format/record.rs `Owners`).
+    owners       BLOB NOT NULL DEFAULT x'0000'
 );
 
 -- Hard link groups of a snapshot: the first member's depth-first position
