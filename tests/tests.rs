@@ -46,3 +46,4 @@ mod security_format;
 mod security_local;
 mod security_restore;
 mod sparse;
+mod upgrade;

@@ -110,6 +110,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Convert a repository of an earlier format to the current one, in place (only metadata is rewritten; killed, it can be run again)
+    Upgrade {
+        #[arg(long)]
+        json: bool,
+    },
     /// What was added, removed, modified or changed in metadata between two snapshots
     Diff {
         from: String,

@@ -268,6 +268,34 @@ fn gc_line(g: &crate::commands::gc::GcStats) {
     );
 }
 
+pub fn upgrade(u: &crate::commands::upgrade::UpgradeStats, as_json: bool) {
+    if as_json {
+        json(u);
+        return;
+    }
+    if u.from == u.to {
+        println!("the repository already has format {}", u.to);
+    } else {
+        println!(
+            "upgraded from format {} to {}: {} snapshot(s), {} directories, {} entries checked; wrote {} metadata chunk(s), {} in {:.1}s",
+            u.from,
+            u.to,
+            u.snapshots,
+            u.directories,
+            u.entries_checked,
+            u.chunks_written,
+            bytes(u.bytes_written),
+            u.seconds
+        );
+        if let Some(p) = &u.old_catalog {
+            println!("the format-{} catalog is kept as {}", u.from, p.display());
+        }
+    }
+    if let Some(g) = &u.gc {
+        gc_line(g);
+    }
+}
+
 pub fn gc(g: &crate::commands::gc::GcStats, as_json: bool) {
     if as_json {
         json(g);

@@ -11,7 +11,7 @@ use crate::app::cli::{Cli, Command, ForgetArgs, IngestArgs, MountArgs};
 use crate::app::report;
 use crate::commands::{
     copy, diff, find, forget, gc as gc_cmd, ingest as ingest_cmd, log as log_cmd, rebuild,
-    restore as restore_cmd, stats as stats_cmd, verify as verify_cmd,
+    restore as restore_cmd, stats as stats_cmd, upgrade as upgrade_cmd, verify as verify_cmd,
 };
 use crate::error::Result;
 use crate::repo::Repository;
@@ -106,6 +106,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
         } => verify(repo, read_data, read_data_subset, json),
         Command::RebuildCatalog { force, json } => rebuild_catalog(repo, force, json),
+        Command::Upgrade { json } => {
+            report::upgrade(&upgrade_cmd::upgrade(repo)?, json);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Diff {
             from,
             to,

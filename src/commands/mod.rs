@@ -14,4 +14,5 @@ pub(crate) mod progress;
 pub(crate) mod rebuild;
 pub(crate) mod restore;
 pub(crate) mod stats;
+pub(crate) mod upgrade;
 pub(crate) mod verify;

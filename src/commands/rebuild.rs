@@ -34,7 +34,7 @@ use crate::repo::catalog::{Catalog, ChunkLoc};
 use crate::repo::import::{Importer, SnapshotDamage};
 
 /// Names of files a rebuild builds its catalog in (then renamed into place).
-const BUILDING: &str = "catalog.db.rebuild-";
+pub(crate) const BUILDING: &str = "catalog.db.rebuild-";
 /// Names under which replaced catalogs are kept.
 const ASIDE: &str = "catalog.db.before-rebuild-";
 
@@ -177,14 +177,14 @@ impl Previous {
 /// A mount, restore, verify or copy reading the catalog would go on with
 /// the row ids of the old one against the new one (other files' bytes, or
 /// errors): the catalog is only replaced with no reader about.
-fn refuse_with_readers(repo: &Repository) -> Result<()> {
+pub(crate) fn refuse_with_readers(repo: &Repository, command: &str) -> Result<()> {
     let readers = repo.live_leases()?;
     if readers.is_empty() {
         return Ok(());
     }
     let names: Vec<String> = readers.into_iter().map(|(name, _)| name).collect();
     Err(Error::invalid(format!(
-        "rebuild-catalog replaces the catalog that running readers use ({}, leases in {}); \
+        "{command} replaces the catalog that running readers use ({}, leases in {}); \
          unmount the mounts and let restores, verifies and copies finish, then run it again",
         names.join(", "),
         repo.root.join("mounts").display()
@@ -194,7 +194,7 @@ fn refuse_with_readers(repo: &Repository) -> Result<()> {
 pub fn rebuild_catalog(repo: &Repository, opts: &RebuildOptions) -> Result<RebuildStats> {
     let t0 = Instant::now();
     let _lock = repo.lock("rebuild-catalog")?;
-    refuse_with_readers(repo)?;
+    refuse_with_readers(repo, "rebuild-catalog")?;
     let mut stats = RebuildStats::default();
     let path = repo.catalog_path();
     stats.leftovers_removed = remove_leftovers(&repo.root, &path)?;
@@ -233,7 +233,7 @@ pub fn rebuild_catalog(repo: &Repository, opts: &RebuildOptions) -> Result<Rebui
     }
     stats.forced = !stats.worse.is_empty();
     // A reader that started during the build (readers take no writer lock).
-    if let Err(e) = refuse_with_readers(repo) {
+    if let Err(e) = refuse_with_readers(repo, "rebuild-catalog") {
         remove_building(&building);
         return Err(e);
     }
@@ -267,18 +267,7 @@ fn build(
     previous: Option<&Previous>,
     stats: &mut RebuildStats,
 ) -> Result<HashMap<Hash, (u64, u64)>> {
-    // A new file, never one planted under the name; 0600 (0640 in a
-    // repository shared with a group) through the umask the repository set.
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o640)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(building)
-            .at(building)?;
-    }
+    create_building(building)?;
     let cat = Catalog::open(building, true)?;
     let tx = cat.transaction()?;
     let old = previous.map(|p| &p.cat);
@@ -455,6 +444,21 @@ fn build(
     Ok(held)
 }
 
+/// The file a new catalog is built in: a new file, never one planted
+/// under the name; 0600 (0640 in a repository shared with a group) through
+/// the umask the repository set.
+pub(crate) fn create_building(building: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(building)
+        .at(building)?;
+    Ok(())
+}
+
 /// Why the record of a snapshot the previous catalog has was not found.
 fn record_whereabouts(
     old: &Catalog,
@@ -577,7 +581,7 @@ fn side_file(db: &Path, suffix: &str) -> PathBuf {
 }
 
 /// Remove a catalog being built, with its side files.
-fn remove_building(building: &Path) {
+pub(crate) fn remove_building(building: &Path) {
     for suffix in ["", "-wal", "-shm", "-journal"] {
         let _ = std::fs::remove_file(side_file(building, suffix));
     }
@@ -587,7 +591,7 @@ fn remove_building(building: &Path) {
 /// second name it had given the current catalog before it could rename
 /// the new one over it. Called with the writer lock held, so no rebuild is
 /// running.
-fn remove_leftovers(root: &Path, catalog: &Path) -> Result<u64> {
+pub(crate) fn remove_leftovers(root: &Path, catalog: &Path) -> Result<u64> {
     use std::os::unix::fs::MetadataExt;
     let current = std::fs::symlink_metadata(catalog)
         .ok()
@@ -632,7 +636,7 @@ fn remove_leftovers(root: &Path, catalog: &Path) -> Result<u64> {
 /// Put the finished catalog at `building` in place of `catalog`, keeping
 /// the old one under a new name (returned). At every moment catalog.db is
 /// one complete catalog, the old or the new.
-fn swap(repo: &Repository, building: &Path, catalog: &Path) -> Result<Option<PathBuf>> {
+pub(crate) fn swap(repo: &Repository, building: &Path, catalog: &Path) -> Result<Option<PathBuf>> {
     let exists = std::fs::symlink_metadata(catalog).is_ok();
     // Committed rows still in the old write-ahead log must reach the old
     // file before that log is moved away from it.

@@ -15,3 +15,4 @@ pub mod pack;
 pub mod page;
 pub mod record;
 pub mod tree;
+pub mod v1;

@@ -222,6 +222,10 @@ impl Repository {
         }
         chmod(&db, access.file_mode())?;
         drop(Catalog::open(&db, true)?);
+        Self::write_config_in(dir, config, access)
+    }
+
+    fn write_config_in(dir: &Path, config: &Config, access: Access) -> Result<()> {
         let tmp = dir.join("config.tmp");
         let mut f = OpenOptions::new()
             .write(true)
@@ -238,6 +242,12 @@ impl Repository {
         f.sync_all().at(&tmp)?;
         drop(f);
         std::fs::rename(&tmp, dir.join("config")).at(dir)
+    }
+
+    /// Replace the config file (atomically: a new file renamed over it).
+    pub fn write_config(&self, config: &Config) -> Result<()> {
+        Self::write_config_in(&self.root, config, self.access())?;
+        fsync_dir(&self.root)
     }
 
     fn init_by_rename(root: &Path, config: &Config, access: Access) -> Result<Repository> {
@@ -298,7 +308,11 @@ impl Repository {
             }
             Err(e) => return Err(e).at(&cfg_path),
         };
-        let config = Config::parse(&text, &cfg_path)?;
+        Repository::open_with(root, Config::parse(&text, &cfg_path)?)
+    }
+
+    /// Open with a config already read (`upgrade` reads an earlier format's).
+    pub fn open_with(root: &Path, config: Config) -> Result<Repository> {
         for own in ["packs", "tmp", "mounts", "catalog.db"] {
             let p = root.join(own);
             if std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {

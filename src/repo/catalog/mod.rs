@@ -634,7 +634,6 @@ impl Catalog {
         .during(|| "snapshots".to_string())
     }
 
-    #[cfg(test)]
     pub fn snapshot(&self, id: SnapshotId) -> Result<Option<SnapshotRow>> {
         (|| -> Result<Option<SnapshotRow>> {
             let mut st = self.conn.prepare_cached(&format!(
