@@ -29,6 +29,7 @@
 
 mod util;
 
+mod catalog_format;
 mod copy;
 mod damage;
 mod everyday;
