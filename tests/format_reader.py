@@ -101,7 +101,6 @@ KIND_OF_TYPE = {
     0o020000: E_CHR,
     0o060000: E_BLK,
 }
-KIND_NAMES = {1: "file", 2: "dir", 3: "symlink", 4: "fifo", 5: "char", 6: "block"}
 
 # Where pages end (§8.11).
 BOUNDARY_CONTEXT = "snapfs 2026 directory page boundaries"
@@ -1007,7 +1006,7 @@ class Repo:
                 epos = pos + 1 + offset
                 yield p, e, epos
                 if e.kind == E_DIR:
-                    if depth + 1 >= MAX_DEPTH:
+                    if depth + 1 > MAX_DEPTH:
                         raise Damaged(f"{show(p)}: directories nested deeper than {MAX_DEPTH} levels")
                     sub = self.directory(e.subdir, p)
                     if sub.nodes != e.nodes:
