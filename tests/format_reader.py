@@ -3,15 +3,18 @@
 
 It knows nothing of snapfs but that document: it finds every chunk through
 the packs' own tables, lists snapshots from the snapshot and forget records
-in the packs, extracts a snapshot with its metadata, verifies every chunk it
-reads against its BLAKE3 id, and cross-checks the catalog (catalog.db)
-against the packs. Section numbers (§) refer to docs/FORMAT.md.
+in the packs, reads directories from their pages, extracts a snapshot with
+its metadata, verifies every chunk it reads against its BLAKE3 id,
+cross-checks the catalog (catalog.db) against the packs, and checks that
+directory pages end where the document says a writer ends them. Section
+numbers (§) refer to docs/FORMAT.md.
 
 Usage:
     format_reader.py REPO list [--json]
-    format_reader.py REPO extract SNAPSHOT TARGET
+    format_reader.py REPO extract [--numeric-owner] SNAPSHOT TARGET
     format_reader.py REPO verify
     format_reader.py REPO check-catalog
+    format_reader.py REPO check-pages
 
 SNAPSHOT is a snapshot's name or its id (64 hex digits, or a unique prefix of
 at least 8). TARGET must be a new or empty directory.
@@ -22,9 +25,11 @@ message says what, naming the pack, chunk or path), 2 on a usage error.
 """
 
 import argparse
+import grp
 import io
 import json
 import os
+import pwd
 import sqlite3
 import stat
 import struct
@@ -52,7 +57,7 @@ class Usage(Exception):
 # ---------------------------------------------------------------- constants (§3-§12)
 
 FRAME = 262144
-REPO_FORMAT = 1
+REPO_FORMAT = 2
 PACK_MAGIC = b"SNAPFSPK"
 TABLE_MAGIC = b"SNAPFSTB"
 PACK_FORMAT_PLAIN = 1
@@ -62,18 +67,50 @@ ROW_LEN = 49
 BLOB_VERSION = 1
 FRAME_REC = 36
 RAW_FLAG = 1 << 31
-KIND_DATA, KIND_TREE, KIND_SNAPSHOT = 0, 1, 2
+KIND_DATA, KIND_PAGE, KIND_RECORD, KIND_LIST = 0, 1, 2, 3
+CHUNK_KINDS = (KIND_DATA, KIND_PAGE, KIND_RECORD, KIND_LIST)
 MAX_DATA_CHUNK = 16777216
 MAX_META_CHUNK = 1 << 30
-TREE_FORMAT = 1
-MIN_ENTRY_LEN = 15
+PAGE_FORMAT = 2
+MAX_LEVEL = 12
+MIN_TRIPLE_LEN = 3
+MIN_ENTRY_LEN = 10
+MIN_CHILD_LEN = 37
 MAX_NODES = 1 << 48
 MAX_DEPTH = 2500
+NANOS = 1_000_000_000
 RECORD_SNAPSHOT, RECORD_FORGET = 1, 2
-E_FILE, E_DIR, E_SYMLINK, E_FIFO, E_CHR, E_BLK = 1, 2, 3, 4, 5, 6
-KIND_NAMES = {1: "file", 2: "dir", 3: "symlink", 4: "fifo", 5: "char", 6: "block"}
 CHUNK_REC = 36
-CATALOG_VERSION = 1
+CATALOG_VERSION = 2
+MAX_OWNER_NAME = 255
+
+# Entry flags (§8.3).
+F_XATTRS, F_LINK, F_CTIME, F_ATIME, F_NLINK, F_RDEV = 1, 2, 4, 8, 16, 32
+F_ALL = 63
+
+# File content tags (§8.6).
+TAG_EMPTY, TAG_CHUNK, TAG_LIST = 0, 1, 2
+
+# Kinds, from a mode's type bits (§8.2).
+E_FILE, E_DIR, E_SYMLINK, E_FIFO, E_CHR, E_BLK = 1, 2, 3, 4, 5, 6
+KIND_OF_TYPE = {
+    0o100000: E_FILE,
+    0o040000: E_DIR,
+    0o120000: E_SYMLINK,
+    0o010000: E_FIFO,
+    0o020000: E_CHR,
+    0o060000: E_BLK,
+}
+
+# Where pages end (§8.11).
+BOUNDARY_CONTEXT = "snapfs 2026 directory page boundaries"
+LEAF_CUT_MASK = 63
+LEAF_MAX_ENTRIES = 256
+LEAF_MAX_WEIGHT = 32768
+INDEX_CUT_MASK = 31
+INDEX_MAX_CHILDREN = 128
+
+MASK64 = (1 << 64) - 1
 
 
 def b3(data):
@@ -103,6 +140,18 @@ def frame_len(raw_len, i):
 
 def kind_limit(kind):
     return MAX_DATA_CHUNK if kind == KIND_DATA else MAX_META_CHUNK
+
+
+def chunk_id(data):
+    """§4: BLAKE3 of the concatenated BLAKE3 digests of the frames."""
+    frames = [data[i : i + FRAME] for i in range(0, len(data), FRAME)] or [b""]
+    return b3(b"".join(b3(f) for f in frames))
+
+
+def i64(v):
+    """A 64-bit pattern read as signed (two's complement)."""
+    v &= MASK64
+    return v - (1 << 64) if v >= 1 << 63 else v
 
 
 # ---------------------------------------------------------------- chunks of zeros (§4.1)
@@ -200,7 +249,7 @@ def parse_pack_tail(name, size, read_at):
     if header[:8] != PACK_MAGIC:
         raise Damaged(f"{what}: not a pack (bad magic)")
     if header[8] != PACK_FORMAT_PLAIN:
-        raise Damaged(f"{what}: unknown pack format {header[8]} (this reader knows format 1)")
+        raise Damaged(f"{what}: unknown pack format {header[8]} (this reader knows format 1, plain packs)")
     if header[9:16] != bytes(7):
         raise Damaged(f"{what}: reserved header bytes are not zero")
     footer = read_at(size - FOOTER_LEN, FOOTER_LEN)
@@ -222,7 +271,7 @@ def parse_pack_tail(name, size, read_at):
         kind = r[32]
         offset, stored_len, raw_len = struct.unpack_from("<QII", r, 33)
         bad = f"{what}: table row for chunk {hx(cid)}"
-        if kind not in (KIND_DATA, KIND_TREE, KIND_SNAPSHOT):
+        if kind not in CHUNK_KINDS:
             raise Damaged(f"{bad}: unknown chunk kind {kind}")
         if offset < HEADER_LEN or offset + stored_len > table_offset:
             raise Damaged(f"{bad}: blob at {offset} (+{stored_len}) lies outside the blob area")
@@ -233,234 +282,6 @@ def parse_pack_tail(name, size, read_at):
             raise Damaged(f"{bad}: stored length {stored_len} is impossible for raw length {raw_len}")
         rows.append(Row(cid, kind, offset, stored_len, raw_len, name))
     return rows
-
-
-class Repo:
-    def __init__(self, root):
-        self.root = os.fsencode(root)
-        self.config = self.read_config()
-        self.packs = {}  # pack name (hex) -> (path, size)
-        self.rows = {}  # pack name -> [Row]
-        self.index = {}  # chunk id -> [Row] (every copy)
-        self.problems = []
-        self._fds = {}
-        self._trees = {}
-        self._nodes = {}
-
-    # ---- config (§3)
-
-    def read_config(self):
-        path = os.path.join(self.root, b"config")
-        try:
-            with open(path, "rb") as f:
-                text = f.read().decode("utf-8")
-        except FileNotFoundError:
-            raise Usage(f"{show(self.root)} is not a snapfs repository (no config file)")
-        except UnicodeDecodeError:
-            raise Damaged("config: not UTF-8 text")
-        values = {}
-        for line in text.splitlines():
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            if "=" not in line:
-                raise Damaged(f"config: unreadable line {line!r}")
-            k, v = (s.strip() for s in line.split("=", 1))
-            if k in values:
-                raise Damaged(f"config: {k} given more than once")
-            values[k] = v
-        if values.get("format") != str(REPO_FORMAT):
-            raise Damaged(
-                f"config: repository format {values.get('format')!r} is not one this reader knows (1)"
-            )
-        if values.get("frame", str(FRAME)) != str(FRAME):
-            raise Damaged(f"config: frame {values.get('frame')!r} is not {FRAME}")
-        return values
-
-    # ---- packs (§2, §6)
-
-    def list_packs(self):
-        top = os.path.join(self.root, b"packs")
-        found = {}
-        for sub in sorted(os.listdir(top)):
-            d = os.path.join(top, sub)
-            if not os.path.isdir(d) or os.path.islink(d):
-                self.note(f"ignoring {show(d)}: not a pack directory")
-                continue
-            for fname in sorted(os.listdir(d)):
-                p = os.path.join(d, fname)
-                stem = fname[:-5] if fname.endswith(b".pack") else b""
-                ok = (
-                    len(stem) == 64
-                    and all(c in b"0123456789abcdef" for c in stem)
-                    and stem[:2] == sub
-                    and stat.S_ISREG(os.lstat(p).st_mode)
-                )
-                if not ok:
-                    self.note(f"ignoring {show(p)}: not a pack file name")
-                    continue
-                found[stem.decode()] = (p, os.lstat(p).st_size)
-        return found
-
-    def read_at(self, name, offset, length):
-        fd = self._fds.get(name)
-        if fd is None:
-            fd = os.open(self.packs[name][0], os.O_RDONLY | os.O_CLOEXEC)
-            self._fds[name] = fd
-        data = os.pread(fd, length, offset)
-        if len(data) != length:
-            raise Damaged(f"pack {name}: shorter than its table says")
-        return data
-
-    def load(self, strict=True):
-        """Index every chunk of every pack through the packs' own tables."""
-        self.packs = self.list_packs()
-        for name, (path, size) in self.packs.items():
-            try:
-                rows = parse_pack_tail(name, size, lambda o, n, name=name: self.read_at(name, o, n))
-            except Damaged as e:
-                if strict:
-                    raise
-                self.problems.append(str(e))
-                continue
-            self.rows[name] = rows
-            for r in rows:
-                self.index.setdefault(r.cid, []).append(r)
-        return self
-
-    def kind_of(self, cid):
-        """A chunk's kind: a metadata kind wins over data (§6.5)."""
-        return max(r.kind for r in self.index[cid])
-
-    def note(self, msg):
-        sys.stderr.write(f"format_reader: {msg}\n")
-
-    # ---- chunks
-
-    def chunk(self, cid, raw_len=None, what=None):
-        """The verified bytes of chunk `cid`, from the first copy that decodes."""
-        what = what or f"chunk {hx(cid)}"
-        copies = self.index.get(cid)
-        if not copies:
-            raise Damaged(f"{what}: chunk {hx(cid)} is in no pack")
-        errors = []
-        for r in copies:
-            where = f"chunk {hx(cid)} in pack {r.pack} at offset {r.offset}"
-            if raw_len is not None and r.raw_len != raw_len:
-                errors.append(f"{where}: raw length {r.raw_len}, {raw_len} expected")
-                continue
-            try:
-                blob = self.read_at(r.pack, r.offset, r.stored_len)
-                data = decode_blob(blob, cid, r.raw_len, r.kind, where)
-            except Damaged as e:
-                errors.append(str(e))
-                continue
-            if len(copies) > 1 and errors:
-                self.note(f"{errors[0]}; another copy was used")
-            return data
-        raise Damaged(f"{what}: " + "; ".join(errors))
-
-    # ---- trees (§8)
-
-    def tree(self, h, where=b"/"):
-        t = self._trees.get(h)
-        if t is None:
-            what = f"tree {hx(h)} (directory {show(where)})"
-            if h in self.index and self.kind_of(h) != KIND_TREE:
-                raise Damaged(f"{what}: stored as chunk kind {self.kind_of(h)}, not a tree")
-            t = decode_tree(self.chunk(h, what=what), what)
-            self._trees[h] = t
-        return t
-
-    def nodes(self, root):
-        """Entries beneath tree `root`, every directory's claim checked (§8.6),
-        depth bounded and cycles refused (§8.8)."""
-        stack = [(root, 0, False)]
-        busy = set()
-        while stack:
-            h, depth, done = stack.pop()
-            if done:
-                total = 0
-                for e in self.tree(h):
-                    if e.kind == E_DIR:
-                        sub = self._nodes[e.subtree]
-                        if e.nodes != sub:
-                            raise Damaged(
-                                f"tree {hx(h)}: directory {show(e.name)} claims {e.nodes} nodes, "
-                                f"its tree holds {sub}"
-                            )
-                        total += 1 + sub
-                    else:
-                        total += 1
-                    if total > MAX_NODES:
-                        raise Damaged(f"tree {hx(h)}: node count overflows")
-                self._nodes[h] = total
-                busy.discard(h)
-                continue
-            if h in self._nodes:
-                continue
-            if h in busy:
-                raise Damaged(f"tree {hx(h)} contains itself")
-            if depth >= MAX_DEPTH:
-                raise Damaged(f"tree {hx(h)}: directories nested deeper than {MAX_DEPTH} levels")
-            busy.add(h)
-            stack.append((h, depth, True))
-            for e in self.tree(h):
-                if e.kind == E_DIR and e.subtree not in self._nodes:
-                    stack.append((e.subtree, depth + 1, False))
-        return self._nodes[root]
-
-    def walk(self, root):
-        """Every (path, entry, position) of a snapshot, depth first in name
-        order (§8.6); the root is position 0 and has no entry."""
-        self.nodes(root)
-        stack = [(root, b"", 0)]
-        while stack:
-            h, path, pos = stack.pop()
-            subdirs = []
-            offset = 0
-            for e in self.tree(h, path or b"/"):
-                p = path + b"/" + e.name
-                epos = pos + 1 + offset
-                yield p, e, epos, offset
-                if e.kind == E_DIR:
-                    subdirs.append((e.subtree, p, epos))
-                offset += e.span()
-            stack.extend(reversed(subdirs))
-
-    # ---- records and snapshots (§9)
-
-    def records(self):
-        """(snapshots, forgotten ids, forget record ids) from the kind-2 chunks."""
-        snaps, forgotten, forgets = {}, set(), set()
-        for cid in sorted(c for c in self.index if self.kind_of(c) == KIND_SNAPSHOT):
-            rec = decode_record(self.chunk(cid), cid)
-            if rec["type"] == RECORD_SNAPSHOT:
-                snaps[cid] = rec
-            else:
-                forgets.add(cid)
-                forgotten.update(rec["hashes"])
-        return snaps, forgotten, forgets
-
-    def snapshots(self):
-        snaps, forgotten, _ = self.records()
-        live = [s for cid, s in snaps.items() if cid not in forgotten]
-        live.sort(key=lambda s: (s["started_ns"], s["name"], s["id"]))
-        return live
-
-    def find_snapshot(self, spec):
-        live = self.snapshots()
-        by_name = [s for s in live if s["name"] == spec]
-        if by_name:
-            return by_name[0]
-        spec_l = spec.lower()
-        if len(spec_l) >= 8 and all(c in "0123456789abcdef" for c in spec_l):
-            by_id = [s for s in live if hx(s["id"]).startswith(spec_l)]
-            if len(by_id) == 1:
-                return by_id[0]
-            if len(by_id) > 1:
-                raise Usage(f"{spec} names more than one snapshot")
-        raise Usage(f"no snapshot named {spec!r} in the packs")
 
 
 # ---------------------------------------------------------------- the metadata encoding (§7)
@@ -531,6 +352,7 @@ class Cursor:
 
 
 def name_problem(name):
+    """Why `name` cannot be an entry name (§8.4), or None."""
     if not name:
         return "is empty"
     if name in (b".", b".."):
@@ -544,21 +366,33 @@ def name_problem(name):
     return None
 
 
-class Entry:
-    __slots__ = (
-        "name", "kind", "mode", "uid", "gid", "size", "mtime_ns", "ctime_ns", "atime_ns",
-        "rdev", "ino", "nlink", "blocks", "link_key", "xattrs_raw", "xattrs", "chunks_raw",
-        "chunks", "subtree", "nodes", "target",
-    )
+def take_name(c, prev):
+    """A prefix-compressed name (§8.4): `shared` bytes of `prev`, then a suffix;
+    valid, and after `prev` when there is one."""
+    base = prev if prev is not None else b""
+    shared = c.varint()
+    if shared > len(base):
+        c.fail(f"a name shares {shared} bytes with the {len(base)}-byte name before it")
+    name = base[:shared] + c.bytes()
+    why = name_problem(name)
+    if why:
+        c.fail(f"name {show(name)} {why}")
+    if prev is not None and name <= prev:
+        c.fail(f"name {show(name)}: names are duplicated or out of order")
+    return name
 
-    def span(self):
-        return 1 + self.nodes if self.kind == E_DIR else 1
 
-    def total(self):
-        return sum(n for _, n in self.chunks)
+def take_time(c, ref):
+    """A time stored against reference seconds `ref` (§8.5): (secs, nanos)."""
+    secs = i64(ref + c.zigzag())
+    nanos = c.u32()
+    if nanos >= NANOS:
+        c.fail(f"{nanos} nanoseconds is not within a second")
+    return secs, nanos
 
 
 def decode_xattrs(raw, what):
+    """§8.8: a count, then (name, value) pairs, nothing after."""
     if not raw:
         return []
     c = Cursor(raw, f"{what}: extended attributes")
@@ -573,6 +407,7 @@ def decode_xattrs(raw, what):
 
 
 def decode_chunk_list(raw, what):
+    """§8.7: 36 bytes per chunk, (id, u32 raw length)."""
     if len(raw) % CHUNK_REC:
         raise Damaged(f"{what}: chunk list has a partial record")
     out = []
@@ -585,47 +420,331 @@ def decode_chunk_list(raw, what):
     return out
 
 
-def decode_tree(data, what):
+# ---------------------------------------------------------------- pages (§8)
+
+
+class Entry:
+    """One directory entry, with every field of §8.3."""
+
+    __slots__ = (
+        "name", "kind", "mode", "uid", "gid", "size", "mtime", "ctime", "atime",
+        "ino", "nlink", "blocks", "link_key", "rdev", "xattrs", "tag", "ref",
+        "subdir", "nodes", "target",
+    )
+
+    def span(self):
+        return 1 + self.nodes if self.kind == E_DIR else 1
+
+
+class Leaf:
+    __slots__ = ("entries", "nodes")
+    level = 0
+
+    def __init__(self, entries, nodes):
+        self.entries, self.nodes = entries, nodes
+
+    def first_name(self):
+        return self.entries[0].name if self.entries else None
+
+    def count(self):
+        return len(self.entries)
+
+
+class Child:
+    __slots__ = ("first_name", "page", "entries", "nodes")
+
+
+class Index:
+    __slots__ = ("level", "children", "entries", "nodes")
+
+    def __init__(self, level, children, entries, nodes):
+        self.level, self.children, self.entries, self.nodes = level, children, entries, nodes
+
+    def first_name(self):
+        return self.children[0].first_name
+
+    def count(self):
+        return self.entries
+
+
+def decode_page(data, what):
+    """One page, checked as far as a page alone can be (§8.2-§8.9)."""
     c = Cursor(data, what)
     fmt = c.u8()
-    if fmt != TREE_FORMAT:
-        c.fail(f"unknown tree format {fmt}")
-    out = []
+    if fmt != PAGE_FORMAT:
+        c.fail(f"unknown page format {fmt}")
+    level = c.u8()
+    if level > MAX_LEVEL:
+        c.fail(f"page level {level} is above {MAX_LEVEL}")
+    page = decode_leaf(c) if level == 0 else decode_index(c, level)
+    c.finish()
+    return page
+
+
+def decode_leaf(c):
+    palette = []
+    for _ in range(c.count(MIN_TRIPLE_LEN)):
+        mode, uid, gid = c.u32(), c.u32(), c.u32()
+        kind = KIND_OF_TYPE.get(mode & 0o170000)
+        if kind is None:
+            c.fail(f"palette mode {mode:o} is of no kind a repository keeps")
+        palette.append((kind, mode, uid, gid))
+    n = c.count(MIN_ENTRY_LEN)
+    base = c.zigzag()
+    entries = []
     nodes = 0
-    for _ in range(c.count(MIN_ENTRY_LEN)):
+    prev_ino = 0
+    for _ in range(n):
         e = Entry()
-        e.name = c.bytes()
-        why = name_problem(e.name)
-        if why:
-            c.fail(f"entry {show(e.name)} {why}")
-        if out and out[-1].name >= e.name:
-            c.fail(f"entry {show(e.name)}: names are duplicated or out of order")
-        ew = f"{what}, entry {show(e.name)}"
-        e.kind = c.u8()
-        if e.kind not in KIND_NAMES:
-            c.fail(f"entry {show(e.name)}: unknown entry kind {e.kind}")
-        e.mode, e.uid, e.gid = c.u32(), c.u32(), c.u32()
+        flags = c.u8()
+        if flags & ~F_ALL:
+            c.fail(f"unknown entry flags {flags:#x}")
+        e.name = take_name(c, entries[-1].name if entries else None)
+        bad = lambda why, e=e: c.fail(f"entry {show(e.name)}: {why}")
+        i = c.varint()
+        if i >= len(palette):
+            bad(f"triple {i} is not in the palette of {len(palette)}")
+        e.kind, e.mode, e.uid, e.gid = palette[i]
         e.size = c.varint()
-        e.mtime_ns, e.ctime_ns, e.atime_ns = c.zigzag(), c.zigzag(), c.zigzag()
-        e.rdev, e.ino, e.nlink, e.blocks = c.varint(), c.varint(), c.varint(), c.varint()
-        e.link_key = c.varint()
-        e.xattrs_raw = c.bytes()
-        e.xattrs = decode_xattrs(e.xattrs_raw, ew)
-        e.chunks_raw, e.chunks, e.subtree, e.nodes, e.target = None, None, None, 0, None
+        e.mtime = take_time(c, base)
+        e.ctime = take_time(c, e.mtime[0]) if flags & F_CTIME else e.mtime
+        e.atime = take_time(c, e.mtime[0]) if flags & F_ATIME else e.mtime
+        e.ino = (prev_ino + c.zigzag()) & MASK64
+        prev_ino = e.ino
+        e.nlink = c.varint() if flags & F_NLINK else 1
+        e.blocks = c.varint()
+        e.link_key = c.varint() if flags & F_LINK else 0
+        e.rdev = c.varint() if flags & F_RDEV else 0
+        e.xattrs = decode_xattrs(c.bytes(), f"{c.what}, entry {show(e.name)}") if flags & F_XATTRS else []
+        e.tag, e.ref, e.subdir, e.nodes, e.target = None, None, None, 0, None
         if e.kind == E_FILE:
-            e.chunks_raw = c.bytes()
-            e.chunks = decode_chunk_list(e.chunks_raw, ew)
+            e.tag = c.u8()
+            if e.tag == TAG_EMPTY:
+                if e.size != 0:
+                    bad(f"a file of {e.size} bytes has no content")
+            elif e.tag == TAG_CHUNK:
+                if not 0 < e.size <= MAX_DATA_CHUNK:
+                    bad(f"a file of {e.size} bytes cannot be one chunk")
+                e.ref = c.hash()
+            elif e.tag == TAG_LIST:
+                e.ref = c.hash()
+            else:
+                bad(f"unknown file content tag {e.tag}")
         elif e.kind == E_DIR:
-            e.subtree = c.hash()
+            e.subdir = c.hash()
             e.nodes = c.varint()
         elif e.kind == E_SYMLINK:
             e.target = c.bytes()
         nodes += e.span()
         if nodes > MAX_NODES:
-            c.fail(f"entry {show(e.name)}: node count overflows")
-        out.append(e)
-    c.finish()
-    return out
+            bad("node count overflows")
+        entries.append(e)
+    return Leaf(entries, nodes)
+
+
+def decode_index(c, level):
+    n = c.count(MIN_CHILD_LEN)
+    if n == 0:
+        c.fail("index page without children")
+    children = []
+    entries = nodes = 0
+    for _ in range(n):
+        ch = Child()
+        ch.first_name = take_name(c, children[-1].first_name if children else None)
+        ch.page = c.hash()
+        ch.entries, ch.nodes = c.varint(), c.varint()
+        if ch.entries == 0 or ch.nodes < ch.entries:
+            c.fail(f"child {hx(ch.page)} claims {ch.entries} entries and {ch.nodes} nodes")
+        entries += ch.entries
+        nodes += ch.nodes
+        if entries > MAX_NODES or nodes > MAX_NODES:
+            c.fail("entry or node count overflows")
+        children.append(ch)
+    return Index(level, children, entries, nodes)
+
+
+class Directory:
+    """A directory read whole from its pages (§8.10)."""
+
+    __slots__ = ("hash", "pages", "entries", "nodes")
+
+    def __init__(self, h, pages, entries, nodes):
+        self.hash, self.pages, self.entries, self.nodes = h, pages, entries, nodes
+
+
+# ---------------------------------------------------------------- writing pages (§8.11)
+# Used only to check that snapfs's pages end where the document says; a
+# reader needs none of this.
+
+
+class Writer:
+    def __init__(self):
+        self.b = bytearray()
+
+    def u8(self, v):
+        self.b.append(v)
+
+    def varint(self, v):
+        while True:
+            byte = v & 0x7F
+            v >>= 7
+            if v:
+                self.b.append(byte | 0x80)
+            else:
+                self.b.append(byte)
+                return
+
+    def zigzag(self, v):
+        v = i64(v)
+        self.varint(((v << 1) ^ (v >> 63)) & MASK64)
+
+    def bytes(self, s):
+        self.varint(len(s))
+        self.b += s
+
+    def name(self, prev, name):
+        shared = 0
+        while shared < min(len(prev), len(name)) and prev[shared] == name[shared]:
+            shared += 1
+        self.varint(shared)
+        self.bytes(name[shared:])
+
+
+def encode_xattrs(pairs):
+    if not pairs:
+        return b""
+    w = Writer()
+    w.varint(len(pairs))
+    for k, v in pairs:
+        w.bytes(k)
+        w.bytes(v)
+    return bytes(w.b)
+
+
+def encode_leaf(entries):
+    w = Writer()
+    w.u8(PAGE_FORMAT)
+    w.u8(0)
+    palette = []
+    for e in entries:
+        if (e.mode, e.uid, e.gid) not in palette:
+            palette.append((e.mode, e.uid, e.gid))
+    w.varint(len(palette))
+    for t in palette:
+        for v in t:
+            w.varint(v)
+    w.varint(len(entries))
+    base = entries[0].mtime[0] if entries else 0
+    w.zigzag(base)
+    prev, prev_ino = b"", 0
+    for e in entries:
+        flags = (
+            (F_XATTRS if e.xattrs else 0)
+            | (F_LINK if e.link_key else 0)
+            | (F_CTIME if e.ctime != e.mtime else 0)
+            | (F_ATIME if e.atime != e.mtime else 0)
+            | (F_NLINK if e.nlink != 1 else 0)
+            | (F_RDEV if e.rdev else 0)
+        )
+        w.u8(flags)
+        w.name(prev, e.name)
+        prev = e.name
+        w.varint(palette.index((e.mode, e.uid, e.gid)))
+        w.varint(e.size)
+        w.zigzag(e.mtime[0] - base)
+        w.varint(e.mtime[1])
+        for flag, t in ((F_CTIME, e.ctime), (F_ATIME, e.atime)):
+            if flags & flag:
+                w.zigzag(t[0] - e.mtime[0])
+                w.varint(t[1])
+        w.zigzag(e.ino - prev_ino)
+        prev_ino = e.ino
+        if flags & F_NLINK:
+            w.varint(e.nlink)
+        w.varint(e.blocks)
+        if flags & F_LINK:
+            w.varint(e.link_key)
+        if flags & F_RDEV:
+            w.varint(e.rdev)
+        if flags & F_XATTRS:
+            w.bytes(encode_xattrs(e.xattrs))
+        if e.kind == E_FILE:
+            w.u8(e.tag)
+            if e.tag != TAG_EMPTY:
+                w.b += e.ref
+        elif e.kind == E_DIR:
+            w.b += e.subdir
+            w.varint(e.nodes)
+        elif e.kind == E_SYMLINK:
+            w.bytes(e.target)
+    return bytes(w.b)
+
+
+def encode_index(level, children):
+    w = Writer()
+    w.u8(PAGE_FORMAT)
+    w.u8(level)
+    w.varint(len(children))
+    prev = b""
+    for ch in children:
+        w.name(prev, ch.first_name)
+        prev = ch.first_name
+        w.b += ch.page
+        w.varint(ch.entries)
+        w.varint(ch.nodes)
+    return bytes(w.b)
+
+
+def boundary_key():
+    return blake3.blake3(b"", derive_key_context=BOUNDARY_CONTEXT).digest()
+
+
+def canonical_pages(entries, key):
+    """The pages a writer makes of `entries` (§8.11): [(hash, bytes)], root last."""
+    pages = []
+    refs = []
+    leaf, weight = [], 0
+
+    def close(page_bytes, first, count, nodes):
+        h = chunk_id(page_bytes)
+        pages.append((h, page_bytes))
+        ch = Child()
+        ch.first_name, ch.page, ch.entries, ch.nodes = first, h, count, nodes
+        return ch
+
+    for i, e in enumerate(entries):
+        weight += 64 + len(e.name) + sum(len(k) + len(v) for k, v in e.xattrs)
+        if e.kind == E_SYMLINK:
+            weight += len(e.target)
+        leaf.append(e)
+        cut = blake3.blake3(e.name, key=key).digest()[0] & LEAF_CUT_MASK == 0
+        if cut or len(leaf) >= LEAF_MAX_ENTRIES or weight >= LEAF_MAX_WEIGHT or i + 1 == len(entries):
+            refs.append(close(encode_leaf(leaf), leaf[0].name, len(leaf), sum(x.span() for x in leaf)))
+            leaf, weight = [], 0
+    if not refs:
+        close(encode_leaf([]), None, 0, 0)
+        return pages
+    level = 0
+    while len(refs) > 1:
+        level += 1
+        above, group = [], []
+        for i, ch in enumerate(refs):
+            group.append(ch)
+            if ch.page[0] & INDEX_CUT_MASK == 0 or len(group) >= INDEX_MAX_CHILDREN or i + 1 == len(refs):
+                above.append(
+                    close(
+                        encode_index(level, group),
+                        group[0].first_name,
+                        sum(g.entries for g in group),
+                        sum(g.nodes for g in group),
+                    )
+                )
+                group = []
+        refs = above
+    return pages
+
+
+# ---------------------------------------------------------------- records (§9)
 
 
 def decode_paths(raw, what):
@@ -633,6 +752,22 @@ def decode_paths(raw, what):
     paths = [c.bytes() for _ in range(c.count(1))]
     c.finish()
     return paths
+
+
+def decode_owners(c):
+    """§9.1: users, then groups; ids strictly increasing, names restricted."""
+    lists = []
+    for which in ("user", "group"):
+        out = []
+        for _ in range(c.count(2)):
+            oid, name = c.u32(), c.bytes()
+            if out and out[-1][0] >= oid:
+                c.fail(f"{which} {oid}: ids are duplicated or out of order")
+            if not name or len(name) > MAX_OWNER_NAME or any(b in name for b in (b"\0", b":", b"/", b"\n")):
+                c.fail(f"{which} {oid}: {show(name)} cannot be a {which} name")
+            out.append((oid, name))
+        lists.append(out)
+    return lists
 
 
 def decode_record(data, cid):
@@ -657,6 +792,9 @@ def decode_record(data, cid):
         rec["root"] = c.hash()
         for k in ("nodes", "files", "dirs", "size", "read_bytes", "warnings"):
             rec[k] = c.varint()
+        at = c.p
+        rec["users"], rec["groups"] = decode_owners(c)
+        rec["owners_raw"] = data[at : c.p]
     elif t == RECORD_FORGET:
         rec = {"type": t, "id": cid, "when_ns": c.zigzag()}
         rec["hashes"] = [c.hash() for _ in range(c.count(32))]
@@ -666,7 +804,271 @@ def decode_record(data, cid):
     return rec
 
 
+# ---------------------------------------------------------------- a repository (§2, §10)
+
+
+class Repo:
+    def __init__(self, root):
+        self.root = os.fsencode(root)
+        self.config = self.read_config()
+        self.packs = {}  # pack name (hex) -> (path, size)
+        self.rows = {}  # pack name -> [Row]
+        self.index = {}  # chunk id -> [Row] (every copy)
+        self.problems = []
+        self._fds = {}
+        self._dirs = {}
+
+    # ---- config (§3, §12.1)
+
+    def read_config(self):
+        path = os.path.join(self.root, b"config")
+        try:
+            with open(path, "rb") as f:
+                text = f.read().decode("utf-8")
+        except FileNotFoundError:
+            raise Usage(f"{show(self.root)} is not a snapfs repository (no config file)")
+        except UnicodeDecodeError:
+            raise Damaged("config: not UTF-8 text")
+        values = {}
+        for line in text.splitlines():
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if "=" not in line:
+                raise Damaged(f"config: unreadable line {line!r}")
+            k, v = (s.strip() for s in line.split("=", 1))
+            if k in values:
+                raise Damaged(f"config: {k} given more than once")
+            values[k] = v
+        fmt = values.get("format")
+        if fmt == "1":
+            raise Damaged(
+                f"config: repository format '1' is the previous format, which this reader does not "
+                f"read; convert it with `snapfs upgrade --repo {show(self.root)}`"
+            )
+        if fmt != str(REPO_FORMAT):
+            raise Damaged(f"config: repository format {fmt!r} is not one this reader knows ({REPO_FORMAT})")
+        if values.get("frame", str(FRAME)) != str(FRAME):
+            raise Damaged(f"config: frame {values.get('frame')!r} is not {FRAME}")
+        return values
+
+    # ---- packs (§2, §6)
+
+    def list_packs(self):
+        top = os.path.join(self.root, b"packs")
+        found = {}
+        if not os.path.isdir(top):
+            return found
+        for sub in sorted(os.listdir(top)):
+            d = os.path.join(top, sub)
+            if not os.path.isdir(d) or os.path.islink(d):
+                self.note(f"ignoring {show(d)}: not a pack directory")
+                continue
+            for fname in sorted(os.listdir(d)):
+                p = os.path.join(d, fname)
+                stem = fname[:-5] if fname.endswith(b".pack") else b""
+                ok = (
+                    len(stem) == 64
+                    and all(c in b"0123456789abcdef" for c in stem)
+                    and stem[:2] == sub
+                    and stat.S_ISREG(os.lstat(p).st_mode)
+                )
+                if not ok:
+                    self.note(f"ignoring {show(p)}: not a pack file name")
+                    continue
+                found[stem.decode()] = (p, os.lstat(p).st_size)
+        return found
+
+    def read_at(self, name, offset, length):
+        fd = self._fds.get(name)
+        if fd is None:
+            fd = os.open(self.packs[name][0], os.O_RDONLY | os.O_CLOEXEC)
+            self._fds[name] = fd
+        data = os.pread(fd, length, offset)
+        if len(data) != length:
+            raise Damaged(f"pack {name}: shorter than its table says")
+        return data
+
+    def load(self, strict=True):
+        """Index every chunk of every pack through the packs' own tables."""
+        self.packs = self.list_packs()
+        for name, (path, size) in self.packs.items():
+            try:
+                rows = parse_pack_tail(name, size, lambda o, n, name=name: self.read_at(name, o, n))
+            except Damaged as e:
+                if strict:
+                    raise
+                self.problems.append(str(e))
+                continue
+            self.rows[name] = rows
+            for r in rows:
+                self.index.setdefault(r.cid, []).append(r)
+        return self
+
+    def kinds_of(self, cid):
+        return {r.kind for r in self.index.get(cid, [])}
+
+    def note(self, msg):
+        sys.stderr.write(f"format_reader: {msg}\n")
+
+    # ---- chunks (§5, §6.5)
+
+    def chunk(self, cid, raw_len=None, what=None):
+        """The verified bytes of chunk `cid`, from the first copy that decodes."""
+        what = what or f"chunk {hx(cid)}"
+        copies = self.index.get(cid)
+        if not copies:
+            raise Damaged(f"{what}: chunk {hx(cid)} is in no pack")
+        errors = []
+        for r in copies:
+            where = f"chunk {hx(cid)} in pack {r.pack} at offset {r.offset}"
+            if raw_len is not None and r.raw_len != raw_len:
+                errors.append(f"{where}: raw length {r.raw_len}, {raw_len} expected")
+                continue
+            try:
+                blob = self.read_at(r.pack, r.offset, r.stored_len)
+                data = decode_blob(blob, cid, r.raw_len, r.kind, where)
+            except Damaged as e:
+                errors.append(str(e))
+                continue
+            if len(copies) > 1 and errors:
+                self.note(f"{errors[0]}; another copy was used")
+            return data
+        raise Damaged(f"{what}: " + "; ".join(errors))
+
+    def has_chunk(self, cid, raw_len):
+        return any(r.raw_len == raw_len for r in self.index.get(cid, []))
+
+    # ---- directories (§8.10)
+
+    def directory(self, h, where=b"/"):
+        """The directory whose root page is `h`: its pages and entries, every
+        page checked against its parent, names rising across pages."""
+        d = self._dirs.get(h)
+        if d is not None:
+            return d
+        what = f"directory {show(where)}"
+        pages = []
+        entries = []
+        stack = [(h, None)]
+        while stack:
+            ph, parent = stack.pop()
+            pw = f"{what}: page {hx(ph)}"
+            page = decode_page(self.chunk(ph, what=pw), pw)
+            if parent is not None:
+                want, level = parent
+                if page.level + 1 != level:
+                    raise Damaged(f"{pw}: level {page.level} under a page of level {level}")
+                if (page.first_name(), page.count(), page.nodes) != (want.first_name, want.entries, want.nodes):
+                    raise Damaged(f"{pw}: its first name or counts differ from what its parent page says")
+            pages.append((ph, page))
+            if isinstance(page, Leaf):
+                if entries and page.entries and entries[-1].name >= page.entries[0].name:
+                    raise Damaged(f"{pw}: names are out of order across pages")
+                entries.extend(page.entries)
+            else:
+                for ch in reversed(page.children):
+                    stack.append((ch.page, (ch, page.level)))
+        root = pages[0][1]
+        d = Directory(h, pages, entries, root.nodes)
+        self._dirs[h] = d
+        return d
+
+    def chunk_list(self, lid, what):
+        """A file's chunk list (§8.7), fetched by its list id."""
+        return decode_chunk_list(self.chunk(lid, what=f"{what}: chunk list {hx(lid)}"), what)
+
+    def file_chunks(self, e, what):
+        """[(chunk id, length)] of a file entry, its lengths adding up to its size."""
+        if e.tag == TAG_EMPTY:
+            return []
+        if e.tag == TAG_CHUNK:
+            return [(e.ref, e.size)]
+        chunks = self.chunk_list(e.ref, what)
+        total = sum(n for _, n in chunks)
+        if total != e.size:
+            raise Damaged(f"{what}: size {e.size}, but its chunk list {hx(e.ref)} holds {total} bytes")
+        return chunks
+
+    def walk(self, root):
+        """Every (path, entry, position) of a snapshot, depth first in name
+        order (§8.13); the root is position 0 and has no entry. Each
+        directory's node count is checked against the entry that names it,
+        and nesting is bounded (§8.15)."""
+        stack = [(root, b"", 0, 0)]
+        while stack:
+            h, path, pos, depth = stack.pop()
+            d = self.directory(h, path or b"/")
+            subdirs = []
+            offset = 0
+            for e in d.entries:
+                p = path + b"/" + e.name
+                epos = pos + 1 + offset
+                yield p, e, epos
+                if e.kind == E_DIR:
+                    if depth + 1 > MAX_DEPTH:
+                        raise Damaged(f"{show(p)}: directories nested deeper than {MAX_DEPTH} levels")
+                    sub = self.directory(e.subdir, p)
+                    if sub.nodes != e.nodes:
+                        raise Damaged(
+                            f"directory {show(p)} claims {e.nodes} nodes beneath it, "
+                            f"its pages hold {sub.nodes}"
+                        )
+                    subdirs.append((e.subdir, p, epos, depth + 1))
+                offset += e.span()
+            stack.extend(reversed(subdirs))
+
+    # ---- records and snapshots (§9)
+
+    def records(self):
+        """(snapshots, forgotten ids, forget record ids) from the kind-2 chunks."""
+        snaps, forgotten, forgets = {}, set(), set()
+        for cid in sorted(c for c in self.index if KIND_RECORD in self.kinds_of(c)):
+            rec = decode_record(self.chunk(cid), cid)
+            if rec["type"] == RECORD_SNAPSHOT:
+                snaps[cid] = rec
+            else:
+                forgets.add(cid)
+                forgotten.update(rec["hashes"])
+        return snaps, forgotten, forgets
+
+    def snapshots(self):
+        snaps, forgotten, _ = self.records()
+        live = [s for cid, s in snaps.items() if cid not in forgotten]
+        live.sort(key=lambda s: (s["started_ns"], s["name"], s["id"]))
+        return live
+
+    def find_snapshot(self, spec):
+        live = self.snapshots()
+        by_name = [s for s in live if s["name"] == spec]
+        if by_name:
+            return by_name[0]
+        spec_l = spec.lower()
+        if len(spec_l) >= 8 and all(c in "0123456789abcdef" for c in spec_l):
+            by_id = [s for s in live if hx(s["id"]).startswith(spec_l)]
+            if len(by_id) == 1:
+                return by_id[0]
+            if len(by_id) > 1:
+                raise Usage(f"{spec} names more than one snapshot")
+        raise Usage(f"no snapshot named {spec!r} in the packs")
+
+    def check_snapshot(self, s):
+        """A snapshot's tree read whole: every page, list and count (§8.10, §8.13)."""
+        root = self.directory(s["root"])
+        if root.nodes != s["nodes"]:
+            raise Damaged(f"its record claims {s['nodes']} nodes, its root directory holds {root.nodes}")
+        for rel, e, _pos in self.walk(s["root"]):
+            if e.kind == E_FILE:
+                for cid, n in self.file_chunks(e, show(rel)):
+                    if not self.has_chunk(cid, n):
+                        raise Damaged(f"{show(rel)}: chunk {hx(cid)} ({n} bytes) is in no pack")
+
+
 # ---------------------------------------------------------------- list
+
+
+def owners_json(pairs):
+    return {str(i): n.decode("utf-8", "backslashreplace") for i, n in pairs}
 
 
 def cmd_list(repo, args):
@@ -686,6 +1088,8 @@ def cmd_list(repo, args):
                 "files": s["files"],
                 "dirs": s["dirs"],
                 "size": s["size"],
+                "users": owners_json(s["users"]),
+                "groups": owners_json(s["groups"]),
             }
             for s in live
         ]
@@ -698,41 +1102,60 @@ def cmd_list(repo, args):
 # ---------------------------------------------------------------- extract (§10)
 
 
-def apply_meta(repo, path, e):
+def owner_map(snap, numeric):
+    """Recorded ids to this machine's, by the names the snapshot recorded
+    (§9.1); ids whose name is unknown here stay as they are."""
+    users, groups = {}, {}
+    if numeric:
+        return users, groups
+    for table, pairs, look in (
+        (users, snap["users"], lambda n: pwd.getpwnam(n).pw_uid),
+        (groups, snap["groups"], lambda n: grp.getgrnam(n).gr_gid),
+    ):
+        for oid, name in pairs:
+            try:
+                table[oid] = look(os.fsdecode(name))
+            except (KeyError, ValueError):
+                pass
+    return users, groups
+
+
+def apply_meta(repo, path, e, owners):
     """Attributes, owner, mode, then times; never through a symlink."""
     for k, v in e.xattrs:
         try:
             os.setxattr(path, k, v, follow_symlinks=False)
         except OSError as err:
             repo.note(f"{show(path)}: extended attribute {show(k)} not set: {err}")
-    os.chown(path, e.uid, e.gid, follow_symlinks=False)
+    users, groups = owners
+    os.chown(path, users.get(e.uid, e.uid), groups.get(e.gid, e.gid), follow_symlinks=False)
     if e.kind != E_SYMLINK:
         os.chmod(path, e.mode & 0o7777)
-    os.utime(path, ns=(e.atime_ns, e.mtime_ns), follow_symlinks=False)
+    # Python's integers do not overflow: seconds * 10^9 + nanoseconds reaches
+    # utimensat as the same seconds and nanoseconds, for any year (§8.5).
+    ns = lambda t: t[0] * NANOS + t[1]
+    os.utime(path, ns=(ns(e.atime), ns(e.mtime)), follow_symlinks=False)
 
 
 def write_file(repo, path, e, shown):
-    total = e.total()
-    if total != e.size:
-        raise Damaged(f"{shown}: size {e.size}, but its chunks hold {total} bytes")
+    chunks = repo.file_chunks(e, shown)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         pos = 0
-        for i, (cid, n) in enumerate(e.chunks):
+        for i, (cid, n) in enumerate(chunks):
             what = f"{shown}: chunk {i} ({hx(cid)})"
             if cid == zero_id(n):
                 # Zeros: a hole, once the chunk is known to be in a pack.
-                if not any(r.raw_len == n for r in repo.index.get(cid, [])):
+                if not repo.has_chunk(cid, n):
                     raise Damaged(f"{what} is in no pack")
-            else:
-                data = memoryview(repo.chunk(cid, n, what))
-                while data:
-                    w = os.pwrite(fd, data, pos)
-                    data = data[w:]
-                    pos += w
+                pos += n
                 continue
-            pos += n
-        os.ftruncate(fd, total)
+            data = memoryview(repo.chunk(cid, n, what))
+            while data:
+                w = os.pwrite(fd, data, pos)
+                data = data[w:]
+                pos += w
+        os.ftruncate(fd, e.size)
     finally:
         os.close(fd)
 
@@ -743,9 +1166,10 @@ def cmd_extract(repo, args):
     os.makedirs(target, exist_ok=True)
     if os.listdir(target):
         raise Usage(f"{args.target} is not empty")
+    owners = owner_map(snap, args.numeric_owner)
     links = {}
     dirs = []
-    for rel, e, _pos, _off in repo.walk(snap["root"]):
+    for rel, e, _pos in repo.walk(snap["root"]):
         path = target + rel
         shown = f"snapshot {snap['name']}: {show(rel)}"
         if e.link_key and e.kind != E_DIR:
@@ -769,11 +1193,11 @@ def cmd_extract(repo, args):
         else:
             kind_bits = {E_FIFO: stat.S_IFIFO, E_CHR: stat.S_IFCHR, E_BLK: stat.S_IFBLK}[e.kind]
             os.mknod(path, kind_bits | 0o600, e.rdev if e.kind != E_FIFO else 0)
-        apply_meta(repo, path, e)
+        apply_meta(repo, path, e, owners)
     # Children first: their creation changed their directory's mtime, and a
     # read-only directory could not have received them.
     for path, e in reversed(dirs):
-        apply_meta(repo, path, e)
+        apply_meta(repo, path, e, owners)
     print(f"extracted snapshot {snap['name']} ({hx(snap['id'])}) into {args.target}")
 
 
@@ -797,10 +1221,12 @@ def cmd_verify(repo, args):
             where = f"chunk {hx(r.cid)} in pack {name} at offset {r.offset}"
             try:
                 data = decode_blob(whole[r.offset : r.offset + r.stored_len], r.cid, r.raw_len, r.kind, where)
-                if r.kind == KIND_TREE:
-                    decode_tree(data, where)
-                elif r.kind == KIND_SNAPSHOT:
+                if r.kind == KIND_PAGE:
+                    decode_page(data, where)
+                elif r.kind == KIND_RECORD:
                     decode_record(data, r.cid)
+                elif r.kind == KIND_LIST:
+                    decode_chunk_list(data, where)
             except Damaged as e:
                 problems.append(str(e))
     live = []
@@ -810,16 +1236,7 @@ def cmd_verify(repo, args):
         problems.append(str(e))
     for s in live:
         try:
-            for rel, e, _pos, _off in repo.walk(s["root"]):
-                if e.kind != E_FILE:
-                    continue
-                if e.total() != e.size:
-                    problems.append(f"snapshot {s['name']}: {show(rel)}: size {e.size}, chunks hold {e.total()}")
-                for cid, n in e.chunks:
-                    if not any(r.raw_len == n for r in repo.index.get(cid, [])):
-                        problems.append(
-                            f"snapshot {s['name']}: {show(rel)}: chunk {hx(cid)} ({n} bytes) is in no pack"
-                        )
+            repo.check_snapshot(s)
         except Damaged as e:
             problems.append(f"snapshot {s['name']}: {e}")
     for p in problems:
@@ -832,12 +1249,45 @@ def cmd_verify(repo, args):
         raise Damaged(f"{len(problems)} problem(s) found")
 
 
+# ---------------------------------------------------------------- check-pages (§8.11)
+
+
+def cmd_check_pages(repo, args):
+    """Every directory of every snapshot is stored as the pages a writer
+    following §8.11 makes of its entries."""
+    key = boundary_key()
+    seen = set()
+    dirs = pages = levels = 0
+    problems = []
+    for s in repo.snapshots():
+        for h, where in [(s["root"], b"/")] + [
+            (e.subdir, rel) for rel, e, _ in repo.walk(s["root"]) if e.kind == E_DIR
+        ]:
+            if h in seen:
+                continue
+            seen.add(h)
+            d = repo.directory(h, where)
+            dirs += 1
+            pages += len(d.pages)
+            levels = max(levels, d.pages[0][1].level)
+            want = canonical_pages(d.entries, key)
+            got = {ph for ph, _ in d.pages}
+            if want[-1][0] != h or {ph for ph, _ in want} != got:
+                problems.append(
+                    f"snapshot {s['name']}: directory {show(where)}: stored as {len(got)} page(s) "
+                    f"under {hx(h)}, the document's rules make {len(want)} under {hx(want[-1][0])}"
+                )
+    for p in problems:
+        sys.stderr.write(f"format_reader: {p}\n")
+    print(
+        f"{dirs} directories, {pages} pages, highest root level {levels}: "
+        f"{'not as the document says' if problems else 'as the document says'}"
+    )
+    if problems:
+        raise Damaged(f"{len(problems)} directories are not stored as section 8.11 says")
+
+
 # ---------------------------------------------------------------- check-catalog (§11)
-
-
-def i64(v):
-    """A u64 as SQLite stores it: its two's-complement i64."""
-    return v - (1 << 64) if v >= 1 << 63 else v
 
 
 def cmd_check_catalog(repo, args):
@@ -868,43 +1318,68 @@ def cmd_check_catalog(repo, args):
         if n not in pack_ids.values() and n not in doomed:
             repo.note(f"pack {n} is in no catalog row (left by an interrupted command?)")
 
-    # chunks: every row is a row of its pack's own table.
+    # chunks: every row is a row of its pack's own table (§6.5 for the kind).
     nchunks = 0
     for cid, pid, off, slen, rlen, kind in db.execute(
         "SELECT id, pack, offset, stored_len, raw_len, kind FROM chunks"
     ):
         nchunks += 1
-        copies = repo.index.get(cid, [])
-        here = [r for r in copies if r.pack == pack_ids.get(pid)]
+        here = [r for r in repo.index.get(cid, []) if r.pack == pack_ids.get(pid)]
         if not here:
             bad(f"chunks: {hx(cid)} is not in the table of pack {pack_ids.get(pid)}")
             continue
         r = here[0]
         if (r.offset, r.stored_len, r.raw_len) != (off, slen, rlen):
             bad(f"chunks: {hx(cid)}: catalog ({off}, {slen}, {rlen}) != pack ({r.offset}, {r.stored_len}, {r.raw_len})")
-        if kind != repo.kind_of(cid):
-            bad(f"chunks: {hx(cid)}: kind {kind}, the packs say {repo.kind_of(cid)}")
+        kinds = repo.kinds_of(cid)
+        meta = kinds - {KIND_DATA}
+        if kind not in kinds or (meta and kind == KIND_DATA):
+            bad(f"chunks: {hx(cid)}: kind {kind}, the packs say {sorted(kinds)}")
+
+    # pages and contents: every row holds the bytes its hash names.
+    npages = 0
+    for h, level, entries, nodes, body in db.execute("SELECT hash, level, entries, nodes, body FROM pages"):
+        npages += 1
+        if chunk_id(body) != h:
+            bad(f"pages: {hx(h)}: its body is not the page its hash names")
+            continue
+        try:
+            p = decode_page(body, f"pages: {hx(h)}")
+        except Damaged as e:
+            bad(str(e))
+            continue
+        if (level, entries, nodes) != (p.level, p.count(), p.nodes):
+            bad(f"pages: {hx(h)}: (level, entries, nodes) ({level}, {entries}, {nodes}) != page ({p.level}, {p.count()}, {p.nodes})")
+    ncontents = 0
+    for h, size, chunks in db.execute("SELECT hash, size, chunks FROM contents"):
+        ncontents += 1
+        if chunk_id(chunks) != h:
+            bad(f"contents: {hx(h)}: its chunks are not the list its hash names")
+            continue
+        total = sum(n for _, n in decode_chunk_list(chunks, f"contents: {hx(h)}"))
+        if size != total:
+            bad(f"contents: {hx(h)}: size {size}, its list holds {total}")
 
     # snapshots: exactly the live records, field by field.
-    snaps, _forgotten, forgets = repo.records()
+    _snaps, _forgotten, forgets = repo.records()
     live = {s["id"]: s for s in repo.snapshots()}
     rows = db.execute(
         "SELECT s.id, s.hash, s.name, s.started_ns, s.finished_ns, s.host, s.sources, s.tags, "
-        "t.hash, s.files, s.dirs, s.size, s.read_bytes, s.warnings "
-        "FROM snapshots s LEFT JOIN trees t ON t.id = s.root_tree"
+        "p.hash, s.files, s.dirs, s.size, s.read_bytes, s.warnings, s.owners "
+        "FROM snapshots s LEFT JOIN pages p ON p.id = s.root_tree"
     ).fetchall()
     seen = set()
-    for sid, h, name, st, fin, host, sources, tags, root, files, dirs, size, rb, warn in rows:
+    for sid, h, name, st, fin, host, sources, tags, root, files, dirs, size, rb, warn, owners in rows:
         seen.add(h)
         rec = live.get(h)
         if rec is None:
             bad(f"snapshots: {name} ({hx(h)}) has no live record in the packs")
             continue
-        got = (name, st, fin, host, sources, json.loads(tags), root, files, dirs, size, rb, warn)
+        got = (name, st, fin, host, sources, json.loads(tags), root, files, dirs, size, rb, warn, owners)
         want = (
             rec["name"], rec["started_ns"], rec["finished_ns"], rec["host"], rec["sources_raw"],
             rec["tags"], rec["root"], rec["files"], rec["dirs"], rec["size"], rec["read_bytes"],
-            rec["warnings"],
+            rec["warnings"], rec["owners_raw"],
         )
         if got != want:
             bad(f"snapshots: {name}: catalog {got!r} != record {want!r}")
@@ -921,92 +1396,55 @@ def cmd_check_catalog(repo, args):
     for p in problems:
         sys.stderr.write(f"format_reader: catalog: {p}\n")
     print(
-        f"catalog: {len(pack_ids)} packs, {nchunks} chunks, {len(rows)} snapshots, "
-        f"{len(tomb)} tombstones: {'differs from the packs' if problems else 'agrees with the packs'}"
+        f"catalog: {len(pack_ids)} packs, {nchunks} chunks, {npages} pages, {ncontents} chunk lists, "
+        f"{len(rows)} snapshots, {len(tomb)} tombstones: "
+        f"{'differs from the packs' if problems else 'agrees with the packs'}"
     )
     if problems:
         raise Damaged(f"the catalog disagrees with the packs in {len(problems)} place(s)")
 
 
 def check_snapshot_rows(repo, db, sid, rec, bad):
-    """Every tree, entry and content row of one snapshot, and its hard link
-    groups, against what its trees in the packs say."""
+    """Every page and chunk list one snapshot reaches has its row, and the
+    snapshot's hard link groups are what its pages say."""
     name = rec["name"]
-    tree_ids = {}
+    page_rows = {}
+    lists = set()
     groups = {}
-    checked = set()
 
-    def tree_row(h):
-        if h not in tree_ids:
-            row = db.execute("SELECT id, nodes FROM trees WHERE hash = ?", (h,)).fetchone()
-            if row is None:
-                bad(f"trees: {hx(h)} (snapshot {name}) is missing")
-                tree_ids[h] = None
-                return None
-            if row[1] != repo.nodes(h):
-                bad(f"trees: {hx(h)}: nodes {row[1]}, its tree holds {repo.nodes(h)}")
-            tree_ids[h] = row[0]
-        return tree_ids[h]
+    def page_row(ph, body):
+        if ph in page_rows:
+            return
+        row = db.execute("SELECT body FROM pages WHERE hash = ?", (ph,)).fetchone()
+        page_rows[ph] = row is not None
+        if row is None:
+            bad(f"pages: {hx(ph)} (snapshot {name}) is missing")
+        elif row[0] != body:
+            bad(f"pages: {hx(ph)} (snapshot {name}) does not hold the page's bytes")
 
-    tree_row(rec["root"])
-    parents = {b"": rec["root"]}
-    for rel, e, pos, off in repo.walk(rec["root"]):
+    def directory_rows(h):
+        for ph, _page in repo.directory(h).pages:
+            if ph not in page_rows:
+                page_row(ph, repo.chunk(ph))
+
+    directory_rows(rec["root"])
+    for rel, e, pos in repo.walk(rec["root"]):
         if e.link_key and e.kind != E_DIR:
             g = groups.setdefault(e.link_key, [pos, 0])
             g[0] = min(g[0], pos)
             g[1] += 1
-        parent_h = parents[rel.rsplit(b"/", 1)[0]]
         if e.kind == E_DIR:
-            parents[rel] = e.subtree
-            tree_row(e.subtree)
-        key = (parent_h, e.name)
-        if key in checked:
-            continue
-        checked.add(key)
-        tid = tree_ids.get(parent_h)
-        if tid is None:
-            continue
-        row = db.execute(
-            "SELECT kind, mode, uid, gid, size, mtime_ns, ctime_ns, atime_ns, rdev, ino, nlink, "
-            "blocks, link_key, xattrs, target, content, subtree, node_offset "
-            "FROM entries WHERE tree = ? AND name = ?",
-            (tid, e.name),
-        ).fetchone()
-        shown = f"entries: snapshot {name}: {show(rel)}"
-        if row is None:
-            bad(f"{shown} is missing")
-            continue
-        want = (
-            e.kind, e.mode, e.uid, e.gid, i64(e.size), e.mtime_ns, e.ctime_ns, e.atime_ns,
-            i64(e.rdev), i64(e.ino), i64(e.nlink), i64(e.blocks), i64(e.link_key), e.xattrs_raw,
-            e.target, off,
-        )
-        got = row[:15] + (row[17],)
-        if got != want:
-            bad(f"{shown}: catalog {got!r} != tree {want!r}")
-        content, subtree = row[15], row[16]
-        if e.kind == E_FILE:
-            c = db.execute("SELECT hash, size, chunks FROM contents WHERE id = ?", (content,)).fetchone()
-            if c is None or c != (b3(e.chunks_raw), e.total(), e.chunks_raw):
-                bad(f"{shown}: content row {content} does not hold its chunk list")
-        elif content is not None:
-            bad(f"{shown}: a {KIND_NAMES[e.kind]} with a content row")
-        if e.kind == E_DIR:
-            t = db.execute("SELECT hash FROM trees WHERE id = ?", (subtree,)).fetchone()
-            if t is None or t[0] != e.subtree:
-                bad(f"{shown}: subtree row {subtree} is not tree {hx(e.subtree)}")
-        elif subtree is not None:
-            bad(f"{shown}: a {KIND_NAMES[e.kind]} with a subtree row")
-    for h, tid in tree_ids.items():
-        if tid is None:
-            continue
-        (n,) = db.execute("SELECT COUNT(*) FROM entries WHERE tree = ?", (tid,)).fetchone()
-        if n != len(repo.tree(h)):
-            bad(f"entries: tree {hx(h)} has {n} rows, {len(repo.tree(h))} entries")
+            directory_rows(e.subdir)
+        elif e.kind == E_FILE and e.tag == TAG_LIST and e.ref not in lists:
+            lists.add(e.ref)
+            row = db.execute("SELECT size, chunks FROM contents WHERE hash = ?", (e.ref,)).fetchone()
+            raw = repo.chunk(e.ref)
+            if row is None or row != (e.size, raw):
+                bad(f"contents: snapshot {name}: {show(rel)}: chunk list {hx(e.ref)} has no row, or another")
     want_links = {(i64(k), first, count) for k, (first, count) in groups.items() if count > 1}
     got_links = set(db.execute("SELECT link_key, first_node, count FROM hardlinks WHERE snapshot = ?", (sid,)))
     if got_links != want_links:
-        bad(f"hardlinks: snapshot {name}: catalog {sorted(got_links)} != trees {sorted(want_links)}")
+        bad(f"hardlinks: snapshot {name}: catalog {sorted(got_links)} != pages {sorted(want_links)}")
 
 
 # ---------------------------------------------------------------- main
@@ -1019,10 +1457,12 @@ def main(argv):
     p = sub.add_parser("list", help="list the snapshots the packs hold")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("extract", help="extract one snapshot into an empty directory")
+    p.add_argument("--numeric-owner", action="store_true", help="keep recorded ids, map no names")
     p.add_argument("snapshot")
     p.add_argument("target")
-    sub.add_parser("verify", help="check every pack, chunk, tree and record")
+    sub.add_parser("verify", help="check every pack, chunk, page, list and record")
     sub.add_parser("check-catalog", help="cross-check catalog.db against the packs")
+    sub.add_parser("check-pages", help="check that directory pages end where section 8.11 says")
     args = ap.parse_args(argv)
     try:
         repo = Repo(args.repo).load(strict=args.command != "verify")
@@ -1031,6 +1471,7 @@ def main(argv):
             "extract": cmd_extract,
             "verify": cmd_verify,
             "check-catalog": cmd_check_catalog,
+            "check-pages": cmd_check_pages,
         }[args.command](repo, args)
     except Damaged as e:
         sys.stderr.write(f"format_reader: damaged repository: {e}\n")
