@@ -728,9 +728,12 @@ def canonical_pages(entries, key):
     while len(refs) > 1:
         level += 1
         above, group = [], []
+        # When nearly every child's hash would end a page, the level would
+        # not shrink: then only the 128-child limit ends pages.
+        by_hash = sum(1 for ch in refs if ch.page[0] & INDEX_CUT_MASK == 0) < len(refs) - 1
         for i, ch in enumerate(refs):
             group.append(ch)
-            if ch.page[0] & INDEX_CUT_MASK == 0 or len(group) >= INDEX_MAX_CHILDREN or i + 1 == len(refs):
+            if (by_hash and ch.page[0] & INDEX_CUT_MASK == 0) or len(group) >= INDEX_MAX_CHILDREN or i + 1 == len(refs):
                 above.append(
                     close(
                         encode_index(level, group),

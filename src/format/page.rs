@@ -541,8 +541,16 @@ pub fn build_dir(entries: Vec<Entry>, key: &BoundaryKey) -> BuiltDir {
         let mut next = Vec::new();
         let mut group: Vec<ChildRef> = Vec::new();
         let n = level.len();
+        // Where every child would cut (a rare run of hashes), the level
+        // would not shrink: then the count alone cuts, so a directory
+        // always ends in one root within `MAX_LEVEL` levels.
+        let by_hash = level
+            .iter()
+            .filter(|c| low_bits(&c.page.0.0) & INDEX_CUT_MASK == 0)
+            .count()
+            < n - 1;
         for (i, c) in level.into_iter().enumerate() {
-            let cut = low_bits(&c.page.0.0) & INDEX_CUT_MASK == 0;
+            let cut = by_hash && low_bits(&c.page.0.0) & INDEX_CUT_MASK == 0;
             group.push(c);
             if cut || group.len() >= INDEX_MAX_CHILDREN || i + 1 == n {
                 let page = Page::Index {

@@ -249,9 +249,9 @@ impl<'a> Importer<'a> {
                 if !done.damage.is_empty() {
                     self.damaged.insert(done.hash, done.damage.clone());
                 }
-                let id = match self.cat.tree_by_hash(&done.hash)? {
-                    Some((t, _)) => t,
-                    None => id.expect("a directory has pages"),
+                let (id, held) = match self.cat.tree_by_hash(&done.hash)? {
+                    Some(t) => t,
+                    None => (id.expect("a directory has pages"), 0),
                 };
                 match stack.last_mut() {
                     None => return Ok(id),
@@ -260,6 +260,7 @@ impl<'a> Importer<'a> {
                             .waiting
                             .take()
                             .expect("a parent waits for its subtree");
+                        claims_hold(&e, held, &parent.child_path(&e.name))?;
                         parent.damage.absorb(&e.name, &done.damage);
                         continue;
                     }
@@ -271,7 +272,8 @@ impl<'a> Importer<'a> {
                     self.content(&h, &path)?;
                 }
                 Body::Dir { tree: sub, .. } => {
-                    if self.cat.tree_by_hash(sub)?.is_some() {
+                    if let Some((_, held)) = self.cat.tree_by_hash(sub)? {
+                        claims_hold(&e, held, &top.child_path(&e.name))?;
                         if let Some(d) = self.damaged.get(sub) {
                             top.damage.absorb(&e.name, d);
                         }
@@ -362,6 +364,19 @@ impl<'a> Importer<'a> {
             });
         }
         Ok(Some(id))
+    }
+}
+
+/// A directory entry's claim of nodes beneath it must be what its pages
+/// hold: inode numbers are computed from the claims, and a false one
+/// would give two files one number. The snapshot is refused, naming it.
+fn claims_hold(e: &Entry, held: u64, path: &[u8]) -> Result<()> {
+    match &e.body {
+        Body::Dir { nodes, .. } if *nodes != held => Err(Error::corrupt(format!(
+            "directory {:?} claims {nodes} entries beneath it, its pages hold {held}",
+            snapshot_path(path)
+        ))),
+        _ => Ok(()),
     }
 }
 

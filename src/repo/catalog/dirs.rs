@@ -240,7 +240,16 @@ impl Catalog {
         let (target, content, subtree) = match &e.body {
             Body::Symlink(t) => (Some(t.clone()), None, None),
             Body::File(c) => (None, *c, None),
-            Body::Dir { tree, .. } => (None, None, self.tree_by_hash(tree)?.map(|(t, _)| t)),
+            // A directory whose pages hold another number of nodes than
+            // its entry claims would number inodes twice (positions after
+            // it come from the claim): it is shown as damaged instead.
+            Body::Dir { tree, nodes } => (
+                None,
+                None,
+                self.tree_by_hash(tree)?
+                    .filter(|(_, held)| held == nodes)
+                    .map(|(t, _)| t),
+            ),
             Body::Special => (None, None, None),
         };
         Ok(Node {
