@@ -141,31 +141,6 @@ SNAPFS_VERSION="(not measured)"
 
 
 
-# timeit LABEL CMD...: run CMD (cold cache if so configured, ending with a
-# `sync` so write-back of what it wrote is counted); sets T_WALL (s), T_CPU
-# (user+sys s), T_RSS (peak RSS of the largest process, KiB), T_RC, and
-# T_OTHER: CPU seconds that other processes (and kernel threads) used
-# meanwhile. Output goes to $LOGS/LABEL.log.
-timeit() {
-    local label=$1; shift
-    local logf=$LOGS/$label.log tf=$LOGS/$label.time t0 t1 u s b0 b1
-    wait_idle
-    drop_caches
-    b0=$(busy_ticks)
-    t0=$(date +%s%N)
-    T_RC=0
-    /usr/bin/time -f '%M %U %S' -o "$tf" \
-        bash -c '"$@"; rc=$?; sync; exit $rc' bench "$@" >"$logf" 2>&1 || T_RC=$?
-    t1=$(date +%s%N)
-    b1=$(busy_ticks)
-    T_WALL=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", (b - a) / 1e9 }')
-    read -r T_RSS u s < <(tail -n 1 "$tf")
-    T_CPU=$(awk -v u="$u" -v s="$s" 'BEGIN { printf "%.2f", u + s }')
-    T_OTHER=$(awk -v d="$((b1 - b0))" -v hz="$CLK_TCK" -v c="$T_CPU" \
-        'BEGIN { o = d / hz - c; printf "%.1f", o < 0 ? 0 : o }')
-}
-
-
 repo_bytes() { if [[ -e $1 ]]; then du -sb "$1" | cut -f1; else echo 0; fi; }
 
 # record DATASET PHASE TOOL REPO_BYTES GROWTH_BYTES NOTE  (uses the T_* values)

@@ -312,12 +312,29 @@ fn catalog_cycle_is_an_error_not_a_crash() {
     mkdir(&src.join("b/c"));
     write_file(&src.join("b/c/f"), b"x\n");
     repo.ingest(&["--name", "s"], &[&src]);
-    // `b` names the page that holds it as its own directory.
+    // `b` names the page that holds it as its own directory, and that
+    // page's row is made to claim the node count `b` claims (no honest
+    // count can agree with itself around a loop).
+    let claim = std::cell::Cell::new((0u64, Vec::new()));
     tamper_entry(&repo, b"b", |e, page| {
-        if let Body::Dir { tree, .. } = &mut e.body {
+        if let Body::Dir { tree, nodes } = &mut e.body {
             tree.0.0.copy_from_slice(page);
+            claim.set((*nodes, page.to_vec()));
         }
     });
+    let (nodes, page) = claim.take();
+    // `src`, which names that page too, claims the same.
+    tamper_entry(&repo, b"src", |e, _| {
+        if let Body::Dir { nodes: n, .. } = &mut e.body {
+            *n = nodes;
+        }
+    });
+    edit_catalog(
+        &repo,
+        "n = db.execute('UPDATE pages SET nodes = ? WHERE hash = ?', (int(argv[0].decode()), argv[1])).rowcount\n\
+         assert n == 1, n",
+        &[nodes.to_string().as_bytes(), &page],
+    );
     assert_walks_end(&repo, "s", "f");
     let scratch = tempdir();
     let restore_to = scratch.path().join("restored");

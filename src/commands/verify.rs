@@ -70,6 +70,10 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> {
             tree.0
         ));
     }
+    for (hash, why) in cat.damaged_pages()? {
+        r.problems
+            .push(format!("directory page {hash} in the catalog: {why}"));
+    }
     let n = cat.missing_meta_chunks()?;
     if n > 0 {
         r.problems.push(format!(

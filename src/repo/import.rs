@@ -124,10 +124,10 @@ impl<'a> Importer<'a> {
     }
 
     /// Stand in for a directory whose pages are lost: a row under its hash
-    /// that holds an empty page. Its entry in the parent keeps its place
-    /// (and every inode number around it stays), and `verify` reports the
-    /// row as one that disagrees with its hash.
-    fn lost_tree(&self, hash: &TreeHash) -> Result<TreeId> {
+    /// that holds an empty page but the node count its entry claims, so
+    /// the entry keeps its place (and every inode number around it stays).
+    /// `verify` reports the row as one that disagrees with its hash.
+    fn lost_tree(&self, hash: &TreeHash, claimed: u64) -> Result<TreeId> {
         if let Some((t, _)) = self.cat.tree_by_hash(hash)? {
             return Ok(t);
         }
@@ -136,6 +136,7 @@ impl<'a> Importer<'a> {
             .pop()
             .expect("an empty directory has one page");
         empty.hash = *hash;
+        empty.nodes = claimed;
         self.cat.add_page(&empty)
     }
 
@@ -310,7 +311,11 @@ impl<'a> Importer<'a> {
                             let top = stack.last_mut().expect("the stack is never empty here");
                             top.damage.absorb(&e.name, &lost);
                             self.damaged.insert(sub, lost);
-                            self.lost_tree(&sub)?;
+                            let claimed = match &e.body {
+                                Body::Dir { nodes, .. } => *nodes,
+                                _ => 0,
+                            };
+                            self.lost_tree(&sub, claimed)?;
                         }
                     }
                 }
