@@ -1256,3 +1256,24 @@ fn restore_runs_one_bounded_pool_of_threads() {
     );
     assert_same_tree(&root, &restored_path(&target, &root));
 }
+
+/// Broke: with format 2 an empty file refers to no content, and the
+/// unchanged-file test took "no content" for "not unchanged": every empty
+/// file counted as changed in every snapshot, and a tree of empty files
+/// raised the change alarm on each ingest.
+#[test]
+fn unchanged_empty_files_are_not_counted_as_changed() {
+    let dir = tempdir();
+    let src = canonical(dir.path()).join("src");
+    mkdir(&src);
+    for i in 0..100 {
+        write_file(&src.join(format!("empty-{i:03}")), b"");
+    }
+    write_file(&src.join("data"), b"some data\n");
+    let repo = Repo::new();
+    repo.ingest(&["--name", "first"], &[&src]);
+    let again = repo.ingest(&["--name", "again"], &[&src]);
+    assert_eq!(again.num("reused_files"), 101, "{}", again.json);
+    assert_eq!(again.num("changed"), 0, "{}", again.json);
+    assert_eq!(again.json["alarm"], serde_json::Value::Bool(false), "{}", again.json);
+}

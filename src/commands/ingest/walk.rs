@@ -535,12 +535,14 @@ impl<'a> Walker<'a> {
                         && p.meta.ino == meta.ino
                         && p.meta.mode == meta.mode
                 });
-                let cid = match unchanged.and_then(|p| p.content) {
-                    Some(cid) => {
+                // An unchanged empty file has no content to refer to, and
+                // is just as unchanged.
+                let cid = match unchanged.map(|p| p.content) {
+                    Some(cid) if cid.is_some() || meta.size == 0 => {
                         self.stats.reused_files += 1;
-                        Some(cid)
+                        cid
                     }
-                    None => {
+                    _ => {
                         if prev.is_some() {
                             self.stats.changed += 1;
                         }
