@@ -34,6 +34,9 @@ export SNAPFS_REPO=$repo
 if [[ ! -f $repo/config ]]; then
     echo "== creating repository $repo"
     "$snapfs" init
+elif grep -qx 'format = 1' "$repo/config"; then
+    echo "== converting $repo, made by an earlier release, to the current format"
+    "$snapfs" upgrade
 fi
 
 echo "== snapshot of $source_dir"
