@@ -342,8 +342,11 @@ fn catalog_cycle_is_an_error_not_a_crash() {
         &repo,
         &["restore", "s", restore_to.to_str().expect("utf-8")],
     );
+    // Refused where the loop's page is found to hold more than its row
+    // says, or else where the walk goes too deep.
+    let said = all_output(&out);
     assert!(
-        all_output(&out).contains("deeper than"),
+        said.contains("deeper than") || said.contains("its row says"),
         "restore of a cycle does not say what is wrong:\n{}",
         all_output(&out)
     );

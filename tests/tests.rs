@@ -29,6 +29,7 @@
 
 mod util;
 
+mod attack_format2;
 mod catalog_format;
 mod copy;
 mod damage;

@@ -421,34 +421,80 @@ impl Pending {
 }
 
 /// Hard link groups of a snapshot in depth-first order, as ingest numbers
-/// them. An explicit stack, as in [`Importer::tree`]: depth comes from the
-/// repository and must not be able to exhaust ours.
+/// them. Each directory is listed once, however often the snapshot holds
+/// it: its groups (first position relative to the directory, count) are
+/// kept and added in at every place it appears, so directories shared
+/// many times over (a few pages can claim 2^48 nodes) cost their pages,
+/// not their nodes. An explicit stack, as in [`Importer::tree`]: depth
+/// comes from the repository and must not be able to exhaust ours.
 pub fn count_links(
     cat: &Catalog,
     tree: TreeId,
     pos: u64,
     links: &mut HashMap<u64, (u64, u64)>,
 ) -> Result<()> {
-    let mut stack = vec![(tree, pos)];
-    while let Some((tree, pos)) = stack.pop() {
-        let mut subs = Vec::new();
-        for n in cat.entries(tree)? {
-            let p = pos
-                .checked_add(1)
-                .and_then(|p| p.checked_add(n.node_offset))
-                .ok_or_else(|| Error::corrupt("snapshot's node numbers overflow"))?;
+    type Groups = std::rc::Rc<HashMap<u64, (u64, u64)>>;
+    let overflow = || Error::corrupt("snapshot's node numbers overflow");
+    let add = |into: &mut HashMap<u64, (u64, u64)>, key: u64, first: u64, count: u64| {
+        // Positions are depth-first numbers, so the group's first member
+        // is its lowest position, whatever order we visit in.
+        let g = into.entry(key).or_insert((first, 0));
+        g.0 = g.0.min(first);
+        g.1 = g.1.saturating_add(count);
+    };
+    let mut done: HashMap<TreeId, Groups> = HashMap::new();
+    let mut listed_once = std::collections::HashSet::new();
+    // (directory, its entries once listed: its subdirectories are done first)
+    let mut stack: Vec<(TreeId, Option<Vec<crate::repo::catalog::Node>>)> = vec![(tree, None)];
+    while let Some((t, listed)) = stack.pop() {
+        if done.contains_key(&t) {
+            continue;
+        }
+        let Some(nodes) = listed else {
+            if !listed_once.insert(t) {
+                continue;
+            }
+            let nodes = cat.entries(t)?;
+            let subs: Vec<TreeId> = nodes
+                .iter()
+                .filter_map(|n| n.subtree)
+                .filter(|s| !done.contains_key(s))
+                .collect();
+            stack.push((t, Some(nodes)));
+            stack.extend(subs.into_iter().map(|s| (s, None)));
+            continue;
+        };
+        let mut groups = HashMap::new();
+        for n in &nodes {
+            let p = n.node_offset.checked_add(1).ok_or_else(overflow)?;
             if n.link_key != 0 {
-                // Positions are depth-first numbers, so the group's first
-                // member is its lowest position, whatever order we visit in.
-                let g = links.entry(n.link_key).or_insert((p, 0));
-                g.0 = g.0.min(p);
-                g.1 += 1;
+                add(&mut groups, n.link_key, p, 1);
             }
             if let Some(sub) = n.subtree {
-                subs.push((sub, p));
+                // A directory still on the stack beneath itself is a loop
+                // of rows: its groups are not known, and not counted.
+                let Some(below) = done.get(&sub) else {
+                    continue;
+                };
+                for (&key, &(first, count)) in below.iter() {
+                    add(
+                        &mut groups,
+                        key,
+                        p.checked_add(first).ok_or_else(overflow)?,
+                        count,
+                    );
+                }
             }
         }
-        stack.extend(subs);
+        done.insert(t, std::rc::Rc::new(groups));
+    }
+    for (&key, &(first, count)) in done[&tree].iter() {
+        add(
+            links,
+            key,
+            pos.checked_add(first).ok_or_else(overflow)?,
+            count,
+        );
     }
     Ok(())
 }

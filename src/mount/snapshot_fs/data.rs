@@ -267,7 +267,10 @@ impl Shared {
                     if n.kind != Kind::File || n.link_key != 0 || n.content.is_none() {
                         continue;
                     }
-                    let ino = inode::encode(snap, inode::child_pos(dir_pos, n.node_offset));
+                    let Ok(ino) = inode::encode(snap, inode::child_pos(dir_pos, n.node_offset))
+                    else {
+                        continue;
+                    };
                     if let Ok(f) = self.file(ino, n.content)
                         && !f.chunks.is_empty()
                         && self.frames.absent(&(f.chunks.get(0).id, 0))

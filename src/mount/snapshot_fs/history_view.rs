@@ -247,7 +247,7 @@ impl SnapshotFs {
         let mut out = Vec::with_capacity(named.len());
         for v in named {
             let snap = &snaps[v.version.first];
-            let ino = inode::encode(snap.id, v.version.found.pos);
+            let ino = inode::encode(snap.id, v.version.found.pos)?;
             let attr = self.node_attr(ino, snap.id, &v.version.found.node)?;
             out.push((v.name, attr));
         }

@@ -7,6 +7,7 @@
 //! directories to the kernel, and no hash can collide. Hard links take their
 //! group's first position. Numbers below 2^40 are the mount's own.
 
+use crate::error::{Error, Result};
 use crate::ids::SnapshotId;
 
 pub const ROOT: u64 = 1;
@@ -20,9 +21,23 @@ const POS_BITS: u32 = 40;
 const HISTORY: u64 = (1 << 24) - 1;
 const POS_MASK: u64 = (1 << POS_BITS) - 1;
 
-pub fn encode(snap: SnapshotId, pos: u64) -> u64 {
-    debug_assert!(pos <= POS_MASK, "a snapshot holds fewer than 2^40 nodes");
-    ((snap.0 as u64) << POS_BITS) | pos
+/// The number of the node at `pos` of snapshot `snap`. Counts from the
+/// repository reach 2^48 (a few directories shared over and over), but a
+/// position of more than 40 bits would be a node of another snapshot: such
+/// a node has no number, and is an error to whoever asks for it.
+pub fn encode(snap: SnapshotId, pos: u64) -> Result<u64> {
+    if pos > POS_MASK {
+        return Err(Error::corrupt(format!(
+            "snapshot {}: node {pos} lies beyond the 2^40 nodes the mount can number",
+            snap.0
+        )));
+    }
+    Ok(snapshot_root(snap) | pos)
+}
+
+/// The number of a snapshot's root directory (position 0).
+pub fn snapshot_root(snap: SnapshotId) -> u64 {
+    (snap.0 as u64) << POS_BITS
 }
 
 pub fn latest(snap: SnapshotId) -> u64 {
@@ -53,7 +68,7 @@ pub fn history_seq(ino: u64) -> Option<u64> {
 
 /// Position of an entry from its parent's position and its offset in the tree.
 pub fn child_pos(parent_pos: u64, node_offset: u64) -> u64 {
-    parent_pos + 1 + node_offset
+    parent_pos.saturating_add(1).saturating_add(node_offset)
 }
 
 #[cfg(test)]
@@ -63,7 +78,7 @@ mod tests {
     #[test]
     fn snapshot_inodes_round_trip_and_never_meet_the_mounts_own() {
         for (s, p) in [(1, 0), (1, 5), (7, POS_MASK), (1 << 20, 12345)] {
-            let ino = encode(SnapshotId(s), p);
+            let ino = encode(SnapshotId(s), p).unwrap();
             assert!(latest_target(ino).is_none());
             assert_eq!(decode(ino), Some((SnapshotId(s), p)));
         }
@@ -75,13 +90,17 @@ mod tests {
         let h = history(7);
         assert_eq!(history_seq(h), Some(7));
         assert_eq!(decode(h), None);
-        assert_eq!(history_seq(encode(SnapshotId(3), 7)), None);
+        assert_eq!(history_seq(encode(SnapshotId(3), 7).unwrap()), None);
     }
 
     #[test]
     fn same_path_in_two_snapshots_gets_two_numbers() {
         let pos = child_pos(child_pos(0, 3), 0);
-        assert_ne!(encode(SnapshotId(1), pos), encode(SnapshotId(2), pos));
+        assert_ne!(
+            encode(SnapshotId(1), pos).unwrap(),
+            encode(SnapshotId(2), pos).unwrap()
+        );
+        assert!(encode(SnapshotId(1), POS_MASK + 1).is_err());
         assert_eq!(pos, 5);
     }
 }

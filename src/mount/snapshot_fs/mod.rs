@@ -406,7 +406,7 @@ impl SnapshotFs {
 
     fn snapshot_attr(s: &SnapshotRow) -> Attr {
         dir_attr(
-            inode::encode(s.id, 0),
+            inode::snapshot_root(s.id),
             0o555,
             FileTime::from_ns(s.started_ns),
         )
@@ -478,7 +478,7 @@ impl SnapshotFs {
         loop {
             let node = cat.entry_at(tree, pos - base - 1)?.ok_or_else(gone)?;
             let npos = inode::child_pos(base, node.node_offset);
-            parent = inode::encode(snap_id, base);
+            parent = inode::encode(snap_id, base)?;
             if npos == pos {
                 let t = node.subtree;
                 return Ok(self.remember(
@@ -562,9 +562,9 @@ impl SnapshotFs {
         if n.link_key != 0
             && let Some((first, _)) = self.shared.conn()?.hardlink(snap, n.link_key)?
         {
-            return Ok(inode::encode(snap, first));
+            return inode::encode(snap, first);
         }
-        Ok(inode::encode(snap, pos))
+        inode::encode(snap, pos)
     }
 
     pub fn getattr(&self, ino: u64) -> Result<Attr> {

@@ -200,6 +200,34 @@ impl Catalog {
                 parent.level()
             )));
         }
+        // Positions after this page come from the parent's counts: a page
+        // holding more than they say would number two entries alike.
+        if page.first_name() != Some(c.first_name.as_slice())
+            || page.entries() != c.entries
+            || page.nodes() != c.nodes
+        {
+            return Err(Error::corrupt(format!(
+                "directory page {}: its first name or counts differ from what its parent page says",
+                c.page
+            )));
+        }
+        Ok(page)
+    }
+
+    /// The root page of directory `tree`. Its entry's claim of nodes was
+    /// checked against the row's count; the page may hold fewer (a lost
+    /// directory keeps its claim and holds none), never more: the nodes
+    /// beyond the claim would take the numbers of the entries after it.
+    fn root_page(&self, tree: TreeId) -> Result<Arc<Page>> {
+        let page = self.page(tree)?;
+        let claimed = self.tree_nodes(tree)?;
+        if page.nodes() > claimed {
+            return Err(Error::corrupt(format!(
+                "directory page {}: holds {} nodes, its row says {claimed}",
+                tree.0,
+                page.nodes()
+            )));
+        }
         Ok(page)
     }
 
@@ -272,7 +300,7 @@ impl Catalog {
             return Ok(out);
         }
         let mut stack: Vec<Frame> = Vec::new();
-        let mut page = self.page(tree)?;
+        let mut page = self.root_page(tree)?;
         let mut base = 0u64;
         // Down to the leaf where `start` lies.
         while let Page::Index { children, .. } = &*page {
@@ -389,7 +417,7 @@ impl Catalog {
     /// The entry called `name` in the directory `tree`.
     pub fn entry(&self, tree: TreeId, name: &[u8]) -> Result<Option<Node>> {
         (|| -> Result<Option<Node>> {
-            let mut page = self.page(tree)?;
+            let mut page = self.root_page(tree)?;
             let mut base = 0u64;
             loop {
                 let next = match &*page {
@@ -424,7 +452,7 @@ impl Catalog {
     /// (the last one that starts at or before it).
     pub fn entry_at(&self, tree: TreeId, offset: u64) -> Result<Option<Node>> {
         (|| -> Result<Option<Node>> {
-            let mut page = self.page(tree)?;
+            let mut page = self.root_page(tree)?;
             let mut base = 0u64;
             loop {
                 let next = match &*page {

@@ -910,7 +910,15 @@ mod tests {
         p.hash = TreeHash(Hash::of(b"self"));
         p.nodes = 5;
         let t = cat.add_page(&p).unwrap();
-        let err = cat.holdings(t, &mut HashMap::new()).unwrap_err();
-        assert!(err.to_string().contains("deeper than"), "{err}");
+        let err = cat
+            .holdings(t, &mut HashMap::new())
+            .unwrap_err()
+            .to_string();
+        // The page holds more than its row says (a loop always does), or
+        // else the walk goes too deep.
+        assert!(
+            err.contains("deeper than") || err.contains("its row says"),
+            "{err}"
+        );
     }
 }
