@@ -1275,5 +1275,10 @@ fn unchanged_empty_files_are_not_counted_as_changed() {
     let again = repo.ingest(&["--name", "again"], &[&src]);
     assert_eq!(again.num("reused_files"), 101, "{}", again.json);
     assert_eq!(again.num("changed"), 0, "{}", again.json);
-    assert_eq!(again.json["alarm"], serde_json::Value::Bool(false), "{}", again.json);
+    assert_eq!(
+        again.json["alarm"],
+        serde_json::Value::Bool(false),
+        "{}",
+        again.json
+    );
 }

@@ -23,7 +23,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::format::blob::{self, hash_chunk};
 use crate::format::pack::{ChunkKind, PackWriter};
 use crate::format::page::{BoundaryKey, build_dir};
-use crate::format::record::{SnapshotRow, encode_record};
+use crate::format::record::{Record, decode_record_v1, encode_record};
 use crate::format::tree::{Body, ContentRef, Entry, MAX_DEPTH, decode_xattrs};
 use crate::format::v1;
 use crate::ids::{ChunkId, Hash, TreeHash, TreeId};
@@ -216,9 +216,11 @@ fn convert(repo: &Repository, building: &Path, stats: &mut UpgradeStats) -> Resu
     let mut forgotten: HashSet<Hash> = HashSet::new();
     for id in cat.chunk_ids_of_kind(ChunkKind::Snapshot)? {
         let bytes = read(repo, &cat, &id)?;
-        match v1::decode_record(&bytes, id.0) {
-            Ok(v1::Record::Snapshot(r)) => records.push((r.started_ns, r.name.clone(), id, r)),
-            Ok(v1::Record::Forget(hashes)) => forgotten.extend(hashes),
+        match decode_record_v1(&bytes, id.0) {
+            Ok(Record::Snapshot { row, root }) => {
+                records.push((row.started_ns, row.name.clone(), id, row, root))
+            }
+            Ok(Record::Forget(hashes)) => forgotten.extend(hashes),
             // A format-2 record from an earlier, interrupted upgrade.
             Err(_) if crate::format::record::decode_record(&bytes, id.0).is_ok() => {}
             Err(e) => return Err(e),
@@ -236,21 +238,15 @@ fn convert(repo: &Repository, building: &Path, stats: &mut UpgradeStats) -> Resu
     };
     let mut done: HashMap<TreeHash, (TreeHash, u64)> = HashMap::new();
     let mut converted = Vec::new();
-    for (_, _, id, r) in records {
+    for (_, _, id, row, old_root) in records {
         if forgotten.contains(&id.0) {
             continue;
         }
-        let (root, nodes) = convert_tree(repo, &mut w, &mut done, &r.root)?;
-        let row = SnapshotRow {
-            finished_ns: r.finished_ns,
-            host: r.host.clone(),
-            sources: r.sources.clone(),
-            tags: r.tags.clone(),
-            ..SnapshotRow::new(r.name.clone(), r.started_ns, TreeId(0))
-        };
-        let record = encode_record(&row, &root, nodes, &r.counts);
+        let (root, nodes) = convert_tree(repo, &mut w, &mut done, &old_root)?;
+        let counts = [row.files, row.dirs, row.size, row.read_bytes, row.warnings];
+        let record = encode_record(&row, &root, nodes, &counts);
         let rec = w.put(ChunkKind::Snapshot, &record)?;
-        converted.push((rec, r.root));
+        converted.push((rec, old_root));
     }
     w.flush()?;
     stats.chunks_written = w.chunks;

@@ -278,13 +278,22 @@ pub enum Record {
 /// damaged, not a snapshot with empty fields. The name is not judged here:
 /// the importer checks it as ingest does before it becomes a mount directory.
 pub fn decode_record(data: &[u8], hash: Hash) -> Result<Record> {
-    decode_record_fields(data, hash).map_err(|e| match e {
+    decode_record_fields(data, hash, true).map_err(|e| match e {
         Error::Corrupt(m) => Error::corrupt(format!("snapshot record {hash}: {m}")),
         e => e,
     })
 }
 
-fn decode_record_fields(data: &[u8], hash: Hash) -> Result<Record> {
+/// A record as format 1 wrote it: the same fields, without owner names
+/// (for `snapfs upgrade`).
+pub fn decode_record_v1(data: &[u8], hash: Hash) -> Result<Record> {
+    decode_record_fields(data, hash, false).map_err(|e| match e {
+        Error::Corrupt(m) => Error::corrupt(format!("format-1 record {hash}: {m}")),
+        e => e,
+    })
+}
+
+fn decode_record_fields(data: &[u8], hash: Hash, with_owners: bool) -> Result<Record> {
     let damaged = Error::corrupt;
     let mut d = Decoder::new(data);
     let record = match d.u8()? {
@@ -304,7 +313,11 @@ fn decode_record_fields(data: &[u8], hash: Hash) -> Result<Record> {
             let size = d.u64()?;
             let read_bytes = d.u64()?;
             let warnings = d.u64()?;
-            let owners = Owners::decode(&mut d)?;
+            let owners = if with_owners {
+                Owners::decode(&mut d)?
+            } else {
+                Owners::default()
+            };
             Record::Snapshot {
                 row: Box::new(SnapshotRow {
                     id: SnapshotId(0),
@@ -421,12 +434,49 @@ mod tests {
         assert!(decode_record(&[], Hash::default()).is_err());
     }
 
+    #[test]
+    fn owner_names_round_trip_and_bad_ones_are_refused() {
+        let o = Owners {
+            users: vec![(0, b"root".to_vec()), (1000, b"ann".to_vec())],
+            groups: vec![(100, b"users".to_vec())],
+        };
+        assert_eq!(Owners::from_bytes(&o.to_bytes()).unwrap(), o);
+        assert_eq!(o.user(1000), Some(&b"ann"[..]));
+        assert_eq!(o.group(5), None);
+        for bad in [
+            Owners {
+                users: vec![(5, b"b".to_vec()), (5, b"c".to_vec())],
+                groups: vec![],
+            },
+            Owners {
+                users: vec![(5, b"b".to_vec()), (4, b"c".to_vec())],
+                groups: vec![],
+            },
+            Owners {
+                users: vec![(5, b"a:b".to_vec())],
+                groups: vec![],
+            },
+            Owners {
+                users: vec![],
+                groups: vec![(5, Vec::new())],
+            },
+            Owners {
+                users: vec![(5, vec![b'x'; MAX_OWNER_NAME + 1])],
+                groups: vec![],
+            },
+        ] {
+            assert!(Owners::from_bytes(&bad.to_bytes()).is_err(), "{bad:?}");
+        }
+        assert!(Owners::from_bytes(&[]).is_err());
+    }
+
     proptest! {
         #![proptest_config(mutate::config())]
 
         #[test]
         fn decode_record_never_panics_on_arbitrary_bytes(b in mutate::bytes()) {
             let _ = decode_record(&b, Hash::default());
+            let _ = decode_record_v1(&b, Hash::default());
         }
 
         #[test]

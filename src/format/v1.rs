@@ -2,17 +2,17 @@
 //! a repository written by an earlier release. Format 1 stored each
 //! directory as one tree chunk (every entry, with its chunk list inline)
 //! and times as one i64 of nanoseconds; blob frames and packs are the same
-//! as in format 2. Decoders here check what format 1's own decoders did.
+//! as in format 2, and so are records but for owner names
+//! (`record::decode_record_v1`). Decoders here check what format 1's own
+//! decoders did.
 
 use crate::error::{Error, Result};
 use crate::format::codec::Decoder;
 use crate::format::names::name_problem;
 use crate::format::tree::{ChunkList, FileTime, Kind, MAX_NODES, Meta, decode_xattrs};
-use crate::ids::{Hash, TreeHash};
+use crate::ids::TreeHash;
 
 const TREE_FORMAT: u8 = 1;
-const RECORD_SNAPSHOT: u8 = 1;
-const RECORD_FORGET: u8 = 2;
 
 /// What a format-1 entry points at.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -111,72 +111,6 @@ pub fn decode_tree(data: &[u8]) -> Result<Vec<Entry>> {
     Ok(out)
 }
 
-/// A format-1 snapshot record's fields (format 2 adds owner names).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SnapshotRecord {
-    pub name: String,
-    pub started_ns: i64,
-    pub finished_ns: i64,
-    pub host: String,
-    pub sources: Vec<std::path::PathBuf>,
-    pub tags: Vec<String>,
-    pub root: TreeHash,
-    /// files, dirs, size, bytes read, warnings.
-    pub counts: [u64; 5],
-}
-
-pub enum Record {
-    Snapshot(Box<SnapshotRecord>),
-    Forget(Vec<Hash>),
-}
-
-/// Decode a format-1 snapshot or forget record stored as chunk `hash`.
-pub fn decode_record(data: &[u8], hash: Hash) -> Result<Record> {
-    let fields = || -> Result<Record> {
-        let mut d = Decoder::new(data);
-        let record = match d.u8()? {
-            RECORD_SNAPSHOT => {
-                let utf8 = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-                let name = utf8(d.bytes()?);
-                let started_ns = d.i64()?;
-                let finished_ns = d.i64()?;
-                let host = utf8(d.bytes()?);
-                let sources = crate::format::record::decode_paths(d.bytes()?)?;
-                let tags: Vec<String> = serde_json::from_slice(d.bytes()?)
-                    .map_err(|e| Error::corrupt(format!("tags do not decode: {e}")))?;
-                let root = TreeHash(d.hash()?);
-                let _nodes = d.u64()?;
-                let mut counts = [0u64; 5];
-                for c in &mut counts {
-                    *c = d.u64()?;
-                }
-                Record::Snapshot(Box::new(SnapshotRecord {
-                    name,
-                    started_ns,
-                    finished_ns,
-                    host,
-                    sources,
-                    tags,
-                    root,
-                    counts,
-                }))
-            }
-            RECORD_FORGET => {
-                let _when = d.i64()?;
-                let n = d.count(Hash::LEN)?;
-                Record::Forget((0..n).map(|_| d.hash()).collect::<Result<_>>()?)
-            }
-            t => return Err(Error::corrupt(format!("unknown record type {t}"))),
-        };
-        d.finish("record")?;
-        Ok(record)
-    };
-    fields().map_err(|e| match e {
-        Error::Corrupt(m) => Error::corrupt(format!("format-1 record {hash}: {m}")),
-        e => e,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,9 +156,5 @@ mod tests {
             let _ = decode_tree(&b);
         }
 
-        #[test]
-        fn format_1_records_never_panic(b in mutate::bytes()) {
-            let _ = decode_record(&b, Hash::default());
-        }
     }
 }
