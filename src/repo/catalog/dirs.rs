@@ -172,16 +172,34 @@ impl Catalog {
         .during(|| format!("replace_page (page {})", p.hash))
     }
 
-    /// A page, decoded (and kept for the next call).
+    /// A page, decoded (and kept for the next call). A page may hold fewer
+    /// nodes than its row says (a lost directory keeps its claim and holds
+    /// none), never more: the row's count is what its entry's claim was
+    /// checked against, and nodes beyond it would take the numbers of the
+    /// entries after it. Checked once, when the row is read.
     pub(crate) fn page(&self, id: TreeId) -> Result<Arc<Page>> {
         if let Some(p) = self.pages.get(id) {
             return Ok(p);
         }
-        let body = self.page_body(id)?;
-        let page =
-            Arc::new(decode_page(&body).map_err(|e| {
-                Error::corrupt(format!("directory page {} in the catalog: {e}", id.0))
-            })?);
+        let (body, claimed) = (|| -> Result<(Vec<u8>, u64)> {
+            let mut st = self
+                .conn
+                .prepare_cached("SELECT body, nodes FROM pages WHERE id = ?1")?;
+            st.query_row([id.0], |r| Ok((r.get(0)?, get_u64(r, 1)?)))
+                .optional()?
+                .ok_or_else(|| Error::corrupt(format!("page {} missing from catalog", id.0)))
+        })()
+        .during(|| format!("page (page {id:?})"))?;
+        let page = decode_page(&body)
+            .map_err(|e| Error::corrupt(format!("directory page {} in the catalog: {e}", id.0)))?;
+        if page.nodes() > claimed {
+            return Err(Error::corrupt(format!(
+                "directory page {}: holds {} nodes, its row says {claimed}",
+                id.0,
+                page.nodes()
+            )));
+        }
+        let page = Arc::new(page);
         self.pages.put(id, page.clone());
         Ok(page)
     }
@@ -209,23 +227,6 @@ impl Catalog {
             return Err(Error::corrupt(format!(
                 "directory page {}: its first name or counts differ from what its parent page says",
                 c.page
-            )));
-        }
-        Ok(page)
-    }
-
-    /// The root page of directory `tree`. Its entry's claim of nodes was
-    /// checked against the row's count; the page may hold fewer (a lost
-    /// directory keeps its claim and holds none), never more: the nodes
-    /// beyond the claim would take the numbers of the entries after it.
-    fn root_page(&self, tree: TreeId) -> Result<Arc<Page>> {
-        let page = self.page(tree)?;
-        let claimed = self.tree_nodes(tree)?;
-        if page.nodes() > claimed {
-            return Err(Error::corrupt(format!(
-                "directory page {}: holds {} nodes, its row says {claimed}",
-                tree.0,
-                page.nodes()
             )));
         }
         Ok(page)
@@ -300,7 +301,7 @@ impl Catalog {
             return Ok(out);
         }
         let mut stack: Vec<Frame> = Vec::new();
-        let mut page = self.root_page(tree)?;
+        let mut page = self.page(tree)?;
         let mut base = 0u64;
         // Down to the leaf where `start` lies.
         while let Page::Index { children, .. } = &*page {
@@ -417,7 +418,7 @@ impl Catalog {
     /// The entry called `name` in the directory `tree`.
     pub fn entry(&self, tree: TreeId, name: &[u8]) -> Result<Option<Node>> {
         (|| -> Result<Option<Node>> {
-            let mut page = self.root_page(tree)?;
+            let mut page = self.page(tree)?;
             let mut base = 0u64;
             loop {
                 let next = match &*page {
@@ -452,7 +453,7 @@ impl Catalog {
     /// (the last one that starts at or before it).
     pub fn entry_at(&self, tree: TreeId, offset: u64) -> Result<Option<Node>> {
         (|| -> Result<Option<Node>> {
-            let mut page = self.root_page(tree)?;
+            let mut page = self.page(tree)?;
             let mut base = 0u64;
             loop {
                 let next = match &*page {
