@@ -572,65 +572,155 @@ pub fn build_dir(entries: Vec<Entry>, key: &BoundaryKey) -> BuiltDir {
     BuiltDir { pages }
 }
 
+/// What a page holds, as its parent and the pages beside it are checked
+/// against: kept for a page loaded once, so that a later directory sharing
+/// it is checked without reading it again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PageFacts {
+    pub level: u8,
+    pub entries: u64,
+    pub nodes: u64,
+    /// The first and last names beneath the page (none for an empty
+    /// directory's only page).
+    pub first: Option<Vec<u8>>,
+    pub last: Option<Vec<u8>>,
+}
+
+/// The pages of a directory that [`load_new`] had to read, what each holds
+/// (in the same order), and the entries of the leaves among them, in order.
+pub struct Loaded {
+    pub pages: Vec<BuiltPage>,
+    pub facts: Vec<PageFacts>,
+    pub entries: Vec<Entry>,
+}
+
 /// Every page of the directory whose root page is `root`, and its entries
-/// in order, with `fetch` giving a page's bytes by hash. Checked beyond
-/// what each page shows alone: each page sits one level below its parent,
-/// starts with the name and holds the counts its parent says, and names
-/// rise strictly across pages. An explicit stack; levels fall by one per
-/// step from at most [`MAX_LEVEL`], so the walk is short whatever the
-/// bytes say.
+/// in order, with `fetch` giving a page's bytes by hash. See [`load_new`].
 pub fn load_dir(
     root: &TreeHash,
-    mut fetch: impl FnMut(&TreeHash) -> Result<Vec<u8>>,
+    fetch: impl FnMut(&TreeHash) -> Result<Vec<u8>>,
 ) -> Result<(Vec<BuiltPage>, Vec<Entry>)> {
+    let l = load_new(root, |_| Ok(None), fetch)?;
+    Ok((l.pages, l.entries))
+}
+
+/// The pages of the directory whose root page is `root` that `known` does
+/// not know, read with `fetch`; the entries of the new leaves, in order.
+/// Beneath a known page nothing is read: an import that has taken in a
+/// page with everything beneath it does so once, whatever number of
+/// directories share it.
+///
+/// Checked beyond what each page shows alone: each page sits one level
+/// below its parent, starts with the name and holds the counts its parent
+/// says, and names rise strictly across pages (known ones by their first
+/// and last names). An explicit stack; levels fall by one per step from
+/// at most [`MAX_LEVEL`], so the walk is short whatever the bytes say.
+pub fn load_new(
+    root: &TreeHash,
+    mut known: impl FnMut(&TreeHash) -> Result<Option<PageFacts>>,
+    mut fetch: impl FnMut(&TreeHash) -> Result<Vec<u8>>,
+) -> Result<Loaded> {
     let mut pages = Vec::new();
     let mut entries: Vec<Entry> = Vec::new();
+    // Per new page: its own facts, but for an index page the last name is
+    // that of its last child, filled in once all are loaded.
+    let mut facts: Vec<PageFacts> = Vec::new();
+    let mut last_child: Vec<Option<TreeHash>> = Vec::new();
+    let mut known_last: std::collections::HashMap<TreeHash, Option<Vec<u8>>> =
+        std::collections::HashMap::new();
+    let mut last_name: Option<Vec<u8>> = None;
     let mut stack: Vec<(TreeHash, Option<(ChildRef, u8)>)> = vec![(*root, None)];
+    let fits = |h: &TreeHash, want: &ChildRef, parent: u8, f: &PageFacts| -> Result<()> {
+        if u16::from(f.level) + 1 != u16::from(parent) {
+            return Err(Error::corrupt(format!(
+                "page {h}: level {} under a page of level {parent}",
+                f.level
+            )));
+        }
+        if f.first.as_deref() != Some(want.first_name.as_slice())
+            || f.entries != want.entries
+            || f.nodes != want.nodes
+        {
+            return Err(Error::corrupt(format!(
+                "page {h}: its first name or counts differ from what its parent page says"
+            )));
+        }
+        Ok(())
+    };
+    let in_order = |h: &TreeHash, last: &Option<Vec<u8>>, first: Option<&[u8]>| -> Result<()> {
+        if let (Some(last), Some(first)) = (last, first)
+            && last.as_slice() >= first
+        {
+            return Err(Error::corrupt(format!(
+                "page {h}: names are out of order across pages"
+            )));
+        }
+        Ok(())
+    };
     while let Some((h, parent)) = stack.pop() {
+        if let Some((want, level)) = &parent
+            && let Some(f) = known(&h)?
+        {
+            fits(&h, want, *level, &f)?;
+            in_order(&h, &last_name, f.first.as_deref())?;
+            last_name = f.last.clone();
+            known_last.insert(h, f.last);
+            continue;
+        }
         let bytes = fetch(&h)?;
         let page = decode_page(&bytes).map_err(|e| Error::corrupt(format!("page {h}: {e}")))?;
-        if let Some((want, level)) = &parent {
-            if u16::from(page.level()) + 1 != u16::from(*level) {
-                return Err(Error::corrupt(format!(
-                    "page {h}: level {} under a page of level {level}",
-                    page.level()
-                )));
-            }
-            if page.first_name() != Some(want.first_name.as_slice())
-                || page.entries() != want.entries
-                || page.nodes() != want.nodes
-            {
-                return Err(Error::corrupt(format!(
-                    "page {h}: its first name or counts differ from what its parent page says"
-                )));
-            }
-        }
-        pages.push(BuiltPage {
-            hash: h,
+        let mut f = PageFacts {
             level: page.level(),
             entries: page.entries(),
             nodes: page.nodes(),
+            first: page.first_name().map(<[u8]>::to_vec),
+            last: None,
+        };
+        if let Some((want, level)) = &parent {
+            fits(&h, want, *level, &f)?;
+        }
+        pages.push(BuiltPage {
+            hash: h,
+            level: f.level,
+            entries: f.entries,
+            nodes: f.nodes,
             bytes,
         });
         match page {
             Page::Leaf(e) => {
-                if let (Some(last), Some(first)) = (entries.last(), e.first())
-                    && last.name >= first.name
-                {
-                    return Err(Error::corrupt(format!(
-                        "page {h}: names are out of order across pages"
-                    )));
+                in_order(&h, &last_name, f.first.as_deref())?;
+                if let Some(l) = e.last() {
+                    last_name = Some(l.name.clone());
                 }
+                f.last = e.last().map(|e| e.name.clone());
+                last_child.push(None);
                 entries.extend(e);
             }
             Page::Index { level, children } => {
+                last_child.push(children.last().map(|c| c.page));
                 for c in children.into_iter().rev() {
                     stack.push((c.page, Some((c, level))));
                 }
             }
         }
+        facts.push(f);
     }
-    Ok((pages, entries))
+    // Pages are in depth-first preorder: backwards, every page comes after
+    // all the pages beneath it, so an index page's last child is settled.
+    for i in (0..pages.len()).rev() {
+        if let Some(c) = last_child[i] {
+            facts[i].last = known_last
+                .get(&c)
+                .ok_or_else(|| Error::corrupt(format!("page {c}: not loaded")))?
+                .clone();
+        }
+        known_last.insert(pages[i].hash, facts[i].last.clone());
+    }
+    Ok(Loaded {
+        pages,
+        facts,
+        entries,
+    })
 }
 
 #[cfg(test)]
@@ -922,6 +1012,79 @@ mod tests {
         removed.remove(777);
         assert!(new_pages(&build_dir(removed, &key)) <= 2 + 2 * height);
         assert!(before.pages.len() > 200, "{} pages", before.pages.len());
+    }
+
+    /// Every page's facts, from a whole load of the directory.
+    fn facts_of(d: &BuiltDir) -> std::collections::HashMap<TreeHash, PageFacts> {
+        let bytes: std::collections::HashMap<TreeHash, Vec<u8>> =
+            d.pages.iter().map(|p| (p.hash, p.bytes.clone())).collect();
+        let l = load_new(&d.root().hash, |_| Ok(None), |h| Ok(bytes[h].clone())).unwrap();
+        l.pages.iter().map(|p| p.hash).zip(l.facts).collect()
+    }
+
+    #[test]
+    fn a_directory_sharing_known_pages_loads_only_its_new_ones() {
+        let key = BoundaryKey::public();
+        let entries = names(20_000);
+        let before = build_dir(entries.clone(), &key);
+        let known = facts_of(&before);
+        let root = &known[&before.root().hash];
+        assert_eq!(root.first.as_deref(), Some(&b"file-0000000"[..]));
+        assert_eq!(root.last.as_deref(), Some(&b"file-0019999"[..]));
+        assert_eq!((root.entries, root.nodes), (20_000, 20_000));
+        let mut changed = entries;
+        changed[12_345].meta.size = 101;
+        let after = build_dir(changed.clone(), &key);
+        let bytes: std::collections::HashMap<TreeHash, Vec<u8>> = after
+            .pages
+            .iter()
+            .map(|p| (p.hash, p.bytes.clone()))
+            .collect();
+        let mut fetched = 0;
+        let l = load_new(
+            &after.root().hash,
+            |h| Ok(known.get(h).cloned()),
+            |h| {
+                fetched += 1;
+                Ok(bytes[h].clone())
+            },
+        )
+        .unwrap();
+        let height = after.root().level as usize;
+        assert_eq!(fetched, 1 + height);
+        assert_eq!(l.pages.len(), 1 + height);
+        assert!(l.entries.len() < 300, "{} entries", l.entries.len());
+        let e = l.entries.iter().find(|e| e.name == changed[12_345].name);
+        assert_eq!(e.map(|e| e.meta.size), Some(101));
+        // The new root (loaded first) has the facts a whole load finds.
+        assert_eq!(l.pages[0].hash, after.root().hash);
+        assert_eq!(l.facts[0], facts_of(&after)[&after.root().hash]);
+    }
+
+    #[test]
+    fn a_known_page_whose_names_overlap_its_neighbours_is_refused() {
+        let key = BoundaryKey::public();
+        let d = build_dir(names(2_000), &key);
+        let bytes: std::collections::HashMap<TreeHash, Vec<u8>> =
+            d.pages.iter().map(|p| (p.hash, p.bytes.clone())).collect();
+        let mut known = facts_of(&d);
+        known.remove(&d.root().hash);
+        let leaves: Vec<TreeHash> = d
+            .pages
+            .iter()
+            .filter(|p| p.level == 0)
+            .map(|p| p.hash)
+            .collect();
+        // A first leaf said to end after the second begins.
+        known.get_mut(&leaves[0]).unwrap().last = Some(b"file-9".to_vec());
+        let err = load_new(
+            &d.root().hash,
+            |h| Ok(known.get(h).cloned()),
+            |h| Ok(bytes[h].clone()),
+        )
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("out of order"), "{err}");
     }
 
     #[test]

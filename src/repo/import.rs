@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::format::page::{BoundaryKey, BuiltPage, build_dir, load_dir};
+use crate::format::page::{BoundaryKey, BuiltPage, PageFacts, build_dir, load_new};
 use crate::format::record::SnapshotRow;
 use crate::format::record::{Record, decode_record};
 use crate::format::tree::{Body, ChunkList, ContentRef, Entry};
@@ -37,6 +37,15 @@ pub struct Importer<'a> {
     /// relative to that tree: a later snapshot that shares the tree shares
     /// its damage, and is told so too.
     damaged: HashMap<TreeHash, Damage>,
+    /// Pages imported in this run with everything beneath them, and what
+    /// they hold: a directory that shares them reads only its new pages.
+    /// Pages of a directory with damage beneath are left out, so that a
+    /// directory sharing them is told of the damage.
+    imported: HashMap<TreeHash, PageFacts>,
+    /// Pages of directories with damage beneath.
+    damaged_pages: std::collections::HashSet<TreeHash>,
+    /// Hard link groups of pages counted so far ([`count_links`]).
+    links: crate::repo::catalog::Folded<Groups>,
 }
 
 /// Directories beneath one tree (paths relative to it, "" for itself)
@@ -105,6 +114,9 @@ impl<'a> Importer<'a> {
             reused_trees: 0,
             damage: Vec::new(),
             damaged: HashMap::new(),
+            imported: HashMap::new(),
+            damaged_pages: Default::default(),
+            links: HashMap::new(),
         }
     }
 
@@ -166,19 +178,37 @@ impl<'a> Importer<'a> {
         }
     }
 
-    /// Every page of the directory `hash` and its entries in order, checked
-    /// (`load_dir`). Pages come from the packs, or from the fallback
-    /// catalog (as untrusted as a pack, and checked the same).
+    /// The pages of the directory `hash` not imported before and the
+    /// entries of its new leaves in order, checked (`load_new`). Pages come
+    /// from the packs, or from the fallback catalog (as untrusted as a
+    /// pack, and checked the same). A page this catalog held before the
+    /// import is known too, with everything beneath it.
     fn open_tree(&mut self, hash: &TreeHash, path: Vec<u8>) -> Result<Pending> {
         let mut reused = None::<bool>;
-        let (pages, entries) = load_dir(hash, |h| {
-            let (bytes, from_old) = self.page_bytes(h)?;
-            if let Some(exact) = from_old {
-                reused = Some(reused.unwrap_or(true) && exact);
-            }
-            Ok(bytes)
-        })?;
-        let mut p = Pending::new(*hash, pages, entries, path);
+        let damaged = &self.damaged_pages;
+        let loaded = load_new(
+            hash,
+            |h| {
+                if damaged.contains(h) {
+                    return Ok(None);
+                }
+                if let Some(f) = self.imported.get(h) {
+                    return Ok(Some(f.clone()));
+                }
+                match self.cat.tree_by_hash(h)? {
+                    Some((id, _)) => self.cat.page_facts(id).map(Some),
+                    None => Ok(None),
+                }
+            },
+            |h| {
+                let (bytes, from_old) = self.page_bytes(h)?;
+                if let Some(exact) = from_old {
+                    reused = Some(reused.unwrap_or(true) && exact);
+                }
+                Ok(bytes)
+            },
+        )?;
+        let mut p = Pending::new(*hash, loaded, path);
         if let Some(exact) = reused {
             self.reused_trees += 1;
             p.damage.reused.push(Vec::new());
@@ -247,8 +277,13 @@ impl<'a> Importer<'a> {
                 for p in &done.pages {
                     id = Some(self.cat.add_page(p)?);
                 }
-                if !done.damage.is_empty() {
+                if done.damage.is_empty() {
+                    for (p, f) in done.pages.iter().zip(done.facts) {
+                        self.imported.insert(p.hash, f);
+                    }
+                } else {
                     self.damaged.insert(done.hash, done.damage.clone());
+                    self.damaged_pages.extend(done.pages.iter().map(|p| p.hash));
                 }
                 let (id, held) = match self.cat.tree_by_hash(&done.hash)? {
                     Some(t) => t,
@@ -331,7 +366,7 @@ impl<'a> Importer<'a> {
         let Record::Snapshot { row, root } = decode_record(&self.read(record)?, record.0)? else {
             return Ok(None);
         };
-        if self.cat.snapshots()?.iter().any(|s| s.hash == row.hash) {
+        if self.cat.has_snapshot(&row.hash)? {
             return Ok(None);
         }
         let mut row: SnapshotRow = *row;
@@ -353,7 +388,7 @@ impl<'a> Importer<'a> {
         }
         let id = self.cat.add_snapshot(&row)?;
         let mut links: HashMap<u64, (u64, u64)> = HashMap::new();
-        count_links(self.cat, row.root_tree, 0, &mut links)?;
+        count_links(self.cat, row.root_tree, 0, &mut self.links, &mut links)?;
         for (key, (first, count)) in links {
             if count > 1 {
                 self.cat.add_hardlink(id, key, first, count)?;
@@ -385,10 +420,11 @@ fn claims_hold(e: &Entry, held: u64, path: &[u8]) -> Result<()> {
     }
 }
 
-/// A directory being imported: its pages and the entries still to do.
+/// A directory being imported: its new pages and the entries still to do.
 struct Pending {
     hash: TreeHash,
     pages: Vec<BuiltPage>,
+    facts: Vec<PageFacts>,
     entries: std::vec::IntoIter<Entry>,
     /// The directory entry whose subtree is being imported above this one.
     waiting: Option<Entry>,
@@ -399,11 +435,12 @@ struct Pending {
 }
 
 impl Pending {
-    fn new(hash: TreeHash, pages: Vec<BuiltPage>, entries: Vec<Entry>, path: Vec<u8>) -> Pending {
+    fn new(hash: TreeHash, loaded: crate::format::page::Loaded, path: Vec<u8>) -> Pending {
         Pending {
             hash,
-            pages,
-            entries: entries.into_iter(),
+            pages: loaded.pages,
+            facts: loaded.facts,
+            entries: loaded.entries.into_iter(),
             waiting: None,
             path,
             damage: Damage::default(),
@@ -420,20 +457,24 @@ impl Pending {
     }
 }
 
+/// Hard link groups beneath a page: link key to (first position, count),
+/// positions relative to the page's start.
+pub type Groups = std::rc::Rc<HashMap<u64, (u64, u64)>>;
+
 /// Hard link groups of a snapshot in depth-first order, as ingest numbers
-/// them. Each directory is listed once, however often the snapshot holds
-/// it: its groups (first position relative to the directory, count) are
-/// kept and added in at every place it appears, so directories shared
-/// many times over (a few pages can claim 2^48 nodes) cost their pages,
-/// not their nodes. An explicit stack, as in [`Importer::tree`]: depth
-/// comes from the repository and must not be able to exhaust ours.
+/// them, added to `links` with positions from `pos`. Each page is counted
+/// once however often snapshots hold it ([`Catalog::fold_pages`], `memo`
+/// kept across snapshots): its groups are kept relative to its start and
+/// added in at every place it appears, so a snapshot costs its new pages,
+/// and pages shared many times over (a few pages can claim 2^48 nodes)
+/// cost their pages, not their nodes.
 pub fn count_links(
     cat: &Catalog,
     tree: TreeId,
     pos: u64,
+    memo: &mut crate::repo::catalog::Folded<Groups>,
     links: &mut HashMap<u64, (u64, u64)>,
 ) -> Result<()> {
-    type Groups = std::rc::Rc<HashMap<u64, (u64, u64)>>;
     let overflow = || Error::corrupt("snapshot's node numbers overflow");
     let add = |into: &mut HashMap<u64, (u64, u64)>, key: u64, first: u64, count: u64| {
         // Positions are depth-first numbers, so the group's first member
@@ -442,61 +483,45 @@ pub fn count_links(
         g.0 = g.0.min(first);
         g.1 = g.1.saturating_add(count);
     };
-    let mut done: HashMap<TreeId, Groups> = HashMap::new();
-    let mut listed_once = std::collections::HashSet::new();
-    // (directory, its entries once listed: its subdirectories are done first)
-    let mut stack: Vec<(TreeId, Option<Vec<crate::repo::catalog::Node>>)> = vec![(tree, None)];
-    while let Some((t, listed)) = stack.pop() {
-        if done.contains_key(&t) {
-            continue;
+    let shift = |into: &mut HashMap<u64, (u64, u64)>, below: &Groups, by: u64| -> Result<()> {
+        for (&key, &(first, count)) in below.iter() {
+            add(
+                into,
+                key,
+                by.checked_add(first).ok_or_else(overflow)?,
+                count,
+            );
         }
-        let Some(nodes) = listed else {
-            if !listed_once.insert(t) {
-                continue;
-            }
-            let nodes = cat.entries(t)?;
-            let subs: Vec<TreeId> = nodes
-                .iter()
-                .filter_map(|n| n.subtree)
-                .filter(|s| !done.contains_key(s))
-                .collect();
-            stack.push((t, Some(nodes)));
-            stack.extend(subs.into_iter().map(|s| (s, None)));
-            continue;
-        };
+        Ok(())
+    };
+    let groups = cat.fold_pages(tree, memo, |page, below| {
         let mut groups = HashMap::new();
-        for n in &nodes {
-            let p = n.node_offset.checked_add(1).ok_or_else(overflow)?;
-            if n.link_key != 0 {
-                add(&mut groups, n.link_key, p, 1);
+        let mut at = 0u64;
+        match page {
+            crate::format::page::Page::Index { children, .. } => {
+                for (c, b) in children.iter().zip(below) {
+                    if let Some(b) = b {
+                        shift(&mut groups, b, at)?;
+                    }
+                    at = at.checked_add(c.nodes).ok_or_else(overflow)?;
+                }
             }
-            if let Some(sub) = n.subtree {
-                // A directory still on the stack beneath itself is a loop
-                // of rows: its groups are not known, and not counted.
-                let Some(below) = done.get(&sub) else {
-                    continue;
-                };
-                for (&key, &(first, count)) in below.iter() {
-                    add(
-                        &mut groups,
-                        key,
-                        p.checked_add(first).ok_or_else(overflow)?,
-                        count,
-                    );
+            crate::format::page::Page::Leaf(entries) => {
+                for (e, b) in entries.iter().zip(below) {
+                    let p = at.checked_add(1).ok_or_else(overflow)?;
+                    if e.link_key != 0 {
+                        add(&mut groups, e.link_key, p, 1);
+                    }
+                    if let Some(b) = b {
+                        shift(&mut groups, b, p)?;
+                    }
+                    at = at.checked_add(e.span()).ok_or_else(overflow)?;
                 }
             }
         }
-        done.insert(t, std::rc::Rc::new(groups));
-    }
-    for (&key, &(first, count)) in done[&tree].iter() {
-        add(
-            links,
-            key,
-            pos.checked_add(first).ok_or_else(overflow)?,
-            count,
-        );
-    }
-    Ok(())
+        Ok(std::rc::Rc::new(groups))
+    })?;
+    shift(links, &groups, pos)
 }
 
 #[cfg(test)]

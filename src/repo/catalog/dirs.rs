@@ -8,14 +8,15 @@
 //! its parent's, so no walk can loop, whatever the rows say.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use rusqlite::{OptionalExtension, params};
 
 use super::{Catalog, During, Node, blob_hash, get_u64};
 use crate::error::{Error, Result};
-use crate::format::page::{BuiltPage, ChildRef, Page, decode_page};
-use crate::format::tree::{Body, Entry, encode_xattrs};
+use crate::format::page::{BuiltPage, ChildRef, Page, PageFacts, decode_page};
+use crate::format::tree::{Body, Entry, MAX_DEPTH, encode_xattrs};
 use crate::ids::{TreeHash, TreeId};
 
 /// Decoded pages recently used, most recent last. A listing or a run of
@@ -72,6 +73,47 @@ fn children(page: &Page) -> &[ChildRef] {
         Page::Index { children, .. } => children,
         Page::Leaf(_) => &[],
     }
+}
+
+/// Values of [`Catalog::fold_pages`] by page hash, with what the page
+/// holds, to check a later parent's reference against.
+pub(crate) type Folded<T> = HashMap<TreeHash, (Held, T)>;
+
+/// A folded page's level, first name and counts, and its row's node count.
+#[derive(Clone, Debug)]
+pub(crate) struct Held {
+    level: u8,
+    first: Option<Vec<u8>>,
+    entries: u64,
+    nodes: u64,
+    rows: u64,
+}
+
+/// A page must sit one level below its parent, start with the name and
+/// hold the counts the parent's reference says: positions after it come
+/// from the parent's counts, and a page holding more than they say would
+/// number two entries alike.
+fn fits_parent(
+    parent: u8,
+    c: &ChildRef,
+    level: u8,
+    first: Option<&[u8]>,
+    entries: u64,
+    nodes: u64,
+) -> Result<()> {
+    if u16::from(level) + 1 != u16::from(parent) {
+        return Err(Error::corrupt(format!(
+            "directory page {}: level {level} under a page of level {parent}",
+            c.page
+        )));
+    }
+    if first != Some(c.first_name.as_slice()) || entries != c.entries || nodes != c.nodes {
+        return Err(Error::corrupt(format!(
+            "directory page {}: its first name or counts differ from what its parent page says",
+            c.page
+        )));
+    }
+    Ok(())
 }
 
 impl Catalog {
@@ -206,30 +248,174 @@ impl Catalog {
 
     /// The page a child reference names, which must be one level below its parent.
     fn child(&self, parent: &Page, c: &ChildRef) -> Result<Arc<Page>> {
-        let (id, _) = self.tree_by_hash(&c.page)?.ok_or_else(|| {
+        Ok(self.child_row(parent.level(), c)?.1)
+    }
+
+    /// [`Catalog::child`] with the child's row: its id and node count.
+    fn child_row(&self, parent: u8, c: &ChildRef) -> Result<((TreeId, u64), Arc<Page>)> {
+        let row = self.tree_by_hash(&c.page)?.ok_or_else(|| {
             Error::corrupt(format!("directory page {} missing from catalog", c.page))
         })?;
+        let page = self.page(row.0)?;
+        fits_parent(
+            parent,
+            c,
+            page.level(),
+            page.first_name(),
+            page.entries(),
+            page.nodes(),
+        )?;
+        Ok((row, page))
+    }
+
+    /// What the page `id` holds, its last name found by descending its
+    /// last children.
+    pub(crate) fn page_facts(&self, id: TreeId) -> Result<PageFacts> {
         let page = self.page(id)?;
-        if u16::from(page.level()) + 1 != u16::from(parent.level()) {
-            return Err(Error::corrupt(format!(
-                "directory page {}: level {} under a page of level {}",
-                c.page,
-                page.level(),
-                parent.level()
-            )));
+        let mut f = PageFacts {
+            level: page.level(),
+            entries: page.entries(),
+            nodes: page.nodes(),
+            first: page.first_name().map(<[u8]>::to_vec),
+            last: None,
+        };
+        let mut at = page;
+        loop {
+            match &*at {
+                Page::Leaf(e) => {
+                    f.last = e.last().map(|e| e.name.clone());
+                    return Ok(f);
+                }
+                Page::Index { children, level } => {
+                    let Some(c) = children.last() else {
+                        return Ok(f);
+                    };
+                    let next = self.child_row(*level, c)?.1;
+                    at = next;
+                }
+            }
         }
-        // Positions after this page come from the parent's counts: a page
-        // holding more than they say would number two entries alike.
-        if page.first_name() != Some(c.first_name.as_slice())
-            || page.entries() != c.entries
-            || page.nodes() != c.nodes
-        {
-            return Err(Error::corrupt(format!(
-                "directory page {}: its first name or counts differ from what its parent page says",
-                c.page
-            )));
+    }
+
+    /// A value computed once per page from the page and the values of what
+    /// it refers to, and kept in `memo` by page hash: `combine` gets the
+    /// page and, for an index page, its children's values; for a leaf, one
+    /// per entry, the value of a subdirectory's root page (None for other
+    /// entries, and for a directory whose pages are missing or hold another
+    /// number of nodes than its entry claims, as a listing shows it).
+    ///
+    /// Directories and snapshots that share pages cost one visit of each,
+    /// so a walk over every snapshot is proportional to the pages, not to
+    /// the entries the snapshots show. Children are checked against their
+    /// parent as a listing checks them (also when the value is remembered).
+    /// An explicit stack; directories nested past [`MAX_DEPTH`] (a tree
+    /// that contains itself) are an error.
+    pub(crate) fn fold_pages<T: Clone>(
+        &self,
+        root: TreeId,
+        memo: &mut Folded<T>,
+        mut combine: impl FnMut(&Page, &[Option<T>]) -> Result<T>,
+    ) -> Result<T> {
+        struct Frame<T> {
+            hash: TreeHash,
+            rows: u64,
+            page: Arc<Page>,
+            dirs: usize,
+            values: Vec<Option<T>>,
         }
-        Ok(page)
+        let hash = self.tree_hash(root)?;
+        if let Some((_, v)) = memo.get(&hash) {
+            return Ok(v.clone());
+        }
+        let mut stack = vec![Frame {
+            hash,
+            rows: self.tree_nodes(root)?,
+            page: self.page(root)?,
+            dirs: 1,
+            values: Vec::new(),
+        }];
+        loop {
+            let top = stack.last_mut().expect("the stack is never empty here");
+            let i = top.values.len();
+            let next = match &*top.page {
+                Page::Index { children, .. } => children.get(i).map(|c| Ok(c.clone())),
+                Page::Leaf(e) => e.get(i).map(|e| match &e.body {
+                    Body::Dir { tree, nodes } => Err(Some((*tree, *nodes))),
+                    _ => Err(None),
+                }),
+            };
+            let frame = match next {
+                None => {
+                    let done = stack.pop().expect("the stack is never empty here");
+                    let v = combine(&done.page, &done.values)?;
+                    let held = Held {
+                        level: done.page.level(),
+                        first: done.page.first_name().map(<[u8]>::to_vec),
+                        entries: done.page.entries(),
+                        nodes: done.page.nodes(),
+                        rows: done.rows,
+                    };
+                    memo.insert(done.hash, (held, v.clone()));
+                    match stack.last_mut() {
+                        None => return Ok(v),
+                        Some(parent) => parent.values.push(Some(v)),
+                    }
+                    continue;
+                }
+                Some(Err(None)) => {
+                    top.values.push(None);
+                    continue;
+                }
+                Some(Ok(c)) => {
+                    let parent = top.page.level();
+                    if let Some((h, v)) = memo.get(&c.page) {
+                        fits_parent(parent, &c, h.level, h.first.as_deref(), h.entries, h.nodes)?;
+                        let v = v.clone();
+                        top.values.push(Some(v));
+                        continue;
+                    }
+                    let ((_, rows), page) = self.child_row(parent, &c)?;
+                    Frame {
+                        hash: c.page,
+                        rows,
+                        page,
+                        dirs: top.dirs,
+                        values: Vec::new(),
+                    }
+                }
+                Some(Err(Some((tree, claim)))) => {
+                    if let Some((h, v)) = memo.get(&tree) {
+                        let v = (h.rows == claim).then(|| v.clone());
+                        top.values.push(v);
+                        continue;
+                    }
+                    match self.tree_by_hash(&tree)? {
+                        Some((id, rows)) if rows == claim => {
+                            // One more than ingest nests: the empty
+                            // directory an import puts where it cut a
+                            // deeper chain.
+                            if top.dirs > MAX_DEPTH {
+                                return Err(Error::corrupt(format!(
+                                    "directory page {tree}: directories nested deeper than {MAX_DEPTH} levels (perhaps a tree that contains itself)"
+                                )));
+                            }
+                            Frame {
+                                hash: tree,
+                                rows,
+                                page: self.page(id)?,
+                                dirs: top.dirs + 1,
+                                values: Vec::new(),
+                            }
+                        }
+                        _ => {
+                            top.values.push(None);
+                            continue;
+                        }
+                    }
+                }
+            };
+            stack.push(frame);
+        }
     }
 
     /// A directory of `entries` (sorted by name), its pages added as

@@ -2,16 +2,14 @@
 //! usage, relocation. Reachability is computed in temporary tables, so memory
 //! stays flat however large the repository is.
 
-use std::collections::HashMap;
-
 use rusqlite::params;
 
 use super::During;
-use super::{Catalog, blob_hash};
+use super::{Catalog, Folded, blob_hash};
 use crate::error::{Error, Result};
 use crate::format::pack::{ChunkKind, PackEntry};
 use crate::format::page::Page;
-use crate::format::tree::{Body, ChunkList, ContentRef, Kind, MAX_DEPTH};
+use crate::format::tree::{Body, ChunkList, ContentRef, Kind};
 use crate::ids::{ChunkId, ContentHash, PackId, PackName, SnapshotId, TreeHash, TreeId};
 
 /// A pack and how much of it is still referenced.
@@ -393,70 +391,25 @@ impl Catalog {
     }
 
     /// What the tree `root` holds (see [`Holdings`]). `memo` keeps the
-    /// figures of every tree counted so far, so snapshots that share trees
-    /// cost one visit of each. An explicit stack, as every walk of rows
-    /// that may come from a damaged file: a chain or cycle of trees ends
-    /// with an error past [`MAX_DEPTH`] levels (plus the empty directory
-    /// an import puts where it cut a deeper chain).
-    pub fn holdings(&self, root: TreeId, memo: &mut HashMap<TreeId, Holdings>) -> Result<Holdings> {
-        (|| -> Result<Holdings> {
-            struct Frame {
-                tree: TreeId,
-                rows: std::vec::IntoIter<(u8, u64, Option<TreeId>)>,
-                sum: Holdings,
-            }
-            if let Some(h) = memo.get(&root) {
-                return Ok(*h);
-            }
-            let rows_of = |tree: TreeId| -> Result<std::vec::IntoIter<(u8, u64, Option<TreeId>)>> {
-                Ok(self
-                    .entries(tree)?
-                    .into_iter()
-                    .map(|n| (n.kind as u8, n.meta.size, n.subtree))
-                    .collect::<Vec<_>>()
-                    .into_iter())
-            };
-            let mut stack = vec![Frame {
-                tree: root,
-                rows: rows_of(root)?,
-                sum: Holdings::default(),
-            }];
-            loop {
-                let depth = stack.len();
-                let top = stack.last_mut().expect("the stack is never empty here");
-                let Some((kind, size, subtree)) = top.rows.next() else {
-                    let done = stack.pop().expect("the stack is never empty here");
-                    memo.insert(done.tree, done.sum);
-                    match stack.last_mut() {
-                        None => return Ok(done.sum),
-                        Some(parent) => {
-                            parent.sum.add(&done.sum);
-                            continue;
-                        }
+    /// figures of every page counted so far, so snapshots that share pages
+    /// cost one visit of each ([`Catalog::fold_pages`]: a chain or cycle
+    /// of trees ends with an error past `MAX_DEPTH` levels).
+    pub fn holdings(&self, root: TreeId, memo: &mut Folded<Holdings>) -> Result<Holdings> {
+        self.fold_pages(root, memo, |page, below| {
+            let mut sum = Holdings::default();
+            if let Page::Leaf(entries) = page {
+                for e in entries {
+                    sum.entries = sum.entries.saturating_add(1);
+                    if e.kind == Kind::File {
+                        sum.bytes = sum.bytes.saturating_add(e.meta.size);
                     }
-                };
-                top.sum.entries = top.sum.entries.saturating_add(1);
-                if kind == Kind::File as u8 {
-                    top.sum.bytes = top.sum.bytes.saturating_add(size);
-                }
-                let Some(sub) = subtree else { continue };
-                if let Some(h) = memo.get(&sub) {
-                    top.sum.add(h);
-                } else if depth > MAX_DEPTH {
-                    return Err(Error::corrupt(format!(
-                        "tree {}: directories nested deeper than {MAX_DEPTH} levels (perhaps a tree that contains itself)",
-                        sub.0
-                    )));
-                } else {
-                    let rows = rows_of(sub)?;
-                    stack.push(Frame {
-                        tree: sub,
-                        rows,
-                        sum: Holdings::default(),
-                    });
                 }
             }
-        })()
+            for h in below.iter().flatten() {
+                sum.add(h);
+            }
+            Ok(sum)
+        })
         .during(|| "holdings".to_string())
     }
 
@@ -526,16 +479,18 @@ impl Catalog {
                     }
                     Ok(())
                 })?;
+                // CROSS JOIN keeps SQLite from scanning every chunk for
+                // each snapshot: the fresh ones are few, and looked up.
                 let added: i64 = self.conn.query_row(
                     "SELECT COALESCE(SUM(size), 0) FROM packs
-                     WHERE id IN (SELECT c.pack FROM chunks c JOIN temp.fresh_chunks f ON f.id = c.id)
+                     WHERE id IN (SELECT c.pack FROM temp.fresh_chunks f CROSS JOIN chunks c ON c.id = f.id)
                        AND id NOT IN (SELECT id FROM temp.claimed_packs)",
                     [],
                     |r| r.get(0),
                 )?;
                 self.conn.execute(
                     "INSERT OR IGNORE INTO temp.claimed_packs
-                         SELECT c.pack FROM chunks c JOIN temp.fresh_chunks f ON f.id = c.id",
+                         SELECT c.pack FROM temp.fresh_chunks f CROSS JOIN chunks c ON c.id = f.id",
                     [],
                 )?;
                 self.conn.execute(
@@ -766,6 +721,7 @@ mod tests {
     use crate::format::record::SnapshotRow;
     use crate::format::tree::{Entry, FileTime, Meta};
     use crate::ids::Hash;
+    use std::collections::HashMap;
 
     fn id(s: &str) -> ChunkId {
         ChunkId(Hash::of(s.as_bytes()))
@@ -918,6 +874,70 @@ mod tests {
         // else the walk goes too deep.
         assert!(
             err.contains("deeper than") || err.contains("its row says"),
+            "{err}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod fold_tests {
+    use std::collections::HashMap;
+
+    use crate::format::page::{BoundaryKey, Page, build_dir, decode_page, encode_page};
+    use crate::format::tree::{Body, ContentRef, Entry, Kind, Meta};
+    use crate::ids::{ChunkId, Hash, TreeHash};
+    use crate::repo::catalog::Catalog;
+
+    fn files(n: usize) -> Vec<Entry> {
+        (0..n)
+            .map(|i| Entry {
+                name: format!("f{i:05}").into_bytes(),
+                kind: Kind::File,
+                meta: Meta {
+                    mode: libc::S_IFREG | 0o644,
+                    size: 10,
+                    nlink: 1,
+                    ..Meta::default()
+                },
+                link_key: 0,
+                xattrs: Vec::new(),
+                body: Body::File(Some(ContentRef::Chunk(ChunkId(Hash::of(b"c")), 10))),
+            })
+            .collect()
+    }
+
+    /// A page counted once is remembered by hash; a later directory whose
+    /// index page names it with other counts is refused all the same, not
+    /// given the remembered figures.
+    #[test]
+    fn a_remembered_page_under_a_parent_that_miscounts_it_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&d.path().join("c.db"), true).unwrap();
+        let honest = cat.add_dir(files(2_000)).unwrap();
+        let mut memo = HashMap::new();
+        let h = cat.holdings(honest, &mut memo).unwrap();
+        assert_eq!((h.entries, h.bytes), (2_000, 20_000));
+        let root = cat.page_body(honest).unwrap();
+        let Page::Index {
+            level,
+            mut children,
+        } = decode_page(&root).unwrap()
+        else {
+            panic!("2,000 entries make an index page")
+        };
+        children[0].entries += 1;
+        children[0].nodes += 1;
+        let bytes = encode_page(&Page::Index { level, children });
+        let mut built = build_dir(Vec::new(), &BoundaryKey::public()).pages[0].clone();
+        built.hash = TreeHash(Hash::of(&bytes));
+        built.bytes = bytes;
+        built.level = level;
+        built.entries = 2_001;
+        built.nodes = 2_001;
+        let liar = cat.add_page(&built).unwrap();
+        let err = cat.holdings(liar, &mut memo).unwrap_err().to_string();
+        assert!(
+            err.contains("differ from what its parent page says"),
             "{err}"
         );
     }

@@ -13,7 +13,7 @@ use crate::error::{CatalogError, CatalogErrorKind, Error, Result};
 use crate::format::pack::{ChunkKind, PackEntry};
 use crate::format::record::{Owners, RowDamage, SnapshotRow, decode_paths, encode_paths};
 use crate::format::tree::{ChunkList, ChunkRef, ContentRef, Kind, Meta};
-use crate::ids::{ContentHash, Hash, PackId, PackName, SnapshotId, TreeId};
+use crate::ids::{ChunkId, ContentHash, Hash, PackId, PackName, SnapshotId, TreeId};
 
 pub const SCHEMA_VERSION: i64 = 2;
 
@@ -67,6 +67,7 @@ impl<T> During<T> for Result<T> {
 
 mod dirs;
 mod maintenance;
+pub(crate) use dirs::Folded;
 pub use maintenance::PackUsage;
 
 pub struct Catalog {
@@ -579,6 +580,17 @@ impl Catalog {
     }
 
     // ---- snapshots ----
+
+    /// Whether a snapshot with this record is in the catalog.
+    pub fn has_snapshot(&self, record: &Hash) -> Result<bool> {
+        (|| -> Result<bool> {
+            let mut st = self
+                .conn
+                .prepare_cached("SELECT 1 FROM snapshots WHERE hash = ?1")?;
+            Ok(st.exists([&record.0[..]])?)
+        })()
+        .during(|| format!("has_snapshot ({})", ChunkId(*record)))
+    }
 
     pub fn name_taken(&self, name: &str) -> Result<bool> {
         (|| -> Result<bool> {
