@@ -33,6 +33,14 @@ pub enum Error {
         supported: u32,
     },
 
+    /// A snapshot with extended attributes, made after a mount decided to
+    /// serve none because no snapshot had any: served after a remount,
+    /// never without its attributes (nor its ACLs unchecked).
+    #[error(
+        "snapshot {0} has extended attributes, and this mount serves none (the repository had none when it started); mount again to see it"
+    )]
+    XattrsAfterMount(String),
+
     /// A repository of an earlier format, which this release converts.
     #[error(
         "repository {} has format {found}, an earlier format than this snapfs reads ({supported}); convert it with `snapfs upgrade --repo {}` (nothing in it is changed until then)",
@@ -111,6 +119,7 @@ impl Error {
             }
             Error::Invalid(_) => libc::EINVAL,
             Error::CatalogReplaced(_) => libc::ESTALE,
+            Error::XattrsAfterMount(_) => libc::EACCES,
             _ => libc::EIO,
         }
     }

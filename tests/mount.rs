@@ -1271,3 +1271,130 @@ fn mount_point_that_is_a_file_fails_with_one_line() {
     assert_one_line_failure(&out, "mount on a regular file", &file);
     assert!(!is_mounted(&file));
 }
+
+/// `getfattr -d -m-` of `path`, run as is (it may fail).
+fn getfattr_all(path: &Path) -> Output {
+    require_tool("getfattr");
+    Command::new("getfattr")
+        .args(["-d", "-m-"])
+        .arg(path)
+        .output()
+        .expect("spawn getfattr")
+}
+
+/// A repository without extended attributes: the mount tells the kernel
+/// they are not supported, so `ls -l`, `cp -a` and `rsync -X` stop asking
+/// for them file by file (a round trip each); copies still succeed.
+/// `--xattrs always` answers "none" file by file instead.
+#[test]
+fn mount_of_a_repository_without_xattrs_says_they_are_not_supported() {
+    let src_dir = tempdir();
+    let root = canonical(src_dir.path()).join("src");
+    build_small_tree(&root);
+    // Times well before the copies: rsync leaves a directory's time alone
+    // when it falls in the same second as the copy it just made.
+    tool(
+        "find",
+        &[
+            root.as_os_str(),
+            OsStr::new("-exec"),
+            OsStr::new("touch"),
+            OsStr::new("-h"),
+            OsStr::new("-d"),
+            OsStr::new("@1600000000.5"),
+            OsStr::new("{}"),
+            OsStr::new("+"),
+        ],
+    );
+    let repo = Repo::new();
+    repo.ingest(&["--name", "first"], &[&root]);
+    let mount = Mount::new(&repo, &[]);
+    let mounted = mount.source_in("first", &root);
+    let out = getfattr_all(&mounted.join("top.txt"));
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not supported"),
+        "{}",
+        describe("getfattr -d -m- MNT/.../top.txt", &out)
+    );
+    let out_dir = tempdir();
+    let copy = canonical(out_dir.path()).join("cp");
+    tool(
+        "cp",
+        &[OsStr::new("-a"), mounted.as_os_str(), copy.as_os_str()],
+    );
+    assert_same_tree(&root, &copy);
+    let copy = canonical(out_dir.path()).join("rsync");
+    let mut from = mounted.as_os_str().to_os_string();
+    from.push("/");
+    tool("rsync", &[OsStr::new("-aHAX"), &from, copy.as_os_str()]);
+    assert_same_tree(&root, &copy);
+    mount.finish();
+
+    let mount = Mount::new(&repo, &["--xattrs", "always"]);
+    let out = getfattr_all(&mount.source_in("first", &root).join("top.txt"));
+    assert!(
+        out.status.success() && out.stdout.is_empty(),
+        "{}",
+        describe("getfattr -d -m- MNT/.../top.txt with --xattrs always", &out)
+    );
+    mount.finish();
+}
+
+/// A snapshot with extended attributes, made after a mount decided to
+/// serve none, is refused (never shown without its attributes, nor its
+/// ACLs unchecked) until a remount, which serves them.
+#[test]
+fn snapshot_with_xattrs_made_after_an_xattr_less_mount_waits_for_a_remount() {
+    let src_dir = tempdir();
+    let root = canonical(src_dir.path()).join("src");
+    build_small_tree(&root);
+    let repo = Repo::new();
+    repo.ingest(&["--name", "first"], &[&root]);
+    let mount = Mount::new(&repo, &[]);
+    let first = mount.source_in("first", &root).join("top.txt");
+    assert!(!getfattr_all(&first).status.success());
+
+    tool(
+        "setfattr",
+        &[
+            OsStr::new("-n"),
+            OsStr::new("user.note"),
+            OsStr::new("-v"),
+            OsStr::new("kept"),
+            root.join("top.txt").as_os_str(),
+        ],
+    );
+    repo.ingest(&["--name", "second"], &[&root]);
+    let second = mount.source_in("second", &root).join("top.txt");
+    let t0 = Instant::now();
+    let err = loop {
+        match fs::read(&second) {
+            Err(e) if e.raw_os_error() == Some(libc::EACCES) => break e,
+            r if t0.elapsed() > APPEAR_TIMEOUT => {
+                panic!("reading {} after the ingest: {r:?}", second.display())
+            }
+            _ => thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{}", io_errno(&err));
+    assert_eq!(fs::read(&first).expect("first still reads"), b"top level\n");
+    let stderr = mount.finish();
+    assert!(stderr.contains("mount again"), "mount stderr: {stderr}");
+
+    let mount = Mount::new(&repo, &[]);
+    let second = mount.source_in("second", &root).join("top.txt");
+    let out = tool(
+        "getfattr",
+        &[
+            OsStr::new("-n"),
+            OsStr::new("user.note"),
+            second.as_os_str(),
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("user.note=\"kept\""),
+        "{}",
+        describe("getfattr -n user.note", &out)
+    );
+    mount.finish();
+}

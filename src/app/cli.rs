@@ -178,6 +178,12 @@ pub enum Command {
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum XattrStyle {
+    Auto,
+    Always,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
 pub enum NameStyle {
     Plain,
     Gmt,
@@ -339,6 +345,13 @@ pub struct MountArgs {
     /// own until closed, however long)
     #[arg(long, default_value_t = crate::mount::snapshot_fs::DEFAULT_IDLE_EXPIRY.as_secs(), value_name = "SECONDS")]
     pub idle_expiry: u64,
+    /// Extended attributes: `auto` tells the kernel they are not supported
+    /// when no snapshot has any (one request for the whole mount instead of
+    /// one per file; a snapshot with some made later shows after a
+    /// remount); `always` serves them, answering "none" file by file
+    /// (quieter for `tar --xattrs`, slower for `ls -l` and `cp -a`)
+    #[arg(long, value_enum, default_value = "auto")]
+    pub xattrs: XattrStyle,
 }
 
 impl MountArgs {
@@ -352,6 +365,7 @@ impl MountArgs {
             cache_bytes: self.cache_size as usize,
             threads: self.threads,
             idle_expiry: std::time::Duration::from_secs(self.idle_expiry),
+            always_xattrs: matches!(self.xattrs, XattrStyle::Always),
         }
     }
 }

@@ -311,6 +311,12 @@ impl Filesystem for Fuse {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.fs.xattrs_served() {
+            Ok(true) => {}
+            // The kernel stops asking for the rest of the mount.
+            Ok(false) => return reply.error(Errno::ENOSYS),
+            Err(e) => return reply.error(errno(&e)),
+        }
         match self.fs.xattrs(ino.0) {
             Ok(x) => match x.iter().find(|(k, _)| k.as_slice() == name.as_bytes()) {
                 Some((_, v)) => reply_sized(reply, size, v),
@@ -321,6 +327,11 @@ impl Filesystem for Fuse {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.fs.xattrs_served() {
+            Ok(true) => {}
+            Ok(false) => return reply.error(Errno::ENOSYS),
+            Err(e) => return reply.error(errno(&e)),
+        }
         match self.fs.xattrs(ino.0) {
             Ok(x) => {
                 let mut names = Vec::new();

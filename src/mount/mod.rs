@@ -26,6 +26,8 @@ pub struct MountRequest {
     pub threads: usize,
     /// See `MountOptions::idle_expiry`.
     pub idle_expiry: Duration,
+    /// See `MountOptions::always_xattrs`.
+    pub always_xattrs: bool,
 }
 
 /// Check the mount point and FUSE itself, so failures are one clear line.
@@ -127,6 +129,7 @@ pub fn mount(
             names: req.names,
             cache_bytes: req.cache_bytes,
             idle_expiry: req.idle_expiry,
+            always_xattrs: req.always_xattrs,
             ..Default::default()
         },
     )?;

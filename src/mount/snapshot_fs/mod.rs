@@ -82,6 +82,9 @@ pub struct MountOptions {
     /// kernel is asked to drop the file if it is closed. An open file keeps
     /// them until it is closed, however long that is (see `Files`).
     pub idle_expiry: Duration,
+    /// Serve extended attributes even when no snapshot has any (see
+    /// `SnapshotFs::xattrs_served`).
+    pub always_xattrs: bool,
 }
 
 impl Default for MountOptions {
@@ -92,6 +95,7 @@ impl Default for MountOptions {
             prefetch_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             readahead: 8 << 20,
             idle_expiry: DEFAULT_IDLE_EXPIRY,
+            always_xattrs: false,
         }
     }
 }
@@ -151,6 +155,11 @@ pub struct SnapshotFs {
     shared: Arc<Shared>,
     snapshots: Mutex<SnapshotList>,
     inodes: Mutex<LruCache<u64, Arc<Inode>>>,
+    /// Directories passed on the way to inodes resolved lately, most recent
+    /// last (see `inode`).
+    ways: Mutex<Vec<DirSpan>>,
+    /// Whether extended attributes are served (see `xattrs_served`).
+    xattr_mode: Mutex<XattrMode>,
     /// Per directory inode: the entry offset up to which its files were
     /// queued for warming.
     warmed: Mutex<LruCache<u64, u64>>,
@@ -182,6 +191,27 @@ impl Drop for SnapshotFs {
 /// How long the snapshot list may be served before it is read again.
 const SNAPSHOT_LIST_TTL: Duration = Duration::from_secs(1);
 const INODE_CACHE: usize = 32 * 1024;
+const WAYS: usize = 64;
+
+/// Whether the mount serves extended attributes, decided at the first
+/// request for one, and which snapshots have any.
+#[derive(Default)]
+struct XattrMode {
+    served: Option<bool>,
+    has: HashMap<SnapshotId, bool>,
+    /// Per directory page: whether any entry at or beneath it has one.
+    memo: crate::repo::catalog::Folded<bool>,
+}
+
+/// A directory of a snapshot and the positions beneath it: a resolution
+/// of a position in `(base, end]` can start there.
+#[derive(Clone, Copy)]
+struct DirSpan {
+    snap: SnapshotId,
+    base: u64,
+    end: u64,
+    tree: TreeId,
+}
 const DIR_CACHE: usize = 256;
 const HIST_DIRS: usize = 1024;
 /// See `MountOptions::idle_expiry`.
@@ -328,6 +358,11 @@ impl SnapshotFs {
             inodes: Mutex::new(LruCache::new(
                 NonZeroUsize::new(INODE_CACHE).expect("non-zero"),
             )),
+            ways: Mutex::new(Vec::new()),
+            xattr_mode: Mutex::new(XattrMode {
+                served: opts.always_xattrs.then_some(true),
+                ..XattrMode::default()
+            }),
             warmed: Mutex::new(LruCache::new(
                 NonZeroUsize::new(DIR_CACHE).expect("non-zero"),
             )),
@@ -451,17 +486,18 @@ impl SnapshotFs {
     }
 
     /// Resolve an inode inside a snapshot: from the cache, or by descending
-    /// from the snapshot root along depth-first positions.
+    /// along depth-first positions from the deepest directory recently
+    /// passed that holds it (else the snapshot's root). A listing larger
+    /// than the inode cache (`ls -l` of 100,000 files) then costs one step
+    /// per entry, in pages already decoded, not a descent from the root.
     fn inode(&self, ino: u64) -> Result<Arc<Inode>> {
         if let Some(i) = self.cached(ino) {
             return Ok(i);
         }
         let (snap_id, pos) = inode::decode(ino).ok_or(Error::NoSuchInode(ino))?;
         let snap = self.snapshot(snap_id)?;
+        self.xattrs_fit(&snap)?;
         let gone = || Error::NoSuchInode(ino);
-        let mut tree = snap.root_tree;
-        let mut base = 0u64;
-        let mut parent;
         if pos == 0 {
             return Ok(self.remember(
                 ino,
@@ -470,10 +506,20 @@ impl SnapshotFs {
                     pos: 0,
                     parent: inode::ROOT,
                     node: None,
-                    tree: Some(tree),
+                    tree: Some(snap.root_tree),
                 },
             ));
         }
+        let near = self
+            .ways
+            .lock()
+            .expect("ways lock")
+            .iter()
+            .filter(|d| d.snap == snap_id && d.base < pos && pos <= d.end)
+            .max_by_key(|d| d.base)
+            .copied();
+        let (mut tree, mut base) = near.map_or((snap.root_tree, 0), |d| (d.tree, d.base));
+        let mut parent;
         let cat = self.shared.conn()?;
         loop {
             let node = cat.entry_at(tree, pos - base - 1)?.ok_or_else(gone)?;
@@ -494,6 +540,19 @@ impl SnapshotFs {
             }
             match (node.kind, node.subtree) {
                 (Kind::Dir, Some(sub)) => {
+                    // A subtree is given only where its row holds what the
+                    // entry claims: the positions beneath it end there.
+                    let end = npos.checked_add(cat.tree_nodes(sub)?).ok_or_else(gone)?;
+                    let mut ways = self.ways.lock().expect("ways lock");
+                    if ways.len() >= WAYS {
+                        ways.remove(0);
+                    }
+                    ways.push(DirSpan {
+                        snap: snap_id,
+                        base: npos,
+                        end,
+                        tree: sub,
+                    });
                     tree = sub;
                     base = npos;
                 }
@@ -721,6 +780,70 @@ impl SnapshotFs {
                 files.held.remove(&ino);
             }
         }
+    }
+
+    /// Whether this mount serves extended attributes at all. A kernel asks
+    /// for them (and for ACLs) once per file and listing, a round trip
+    /// each, however few files have any: `ls -l` of 100,000 files costs
+    /// 200,000 of them. Told "not supported" once, it stops asking for the
+    /// rest of the mount. So when no snapshot in the repository has any
+    /// attribute (the common case), none are served; decided at the first
+    /// request, from every snapshot's pages (each page read once).
+    /// A snapshot with attributes made after that is refused until a
+    /// remount ([`Error::XattrsAfterMount`]): never shown without them.
+    pub fn xattrs_served(&self) -> Result<bool> {
+        let mut st = self.xattr_mode.lock().expect("xattr mode lock");
+        if let Some(s) = st.served {
+            return Ok(s);
+        }
+        let snaps = self.with_snapshots(true, |s| s.by_time.clone())?;
+        let mut any = false;
+        for s in &snaps {
+            any |= self.has_xattrs(&mut st, s)?;
+        }
+        st.served = Some(any);
+        Ok(any)
+    }
+
+    /// Whether any entry of snapshot `s` has an extended attribute.
+    fn has_xattrs(&self, st: &mut XattrMode, s: &SnapshotRow) -> Result<bool> {
+        if let Some(h) = st.has.get(&s.id) {
+            return Ok(*h);
+        }
+        let h = self
+            .shared
+            .conn()?
+            .fold_pages(s.root_tree, &mut st.memo, |page, below| {
+                Ok(below.contains(&Some(true))
+                    || match page {
+                        crate::format::page::Page::Leaf(e) => {
+                            e.iter().any(|e| !e.xattrs.is_empty())
+                        }
+                        crate::format::page::Page::Index { .. } => false,
+                    })
+            })?;
+        st.has.insert(s.id, h);
+        Ok(h)
+    }
+
+    /// A snapshot may be served unless this mount serves no attributes and
+    /// it has some (see [`SnapshotFs::xattrs_served`]).
+    fn xattrs_fit(&self, s: &SnapshotRow) -> Result<()> {
+        let mut st = self.xattr_mode.lock().expect("xattr mode lock");
+        if st.served != Some(false) {
+            return Ok(());
+        }
+        let known = st.has.contains_key(&s.id);
+        if self.has_xattrs(&mut st, s)? {
+            if !known {
+                log::warn!(
+                    "snapshot {} has extended attributes, which this mount does not serve: mount again to see it",
+                    s.name
+                );
+            }
+            return Err(Error::XattrsAfterMount(s.name.clone()));
+        }
+        Ok(())
     }
 
     pub fn xattrs(&self, ino: u64) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {

@@ -19,31 +19,39 @@ use crate::format::page::{BuiltPage, ChildRef, Page, PageFacts, decode_page};
 use crate::format::tree::{Body, Entry, MAX_DEPTH, encode_xattrs};
 use crate::ids::{TreeHash, TreeId};
 
-/// Decoded pages recently used, most recent last. A listing or a run of
-/// lookups in one directory decodes each page once. Page rows never change
-/// (ids are never reused, AUTOINCREMENT), so entries stay valid; the one
-/// exception, the repair of a damaged row, clears it.
+/// Decoded pages recently used, most recent last, with their rows' hash
+/// and node count. A listing or a run of lookups in one directory decodes
+/// each page once, and finds a child page by hash without a query. Page
+/// rows never change (ids are never reused, AUTOINCREMENT), so entries
+/// stay valid; the one exception, the repair of a damaged row, clears it.
 #[derive(Default)]
-pub(crate) struct PageCache(RefCell<Vec<(TreeId, Arc<Page>)>>);
+pub(crate) struct PageCache(RefCell<Vec<Cached>>);
+
+#[derive(Clone)]
+struct Cached {
+    id: TreeId,
+    hash: TreeHash,
+    rows: u64,
+    page: Arc<Page>,
+}
 
 const PAGE_CACHE: usize = 32;
 
 impl PageCache {
-    fn get(&self, id: TreeId) -> Option<Arc<Page>> {
+    fn find(&self, hit: impl Fn(&Cached) -> bool) -> Option<Cached> {
         let mut v = self.0.borrow_mut();
-        let i = v.iter().position(|(k, _)| *k == id)?;
-        let hit = v.remove(i);
-        let page = hit.1.clone();
-        v.push(hit);
-        Some(page)
+        let i = v.iter().rposition(hit)?;
+        let c = v.remove(i);
+        v.push(c.clone());
+        Some(c)
     }
 
-    fn put(&self, id: TreeId, page: Arc<Page>) {
+    fn put(&self, c: Cached) {
         let mut v = self.0.borrow_mut();
         if v.len() >= PAGE_CACHE {
             v.remove(0);
         }
-        v.push((id, page));
+        v.push(c);
     }
 
     fn clear(&self) {
@@ -220,30 +228,42 @@ impl Catalog {
     /// checked against, and nodes beyond it would take the numbers of the
     /// entries after it. Checked once, when the row is read.
     pub(crate) fn page(&self, id: TreeId) -> Result<Arc<Page>> {
-        if let Some(p) = self.pages.get(id) {
-            return Ok(p);
+        Ok(self.page_row(id)?.page)
+    }
+
+    /// [`Catalog::page`] with its row's hash and node count.
+    fn page_row(&self, id: TreeId) -> Result<Cached> {
+        if let Some(c) = self.pages.find(|c| c.id == id) {
+            return Ok(c);
         }
-        let (body, claimed) = (|| -> Result<(Vec<u8>, u64)> {
+        let (body, rows, hash) = (|| -> Result<(Vec<u8>, u64, TreeHash)> {
             let mut st = self
                 .conn
-                .prepare_cached("SELECT body, nodes FROM pages WHERE id = ?1")?;
-            st.query_row([id.0], |r| Ok((r.get(0)?, get_u64(r, 1)?)))
-                .optional()?
-                .ok_or_else(|| Error::corrupt(format!("page {} missing from catalog", id.0)))
+                .prepare_cached("SELECT body, nodes, hash FROM pages WHERE id = ?1")?;
+            st.query_row([id.0], |r| {
+                Ok((r.get(0)?, get_u64(r, 1)?, TreeHash(blob_hash(r.get(2)?)?)))
+            })
+            .optional()?
+            .ok_or_else(|| Error::corrupt(format!("page {} missing from catalog", id.0)))
         })()
         .during(|| format!("page (page {id:?})"))?;
         let page = decode_page(&body)
             .map_err(|e| Error::corrupt(format!("directory page {} in the catalog: {e}", id.0)))?;
-        if page.nodes() > claimed {
+        if page.nodes() > rows {
             return Err(Error::corrupt(format!(
-                "directory page {}: holds {} nodes, its row says {claimed}",
+                "directory page {}: holds {} nodes, its row says {rows}",
                 id.0,
                 page.nodes()
             )));
         }
-        let page = Arc::new(page);
-        self.pages.put(id, page.clone());
-        Ok(page)
+        let c = Cached {
+            id,
+            hash,
+            rows,
+            page: Arc::new(page),
+        };
+        self.pages.put(c.clone());
+        Ok(c)
     }
 
     /// The page a child reference names, which must be one level below its parent.
@@ -253,10 +273,15 @@ impl Catalog {
 
     /// [`Catalog::child`] with the child's row: its id and node count.
     fn child_row(&self, parent: u8, c: &ChildRef) -> Result<((TreeId, u64), Arc<Page>)> {
-        let row = self.tree_by_hash(&c.page)?.ok_or_else(|| {
-            Error::corrupt(format!("directory page {} missing from catalog", c.page))
-        })?;
-        let page = self.page(row.0)?;
+        let (row, page) = match self.pages.find(|p| p.hash == c.page) {
+            Some(p) => ((p.id, p.rows), p.page),
+            None => {
+                let row = self.tree_by_hash(&c.page)?.ok_or_else(|| {
+                    Error::corrupt(format!("directory page {} missing from catalog", c.page))
+                })?;
+                (row, self.page(row.0)?)
+            }
+        };
         fits_parent(
             parent,
             c,
