@@ -586,6 +586,50 @@ pub struct PageFacts {
     pub last: Option<Vec<u8>>,
 }
 
+impl PageFacts {
+    /// What `page` itself shows: an index page's last name is its last
+    /// child's, which the page does not hold (None here).
+    pub fn of(page: &Page) -> PageFacts {
+        PageFacts {
+            level: page.level(),
+            entries: page.entries(),
+            nodes: page.nodes(),
+            first: page.first_name().map(<[u8]>::to_vec),
+            last: match page {
+                Page::Leaf(e) => e.last().map(|e| e.name.clone()),
+                Page::Index { .. } => None,
+            },
+        }
+    }
+}
+
+/// A page must sit one level below its parent (so no walk loops), start
+/// with the name and hold the counts the parent's reference `c` says:
+/// positions after it come from the parent's counts, and a page holding
+/// more than they say would number two entries alike.
+pub fn fits_parent(
+    c: &ChildRef,
+    parent: u8,
+    level: u8,
+    first: Option<&[u8]>,
+    entries: u64,
+    nodes: u64,
+) -> Result<()> {
+    if u16::from(level) + 1 != u16::from(parent) {
+        return Err(Error::corrupt(format!(
+            "directory page {}: level {level} under a page of level {parent}",
+            c.page
+        )));
+    }
+    if first != Some(c.first_name.as_slice()) || entries != c.entries || nodes != c.nodes {
+        return Err(Error::corrupt(format!(
+            "directory page {}: its first name or counts differ from what its parent page says",
+            c.page
+        )));
+    }
+    Ok(())
+}
+
 /// The pages of a directory that [`load_new`] had to read, what each holds
 /// (in the same order), and the entries of the leaves among them, in order.
 pub struct Loaded {
@@ -630,22 +674,15 @@ pub fn load_new(
         std::collections::HashMap::new();
     let mut last_name: Option<Vec<u8>> = None;
     let mut stack: Vec<(TreeHash, Option<(ChildRef, u8)>)> = vec![(*root, None)];
-    let fits = |h: &TreeHash, want: &ChildRef, parent: u8, f: &PageFacts| -> Result<()> {
-        if u16::from(f.level) + 1 != u16::from(parent) {
-            return Err(Error::corrupt(format!(
-                "page {h}: level {} under a page of level {parent}",
-                f.level
-            )));
-        }
-        if f.first.as_deref() != Some(want.first_name.as_slice())
-            || f.entries != want.entries
-            || f.nodes != want.nodes
-        {
-            return Err(Error::corrupt(format!(
-                "page {h}: its first name or counts differ from what its parent page says"
-            )));
-        }
-        Ok(())
+    let fits = |want: &ChildRef, parent: u8, f: &PageFacts| {
+        fits_parent(
+            want,
+            parent,
+            f.level,
+            f.first.as_deref(),
+            f.entries,
+            f.nodes,
+        )
     };
     let in_order = |h: &TreeHash, last: &Option<Vec<u8>>, first: Option<&[u8]>| -> Result<()> {
         if let (Some(last), Some(first)) = (last, first)
@@ -661,7 +698,7 @@ pub fn load_new(
         if let Some((want, level)) = &parent
             && let Some(f) = known(&h)?
         {
-            fits(&h, want, *level, &f)?;
+            fits(want, *level, &f)?;
             in_order(&h, &last_name, f.first.as_deref())?;
             last_name = f.last.clone();
             known_last.insert(h, f.last);
@@ -669,15 +706,9 @@ pub fn load_new(
         }
         let bytes = fetch(&h)?;
         let page = decode_page(&bytes).map_err(|e| Error::corrupt(format!("page {h}: {e}")))?;
-        let mut f = PageFacts {
-            level: page.level(),
-            entries: page.entries(),
-            nodes: page.nodes(),
-            first: page.first_name().map(<[u8]>::to_vec),
-            last: None,
-        };
+        let f = PageFacts::of(&page);
         if let Some((want, level)) = &parent {
-            fits(&h, want, *level, &f)?;
+            fits(want, *level, &f)?;
         }
         pages.push(BuiltPage {
             hash: h,
@@ -689,10 +720,9 @@ pub fn load_new(
         match page {
             Page::Leaf(e) => {
                 in_order(&h, &last_name, f.first.as_deref())?;
-                if let Some(l) = e.last() {
-                    last_name = Some(l.name.clone());
+                if f.last.is_some() {
+                    last_name = f.last.clone();
                 }
-                f.last = e.last().map(|e| e.name.clone());
                 last_child.push(None);
                 entries.extend(e);
             }

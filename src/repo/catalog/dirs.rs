@@ -15,7 +15,7 @@ use rusqlite::{OptionalExtension, params};
 
 use super::{Catalog, During, Node, blob_hash, get_u64};
 use crate::error::{Error, Result};
-use crate::format::page::{BuiltPage, ChildRef, Page, PageFacts, decode_page};
+use crate::format::page::{BuiltPage, ChildRef, Page, PageFacts, decode_page, fits_parent};
 use crate::format::tree::{Body, Entry, MAX_DEPTH, encode_xattrs};
 use crate::ids::{TreeHash, TreeId};
 
@@ -95,33 +95,6 @@ pub(crate) struct Held {
     entries: u64,
     nodes: u64,
     rows: u64,
-}
-
-/// A page must sit one level below its parent, start with the name and
-/// hold the counts the parent's reference says: positions after it come
-/// from the parent's counts, and a page holding more than they say would
-/// number two entries alike.
-fn fits_parent(
-    parent: u8,
-    c: &ChildRef,
-    level: u8,
-    first: Option<&[u8]>,
-    entries: u64,
-    nodes: u64,
-) -> Result<()> {
-    if u16::from(level) + 1 != u16::from(parent) {
-        return Err(Error::corrupt(format!(
-            "directory page {}: level {level} under a page of level {parent}",
-            c.page
-        )));
-    }
-    if first != Some(c.first_name.as_slice()) || entries != c.entries || nodes != c.nodes {
-        return Err(Error::corrupt(format!(
-            "directory page {}: its first name or counts differ from what its parent page says",
-            c.page
-        )));
-    }
-    Ok(())
 }
 
 impl Catalog {
@@ -283,8 +256,8 @@ impl Catalog {
             }
         };
         fits_parent(
-            parent,
             c,
+            parent,
             page.level(),
             page.first_name(),
             page.entries(),
@@ -297,18 +270,12 @@ impl Catalog {
     /// last children.
     pub(crate) fn page_facts(&self, id: TreeId) -> Result<PageFacts> {
         let page = self.page(id)?;
-        let mut f = PageFacts {
-            level: page.level(),
-            entries: page.entries(),
-            nodes: page.nodes(),
-            first: page.first_name().map(<[u8]>::to_vec),
-            last: None,
-        };
+        let mut f = PageFacts::of(&page);
         let mut at = page;
         loop {
             match &*at {
-                Page::Leaf(e) => {
-                    f.last = e.last().map(|e| e.name.clone());
+                Page::Leaf(_) => {
+                    f.last = PageFacts::of(&at).last;
                     return Ok(f);
                 }
                 Page::Index { children, level } => {
@@ -394,7 +361,7 @@ impl Catalog {
                 Some(Ok(c)) => {
                     let parent = top.page.level();
                     if let Some((h, v)) = memo.get(&c.page) {
-                        fits_parent(parent, &c, h.level, h.first.as_deref(), h.entries, h.nodes)?;
+                        fits_parent(&c, parent, h.level, h.first.as_deref(), h.entries, h.nodes)?;
                         let v = v.clone();
                         top.values.push(Some(v));
                         continue;
