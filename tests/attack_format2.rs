@@ -218,3 +218,61 @@ fn attack_format2_leaf_row_with_more_entries_than_its_index_says_is_refused() {
     }
     mount.finish();
 }
+
+/// Broke: the mount decides once whether to serve extended attributes
+/// from every snapshot's pages; one snapshot with a damaged directory row
+/// made that decision fail at every request, so every getxattr of every
+/// snapshot answered EIO, and the kernel's ACL check with it: another user
+/// could read no file of the mount, not even of an undamaged snapshot.
+#[test]
+fn attack_format2_one_damaged_snapshot_does_not_break_xattrs_of_the_mount() {
+    let (_src_dir, root) = open_source_dir();
+    mkdir(&root.join("damaged"));
+    write_file(&root.join("damaged/f"), b"in the damaged directory\n");
+    write_file(&root.join("public"), b"anyone may read this\n");
+    chmod(&root.join("public"), 0o644);
+    let repo = Repo::new();
+    repo.ingest(&["--name", "first"], &[&root]);
+    // The second snapshot shares nothing with the first's damaged row.
+    let (_other_dir, other) = open_source_dir();
+    mkdir(&other.join("kept"));
+    write_file(&other.join("kept/g"), b"in an undamaged snapshot\n");
+    chmod(&other.join("kept/g"), 0o644);
+    repo.ingest(&["--name", "second"], &[&other]);
+    let page = dir_page_hash(&repo, b"damaged");
+    edit_catalog(
+        &repo,
+        "n = db.execute(\"UPDATE pages SET body = x'ff' WHERE hash = ?\", (argv[0],)).rowcount\n\
+         assert n == 1, n",
+        &[&page],
+    );
+
+    let mnt_dir = tempdir();
+    chmod(mnt_dir.path(), 0o755);
+    let mnt = canonical(mnt_dir.path()).join("mnt");
+    mkdir(&mnt);
+    let mount = Mount::at(&repo, &["--allow-other"], &mnt);
+    for (path, want) in [
+        (
+            mount.source_in("second", &other).join("kept/g"),
+            &b"in an undamaged snapshot\n"[..],
+        ),
+        (
+            mount.source_in("first", &root).join("public"),
+            &b"anyone may read this\n"[..],
+        ),
+    ] {
+        let out = as_nobody(&[std::ffi::OsStr::new("cat"), path.as_os_str()]);
+        assert!(
+            out.status.success() && out.stdout == want,
+            "{}\n--- mount stderr ---\n{}",
+            describe(&format!("setpriv ... cat {}", path.display()), &out),
+            mount.stderr_text()
+        );
+    }
+    // The damaged directory itself is an error, as before.
+    let listed = std::fs::read_dir(mount.source_in("first", &root).join("damaged"))
+        .and_then(|rd| rd.collect::<std::io::Result<Vec<_>>>());
+    assert!(listed.is_err(), "{listed:?}");
+    mount.finish();
+}
