@@ -46,6 +46,9 @@ pub struct Importer<'a> {
     damaged_pages: std::collections::HashSet<TreeHash>,
     /// Hard link groups of pages counted so far ([`count_links`]).
     links: crate::repo::catalog::Folded<Groups>,
+    /// Pages taken from `fallback` in this run, and whether their bytes
+    /// are the very page: a later directory sharing one is told too.
+    from_fallback: HashMap<TreeHash, bool>,
 }
 
 /// Directories beneath one tree (paths relative to it, "" for itself)
@@ -117,6 +120,7 @@ impl<'a> Importer<'a> {
             imported: HashMap::new(),
             damaged_pages: Default::default(),
             links: HashMap::new(),
+            from_fallback: HashMap::new(),
         }
     }
 
@@ -154,11 +158,13 @@ impl<'a> Importer<'a> {
 
     /// One page's bytes: from this catalog when it has the page already
     /// (shared with a directory imported before), else from the packs, else
-    /// from the fallback catalog. The flag says it came from the fallback,
-    /// and whether those bytes are the very page (hash and all).
+    /// from the fallback catalog. The flag says it came from the fallback
+    /// (in this run, also when this catalog has it from there), and
+    /// whether those bytes are the very page (hash and all).
     fn page_bytes(&self, hash: &TreeHash) -> Result<(Vec<u8>, Option<bool>)> {
         if let Some((id, _)) = self.cat.tree_by_hash(hash)? {
-            return Ok((self.cat.page_body(id)?, None));
+            let from_old = self.from_fallback.get(hash).copied();
+            return Ok((self.cat.page_body(id)?, from_old));
         }
         let err = match self.read(&ChunkId(hash.0)) {
             Ok(b) => return Ok((b, None)),
@@ -185,6 +191,7 @@ impl<'a> Importer<'a> {
     /// import is known too, with everything beneath it.
     fn open_tree(&mut self, hash: &TreeHash, path: Vec<u8>) -> Result<Pending> {
         let mut reused = None::<bool>;
+        let mut taken = Vec::new();
         let damaged = &self.damaged_pages;
         let loaded = load_new(
             hash,
@@ -204,10 +211,12 @@ impl<'a> Importer<'a> {
                 let (bytes, from_old) = self.page_bytes(h)?;
                 if let Some(exact) = from_old {
                     reused = Some(reused.unwrap_or(true) && exact);
+                    taken.push((*h, exact));
                 }
                 Ok(bytes)
             },
         )?;
+        self.from_fallback.extend(taken);
         let mut p = Pending::new(*hash, loaded, path);
         if let Some(exact) = reused {
             self.reused_trees += 1;
