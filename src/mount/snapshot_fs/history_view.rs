@@ -243,7 +243,9 @@ impl SnapshotFs {
             .file_name()
             .map(|n| n.as_bytes().to_vec())
             .unwrap_or_default();
-        let named = named_versions(&*self.shared.conn()?, snaps, &found, &name)?;
+        let cat = self.shared.conn()?;
+        let _view = cat.read_view()?;
+        let named = named_versions(&cat, snaps, &found, &name)?;
         let mut out = Vec::with_capacity(named.len());
         for v in named {
             let snap = &snaps[v.version.first];
@@ -317,7 +319,10 @@ impl SnapshotFs {
             return Ok(spots.clone());
         }
         let up = self.dir_spots(snaps, path.parent().unwrap_or(Path::new("/")))?;
-        let spots = Arc::new(subdirs(&entries_in(&*self.shared.conn()?, &up, name)?));
+        let cat = self.shared.conn()?;
+        let view = cat.read_view()?;
+        let spots = Arc::new(subdirs(&entries_in(&cat, &up, name)?));
+        drop(view);
         self.hist_dirs
             .lock()
             .expect("history dirs lock")
@@ -332,7 +337,9 @@ impl SnapshotFs {
             return Ok(vec![None; snaps.len()]);
         };
         let up = self.dir_spots(snaps, path.parent().unwrap_or(Path::new("/")))?;
-        entries_in(&*self.shared.conn()?, &up, name)
+        let cat = self.shared.conn()?;
+        let _view = cat.read_view()?;
+        entries_in(&cat, &up, name)
     }
 
     /// The names under history directory `ino`: computed afresh when a
@@ -352,7 +359,10 @@ impl SnapshotFs {
         {
             return Ok(l.children.clone());
         }
-        let children = Arc::new(union_children(&*self.shared.conn()?, snaps, path)?);
+        let cat = self.shared.conn()?;
+        let view = cat.read_view()?;
+        let children = Arc::new(union_children(&cat, snaps, path)?);
+        drop(view);
         *last = Some(Listing {
             ino,
             at: std::time::Instant::now(),

@@ -187,6 +187,21 @@ fn stable_plans(conn: &Connection) -> Result<()> {
 /// An open write transaction (see [`Catalog::transaction`]). It derefs to
 /// the catalog, so the guarded work reads as ordinary catalog calls.
 #[must_use = "a transaction that is not committed is rolled back when dropped"]
+/// See [`Catalog::read_view`].
+pub struct ReadView<'a>(Option<&'a Catalog>);
+
+impl Drop for ReadView<'_> {
+    fn drop(&mut self) {
+        if let Some(cat) = self.0 {
+            // A read transaction has nothing to lose: ended one way or
+            // the other, never left open on a connection that is reused.
+            if cat.conn.execute_batch("COMMIT").is_err() {
+                let _ = cat.conn.execute_batch("ROLLBACK");
+            }
+        }
+    }
+}
+
 pub struct Transaction<'a> {
     cat: &'a Catalog,
 }
@@ -366,6 +381,22 @@ impl Catalog {
             Ok(())
         })()
         .during(|| "hold_read_snapshot".to_string())
+    }
+
+    /// One read transaction for a run of queries, ended when the guard
+    /// drops; nothing when one is open already. Outside a transaction each
+    /// query begins and ends its own, with locks on the write-ahead log's
+    /// shared memory that cost more than a lookup: a history listing over
+    /// hundreds of snapshots spent as long locking as looking up.
+    pub fn read_view(&self) -> Result<ReadView<'_>> {
+        if !self.conn.is_autocommit() {
+            return Ok(ReadView(None));
+        }
+        self.conn
+            .execute_batch("BEGIN DEFERRED")
+            .map_err(Error::from)
+            .during(|| "read_view".to_string())?;
+        Ok(ReadView(Some(self)))
     }
 
     /// Begin a write transaction by hand.
@@ -735,6 +766,26 @@ impl Catalog {
 mod tests {
     use super::*;
     use crate::ids::{ChunkId, Hash};
+
+    /// A read view ends with its guard, so a pooled connection never keeps
+    /// an old view (nor holds back checkpoints); inside a transaction it
+    /// leaves that transaction alone.
+    #[test]
+    fn read_view_ends_with_its_guard_and_leaves_an_open_transaction_alone() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let path = d.path().join("c.db");
+        drop(Catalog::open(&path, true).expect("create"));
+        let cat = Catalog::open_read(&path).expect("open");
+        {
+            let _view = cat.read_view().expect("view");
+            assert!(!cat.conn.is_autocommit());
+            let _inner = cat.read_view().expect("inner view");
+        }
+        assert!(cat.conn.is_autocommit());
+        cat.hold_read_snapshot().expect("hold");
+        drop(cat.read_view().expect("view inside"));
+        assert!(!cat.conn.is_autocommit(), "the held snapshot was ended");
+    }
 
     /// A copy peer sent a snapshot record's bytes again as a Data chunk, in
     /// a pack listed before the real one: a rebuild then found no record
