@@ -54,6 +54,10 @@ pub(super) struct Listing {
 /// it was computed with (count, oldest and newest id).
 pub(super) type Spots = ((usize, i64, i64), Arc<DirSpots>);
 
+/// A history path, the snapshot list it was looked up in, and what each
+/// snapshot holds there.
+pub(super) type FoundAt = (PathBuf, (usize, i64, i64), Arc<Vec<Option<Found>>>);
+
 fn list_key(snaps: &[SnapshotRow]) -> (usize, i64, i64) {
     (
         snaps.len(),
@@ -290,7 +294,7 @@ impl SnapshotFs {
         for f in found.iter().flatten() {
             reach.add(&f.node);
         }
-        let Some(newest) = found.into_iter().flatten().next_back() else {
+        let Some(newest) = found.iter().flatten().next_back() else {
             return Ok(None);
         };
         Ok(Some(self.hist_node(
@@ -331,15 +335,31 @@ impl SnapshotFs {
     }
 
     /// For each snapshot, the entry at `path` (as `history::entries_at`).
-    fn hist_entries_at(&self, snaps: &[SnapshotRow], path: &Path) -> Result<Vec<Option<Found>>> {
+    /// The last answer is kept for the same path and snapshot list.
+    fn hist_entries_at(
+        &self,
+        snaps: &[SnapshotRow],
+        path: &Path,
+    ) -> Result<Arc<Vec<Option<Found>>>> {
         let parts = components(path);
         let Some(name) = parts.last() else {
-            return Ok(vec![None; snaps.len()]);
+            return Ok(Arc::new(vec![None; snaps.len()]));
         };
+        let key = list_key(snaps);
+        if let Some((p, k, found)) = &*self.hist_found.lock().expect("history found lock")
+            && p == path
+            && *k == key
+        {
+            return Ok(found.clone());
+        }
         let up = self.dir_spots(snaps, path.parent().unwrap_or(Path::new("/")))?;
         let cat = self.shared.conn()?;
-        let _view = cat.read_view()?;
-        entries_in(&cat, &up, name)
+        let view = cat.read_view()?;
+        let found = Arc::new(entries_in(&cat, &up, name)?);
+        drop(view);
+        *self.hist_found.lock().expect("history found lock") =
+            Some((path.to_path_buf(), key, found.clone()));
+        Ok(found)
     }
 
     /// The names under history directory `ino`: computed afresh when a

@@ -174,6 +174,10 @@ pub struct SnapshotFs {
     /// Where history directories lie in each snapshot, by path (see
     /// `history_view::dir_spots`).
     hist_dirs: Mutex<LruCache<PathBuf, history_view::Spots>>,
+    /// The versions of the history path looked up last: `ls` of it looks
+    /// it up, then lists it, and both need them (see
+    /// `history_view::hist_entries_at`).
+    hist_found: Mutex<Option<history_view::FoundAt>>,
     /// Stops the thread that renews the mount's lease, and that thread:
     /// joined on drop, so the lease file is gone when the mount is.
     lease: Option<(Sender<()>, std::thread::JoinHandle<()>)>,
@@ -355,6 +359,7 @@ impl SnapshotFs {
             hist_dirs: Mutex::new(LruCache::new(
                 NonZeroUsize::new(HIST_DIRS).expect("non-zero"),
             )),
+            hist_found: Mutex::new(None),
             inodes: Mutex::new(LruCache::new(
                 NonZeroUsize::new(INODE_CACHE).expect("non-zero"),
             )),
