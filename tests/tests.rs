@@ -30,6 +30,7 @@
 mod util;
 
 mod attack_format2;
+mod attack_upgrade;
 mod catalog_format;
 mod copy;
 mod damage;

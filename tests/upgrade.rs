@@ -15,7 +15,7 @@ const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/forma
 
 /// The fixture's repository, unpacked at DIR/repo, and its source tree at
 /// DIR/src (the state of the second snapshot).
-fn unpack(dir: &Path) -> (Repo, PathBuf) {
+pub(crate) fn unpack(dir: &Path) -> (Repo, PathBuf) {
     require_tool("tar");
     let d = dir.as_os_str();
     tool(
@@ -41,7 +41,7 @@ fn unpack(dir: &Path) -> (Repo, PathBuf) {
     (Repo::at(&dir.join("repo")), dir.join("src"))
 }
 
-fn upgrade(repo: &Repo) -> Value {
+pub(crate) fn upgrade(repo: &Repo) -> Value {
     json_of("upgrade --json", repo.cmd().args(["upgrade", "--json"]))
 }
 

@@ -238,6 +238,7 @@ fn convert(repo: &Repository, building: &Path, stats: &mut UpgradeStats) -> Resu
     };
     let mut done: HashMap<TreeHash, (TreeHash, u64)> = HashMap::new();
     let mut converted = Vec::new();
+    let mut seen: HashSet<ChunkId> = HashSet::new();
     for (_, _, id, row, old_root) in records {
         if forgotten.contains(&id.0) {
             continue;
@@ -246,6 +247,11 @@ fn convert(repo: &Repository, building: &Path, stats: &mut UpgradeStats) -> Resu
         let counts = [row.files, row.dirs, row.size, row.read_bytes, row.warnings];
         let record = encode_record(&row, &root, nodes, &counts);
         let rec = w.put(ChunkKind::Snapshot, &record)?;
+        // Format-1 records that differ only in their claim of nodes (which
+        // format 2 counts itself) become one record: one snapshot.
+        if !seen.insert(rec) {
+            continue;
+        }
         converted.push((rec, old_root));
     }
     w.flush()?;

@@ -1,0 +1,64 @@
+//! `snapfs upgrade` handed a hostile format-1 repository: the fixture with
+//! crafted format-1 trees and records planted beside its packs. Whatever
+//! they claim, the upgrade converts what is sound or refuses with an error
+//! naming the object, and never loses or alters a snapshot.
+
+use snapfs::format::codec::Encoder;
+use snapfs::format::pack::ChunkKind;
+use snapfs::format::tree::Kind;
+use snapfs::ids::ChunkId;
+
+use crate::upgrade::{unpack, upgrade};
+use crate::util::*;
+
+/// A format-1 tree of fifos named `names` (sorted), as format 1 wrote it.
+fn v1_fifo_tree(names: &[&[u8]]) -> Vec<u8> {
+    let mut e = Encoder::new();
+    e.u8(1);
+    e.u64(names.len() as u64);
+    for name in names {
+        e.bytes(name);
+        e.u8(Kind::Fifo as u8);
+        for v in [0o10644u64, 0, 0, 0] {
+            e.u64(v);
+        }
+        for _ in 0..3 {
+            e.i64(1_700_000_000_000_000_000);
+        }
+        for v in [0u64, 7, 1, 0, 0] {
+            e.u64(v);
+        }
+        e.bytes(&[]);
+    }
+    e.buf
+}
+
+/// A format-1 snapshot record: a format-2 one without its owner lists.
+fn v1_record(name: &str, root: ChunkId, nodes: u64) -> Vec<u8> {
+    let mut r = snapshot_record(name, "/crafted", root, nodes, &[0, 1, 0, 0, 0]);
+    // Two empty owner lists: two zero counts.
+    assert_eq!(r.split_off(r.len() - 2), [0, 0]);
+    r
+}
+
+#[test]
+fn upgrade_of_records_that_differ_only_in_their_node_count() {
+    // Two format-1 records of one snapshot, one claiming a false node
+    // count: format 2 counts nodes itself, so both become the same record.
+    // The upgrade must still convert the repository, keeping the snapshot
+    // once, not refuse it for ever.
+    let dir = tempdir();
+    let (repo, _) = unpack(&canonical(dir.path()));
+    let tree = v1_fifo_tree(&[b"p"]);
+    let (root, _, _) = honest_blob(&tree);
+    let pack = craft_pack(&[
+        honest_row(ChunkKind::Page, &tree),
+        honest_row(ChunkKind::Snapshot, &v1_record("crafted", root, 1)),
+        honest_row(ChunkKind::Snapshot, &v1_record("crafted", root, 999)),
+    ]);
+    plant_pack(&repo.path, &pack.bytes);
+    let json = upgrade(&repo);
+    assert_eq!(json_u64(&json, "snapshots"), 3, "{json}");
+    assert_eq!(repo.snapshot_names(), ["crafted", "first", "second"]);
+    assert_verify_read_data_ok(&repo, "after the upgrade");
+}
