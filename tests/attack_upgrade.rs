@@ -62,3 +62,28 @@ fn upgrade_of_records_that_differ_only_in_their_node_count() {
     assert_eq!(repo.snapshot_names(), ["crafted", "first", "second"]);
     assert_verify_read_data_ok(&repo, "after the upgrade");
 }
+
+#[test]
+fn upgrade_of_a_config_whose_format_line_is_spaced_otherwise() {
+    // `format=1` is format 1 to every reader of the config, and the error
+    // each command gives says to run `snapfs upgrade`: that must work,
+    // not answer with the same error.
+    for line in ["format=1", "format  =  1", "\tformat =1 "] {
+        let dir = tempdir();
+        let (repo, _) = unpack(&canonical(dir.path()));
+        let path = repo.path.join("config");
+        let config = std::fs::read_to_string(&path).expect("config");
+        assert!(config.contains("\nformat = 1\n"), "{config}");
+        write_file(
+            &path,
+            config
+                .replace("\nformat = 1\n", &format!("\n{line}\n"))
+                .as_bytes(),
+        );
+        let json = upgrade(&repo);
+        assert_eq!(json_u64(&json, "snapshots"), 2, "{line:?}: {json}");
+        assert_eq!(repo.snapshot_names(), ["first", "second"], "{line:?}");
+        let after = std::fs::read_to_string(&path).expect("config");
+        assert!(after.contains("format = 2"), "{line:?}: {after}");
+    }
+}

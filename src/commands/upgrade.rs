@@ -63,11 +63,15 @@ fn format_of(root: &Path) -> Result<(u32, String)> {
     };
     let found = text
         .lines()
-        .filter_map(|l| l.trim().strip_prefix("format"))
-        .filter_map(|rest| rest.trim().strip_prefix('='))
-        .find_map(|v| v.trim().parse::<u32>().ok())
+        .find_map(format_in)
         .ok_or_else(|| Error::invalid(format!("{}: no format line", path.display())))?;
     Ok((found, text))
+}
+
+/// The format a config line gives, if it is the format line.
+fn format_in(line: &str) -> Option<u32> {
+    let rest = line.trim().strip_prefix("format")?;
+    rest.trim().strip_prefix('=')?.trim().parse().ok()
 }
 
 pub fn upgrade(root: &Path) -> Result<UpgradeStats> {
@@ -93,10 +97,15 @@ pub fn upgrade(root: &Path) -> Result<UpgradeStats> {
         });
     }
     // Everything else in the config must be as valid as format 2 wants it.
-    let config = Config::parse(
-        &text.replace(&format!("format = {found}"), &format!("format = {FORMAT}")),
-        &root.join("config"),
-    )?;
+    // The format line is replaced however it is spaced.
+    let text: Vec<String> = text
+        .lines()
+        .map(|l| match format_in(l) {
+            Some(_) => format!("format = {FORMAT}"),
+            None => l.to_string(),
+        })
+        .collect();
+    let config = Config::parse(&text.join("\n"), &root.join("config"))?;
     let repo = Repository::open_with(root, config)?;
     {
         let _lock = repo.lock("upgrade")?;
