@@ -813,6 +813,11 @@ impl SnapshotFs {
             });
         }
         st.served = Some(any);
+        if any {
+            // Served: no snapshot is checked again, so the per-page memo
+            // (one row per page of the repository) is let go.
+            st.memo = Default::default();
+        }
         Ok(any)
     }
 
