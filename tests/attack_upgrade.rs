@@ -87,3 +87,60 @@ fn upgrade_of_a_config_whose_format_line_is_spaced_otherwise() {
         assert!(after.contains("format = 2"), "{line:?}: {after}");
     }
 }
+
+#[test]
+fn upgrade_of_snapshot_names_format_2_refuses() {
+    // Format 1 took names format 2 refuses (a ':' of a time, a '/', a
+    // leading '.'): the upgrade mends them and says so, instead of
+    // stopping with the repository left in format 1 for ever.
+    let dir = tempdir();
+    let (repo, _) = unpack(&canonical(dir.path()));
+    let tree = v1_fifo_tree(&[b"p"]);
+    let (root, _, _) = honest_blob(&tree);
+    let pack = craft_pack(&[
+        honest_row(ChunkKind::Page, &tree),
+        honest_row(ChunkKind::Snapshot, &v1_record("12:30", root, 1)),
+        honest_row(ChunkKind::Snapshot, &v1_record("../up", root, 1)),
+        honest_row(ChunkKind::Snapshot, &v1_record("latest", root, 1)),
+    ]);
+    plant_pack(&repo.path, &pack.bytes);
+    let json = upgrade(&repo);
+    assert_eq!(json_u64(&json, "snapshots"), 5, "{json}");
+    let renamed: Vec<(String, String)> = json["renamed"]
+        .as_array()
+        .expect("renamed list")
+        .iter()
+        .map(|r| {
+            (
+                r["from"].as_str().unwrap().into(),
+                r["to"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(renamed.len(), 3, "{json}");
+    assert!(
+        renamed.contains(&("12:30".into(), "12_30".into())),
+        "{renamed:?}"
+    );
+    assert!(
+        renamed.contains(&("../up".into(), "_._up".into())),
+        "{renamed:?}"
+    );
+    let latest = renamed
+        .iter()
+        .find(|r| r.0 == "latest")
+        .expect("latest renamed");
+    assert!(latest.1.starts_with("upgraded-"), "{renamed:?}");
+    let mut names = repo.snapshot_names();
+    names.sort();
+    let mut want = vec![
+        "12_30".to_string(),
+        "_._up".into(),
+        latest.1.clone(),
+        "first".into(),
+        "second".into(),
+    ];
+    want.sort();
+    assert_eq!(names, want);
+    assert_verify_read_data_ok(&repo, "after the upgrade");
+}

@@ -290,6 +290,12 @@ pub fn upgrade(u: &crate::commands::upgrade::UpgradeStats, as_json: bool) {
         if let Some(p) = &u.old_catalog {
             println!("the format-{} catalog is kept as {}", u.from, p.display());
         }
+        for r in &u.renamed {
+            println!(
+                "snapshot {:?} is now {:?}: format {} refuses its old name",
+                r.from, r.to, u.to
+            );
+        }
     }
     if let Some(g) = &u.gc {
         gc_line(g);

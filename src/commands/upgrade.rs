@@ -23,7 +23,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::format::blob::{self, hash_chunk};
 use crate::format::pack::{ChunkKind, PackWriter};
 use crate::format::page::{BoundaryKey, build_dir};
-use crate::format::record::{Record, decode_record_v1, encode_record};
+use crate::format::record::{Record, check_snapshot_name, decode_record_v1, encode_record};
 use crate::format::tree::{Body, ContentRef, Entry, MAX_DEPTH, decode_xattrs};
 use crate::format::v1;
 use crate::ids::{ChunkId, Hash, TreeHash, TreeId};
@@ -46,9 +46,45 @@ pub struct UpgradeStats {
     pub bytes_written: u64,
     /// Where the format-1 catalog was put aside.
     pub old_catalog: Option<PathBuf>,
+    /// Snapshots whose format-1 name format 2 refuses (a `/`, a `:`, a
+    /// leading `.`, a reserved name), with the name each has now.
+    pub renamed: Vec<Renamed>,
     /// The clean-up that removed the format-1 metadata.
     pub gc: Option<crate::commands::gc::GcStats>,
     pub seconds: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Renamed {
+    pub from: String,
+    pub to: String,
+}
+
+/// A name format 2 accepts for a format-1 snapshot called `name`: the
+/// characters it refuses become `_`, so the name still says what it did;
+/// what cannot be mended that way gets one made from the record's id.
+fn acceptable_name(name: &str, record: &ChunkId) -> String {
+    let mut fixed: String = name
+        .chars()
+        .map(|c| {
+            if matches!(c, '/' | ':' | '\0') {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    while fixed.starts_with('.') {
+        fixed.replace_range(..1, "_");
+    }
+    while fixed.len() > 200 {
+        fixed.pop();
+    }
+    if check_snapshot_name(&fixed).is_ok() {
+        fixed
+    } else {
+        format!("upgraded-{}", &record.0.to_hex()[..12])
+    }
 }
 
 /// The format the repository at `root` says it has, without judging the rest.
@@ -248,10 +284,17 @@ fn convert(repo: &Repository, building: &Path, stats: &mut UpgradeStats) -> Resu
     let mut done: HashMap<TreeHash, (TreeHash, u64)> = HashMap::new();
     let mut converted = Vec::new();
     let mut seen: HashSet<ChunkId> = HashSet::new();
-    for (_, _, id, row, old_root) in records {
+    for (_, _, id, mut row, old_root) in records {
         if forgotten.contains(&id.0) {
             continue;
         }
+        let renamed = check_snapshot_name(&row.name).is_err().then(|| {
+            let to = acceptable_name(&row.name, &id);
+            Renamed {
+                from: std::mem::replace(&mut row.name, to.clone()),
+                to,
+            }
+        });
         let (root, nodes) = convert_tree(repo, &mut w, &mut done, &old_root)?;
         let counts = [row.files, row.dirs, row.size, row.read_bytes, row.warnings];
         let record = encode_record(&row, &root, nodes, &counts);
@@ -260,6 +303,14 @@ fn convert(repo: &Repository, building: &Path, stats: &mut UpgradeStats) -> Resu
         // format 2 counts itself) become one record: one snapshot.
         if !seen.insert(rec) {
             continue;
+        }
+        if let Some(r) = renamed {
+            log::warn!(
+                "snapshot {:?} is renamed {:?}: format 2 refuses its name",
+                r.from,
+                r.to
+            );
+            stats.renamed.push(r);
         }
         converted.push((rec, old_root));
     }
