@@ -91,15 +91,7 @@ die() { log "error: $*"; exit 1; }
 # prerequisites
 
 ensure_packages() {
-    local missing=() pair
-    for pair in restic:restic borg:borgbackup fio:fio /usr/bin/time:time perl:perl; do
-        command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
-    done
-    [[ ${#missing[@]} -eq 0 ]] && return 0
-    log "installing ${missing[*]}"
-    [[ $(id -u) -eq 0 ]] || die "need root to install ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    install_missing restic:restic borg:borgbackup fio:fio /usr/bin/time:time perl:perl
 }
 
 have_tool() { [[ " $BENCH_TOOLS " == *" $1 "* ]]; }

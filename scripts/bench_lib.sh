@@ -6,6 +6,24 @@
 
 CLK_TCK=$(getconf CLK_TCK)
 
+# install_missing COMMAND:PACKAGE...: install with apt the packages whose
+# command is missing, or fail loudly.
+install_missing() {
+    local missing=() pair
+    for pair in "$@"; do
+        command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+    done
+    [[ ${#missing[@]} -eq 0 ]] || install_packages "${missing[@]}"
+}
+
+# install_packages PACKAGE...: install with apt, or fail loudly.
+install_packages() {
+    log "installing $*"
+    [[ $(id -u) -eq 0 ]] || die "need root to install $*"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
 # drop the page cache before a timed command (unless BENCH_CACHE=warm, or
 # KEEP_CACHE=1 for one command)
 drop_caches() {

@@ -116,21 +116,13 @@ for t in restic borg; do if have_tool "$t"; then TOOLS+=" $t"; fi; done
 # prerequisites
 
 ensure_packages() {
-    local missing=() pair
-    for pair in restic:restic borg:borgbackup fio:fio /usr/bin/time:time perl:perl \
-                fusermount3:fuse3 mountpoint:util-linux; do
-        command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
-    done
+    install_missing restic:restic borg:borgbackup fio:fio /usr/bin/time:time perl:perl \
+        fusermount3:fuse3 mountpoint:util-linux
     # borg mount needs llfuse (or pyfuse3) for the python that runs borg
     if have_tool borg && ! /usr/bin/python3 -c 'import llfuse' 2>/dev/null \
         && ! /usr/bin/python3 -c 'import pyfuse3' 2>/dev/null; then
-        missing+=(python3-llfuse)
+        install_packages python3-llfuse
     fi
-    [[ ${#missing[@]} -eq 0 ]] && return 0
-    log "installing ${missing[*]}"
-    [[ $(id -u) -eq 0 ]] || die "need root to install ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
 # Build snapfs and the bare FUSE example, and run private copies (a rebuild

@@ -57,11 +57,14 @@ result() {
 
 file_bytes() { stat -c %s "$1"; }
 
+# The catalog's bytes, with its log.
+catalog_bytes() { du -cb "$1"/catalog.db* 2>/dev/null | tail -1 | cut -f1; }
+
 # Metadata bytes of a repository: the catalog (with its log) and what the
 # packs hold besides file data.
 meta_bytes() {
     local repo=$1 cat_bytes json packs data
-    cat_bytes=$(du -cb "$repo"/catalog.db* 2>/dev/null | tail -1 | cut -f1)
+    cat_bytes=$(catalog_bytes "$repo")
     json=$("$SNAPFS" --repo "$repo" stats --json)
     packs=$(jq -r .pack_bytes <<<"$json")
     data=$(jq -r .stored_data_bytes <<<"$json")
@@ -82,7 +85,7 @@ ms() {
 }
 
 scenario_a() {
-    local src=$SCALE_DIR/a/src repo=$SCALE_DIR/a/repo growth=() before after d i
+    local src=$SCALE_DIR/a/src repo=$SCALE_DIR/a/repo growth=() cat_growth=() before after cat_before cat_after d i
     rm -rf "$SCALE_DIR/a"; mkdir -p "$src"
     for d in 1 2 3 4 5; do
         mkdir -p "$src/dir$d"
@@ -91,6 +94,7 @@ scenario_a() {
     "$SNAPFS" --repo "$repo" init >/dev/null
     ingest "$repo" day0 "$src"
     before=$(meta_bytes "$repo")
+    cat_before=$(catalog_bytes "$repo")
     result a "metadata after the first snapshot" "$before" bytes "$((5 * A_FILES)) files"
     for ((i = 1; i <= A_DAYS; i++)); do
         for d in 1 2 3 4 5; do
@@ -100,16 +104,21 @@ scenario_a() {
         done
         ingest "$repo" "day$i" "$src"
         after=$(meta_bytes "$repo")
+        cat_after=$(catalog_bytes "$repo")
         growth+=($((after - before)))
-        before=$after
+        cat_growth+=($((cat_after - cat_before)))
+        before=$after cat_before=$cat_after
     done
-    result a "median metadata growth per snapshot" "$(printf '%s\n' "${growth[@]}" | median)" bytes "$A_DAYS snapshots; target <= 65536"
+    result a "median catalog growth per snapshot" "$(printf '%s\n' "${cat_growth[@]}" | median)" bytes "$A_DAYS snapshots; target <= 65536"
+    result a "median metadata growth per snapshot (catalog and pages in packs)" "$(printf '%s\n' "${growth[@]}" | median)" bytes
     result a "repository bytes" "$(du -sb "$repo" | cut -f1)" bytes
 }
 
 scenario_b() {
     local src=$SCALE_DIR/b/src repo=$SCALE_DIR/b/repo dir i first mnt ext t
-    rm -rf "$SCALE_DIR/b"; mkdir -p "$src/spool"
+    # A mount a killed run left behind would otherwise be walked by rm.
+    fusermount3 -u "$SCALE_DIR/b/mnt" 2>/dev/null || true
+    rm -rf --one-file-system "$SCALE_DIR/b"; mkdir -p "$src/spool"
     dir=$src/spool
     (cd "$dir" && seq -f "msg-%07g" 1 "$B_FILES" | xargs -n 1000 touch)
     "$SNAPFS" --repo "$repo" init >/dev/null
@@ -121,7 +130,7 @@ scenario_b() {
         echo "new $i" >"$dir/new-$(printf %04d "$i")"
         ingest "$repo" "day$i" "$src"
     done
-    result b "catalog after $B_DAYS snapshots" "$(du -cb "$repo"/catalog.db* | tail -1 | cut -f1)" bytes "target <= 40 MB"
+    result b "catalog after $B_DAYS snapshots" "$(catalog_bytes "$repo")" bytes "target <= 40 MB"
     result b "metadata after $B_DAYS snapshots" "$(meta_bytes "$repo")" bytes
     result b "repository bytes" "$(du -sb "$repo" | cut -f1)" bytes
 
@@ -130,6 +139,8 @@ scenario_b() {
     "$SNAPFS" --repo "$repo" mount "$mnt" >"$LOGS/b-mount.log" 2>&1 &
     for _ in $(seq 100); do mountpoint -q "$mnt" && break; sleep 0.1; done
     mountpoint -q "$mnt" || die "mount did not come up"
+    # shellcheck disable=SC2064 # the path is fixed now
+    trap "fusermount3 -u '$mnt' 2>/dev/null || true" EXIT
     result b "first ls of the mount" "$(ms x ls "$mnt")" ms "target < 100"
     local shown=$mnt/latest$dir
     drop_caches
@@ -145,6 +156,7 @@ scenario_b() {
     drop_caches
     result b "ls history of a changed file" "$(ms x ls "$mnt/history$dir/$changed/")" ms "target < 100"
     fusermount3 -u "$mnt"; wait || true
+    trap - EXIT
 
     timeit b-rebuild "$SNAPFS" --repo "$repo" rebuild-catalog --force
     result b "rebuild-catalog" "$T_WALL" s "first ingest $first s"
@@ -182,21 +194,37 @@ PERL
     timeit c-lstat-walk find "$src" -printf '%s %T@ %C@ %i\n'
     result c "no-change re-ingest" "$again" s "bare lstat walk ${T_WALL} s; ratio $(awk -v a="$again" -v b="$T_WALL" 'BEGIN { printf "%.2f", a / b }'), target <= 2"
     files=$C_FILES
-    result c "catalog bytes per file" "$(( $(du -cb "$repo"/catalog.db* | tail -1 | cut -f1) / files ))" bytes "target <= 150"
+    result c "catalog bytes per file" "$(( $(catalog_bytes "$repo") / files ))" bytes "target <= 150"
     result c "metadata bytes per file" "$(( $(meta_bytes "$repo") / files ))" bytes
 }
 
 scenario_d() {
-    local out=$SCALE_DIR/d-out
+    local out=$SCALE_DIR/d-out bench_dir=${BENCH_DIR:-/var/tmp/snapfs-bench} ds repo copy borg_bytes
     BENCH_OUT=$out BENCH_SECTIONS=ingest BENCH_TOOLS="borg snapfs" BENCH_DATASETS="real big" \
         BENCH_BUILD=0 BENCH_QUICK=$SCALE_QUICK "$ROOT/scripts/bench.sh" >"$LOGS/d.log" 2>&1 \
         || die "scripts/bench.sh failed: $LOGS/d.log"
     awk -F'\t' '$2 == "first" && ($3 == "snapfs" || $3 == "borg-zstd3") { print $1, $3, $7 }' "$out/results.tsv" \
         | while read -r ds tool bytes; do result d "$ds repository bytes, $tool" "$bytes" bytes; done
+    # The same repositories after all three snapshots of the ingest
+    # benchmark, and snapfs's again after `gc --recompress` (on a copy).
+    for ds in real big; do
+        repo=$bench_dir/repos/$ds/snapfs copy=$SCALE_DIR/d-$ds-recompressed
+        borg_bytes=$(du -sb "$bench_dir/repos/$ds/borg-zstd3" | cut -f1)
+        result d "$ds, 3 snapshots: borg zstd,3 repository bytes" "$borg_bytes" bytes
+        result d "$ds, 3 snapshots: snapfs repository bytes" "$(du -sb "$repo" | cut -f1)" bytes \
+            "packs $(du -sb "$repo/packs" | cut -f1), catalog $(catalog_bytes "$repo")"
+        for level in 9 15; do
+            rm -rf "$copy"; cp -a "$repo" "$copy"
+            timeit "d-$ds-recompress-$level" "$SNAPFS" --repo "$copy" gc --recompress "$level"
+            result d "$ds, 3 snapshots: snapfs after gc --recompress $level" "$(du -sb "$copy" | cut -f1)" bytes \
+                "packs $(du -sb "$copy/packs" | cut -f1); $T_WALL s; ratio to borg $(awk -v a="$(du -sb "$copy" | cut -f1)" -v b="$borg_bytes" 'BEGIN { printf "%.3f", a / b }')"
+        done
+        rm -rf "$copy"
+    done
 }
 
 main() {
-    command -v jq >/dev/null || apt-get install -y jq >/dev/null || die "jq is needed"
+    install_missing jq:jq fusermount3:fuse3 mountpoint:util-linux /usr/bin/time:time
     mkdir -p "$SCALE_OUT" "$LOGS"
     [[ ${SCALE_BUILD:-1} == 0 ]] || (cd "$ROOT" && cargo build --release >/dev/null)
     printf 'scenario\tmeasure\tvalue\tunit\tnote\n' >"$TSV"

@@ -768,7 +768,7 @@ fn worked_example_from_snapfs() -> Vec<u8> {
     let record_hash = hash_chunk(&record);
 
     let dir = tempdir();
-    let mut w = PackWriter::create(dir.path()).expect("pack writer");
+    let mut w = PackWriter::create(dir.path(), 0).expect("pack writer");
     let mut enc = Encoder::new(3).expect("zstd");
     for (kind, bytes, h) in [
         (ChunkKind::Data, &hello[..], &data),

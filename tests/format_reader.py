@@ -250,7 +250,9 @@ def parse_pack_tail(name, size, read_at):
         raise Damaged(f"{what}: not a pack (bad magic)")
     if header[8] != PACK_FORMAT_PLAIN:
         raise Damaged(f"{what}: unknown pack format {header[8]} (this reader knows format 1, plain packs)")
-    if header[9:16] != bytes(7):
+    if header[9] > 22:
+        raise Damaged(f"{what}: compression level byte {header[9]} is above 22")
+    if header[10:16] != bytes(6):
         raise Damaged(f"{what}: reserved header bytes are not zero")
     footer = read_at(size - FOOTER_LEN, FOOTER_LEN)
     if footer[20:28] != TABLE_MAGIC:

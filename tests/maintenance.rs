@@ -343,6 +343,67 @@ fn gc_after_forgetting_all_but_the_last_frees_the_space_of_the_rest() {
     assert_eq!(json_u64(&again, "packs_rewritten"), 0, "{again}");
 }
 
+/// The compression level byte of each pack's header.
+fn pack_levels(repo: &Repo) -> Vec<u8> {
+    repo.pack_files()
+        .iter()
+        .map(|p| fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))[9])
+        .collect()
+}
+
+#[test]
+fn gc_recompress_compresses_packs_again_at_a_higher_level_once() {
+    let work = Work::new();
+    for i in 0..6 {
+        write_mixed_file(&work.src.join(format!("f{i}")), 70 + i, 3 * MIB);
+    }
+    let repo = Repo::new();
+    let id = repo.ingest(&["--compression", "1"], &[&work.src]).id;
+    let reference = work.freeze("first");
+    assert!(
+        pack_levels(&repo).iter().all(|l| *l == 1),
+        "{:?}",
+        pack_levels(&repo)
+    );
+    let before = repo.packs_bytes();
+
+    let g = gc(&repo, &["--recompress", "12"]);
+    let after = repo.packs_bytes();
+    eprintln!("packs: {before} bytes at level 1, {after} at level 12: {g}");
+    assert!(json_u64(&g, "packs_recompressed") >= 1, "{g}");
+    assert_eq!(json_u64(&g, "packs_waiting"), 0, "{g}");
+    assert!(
+        after < before,
+        "recompressed packs hold {after} bytes, level 1 held {before}"
+    );
+    assert!(
+        pack_levels(&repo).iter().all(|l| *l == 12),
+        "{:?}",
+        pack_levels(&repo)
+    );
+    work.assert_restores(&repo, &id, &reference);
+    assert_verify_read_data_ok(&repo, "after gc --recompress");
+
+    // Done once: neither the same level nor a lower one rewrites anything.
+    for level in ["12", "3"] {
+        let again = gc(&repo, &["--recompress", level]);
+        assert_eq!(
+            json_u64(&again, "packs_rewritten"),
+            0,
+            "--recompress {level}: {again}"
+        );
+    }
+    for level in ["0", "23"] {
+        let out = output_of(repo.cmd().args(["gc", "--recompress", level]));
+        assert_eq!(out.status.code(), Some(1), "{}", describe("gc", &out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("between 1 and 22"),
+            "{}",
+            describe("gc", &out)
+        );
+    }
+}
+
 // ---------------------------------------------------------------- verify
 
 #[test]

@@ -88,6 +88,11 @@ pub enum Command {
         /// Run even on an append-only repository
         #[arg(long)]
         allow_delete: bool,
+        /// Also rewrite the packs compressed below this zstd level (1-22),
+        /// compressing them again at it: smaller packs for a one-time cost,
+        /// with ingest kept at its faster level
+        #[arg(long, value_name = "LEVEL")]
+        recompress: Option<i32>,
         #[arg(long)]
         json: bool,
     },

@@ -250,10 +250,15 @@ pub fn forget(
 
 fn gc_line(g: &crate::commands::gc::GcStats) {
     println!(
-        "gc{}: {} unused pack(s) removed, {} rewritten into {}; freed {}, wrote {}{}",
+        "gc{}: {} unused pack(s) removed, {} rewritten{} into {}; freed {}, wrote {}{}",
         if g.dry_run { " (dry run)" } else { "" },
         g.packs_removed,
         g.packs_rewritten,
+        if g.packs_recompressed > 0 {
+            format!(" ({} to compress them again)", g.packs_recompressed)
+        } else {
+            String::new()
+        },
         g.packs_written,
         bytes(g.bytes_freed),
         bytes(g.bytes_written),

@@ -98,8 +98,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             dry_run,
             max_unused,
             allow_delete,
+            recompress,
             json,
-        } => gc(repo, dry_run, max_unused, allow_delete, json),
+        } => {
+            let opts = gc_cmd::GcOptions {
+                dry_run,
+                max_unused: max_unused / 100.0,
+                allow_delete,
+                recompress,
+            };
+            let repo = Repository::open(repo)?;
+            report::gc(&gc_cmd::gc(&repo, &opts)?, json);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Verify {
             read_data,
             read_data_subset,
@@ -201,23 +212,6 @@ fn forget(repo: &Path, a: ForgetArgs) -> Result<ExitCode> {
         None
     };
     report::forget(&decisions, a.dry_run, gc.as_ref(), a.json);
-    Ok(ExitCode::SUCCESS)
-}
-
-fn gc(
-    repo: &Path,
-    dry_run: bool,
-    max_unused: f64,
-    allow_delete: bool,
-    json: bool,
-) -> Result<ExitCode> {
-    let repo = Repository::open(repo)?;
-    let opts = gc_cmd::GcOptions {
-        dry_run,
-        max_unused: max_unused / 100.0,
-        allow_delete,
-    };
-    report::gc(&gc_cmd::gc(&repo, &opts)?, json);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -7,14 +7,20 @@
 //! unused packs into new packs, fsynced; (3) point the chunks at their new
 //! places, take old packs out of use, commit; (4) delete the files of packs
 //! out of use once no running mount can still be reading them.
+//!
+//! `--recompress LEVEL` also rewrites every pack whose header records a
+//! lower zstd level, compressing each frame again. Ingest stays at a fast
+//! level; the space a higher one saves is taken later, once, off the
+//! backup's critical path. Frames keep their size, so random reads through
+//! the mount cost what they did.
 
 use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::error::Result;
-use crate::format::blob::decode_blob;
-use crate::format::pack::{PackWriter, SealedPack};
+use crate::error::{Error, Result};
+use crate::format::blob::{Encoder, decode_blob, hash_chunk};
+use crate::format::pack::{PackEntry, PackWriter, SealedPack, parse_header, recorded_level};
 use crate::repo::Repository;
 
 #[derive(Clone, Debug)]
@@ -24,6 +30,8 @@ pub struct GcOptions {
     pub max_unused: f64,
     /// Run even on an append-only repository.
     pub allow_delete: bool,
+    /// Compress again at this zstd level (1–22) the packs recorded below it.
+    pub recompress: Option<i32>,
 }
 
 impl Default for GcOptions {
@@ -32,6 +40,7 @@ impl Default for GcOptions {
             dry_run: false,
             max_unused: 0.10,
             allow_delete: false,
+            recompress: None,
         }
     }
 }
@@ -44,6 +53,8 @@ pub struct GcStats {
     pub chunks_removed: u64,
     pub packs_removed: u64,
     pub packs_rewritten: u64,
+    /// Of those, packs rewritten to compress them again (`--recompress`).
+    pub packs_recompressed: u64,
     pub packs_written: u64,
     pub bytes_written: u64,
     /// Bytes of pack files deleted now.
@@ -56,6 +67,18 @@ pub struct GcStats {
 pub fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcStats> {
     let t0 = Instant::now();
     repo.check_may_delete("gc", opts.allow_delete)?;
+    let target = match opts.recompress {
+        Some(level) => match recorded_level(level) {
+            0 => {
+                return Err(Error::invalid(format!(
+                    "--recompress {level}: the level must be between 1 and {}",
+                    crate::format::pack::MAX_RECORDED_LEVEL
+                )));
+            }
+            t => Some((level, t)),
+        },
+        None => None,
+    };
     let _lock = repo.lock("gc")?;
     let cat = repo.catalog()?;
     let mut stats = GcStats {
@@ -74,56 +97,78 @@ pub fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcStats> {
         let mut writer: Option<PackWriter> = None;
         let mut sealed: Vec<SealedPack> = Vec::new();
         let mut doomed = Vec::new();
-        let rewrite_bytes: u64 = usage
-            .iter()
-            .filter(|p| {
-                p.live_chunks > 0
-                    && 1.0 - p.live_bytes as f64 / p.size.max(1) as f64 > opts.max_unused
-            })
-            .map(|p| p.live_bytes)
+        // Which packs hold live chunks compressed below the target level.
+        let mut below = vec![false; usage.len()];
+        if let Some((_, t)) = target {
+            for (p, below) in usage.iter().zip(&mut below) {
+                if p.live_chunks > 0 {
+                    *below = pack_level(repo, &p.name).is_some_and(|l| l < t);
+                }
+            }
+        }
+        let rewrite = |i: usize| {
+            let p = &usage[i];
+            p.live_chunks > 0 && (unused_share(p) > opts.max_unused || below[i])
+        };
+        let rewrite_bytes: u64 = (0..usage.len())
+            .filter(|&i| rewrite(i))
+            .map(|i| usage[i].live_bytes)
             .sum();
         let progress = crate::commands::progress::Progress::new(
             "gc",
             "packs",
             (!opts.dry_run && rewrite_bytes > 0).then_some(rewrite_bytes),
         );
-        for p in &usage {
-            let unused = unused_share(p);
+        // A rewrite pack records the target level only when every blob in
+        // it was compressed at that level.
+        let level = target.map_or(0, |(_, t)| t);
+        for (i, p) in usage.iter().enumerate() {
             if p.live_chunks == 0 {
                 stats.packs_removed += 1;
                 doomed.push((p.id, p.name));
-            } else if unused > opts.max_unused {
-                if opts.dry_run {
-                    stats.packs_rewritten += 1;
-                    doomed.push((p.id, p.name));
-                    continue;
-                }
-                let mut intact = true;
-                for e in cat.chunks_in_pack(p.id)? {
-                    let blob = repo
-                        .backend
-                        .read_at(&p.name, e.offset, e.stored_len as usize)?;
-                    // Never copy damage forward: a damaged chunk stays where it
-                    // is, and so does its pack, for verify to report.
-                    if let Err(err) = decode_blob(&blob, &e.id, e.raw_len as usize) {
+                continue;
+            }
+            if !rewrite(i) {
+                continue;
+            }
+            stats.packs_recompressed += u64::from(below[i]);
+            if opts.dry_run {
+                stats.packs_rewritten += 1;
+                doomed.push((p.id, p.name));
+                continue;
+            }
+            let mut blobs = Vec::new();
+            for e in cat.chunks_in_pack(p.id)? {
+                let blob = repo
+                    .backend
+                    .read_at(&p.name, e.offset, e.stored_len as usize)?;
+                blobs.push((e, blob));
+            }
+            let mut intact = true;
+            for (e, blob) in prepare(blobs, target.map(|(l, _)| l))? {
+                // Never copy damage forward: a damaged chunk stays where it
+                // is, and so does its pack, for verify to report.
+                let blob = match blob {
+                    Ok(b) => b,
+                    Err(err) => {
                         log::warn!("pack {} kept: {err}", p.name);
                         intact = false;
                         continue;
                     }
-                    if writer.is_none() {
-                        writer = Some(PackWriter::create(&repo.tmp_dir())?);
-                    }
-                    let w = writer.as_mut().expect("writer just created");
-                    w.append(e.id, e.kind, e.raw_len, &blob)?;
-                    progress.bytes(blob.len() as u64);
-                    if w.len() >= repo.config.pack_size {
-                        sealed.push(seal(repo, writer.take().expect("writer present"))?);
-                    }
+                };
+                if writer.is_none() {
+                    writer = Some(PackWriter::create(&repo.tmp_dir(), level)?);
                 }
-                if intact {
-                    stats.packs_rewritten += 1;
-                    doomed.push((p.id, p.name));
+                let w = writer.as_mut().expect("writer just created");
+                w.append(e.id, e.kind, e.raw_len, &blob)?;
+                progress.bytes(e.stored_len as u64);
+                if w.len() >= repo.config.pack_size {
+                    sealed.push(seal(repo, writer.take().expect("writer present"))?);
                 }
+            }
+            if intact {
+                stats.packs_rewritten += 1;
+                doomed.push((p.id, p.name));
             }
         }
         if let Some(w) = writer.take() {
@@ -146,7 +191,7 @@ pub fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcStats> {
                 }
             };
             for e in &s.entries {
-                cat.move_chunk(&e.id, id, e.offset)?;
+                cat.move_chunk(&e.id, id, e.offset, e.stored_len)?;
             }
         }
         for (id, name) in doomed {
@@ -169,6 +214,83 @@ pub fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcStats> {
     stats.packs_waiting = waiting;
     stats.seconds = t0.elapsed().as_secs_f64();
     Ok(stats)
+}
+
+/// The level a pack's header records; None (and a warning) when the
+/// header cannot be read or is damaged: such a pack is left for verify.
+fn pack_level(repo: &Repository, name: &crate::ids::PackName) -> Option<u8> {
+    let header = repo
+        .backend
+        .read_at(name, 0, crate::format::pack::HEADER_LEN as usize)
+        .and_then(|h| parse_header(&h));
+    match header {
+        Ok(l) => Some(l),
+        Err(e) => {
+            log::warn!("pack {name} is not compressed again: {e}");
+            None
+        }
+    }
+}
+
+/// Check each blob of a pack, and with `level` compress it again (kept as
+/// it was where that is not smaller), on every core: each blob as it will
+/// be written, or why it is damaged.
+fn prepare(
+    blobs: Vec<(PackEntry, Vec<u8>)>,
+    level: Option<i32>,
+) -> Result<Vec<(PackEntry, Result<Vec<u8>>)>> {
+    let one = |enc: &mut Option<Encoder>, (e, blob): (PackEntry, Vec<u8>)| {
+        let out = decode_blob(&blob, &e.id, e.raw_len as usize).and_then(|raw| {
+            let Some(enc) = enc.as_mut() else {
+                return Ok(blob);
+            };
+            let hashed = hash_chunk(&raw);
+            if hashed.id != e.id {
+                return Err(Error::corrupt(format!(
+                    "chunk {} hashes to {}",
+                    e.id, hashed.id
+                )));
+            }
+            let again = enc.encode(&raw, &hashed)?;
+            Ok(if again.len() < blob.len() {
+                again
+            } else {
+                blob
+            })
+        });
+        (e, out)
+    };
+    let encoder = || level.map(Encoder::new).transpose();
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if level.is_none() || workers < 2 || blobs.len() < 2 {
+        let mut enc = encoder()?;
+        return Ok(blobs.into_iter().map(|b| one(&mut enc, b)).collect());
+    }
+    let per = blobs.len().div_ceil(workers);
+    let mut parts: Vec<Vec<(PackEntry, Vec<u8>)>> = Vec::new();
+    let mut blobs = blobs.into_iter().peekable();
+    while blobs.peek().is_some() {
+        parts.push(blobs.by_ref().take(per).collect());
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = parts
+            .into_iter()
+            .map(|part| {
+                s.spawn(move || -> Result<Vec<_>> {
+                    let mut enc = encoder()?;
+                    Ok(part.into_iter().map(|b| one(&mut enc, b)).collect())
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for h in handles {
+            out.extend(
+                h.join()
+                    .map_err(|_| Error::invalid("a compressor thread panicked"))??,
+            );
+        }
+        Ok(out)
+    })
 }
 
 /// The share of a pack that no chunk uses, not counting the pack's own

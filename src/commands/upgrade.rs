@@ -204,7 +204,10 @@ impl Writer<'_> {
         }
         let blob = self.enc.encode(data, &hashed)?;
         if self.pack.is_none() {
-            self.pack = Some(PackWriter::create(&self.repo.tmp_dir())?);
+            self.pack = Some(PackWriter::create(
+                &self.repo.tmp_dir(),
+                crate::format::pack::recorded_level(self.repo.config.compression),
+            )?);
         }
         let w = self.pack.as_mut().expect("pack just created");
         let raw =

@@ -202,7 +202,7 @@ fn selected(first_byte: u8, share: f64) -> bool {
 
 fn check_table(bytes: &[u8], name: &crate::ids::PackName, problems: &mut Vec<String>) {
     let size = bytes.len() as u64;
-    if size < pack::HEADER_LEN + pack::FOOTER_LEN as u64 || &bytes[..8] != pack::MAGIC {
+    if size < pack::HEADER_LEN + pack::FOOTER_LEN as u64 || pack::parse_header(bytes).is_err() {
         problems.push(format!("pack {name}: bad header"));
         return;
     }

@@ -2,7 +2,7 @@
 //! own chunks in a trailing table so the chunk index can be rebuilt from packs.
 //!
 //! ```text
-//! header   "SNAPFSPK" | format u8 (1 = plain) | 7 zero bytes
+//! header   "SNAPFSPK" | format u8 (1 = plain) | level u8 | 6 zero bytes
 //! blobs    stored chunks, back to back (see `store` for a blob's layout)
 //! table    per chunk: id[32] | kind u8 | offset u64 | stored_len u32 | raw_len u32
 //! footer   table_offset u64 | count u32 | blake3(table)[..8] | "SNAPFSTB"
@@ -26,6 +26,35 @@ pub const FORMAT_PLAIN: u8 = 1;
 pub const HEADER_LEN: u64 = 16;
 pub const FOOTER_LEN: usize = 28;
 const TABLE_REC: usize = 49;
+/// Header byte that records the zstd level the pack's blobs were
+/// compressed at, so `gc --recompress` knows which packs it has done
+/// (0: not recorded, e.g. blobs copied as they were from other packs).
+const LEVEL_AT: usize = 9;
+pub const MAX_RECORDED_LEVEL: u8 = 22;
+
+/// The header byte for blobs compressed at zstd `level`: levels outside
+/// 1..=22 (the fast negative ones) are not recorded.
+pub fn recorded_level(level: i32) -> u8 {
+    u8::try_from(level)
+        .ok()
+        .filter(|l| (1..=MAX_RECORDED_LEVEL).contains(l))
+        .unwrap_or(0)
+}
+
+/// Check a pack's 16-byte header; returns the recorded level.
+pub fn parse_header(header: &[u8]) -> Result<u8> {
+    let ok = header.len() >= HEADER_LEN as usize
+        && &header[..8] == MAGIC
+        && header[8] == FORMAT_PLAIN
+        && header[LEVEL_AT] <= MAX_RECORDED_LEVEL
+        && header[LEVEL_AT + 1..HEADER_LEN as usize] == [0; 6];
+    if !ok {
+        return Err(Error::corrupt(
+            "pack header is damaged or of an unknown format",
+        ));
+    }
+    Ok(header[LEVEL_AT])
+}
 
 /// What a stored chunk holds; metadata kinds let a lost catalog be rebuilt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,7 +109,8 @@ pub struct SealedPack {
 }
 
 impl PackWriter {
-    pub fn create(tmp_dir: &Path) -> Result<PackWriter> {
+    /// A pack whose blobs are compressed at the `recorded_level` `level`.
+    pub fn create(tmp_dir: &Path, level: u8) -> Result<PackWriter> {
         let path = tmp_dir.join(format!("{}.pack.tmp", unique_token()));
         let file = OpenOptions::new()
             .write(true)
@@ -101,6 +131,7 @@ impl PackWriter {
         let mut header = [0u8; HEADER_LEN as usize];
         header[..8].copy_from_slice(MAGIC);
         header[8] = FORMAT_PLAIN;
+        header[LEVEL_AT] = level.min(MAX_RECORDED_LEVEL);
         w.write(&header)?;
         Ok(w)
     }
@@ -315,11 +346,7 @@ pub fn decode_pack(bytes: &[u8]) -> Result<Vec<PackEntry>> {
     if size < HEADER_LEN + FOOTER_LEN as u64 {
         return Err(Error::corrupt("pack is truncated"));
     }
-    if &bytes[..8] != MAGIC || bytes[8] != FORMAT_PLAIN || bytes[9..16] != [0; 7] {
-        return Err(Error::corrupt(
-            "pack header is damaged or of an unknown format",
-        ));
-    }
+    parse_header(bytes)?;
     let (offset, loc, check) = parse_footer(&bytes[bytes.len() - FOOTER_LEN..], size)?;
     let start = usize::try_from(offset).map_err(|_| Error::corrupt("pack table offset"))?;
     let table = bytes
@@ -347,7 +374,7 @@ mod tests {
 
     /// A sealed pack holding `chunks` as real blobs (data, then trees).
     fn sample_pack(dir: &Path, chunks: &[&[u8]]) -> SealedPack {
-        let mut w = PackWriter::create(dir).unwrap();
+        let mut w = PackWriter::create(dir, 3).unwrap();
         for (i, c) in chunks.iter().enumerate() {
             let h = blob::hash_chunk(c);
             let blob = blob::Encoder::new(3).unwrap().encode(c, &h).unwrap();
@@ -359,6 +386,25 @@ mod tests {
             w.append(h.id, kind, c.len() as u32, &blob).unwrap();
         }
         w.seal().unwrap()
+    }
+
+    #[test]
+    fn header_records_the_level_and_refuses_what_it_does_not_know() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = PackWriter::create(dir.path(), recorded_level(7)).unwrap();
+        let sealed = w.seal().unwrap();
+        let bytes = std::fs::read(&sealed.path).unwrap();
+        assert_eq!(parse_header(&bytes).unwrap(), 7);
+        assert_eq!(recorded_level(-5), 0);
+        assert_eq!(recorded_level(23), 0);
+        for (at, value) in [(9, 23u8), (10, 1), (15, 1), (8, 2)] {
+            let mut bad = bytes[..16].to_vec();
+            bad[at] = value;
+            assert!(
+                parse_header(&bad).is_err(),
+                "byte {at} = {value} was accepted"
+            );
+        }
     }
 
     #[test]

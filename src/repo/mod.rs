@@ -478,7 +478,10 @@ impl Repository {
             return Ok(hashed.id);
         }
         let blob = blob::Encoder::new(self.config.compression)?.encode(data, &hashed)?;
-        let mut w = pack::PackWriter::create(&self.tmp_dir())?;
+        let mut w = pack::PackWriter::create(
+            &self.tmp_dir(),
+            pack::recorded_level(self.config.compression),
+        )?;
         w.append(hashed.id, kind, data.len() as u32, &blob)?;
         let sealed = w.seal()?;
         self.backend.put(&sealed.name, &sealed.path)?;

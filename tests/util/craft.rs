@@ -32,7 +32,7 @@ pub(crate) struct CraftedPack {
 /// A pack of `rows`, written by the library's own pack writer.
 pub(crate) fn craft_pack(rows: &[Row]) -> CraftedPack {
     let dir = tempdir();
-    let mut w = PackWriter::create(dir.path()).expect("pack writer");
+    let mut w = PackWriter::create(dir.path(), 3).expect("pack writer");
     for (id, kind, raw_len, blob) in rows {
         w.append(*id, *kind, *raw_len, blob).expect("append");
     }

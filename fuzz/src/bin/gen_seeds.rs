@@ -102,7 +102,7 @@ fn main() {
 
     let tmp = std::env::temp_dir().join(format!("snapfs-seeds-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).expect("tmp dir");
-    let mut w = PackWriter::create(&tmp).expect("pack writer");
+    let mut w = PackWriter::create(&tmp, 3).expect("pack writer");
     let (id, b) = blob(&tree);
     w.append(id, ChunkKind::Page, tree.len() as u32, &b)
         .expect("append");

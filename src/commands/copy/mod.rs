@@ -338,10 +338,7 @@ pub fn verify_pack(name: &PackName, bytes: &[u8]) -> Result<Vec<PackEntry>> {
     if Hash::of(bytes) != name.0 {
         return Err(bad("its bytes do not hash to its name".into()));
     }
-    if &bytes[..8] != pack::MAGIC
-        || bytes[8] != pack::FORMAT_PLAIN
-        || bytes[9..pack::HEADER_LEN as usize].iter().any(|b| *b != 0)
-    {
+    if pack::parse_header(bytes).is_err() {
         return Err(bad("not a plain snapfs pack (header)".into()));
     }
     let table_end = bytes.len() - pack::FOOTER_LEN;
@@ -663,7 +660,7 @@ impl Sender<'_> {
             )));
         }
         if self.writer.is_none() {
-            self.writer = Some(PackWriter::create(&self.tmp)?);
+            self.writer = Some(PackWriter::create(&self.tmp, 0)?);
         }
         let w = self.writer.as_mut().expect("writer just created");
         w.append(*id, kind, loc.raw_len, &blob)?;

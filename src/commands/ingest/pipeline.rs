@@ -107,7 +107,18 @@ impl Pipeline {
         threads.push(
             std::thread::Builder::new()
                 .name("pack-writer".into())
-                .spawn(move || writer_loop(backend, opts.tmp_dir, opts.pack_size, blob_rx, err, fl))
+                .spawn(move || {
+                    let level = crate::format::pack::recorded_level(opts.level);
+                    writer_loop(
+                        backend,
+                        opts.tmp_dir,
+                        level,
+                        opts.pack_size,
+                        blob_rx,
+                        err,
+                        fl,
+                    )
+                })
                 .expect("spawn pack writer thread"),
         );
         Ok(Pipeline {
@@ -224,6 +235,7 @@ fn compress_loop(
 fn writer_loop(
     backend: Arc<dyn Backend>,
     tmp_dir: PathBuf,
+    level: u8,
     pack_size: u64,
     rx: Receiver<ToWriter>,
     err: Arc<Mutex<Option<Error>>>,
@@ -283,7 +295,7 @@ fn writer_loop(
                 if !failed {
                     let res = (|| -> Result<()> {
                         if current.is_none() {
-                            current = Some(PackWriter::create(&tmp_dir)?);
+                            current = Some(PackWriter::create(&tmp_dir, level)?);
                         }
                         let w = current.as_mut().expect("writer just created");
                         w.append(id, kind, raw_len, &blob)?;

@@ -264,12 +264,21 @@ impl Catalog {
         .during(|| "chunks_in_pack".to_string())
     }
 
-    /// Point a chunk at its copy in another pack.
-    pub fn move_chunk(&self, id: &ChunkId, pack: PackId, offset: u64) -> Result<()> {
+    /// Point a chunk at its new place (a rewrite may also have compressed
+    /// it again: hence its stored length).
+    pub fn move_chunk(
+        &self,
+        id: &ChunkId,
+        pack: PackId,
+        offset: u64,
+        stored_len: u32,
+    ) -> Result<()> {
         (|| -> Result<()> {
             self.conn
-                .prepare_cached("UPDATE chunks SET pack = ?2, offset = ?3 WHERE id = ?1")?
-                .execute(params![&id.0.0[..], pack.0, offset as i64])?;
+                .prepare_cached(
+                    "UPDATE chunks SET pack = ?2, offset = ?3, stored_len = ?4 WHERE id = ?1",
+                )?
+                .execute(params![&id.0.0[..], pack.0, offset as i64, stored_len])?;
             Ok(())
         })()
         .during(|| "move_chunk".to_string())
