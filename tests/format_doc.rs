@@ -295,7 +295,13 @@ fn page_levels_and_lists(repo: &Repo) -> (u8, usize) {
             match e.kind {
                 ChunkKind::Page => {
                     let blob = &bytes[e.offset as usize..][..e.stored_len as usize];
-                    let raw = decode_blob(blob, &e.id, e.raw_len as usize).expect("page blob");
+                    let raw = decode_blob(
+                        &snapfs::format::keying::Keying::plain(),
+                        blob,
+                        &e.id,
+                        e.raw_len as usize,
+                    )
+                    .expect("page blob");
                     level = level.max(decode_page(&raw).expect("page decodes").level());
                 }
                 ChunkKind::List => lists += 1,
@@ -702,7 +708,8 @@ fn format_reader_refuses_pages_that_do_not_fit_together() {
 /// holding `a.txt` (that chunk) and `a.txt-link` (a symlink to it), and the
 /// snapshot record.
 fn worked_example_from_snapfs() -> Vec<u8> {
-    use snapfs::format::blob::{Encoder, hash_chunk};
+    use crate::util::hash_chunk;
+    use snapfs::format::blob::Encoder;
     use snapfs::format::pack::{ChunkKind, PackWriter};
     use snapfs::format::page::{Page, encode_page};
     use snapfs::format::record::{Owners, SnapshotRow, encode_record};
@@ -807,7 +814,7 @@ fn worked_example() -> Vec<u8> {
 fn format_doc_worked_example_is_a_pack_snapfs_writes_and_reads() {
     use snapfs::format::blob::decode_blob;
     use snapfs::format::pack::{ChunkKind, decode_pack};
-    use snapfs::format::page::{BoundaryKey, Page, build_dir, decode_page};
+    use snapfs::format::page::{Page, build_dir, decode_page};
     use snapfs::format::record::{Record, decode_record};
     use snapfs::ids::Hash;
     use std::os::unix::fs::MetadataExt;
@@ -826,7 +833,13 @@ fn format_doc_worked_example_is_a_pack_snapfs_writes_and_reads() {
         .iter()
         .map(|e| {
             let blob = &pack[e.offset as usize..][..e.stored_len as usize];
-            let raw = decode_blob(blob, &e.id, e.raw_len as usize).expect("blob decodes");
+            let raw = decode_blob(
+                &snapfs::format::keying::Keying::plain(),
+                blob,
+                &e.id,
+                e.raw_len as usize,
+            )
+            .expect("blob decodes");
             (e.id.to_string(), e.kind, raw)
         })
         .collect();
@@ -863,7 +876,7 @@ fn format_doc_worked_example_is_a_pack_snapfs_writes_and_reads() {
     assert_eq!(row.owners.user(0), Some(&b"root"[..]));
 
     // The empty directory of section 8.1.
-    let empty = build_dir(Vec::new(), &BoundaryKey::public());
+    let empty = build_dir(Vec::new(), &snapfs::format::keying::Keying::plain());
     assert_eq!(empty.root().bytes, [2, 0, 0, 0, 0]);
     assert_eq!(
         empty.root().hash.to_string(),

@@ -19,7 +19,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::format::blob::{Encoder, decode_blob, hash_chunk};
+use crate::format::blob::{Encoder, Keying, decode_blob};
 use crate::format::pack::{PackEntry, PackWriter, SealedPack, parse_header, recorded_level};
 use crate::repo::Repository;
 
@@ -145,7 +145,7 @@ pub fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcStats> {
                 blobs.push((e, blob));
             }
             let mut intact = true;
-            for (e, blob) in prepare(blobs, target.map(|(l, _)| l))? {
+            for (e, blob) in prepare(&repo.keying, blobs, target.map(|(l, _)| l))? {
                 // Never copy damage forward: a damaged chunk stays where it
                 // is, and so does its pack, for verify to report.
                 let blob = match blob {
@@ -236,15 +236,16 @@ fn pack_level(repo: &Repository, name: &crate::ids::PackName) -> Option<u8> {
 /// it was where that is not smaller), on every core: each blob as it will
 /// be written, or why it is damaged.
 fn prepare(
+    keying: &std::sync::Arc<Keying>,
     blobs: Vec<(PackEntry, Vec<u8>)>,
     level: Option<i32>,
 ) -> Result<Vec<(PackEntry, Result<Vec<u8>>)>> {
     let one = |enc: &mut Option<Encoder>, (e, blob): (PackEntry, Vec<u8>)| {
-        let out = decode_blob(&blob, &e.id, e.raw_len as usize).and_then(|raw| {
+        let out = decode_blob(keying, &blob, &e.id, e.raw_len as usize).and_then(|raw| {
             let Some(enc) = enc.as_mut() else {
                 return Ok(blob);
             };
-            let hashed = hash_chunk(&raw);
+            let hashed = keying.hash_chunk(&raw);
             if hashed.id != e.id {
                 return Err(Error::corrupt(format!(
                     "chunk {} hashes to {}",

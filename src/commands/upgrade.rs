@@ -20,9 +20,9 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::error::{Error, IoContext, Result};
-use crate::format::blob::{self, hash_chunk};
+use crate::format::blob;
 use crate::format::pack::{ChunkKind, PackWriter};
-use crate::format::page::{BoundaryKey, build_dir};
+use crate::format::page::build_dir;
 use crate::format::record::{Record, check_snapshot_name, decode_record_v1, encode_record};
 use crate::format::tree::{Body, ContentRef, Entry, MAX_DEPTH, decode_xattrs};
 use crate::format::v1;
@@ -197,7 +197,7 @@ struct Writer<'a> {
 
 impl Writer<'_> {
     fn put(&mut self, kind: ChunkKind, data: &[u8]) -> Result<ChunkId> {
-        let hashed = hash_chunk(data);
+        let hashed = self.repo.keying.hash_chunk(data);
         let id = hashed.id;
         if self.pending.contains(&id) || self.cat.has_chunk(&id)? {
             return Ok(id);
@@ -371,7 +371,7 @@ fn convert_tree(
     if let Some(r) = done.get(root) {
         return Ok(*r);
     }
-    let key = BoundaryKey::public();
+    let key = w.repo.keying.clone();
     let open = |w: &Writer, old: &TreeHash| -> Result<Frame> {
         Ok(Frame {
             old: *old,
@@ -429,7 +429,7 @@ fn convert_tree(
                 }
             },
             v1::Body::File(list) => {
-                let c = ContentRef::of_list(list, e.meta.size);
+                let c = ContentRef::of_list(&w.repo.keying, list, e.meta.size);
                 if let Some(ContentRef::List(h)) = &c {
                     w.put(ChunkKind::List, &list.0)?;
                     w.cat.add_content(h, list)?;

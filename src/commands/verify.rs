@@ -70,7 +70,7 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> {
             tree.0
         ));
     }
-    for (hash, why) in cat.damaged_pages()? {
+    for (hash, why) in cat.damaged_pages(&repo.keying)? {
         r.problems
             .push(format!("directory page {hash} in the catalog: {why}"));
     }
@@ -162,7 +162,8 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> {
         for e in cat.chunks_in_pack(*id)? {
             r.chunks_read += 1;
             let blob = bytes.get(e.offset as usize..(e.offset + u64::from(e.stored_len)) as usize);
-            let ok = blob.is_some_and(|b| decode_blob(b, &e.id, e.raw_len as usize).is_ok());
+            let ok = blob
+                .is_some_and(|b| decode_blob(&repo.keying, b, &e.id, e.raw_len as usize).is_ok());
             if !ok {
                 bad_chunks.insert(e.id);
             }

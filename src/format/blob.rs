@@ -11,8 +11,6 @@
 //!        | frame bytes, back to back
 //! ```
 
-use std::collections::HashMap;
-
 use crate::error::{Error, Result};
 use crate::ids::{ChunkId, Hash};
 
@@ -34,104 +32,16 @@ pub fn header_len(raw_len: usize) -> usize {
     3 + FRAME_REC * frame_count(raw_len)
 }
 
-/// A chunk's id and its frames' digests, computed once by the reader.
-pub struct Hashed {
-    pub id: ChunkId,
-    pub frame_hashes: Vec<Hash>,
-}
-
-pub fn hash_chunk(data: &[u8]) -> Hashed {
-    let mut frame_hashes = Vec::with_capacity(frame_count(data.len()));
-    if data.is_empty() {
-        frame_hashes.push(Hash::of(&[]));
-    }
-    for f in data.chunks(FRAME) {
-        frame_hashes.push(Hash::of(f));
-    }
-    Hashed {
-        id: id_from_frames(&frame_hashes),
-        frame_hashes,
-    }
-}
-
-fn id_from_frames(frames: &[Hash]) -> ChunkId {
-    let mut h = blake3::Hasher::new();
-    for f in frames {
-        h.update(&f.0);
-    }
-    ChunkId(Hash(*h.finalize().as_bytes()))
-}
-
-/// A frame's worth of zeros, for the hashes of zero chunks' short frames.
-static ZEROS: [u8; FRAME] = [0; FRAME];
-
-/// BLAKE3 of one whole frame of zeros (pinned by a test), so that the id of
-/// a run of zeros as long as a hole's chunks is known without hashing
-/// megabytes of zeros.
-const ZERO_FRAME_HASH: [u8; 32] = [
-    0x86, 0xbb, 0x2b, 0x52, 0x1a, 0x10, 0x61, 0x2d, 0x5a, 0x1d, 0x38, 0x20, 0x4f, 0xac, 0x4f, 0xa6,
-    0x32, 0x46, 0x6d, 0x18, 0x66, 0x14, 0x4d, 0x8a, 0x6a, 0x7e, 0x3a, 0xfc, 0x05, 0x0c, 0xe7, 0xae,
-];
-
-/// The digest of frame `i` of a chunk of `len` zeros.
-fn zero_frame_hash(len: usize, i: usize) -> Hash {
-    match frame_len_of(len, i) {
-        FRAME => Hash(ZERO_FRAME_HASH),
-        short => Hash::of(&ZEROS[..short]),
-    }
-}
-
-/// What [`hash_chunk`] gives for `len` zeros, from the frame structure: one
-/// constant per whole frame and at most one short frame hashed.
-pub(crate) fn zero_hashed(len: usize) -> Hashed {
-    let frame_hashes: Vec<Hash> = (0..frame_count(len))
-        .map(|i| zero_frame_hash(len, i))
-        .collect();
-    Hashed {
-        id: id_from_frames(&frame_hashes),
-        frame_hashes,
-    }
-}
-
-/// Ids of zero chunks already computed, by length. Bounded: a damaged
-/// catalog may name chunks of any length, and one that is missing here only
-/// costs a recomputation.
-static ZERO_IDS: std::sync::LazyLock<std::sync::RwLock<HashMap<u32, ChunkId>>> =
-    std::sync::LazyLock::new(Default::default);
-const ZERO_IDS_MAX: usize = 1024;
-
-/// The id of a chunk of `len` zeros: the chunks that holes of sparse files
-/// are recorded as, which readers then pass over (the mount answers
-/// SEEK_HOLE with them and reads them without decoding, restore leaves them
-/// as holes). The read path asks for every chunk it meets, from many
-/// threads at once: a lookup takes a shared lock only, and a new length is
-/// computed outside any lock.
-pub(crate) fn zero_id(len: u32) -> ChunkId {
-    if let Some(id) = ZERO_IDS.read().expect("zero id lock").get(&len) {
-        return *id;
-    }
-    let id = zero_hashed(len as usize).id;
-    let mut ids = ZERO_IDS.write().expect("zero id lock");
-    if ids.len() >= ZERO_IDS_MAX {
-        ids.clear();
-    }
-    ids.insert(len, id);
-    id
-}
+pub use crate::format::keying::{Hashed, Keying};
 
 /// Most bytes a frame of zeros takes stored (zstd makes ~20 of 256 KiB).
 const ZERO_FRAME_STORED_MAX: usize = 64;
 
-/// Whether chunk `id` of `len` bytes, stored in `stored_len` bytes, holds
-/// nothing but zeros. A chunk stored larger than zeros ever compress to is
-/// not one, whatever its id: readers ask this of every chunk they meet, and
-/// computing the id of zeros of a new length means hashing up to a frame of
-/// them, which on a restore of many small files cost a sixth of its time.
-pub(crate) fn is_zero_chunk(id: &ChunkId, len: u32, stored_len: u32) -> bool {
-    let frames = frame_count(len as usize);
-    let most =
-        header_len(len as usize).saturating_add(frames.saturating_mul(ZERO_FRAME_STORED_MAX));
-    stored_len as usize <= most && zero_id(len) == *id
+/// Most bytes a chunk of `len` zeros can take stored: a chunk stored larger
+/// is not one, whatever its id (see `Keying::is_zero_chunk`).
+pub(crate) fn zero_stored_max(len: usize) -> usize {
+    let frames = frame_count(len);
+    header_len(len).saturating_add(frames.saturating_mul(ZERO_FRAME_STORED_MAX))
 }
 
 /// Compresses chunks into blobs; one per worker thread, to reuse zstd state.
@@ -202,6 +112,8 @@ pub const MAX_CHUNK_LEN: usize = 1 << 30;
 pub struct Header {
     frames: Vec<FrameRec>,
     raw_len: usize,
+    /// How the frames' digests are computed.
+    keying: std::sync::Arc<Keying>,
 }
 
 struct FrameRec {
@@ -220,7 +132,12 @@ impl Header {
     /// raw frame is exactly its raw length, a compressed one shorter), so the
     /// frame offsets cannot wrap and a reader never asks for more than one
     /// frame's worth of bytes.
-    pub fn parse(bytes: &[u8], id: &ChunkId, raw_len: usize) -> Result<Header> {
+    pub fn parse(
+        keying: &std::sync::Arc<Keying>,
+        bytes: &[u8],
+        id: &ChunkId,
+        raw_len: usize,
+    ) -> Result<Header> {
         let bad = |what: &str| Error::corrupt(format!("chunk {id}: {what}"));
         if raw_len > MAX_CHUNK_LEN {
             return Err(bad(&format!(
@@ -256,10 +173,14 @@ impl Header {
             start += stored_len;
         }
         let hashes: Vec<Hash> = frames.iter().map(|f| f.hash).collect();
-        if id_from_frames(&hashes) != *id {
+        if keying.id_from_frames(&hashes) != *id {
             return Err(bad("header does not match its id"));
         }
-        Ok(Header { frames, raw_len })
+        Ok(Header {
+            frames,
+            raw_len,
+            keying: keying.clone(),
+        })
     }
 
     pub fn frame_count(&self) -> usize {
@@ -356,7 +277,7 @@ impl Header {
                 })
                 .map_err(|e| bad(e.to_string()))?
         };
-        if n != raw_len || Hash::of(&out[..n]) != f.hash {
+        if n != raw_len || self.keying.frame_hash(&out[..n]) != f.hash {
             return Err(bad("content does not match its hash".into()));
         }
         Ok(n)
@@ -364,13 +285,18 @@ impl Header {
 }
 
 /// Raw length of frame `i` of a chunk of `raw_len` bytes (0 past the end).
-fn frame_len_of(raw_len: usize, i: usize) -> usize {
+pub(crate) fn frame_len_of(raw_len: usize, i: usize) -> usize {
     raw_len.saturating_sub(i.saturating_mul(FRAME)).min(FRAME)
 }
 
 /// Inflate and verify a whole blob: exactly a header and its frames, no more.
-pub fn decode_blob(blob: &[u8], id: &ChunkId, raw_len: usize) -> Result<Vec<u8>> {
-    let header = Header::parse(blob, id, raw_len)?;
+pub fn decode_blob(
+    keying: &std::sync::Arc<Keying>,
+    blob: &[u8],
+    id: &ChunkId,
+    raw_len: usize,
+) -> Result<Vec<u8>> {
+    let header = Header::parse(keying, blob, id, raw_len)?;
     if blob.len() != header.blob_len() {
         return Err(Error::corrupt(format!(
             "chunk {id}: blob is {} bytes, its header says {}",
@@ -400,10 +326,14 @@ pub fn compression_levels() -> std::ops::RangeInclusive<i32> {
 mod tests {
     use super::*;
 
+    fn plain() -> std::sync::Arc<Keying> {
+        Keying::plain()
+    }
+
     fn round_trip(data: &[u8]) -> Vec<u8> {
-        let h = hash_chunk(data);
+        let h = plain().hash_chunk(data);
         let blob = Encoder::new(3).unwrap().encode(data, &h).unwrap();
-        decode_blob(&blob, &h.id, data.len()).unwrap()
+        decode_blob(&plain(), &blob, &h.id, data.len()).unwrap()
     }
 
     #[test]
@@ -418,7 +348,7 @@ mod tests {
     #[test]
     fn incompressible_frames_are_stored_raw() {
         let noise = crate::format::chunker::seeded_bytes(5, FRAME);
-        let h = hash_chunk(&noise);
+        let h = plain().hash_chunk(&noise);
         let blob = Encoder::new(3).unwrap().encode(&noise, &h).unwrap();
         assert_eq!(blob.len(), header_len(FRAME) + FRAME);
     }
@@ -426,20 +356,20 @@ mod tests {
     #[test]
     fn a_flipped_byte_is_detected_not_returned() {
         let text: Vec<u8> = b"0123456789".repeat(50_000);
-        let h = hash_chunk(&text);
+        let h = plain().hash_chunk(&text);
         let blob = Encoder::new(3).unwrap().encode(&text, &h).unwrap();
         for pos in [1, 10, header_len(text.len()) + 5, blob.len() - 1] {
             let mut bad = blob.clone();
             bad[pos] ^= 0x40;
             assert!(
-                decode_blob(&bad, &h.id, text.len()).is_err(),
+                decode_blob(&plain(), &bad, &h.id, text.len()).is_err(),
                 "flip at {pos}"
             );
         }
     }
 
     fn encoded(data: &[u8]) -> (ChunkId, Vec<u8>) {
-        let h = hash_chunk(data);
+        let h = plain().hash_chunk(data);
         (h.id, Encoder::new(3).unwrap().encode(data, &h).unwrap())
     }
 
@@ -465,15 +395,21 @@ mod tests {
         ] {
             let mut bad = blob.clone();
             set_stored_len(&mut bad, 0, v);
-            assert!(Header::parse(&bad, &id, text.len()).is_err(), "{v:#x}");
-            assert!(decode_blob(&bad, &id, text.len()).is_err(), "{v:#x}");
+            assert!(
+                Header::parse(&plain(), &bad, &id, text.len()).is_err(),
+                "{v:#x}"
+            );
+            assert!(
+                decode_blob(&plain(), &bad, &id, text.len()).is_err(),
+                "{v:#x}"
+            );
         }
     }
 
     #[test]
     fn frame_index_past_the_end_is_an_error_not_a_panic() {
         let (id, blob) = encoded(b"abc");
-        let h = Header::parse(&blob, &id, 3).unwrap();
+        let h = Header::parse(&plain(), &blob, &id, 3).unwrap();
         assert_eq!(h.frame_range(5), (blob.len(), 0));
         assert_eq!(h.frame_len(usize::MAX), 0);
         assert!(h.decode_frame(5, &[], &id).is_err());
@@ -490,16 +426,16 @@ mod tests {
     fn trailing_bytes_and_huge_raw_lengths_are_refused() {
         let (id, mut blob) = encoded(b"some data");
         blob.push(0);
-        assert!(decode_blob(&blob, &id, 9).is_err());
-        assert!(Header::parse(&blob, &id, MAX_CHUNK_LEN + 1).is_err());
-        assert!(decode_blob(&blob, &id, usize::MAX).is_err());
+        assert!(decode_blob(&plain(), &blob, &id, 9).is_err());
+        assert!(Header::parse(&plain(), &blob, &id, MAX_CHUNK_LEN + 1).is_err());
+        assert!(decode_blob(&plain(), &blob, &id, usize::MAX).is_err());
     }
 
     #[test]
     fn stored_bytes_of_the_wrong_length_are_never_returned() {
         let noise = crate::format::chunker::seeded_bytes(9, 1000);
         let (id, blob) = encoded(&noise);
-        let h = Header::parse(&blob, &id, noise.len()).unwrap();
+        let h = Header::parse(&plain(), &blob, &id, noise.len()).unwrap();
         let (start, len) = h.frame_range(0);
         let mut longer = blob[start..start + len].to_vec();
         longer.push(1);
@@ -515,53 +451,26 @@ mod tests {
     }
 
     #[test]
-    fn zero_chunk_ids_are_the_ids_of_hashed_zeros() {
-        assert_eq!(Hash::of(&[0u8; FRAME]).0, ZERO_FRAME_HASH);
+    fn zeros_as_the_encoder_stores_them_pass_the_size_test() {
+        let k = plain();
         for len in [
             0,
             1,
-            4095,
             FRAME - 1,
             FRAME,
-            FRAME + 1,
             3 * FRAME + 12_345,
-            1 << 20,
-            4 << 20,
             MAX_DATA_CHUNK_LEN,
         ] {
-            let want = hash_chunk(&vec![0u8; len]);
-            let got = zero_hashed(len);
-            assert_eq!(got.id, want.id, "{len} zeros");
-            assert_eq!(got.frame_hashes, want.frame_hashes, "{len} zeros");
-            assert_eq!(zero_id(len as u32), want.id, "{len} zeros, by id");
-            assert_eq!(zero_id(len as u32), want.id, "{len} zeros, cached");
-            assert!(is_zero_chunk(&want.id, len as u32, 0));
-            // Zeros as stored by the encoder pass the size test.
+            let want = k.hash_chunk(&vec![0u8; len]);
             let blob = Encoder::new(3)
                 .unwrap()
                 .encode(&vec![0u8; len], &want)
                 .unwrap();
             assert!(
-                is_zero_chunk(&want.id, len as u32, blob.len() as u32),
+                k.is_zero_chunk(&want.id, len as u32, blob.len() as u32),
                 "{len} zeros stored in {}",
                 blob.len()
             );
-            // Stored larger than zeros ever are: not asked of the id.
-            assert!(!is_zero_chunk(&want.id, len as u32, u32::MAX));
-        }
-        let one = hash_chunk(&[0, 1]).id;
-        assert!(!is_zero_chunk(&one, 2, 0));
-        assert!(
-            !is_zero_chunk(&zero_id(10), 11, 0),
-            "the length is part of the id"
-        );
-    }
-
-    #[test]
-    fn zero_ids_stay_right_past_the_cache_bound() {
-        for len in 0..(ZERO_IDS_MAX as u32 + 10) {
-            let len = len * 7;
-            assert_eq!(zero_id(len), hash_chunk(&vec![0u8; len as usize]).id);
         }
     }
 
@@ -596,7 +505,7 @@ mod tests {
             .chunks_exact(FRAME_REC)
             .map(|r| Hash::from_slice(&r[4..]).expect("32 bytes"))
             .collect();
-        Some(id_from_frames(&hashes))
+        Some(plain().id_from_frames(&hashes))
     }
 
     proptest! {
@@ -605,9 +514,9 @@ mod tests {
         #[test]
         fn decode_blob_never_panics_on_arbitrary_bytes(b in mutate::bytes(), raw_len in 0..3 * FRAME) {
             if let Some(id) = claimed_id(&b, raw_len)
-                && let Ok(out) = decode_blob(&b, &id, raw_len)
+                && let Ok(out) = decode_blob(&plain(), &b, &id, raw_len)
             {
-                prop_assert_eq!(hash_chunk(&out).id, id);
+                prop_assert_eq!(plain().hash_chunk(&out).id, id);
             }
         }
 
@@ -621,9 +530,9 @@ mod tests {
             let bad = mutate::apply(blob.clone(), &edits);
             let raw_len = (data.len() as i64 + len_delta).max(0) as usize;
             for id in [Some(*id), claimed_id(&bad, raw_len)].into_iter().flatten() {
-                if let Ok(out) = decode_blob(&bad, &id, raw_len) {
+                if let Ok(out) = decode_blob(&plain(), &bad, &id, raw_len) {
                     prop_assert_eq!(out.len(), raw_len);
-                    prop_assert_eq!(hash_chunk(&out).id, id);
+                    prop_assert_eq!(plain().hash_chunk(&out).id, id);
                 }
             }
         }

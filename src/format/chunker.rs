@@ -7,7 +7,18 @@
 
 use std::io::{self, Read};
 
-use fastcdc::v2020::{Normalization, cut, select_masks};
+use fastcdc::v2020::{Normalization, cut_gear, select_masks};
+
+use crate::format::keying::Gear;
+
+/// FastCDC's published gear tables, which unencrypted repositories use.
+static PUBLIC_GEAR: std::sync::LazyLock<Gear> = std::sync::LazyLock::new(|| {
+    let (table, shifted) = fastcdc::v2020::get_gear_with_seed(0);
+    Gear {
+        table: table.as_ref().try_into().expect("256 gear values"),
+        shifted: shifted.as_ref().try_into().expect("256 gear values"),
+    }
+});
 
 /// Chunk size limits, recorded in the repository so every ingest cuts alike.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,10 +131,18 @@ pub struct Chunker<'b, R> {
     eof: bool,
     /// Where a chunk of nothing but zeros is cut (computed at the first hole).
     zero_cut: Option<usize>,
+    /// The gear tables: a repository key's, or FastCDC's own.
+    gear: (&'b [u64; 256], &'b [u64; 256]),
 }
 
 impl<'b, R: Source> Chunker<'b, R> {
-    pub fn new(reader: R, params: ChunkerParams, buf: &'b mut Vec<u8>) -> Self {
+    /// `gear`: the key's gear tables (`Keying::gear`), None for FastCDC's.
+    pub fn new(
+        reader: R,
+        params: ChunkerParams,
+        gear: Option<&'b Gear>,
+        buf: &'b mut Vec<u8>,
+    ) -> Self {
         if buf.len() < 4 * params.max {
             buf.resize(4 * params.max, 0);
         }
@@ -137,7 +156,30 @@ impl<'b, R: Source> Chunker<'b, R> {
             hole_from: 0,
             eof: false,
             zero_cut: None,
+            gear: gear.map_or((&PUBLIC_GEAR.table, &PUBLIC_GEAR.shifted), |g| {
+                (&g.table, &g.shifted)
+            }),
         }
+    }
+
+    /// Where the chunk that starts `data` ends (0: not within `data`).
+    fn cut(&self, data: &[u8]) -> usize {
+        let (ms, ml) = self.masks;
+        let p = &self.params;
+        let (gear, shifted) = self.gear;
+        cut_gear(
+            data,
+            p.min,
+            p.avg,
+            p.max,
+            ms,
+            ml,
+            ms << 1,
+            ml << 1,
+            gear,
+            shifted,
+        )
+        .1
     }
 
     /// The reader back, e.g. to look at the file once more after reading.
@@ -195,15 +237,17 @@ impl<'b, R: Source> Chunker<'b, R> {
         if run < max {
             return None;
         }
-        let z = *self.zero_cut.get_or_insert_with(|| {
-            let zeros = vec![0u8; self.params.max];
-            let (ms, ml) = self.masks;
-            let (p, avg, max) = (&self.params, self.params.avg, self.params.max);
-            match cut(&zeros, p.min, avg, max, ms, ml, ms << 1, ml << 1).1 {
-                0 => max,
-                n => n,
+        let z = match self.zero_cut {
+            Some(z) => z,
+            None => {
+                let z = match self.cut(&vec![0u8; self.params.max]) {
+                    0 => self.params.max,
+                    n => n,
+                };
+                self.zero_cut = Some(z);
+                z
             }
-        });
+        };
         // Each chunk must start with a whole maximum of zeros ahead.
         let count = (run - max) / z as u64 + 1;
         let len = count * z as u64;
@@ -232,18 +276,10 @@ impl<'b, R: Source> Chunker<'b, R> {
         if avail == 0 {
             return Ok(None);
         }
-        let (ms, ml) = self.masks;
-        let (_, n) = cut(
-            &self.buf[self.start..self.end],
-            self.params.min,
-            self.params.avg,
-            self.params.max,
-            ms,
-            ml,
-            ms << 1,
-            ml << 1,
-        );
-        let n = if n == 0 { avail } else { n };
+        let n = match self.cut(&self.buf[self.start..self.end]) {
+            0 => avail,
+            n => n,
+        };
         let s = self.start;
         self.start += n;
         Ok(Some(Piece::Data(&self.buf[s..s + n])))
@@ -272,7 +308,7 @@ mod tests {
     /// The chunks of a source without holes.
     fn chunks(data: &[u8]) -> Vec<Vec<u8>> {
         let mut buf = Vec::new();
-        let mut c = Chunker::new(data, ChunkerParams::default(), &mut buf);
+        let mut c = Chunker::new(data, ChunkerParams::default(), None, &mut buf);
         let mut out = Vec::new();
         while let Some(p) = c.next_piece().unwrap() {
             match p {
@@ -391,7 +427,7 @@ mod tests {
             read: 0,
         };
         let mut buf = Vec::new();
-        let mut c = Chunker::new(src, params, &mut buf);
+        let mut c = Chunker::new(src, params, None, &mut buf);
         let mut out = Vec::new();
         while let Some(p) = c.next_piece().unwrap() {
             match p {
@@ -408,7 +444,7 @@ mod tests {
 
     fn dense(data: &[u8], params: ChunkerParams) -> Vec<(blake3::Hash, usize)> {
         let mut buf = Vec::new();
-        let mut c = Chunker::new(data, params, &mut buf);
+        let mut c = Chunker::new(data, params, None, &mut buf);
         let mut out = Vec::new();
         while let Some(p) = c.next_piece().unwrap() {
             match p {

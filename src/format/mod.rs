@@ -10,6 +10,7 @@
 pub mod blob;
 pub mod chunker;
 pub mod codec;
+pub mod keying;
 pub mod names;
 pub mod pack;
 pub mod page;

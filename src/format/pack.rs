@@ -376,7 +376,7 @@ mod tests {
     fn sample_pack(dir: &Path, chunks: &[&[u8]]) -> SealedPack {
         let mut w = PackWriter::create(dir, 3).unwrap();
         for (i, c) in chunks.iter().enumerate() {
-            let h = blob::hash_chunk(c);
+            let h = blob::Keying::plain().hash_chunk(c);
             let blob = blob::Encoder::new(3).unwrap().encode(c, &h).unwrap();
             let kind = if i == 0 {
                 ChunkKind::Data
@@ -421,7 +421,7 @@ mod tests {
         let e = &entries[1];
         let blob = &bytes[e.offset as usize..][..e.stored_len as usize];
         assert_eq!(
-            blob::decode_blob(blob, &e.id, e.raw_len as usize).unwrap(),
+            blob::decode_blob(&blob::Keying::plain(), blob, &e.id, e.raw_len as usize).unwrap(),
             b"abc"
         );
         assert_eq!(decode_pack(&bytes).unwrap(), sealed.entries);

@@ -69,6 +69,12 @@ impl BoundaryKey {
         ))
     }
 
+    /// The key of an encrypted repository: where pages end then says
+    /// nothing about the names to one who holds no key.
+    pub fn keyed(key: [u8; 32]) -> BoundaryKey {
+        BoundaryKey(key)
+    }
+
     fn cuts_after(&self, name: &[u8]) -> bool {
         let h = blake3::keyed_hash(&self.0, name);
         low_bits(h.as_bytes()) & LEAF_CUT_MASK == 0
@@ -486,10 +492,10 @@ impl BuiltDir {
     }
 }
 
-fn built(page: &Page) -> BuiltPage {
+fn built(page: &Page, keying: &crate::format::keying::Keying) -> BuiltPage {
     let bytes = encode_page(page);
     BuiltPage {
-        hash: TreeHash(crate::format::blob::hash_chunk(&bytes).id.0),
+        hash: TreeHash(keying.hash_chunk(&bytes).id.0),
         level: page.level(),
         entries: page.entries(),
         nodes: page.nodes(),
@@ -499,7 +505,8 @@ fn built(page: &Page) -> BuiltPage {
 
 /// The pages of a directory whose entries are `entries`, sorted by name.
 /// An empty directory is one empty leaf.
-pub fn build_dir(entries: Vec<Entry>, key: &BoundaryKey) -> BuiltDir {
+pub fn build_dir(entries: Vec<Entry>, keying: &crate::format::keying::Keying) -> BuiltDir {
+    let key = keying.boundary();
     let mut pages = Vec::new();
     let mut level: Vec<ChildRef> = Vec::new();
     let mut leaf: Vec<Entry> = Vec::new();
@@ -520,7 +527,7 @@ pub fn build_dir(entries: Vec<Entry>, key: &BoundaryKey) -> BuiltDir {
         leaf.push(en);
         if cut || leaf.len() >= LEAF_MAX_ENTRIES || bytes >= LEAF_MAX_BYTES || i + 1 == total {
             let page = Page::Leaf(std::mem::take(&mut leaf));
-            let b = built(&page);
+            let b = built(&page, keying);
             level.push(ChildRef {
                 first_name: page.first_name().unwrap_or_default().to_vec(),
                 page: b.hash,
@@ -532,7 +539,7 @@ pub fn build_dir(entries: Vec<Entry>, key: &BoundaryKey) -> BuiltDir {
         }
     }
     if pages.is_empty() {
-        pages.push(built(&Page::Leaf(Vec::new())));
+        pages.push(built(&Page::Leaf(Vec::new()), keying));
         return BuiltDir { pages };
     }
     let mut height = 0u8;
@@ -557,7 +564,7 @@ pub fn build_dir(entries: Vec<Entry>, key: &BoundaryKey) -> BuiltDir {
                     level: height,
                     children: std::mem::take(&mut group),
                 };
-                let b = built(&page);
+                let b = built(&page, keying);
                 next.push(ChildRef {
                     first_name: page.first_name().unwrap_or_default().to_vec(),
                     page: b.hash,
@@ -818,7 +825,11 @@ mod tests {
             },
             link_key: 0,
             xattrs: vec![],
-            body: Body::File(ContentRef::of_list(&list, size)),
+            body: Body::File(ContentRef::of_list(
+                &crate::format::keying::Keying::plain(),
+                &list,
+                size,
+            )),
         }
     }
 
@@ -997,7 +1008,7 @@ mod tests {
 
     #[test]
     fn directories_of_every_size_read_back_whole() {
-        let key = BoundaryKey::public();
+        let key = crate::format::keying::Keying::plain();
         for n in [0, 1, 63, 64, 65, 300, 10_000] {
             let entries = names(n);
             let d = build_dir(entries.clone(), &key);
@@ -1017,7 +1028,7 @@ mod tests {
 
     #[test]
     fn one_change_rewrites_one_leaf_and_the_path_above_it() {
-        let key = BoundaryKey::public();
+        let key = crate::format::keying::Keying::plain();
         let entries = names(20_000);
         let before = build_dir(entries.clone(), &key);
         let old: std::collections::HashSet<TreeHash> =
@@ -1054,7 +1065,7 @@ mod tests {
 
     #[test]
     fn a_directory_sharing_known_pages_loads_only_its_new_ones() {
-        let key = BoundaryKey::public();
+        let key = crate::format::keying::Keying::plain();
         let entries = names(20_000);
         let before = build_dir(entries.clone(), &key);
         let known = facts_of(&before);
@@ -1093,7 +1104,7 @@ mod tests {
 
     #[test]
     fn a_known_page_whose_names_overlap_its_neighbours_is_refused() {
-        let key = BoundaryKey::public();
+        let key = crate::format::keying::Keying::plain();
         let d = build_dir(names(2_000), &key);
         let bytes: std::collections::HashMap<TreeHash, Vec<u8>> =
             d.pages.iter().map(|p| (p.hash, p.bytes.clone())).collect();
@@ -1119,7 +1130,7 @@ mod tests {
 
     #[test]
     fn pages_that_do_not_fit_together_are_refused() {
-        let key = BoundaryKey::public();
+        let key = crate::format::keying::Keying::plain();
         let d = build_dir(names(2_000), &key);
         let mut bytes: std::collections::HashMap<TreeHash, Vec<u8>> =
             d.pages.iter().map(|p| (p.hash, p.bytes.clone())).collect();

@@ -205,8 +205,8 @@ impl ChunkList {
 
     /// The list's identity: the chunk id of the list stored as a chunk of
     /// its own (kind `List`), so the id finds it in a pack.
-    pub fn hash(&self) -> ContentHash {
-        ContentHash(crate::format::blob::hash_chunk(&self.0).id.0)
+    pub fn hash(&self, keying: &crate::format::keying::Keying) -> ContentHash {
+        ContentHash(keying.hash_chunk(&self.0).id.0)
     }
 
     /// A chunk list from stored bytes: whole records, each chunk no longer
@@ -243,13 +243,17 @@ pub enum ContentRef {
 
 impl ContentRef {
     /// How a file whose chunks are `list` refers to them.
-    pub fn of_list(list: &ChunkList, size: u64) -> Option<ContentRef> {
+    pub fn of_list(
+        keying: &crate::format::keying::Keying,
+        list: &ChunkList,
+        size: u64,
+    ) -> Option<ContentRef> {
         match list.len() {
             0 => None,
             1 if u64::from(list.get(0).len) == size => {
                 Some(ContentRef::Chunk(list.get(0).id, list.get(0).len))
             }
-            _ => Some(ContentRef::List(list.hash())),
+            _ => Some(ContentRef::List(list.hash(keying))),
         }
     }
 }
@@ -423,25 +427,32 @@ mod tests {
     #[test]
     fn a_one_chunk_file_refers_to_its_chunk_and_a_longer_one_to_its_list() {
         let mut list = ChunkList::default();
-        assert_eq!(ContentRef::of_list(&list, 0), None);
+        assert_eq!(
+            ContentRef::of_list(&crate::format::keying::Keying::plain(), &list, 0),
+            None
+        );
         let c = ChunkRef {
             id: ChunkId(Hash::of(b"a")),
             len: 7,
         };
         list.push(c);
         assert_eq!(
-            ContentRef::of_list(&list, 7),
+            ContentRef::of_list(&crate::format::keying::Keying::plain(), &list, 7),
             Some(ContentRef::Chunk(c.id, 7))
         );
         // A file that grew while read keeps its list.
         assert_eq!(
-            ContentRef::of_list(&list, 8),
-            Some(ContentRef::List(list.hash()))
+            ContentRef::of_list(&crate::format::keying::Keying::plain(), &list, 8),
+            Some(ContentRef::List(
+                list.hash(&crate::format::keying::Keying::plain())
+            ))
         );
         list.push(c);
         assert_eq!(
-            ContentRef::of_list(&list, 14),
-            Some(ContentRef::List(list.hash()))
+            ContentRef::of_list(&crate::format::keying::Keying::plain(), &list, 14),
+            Some(ContentRef::List(
+                list.hash(&crate::format::keying::Keying::plain())
+            ))
         );
     }
 

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::format::page::{BoundaryKey, BuiltPage, PageFacts, build_dir, load_new};
+use crate::format::page::{BuiltPage, PageFacts, build_dir, load_new};
 use crate::format::record::SnapshotRow;
 use crate::format::record::{Record, decode_record};
 use crate::format::tree::{Body, ChunkList, ContentRef, Entry};
@@ -147,7 +147,7 @@ impl<'a> Importer<'a> {
         if let Some((t, _)) = self.cat.tree_by_hash(hash)? {
             return Ok(t);
         }
-        let mut empty = build_dir(Vec::new(), &BoundaryKey::public())
+        let mut empty = build_dir(Vec::new(), &self.repo.keying)
             .pages
             .pop()
             .expect("an empty directory has one page");
@@ -177,7 +177,7 @@ impl<'a> Importer<'a> {
         match old.tree_by_hash(hash)? {
             Some((id, _)) => {
                 let body = old.page_body(id)?;
-                let exact = crate::format::blob::hash_chunk(&body).id.0 == hash.0;
+                let exact = self.repo.keying.hash_chunk(&body).id.0 == hash.0;
                 Ok((body, Some(exact)))
             }
             None => Err(err),
@@ -245,7 +245,7 @@ impl<'a> Importer<'a> {
             .read(&ChunkId(hash.0))
             .and_then(ChunkList::validate)
             .and_then(|l| {
-                if l.hash() == *hash {
+                if l.hash(&self.repo.keying) == *hash {
                     Ok(l)
                 } else {
                     Err(Error::corrupt("its bytes are not the list its id names"))
@@ -538,7 +538,11 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::format::blob::{Encoder, hash_chunk};
+    use crate::format::blob::Encoder;
+
+    fn hash_chunk(data: &[u8]) -> crate::format::keying::Hashed {
+        crate::format::keying::Keying::plain().hash_chunk(data)
+    }
     use crate::format::pack::{ChunkKind, PackWriter};
     use crate::format::page::{Page, encode_page};
     use crate::format::record::SnapshotRow;
@@ -755,7 +759,11 @@ mod tests {
             },
             link_key: 0,
             xattrs: vec![(b"user.k".to_vec(), b"v".to_vec())],
-            body: Body::File(ContentRef::of_list(&list, data.len() as u64)),
+            body: Body::File(ContentRef::of_list(
+                &crate::format::keying::Keying::plain(),
+                &list,
+                data.len() as u64,
+            )),
         }
     }
 

@@ -47,6 +47,8 @@ pub struct Repository {
     pub root: PathBuf,
     pub config: Config,
     pub backend: Arc<dyn Backend>,
+    /// How chunk ids and boundaries are computed (keyed when encrypted).
+    pub keying: Arc<crate::format::keying::Keying>,
 }
 
 /// Modes of what a repository holds. Private by default: only the owner
@@ -323,6 +325,7 @@ impl Repository {
             root: root.to_path_buf(),
             config,
             backend: Arc::new(LocalDir::new(root.join("packs"))),
+            keying: crate::format::keying::Keying::plain(),
         };
         set_umask(repo.access());
         repo.warn_if_open();
@@ -473,7 +476,7 @@ impl Repository {
         kind: pack::ChunkKind,
         data: &[u8],
     ) -> Result<ChunkId> {
-        let hashed = blob::hash_chunk(data);
+        let hashed = self.keying.hash_chunk(data);
         if cat.has_chunk(&hashed.id)? {
             return Ok(hashed.id);
         }
@@ -494,7 +497,7 @@ impl Repository {
         let blob = self
             .backend
             .read_at(&loc.pack, loc.offset, loc.stored_len as usize)?;
-        blob::decode_blob(&blob, id, loc.raw_len as usize)
+        blob::decode_blob(&self.keying, &blob, id, loc.raw_len as usize)
     }
 }
 

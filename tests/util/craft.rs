@@ -8,7 +8,12 @@ use std::fs;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use snapfs::format::blob::{self, hash_chunk};
+use snapfs::format::blob;
+
+/// The plain (unencrypted) id of `data`.
+pub(crate) fn hash_chunk(data: &[u8]) -> snapfs::format::keying::Hashed {
+    snapfs::format::keying::Keying::plain().hash_chunk(data)
+}
 use snapfs::format::pack::{ChunkKind, PackWriter};
 use snapfs::format::page::{Page, encode_page};
 use snapfs::format::record::{SnapshotRow, encode_record};
@@ -93,7 +98,11 @@ pub(crate) fn file_entry(name: &[u8], chunks: &[(ChunkId, u32)]) -> Entry {
         },
         link_key: 0,
         xattrs: vec![],
-        body: Body::File(ContentRef::of_list(&list, list.total())),
+        body: Body::File(ContentRef::of_list(
+            &snapfs::format::keying::Keying::plain(),
+            &list,
+            list.total(),
+        )),
     }
 }
 

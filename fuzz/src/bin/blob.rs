@@ -10,11 +10,12 @@ fn main() {
         let Some(id) = snapfs_fuzz::claimed_id(blob, raw_len) else {
             return;
         };
-        if let Ok(out) = snapfs::format::blob::decode_blob(blob, &id, raw_len) {
+        let keying = snapfs::format::keying::Keying::plain();
+        if let Ok(out) = snapfs::format::blob::decode_blob(&keying, blob, &id, raw_len) {
             assert_eq!(out.len(), raw_len);
-            assert_eq!(snapfs::format::blob::hash_chunk(&out).id, id);
+            assert_eq!(keying.hash_chunk(&out).id, id);
         }
-        if let Ok(h) = snapfs::format::blob::Header::parse(blob, &id, raw_len) {
+        if let Ok(h) = snapfs::format::blob::Header::parse(&keying, blob, &id, raw_len) {
             for i in 0..h.frame_count() + 1 {
                 let (start, len) = h.frame_range(i);
                 let stored = blob.get(start..start.saturating_add(len)).unwrap_or(&[]);

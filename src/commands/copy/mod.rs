@@ -325,7 +325,11 @@ impl LocalTarget {
 /// tree or a snapshot record. A forget record is refused: a copy never
 /// sends one, and in a pack it would make `rebuild-catalog` drop the
 /// snapshots it names. Returns the table. Pure: a fuzz target in one line.
-pub fn verify_pack(name: &PackName, bytes: &[u8]) -> Result<Vec<PackEntry>> {
+pub fn verify_pack(
+    keying: &std::sync::Arc<blob::Keying>,
+    name: &PackName,
+    bytes: &[u8],
+) -> Result<Vec<PackEntry>> {
     let bad = |what: String| Error::corrupt(format!("received pack {name}: {what}"));
     let inner = |e: Error| match e {
         Error::Corrupt(m) => bad(m),
@@ -379,7 +383,9 @@ pub fn verify_pack(name: &PackName, bytes: &[u8]) -> Result<Vec<PackEntry>> {
     let results: Vec<Result<()>> = std::thread::scope(|scope| {
         let workers: Vec<_> = entries
             .chunks(per_thread)
-            .map(|part| scope.spawn(move || part.iter().try_for_each(|e| check_blob(bytes, e))))
+            .map(|part| {
+                scope.spawn(move || part.iter().try_for_each(|e| check_blob(keying, bytes, e)))
+            })
             .collect();
         workers
             .into_iter()
@@ -397,13 +403,13 @@ pub fn verify_pack(name: &PackName, bytes: &[u8]) -> Result<Vec<PackEntry>> {
 
 /// Inflate one blob of a pack whose layout was checked (its range lies
 /// inside `bytes`) and check it is the chunk its row names.
-fn check_blob(bytes: &[u8], e: &PackEntry) -> Result<()> {
+fn check_blob(keying: &std::sync::Arc<blob::Keying>, bytes: &[u8], e: &PackEntry) -> Result<()> {
     let id = e.id;
     let blob = usize::try_from(e.offset)
         .ok()
         .and_then(|start| bytes.get(start..start.checked_add(e.stored_len as usize)?))
         .ok_or_else(|| Error::corrupt(format!("chunk {id} lies outside the pack")))?;
-    let raw = decode_blob(blob, &id, e.raw_len as usize)?;
+    let raw = decode_blob(keying, blob, &id, e.raw_len as usize)?;
     match e.kind {
         ChunkKind::Data => Ok(()),
         ChunkKind::Page => decode_page(&raw)
@@ -462,7 +468,7 @@ impl Target for LocalTarget {
                 bytes.len()
             )));
         }
-        let entries = verify_pack(name, bytes)?;
+        let entries = verify_pack(&self.repo.keying, name, bytes)?;
         // Same name, same bytes: nothing to do, and never a replacement
         // (an append-only repository's files are never rewritten). A pack
         // on disk is indexed: the open adopted any orphans.
@@ -641,7 +647,7 @@ impl Sender<'_> {
         // (a local target's own check does the same, and `flush` then
         // finds which chunk it was).
         if !self.target.verifies_packs() {
-            decode_blob(&blob, id, loc.raw_len as usize).map_err(at)?;
+            decode_blob(&self.src.keying, &blob, id, loc.raw_len as usize).map_err(at)?;
         }
         let kind = self.cat.chunk_kind(id)?.ok_or_else(|| {
             at(Error::corrupt(

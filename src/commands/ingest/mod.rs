@@ -282,7 +282,14 @@ pub fn ingest(repo: &Repository, sources: &[PathBuf], opts: &IngestOptions) -> R
     let mut stats = IngestStats::default();
     let result = (|| -> Result<SnapshotId> {
         let progress = crate::commands::progress::Progress::new("ingest", "files", None);
-        let mut w = Walker::new(&cat, &pipe, &wopts, &mut stats, &progress);
+        let mut w = Walker::new(
+            &cat,
+            &pipe,
+            &wopts,
+            &mut stats,
+            &progress,
+            repo.keying.clone(),
+        );
         let plan = match &opts.stdin_name {
             Some(n) => Plan::for_stdin(n),
             None => Plan::for_sources(&sources),

@@ -21,10 +21,10 @@ use super::pipeline::Pipeline;
 use super::sparse::SparseFile;
 use super::{IngestStats, Warning};
 use crate::error::{Error, Result};
-use crate::format::blob::{hash_chunk, zero_hashed, zero_id};
 use crate::format::chunker::{Chunker, ChunkerParams, Piece, Source};
+use crate::format::keying::Keying;
 use crate::format::pack::ChunkKind;
-use crate::format::page::{BoundaryKey, build_dir};
+use crate::format::page::build_dir;
 use crate::format::tree::{
     Body, ChunkList, ChunkRef, ContentRef, Entry, FileTime, Kind, Meta, encode_xattrs,
 };
@@ -122,8 +122,8 @@ pub struct Walker<'a> {
     /// A row of the previous snapshot did not decode: the tree rows this
     /// ingest reuses by hash may be the damaged ones, and are checked.
     saw_damage: bool,
-    /// Where directory pages end (`format/page.rs`).
-    boundary: BoundaryKey,
+    /// How ids, file chunks and directory pages are cut and named.
+    keying: std::sync::Arc<Keying>,
 }
 
 impl<'a> Walker<'a> {
@@ -133,6 +133,7 @@ impl<'a> Walker<'a> {
         opts: &'a WalkOptions,
         stats: &'a mut IngestStats,
         progress: &'a crate::commands::progress::Progress,
+        keying: std::sync::Arc<Keying>,
     ) -> Self {
         Walker {
             progress,
@@ -148,7 +149,7 @@ impl<'a> Walker<'a> {
             source_dev: 0,
             buf: Vec::new(),
             saw_damage: false,
-            boundary: BoundaryKey::public(),
+            keying,
         }
     }
 
@@ -176,7 +177,7 @@ impl<'a> Walker<'a> {
 
     /// Store a chunk unless the repository (or this ingest) already has it.
     pub fn put_chunk(&mut self, kind: ChunkKind, data: &[u8]) -> Result<ChunkId> {
-        let hashed = hash_chunk(data);
+        let hashed = self.keying.hash_chunk(data);
         let id = hashed.id;
         if !self.pending.contains(&id) && !self.cat.has_chunk(&id)? {
             self.pending.insert(id);
@@ -192,12 +193,12 @@ impl<'a> Walker<'a> {
     fn put_zero_chunk(&mut self, len: usize) -> Result<ChunkId> {
         let len32 = u32::try_from(len)
             .map_err(|_| Error::invalid(format!("a chunk of {len} bytes is too long")))?;
-        let id = zero_id(len32);
+        let id = self.keying.zero_id(len32);
         if !self.pending.contains(&id) && !self.cat.has_chunk(&id)? {
             self.pending.insert(id);
             self.stats.new_chunks += 1;
             self.pipe
-                .store(ChunkKind::Data, vec![0; len], zero_hashed(len))?;
+                .store(ChunkKind::Data, vec![0; len], self.keying.zero_hashed(len))?;
         }
         Ok(id)
     }
@@ -370,7 +371,7 @@ impl<'a> Walker<'a> {
 
     /// Record a directory's pages, those not already stored.
     fn finish_tree(&mut self, entries: Vec<Entry>) -> Result<DirResult> {
-        let built = build_dir(entries, &self.boundary);
+        let built = build_dir(entries, &self.keying);
         let mut id = None;
         for p in &built.pages {
             self.put_chunk(ChunkKind::Page, &p.bytes)?;
@@ -584,7 +585,7 @@ impl<'a> Walker<'a> {
     /// How a file refers to its chunks; a list of several is stored (once)
     /// as a chunk of its own and recorded in the catalog.
     fn content_id(&mut self, list: &ChunkList, size: u64) -> Result<Option<ContentRef>> {
-        let c = ContentRef::of_list(list, size);
+        let c = ContentRef::of_list(&self.keying, list, size);
         if let Some(ContentRef::List(hash)) = &c
             && !self.cat.has_content(hash)?
         {
@@ -653,7 +654,8 @@ impl<'a> Walker<'a> {
         r: R,
     ) -> std::result::Result<(ChunkList, u64, R), StreamError> {
         let mut buf = std::mem::take(&mut self.buf);
-        let mut chunker = Chunker::new(r, self.opts.chunker, &mut buf);
+        let keying = self.keying.clone();
+        let mut chunker = Chunker::new(r, self.opts.chunker, keying.gear(), &mut buf);
         let mut list = ChunkList::default();
         let mut read = 0u64;
         let result = loop {

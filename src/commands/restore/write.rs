@@ -21,7 +21,7 @@ use rustix::fs::{AtFlags, Mode, OFlags, openat, unlinkat};
 
 use super::fsops::{apply_meta_fd, io_at, replace, tmp_name};
 use crate::error::{Error, IoContext, Result};
-use crate::format::blob::{FRAME, is_zero_chunk};
+use crate::format::blob::{FRAME, Keying};
 use crate::format::tree::{ContentRef, FileTime};
 use crate::ids::ChunkId;
 use crate::repo::Repository;
@@ -152,7 +152,7 @@ fn write_chunk(
 ) -> Result<u64> {
     // A chunk of zeros stays a hole: nothing to read, decode or write (the
     // file gets its full length at the end).
-    if is_zero_chunk(id, loc.raw_len, loc.stored_len) {
+    if repo.keying.is_zero_chunk(id, loc.raw_len, loc.stored_len) {
         return Ok(u64::from(loc.raw_len));
     }
     let data = repo
@@ -386,7 +386,7 @@ fn verify_or_write(
     progress: &crate::commands::progress::Progress,
 ) -> Result<()> {
     let work = chunk_work_of(cat, node, &dest.shown)?;
-    if let Some(f) = existing_matches(dest.dir.as_fd(), &dest.name, node, &work) {
+    if let Some(f) = existing_matches(&repo.keying, dest.dir.as_fd(), &dest.name, node, &work) {
         apply_meta_fd(f.as_fd(), node, &dest.shown)?;
         progress.bytes(total(&work));
         progress.item();
@@ -420,6 +420,7 @@ fn may_keep(st: &rustix::fs::Stat, node: &Node) -> bool {
 
 /// The existing file, opened, if it holds exactly the snapshot's bytes.
 fn existing_matches(
+    keying: &Keying,
     dir: BorrowedFd,
     name: &[u8],
     node: &Node,
@@ -447,12 +448,12 @@ fn existing_matches(
     let f = File::from(fd);
     let mut buf = Vec::new();
     for (id, loc, at) in work {
-        if is_zero_chunk(id, loc.raw_len, loc.stored_len) && is_hole(&f, *at, loc.raw_len) {
+        if keying.is_zero_chunk(id, loc.raw_len, loc.stored_len) && is_hole(&f, *at, loc.raw_len) {
             continue;
         }
         buf.resize(loc.raw_len as usize, 0);
         f.read_exact_at(&mut buf, *at).ok()?;
-        if crate::format::blob::hash_chunk(&buf).id != *id {
+        if keying.hash_chunk(&buf).id != *id {
             return None;
         }
     }

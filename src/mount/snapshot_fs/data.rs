@@ -13,7 +13,7 @@ use super::files::{CachedName, HELD_FRESH, OpenFile};
 use super::frame::Frame;
 use super::{Attr, InvalidateSlot, Shared, SnapshotFs, inode};
 use crate::error::{Error, Result};
-use crate::format::blob::{FRAME, Header, header_len, is_zero_chunk};
+use crate::format::blob::{FRAME, Header, header_len};
 use crate::format::tree::ContentRef;
 use crate::format::tree::{ChunkList, Kind};
 use crate::ids::{SnapshotId, TreeId};
@@ -291,7 +291,7 @@ impl Shared {
             let raw_len = c.len as usize;
             let frame_len = (raw_len - fi as usize * FRAME).min(FRAME);
             let loc = &f.locs[ci];
-            if is_zero_chunk(&c.id, c.len, loc.stored_len) {
+            if self.repo.keying.is_zero_chunk(&c.id, c.len, loc.stored_len) {
                 return Ok(Frame::heap(vec![0u8; frame_len]));
             }
             let header = match self.frames.header(&c.id) {
@@ -302,7 +302,7 @@ impl Shared {
                         .backend
                         .read_at(&loc.pack, loc.offset, header_len(raw_len))
                         .map_err(|e| missing_pack_is_damage(e, loc))?;
-                    let h = Arc::new(Header::parse(&bytes, &c.id, raw_len)?);
+                    let h = Arc::new(Header::parse(&self.repo.keying, &bytes, &c.id, raw_len)?);
                     self.frames.put_header(c.id, h.clone());
                     h
                 }
@@ -551,7 +551,11 @@ impl SnapshotFs {
         let mut ci = f.starts.partition_point(|&s| s <= offset) - 1;
         while ci < f.chunks.len() {
             let c = f.chunks.get(ci);
-            let is_hole = is_zero_chunk(&c.id, c.len, f.locs[ci].stored_len);
+            let is_hole =
+                self.shared
+                    .repo
+                    .keying
+                    .is_zero_chunk(&c.id, c.len, f.locs[ci].stored_len);
             if is_hole != data {
                 return Ok(Some(f.starts[ci].max(offset)));
             }

@@ -415,7 +415,7 @@ impl Catalog {
     #[cfg(test)]
     pub(crate) fn add_dir(&self, entries: Vec<Entry>) -> Result<TreeId> {
         let built =
-            crate::format::page::build_dir(entries, &crate::format::page::BoundaryKey::public());
+            crate::format::page::build_dir(entries, &crate::format::keying::Keying::plain());
         let mut id = None;
         for p in &built.pages {
             id = Some(self.add_page(p)?);

@@ -623,7 +623,10 @@ impl Catalog {
     /// decode, or disagree with their own level and counts; why, for each.
     /// The mount trusts a row's counts to number inodes, so `verify` checks
     /// every row here.
-    pub fn damaged_pages(&self) -> Result<Vec<(TreeHash, String)>> {
+    pub fn damaged_pages(
+        &self,
+        keying: &crate::format::keying::Keying,
+    ) -> Result<Vec<(TreeHash, String)>> {
         (|| -> Result<Vec<(TreeHash, String)>> {
             let mut st = self
                 .conn
@@ -634,7 +637,7 @@ impl Catalog {
                 let hash = TreeHash(blob_hash(r.get(0)?)?);
                 let cols: (i64, i64, i64) = (r.get(1)?, r.get(2)?, r.get(3)?);
                 let body: Vec<u8> = r.get(4)?;
-                let why = if crate::format::blob::hash_chunk(&body).id.0 != hash.0 {
+                let why = if keying.hash_chunk(&body).id.0 != hash.0 {
                     Some("its bytes are not the page its hash names".to_string())
                 } else {
                     match crate::format::page::decode_page(&body) {
@@ -869,7 +872,7 @@ mod tests {
                 },
                 ..dir(&cat, "again", cat.add_dir(Vec::new()).unwrap())
             }],
-            &crate::format::page::BoundaryKey::public(),
+            &crate::format::keying::Keying::plain(),
         );
         let mut p = built.root().clone();
         p.hash = TreeHash(Hash::of(b"self"));
@@ -892,7 +895,7 @@ mod tests {
 mod fold_tests {
     use std::collections::HashMap;
 
-    use crate::format::page::{BoundaryKey, Page, build_dir, decode_page, encode_page};
+    use crate::format::page::{Page, build_dir, decode_page, encode_page};
     use crate::format::tree::{Body, ContentRef, Entry, Kind, Meta};
     use crate::ids::{ChunkId, Hash, TreeHash};
     use crate::repo::catalog::Catalog;
@@ -937,7 +940,8 @@ mod fold_tests {
         children[0].entries += 1;
         children[0].nodes += 1;
         let bytes = encode_page(&Page::Index { level, children });
-        let mut built = build_dir(Vec::new(), &BoundaryKey::public()).pages[0].clone();
+        let mut built =
+            build_dir(Vec::new(), &crate::format::keying::Keying::plain()).pages[0].clone();
         built.hash = TreeHash(Hash::of(&bytes));
         built.bytes = bytes;
         built.level = level;
