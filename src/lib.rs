@@ -21,6 +21,7 @@
 //! - `app`: the program: command-line syntax, one function per command,
 //!   what is printed for people or as JSON
 
+pub mod crypto;
 pub mod error;
 pub mod format;
 pub mod ids;
