@@ -6,6 +6,8 @@
 //!   and the parameters of the passphrase KDF (Argon2id)
 //! - [`slots`]: the key slots (`keys/<id>.key`) that wrap the master key
 //!   under passphrases: create, list, unlock, remove, change a passphrase
+//! - [`password`]: where a passphrase comes from (a file, a command, the
+//!   terminal), never from the command line
 //!
 //! Nothing here implements a primitive: the cipher, Argon2id and BLAKE3 come
 //! from their crates, and this module only composes them. It uses only the
@@ -14,10 +16,12 @@
 
 pub mod aead;
 pub mod keys;
+pub mod password;
 pub mod slots;
 
 pub use aead::Key;
 pub use keys::{KdfParams, MasterKey, Subkeys};
+pub use password::{PassphraseSource, read_new_passphrase, read_passphrase};
 pub use slots::{
     SlotId, SlotInfo, change_passphrase, create_slot, list_slots, remove_slot, unlock,
 };
