@@ -291,7 +291,9 @@ fn page_levels_and_lists(repo: &Repo) -> (u8, usize) {
     let (mut level, mut lists) = (0, 0);
     for p in repo.pack_files() {
         let bytes = fs::read(&p).expect("read pack");
-        for e in decode_pack(&bytes).expect("snapfs decodes its own pack") {
+        for e in decode_pack(&bytes, &snapfs::format::keying::Keying::plain())
+            .expect("snapfs decodes its own pack")
+        {
             match e.kind {
                 ChunkKind::Page => {
                     let blob = &bytes[e.offset as usize..][..e.stored_len as usize];
@@ -454,7 +456,9 @@ fn largest_blob(repo: &Repo, kind: snapfs::format::pack::ChunkKind) -> (PathBuf,
     let mut best: Option<(PathBuf, u64, u32, u32, String)> = None;
     for p in repo.pack_files() {
         let bytes = fs::read(&p).expect("read pack");
-        for e in decode_pack(&bytes).expect("snapfs decodes its own pack") {
+        for e in decode_pack(&bytes, &snapfs::format::keying::Keying::plain())
+            .expect("snapfs decodes its own pack")
+        {
             if e.kind == kind && best.as_ref().is_none_or(|b| e.raw_len > b.3) {
                 best = Some((
                     p.clone(),
@@ -775,8 +779,9 @@ fn worked_example_from_snapfs() -> Vec<u8> {
     let record_hash = hash_chunk(&record);
 
     let dir = tempdir();
-    let mut w = PackWriter::create(dir.path(), 0).expect("pack writer");
-    let mut enc = Encoder::new(3).expect("zstd");
+    let mut w = PackWriter::create(dir.path(), 0, &snapfs::format::keying::Keying::plain())
+        .expect("pack writer");
+    let mut enc = Encoder::new(3, &snapfs::format::keying::Keying::plain()).expect("zstd");
     for (kind, bytes, h) in [
         (ChunkKind::Data, &hello[..], &data),
         (ChunkKind::Page, &page[..], &page_hash),
@@ -828,7 +833,8 @@ fn format_doc_worked_example_is_a_pack_snapfs_writes_and_reads() {
     assert_eq!(pack.len(), 531);
     let name = "cea3ff229dabb9f2bfde37a126b41ab0072a0aeec761bf31f21f65109cf26a5a";
     assert_eq!(Hash::of(&pack).to_hex(), name);
-    let entries = decode_pack(&pack).expect("snapfs decodes the example");
+    let entries = decode_pack(&pack, &snapfs::format::keying::Keying::plain())
+        .expect("snapfs decodes the example");
     let got: Vec<(String, ChunkKind, Vec<u8>)> = entries
         .iter()
         .map(|e| {

@@ -157,7 +157,7 @@ pub fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcStats> {
                     }
                 };
                 if writer.is_none() {
-                    writer = Some(PackWriter::create(&repo.tmp_dir(), level)?);
+                    writer = Some(PackWriter::create(&repo.tmp_dir(), level, &repo.keying)?);
                 }
                 let w = writer.as_mut().expect("writer just created");
                 w.append(e.id, e.kind, e.raw_len, &blob)?;
@@ -222,7 +222,7 @@ fn pack_level(repo: &Repository, name: &crate::ids::PackName) -> Option<u8> {
     let header = repo
         .backend
         .read_at(name, 0, crate::format::pack::HEADER_LEN as usize)
-        .and_then(|h| parse_header(&h));
+        .and_then(|h| parse_header(&h, &repo.keying));
     match header {
         Ok(l) => Some(l),
         Err(e) => {
@@ -261,7 +261,7 @@ fn prepare(
         });
         (e, out)
     };
-    let encoder = || level.map(Encoder::new).transpose();
+    let encoder = || level.map(|l| Encoder::new(l, keying)).transpose();
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     if level.is_none() || workers < 2 || blobs.len() < 2 {
         let mut enc = encoder()?;

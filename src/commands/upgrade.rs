@@ -207,6 +207,7 @@ impl Writer<'_> {
             self.pack = Some(PackWriter::create(
                 &self.repo.tmp_dir(),
                 crate::format::pack::recorded_level(self.repo.config.compression),
+                &self.repo.keying,
             )?);
         }
         let w = self.pack.as_mut().expect("pack just created");
@@ -278,7 +279,7 @@ fn convert(repo: &Repository, building: &Path, stats: &mut UpgradeStats) -> Resu
     let mut w = Writer {
         repo,
         cat: &cat,
-        enc: blob::Encoder::new(repo.config.compression)?,
+        enc: blob::Encoder::new(repo.config.compression, &repo.keying)?,
         pack: None,
         pending: HashSet::new(),
         chunks: 0,

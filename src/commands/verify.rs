@@ -158,7 +158,7 @@ pub fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> {
                 "pack {name}: its bytes do not match its name (damaged)"
             ));
         }
-        check_table(&bytes, name, &mut r.problems);
+        check_table(&repo.keying, &bytes, name, &mut r.problems);
         for e in cat.chunks_in_pack(*id)? {
             r.chunks_read += 1;
             let blob = bytes.get(e.offset as usize..(e.offset + u64::from(e.stored_len)) as usize);
@@ -201,18 +201,26 @@ fn selected(first_byte: u8, share: f64) -> bool {
     (slot as f64) < 256.0 * share
 }
 
-fn check_table(bytes: &[u8], name: &crate::ids::PackName, problems: &mut Vec<String>) {
+fn check_table(
+    keying: &crate::format::keying::Keying,
+    bytes: &[u8],
+    name: &crate::ids::PackName,
+    problems: &mut Vec<String>,
+) {
     let size = bytes.len() as u64;
-    if size < pack::HEADER_LEN + pack::FOOTER_LEN as u64 || pack::parse_header(bytes).is_err() {
+    if size < pack::HEADER_LEN + pack::FOOTER_LEN as u64
+        || pack::parse_header(bytes, keying).is_err()
+    {
         problems.push(format!("pack {name}: bad header"));
         return;
     }
-    let res = pack::parse_footer(&bytes[bytes.len() - pack::FOOTER_LEN..], size).and_then(
+    let res = pack::parse_footer(&bytes[bytes.len() - pack::FOOTER_LEN..], size, keying).and_then(
         |(off, count, check)| {
             pack::parse_table(
                 &bytes[off as usize..bytes.len() - pack::FOOTER_LEN],
                 count,
                 check,
+                keying,
             )
         },
     );

@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 pub const CONTEXT_ID: &str = "snapfs 2 chunk id";
 pub const CONTEXT_BLOB: &str = "snapfs 2 blob seal";
 pub const CONTEXT_TABLE: &str = "snapfs 2 pack table seal";
-pub const CONTEXT_CHUNKER: &str = "snapfs 2 chunker seed";
+pub const CONTEXT_CHUNKER: &str = "snapfs 2 chunker gear";
 pub const CONTEXT_PAGE: &str = "snapfs 2 page boundary";
 pub const CONTEXT_CACHE: &str = "snapfs 2 local cache";
 
@@ -46,15 +46,11 @@ impl MasterKey {
     /// Every key the repository uses, each derived under its own context so
     /// that no two uses share a key.
     pub fn subkeys(&self) -> Subkeys {
-        let chunker = self.derive(CONTEXT_CHUNKER);
-        let seed: [u8; 8] = chunker.as_bytes()[..8]
-            .try_into()
-            .expect("a key has more than 8 bytes");
         Subkeys {
             id: self.derive(CONTEXT_ID),
             blob: self.derive(CONTEXT_BLOB),
             table: self.derive(CONTEXT_TABLE),
-            chunker: u64::from_le_bytes(seed),
+            chunker: self.derive(CONTEXT_CHUNKER),
             page: self.derive(CONTEXT_PAGE),
             cache: self.derive(CONTEXT_CACHE),
         }
@@ -91,8 +87,10 @@ pub struct Subkeys {
     pub blob: Key,
     /// AEAD key of pack tables.
     pub table: Key,
-    /// Seed of the chunker, so chunk boundaries are secret too.
-    pub chunker: u64,
+    /// Key of the chunker's gear table (`format::keying`), so chunk
+    /// boundaries are secret too: a whole table drawn from it, not a 64-bit
+    /// seed mixed into the public one.
+    pub chunker: Key,
     /// BLAKE3 key of catalog page boundaries.
     pub page: Key,
     /// Key of a local cache.
@@ -322,7 +320,7 @@ mod tests {
     }
 
     /// The subkeys of one master key, byte for byte: a change to a context
-    /// (or to how the chunker seed is taken) fails here before it makes
+    /// fails here before it makes
     /// every encrypted repository unreadable.
     #[test]
     fn subkeys_are_pinned() {
@@ -357,7 +355,11 @@ mod tests {
         for (name, key, want) in pinned {
             assert_eq!(hex(key.as_bytes()), want, "{name}");
         }
-        assert_eq!(s.chunker, 0x1ec1_32f2_7453_5b99, "chunker");
+        assert_eq!(
+            hex(s.chunker.as_bytes()),
+            "7f949a9b39b76059d22fb54ec4a6deb88e0f067c8887e659a998f9874445bd11",
+            "chunker"
+        );
     }
 
     #[test]
@@ -370,9 +372,8 @@ mod tests {
         assert_eq!(s.table.as_bytes(), &derive("snapfs 2 pack table seal"));
         assert_eq!(s.page.as_bytes(), &derive("snapfs 2 page boundary"));
         assert_eq!(s.cache.as_bytes(), &derive("snapfs 2 local cache"));
-        let seed = derive("snapfs 2 chunker seed");
-        assert_eq!(s.chunker.to_le_bytes(), seed[..8]);
-        let all = [&s.id, &s.blob, &s.table, &s.page, &s.cache];
+        assert_eq!(s.chunker.as_bytes(), &derive("snapfs 2 chunker gear"));
+        let all = [&s.id, &s.blob, &s.table, &s.page, &s.cache, &s.chunker];
         for (i, a) in all.iter().enumerate() {
             assert_ne!(a.as_bytes(), m.key().as_bytes());
             for b in &all[i + 1..] {

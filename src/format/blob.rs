@@ -9,8 +9,18 @@
 //! ```text
 //! blob   version u8 (1) | frames u16 | per frame: stored_len u32 (bit 31 = raw) | blake3[32]
 //!        | frame bytes, back to back
+//! sealed version u8 (2) | frames u16 | per frame: sealed_len u32 (bit 31 = raw)
+//!        | sealed frames, back to back: nonce[24] ‖ ciphertext ‖ tag[16]
 //! ```
+//!
+//! An encrypted repository writes sealed blobs only: each frame is
+//! compressed, then sealed with XChaCha20-Poly1305 under the blob key, with
+//! the chunk id, the frame's index and its length word as associated data.
+//! A frame then stays readable on its own, cannot be moved to another chunk
+//! or place, and its tag authenticates it: no digest is stored (it would
+//! confirm content to one without the key) and none is computed on a read.
 
+use crate::crypto::aead;
 use crate::error::{Error, Result};
 use crate::ids::{ChunkId, Hash};
 
@@ -21,15 +31,40 @@ use crate::ids::{ChunkId, Hash};
 /// frames; 256 KiB halves that work for 2% more space.
 pub const FRAME: usize = 256 * 1024;
 const BLOB_VERSION: u8 = 1;
+const SEALED_VERSION: u8 = 2;
 const RAW_FLAG: u32 = 1 << 31;
 const FRAME_REC: usize = 36;
+const SEALED_REC: usize = 4;
 
 pub fn frame_count(raw_len: usize) -> usize {
     raw_len.div_ceil(FRAME).max(1)
 }
 
+/// Header bytes of a plain blob of `raw_len` bytes.
 pub fn header_len(raw_len: usize) -> usize {
     3 + FRAME_REC * frame_count(raw_len)
+}
+
+/// Header bytes of a blob of `raw_len` bytes, sealed or not.
+pub fn header_len_of(sealed: bool, raw_len: usize) -> usize {
+    if sealed {
+        3 + SEALED_REC * frame_count(raw_len)
+    } else {
+        header_len(raw_len)
+    }
+}
+
+/// What a frame adds stored beyond its (compressed or raw) bytes.
+fn frame_overhead(sealed: bool) -> usize {
+    if sealed { aead::OVERHEAD } else { 0 }
+}
+
+/// The fewest and most bytes a blob of `raw_len` bytes can be stored in:
+/// what a pack table's row is checked against.
+pub fn stored_len_bounds(sealed: bool, raw_len: usize) -> (usize, usize) {
+    let fixed = header_len_of(sealed, raw_len)
+        .saturating_add(frame_count(raw_len).saturating_mul(frame_overhead(sealed)));
+    (fixed, fixed.saturating_add(raw_len))
 }
 
 pub use crate::format::keying::{Hashed, Keying};
@@ -39,28 +74,48 @@ const ZERO_FRAME_STORED_MAX: usize = 64;
 
 /// Most bytes a chunk of `len` zeros can take stored: a chunk stored larger
 /// is not one, whatever its id (see `Keying::is_zero_chunk`).
-pub(crate) fn zero_stored_max(len: usize) -> usize {
-    let frames = frame_count(len);
-    header_len(len).saturating_add(frames.saturating_mul(ZERO_FRAME_STORED_MAX))
+pub(crate) fn zero_stored_max(sealed: bool, len: usize) -> usize {
+    let per_frame = ZERO_FRAME_STORED_MAX + frame_overhead(sealed);
+    stored_len_bounds(sealed, len)
+        .0
+        .saturating_add(frame_count(len).saturating_mul(per_frame))
+}
+
+/// The associated data of frame `i` of chunk `id` whose length word is
+/// `word`: a sealed frame opens only in its own place.
+fn frame_aad(id: &ChunkId, i: usize, word: u32) -> [u8; 52] {
+    let mut aad = [0u8; 52];
+    aad[..12].copy_from_slice(b"snapfs frame");
+    aad[12..44].copy_from_slice(&id.0.0);
+    aad[44..48].copy_from_slice(&(i as u32).to_le_bytes());
+    aad[48..].copy_from_slice(&word.to_le_bytes());
+    aad
 }
 
 /// Compresses chunks into blobs; one per worker thread, to reuse zstd state.
 pub struct Encoder {
     zstd: zstd::bulk::Compressor<'static>,
     scratch: Vec<u8>,
+    /// Seals frames when the repository is encrypted.
+    keying: std::sync::Arc<Keying>,
 }
 
 impl Encoder {
-    pub fn new(level: i32) -> Result<Encoder> {
+    pub fn new(level: i32, keying: &std::sync::Arc<Keying>) -> Result<Encoder> {
         let zstd = zstd::bulk::Compressor::new(level)
             .map_err(|e| Error::invalid(format!("compression level {level}: {e}")))?;
         Ok(Encoder {
             zstd,
             scratch: Vec::with_capacity(zstd::zstd_safe::compress_bound(FRAME)),
+            keying: keying.clone(),
         })
     }
 
     pub fn encode(&mut self, data: &[u8], hashed: &Hashed) -> Result<Vec<u8>> {
+        let keying = self.keying.clone();
+        if let Some(seal) = keying.seal() {
+            return self.encode_sealed(data, &hashed.id, &seal.blob);
+        }
         let frames = frame_count(data.len());
         let mut blob = Vec::with_capacity(header_len(data.len()) + data.len() / 2);
         blob.push(BLOB_VERSION);
@@ -85,6 +140,37 @@ impl Encoder {
             blob[rec..rec + 4].copy_from_slice(&(stored.len() as u32 | flag).to_le_bytes());
             blob[rec + 4..rec + FRAME_REC].copy_from_slice(&hashed.frame_hashes[i].0);
             blob.extend_from_slice(stored);
+        }
+        Ok(blob)
+    }
+
+    /// A sealed blob: each frame compressed (or raw), then sealed.
+    fn encode_sealed(&mut self, data: &[u8], id: &ChunkId, key: &aead::Key) -> Result<Vec<u8>> {
+        let frames = frame_count(data.len());
+        let hlen = header_len_of(true, data.len());
+        let mut blob = Vec::with_capacity(hlen + data.len() / 2 + frames * aead::OVERHEAD);
+        blob.push(SEALED_VERSION);
+        blob.extend_from_slice(&(frames as u16).to_le_bytes());
+        blob.resize(hlen, 0);
+        let mut parts: Vec<&[u8]> = data.chunks(FRAME).collect();
+        if parts.is_empty() {
+            parts.push(&[]);
+        }
+        for (i, part) in parts.into_iter().enumerate() {
+            self.scratch.clear();
+            let n = self
+                .zstd
+                .compress_to_buffer(part, &mut self.scratch)
+                .map_err(|e| Error::corrupt(format!("zstd: {e}")))?;
+            let (payload, flag): (&[u8], u32) = if n < part.len() {
+                (&self.scratch[..n], 0)
+            } else {
+                (part, RAW_FLAG)
+            };
+            let word = (payload.len() + aead::OVERHEAD) as u32 | flag;
+            let rec = 3 + i * SEALED_REC;
+            blob[rec..rec + 4].copy_from_slice(&word.to_le_bytes());
+            aead::seal_into(key, &frame_aad(id, i, word), payload, &mut blob)?;
         }
         Ok(blob)
     }
@@ -121,7 +207,10 @@ struct FrameRec {
     start: usize,
     stored_len: usize,
     raw: bool,
+    /// The frame's digest (plain blobs; zero in sealed ones).
     hash: Hash,
+    /// The frame's length word as stored (sealed blobs bind it).
+    word: u32,
 }
 
 impl Header {
@@ -144,22 +233,40 @@ impl Header {
                 "raw length {raw_len} exceeds the limit {MAX_CHUNK_LEN}"
             )));
         }
+        // An encrypted repository reads sealed blobs only, and a plain one
+        // plain blobs only: a plain blob planted in an encrypted repository
+        // is refused, not read unauthenticated.
+        let sealed = keying.seal().is_some();
+        let (version, rec_len) = if sealed {
+            (SEALED_VERSION, SEALED_REC)
+        } else {
+            (BLOB_VERSION, FRAME_REC)
+        };
+        let over = frame_overhead(sealed);
         let n = frame_count(raw_len);
-        let hlen = header_len(raw_len);
+        let hlen = header_len_of(sealed, raw_len);
         if bytes.len() < hlen
-            || bytes[0] != BLOB_VERSION
+            || bytes[0] != version
             || u16::from_le_bytes([bytes[1], bytes[2]]) as usize != n
         {
             return Err(bad("damaged header"));
         }
         let mut frames = Vec::with_capacity(n);
         let mut start = hlen;
-        for (i, r) in bytes[3..hlen].chunks_exact(FRAME_REC).enumerate() {
+        for (i, r) in bytes[3..hlen].chunks_exact(rec_len).enumerate() {
             let v = u32::from_le_bytes(r[..4].try_into().expect("4 bytes"));
             let raw = v & RAW_FLAG != 0;
             let stored_len = (v & !RAW_FLAG) as usize;
             let want = frame_len_of(raw_len, i);
-            if (raw && stored_len != want) || (!raw && (stored_len == 0 || stored_len > want)) {
+            // The frame's own bytes: a raw frame exactly its length, a
+            // compressed one at least a byte and no longer.
+            let payload = stored_len.checked_sub(over);
+            let fits = match payload {
+                Some(p) if raw => p == want,
+                Some(p) => p > 0 && p <= want,
+                None => false,
+            };
+            if !fits {
                 return Err(bad(&format!(
                     "frame {i} has an impossible stored length {stored_len}"
                 )));
@@ -168,12 +275,19 @@ impl Header {
                 start,
                 stored_len,
                 raw,
-                hash: Hash::from_slice(&r[4..]).expect("32 bytes"),
+                hash: if sealed {
+                    Hash([0; 32])
+                } else {
+                    Hash::from_slice(&r[4..]).expect("32 bytes")
+                },
+                word: v,
             });
             start += stored_len;
         }
+        // A sealed header carries no digests: each frame's tag binds it to
+        // the id instead.
         let hashes: Vec<Hash> = frames.iter().map(|f| f.hash).collect();
-        if keying.id_from_frames(&hashes) != *id {
+        if !sealed && keying.id_from_frames(&hashes) != *id {
             return Err(bad("header does not match its id"));
         }
         Ok(Header {
@@ -189,9 +303,10 @@ impl Header {
 
     /// The blob's length as the header describes it: header plus frames.
     pub fn blob_len(&self) -> usize {
-        self.frames
-            .last()
-            .map_or(header_len(self.raw_len), |f| f.start + f.stored_len)
+        self.frames.last().map_or(
+            header_len_of(self.keying.seal().is_some(), self.raw_len),
+            |f| f.start + f.stored_len,
+        )
     }
 
     /// Offset (from the blob start) and stored length of frame `i`. A frame
@@ -261,7 +376,21 @@ impl Header {
         let out = out
             .get_mut(..raw_len)
             .ok_or_else(|| bad(format!("output buffer shorter than {raw_len}")))?;
+        let opened;
+        let stored = match self.keying.seal() {
+            // The tag authenticates the frame (id, place and length word
+            // included): no digest to compute.
+            Some(seal) => {
+                opened = aead::open(&seal.blob, &frame_aad(id, i, f.word), stored)
+                    .map_err(|e| bad(e.to_string()))?;
+                &opened[..]
+            }
+            None => stored,
+        };
         let n = if f.raw {
+            if stored.len() != raw_len {
+                return Err(bad(format!("{} raw bytes, not {raw_len}", stored.len())));
+            }
             out.copy_from_slice(stored);
             stored.len()
         } else {
@@ -277,7 +406,10 @@ impl Header {
                 })
                 .map_err(|e| bad(e.to_string()))?
         };
-        if n != raw_len || self.keying.frame_hash(&out[..n]) != f.hash {
+        if n != raw_len {
+            return Err(bad(format!("inflates to {n} bytes, not {raw_len}")));
+        }
+        if self.keying.seal().is_none() && self.keying.frame_hash(&out[..n]) != f.hash {
             return Err(bad("content does not match its hash".into()));
         }
         Ok(n)
@@ -314,6 +446,14 @@ pub fn decode_blob(
         header.decode_frame_into(i, stored, id, &mut frame)?;
         out.extend_from_slice(&frame);
     }
+    // Frames that authenticate were sealed by a key holder; that the whole
+    // is the content its id names is checked too where a whole chunk is
+    // read (verify, copy, gc), at the cost of one hash.
+    if keying.seal().is_some() && keying.hash_chunk(&out).id != *id {
+        return Err(Error::corrupt(format!(
+            "chunk {id}: its content is not what its id names"
+        )));
+    }
     Ok(out)
 }
 
@@ -332,7 +472,10 @@ mod tests {
 
     fn round_trip(data: &[u8]) -> Vec<u8> {
         let h = plain().hash_chunk(data);
-        let blob = Encoder::new(3).unwrap().encode(data, &h).unwrap();
+        let blob = Encoder::new(3, &crate::format::keying::Keying::plain())
+            .unwrap()
+            .encode(data, &h)
+            .unwrap();
         decode_blob(&plain(), &blob, &h.id, data.len()).unwrap()
     }
 
@@ -349,7 +492,10 @@ mod tests {
     fn incompressible_frames_are_stored_raw() {
         let noise = crate::format::chunker::seeded_bytes(5, FRAME);
         let h = plain().hash_chunk(&noise);
-        let blob = Encoder::new(3).unwrap().encode(&noise, &h).unwrap();
+        let blob = Encoder::new(3, &crate::format::keying::Keying::plain())
+            .unwrap()
+            .encode(&noise, &h)
+            .unwrap();
         assert_eq!(blob.len(), header_len(FRAME) + FRAME);
     }
 
@@ -357,7 +503,10 @@ mod tests {
     fn a_flipped_byte_is_detected_not_returned() {
         let text: Vec<u8> = b"0123456789".repeat(50_000);
         let h = plain().hash_chunk(&text);
-        let blob = Encoder::new(3).unwrap().encode(&text, &h).unwrap();
+        let blob = Encoder::new(3, &crate::format::keying::Keying::plain())
+            .unwrap()
+            .encode(&text, &h)
+            .unwrap();
         for pos in [1, 10, header_len(text.len()) + 5, blob.len() - 1] {
             let mut bad = blob.clone();
             bad[pos] ^= 0x40;
@@ -370,7 +519,13 @@ mod tests {
 
     fn encoded(data: &[u8]) -> (ChunkId, Vec<u8>) {
         let h = plain().hash_chunk(data);
-        (h.id, Encoder::new(3).unwrap().encode(data, &h).unwrap())
+        (
+            h.id,
+            Encoder::new(3, &crate::format::keying::Keying::plain())
+                .unwrap()
+                .encode(data, &h)
+                .unwrap(),
+        )
     }
 
     /// Overwrite frame `i`'s stored-length word (the digests, and so the id,
@@ -462,7 +617,7 @@ mod tests {
             MAX_DATA_CHUNK_LEN,
         ] {
             let want = k.hash_chunk(&vec![0u8; len]);
-            let blob = Encoder::new(3)
+            let blob = Encoder::new(3, &crate::format::keying::Keying::plain())
                 .unwrap()
                 .encode(&vec![0u8; len], &want)
                 .unwrap();
@@ -470,6 +625,88 @@ mod tests {
                 k.is_zero_chunk(&want.id, len as u32, blob.len() as u32),
                 "{len} zeros stored in {}",
                 blob.len()
+            );
+        }
+    }
+
+    fn sealed(seed: u8) -> std::sync::Arc<Keying> {
+        Keying::encrypted(&crate::crypto::MasterKey::from_bytes([seed; 32]).subkeys())
+    }
+
+    #[test]
+    fn sealed_blobs_round_trip_and_hide_their_content() {
+        let k = sealed(1);
+        let marker = b"a marker no byte of a sealed blob may show ".repeat(10_000);
+        for data in [
+            marker.clone(),
+            crate::format::chunker::seeded_bytes(4, 3 * FRAME + 7),
+            Vec::new(),
+        ] {
+            let h = k.hash_chunk(&data);
+            let blob = Encoder::new(3, &k).unwrap().encode(&data, &h).unwrap();
+            assert_eq!(blob[0], SEALED_VERSION);
+            assert_eq!(decode_blob(&k, &blob, &h.id, data.len()).unwrap(), data);
+            let (least, most) = stored_len_bounds(true, data.len());
+            assert!(
+                (least..=most).contains(&blob.len()),
+                "{} not in {least}..={most}",
+                blob.len()
+            );
+            assert!(
+                !blob
+                    .windows(16)
+                    .any(|w| marker.windows(16).next() == Some(w))
+            );
+        }
+    }
+
+    #[test]
+    fn a_sealed_blob_opens_only_with_its_key_its_id_and_in_its_kind_of_repository() {
+        let (k, other) = (sealed(1), sealed(2));
+        let text: Vec<u8> = b"0123456789".repeat(60_000);
+        let h = k.hash_chunk(&text);
+        let blob = Encoder::new(3, &k).unwrap().encode(&text, &h).unwrap();
+        assert!(
+            decode_blob(&other, &blob, &h.id, text.len()).is_err(),
+            "another key"
+        );
+        assert!(
+            decode_blob(&plain(), &blob, &h.id, text.len()).is_err(),
+            "a plain repository"
+        );
+        let wrong = k.hash_chunk(b"something else").id;
+        assert!(
+            decode_blob(&k, &blob, &wrong, text.len()).is_err(),
+            "another id"
+        );
+        // A plain blob planted in an encrypted repository is not read.
+        let hp = plain().hash_chunk(&text);
+        let plain_blob = Encoder::new(3, &plain())
+            .unwrap()
+            .encode(&text, &hp)
+            .unwrap();
+        assert!(decode_blob(&k, &plain_blob, &hp.id, text.len()).is_err());
+        // Frames swapped within the blob do not open in each other's place.
+        let hdr = Header::parse(&k, &blob, &h.id, text.len()).unwrap();
+        let (s0, l0) = hdr.frame_range(0);
+        let (s1, l1) = hdr.frame_range(1);
+        assert_eq!(l0, l1);
+        assert!(hdr.decode_frame(0, &blob[s1..s1 + l1], &h.id).is_err());
+        assert!(hdr.decode_frame(0, &blob[s0..s0 + l0], &h.id).is_ok());
+    }
+
+    #[test]
+    fn every_flipped_byte_of_a_sealed_blob_is_detected() {
+        let k = sealed(3);
+        let text: Vec<u8> = b"abcdefgh".repeat(5_000);
+        let h = k.hash_chunk(&text);
+        let blob = Encoder::new(3, &k).unwrap().encode(&text, &h).unwrap();
+        for pos in 0..blob.len() {
+            let mut bad = blob.clone();
+            bad[pos] ^= 0x01;
+            assert!(
+                decode_blob(&k, &bad, &h.id, text.len()).is_err(),
+                "flip at {pos}"
             );
         }
     }

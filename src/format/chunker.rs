@@ -307,8 +307,12 @@ mod tests {
 
     /// The chunks of a source without holes.
     fn chunks(data: &[u8]) -> Vec<Vec<u8>> {
+        chunks_with(data, None)
+    }
+
+    fn chunks_with(data: &[u8], gear: Option<&Gear>) -> Vec<Vec<u8>> {
         let mut buf = Vec::new();
-        let mut c = Chunker::new(data, ChunkerParams::default(), None, &mut buf);
+        let mut c = Chunker::new(data, ChunkerParams::default(), gear, &mut buf);
         let mut out = Vec::new();
         while let Some(p) = c.next_piece().unwrap() {
             match p {
@@ -321,6 +325,42 @@ mod tests {
 
     fn lengths(data: &[u8]) -> Vec<usize> {
         chunks(data).iter().map(Vec::len).collect()
+    }
+
+    #[test]
+    fn a_key_moves_every_boundary() {
+        // An encrypted repository's chunks cannot be matched against a
+        // known file's public chunking: with another key, other cuts.
+        let data = seeded_bytes(7, 24 * 1024 * 1024);
+        let keyed = |seed: u8| {
+            crate::format::keying::Keying::encrypted(
+                &crate::crypto::MasterKey::from_bytes([seed; 32]).subkeys(),
+            )
+        };
+        let (a, b) = (keyed(1), keyed(2));
+        let cuts = |gear: Option<&Gear>| {
+            let mut at = 0;
+            chunks_with(&data, gear)
+                .iter()
+                .map(|c| {
+                    at += c.len();
+                    at
+                })
+                .collect::<Vec<_>>()
+        };
+        let (public, ka, kb) = (cuts(None), cuts(a.gear()), cuts(b.gear()));
+        assert!(
+            ka.len() > 8 && kb.len() > 8,
+            "{} and {} chunks",
+            ka.len(),
+            kb.len()
+        );
+        // Only the end of the data is a cut in common.
+        for (x, y) in [(&public, &ka), (&public, &kb), (&ka, &kb)] {
+            let common = x.iter().filter(|c| y.contains(c)).count();
+            assert_eq!(common, 1, "{x:?} and {y:?} share cuts");
+        }
+        assert_eq!(ka, cuts(keyed(1).gear()), "the same key cuts alike");
     }
 
     #[test]

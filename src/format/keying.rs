@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, RwLock};
 
+use crate::crypto::{Key, Subkeys};
 use crate::format::blob::{FRAME, frame_count, frame_len_of};
 use crate::format::page::BoundaryKey;
 use crate::ids::{ChunkId, Hash};
@@ -27,12 +28,21 @@ pub struct Gear {
     pub shifted: [u64; 256],
 }
 
-/// The keys that shape ids and boundaries (not the sealing keys).
+/// The sealing keys of an encrypted repository.
+pub struct Seal {
+    /// Seals each frame of a blob.
+    pub blob: Key,
+    /// Seals each pack's table.
+    pub table: Key,
+}
+
+/// The keys that shape ids and boundaries, and seal what is stored.
 pub struct Keying {
     /// BLAKE3 key of frame digests and chunk ids; None: plain BLAKE3.
     id: Option<[u8; 32]>,
     boundary: BoundaryKey,
     gear: Option<Box<Gear>>,
+    seal: Option<Seal>,
     /// The digest of one whole frame of zeros under `id`.
     zero_frame: Hash,
     /// Ids of zero chunks already computed, by length (see `zero_id`).
@@ -59,6 +69,7 @@ static PLAIN: LazyLock<Arc<Keying>> = LazyLock::new(|| {
         id: None,
         boundary: BoundaryKey::public(),
         gear: None,
+        seal: None,
         zero_frame: Hash(ZERO_FRAME_HASH),
         zero_ids: RwLock::default(),
     })
@@ -76,10 +87,27 @@ impl Keying {
         PLAIN.clone()
     }
 
-    /// The keying of an encrypted repository, from its derived subkeys:
-    /// `id` for chunk ids, `boundary` for page boundaries, `chunker` for the
-    /// gear table.
-    pub fn keyed(id: [u8; 32], boundary: [u8; 32], chunker: [u8; 32]) -> Arc<Keying> {
+    /// The keying of an encrypted repository, from its derived subkeys.
+    pub fn encrypted(keys: &Subkeys) -> Arc<Keying> {
+        Keying::keyed(
+            *keys.id.as_bytes(),
+            *keys.page.as_bytes(),
+            *keys.chunker.as_bytes(),
+            Some(Seal {
+                blob: keys.blob.clone(),
+                table: keys.table.clone(),
+            }),
+        )
+    }
+
+    /// A keying from its parts: `id` for chunk ids, `boundary` for page
+    /// boundaries, `chunker` for the gear table, `seal` to seal.
+    fn keyed(
+        id: [u8; 32],
+        boundary: [u8; 32],
+        chunker: [u8; 32],
+        seal: Option<Seal>,
+    ) -> Arc<Keying> {
         let mut stream = blake3::Hasher::new_keyed(&chunker);
         stream.update(b"snapfs gear table");
         let mut bytes = [0u8; 256 * 8];
@@ -93,6 +121,7 @@ impl Keying {
             id: Some(id),
             boundary: BoundaryKey::keyed(boundary),
             gear: Some(Box::new(Gear { table, shifted })),
+            seal,
             zero_frame: Hash(*blake3::keyed_hash(&id, &ZEROS).as_bytes()),
             zero_ids: RwLock::default(),
         })
@@ -100,6 +129,11 @@ impl Keying {
 
     pub fn is_keyed(&self) -> bool {
         self.id.is_some()
+    }
+
+    /// The sealing keys; None in an unencrypted repository.
+    pub fn seal(&self) -> Option<&Seal> {
+        self.seal.as_ref()
     }
 
     pub fn boundary(&self) -> &BoundaryKey {
@@ -194,7 +228,8 @@ impl Keying {
     /// to a frame of them, which on a restore of many small files cost a
     /// sixth of its time.
     pub fn is_zero_chunk(&self, id: &ChunkId, len: u32, stored_len: u32) -> bool {
-        stored_len as usize <= crate::format::blob::zero_stored_max(len as usize)
+        stored_len as usize
+            <= crate::format::blob::zero_stored_max(self.seal.is_some(), len as usize)
             && self.zero_id(len) == *id
     }
 }
@@ -204,7 +239,7 @@ mod tests {
     use super::*;
 
     fn keyed(seed: u8) -> Arc<Keying> {
-        Keying::keyed([seed; 32], [seed ^ 1; 32], [seed ^ 2; 32])
+        Keying::keyed([seed; 32], [seed ^ 1; 32], [seed ^ 2; 32], None)
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! own chunks in a trailing table so the chunk index can be rebuilt from packs.
 //!
 //! ```text
-//! header   "SNAPFSPK" | format u8 (1 = plain) | level u8 | 6 zero bytes
+//! header   "SNAPFSPK" | format u8 (1 = plain, 2 = sealed) | level u8 | 6 zero bytes
 //! blobs    stored chunks, back to back (see `store` for a blob's layout)
 //! table    per chunk: id[32] | kind u8 | offset u64 | stored_len u32 | raw_len u32
 //! footer   table_offset u64 | count u32 | blake3(table)[..8] | "SNAPFSTB"
@@ -18,11 +18,17 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
 use crate::format::blob;
+use crate::format::keying::Keying;
 use crate::ids::{ChunkId, Hash, PackName};
 
 pub const MAGIC: &[u8; 8] = b"SNAPFSPK";
 pub const TABLE_MAGIC: &[u8; 8] = b"SNAPFSTB";
 pub const FORMAT_PLAIN: u8 = 1;
+/// An encrypted repository's packs: sealed blobs, and the table sealed as
+/// one object (`nonce ‖ ciphertext ‖ tag`, see `crypto::aead`).
+pub const FORMAT_SEALED: u8 = 2;
+/// The associated data of a sealed table, before its row count.
+const TABLE_AAD: &[u8] = b"snapfs pack table";
 pub const HEADER_LEN: u64 = 16;
 pub const FOOTER_LEN: usize = 28;
 const TABLE_REC: usize = 49;
@@ -41,11 +47,31 @@ pub fn recorded_level(level: i32) -> u8 {
         .unwrap_or(0)
 }
 
-/// Check a pack's 16-byte header; returns the recorded level.
-pub fn parse_header(header: &[u8]) -> Result<u8> {
+/// The format byte of the packs of a repository of this keying.
+fn format_of(keying: &Keying) -> u8 {
+    if keying.seal().is_some() {
+        FORMAT_SEALED
+    } else {
+        FORMAT_PLAIN
+    }
+}
+
+/// Bytes of a table of `count` rows as stored.
+fn table_len(keying: &Keying, count: u64) -> Option<u64> {
+    let rows = count.checked_mul(TABLE_REC as u64)?;
+    match keying.seal() {
+        Some(_) => rows.checked_add(crate::crypto::aead::OVERHEAD as u64),
+        None => Some(rows),
+    }
+}
+
+/// Check a pack's 16-byte header: a pack of this repository's kind (an
+/// encrypted repository reads sealed packs only). Returns the recorded
+/// level.
+pub fn parse_header(header: &[u8], keying: &Keying) -> Result<u8> {
     let ok = header.len() >= HEADER_LEN as usize
         && &header[..8] == MAGIC
-        && header[8] == FORMAT_PLAIN
+        && header[8] == format_of(keying)
         && header[LEVEL_AT] <= MAX_RECORDED_LEVEL
         && header[LEVEL_AT + 1..HEADER_LEN as usize] == [0; 6];
     if !ok {
@@ -98,6 +124,8 @@ pub struct PackWriter {
     hasher: blake3::Hasher,
     len: u64,
     entries: Vec<PackEntry>,
+    /// Seals the table in an encrypted repository.
+    keying: std::sync::Arc<Keying>,
 }
 
 /// A finished, fsynced pack file, ready to be handed to a backend.
@@ -109,8 +137,13 @@ pub struct SealedPack {
 }
 
 impl PackWriter {
-    /// A pack whose blobs are compressed at the `recorded_level` `level`.
-    pub fn create(tmp_dir: &Path, level: u8) -> Result<PackWriter> {
+    /// A pack whose blobs are compressed at the `recorded_level` `level`,
+    /// for a repository of this keying.
+    pub fn create(
+        tmp_dir: &Path,
+        level: u8,
+        keying: &std::sync::Arc<Keying>,
+    ) -> Result<PackWriter> {
         let path = tmp_dir.join(format!("{}.pack.tmp", unique_token()));
         let file = OpenOptions::new()
             .write(true)
@@ -127,10 +160,11 @@ impl PackWriter {
             hasher: blake3::Hasher::new(),
             len: 0,
             entries: Vec::new(),
+            keying: keying.clone(),
         };
         let mut header = [0u8; HEADER_LEN as usize];
         header[..8].copy_from_slice(MAGIC);
-        header[8] = FORMAT_PLAIN;
+        header[8] = format_of(keying);
         header[LEVEL_AT] = level.min(MAX_RECORDED_LEVEL);
         w.write(&header)?;
         Ok(w)
@@ -188,9 +222,15 @@ impl PackWriter {
             table.extend_from_slice(&e.stored_len.to_le_bytes());
             table.extend_from_slice(&e.raw_len.to_le_bytes());
         }
+        let count = self.entries.len() as u32;
+        if let Some(seal) = self.keying.seal() {
+            let mut sealed = Vec::with_capacity(table.len() + crate::crypto::aead::OVERHEAD);
+            crate::crypto::aead::seal_into(&seal.table, &table_aad(count), &table, &mut sealed)?;
+            table = sealed;
+        }
         let mut footer = Vec::with_capacity(FOOTER_LEN);
         footer.extend_from_slice(&table_offset.to_le_bytes());
-        footer.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        footer.extend_from_slice(&count.to_le_bytes());
         footer.extend_from_slice(&blake3::hash(&table).as_bytes()[..8]);
         footer.extend_from_slice(TABLE_MAGIC);
         self.write(&table)?;
@@ -257,15 +297,18 @@ pub struct TableLoc {
 /// Every figure comes from the file, so all arithmetic is checked: a footer
 /// whose sums wrap must not pass for one that fits (a wrapped sum once made a
 /// 137-byte pack ask for a 196 GiB table).
-pub fn parse_footer(footer: &[u8], pack_size: u64) -> Result<(u64, TableLoc, [u8; 8])> {
+pub fn parse_footer(
+    footer: &[u8],
+    pack_size: u64,
+    keying: &Keying,
+) -> Result<(u64, TableLoc, [u8; 8])> {
     if footer.len() != FOOTER_LEN || &footer[20..28] != TABLE_MAGIC {
         return Err(Error::corrupt("pack footer is missing or damaged"));
     }
     let table_offset = u64::from_le_bytes(footer[0..8].try_into().expect("8 bytes"));
     let count = u32::from_le_bytes(footer[8..12].try_into().expect("4 bytes"));
     let check: [u8; 8] = footer[12..20].try_into().expect("8 bytes");
-    let expected_end = u64::from(count)
-        .checked_mul(TABLE_REC as u64)
+    let expected_end = table_len(keying, u64::from(count))
         .and_then(|t| t.checked_add(table_offset))
         .and_then(|t| t.checked_add(FOOTER_LEN as u64));
     if table_offset < HEADER_LEN || expected_end != Some(pack_size) {
@@ -285,12 +328,29 @@ pub fn parse_footer(footer: &[u8], pack_size: u64) -> Result<(u64, TableLoc, [u8
 /// within [`blob::MAX_CHUNK_LEN`] (data chunks: [`blob::MAX_DATA_CHUNK_LEN`])
 /// and a stored length a blob of that raw length can have. Rows are trusted
 /// by the catalog afterwards, so nothing a row says may be out of bounds.
-pub fn parse_table(table: &[u8], loc: TableLoc, check: [u8; 8]) -> Result<Vec<PackEntry>> {
-    if Some(table.len()) != loc.count.checked_mul(TABLE_REC)
+pub fn parse_table(
+    table: &[u8],
+    loc: TableLoc,
+    check: [u8; 8],
+    keying: &Keying,
+) -> Result<Vec<PackEntry>> {
+    if Some(table.len() as u64) != table_len(keying, loc.count as u64)
         || blake3::hash(table).as_bytes()[..8] != check
     {
         return Err(Error::corrupt("pack table checksum mismatch"));
     }
+    let opened;
+    let table = match keying.seal() {
+        Some(seal) => {
+            let count =
+                u32::try_from(loc.count).map_err(|_| Error::corrupt("pack table too large"))?;
+            opened = crate::crypto::aead::open(&seal.table, &table_aad(count), table)
+                .map_err(|e| Error::corrupt(format!("pack table: {e}")))?;
+            &opened[..]
+        }
+        None => table,
+    };
+    let sealed = keying.seal().is_some();
     table
         .chunks_exact(TABLE_REC)
         .map(|r| {
@@ -301,13 +361,18 @@ pub fn parse_table(table: &[u8], loc: TableLoc, check: [u8; 8]) -> Result<Vec<Pa
                 stored_len: u32::from_le_bytes(r[41..45].try_into().expect("4 bytes")),
                 raw_len: u32::from_le_bytes(r[45..49].try_into().expect("4 bytes")),
             };
-            check_entry(&e, loc.offset)?;
+            check_entry(&e, loc.offset, sealed)?;
             Ok(e)
         })
         .collect()
 }
 
-fn check_entry(e: &PackEntry, table_offset: u64) -> Result<()> {
+/// The associated data of a sealed table of `count` rows.
+fn table_aad(count: u32) -> Vec<u8> {
+    [TABLE_AAD, &count.to_le_bytes()].concat()
+}
+
+fn check_entry(e: &PackEntry, table_offset: u64, sealed: bool) -> Result<()> {
     let bad = |what: String| {
         Err(Error::corrupt(format!(
             "pack table row for chunk {}: {what}",
@@ -330,8 +395,8 @@ fn check_entry(e: &PackEntry, table_offset: u64) -> Result<()> {
         return bad(format!("raw length {raw} exceeds the limit {cap}"));
     }
     let stored = e.stored_len as usize;
-    let header = blob::header_len(raw);
-    if stored < header || stored > header + raw {
+    let (least, most) = blob::stored_len_bounds(sealed, raw);
+    if stored < least || stored > most {
         return bad(format!(
             "stored length {stored} is impossible for raw length {raw}"
         ));
@@ -341,18 +406,18 @@ fn check_entry(e: &PackEntry, table_offset: u64) -> Result<()> {
 
 /// Check and parse a whole pack held in memory: header, footer and table.
 /// The entry point for fuzzing and for callers that have the pack's bytes.
-pub fn decode_pack(bytes: &[u8]) -> Result<Vec<PackEntry>> {
+pub fn decode_pack(bytes: &[u8], keying: &Keying) -> Result<Vec<PackEntry>> {
     let size = bytes.len() as u64;
     if size < HEADER_LEN + FOOTER_LEN as u64 {
         return Err(Error::corrupt("pack is truncated"));
     }
-    parse_header(bytes)?;
-    let (offset, loc, check) = parse_footer(&bytes[bytes.len() - FOOTER_LEN..], size)?;
+    parse_header(bytes, keying)?;
+    let (offset, loc, check) = parse_footer(&bytes[bytes.len() - FOOTER_LEN..], size, keying)?;
     let start = usize::try_from(offset).map_err(|_| Error::corrupt("pack table offset"))?;
     let table = bytes
         .get(start..bytes.len() - FOOTER_LEN)
         .ok_or_else(|| Error::corrupt("pack table lies outside the pack"))?;
-    parse_table(table, loc, check)
+    parse_table(table, loc, check, keying)
 }
 
 /// A name no other process or thread will pick for a temporary file.
@@ -374,10 +439,13 @@ mod tests {
 
     /// A sealed pack holding `chunks` as real blobs (data, then trees).
     fn sample_pack(dir: &Path, chunks: &[&[u8]]) -> SealedPack {
-        let mut w = PackWriter::create(dir, 3).unwrap();
+        let mut w = PackWriter::create(dir, 3, &crate::format::keying::Keying::plain()).unwrap();
         for (i, c) in chunks.iter().enumerate() {
             let h = blob::Keying::plain().hash_chunk(c);
-            let blob = blob::Encoder::new(3).unwrap().encode(c, &h).unwrap();
+            let blob = blob::Encoder::new(3, &crate::format::keying::Keying::plain())
+                .unwrap()
+                .encode(c, &h)
+                .unwrap();
             let kind = if i == 0 {
                 ChunkKind::Data
             } else {
@@ -389,19 +457,64 @@ mod tests {
     }
 
     #[test]
-    fn header_records_the_level_and_refuses_what_it_does_not_know() {
+    fn a_sealed_pack_table_opens_only_with_its_key_and_detects_every_flip() {
+        let k = Keying::encrypted(&crate::crypto::MasterKey::from_bytes([5; 32]).subkeys());
+        let other = Keying::encrypted(&crate::crypto::MasterKey::from_bytes([6; 32]).subkeys());
         let dir = tempfile::tempdir().unwrap();
-        let w = PackWriter::create(dir.path(), recorded_level(7)).unwrap();
+        let mut w = PackWriter::create(dir.path(), 3, &k).unwrap();
+        for c in [&b"first chunk"[..], b"second"] {
+            let h = k.hash_chunk(c);
+            let blob = blob::Encoder::new(3, &k).unwrap().encode(c, &h).unwrap();
+            w.append(h.id, ChunkKind::Data, c.len() as u32, &blob)
+                .unwrap();
+        }
         let sealed = w.seal().unwrap();
         let bytes = std::fs::read(&sealed.path).unwrap();
-        assert_eq!(parse_header(&bytes).unwrap(), 7);
+        assert_eq!(bytes[8], FORMAT_SEALED);
+        assert_eq!(decode_pack(&bytes, &k).unwrap(), sealed.entries);
+        assert!(decode_pack(&bytes, &other).is_err(), "another key");
+        assert!(
+            decode_pack(&bytes, &Keying::plain()).is_err(),
+            "a plain repository"
+        );
+        // No chunk id is readable without the key.
+        for e in &sealed.entries {
+            assert!(!bytes.windows(32).any(|win| win == e.id.0.0));
+        }
+        let table_start = sealed
+            .entries
+            .last()
+            .map(|e| (e.offset + u64::from(e.stored_len)) as usize)
+            .unwrap();
+        for pos in table_start..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[pos] ^= 0x01;
+            assert!(decode_pack(&bad, &k).is_err(), "flip at {pos}");
+        }
+    }
+
+    #[test]
+    fn header_records_the_level_and_refuses_what_it_does_not_know() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = PackWriter::create(
+            dir.path(),
+            recorded_level(7),
+            &crate::format::keying::Keying::plain(),
+        )
+        .unwrap();
+        let sealed = w.seal().unwrap();
+        let bytes = std::fs::read(&sealed.path).unwrap();
+        assert_eq!(
+            parse_header(&bytes, &crate::format::keying::Keying::plain()).unwrap(),
+            7
+        );
         assert_eq!(recorded_level(-5), 0);
         assert_eq!(recorded_level(23), 0);
         for (at, value) in [(9, 23u8), (10, 1), (15, 1), (8, 2)] {
             let mut bad = bytes[..16].to_vec();
             bad[at] = value;
             assert!(
-                parse_header(&bad).is_err(),
+                parse_header(&bad, &crate::format::keying::Keying::plain()).is_err(),
                 "byte {at} = {value} was accepted"
             );
         }
@@ -414,9 +527,15 @@ mod tests {
         let bytes = std::fs::read(&sealed.path).unwrap();
         assert_eq!(Hash::of(&bytes), sealed.name.0);
         let size = bytes.len() as u64;
-        let (off, loc, check) = parse_footer(&bytes[bytes.len() - FOOTER_LEN..], size).unwrap();
+        let (off, loc, check) = parse_footer(
+            &bytes[bytes.len() - FOOTER_LEN..],
+            size,
+            &crate::format::keying::Keying::plain(),
+        )
+        .unwrap();
         let table = &bytes[off as usize..bytes.len() - FOOTER_LEN];
-        let entries = parse_table(table, loc, check).unwrap();
+        let entries =
+            parse_table(table, loc, check, &crate::format::keying::Keying::plain()).unwrap();
         assert_eq!(entries, sealed.entries);
         let e = &entries[1];
         let blob = &bytes[e.offset as usize..][..e.stored_len as usize];
@@ -424,10 +543,21 @@ mod tests {
             blob::decode_blob(&blob::Keying::plain(), blob, &e.id, e.raw_len as usize).unwrap(),
             b"abc"
         );
-        assert_eq!(decode_pack(&bytes).unwrap(), sealed.entries);
+        assert_eq!(
+            decode_pack(&bytes, &crate::format::keying::Keying::plain()).unwrap(),
+            sealed.entries
+        );
         let mut damaged = table.to_vec();
         damaged[0] ^= 1;
-        assert!(parse_table(&damaged, loc, check).is_err());
+        assert!(
+            parse_table(
+                &damaged,
+                loc,
+                check,
+                &crate::format::keying::Keying::plain()
+            )
+            .is_err()
+        );
     }
 
     fn sample_bytes() -> &'static [u8] {
@@ -458,15 +588,22 @@ mod tests {
             .wrapping_sub(FOOTER_LEN as u64)
             .wrapping_sub(u64::from(count) * TABLE_REC as u64);
         let f = footer(table_offset, count, [0; 8]);
-        assert!(parse_footer(&f, size).is_err());
+        assert!(parse_footer(&f, size, &crate::format::keying::Keying::plain()).is_err());
         let mut pack = vec![0u8; size as usize];
         pack[..8].copy_from_slice(MAGIC);
         pack[8] = FORMAT_PLAIN;
         pack[size as usize - FOOTER_LEN..].copy_from_slice(&f);
-        assert!(decode_pack(&pack).is_err());
+        assert!(decode_pack(&pack, &crate::format::keying::Keying::plain()).is_err());
         // Each figure at its extreme.
         for (off, count) in [(u64::MAX, 0), (u64::MAX - 27, 0), (16, u32::MAX), (0, 0)] {
-            assert!(parse_footer(&footer(off, count, [0; 8]), 137).is_err());
+            assert!(
+                parse_footer(
+                    &footer(off, count, [0; 8]),
+                    137,
+                    &crate::format::keying::Keying::plain()
+                )
+                .is_err()
+            );
         }
     }
 
@@ -483,7 +620,7 @@ mod tests {
             offset: table_offset,
             count: 1,
         };
-        parse_table(&t, loc, check)
+        parse_table(&t, loc, check, &crate::format::keying::Keying::plain())
     }
 
     #[test]
@@ -540,19 +677,25 @@ mod tests {
             offset: 1 << 40,
             count: 1,
         };
-        assert!(parse_table(&t, loc, check).is_err(), "unknown kind");
+        assert!(
+            parse_table(&t, loc, check, &crate::format::keying::Keying::plain()).is_err(),
+            "unknown kind"
+        );
         let loc = TableLoc {
             offset: 1 << 40,
             count: 2,
         };
-        assert!(parse_table(&t, loc, check).is_err(), "count says two rows");
+        assert!(
+            parse_table(&t, loc, check, &crate::format::keying::Keying::plain()).is_err(),
+            "count says two rows"
+        );
     }
 
     #[test]
     fn pack_with_a_damaged_header_is_refused() {
         let mut b = sample_bytes().to_vec();
         b[8] = 2;
-        assert!(decode_pack(&b).is_err());
+        assert!(decode_pack(&b, &crate::format::keying::Keying::plain()).is_err());
     }
 
     fn row() -> impl Strategy<Value = PackEntry> {
@@ -580,21 +723,21 @@ mod tests {
 
         #[test]
         fn decode_pack_never_panics_on_arbitrary_bytes(b in mutate::bytes()) {
-            let _ = decode_pack(&b);
+            let _ = decode_pack(&b, &crate::format::keying::Keying::plain());
         }
 
         #[test]
         fn parse_footer_never_panics(f in prop::collection::vec(any::<u8>(), 28), size in any::<u64>()) {
             let mut f = f;
             f[20..].copy_from_slice(TABLE_MAGIC);
-            if let Ok((off, loc, _)) = parse_footer(&f, size) {
+            if let Ok((off, loc, _)) = parse_footer(&f, size, &crate::format::keying::Keying::plain()) {
                 prop_assert_eq!(off + loc.count as u64 * 49 + 28, size);
             }
         }
 
         #[test]
         fn damaged_packs_decode_to_rows_inside_the_pack_or_fail(b in mutate::damaged(sample_bytes().to_vec())) {
-            if let Ok(rows) = decode_pack(&b) {
+            if let Ok(rows) = decode_pack(&b, &crate::format::keying::Keying::plain()) {
                 for e in rows {
                     prop_assert!(e.offset >= HEADER_LEN);
                     prop_assert!(e.offset + u64::from(e.stored_len) <= b.len() as u64);

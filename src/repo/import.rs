@@ -556,8 +556,8 @@ mod tests {
 
     /// Store `chunks` in one pack of `repo` and index it.
     fn store(repo: &Repository, cat: &Catalog, chunks: &[(ChunkKind, Vec<u8>)]) -> Vec<ChunkId> {
-        let mut w = PackWriter::create(&repo.tmp_dir(), 1).unwrap();
-        let mut enc = Encoder::new(1).unwrap();
+        let mut w = PackWriter::create(&repo.tmp_dir(), 1, &repo.keying).unwrap();
+        let mut enc = Encoder::new(1, &repo.keying).unwrap();
         let mut ids = Vec::new();
         for (kind, data) in chunks {
             let h = hash_chunk(data);

@@ -460,11 +460,11 @@ impl Repository {
         let footer =
             self.backend
                 .read_at(name, size - pack::FOOTER_LEN as u64, pack::FOOTER_LEN)?;
-        let (offset, count, check) = pack::parse_footer(&footer, size)?;
+        let (offset, count, check) = pack::parse_footer(&footer, size, &self.keying)?;
         let table =
             self.backend
                 .read_at(name, offset, (size - offset) as usize - pack::FOOTER_LEN)?;
-        Ok((size, pack::parse_table(&table, count, check)?))
+        Ok((size, pack::parse_table(&table, count, check, &self.keying)?))
     }
 
     /// Store one small metadata chunk in a pack of its own, durably, and index
@@ -480,10 +480,12 @@ impl Repository {
         if cat.has_chunk(&hashed.id)? {
             return Ok(hashed.id);
         }
-        let blob = blob::Encoder::new(self.config.compression)?.encode(data, &hashed)?;
+        let blob =
+            blob::Encoder::new(self.config.compression, &self.keying)?.encode(data, &hashed)?;
         let mut w = pack::PackWriter::create(
             &self.tmp_dir(),
             pack::recorded_level(self.config.compression),
+            &self.keying,
         )?;
         w.append(hashed.id, kind, data.len() as u32, &blob)?;
         let sealed = w.seal()?;

@@ -37,7 +37,8 @@ pub(crate) struct CraftedPack {
 /// A pack of `rows`, written by the library's own pack writer.
 pub(crate) fn craft_pack(rows: &[Row]) -> CraftedPack {
     let dir = tempdir();
-    let mut w = PackWriter::create(dir.path(), 3).expect("pack writer");
+    let mut w = PackWriter::create(dir.path(), 3, &snapfs::format::keying::Keying::plain())
+        .expect("pack writer");
     for (id, kind, raw_len, blob) in rows {
         w.append(*id, *kind, *raw_len, blob).expect("append");
     }
@@ -52,7 +53,7 @@ pub(crate) fn craft_pack(rows: &[Row]) -> CraftedPack {
 thread_local! {
     /// One encoder for every blob a test crafts: a test may craft tens of
     /// thousands (a deep tree chain).
-    static ENCODER: RefCell<blob::Encoder> = RefCell::new(blob::Encoder::new(3).expect("zstd"));
+    static ENCODER: RefCell<blob::Encoder> = RefCell::new(blob::Encoder::new(3, &snapfs::format::keying::Keying::plain()).expect("zstd"));
 }
 
 /// The honest stored form of `data`: (id, raw length, blob).

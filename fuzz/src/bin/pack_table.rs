@@ -6,7 +6,7 @@ use snapfs::format::pack::{HEADER_LEN, TableLoc, decode_pack, parse_table};
 
 fn main() {
     afl::fuzz!(|data: &[u8]| {
-        if let Ok(entries) = decode_pack(data) {
+        if let Ok(entries) = decode_pack(data, &snapfs::format::keying::Keying::plain()) {
             for e in entries {
                 assert!(e.offset >= HEADER_LEN);
                 assert!(e.offset + u64::from(e.stored_len) <= data.len() as u64);
@@ -23,7 +23,7 @@ fn main() {
             offset,
             count: table.len() / 49,
         };
-        if let Ok(entries) = parse_table(table, loc, check) {
+        if let Ok(entries) = parse_table(table, loc, check, &snapfs::format::keying::Keying::plain()) {
             for e in entries {
                 assert!(e.offset >= HEADER_LEN);
                 let end = e.offset.checked_add(u64::from(e.stored_len));

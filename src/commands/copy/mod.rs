@@ -342,18 +342,20 @@ pub fn verify_pack(
     if Hash::of(bytes) != name.0 {
         return Err(bad("its bytes do not hash to its name".into()));
     }
-    if pack::parse_header(bytes).is_err() {
-        return Err(bad("not a plain snapfs pack (header)".into()));
+    if pack::parse_header(bytes, keying).is_err() {
+        return Err(bad(
+            "not a snapfs pack of this repository's kind (header)".into()
+        ));
     }
     let table_end = bytes.len() - pack::FOOTER_LEN;
     let (table_offset, count, check) =
-        pack::parse_footer(&bytes[table_end..], size).map_err(inner)?;
+        pack::parse_footer(&bytes[table_end..], size, keying).map_err(inner)?;
     let table = usize::try_from(table_offset)
         .ok()
         .filter(|o| *o >= pack::HEADER_LEN as usize)
         .and_then(|o| bytes.get(o..table_end))
         .ok_or_else(|| bad("its table lies outside the pack".into()))?;
-    let entries = pack::parse_table(table, count, check).map_err(inner)?;
+    let entries = pack::parse_table(table, count, check, keying).map_err(inner)?;
     let mut next = pack::HEADER_LEN;
     let mut seen: HashSet<ChunkId> = HashSet::with_capacity(entries.len());
     for e in &entries {
@@ -666,7 +668,7 @@ impl Sender<'_> {
             )));
         }
         if self.writer.is_none() {
-            self.writer = Some(PackWriter::create(&self.tmp, 0)?);
+            self.writer = Some(PackWriter::create(&self.tmp, 0, &self.src.keying)?);
         }
         let w = self.writer.as_mut().expect("writer just created");
         w.append(*id, kind, loc.raw_len, &blob)?;

@@ -270,6 +270,7 @@ pub fn ingest(repo: &Repository, sources: &[PathBuf], opts: &IngestOptions) -> R
             workers,
             pack_size: repo.config.pack_size,
             tmp_dir: repo.tmp_dir(),
+            keying: repo.keying.clone(),
         },
     )?;
     let wopts = WalkOptions {

@@ -77,12 +77,14 @@ pub struct PipelineOptions {
     pub workers: usize,
     pub pack_size: u64,
     pub tmp_dir: PathBuf,
+    /// Seals blobs and pack tables in an encrypted repository.
+    pub keying: Arc<crate::format::keying::Keying>,
 }
 
 impl Pipeline {
     pub fn start(backend: Arc<dyn Backend>, opts: PipelineOptions) -> Result<Pipeline> {
         // Fail on a bad level now, not in a worker.
-        Encoder::new(opts.level)?;
+        Encoder::new(opts.level, &opts.keying)?;
         let workers = opts.workers.max(1);
         let (jobs_tx, jobs_rx) = bounded::<Job>(workers * 2);
         let (blob_tx, blob_rx) = bounded::<ToWriter>(workers * 2);
@@ -95,10 +97,11 @@ impl Pipeline {
             let err = error.clone();
             let fl = in_flight.clone();
             let level = opts.level;
+            let keying = opts.keying.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("compress-{i}"))
-                    .spawn(move || compress_loop(level, rx, tx, err, fl))
+                    .spawn(move || compress_loop(level, &keying, rx, tx, err, fl))
                     .expect("spawn compressor thread"),
             );
         }
@@ -107,18 +110,7 @@ impl Pipeline {
         threads.push(
             std::thread::Builder::new()
                 .name("pack-writer".into())
-                .spawn(move || {
-                    let level = crate::format::pack::recorded_level(opts.level);
-                    writer_loop(
-                        backend,
-                        opts.tmp_dir,
-                        level,
-                        opts.pack_size,
-                        blob_rx,
-                        err,
-                        fl,
-                    )
-                })
+                .spawn(move || writer_loop(backend, &opts, blob_rx, err, fl))
                 .expect("spawn pack writer thread"),
         );
         Ok(Pipeline {
@@ -196,12 +188,13 @@ fn record(err: &Mutex<Option<Error>>, e: Error) {
 
 fn compress_loop(
     level: i32,
+    keying: &Arc<crate::format::keying::Keying>,
     rx: Receiver<Job>,
     tx: Sender<ToWriter>,
     err: Arc<Mutex<Option<Error>>>,
     in_flight: Arc<InFlight>,
 ) {
-    let mut enc = match Encoder::new(level) {
+    let mut enc = match Encoder::new(level, keying) {
         Ok(e) => e,
         Err(e) => {
             record(&err, e);
@@ -234,13 +227,13 @@ fn compress_loop(
 
 fn writer_loop(
     backend: Arc<dyn Backend>,
-    tmp_dir: PathBuf,
-    level: u8,
-    pack_size: u64,
+    opts: &PipelineOptions,
     rx: Receiver<ToWriter>,
     err: Arc<Mutex<Option<Error>>>,
     in_flight: Arc<InFlight>,
 ) {
+    let level = crate::format::pack::recorded_level(opts.level);
+    let (tmp_dir, pack_size) = (&opts.tmp_dir, opts.pack_size);
     // Packs are made durable on a thread of their own, so writing the next
     // pack goes on during an fsync. A flush waits for that thread to drain.
     let (sync_tx, sync_rx) = bounded::<ToSyncer>(2);
@@ -295,7 +288,7 @@ fn writer_loop(
                 if !failed {
                     let res = (|| -> Result<()> {
                         if current.is_none() {
-                            current = Some(PackWriter::create(&tmp_dir, level)?);
+                            current = Some(PackWriter::create(tmp_dir, level, &opts.keying)?);
                         }
                         let w = current.as_mut().expect("writer just created");
                         w.append(id, kind, raw_len, &blob)?;
