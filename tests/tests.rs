@@ -34,6 +34,7 @@ mod attack_upgrade;
 mod catalog_format;
 mod copy;
 mod damage;
+mod encryption;
 mod everyday;
 mod faults;
 mod format_doc;

@@ -34,6 +34,17 @@ pub struct Cli {
     )]
     pub lock_wait: u64,
 
+    /// File holding the passphrase of an encrypted repository (also
+    /// $SNAPFS_PASSWORD_FILE, or $SNAPFS_PASSWORD_COMMAND; else it is asked
+    /// for on the terminal). Never a passphrase on the command line.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+
+    /// Where the local catalogs of encrypted repositories live
+    /// [default: $SNAPFS_CACHE_DIR, else $XDG_CACHE_HOME/snapfs, else ~/.cache/snapfs]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -55,6 +66,11 @@ pub enum Command {
         /// 2750, files 0640); without it only the owner can read anything
         #[arg(long, value_name = "GROUP")]
         group: Option<String>,
+        /// none, or xchacha20-poly1305: every object sealed under a key that
+        /// a passphrase unlocks (the catalog is then kept in the cache
+        /// directory, outside the repository)
+        #[arg(long, default_value = "none", value_name = "MODE")]
+        encryption: String,
     },
     /// Make a snapshot of SOURCE paths
     Ingest(IngestArgs),

@@ -23,6 +23,12 @@ pub fn main() -> ExitCode {
     crate::repo::private_umask();
     let cli = Cli::parse();
     crate::repo::set_lock_wait(std::time::Duration::from_secs(cli.lock_wait));
+    crate::repo::set_passphrase_source(crate::crypto::PassphraseSource {
+        file: cli.password_file.clone(),
+    });
+    if let Some(dir) = &cli.cache_dir {
+        crate::repo::set_cache_dir(dir.clone());
+    }
     // The FUSE library warns of things that are normal for us (requests we
     // leave unanswered on purpose, a mount already gone when it unmounts):
     // its words only when asked for more.
@@ -84,7 +90,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             compression,
             append_only,
             group,
-        } => init(repo, compression, append_only, group.as_deref()),
+            encryption,
+        } => init(
+            repo,
+            compression,
+            append_only,
+            group.as_deref(),
+            &encryption,
+        ),
         Command::Ingest(a) => ingest(repo, a),
         Command::Snapshots { json } => snapshots(repo, json),
         Command::Restore {
@@ -154,10 +167,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn init(repo: &Path, compression: i32, append_only: bool, group: Option<&str>) -> Result<ExitCode> {
+fn init(
+    repo: &Path,
+    compression: i32,
+    append_only: bool,
+    group: Option<&str>,
+    encryption: &str,
+) -> Result<ExitCode> {
+    let encryption = crate::repo::Encryption::from_name(encryption).ok_or_else(|| {
+        crate::error::Error::invalid(format!(
+            "--encryption {encryption:?}: choose one of {}",
+            crate::repo::Encryption::NAMES.join(", ")
+        ))
+    })?;
+    if encryption != crate::repo::Encryption::None && group.is_some() {
+        return Err(crate::error::Error::invalid(
+            "an encrypted repository cannot be shared with --group yet: its key slots and catalog are its owner's alone",
+        ));
+    }
     let config = crate::repo::Config {
         compression,
         append_only,
+        id: Some(crate::repo::RepoId::random()?),
+        encryption,
         ..Default::default()
     };
     let group = group.map(crate::repo::group_id).transpose()?;

@@ -197,7 +197,7 @@ pub fn rebuild_catalog(repo: &Repository, opts: &RebuildOptions) -> Result<Rebui
     refuse_with_readers(repo, "rebuild-catalog")?;
     let mut stats = RebuildStats::default();
     let path = repo.catalog_path();
-    stats.leftovers_removed = remove_leftovers(&repo.root, &path)?;
+    stats.leftovers_removed = remove_leftovers(repo.catalog_dir(), &path)?;
     let previous = match Previous::open(&path) {
         Ok(p) => p,
         // Busy or an I/O error says nothing about the catalog: stop rather
@@ -211,7 +211,7 @@ pub fn rebuild_catalog(repo: &Repository, opts: &RebuildOptions) -> Result<Rebui
     stats.before = previous.as_ref().map(|p| p.totals);
 
     let building = repo
-        .root
+        .catalog_dir()
         .join(format!("{BUILDING}{}", crate::format::pack::unique_token()));
     let built = build(repo, &building, previous.as_ref(), &mut stats);
     let new_snapshots = match built {
@@ -655,13 +655,13 @@ pub(crate) fn swap(repo: &Repository, building: &Path, catalog: &Path) -> Result
     let mut aside = None;
     if exists || !sides.is_empty() {
         let stamp = crate::time::snapshot_stamp(crate::time::now_ns());
-        let mut to = repo.root.join(format!("{ASIDE}{stamp}"));
+        let mut to = repo.catalog_dir().join(format!("{ASIDE}{stamp}"));
         let mut n = 2;
         while ["", "-wal", "-shm"]
             .iter()
             .any(|s| std::fs::symlink_metadata(side_file(&to, s)).is_ok())
         {
-            to = repo.root.join(format!("{ASIDE}{stamp}-{n}"));
+            to = repo.catalog_dir().join(format!("{ASIDE}{stamp}-{n}"));
             n += 1;
         }
         if exists {
@@ -685,7 +685,7 @@ pub(crate) fn swap(repo: &Repository, building: &Path, catalog: &Path) -> Result
         }
     }
     std::fs::rename(building, catalog).at(catalog)?;
-    fsync_dir(&repo.root)?;
+    fsync_dir(repo.catalog_dir())?;
     Ok(aside)
 }
 

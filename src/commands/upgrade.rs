@@ -147,8 +147,8 @@ pub fn upgrade(root: &Path) -> Result<UpgradeStats> {
         let _lock = repo.lock("upgrade")?;
         crate::commands::rebuild::refuse_with_readers(&repo, "upgrade")?;
         // A catalog a killed run was building, built again from scratch.
-        crate::commands::rebuild::remove_leftovers(&repo.root, &repo.catalog_path())?;
-        let building = repo.root.join(format!(
+        crate::commands::rebuild::remove_leftovers(repo.catalog_dir(), &repo.catalog_path())?;
+        let building = repo.catalog_dir().join(format!(
             "{}{}",
             crate::commands::rebuild::BUILDING,
             crate::format::pack::unique_token()

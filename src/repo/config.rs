@@ -18,6 +18,56 @@ pub struct Config {
     pub pack_size: u64,
     pub compression: i32,
     pub append_only: bool,
+    /// The repository's identity: random at `init`, bound into its key
+    /// slots and naming its local cache. Repositories made before it
+    /// existed have none (and cannot be encrypted).
+    pub id: Option<RepoId>,
+    pub encryption: Encryption,
+}
+
+/// A repository's random identity, 32 bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RepoId(pub [u8; 32]);
+
+impl RepoId {
+    pub fn random() -> Result<RepoId> {
+        let mut b = [0u8; 32];
+        crate::crypto::random_bytes(&mut b)?;
+        Ok(RepoId(b))
+    }
+
+    pub fn to_hex(self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// How a repository's objects are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encryption {
+    /// Readable by whoever can read the files.
+    None,
+    /// Sealed with XChaCha20-Poly1305 under keys of a master key that
+    /// key slots (`keys/`) wrap under passphrases.
+    XChaCha20Poly1305,
+}
+
+impl Encryption {
+    pub const NAMES: [&'static str; 2] = ["none", "xchacha20-poly1305"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Encryption::None => Self::NAMES[0],
+            Encryption::XChaCha20Poly1305 => Self::NAMES[1],
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Encryption> {
+        match name {
+            "none" => Some(Encryption::None),
+            "xchacha20-poly1305" => Some(Encryption::XChaCha20Poly1305),
+            _ => None,
+        }
+    }
 }
 
 impl Default for Config {
@@ -28,6 +78,8 @@ impl Default for Config {
             pack_size: 32 << 20,
             compression: 3,
             append_only: false,
+            id: None,
+            encryption: Encryption::None,
         }
     }
 }
@@ -35,6 +87,17 @@ impl Default for Config {
 impl Config {
     /// The config file's text, as `init` writes it. Public for fuzzing and tests.
     pub fn render(&self) -> String {
+        let mut text = self.render_settings();
+        if let Some(id) = &self.id {
+            text.push_str(&format!("id = {}\n", id.to_hex()));
+        }
+        if self.encryption != Encryption::None {
+            text.push_str(&format!("encryption = {}\n", self.encryption.name()));
+        }
+        text
+    }
+
+    fn render_settings(&self) -> String {
         format!(
             "# snapfs repository configuration\nformat = {}\nchunk_min = {}\nchunk_avg = {}\nchunk_max = {}\nframe = {}\npack_size = {}\ncompression = {}\nappend_only = {}\n",
             self.format,
@@ -131,6 +194,32 @@ impl Config {
                         _ => return Err(invalid(k, format!("{v:?} is neither true nor false"))),
                     }
                 }
+                "id" => {
+                    let bytes: Option<Vec<u8>> = (v.len() == 64)
+                        .then(|| {
+                            (0..32)
+                                .map(|i| u8::from_str_radix(&v[2 * i..2 * i + 2], 16).ok())
+                                .collect()
+                        })
+                        .flatten();
+                    let bytes = bytes
+                        .filter(|_| {
+                            v.bytes()
+                                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                        })
+                        .ok_or_else(|| {
+                            invalid(k, format!("{v:?} is not 64 lowercase hex digits"))
+                        })?;
+                    c.id = Some(RepoId(bytes.try_into().expect("32 bytes")));
+                }
+                "encryption" => {
+                    c.encryption = Encryption::from_name(v).ok_or_else(|| {
+                        invalid(
+                            k,
+                            format!("{v:?} is not one of {}", Encryption::NAMES.join(", ")),
+                        )
+                    })?;
+                }
                 _ => return Err(invalid(k, "unknown key".into())),
             }
         }
@@ -139,6 +228,9 @@ impl Config {
         }
         if let Some((key, why)) = c.chunker.problem() {
             return Err(invalid(key, why));
+        }
+        if c.encryption != Encryption::None && c.id.is_none() {
+            return Err(invalid("id", "an encrypted repository needs one".into()));
         }
         Ok(c)
     }

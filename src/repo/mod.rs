@@ -6,7 +6,11 @@
 //! repo/packs/ab/<hash>.pack
 //! repo/tmp/          packs being written (removed when a writer starts)
 //! repo/lock          flock: one writer (ingest, gc) at a time
+//! repo/keys/<id>.key key slots of an encrypted repository (`crypto::slots`)
 //! ```
+//!
+//! An encrypted repository keeps its catalog in a local cache directory
+//! instead (`unlock.rs`): the catalog holds every name in the clear.
 
 pub(crate) mod backend;
 pub(crate) mod catalog;
@@ -17,9 +21,11 @@ mod lease;
 mod lock;
 pub(crate) mod paths;
 pub(crate) mod refs;
+mod unlock;
 
-pub use config::Config;
+pub use config::{Config, Encryption, RepoId};
 pub use lock::{RepoLock, set_lock_wait};
+pub use unlock::{set_cache_dir, set_passphrase_source};
 
 use std::collections::HashSet;
 use std::fs::OpenOptions;
@@ -49,6 +55,9 @@ pub struct Repository {
     pub backend: Arc<dyn Backend>,
     /// How chunk ids and boundaries are computed (keyed when encrypted).
     pub keying: Arc<crate::format::keying::Keying>,
+    /// Where the catalog is: the repository, or a local cache directory
+    /// when the repository is encrypted.
+    catalog_dir: PathBuf,
 }
 
 /// Modes of what a repository holds. Private by default: only the owner
@@ -152,6 +161,57 @@ impl Repository {
                 root.display()
             )));
         }
+        // An encrypted repository's key: made, and its passphrase asked
+        // for, before anything is written.
+        let key = match config.encryption {
+            Encryption::None => None,
+            Encryption::XChaCha20Poly1305 => {
+                let pass = crate::crypto::read_new_passphrase(
+                    &unlock::passphrase_source(),
+                    &format!("new passphrase for {}: ", root.display()),
+                )?;
+                Some((crate::crypto::MasterKey::generate()?, pass))
+            }
+        };
+        let key = key.as_ref().map(|(m, p)| (m, p.as_str()));
+        Repository::init_dir(root, &config, group, key)?;
+        let keying = match key {
+            None => crate::format::keying::Keying::plain(),
+            Some((master, _)) => {
+                let keying = crate::format::keying::Keying::encrypted(&master.subkeys());
+                // The catalog, in its cache directory: a new one (any
+                // catalog there of an earlier repository with this id is
+                // not this repository's).
+                let dir = unlock::catalog_dir(root, &config)?;
+                let db = dir.join("catalog.db");
+                for suffix in ["", "-wal", "-shm", "-journal"] {
+                    let p = dir.join(format!("catalog.db{suffix}"));
+                    match std::fs::remove_file(&p) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e).at(&p),
+                    }
+                }
+                create_catalog(&db, Access { group: None })?;
+                keying
+            }
+        };
+        Repository::open_keyed(root, config, keying)
+    }
+
+    /// Make the repository's directory and what it holds (`init_shared`).
+    fn init_dir(
+        root: &Path,
+        config: &Config,
+        group: Option<u32>,
+        key: Option<(&crate::crypto::MasterKey, &str)>,
+    ) -> Result<()> {
+        if root.join("config").exists() {
+            return Err(Error::invalid(format!(
+                "{} is already a snapfs repository",
+                root.display()
+            )));
+        }
         let access = Access { group };
         set_umask(access);
         match std::fs::metadata(root) {
@@ -178,16 +238,15 @@ impl Repository {
                     chgrp(root, gid)?;
                     chmod(root, (mode & !0o007) | 0o2750)?;
                 }
-                Repository::init_in(root, &config, access)?;
-                fsync_dir(root)?;
-                Repository::open(root)
+                Repository::init_in(root, config, access, key)?;
+                fsync_dir(root)
             }
             Ok(_) => Err(Error::invalid(format!(
                 "{} is not a directory",
                 root.display()
             ))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Repository::init_by_rename(root, &config, access)
+                Repository::init_by_rename(root, config, access, key)
             }
             Err(e) => Err(e).at(root),
         }
@@ -195,7 +254,12 @@ impl Repository {
 
     /// Fill directory `dir` (already made, with its final mode) with an
     /// empty repository; `config` last.
-    fn init_in(dir: &Path, config: &Config, access: Access) -> Result<()> {
+    fn init_in(
+        dir: &Path,
+        config: &Config,
+        access: Access,
+        key: Option<(&crate::crypto::MasterKey, &str)>,
+    ) -> Result<()> {
         for sub in ["packs", "tmp"] {
             let p = dir.join(sub);
             match std::fs::DirBuilder::new().mode(0o700).create(&p) {
@@ -208,22 +272,23 @@ impl Repository {
             }
             chmod(&p, access.dir_mode())?;
         }
-        // Made here with its mode, so SQLite (which gives its -wal and -shm
-        // files the database's mode and owner) never makes it with another.
-        let db = dir.join("catalog.db");
-        OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(access.file_mode())
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&db)
-            .at(&db)?;
-        if let Some(gid) = access.group {
-            chgrp(&db, gid)?;
+        if let Some((master, pass)) = key {
+            // The key slot before the config: a repository is complete
+            // once its config is there, and then must open.
+            let id = config
+                .id
+                .as_ref()
+                .ok_or_else(|| Error::invalid("an encrypted repository needs an id"))?;
+            crate::crypto::create_slot(
+                dir,
+                &id.0,
+                master,
+                pass,
+                crate::crypto::KdfParams::from_env_or_default()?,
+            )?;
+            return Self::write_config_in(dir, config, access);
         }
-        chmod(&db, access.file_mode())?;
-        drop(Catalog::open(&db, true)?);
+        create_catalog(&dir.join("catalog.db"), access)?;
         Self::write_config_in(dir, config, access)
     }
 
@@ -252,7 +317,12 @@ impl Repository {
         fsync_dir(&self.root)
     }
 
-    fn init_by_rename(root: &Path, config: &Config, access: Access) -> Result<Repository> {
+    fn init_by_rename(
+        root: &Path,
+        config: &Config,
+        access: Access,
+        key: Option<(&crate::crypto::MasterKey, &str)>,
+    ) -> Result<()> {
         let parent = match root.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
@@ -277,7 +347,7 @@ impl Repository {
                 chgrp(&tmp, gid)?;
             }
             chmod(&tmp, access.dir_mode())?;
-            Repository::init_in(&tmp, config, access)?;
+            Repository::init_in(&tmp, config, access, key)?;
             fsync_dir(&tmp)
         })();
         if let Err(e) = built {
@@ -297,8 +367,7 @@ impl Repository {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(e).at(root);
         }
-        fsync_dir(&parent)?;
-        Repository::open(root)
+        fsync_dir(&parent)
     }
 
     pub fn open(root: &Path) -> Result<Repository> {
@@ -315,17 +384,29 @@ impl Repository {
 
     /// Open with a config already read (`upgrade` reads an earlier format's).
     pub fn open_with(root: &Path, config: Config) -> Result<Repository> {
-        for own in ["packs", "tmp", "mounts", "catalog.db"] {
+        let keying = unlock::keying_for(root, &config)?;
+        Repository::open_keyed(root, config, keying)
+    }
+
+    /// Open with the keying already at hand (`init` just made the key).
+    fn open_keyed(
+        root: &Path,
+        config: Config,
+        keying: Arc<crate::format::keying::Keying>,
+    ) -> Result<Repository> {
+        for own in ["packs", "tmp", "mounts", "catalog.db", "keys"] {
             let p = root.join(own);
             if std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
                 return Err(not_own_dir(&p));
             }
         }
+        let catalog_dir = unlock::catalog_dir(root, &config)?;
         let repo = Repository {
             root: root.to_path_buf(),
             config,
             backend: Arc::new(LocalDir::new(root.join("packs"))),
-            keying: crate::format::keying::Keying::plain(),
+            keying,
+            catalog_dir,
         };
         set_umask(repo.access());
         repo.warn_if_open();
@@ -374,7 +455,13 @@ impl Repository {
     }
 
     pub fn catalog_path(&self) -> PathBuf {
-        self.root.join("catalog.db")
+        self.catalog_dir.join("catalog.db")
+    }
+
+    /// The directory of the catalog (and of the files a rebuild makes
+    /// beside it).
+    pub fn catalog_dir(&self) -> &Path {
+        &self.catalog_dir
     }
 
     /// Which file the catalog is (device, inode). A reader that opens it
@@ -391,7 +478,7 @@ impl Repository {
         let p = self.catalog_path();
         if !p.exists() {
             return Err(Error::corrupt(format!(
-                "{} is missing; the repository's catalog is lost",
+                "{} is missing; the repository's catalog is lost: `snapfs rebuild-catalog` makes it again from the packs",
                 p.display()
             )));
         }
@@ -532,6 +619,26 @@ fn remove_dead_inits(parent: &Path, base: &str) {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
+}
+
+/// An empty catalog at `db`, made with its mode first, so SQLite (which
+/// gives its -wal and -shm files the database's mode and owner) never makes
+/// it with another.
+fn create_catalog(db: &Path, access: Access) -> Result<()> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(access.file_mode())
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(db)
+        .at(db)?;
+    if let Some(gid) = access.group {
+        chgrp(db, gid)?;
+    }
+    chmod(db, access.file_mode())?;
+    drop(Catalog::open(db, true)?);
+    Ok(())
 }
 
 /// A repository's own directory that is a symlink or not a directory.

@@ -20,7 +20,14 @@ pub(crate) fn snapfs_bin() -> &'static str {
 /// A `snapfs` command with no repository taken from the caller's environment.
 pub(crate) fn snapfs() -> Command {
     let mut cmd = Command::new(snapfs_bin());
-    cmd.env_remove("SNAPFS_REPO");
+    for var in [
+        "SNAPFS_REPO",
+        "SNAPFS_PASSWORD_FILE",
+        "SNAPFS_PASSWORD_COMMAND",
+        "SNAPFS_CACHE_DIR",
+    ] {
+        cmd.env_remove(var);
+    }
     cmd.stdin(Stdio::null());
     cmd
 }

@@ -18,7 +18,20 @@ use super::*;
 pub(crate) struct Repo {
     _dir: Option<TempDir>,
     pub(crate) path: PathBuf,
+    /// An encrypted repository's passphrase file and catalog cache.
+    pub(crate) secret: Option<Secret>,
 }
+
+/// Where an encrypted test repository's passphrase and catalog are.
+#[derive(Clone)]
+pub(crate) struct Secret {
+    pub(crate) password_file: PathBuf,
+    pub(crate) cache_dir: PathBuf,
+}
+
+/// Argon2id memory for the key slots of test repositories: every command
+/// of a test opens the repository, and 64 MiB a time would dominate.
+const TEST_KDF_MEMORY_KIB: &str = "8192";
 
 impl Repo {
     /// Creates and initializes a fresh repository.
@@ -28,8 +41,38 @@ impl Repo {
         let repo = Repo {
             _dir: Some(dir),
             path,
+            secret: None,
         };
         repo.init();
+        repo
+    }
+
+    /// Creates an encrypted repository, its passphrase in a file (0600)
+    /// and its catalog in a cache directory of its own, all under one
+    /// temporary directory.
+    pub(crate) fn new_encrypted() -> Repo {
+        let dir = tempdir();
+        let base = canonical(dir.path());
+        let password_file = base.join("passphrase");
+        write_file(&password_file, b"correct horse battery staple\n");
+        chmod(&password_file, 0o600);
+        let repo = Repo {
+            _dir: Some(dir),
+            path: base.join("repo"),
+            secret: Some(Secret {
+                password_file,
+                cache_dir: base.join("cache"),
+            }),
+        };
+        run_ok(
+            repo.cmd()
+                .args(["init", "--encryption", "xchacha20-poly1305"]),
+        );
+        assert!(repo.path.join("keys").is_dir(), "init made no keys/");
+        assert!(
+            !repo.path.join("catalog.db").exists(),
+            "an encrypted repository keeps no catalog inside"
+        );
         repo
     }
 
@@ -38,6 +81,7 @@ impl Repo {
         Repo {
             _dir: None,
             path: path.to_path_buf(),
+            secret: None,
         }
     }
 
@@ -54,6 +98,11 @@ impl Repo {
     pub(crate) fn cmd(&self) -> Command {
         let mut cmd = snapfs();
         cmd.arg("--repo").arg(&self.path);
+        if let Some(s) = &self.secret {
+            cmd.env("SNAPFS_PASSWORD_FILE", &s.password_file)
+                .env("SNAPFS_CACHE_DIR", &s.cache_dir)
+                .env("SNAPFS_TEST_KDF_MEMORY_KIB", TEST_KDF_MEMORY_KIB);
+        }
         cmd
     }
 

@@ -1,0 +1,122 @@
+//! Opening an encrypted repository: where its passphrase comes from, and
+//! where its catalog lives.
+//!
+//! The catalog holds every file name in the clear, so an encrypted
+//! repository keeps it out of the repository: in a local cache directory
+//! of its own (0700), named after the repository's id, rebuilt from the
+//! packs and the key whenever it is missing. Whoever can read that
+//! directory can read the names (see SECURITY.md).
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use crate::crypto::{PassphraseSource, read_passphrase, unlock};
+use crate::error::{Error, IoContext, Result};
+use crate::format::keying::Keying;
+use crate::repo::config::{Config, Encryption};
+
+static SOURCE: OnceLock<PassphraseSource> = OnceLock::new();
+static CACHE_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// Environment variable naming the cache directory (`--cache-dir`).
+pub(crate) const CACHE_DIR_ENV: &str = "SNAPFS_CACHE_DIR";
+
+/// Where passphrases come from in this process (`--password-file`); set
+/// once, by the command line, before any repository is opened.
+pub fn set_passphrase_source(src: PassphraseSource) {
+    let _ = SOURCE.set(src);
+}
+
+/// The cache directory given on the command line (`--cache-dir`).
+pub fn set_cache_dir(dir: PathBuf) {
+    let _ = CACHE_DIR.set(dir);
+}
+
+pub(crate) fn passphrase_source() -> PassphraseSource {
+    SOURCE.get().cloned().unwrap_or_default()
+}
+
+/// The keying of the repository at `root`: plain, or unlocked with a
+/// passphrase (asked for once per open).
+pub(crate) fn keying_for(root: &Path, config: &Config) -> Result<Arc<Keying>> {
+    match (config.encryption, &config.id) {
+        (Encryption::None, _) => Ok(Keying::plain()),
+        (Encryption::XChaCha20Poly1305, Some(id)) => {
+            let pass = read_passphrase(
+                &passphrase_source(),
+                &format!("passphrase for {}: ", root.display()),
+            )?;
+            let (master, _slot) = unlock(root, &id.0, &pass)?;
+            Ok(Keying::encrypted(&master.subkeys()))
+        }
+        (Encryption::XChaCha20Poly1305, None) => Err(Error::invalid(format!(
+            "{}: an encrypted repository without an id",
+            root.display()
+        ))),
+    }
+}
+
+/// The directory that holds the catalog of the repository at `root`: the
+/// repository itself when unencrypted, else its own directory under the
+/// cache (`--cache-dir`, `$SNAPFS_CACHE_DIR`, `$XDG_CACHE_HOME/snapfs` or
+/// `~/.cache/snapfs`), made 0700 whatever the umask.
+pub(crate) fn catalog_dir(root: &Path, config: &Config) -> Result<PathBuf> {
+    let id = match (config.encryption, &config.id) {
+        (Encryption::None, _) => return Ok(root.to_path_buf()),
+        (_, Some(id)) => id,
+        (_, None) => {
+            return Err(Error::invalid(format!(
+                "{}: an encrypted repository without an id",
+                root.display()
+            )));
+        }
+    };
+    let base = cache_base()?;
+    let dir = base.join(id.to_hex());
+    for d in [&base, &dir] {
+        match std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(d)
+        {
+            Ok(()) => {}
+            Err(e) => return Err(e).at(d),
+        }
+    }
+    // Ours alone, whatever an earlier umask or hand made it.
+    let md = std::fs::symlink_metadata(&dir).at(&dir)?;
+    if !md.is_dir() {
+        return Err(Error::invalid(format!(
+            "{} is not a directory",
+            dir.display()
+        )));
+    }
+    if md.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).at(&dir)?;
+    }
+    Ok(dir)
+}
+
+fn cache_base() -> Result<PathBuf> {
+    if let Some(d) = CACHE_DIR.get() {
+        return Ok(d.clone());
+    }
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(d) = var(CACHE_DIR_ENV) {
+        return Ok(d);
+    }
+    if let Some(d) = var("XDG_CACHE_HOME").filter(|d| d.is_absolute()) {
+        return Ok(d.join("snapfs"));
+    }
+    if let Some(h) = var("HOME").filter(|h| h.is_absolute()) {
+        return Ok(h.join(".cache").join("snapfs"));
+    }
+    Err(Error::invalid(format!(
+        "no cache directory for the catalog of an encrypted repository: give --cache-dir or set {CACHE_DIR_ENV} (or HOME)"
+    )))
+}

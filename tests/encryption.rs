@@ -1,0 +1,219 @@
+//! Encrypted repositories end to end: nothing readable without the key, and
+//! everything a user does works with it (ingest, mount, restore, verify,
+//! rebuild-catalog from the packs and the key alone).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::util::*;
+
+/// A string placed in every kind of name and content; no byte of an
+/// encrypted repository may show it.
+const MARKER: &str = "QZXMARKERVJK";
+
+/// A tree with the marker in a file name, a directory name, file contents,
+/// a symlink target, an xattr name and an xattr value.
+fn marked_tree(root: &Path) {
+    let dir = root.join(format!("dir-{MARKER}"));
+    mkdir(&dir);
+    let file = dir.join(format!("file-{MARKER}.txt"));
+    write_file(&file, format!("contents {MARKER} ").repeat(1000).as_bytes());
+    std::os::unix::fs::symlink(format!("target-{MARKER}"), root.join("link")).expect("symlink");
+    let name = format!("user.{MARKER}");
+    xattr::set(&file, &name, format!("value-{MARKER}").as_bytes()).expect("setfattr");
+}
+
+/// Every regular file under `dir` (the repository, and a cache if given)
+/// that holds `needle`.
+fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    walk(dir)
+        .into_iter()
+        .filter(|p| fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
+        .filter(|p| {
+            fs::read(p)
+                .unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+                .windows(needle.len())
+                .any(|w| w == needle)
+        })
+        .collect()
+}
+
+#[test]
+fn encrypted_repository_shows_no_name_content_target_or_xattr() {
+    let work = Work::new();
+    marked_tree(&work.src);
+    let plain = Repo::new();
+    plain.ingest(&[], &[&work.src]);
+    let repo = Repo::new_encrypted();
+    let id = repo.ingest(&[], &[&work.src]).id;
+    // The check can fail: an unencrypted repository does show the marker.
+    assert!(
+        !files_holding(&plain.path, MARKER.as_bytes()).is_empty(),
+        "the unencrypted repository does not hold the marker: the check proves nothing"
+    );
+    let shown = files_holding(&repo.path, MARKER.as_bytes());
+    assert!(
+        shown.is_empty(),
+        "the encrypted repository shows the marker in {shown:?}"
+    );
+    // The catalog, which does hold names, is in the cache, not the repository.
+    let secret = repo.secret.clone().expect("encrypted");
+    assert!(!files_holding(&secret.cache_dir, MARKER.as_bytes()).is_empty());
+    for p in walk(&secret.cache_dir) {
+        let mode = mode_of(&p) & 0o777;
+        assert_eq!(mode & 0o077, 0, "{} is mode {mode:o}", p.display());
+    }
+    let reference = work.freeze("marked");
+    work.assert_restores(&repo, &id, &reference);
+    assert_verify_read_data_ok(&repo, "an encrypted repository");
+}
+
+#[test]
+fn encrypted_fixture_round_trips_through_the_mount_and_restore() {
+    let src_dir = tempdir();
+    let fixture = build_fixture(src_dir.path());
+    let repo = Repo::new_encrypted();
+    let id = repo.ingest(&["--name", "fixture"], &[&fixture.root]).id;
+    let mount = Mount::new(&repo, &[]);
+    let mounted = mount.source_in("fixture", &fixture.root);
+    let diff = rsync_diff(&fixture.root, &mounted);
+    assert!(
+        diff.is_empty(),
+        "rsync -naHAXc SOURCE/ MOUNT/ reports:\n{diff}"
+    );
+    drop(mount);
+    let out = tempdir();
+    let target = canonical(out.path()).join("restored");
+    let restored = repo.restore(&id, &target);
+    assert!(
+        restored.status.success(),
+        "{}",
+        describe("restore", &restored)
+    );
+    assert_same_tree(&fixture.root, &restored_path(&target, &fixture.root));
+}
+
+#[test]
+fn same_file_in_two_encrypted_repositories_has_other_ids_and_other_boundaries() {
+    let work = Work::new();
+    write_mixed_file(&work.src.join("big"), 11, 24 * MIB);
+    let chunks = |repo: &Repo| {
+        repo.ingest(&[], &[&work.src]);
+        let cat = repo.secret.as_ref().map_or_else(
+            || repo.path.join("catalog.db"),
+            |s| catalog_in(&s.cache_dir),
+        );
+        let conn = rusqlite::Connection::open(&cat).expect("open catalog");
+        let mut st = conn
+            .prepare("SELECT id, raw_len FROM chunks WHERE kind = 0 ORDER BY id")
+            .expect("query");
+        st.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, u32>(1)?)))
+            .expect("rows")
+            .map(|r| r.expect("row"))
+            .collect::<Vec<_>>()
+    };
+    let (a, b, p) = (
+        chunks(&Repo::new_encrypted()),
+        chunks(&Repo::new_encrypted()),
+        chunks(&Repo::new()),
+    );
+    for (x, y, what) in [(&a, &b, "two keys"), (&a, &p, "a key and none")] {
+        assert!(
+            x.iter().all(|c| !y.iter().any(|d| d.0 == c.0)),
+            "{what}: a chunk id in common"
+        );
+        let mut xs: Vec<u32> = x.iter().map(|c| c.1).collect();
+        let mut ys: Vec<u32> = y.iter().map(|c| c.1).collect();
+        xs.sort_unstable();
+        ys.sort_unstable();
+        assert_ne!(xs, ys, "{what}: the same chunk sizes");
+    }
+}
+
+/// The catalog file in an encrypted repository's cache directory.
+fn catalog_in(cache: &Path) -> PathBuf {
+    walk(cache)
+        .into_iter()
+        .find(|p| p.file_name().is_some_and(|n| n == "catalog.db"))
+        .unwrap_or_else(|| panic!("no catalog under {}", cache.display()))
+}
+
+#[test]
+fn wrong_passphrase_is_refused_in_one_line_before_anything_is_written() {
+    let work = Work::new();
+    write_file(&work.src.join("a"), b"a");
+    let repo = Repo::new_encrypted();
+    repo.ingest(&[], &[&work.src]);
+    let before: Vec<(PathBuf, u64)> = walk(&repo.path)
+        .into_iter()
+        .map(|p| {
+            let m = fs::symlink_metadata(&p).expect("stat");
+            let t = m.modified().expect("mtime");
+            (
+                p,
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .expect("epoch")
+                    .as_nanos() as u64,
+            )
+        })
+        .collect();
+    let secret = repo.secret.clone().expect("encrypted");
+    write_file(&secret.password_file, b"not the passphrase\n");
+    for args in [&["snapshots"][..], &["ingest", "--json"], &["verify"]] {
+        let mut cmd = repo.cmd();
+        cmd.args(args);
+        if args[0] == "ingest" {
+            cmd.arg(&work.src);
+        }
+        let out = output_of(&mut cmd);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{}",
+            describe("wrong passphrase", &out)
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("wrong passphrase"), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "more than one line: {err}");
+    }
+    let after: Vec<(PathBuf, u64)> = walk(&repo.path)
+        .into_iter()
+        .map(|p| {
+            let m = fs::symlink_metadata(&p).expect("stat");
+            let t = m.modified().expect("mtime");
+            (
+                p,
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .expect("epoch")
+                    .as_nanos() as u64,
+            )
+        })
+        .collect();
+    assert_eq!(before, after, "a refused command changed the repository");
+}
+
+#[test]
+fn lost_local_catalog_is_rebuilt_from_the_packs_and_the_key() {
+    let work = Work::new();
+    marked_tree(&work.src);
+    let repo = Repo::new_encrypted();
+    let id = repo.ingest(&[], &[&work.src]).id;
+    let reference = work.freeze("marked");
+    let secret = repo.secret.clone().expect("encrypted");
+    fs::remove_dir_all(&secret.cache_dir).expect("lose the cache");
+    let out = output_of(repo.cmd().arg("snapshots"));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        describe("snapshots", &out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("rebuild-catalog"),
+        "{}",
+        describe("snapshots without a catalog", &out)
+    );
+    rebuild_catalog_ok(&repo);
+    work.assert_restores(&repo, &id, &reference);
+    assert_verify_read_data_ok(&repo, "after the rebuild");
+}
