@@ -217,3 +217,89 @@ fn lost_local_catalog_is_rebuilt_from_the_packs_and_the_key() {
     work.assert_restores(&repo, &id, &reference);
     assert_verify_read_data_ok(&repo, "after the rebuild");
 }
+
+#[test]
+fn key_passwd_refuses_the_old_passphrase_and_opens_with_the_new_one() {
+    let work = Work::new();
+    marked_tree(&work.src);
+    let repo = Repo::new_encrypted();
+    let id = repo.ingest(&[], &[&work.src]).id;
+    let reference = work.freeze("marked");
+    let secret = repo.secret.clone().expect("encrypted");
+    let slots = |repo: &Repo| -> Vec<serde_json::Value> {
+        let out = run_ok(repo.cmd().args(["key", "list", "--json"]));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .expect("key list --json")
+            .as_array()
+            .expect("a list")
+            .clone()
+    };
+    assert_eq!(slots(&repo).len(), 1);
+
+    // A second passphrase opens the same repository.
+    let second = secret.password_file.with_file_name("second");
+    write_file(&second, b"a second passphrase\n");
+    run_ok(
+        repo.cmd()
+            .args(["key", "add", "--new-password-file"])
+            .arg(&second),
+    );
+    assert_eq!(slots(&repo).len(), 2);
+    let old = fs::read(&secret.password_file).expect("old passphrase");
+    write_file(&secret.password_file, b"a second passphrase\n");
+    let listed = slots(&repo);
+    let opened: Vec<&str> = listed
+        .iter()
+        .filter(|s| s["current"] == true)
+        .map(|s| s["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(opened.len(), 1, "{listed:?}");
+    let second_id = opened[0].to_string();
+
+    // passwd replaces the slot that opened: the second passphrase stops
+    // working, a third takes its place, the first still works.
+    let third = secret.password_file.with_file_name("third");
+    write_file(&third, b"a third passphrase\n");
+    run_ok(
+        repo.cmd()
+            .args(["key", "passwd", "--new-password-file"])
+            .arg(&third),
+    );
+    let out = output_of(repo.cmd().arg("snapshots"));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        describe("the replaced passphrase", &out)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong passphrase"));
+    write_file(&secret.password_file, b"a third passphrase\n");
+    assert!(slots(&repo).iter().all(|s| s["id"] != second_id.as_str()));
+    work.assert_restores(&repo, &id, &reference);
+    write_file(&secret.password_file, &old);
+    work.assert_restores(&repo, &id, &reference);
+
+    // The last slot is never removed; another one is.
+    let listed = slots(&repo);
+    let other = listed
+        .iter()
+        .find(|s| s["current"] != true)
+        .expect("the third passphrase's slot");
+    run_ok(
+        repo.cmd()
+            .args(["key", "remove", other["id"].as_str().expect("id")]),
+    );
+    let last = slots(&repo);
+    assert_eq!(last.len(), 1);
+    let out = output_of(
+        repo.cmd()
+            .args(["key", "remove", last[0]["id"].as_str().expect("id")]),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        describe("removing the last slot", &out)
+    );
+    assert_verify_read_data_ok(&repo, "after the key changes");
+}

@@ -50,6 +50,29 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum KeyAction {
+    /// List the key slots (id, when and where made, KDF settings)
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a slot for a new passphrase
+    Add {
+        /// File holding the new passphrase [default: $SNAPFS_NEW_PASSWORD_FILE, else asked twice on the terminal]
+        #[arg(long, value_name = "FILE")]
+        new_password_file: Option<PathBuf>,
+    },
+    /// Remove a key slot (never the last one)
+    Remove { id: String },
+    /// Change the passphrase of the slot that opens the repository
+    Passwd {
+        /// File holding the new passphrase [default: $SNAPFS_NEW_PASSWORD_FILE, else asked twice on the terminal]
+        #[arg(long, value_name = "FILE")]
+        new_password_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create a repository
     Init {
@@ -178,6 +201,12 @@ pub enum Command {
     Completions { shell: clap_complete::Shell },
     /// Write man pages (snapfs.1, snapfs-ingest.1, ...) into DIR
     Man { dir: PathBuf },
+    /// The key slots of an encrypted repository: each wraps its master key
+    /// under one passphrase
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
     /// Serve every snapshot as a read-only directory at MOUNTPOINT (foreground;
     /// stop with `fusermount3 -u MOUNTPOINT` or Ctrl-C)
     Mount(MountArgs),

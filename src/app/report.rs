@@ -273,6 +273,28 @@ fn gc_line(g: &crate::commands::gc::GcStats) {
     );
 }
 
+pub fn key_slots(slots: &[crate::commands::key::SlotRow], as_json: bool) {
+    if as_json {
+        json(&slots);
+        return;
+    }
+    println!("{:<18} {:<20} {:<20} kdf", "slot", "created", "host");
+    for s in slots {
+        println!(
+            "{:<18} {:<20} {:<20} {}{}",
+            s.id,
+            crate::time::rfc3339_secs(s.created),
+            s.host,
+            s.kdf,
+            if s.current {
+                "  (opened this time)"
+            } else {
+                ""
+            }
+        );
+    }
+}
+
 pub fn upgrade(u: &crate::commands::upgrade::UpgradeStats, as_json: bool) {
     if as_json {
         json(u);

@@ -163,6 +163,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Man { dir } => man(&dir),
+        Command::Key { action } => key(repo, action),
         Command::Mount(a) => mount(repo, a),
     }
 }
@@ -195,6 +196,27 @@ fn init(
     let group = group.map(crate::repo::group_id).transpose()?;
     Repository::init_shared(repo, config, group)?;
     println!("created repository {}", repo.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn key(repo: &Path, action: crate::app::cli::KeyAction) -> Result<ExitCode> {
+    use crate::app::cli::KeyAction;
+    use crate::commands::key;
+    match action {
+        KeyAction::List { json } => report::key_slots(&key::list(repo)?, json),
+        KeyAction::Add { new_password_file } => {
+            let id = key::add(repo, new_password_file.as_deref())?;
+            println!("added key slot {id}");
+        }
+        KeyAction::Remove { id } => {
+            key::remove(repo, &id)?;
+            println!("removed key slot {id}");
+        }
+        KeyAction::Passwd { new_password_file } => {
+            let id = key::passwd(repo, new_password_file.as_deref())?;
+            println!("the passphrase is changed: key slot {id} replaces the old one");
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

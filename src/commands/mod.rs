@@ -8,6 +8,7 @@ pub(crate) mod find;
 pub(crate) mod forget;
 pub(crate) mod gc;
 pub(crate) mod ingest;
+pub(crate) mod key;
 pub(crate) mod log;
 pub(crate) mod owners;
 pub(crate) mod progress;

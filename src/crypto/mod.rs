@@ -21,7 +21,9 @@ pub mod slots;
 
 pub use aead::Key;
 pub use keys::{KdfParams, MasterKey, Subkeys};
-pub use password::{PassphraseSource, read_new_passphrase, read_passphrase};
+pub use password::{
+    PassphraseSource, read_another_passphrase, read_new_passphrase, read_passphrase,
+};
 pub use slots::{
     SlotId, SlotInfo, change_passphrase, create_slot, list_slots, remove_slot, unlock,
 };

@@ -44,6 +44,34 @@ pub struct PassphraseSource {
     pub file: Option<PathBuf>,
 }
 
+/// Where a second, new passphrase is read from (`key add`, `key passwd`),
+/// beside the one that opens the repository.
+pub const NEW_PASSWORD_FILE_ENV: &str = "SNAPFS_NEW_PASSWORD_FILE";
+
+/// A new passphrase for another key slot: from `file` (`--new-password-file`),
+/// else `$SNAPFS_NEW_PASSWORD_FILE`, else asked twice on the terminal. Never
+/// the sources of the current passphrase: a new slot with the old
+/// passphrase would be no new key.
+pub fn read_another_passphrase(file: Option<&Path>, prompt: &str) -> Result<Zeroizing<String>> {
+    let env = std::env::var_os(NEW_PASSWORD_FILE_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    if let Some(path) = file.map(Path::to_path_buf).or(env) {
+        return from_file(&path);
+    }
+    let tty = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(TTY)
+        .map_err(|_| {
+            Error::invalid(format!(
+                "no new passphrase: give --new-password-file FILE or set {NEW_PASSWORD_FILE_ENV}"
+            ))
+        })?;
+    ask(&tty, prompt, true)
+}
+
 /// The passphrase of an existing key slot, from the first source given
 /// (see the module's documentation); `prompt` is shown on a terminal.
 pub fn read_passphrase(src: &PassphraseSource, prompt: &str) -> Result<Zeroizing<String>> {

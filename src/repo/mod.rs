@@ -371,21 +371,24 @@ impl Repository {
     }
 
     pub fn open(root: &Path) -> Result<Repository> {
-        let cfg_path = root.join("config");
-        let text = match std::fs::read_to_string(&cfg_path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NotARepository(root.to_path_buf()));
-            }
-            Err(e) => return Err(e).at(&cfg_path),
-        };
-        Repository::open_with(root, Config::parse(&text, &cfg_path)?)
+        Repository::open_with(root, read_config(root)?)
     }
 
     /// Open with a config already read (`upgrade` reads an earlier format's).
     pub fn open_with(root: &Path, config: Config) -> Result<Repository> {
         let keying = unlock::keying_for(root, &config)?;
         Repository::open_keyed(root, config, keying)
+    }
+
+    /// Open an encrypted repository, keeping its master key and the key
+    /// slot that opened it (`snapfs key`).
+    pub fn open_with_master(
+        root: &Path,
+    ) -> Result<(Repository, crate::crypto::MasterKey, crate::crypto::SlotId)> {
+        let config = read_config(root)?;
+        let (master, slot) = unlock::unlock_master(root, &config)?;
+        let keying = crate::format::keying::Keying::encrypted(&master.subkeys());
+        Ok((Repository::open_keyed(root, config, keying)?, master, slot))
     }
 
     /// Open with the keying already at hand (`init` just made the key).
@@ -619,6 +622,19 @@ fn remove_dead_inits(parent: &Path, base: &str) {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
+}
+
+/// The config of the repository at `root`, checked.
+fn read_config(root: &Path) -> Result<Config> {
+    let cfg_path = root.join("config");
+    let text = match std::fs::read_to_string(&cfg_path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::NotARepository(root.to_path_buf()));
+        }
+        Err(e) => return Err(e).at(&cfg_path),
+    };
+    Config::parse(&text, &cfg_path)
 }
 
 /// An empty catalog at `db`, made with its mode first, so SQLite (which

@@ -11,7 +11,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use crate::crypto::{PassphraseSource, read_passphrase, unlock};
+use crate::crypto::{MasterKey, PassphraseSource, SlotId, read_passphrase, unlock};
 use crate::error::{Error, IoContext, Result};
 use crate::format::keying::Keying;
 use crate::repo::config::{Config, Encryption};
@@ -40,21 +40,38 @@ pub(crate) fn passphrase_source() -> PassphraseSource {
 /// The keying of the repository at `root`: plain, or unlocked with a
 /// passphrase (asked for once per open).
 pub(crate) fn keying_for(root: &Path, config: &Config) -> Result<Arc<Keying>> {
-    match (config.encryption, &config.id) {
-        (Encryption::None, _) => Ok(Keying::plain()),
-        (Encryption::XChaCha20Poly1305, Some(id)) => {
-            let pass = read_passphrase(
-                &passphrase_source(),
-                &format!("passphrase for {}: ", root.display()),
-            )?;
-            let (master, _slot) = unlock(root, &id.0, &pass)?;
+    match config.encryption {
+        Encryption::None => Ok(Keying::plain()),
+        Encryption::XChaCha20Poly1305 => {
+            let (master, _slot) = unlock_master(root, config)?;
             Ok(Keying::encrypted(&master.subkeys()))
         }
-        (Encryption::XChaCha20Poly1305, None) => Err(Error::invalid(format!(
-            "{}: an encrypted repository without an id",
-            root.display()
-        ))),
     }
+}
+
+/// The master key of the encrypted repository at `root`, and the slot its
+/// passphrase opened.
+pub(crate) fn unlock_master(root: &Path, config: &Config) -> Result<(MasterKey, SlotId)> {
+    let id = match (config.encryption, &config.id) {
+        (Encryption::XChaCha20Poly1305, Some(id)) => id,
+        (Encryption::None, _) => {
+            return Err(Error::invalid(format!(
+                "{} is not encrypted: it has no key",
+                root.display()
+            )));
+        }
+        (_, None) => {
+            return Err(Error::invalid(format!(
+                "{}: an encrypted repository without an id",
+                root.display()
+            )));
+        }
+    };
+    let pass = read_passphrase(
+        &passphrase_source(),
+        &format!("passphrase for {}: ", root.display()),
+    )?;
+    unlock(root, &id.0, &pass)
 }
 
 /// The directory that holds the catalog of the repository at `root`: the
