@@ -15,7 +15,8 @@
 //!
 //! An encrypted repository writes sealed blobs only: each frame is
 //! compressed, then sealed with XChaCha20-Poly1305 under the blob key, with
-//! the chunk id, the frame's index and its length word as associated data.
+//! the chunk id, the chunk's length, the frame's index and its length word
+//! as associated data.
 //! A frame then stays readable on its own, cannot be moved to another chunk
 //! or place, and its tag authenticates it: no digest is stored (it would
 //! confirm content to one without the key) and none is computed on a read.
@@ -81,14 +82,18 @@ pub(crate) fn zero_stored_max(sealed: bool, len: usize) -> usize {
         .saturating_add(frame_count(len).saturating_mul(per_frame))
 }
 
-/// The associated data of frame `i` of chunk `id` whose length word is
-/// `word`: a sealed frame opens only in its own place.
-fn frame_aad(id: &ChunkId, i: usize, word: u32) -> [u8; 52] {
-    let mut aad = [0u8; 52];
+/// The associated data of frame `i` of chunk `id` of `raw_len` bytes whose
+/// length word is `word`: a sealed frame opens only in its own place. The
+/// chunk's length is bound too, as a plain header's digests bind it: a
+/// chunk cut after its first whole frames (its frame count lowered to
+/// match) must not read as a shorter chunk of the same id.
+fn frame_aad(id: &ChunkId, raw_len: usize, i: usize, word: u32) -> [u8; 60] {
+    let mut aad = [0u8; 60];
     aad[..12].copy_from_slice(b"snapfs frame");
     aad[12..44].copy_from_slice(&id.0.0);
-    aad[44..48].copy_from_slice(&(i as u32).to_le_bytes());
-    aad[48..].copy_from_slice(&word.to_le_bytes());
+    aad[44..52].copy_from_slice(&(raw_len as u64).to_le_bytes());
+    aad[52..56].copy_from_slice(&(i as u32).to_le_bytes());
+    aad[56..].copy_from_slice(&word.to_le_bytes());
     aad
 }
 
@@ -170,7 +175,7 @@ impl Encoder {
             let word = (payload.len() + aead::OVERHEAD) as u32 | flag;
             let rec = 3 + i * SEALED_REC;
             blob[rec..rec + 4].copy_from_slice(&word.to_le_bytes());
-            aead::seal_into(key, &frame_aad(id, i, word), payload, &mut blob)?;
+            aead::seal_into(key, &frame_aad(id, data.len(), i, word), payload, &mut blob)?;
         }
         Ok(blob)
     }
@@ -381,7 +386,7 @@ impl Header {
             // The tag authenticates the frame (id, place and length word
             // included): no digest to compute.
             Some(seal) => {
-                opened = aead::open(&seal.blob, &frame_aad(id, i, f.word), stored)
+                opened = aead::open(&seal.blob, &frame_aad(id, self.raw_len, i, f.word), stored)
                     .map_err(|e| bad(e.to_string()))?;
                 &opened[..]
             }
@@ -709,6 +714,52 @@ mod tests {
                 "flip at {pos}"
             );
         }
+    }
+
+    /// A sealed chunk cut after its first frames, with its frame count
+    /// lowered to match: each frame still carries its own id, place and
+    /// length word, so only the chunk's length tells the cut one apart. A
+    /// plain blob refuses this through its header's digests.
+    #[test]
+    fn a_sealed_chunk_cut_to_fewer_frames_is_refused_for_the_shorter_length() {
+        let k = sealed(7);
+        let data = crate::format::chunker::seeded_bytes(11, 3 * FRAME);
+        let h = k.hash_chunk(&data);
+        let blob = Encoder::new(3, &k).unwrap().encode(&data, &h).unwrap();
+        let hdr = Header::parse(&k, &blob, &h.id, data.len()).unwrap();
+        let (s0, l0) = hdr.frame_range(0);
+        let (s1, l1) = hdr.frame_range(1);
+        let mut cut = vec![SEALED_VERSION];
+        cut.extend_from_slice(&2u16.to_le_bytes());
+        cut.extend_from_slice(&blob[3..3 + 2 * SEALED_REC]);
+        cut.extend_from_slice(&blob[s0..s0 + l0]);
+        cut.extend_from_slice(&blob[s1..s1 + l1]);
+        let short = 2 * FRAME;
+        if let Ok(hdr) = Header::parse(&k, &cut, &h.id, short) {
+            for i in 0..2 {
+                let (s, l) = hdr.frame_range(i);
+                assert!(
+                    hdr.decode_frame(i, &cut[s..s + l], &h.id).is_err(),
+                    "frame {i} of a {}-byte chunk opened as part of a {short}-byte one",
+                    data.len()
+                );
+            }
+        }
+        assert!(decode_blob(&k, &cut, &h.id, short).is_err());
+        // The same holds for a frame's length: the last frame of a chunk
+        // read as a chunk whose last frame is as long.
+        let hp = plain().hash_chunk(&data);
+        let pb = Encoder::new(3, &plain())
+            .unwrap()
+            .encode(&data, &hp)
+            .unwrap();
+        let mut pcut = vec![BLOB_VERSION];
+        pcut.extend_from_slice(&2u16.to_le_bytes());
+        pcut.extend_from_slice(&pb[3..3 + 2 * FRAME_REC]);
+        assert!(
+            Header::parse(&plain(), &pcut, &hp.id, short).is_err(),
+            "a plain header ties its frame count to the id"
+        );
     }
 
     use crate::format::codec::mutate;
