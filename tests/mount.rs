@@ -388,6 +388,52 @@ fn random_reads_of_a_large_file_match_the_source() {
     mount.finish();
 }
 
+/// `gc --recompress` stores a chunk again in other bytes under the same id:
+/// a file resolved after it (another file of the same bytes, here) reads
+/// the new place, and must not read it through the frame layout the mount
+/// remembered from the old one.
+#[test]
+fn a_file_read_after_gc_recompress_reads_its_chunks_new_layout() {
+    let src_dir = tempdir();
+    let root = canonical(src_dir.path());
+    mkdir(&root.join("one"));
+    mkdir(&root.join("two"));
+    let a = root.join("one/a.bin");
+    let b = root.join("two/b.bin");
+    let len = 6 * MIB;
+    write_mixed_file(&a, 4343, len);
+    fs::copy(&a, &b).expect("copy a to b");
+    let source = fs::read(&a).expect("read source");
+    let repo = Repo::new();
+    repo.ingest(&["--name", "s", "--compression", "1"], &[&root]);
+    // A cache of a few frames: most of a.bin's decoded frames are let go,
+    // the layout of its chunks is kept.
+    let mut mount = Mount::new(&repo, &["--cache-size", "1M"]);
+    let f = fs::File::open(mount.source_in("s", &a)).expect("open a.bin");
+    let mut got = vec![0u8; len as usize];
+    f.read_exact_at(&mut got, 0).expect("read a.bin");
+    assert!(got == source, "a.bin read through the mount differs");
+    drop(f);
+
+    let g = gc(&repo, &["--recompress", "19"]);
+    assert!(json_u64(&g, "packs_recompressed") >= 1, "{g}");
+
+    // b.bin holds the same chunks, now stored elsewhere and smaller.
+    let f = fs::File::open(mount.source_in("s", &b)).expect("open b.bin");
+    got.fill(0);
+    f.read_exact_at(&mut got, 0).unwrap_or_else(|e| {
+        panic!(
+            "reading b.bin after gc --recompress: {}\n--- mount stderr ---\n{}",
+            io_errno(&e),
+            mount.stderr_text()
+        )
+    });
+    assert!(got == source, "b.bin read through the mount differs");
+    drop(f);
+    mount.assert_alive();
+    mount.finish();
+}
+
 /// Eight threads each read a different file in full at the same time.
 #[test]
 fn eight_concurrent_readers_see_the_right_bytes() {

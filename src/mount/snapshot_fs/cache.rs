@@ -10,9 +10,16 @@ use lru::LruCache;
 
 use super::frame::{Frame, Slot, Slots};
 use crate::format::blob::{FRAME, Header};
-use crate::ids::ChunkId;
+use crate::ids::{ChunkId, PackName};
 
 pub type FrameKey = (ChunkId, u32);
+
+/// A parsed blob header belongs to one stored copy of a chunk: its id, its
+/// pack and offset, and the length it was checked against. `gc` moves
+/// chunks, and `gc --recompress` stores them again in other bytes (other
+/// frame lengths) under the same id, so a layout learnt at the old place
+/// must not be used to read the new one.
+pub type HeaderKey = (ChunkId, PackName, u64, u32);
 
 struct Lru {
     frames: LruCache<FrameKey, Arc<Frame>>,
@@ -26,7 +33,7 @@ pub struct FrameCache {
     /// decoding it a second time.
     loading: Mutex<HashSet<FrameKey>>,
     loaded: Condvar,
-    headers: Mutex<LruCache<ChunkId, Arc<Header>>>,
+    headers: Mutex<LruCache<HeaderKey, Arc<Header>>>,
     /// Where full-size frames live (see `frame`).
     slots: Option<Arc<Slots>>,
 }
@@ -131,16 +138,16 @@ impl FrameCache {
         !self.contains(key) && !self.loading.lock().expect("loading lock").contains(key)
     }
 
-    pub fn header(&self, id: &ChunkId) -> Option<Arc<Header>> {
+    pub fn header(&self, key: &HeaderKey) -> Option<Arc<Header>> {
         self.headers
             .lock()
             .expect("header cache lock")
-            .get(id)
+            .get(key)
             .cloned()
     }
 
-    pub fn put_header(&self, id: ChunkId, h: Arc<Header>) {
-        self.headers.lock().expect("header cache lock").put(id, h);
+    pub fn put_header(&self, key: HeaderKey, h: Arc<Header>) {
+        self.headers.lock().expect("header cache lock").put(key, h);
     }
 
     #[cfg(test)]

@@ -294,7 +294,8 @@ impl Shared {
             if self.repo.keying.is_zero_chunk(&c.id, c.len, loc.stored_len) {
                 return Ok(Frame::heap(vec![0u8; frame_len]));
             }
-            let header = match self.frames.header(&c.id) {
+            let header_key = (c.id, loc.pack, loc.offset, c.len);
+            let header = match self.frames.header(&header_key) {
                 Some(h) => h,
                 None => {
                     let bytes = self
@@ -303,7 +304,7 @@ impl Shared {
                         .read_at(&loc.pack, loc.offset, header_len(raw_len))
                         .map_err(|e| missing_pack_is_damage(e, loc))?;
                     let h = Arc::new(Header::parse(&self.repo.keying, &bytes, &c.id, raw_len)?);
-                    self.frames.put_header(c.id, h.clone());
+                    self.frames.put_header(header_key, h.clone());
                     h
                 }
             };
