@@ -404,6 +404,38 @@ fn gc_recompress_compresses_packs_again_at_a_higher_level_once() {
     }
 }
 
+#[test]
+fn gc_keeps_the_recorded_level_of_the_packs_it_rewrites() {
+    let work = Work::new();
+    write_mixed_file(&work.src.join("kept"), 930, 3 * MIB);
+    write_mixed_file(&work.src.join("dropped"), 931, 3 * MIB);
+    let repo = Repo::new();
+    repo.ingest(&["--compression", "1", "--name", "first"], &[&work.src]);
+    gc(&repo, &["--recompress", "12"]);
+    fs::remove_file(work.src.join("dropped")).expect("rm");
+    let id = repo
+        .ingest(&["--compression", "1", "--name", "second"], &[&work.src])
+        .id;
+    let reference = work.freeze("second");
+    forget(&repo, &["first"]);
+    let g = gc(&repo, &[]);
+    assert!(json_u64(&g, "packs_rewritten") >= 1, "{g}");
+    // The rewrite (the largest pack: kept's data) holds blobs compressed at
+    // 12 and says so: --recompress 12 has nothing left to do there.
+    let largest = repo
+        .pack_files()
+        .into_iter()
+        .max_by_key(|p| fs::metadata(p).expect("stat").len())
+        .expect("a pack");
+    assert_eq!(fs::read(&largest).expect("read pack")[9], 12, "{g}");
+    let before = repo.packs_bytes();
+    gc(&repo, &["--recompress", "12"]);
+    assert!(largest.exists(), "the rewrite was compressed again");
+    assert!(repo.packs_bytes() <= before);
+    work.assert_restores(&repo, &id, &reference);
+    assert_verify_read_data_ok(&repo, "after gc");
+}
+
 // ---------------------------------------------------------------- verify
 
 #[test]

@@ -119,9 +119,19 @@ pub fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcStats> {
             "packs",
             (!opts.dry_run && rewrite_bytes > 0).then_some(rewrite_bytes),
         );
-        // A rewrite pack records the target level only when every blob in
-        // it was compressed at that level.
-        let level = target.map_or(0, |(_, t)| t);
+        // A rewrite pack records the target level when every blob in it
+        // was compressed at that level (or kept, being smaller as it was).
+        // Without one, blobs are copied as they were: it records the
+        // lowest level of the packs it copies from, so that a later
+        // `--recompress` does not take the work done before for none.
+        let level = match target {
+            Some((_, t)) => t,
+            None => (0..usage.len())
+                .filter(|&i| rewrite(i) && !opts.dry_run)
+                .map(|i| read_level(repo, &usage[i].name).unwrap_or(0))
+                .min()
+                .unwrap_or(0),
+        };
         for (i, p) in usage.iter().enumerate() {
             if p.live_chunks == 0 {
                 stats.packs_removed += 1;
@@ -219,17 +229,20 @@ pub fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcStats> {
 /// The level a pack's header records; None (and a warning) when the
 /// header cannot be read or is damaged: such a pack is left for verify.
 fn pack_level(repo: &Repository, name: &crate::ids::PackName) -> Option<u8> {
-    let header = repo
-        .backend
-        .read_at(name, 0, crate::format::pack::HEADER_LEN as usize)
-        .and_then(|h| parse_header(&h, &repo.keying));
-    match header {
+    match read_level(repo, name) {
         Ok(l) => Some(l),
         Err(e) => {
             log::warn!("pack {name} is not compressed again: {e}");
             None
         }
     }
+}
+
+/// The level a pack's header records.
+fn read_level(repo: &Repository, name: &crate::ids::PackName) -> Result<u8> {
+    repo.backend
+        .read_at(name, 0, crate::format::pack::HEADER_LEN as usize)
+        .and_then(|h| parse_header(&h, &repo.keying))
 }
 
 /// Check each blob of a pack, and with `level` compress it again (kept as
