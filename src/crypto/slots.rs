@@ -360,7 +360,7 @@ pub fn unlock(root: &Path, repo_id: &[u8], passphrase: &str) -> Result<(MasterKe
             Err(e) => bad.push(e.detail()),
         }
     }
-    slots.sort_by(|a, b| oldest_first(&a.info, &b.info));
+    in_trying_order(&mut slots);
     for s in &slots {
         match s.open(repo_id, passphrase) {
             Ok(Some(master)) => return Ok((master, s.info.id.clone())),
@@ -383,6 +383,23 @@ pub fn unlock(root: &Path, repo_id: &[u8], passphrase: &str) -> Result<(MasterKe
         msg.push_str(&format!(" (and some cannot be read: {})", bad.join("; ")));
     }
     Err(Error::invalid(msg))
+}
+
+/// Cheapest first: a hostile slot may claim the most memory and passes
+/// allowed, and the oldest date, but it is then tried last, so the
+/// passphrase of a repository's own slot costs at most 64 tries of its own
+/// price, not 64 of the dearest one.
+fn in_trying_order(slots: &mut [Slot]) {
+    slots.sort_by(|a, b| {
+        cost(&a.info)
+            .cmp(&cost(&b.info))
+            .then_with(|| oldest_first(&a.info, &b.info))
+    });
+}
+
+/// What trying a slot's passphrase costs: Argon2id's memory times passes.
+fn cost(info: &SlotInfo) -> u64 {
+    u64::from(info.params.m_kib()) * u64::from(info.params.t())
 }
 
 /// Remove key slot `id`, readable or not, unless no other readable slot
@@ -665,6 +682,28 @@ mod tests {
 
     fn add(root: &Path, master: &MasterKey, passphrase: &str) -> SlotInfo {
         create_slot(root, REPO, master, passphrase, KdfParams::for_tests()).unwrap()
+    }
+
+    #[test]
+    fn a_dear_slot_claiming_to_be_oldest_is_tried_after_a_cheap_one() {
+        let (dir, master) = repo();
+        let cheap = add(dir.path(), &master, "mine");
+        let dear = add(dir.path(), &master, "planted");
+        let path = slot_path(dir.path(), &dear.id);
+        let mut v = read_json(&path);
+        v["created"] = json!(0);
+        v["m_kib"] = json!(KdfParams::MAX_M_KIB);
+        v["t"] = json!(KdfParams::MAX_T);
+        write_json(&path, &v);
+        let mut slots: Vec<Slot> = scan(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|(_, r)| r.unwrap())
+            .collect();
+        assert_eq!(slots.len(), 2, "the edited slot still reads");
+        in_trying_order(&mut slots);
+        let order: Vec<&SlotId> = slots.iter().map(|s| &s.info.id).collect();
+        assert_eq!(order, [&cheap.id, &dear.id]);
     }
 
     fn same(a: &MasterKey, b: &MasterKey) -> bool {

@@ -32,6 +32,12 @@ const TABLE_AAD: &[u8] = b"snapfs pack table";
 pub const HEADER_LEN: u64 = 16;
 pub const FOOTER_LEN: usize = 28;
 const TABLE_REC: usize = 49;
+/// Most rows a pack table may have. The table is read whole into memory,
+/// and its size is only checked against the file's: a sparse file of a
+/// terabyte could otherwise claim 2^32 rows and a 210 GB buffer. A pack of
+/// the largest `pack_size` (4 GiB) in blobs of 512 bytes stays below it.
+pub const MAX_TABLE_ROWS: u32 = 1 << 23;
+
 /// Header byte that records the zstd level the pack's blobs were
 /// compressed at, so `gc --recompress` knows which packs it has done
 /// (0: not recorded, e.g. blobs copied as they were from other packs).
@@ -307,6 +313,11 @@ pub fn parse_footer(
     }
     let table_offset = u64::from_le_bytes(footer[0..8].try_into().expect("8 bytes"));
     let count = u32::from_le_bytes(footer[8..12].try_into().expect("4 bytes"));
+    if count > MAX_TABLE_ROWS {
+        return Err(Error::corrupt(format!(
+            "pack table claims {count} rows, more than any pack holds ({MAX_TABLE_ROWS})"
+        )));
+    }
     let check: [u8; 8] = footer[12..20].try_into().expect("8 bytes");
     let expected_end = table_len(keying, u64::from(count))
         .and_then(|t| t.checked_add(table_offset))
@@ -576,6 +587,23 @@ mod tests {
         f.extend_from_slice(&check);
         f.extend_from_slice(TABLE_MAGIC);
         f
+    }
+
+    #[test]
+    fn a_sparse_terabyte_pack_claiming_billions_of_rows_is_refused() {
+        // The footer fits the file's size exactly: only the row cap stops
+        // the table from being read into a buffer of 210 GB.
+        let k = crate::format::keying::Keying::plain();
+        let rows = u32::MAX;
+        let size = HEADER_LEN + u64::from(rows) * TABLE_REC as u64 + FOOTER_LEN as u64;
+        let err = parse_footer(&footer(HEADER_LEN, rows, [0; 8]), size, &k).unwrap_err();
+        assert!(
+            err.to_string().contains("more than any pack holds"),
+            "{err}"
+        );
+        let ok = MAX_TABLE_ROWS;
+        let size = HEADER_LEN + u64::from(ok) * TABLE_REC as u64 + FOOTER_LEN as u64;
+        assert!(parse_footer(&footer(HEADER_LEN, ok, [0; 8]), size, &k).is_ok());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use super::files::{CachedName, HELD_FRESH, OpenFile};
 use super::frame::Frame;
 use super::{Attr, InvalidateSlot, Shared, SnapshotFs, inode};
 use crate::error::{Error, Result};
-use crate::format::blob::{FRAME, Header, header_len};
+use crate::format::blob::{FRAME, Header, header_len_of};
 use crate::format::tree::ContentRef;
 use crate::format::tree::{ChunkList, Kind};
 use crate::ids::{SnapshotId, TreeId};
@@ -301,7 +301,11 @@ impl Shared {
                     let bytes = self
                         .repo
                         .backend
-                        .read_at(&loc.pack, loc.offset, header_len(raw_len))
+                        .read_at(
+                            &loc.pack,
+                            loc.offset,
+                            header_len_of(self.repo.keying.seal().is_some(), raw_len),
+                        )
                         .map_err(|e| missing_pack_is_damage(e, loc))?;
                     let h = Arc::new(Header::parse(&self.repo.keying, &bytes, &c.id, raw_len)?);
                     self.frames.put_header(header_key, h.clone());
