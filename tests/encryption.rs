@@ -303,3 +303,50 @@ fn key_passwd_refuses_the_old_passphrase_and_opens_with_the_new_one() {
     );
     assert_verify_read_data_ok(&repo, "after the key changes");
 }
+
+#[test]
+fn copy_of_an_encrypted_repository_is_refused_and_its_cache_untouched() {
+    // A copy moves sealed blobs as they are: until it seals them again
+    // under the other key, it must refuse, not make a target that shares
+    // the source's id (and so its catalog cache) or holds unreadable blobs.
+    let work = Work::new();
+    write_file(&work.src.join("a"), b"a");
+    let repo = Repo::new_encrypted();
+    repo.ingest(&[], &[&work.src]);
+    let secret = repo.secret.clone().expect("encrypted");
+    let catalog = catalog_in(&secret.cache_dir);
+    let before = fs::read(&catalog).expect("catalog");
+    let target = canonical(work.src.parent().expect("parent")).join("copy-target");
+    let out = output_of(repo.cmd().arg("copy").arg("--to").arg(&target));
+    assert_eq!(out.status.code(), Some(1), "{}", describe("copy", &out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("encrypted"),
+        "{}",
+        describe("copy", &out)
+    );
+    assert!(!target.join("config").exists(), "a target was made");
+    assert_eq!(fs::read(&catalog).expect("catalog"), before);
+}
+
+#[test]
+fn forget_gc_and_recompress_keep_an_encrypted_repository_whole() {
+    let work = Work::new();
+    for i in 0..4 {
+        write_mixed_file(&work.src.join(format!("f{i}")), 30 + i, 2 * MIB);
+    }
+    let repo = Repo::new_encrypted();
+    repo.ingest(&["--name", "one", "--compression", "1"], &[&work.src]);
+    write_mixed_file(&work.src.join("f0"), 99, 2 * MIB);
+    let id = repo
+        .ingest(&["--name", "two", "--compression", "1"], &[&work.src])
+        .id;
+    let reference = work.freeze("two");
+    forget(&repo, &["one"]);
+    let g = gc(&repo, &["--recompress", "9"]);
+    assert!(json_u64(&g, "packs_recompressed") >= 1, "{g}");
+    assert!(json_u64(&g, "bytes_freed") > 0, "{g}");
+    work.assert_restores(&repo, &id, &reference);
+    assert_verify_read_data_ok(&repo, "after forget and gc --recompress");
+    let again = gc(&repo, &["--recompress", "9"]);
+    assert_eq!(json_u64(&again, "packs_rewritten"), 0, "{again}");
+}

@@ -343,6 +343,7 @@ fn copy_to(
     json: bool,
 ) -> Result<ExitCode> {
     let repo = Repository::open(repo)?;
+    copy::refuse_encrypted(&repo)?;
     let _lease = repo.reader_lease("copy")?;
     let stats = match copy::remote::parse_ssh_url(to) {
         Some(url) => {

@@ -625,7 +625,7 @@ fn remove_dead_inits(parent: &Path, base: &str) {
 }
 
 /// The config of the repository at `root`, checked.
-fn read_config(root: &Path) -> Result<Config> {
+pub(crate) fn read_config(root: &Path) -> Result<Config> {
     let cfg_path = root.join("config");
     let text = match std::fs::read_to_string(&cfg_path) {
         Ok(t) => t,

@@ -50,7 +50,7 @@ use crate::format::tree::{Body, ChunkList, ContentRef};
 use crate::ids::{ChunkId, Hash, PackName, TreeHash, TreeId};
 use crate::repo::catalog::Catalog;
 use crate::repo::import::Importer;
-use crate::repo::{Config, RepoLock, Repository};
+use crate::repo::{Config, Encryption, RepoLock, Repository};
 
 /// The largest uncompressed chunk a receiver accepts. Data chunks are at
 /// most the chunker's maximum (4 MiB by default), but a directory's tree is
@@ -139,6 +139,11 @@ impl LocalTarget {
                 path.display()
             )));
         }
+        // Blobs travel as they are stored: an encrypted repository's are
+        // sealed under its own key, and no key reaches a receiver.
+        if crate::repo::read_config(path).is_ok_and(|c| c.encryption != Encryption::None) {
+            return Err(not_yet_encrypted(path));
+        }
         let repo = match Repository::open(path) {
             Ok(r) => r,
             Err(Error::NotARepository(_)) if opts.append_only => {
@@ -149,10 +154,13 @@ impl LocalTarget {
                     path.display()
                 )));
             }
+            // Another repository: its own id, so its own cache.
             Err(Error::NotARepository(_)) => Repository::init(
                 path,
                 Config {
                     append_only: false,
+                    id: Some(crate::repo::RepoId::random()?),
+                    encryption: Encryption::None,
                     ..config
                 },
             )?,
@@ -566,6 +574,15 @@ impl Origin {
 }
 
 /// `dir/name` for messages, the root being `/`.
+/// Copies move stored blobs as they are; an encrypted repository's would
+/// have to be opened and sealed again under the other key.
+fn not_yet_encrypted(root: &Path) -> Error {
+    Error::invalid(format!(
+        "{} is encrypted: copy and serve do not handle encrypted repositories yet",
+        root.display()
+    ))
+}
+
 fn child_path(dir: &str, name: &[u8]) -> String {
     let sep = if dir.ends_with('/') { "" } else { "/" };
     format!("{dir}{sep}{}", String::from_utf8_lossy(name))
@@ -831,7 +848,16 @@ fn scratch_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// Refuse to copy from `src` before any target is made, if it is encrypted.
+pub fn refuse_encrypted(src: &Repository) -> Result<()> {
+    if src.config.encryption != Encryption::None {
+        return Err(not_yet_encrypted(&src.root));
+    }
+    Ok(())
+}
+
 pub fn copy(src: &Repository, target: &mut dyn Target, which: &[String]) -> Result<CopyStats> {
+    refuse_encrypted(src)?;
     let t0 = Instant::now();
     let cat = src.catalog()?;
     let mut stats = CopyStats::default();
