@@ -130,6 +130,18 @@ fn same_file_in_two_encrypted_repositories_has_other_ids_and_other_boundaries() 
     }
 }
 
+/// Every path under `dir` with its modification time.
+fn mtimes(dir: &Path) -> Vec<(PathBuf, std::time::SystemTime)> {
+    walk(dir)
+        .into_iter()
+        .map(|p| {
+            let t = fs::symlink_metadata(&p).and_then(|m| m.modified());
+            let t = t.unwrap_or_else(|e| panic!("stat {}: {e}", p.display()));
+            (p, t)
+        })
+        .collect()
+}
+
 /// The catalog file in an encrypted repository's cache directory.
 fn catalog_in(cache: &Path) -> PathBuf {
     walk(cache)
@@ -144,19 +156,7 @@ fn wrong_passphrase_is_refused_in_one_line_before_anything_is_written() {
     write_file(&work.src.join("a"), b"a");
     let repo = Repo::new_encrypted();
     repo.ingest(&[], &[&work.src]);
-    let before: Vec<(PathBuf, u64)> = walk(&repo.path)
-        .into_iter()
-        .map(|p| {
-            let m = fs::symlink_metadata(&p).expect("stat");
-            let t = m.modified().expect("mtime");
-            (
-                p,
-                t.duration_since(std::time::UNIX_EPOCH)
-                    .expect("epoch")
-                    .as_nanos() as u64,
-            )
-        })
-        .collect();
+    let before = mtimes(&repo.path);
     let secret = repo.secret.clone().expect("encrypted");
     write_file(&secret.password_file, b"not the passphrase\n");
     for args in [&["snapshots"][..], &["ingest", "--json"], &["verify"]] {
@@ -176,19 +176,7 @@ fn wrong_passphrase_is_refused_in_one_line_before_anything_is_written() {
         assert!(err.contains("wrong passphrase"), "{err}");
         assert_eq!(err.trim().lines().count(), 1, "more than one line: {err}");
     }
-    let after: Vec<(PathBuf, u64)> = walk(&repo.path)
-        .into_iter()
-        .map(|p| {
-            let m = fs::symlink_metadata(&p).expect("stat");
-            let t = m.modified().expect("mtime");
-            (
-                p,
-                t.duration_since(std::time::UNIX_EPOCH)
-                    .expect("epoch")
-                    .as_nanos() as u64,
-            )
-        })
-        .collect();
+    let after = mtimes(&repo.path);
     assert_eq!(before, after, "a refused command changed the repository");
 }
 

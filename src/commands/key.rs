@@ -9,7 +9,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::crypto::{
-    KdfParams, SlotId, create_slot, list_slots, read_another_passphrase, remove_slot,
+    KdfParams, MasterKey, SlotId, create_slot, list_slots, read_another_passphrase, remove_slot,
 };
 use crate::error::{Error, Result};
 use crate::repo::Repository;
@@ -45,10 +45,7 @@ pub fn list(root: &Path) -> Result<Vec<SlotRow>> {
 pub fn add(root: &Path, new_file: Option<&Path>) -> Result<String> {
     let (repo, master, _) = Repository::open_with_master(root)?;
     let _lock = repo.lock("key add")?;
-    let new = read_another_passphrase(new_file, "new passphrase: ")?;
-    let id = repo_id(&repo)?;
-    let slot = create_slot(root, &id, &master, &new, KdfParams::from_env_or_default()?)?;
-    Ok(slot.id.to_string())
+    Ok(new_slot(&repo, &master, new_file)?.to_string())
 }
 
 /// Remove slot `id`; never the last one that opens the repository.
@@ -66,16 +63,18 @@ pub fn remove(root: &Path, id: &str) -> Result<()> {
 pub fn passwd(root: &Path, new_file: Option<&Path>) -> Result<String> {
     let (repo, master, old) = Repository::open_with_master(root)?;
     let _lock = repo.lock("key passwd")?;
-    let new = read_another_passphrase(new_file, "new passphrase: ")?;
-    let id = repo_id(&repo)?;
-    let slot = create_slot(root, &id, &master, &new, KdfParams::from_env_or_default()?)?;
+    let id = new_slot(&repo, &master, new_file)?;
     remove_slot(root, &old)?;
-    Ok(slot.id.to_string())
+    Ok(id.to_string())
 }
 
-fn repo_id(repo: &Repository) -> Result<[u8; 32]> {
-    repo.config
+/// A slot for a new passphrase (asked for now) wrapping `master`.
+fn new_slot(repo: &Repository, master: &MasterKey, new_file: Option<&Path>) -> Result<SlotId> {
+    let new = read_another_passphrase(new_file, "new passphrase: ")?;
+    let id = repo
+        .config
         .id
-        .map(|id| id.0)
-        .ok_or_else(|| Error::invalid("the repository has no id"))
+        .ok_or_else(|| Error::invalid("the repository has no id"))?;
+    let params = KdfParams::from_env_or_default()?;
+    Ok(create_slot(&repo.root, &id.0, master, &new, params)?.id)
 }

@@ -118,43 +118,17 @@ impl Encoder {
 
     pub fn encode(&mut self, data: &[u8], hashed: &Hashed) -> Result<Vec<u8>> {
         let keying = self.keying.clone();
-        if let Some(seal) = keying.seal() {
-            return self.encode_sealed(data, &hashed.id, &seal.blob);
-        }
+        let seal = keying.seal().map(|s| &s.blob);
+        let sealed = seal.is_some();
+        let (version, rec_len) = if sealed {
+            (SEALED_VERSION, SEALED_REC)
+        } else {
+            (BLOB_VERSION, FRAME_REC)
+        };
         let frames = frame_count(data.len());
-        let mut blob = Vec::with_capacity(header_len(data.len()) + data.len() / 2);
-        blob.push(BLOB_VERSION);
-        blob.extend_from_slice(&(frames as u16).to_le_bytes());
-        blob.resize(header_len(data.len()), 0);
-        let mut parts: Vec<&[u8]> = data.chunks(FRAME).collect();
-        if parts.is_empty() {
-            parts.push(&[]);
-        }
-        for (i, part) in parts.into_iter().enumerate() {
-            self.scratch.clear();
-            let n = self
-                .zstd
-                .compress_to_buffer(part, &mut self.scratch)
-                .map_err(|e| Error::corrupt(format!("zstd: {e}")))?;
-            let (stored, flag): (&[u8], u32) = if n < part.len() {
-                (&self.scratch[..n], 0)
-            } else {
-                (part, RAW_FLAG)
-            };
-            let rec = 3 + i * FRAME_REC;
-            blob[rec..rec + 4].copy_from_slice(&(stored.len() as u32 | flag).to_le_bytes());
-            blob[rec + 4..rec + FRAME_REC].copy_from_slice(&hashed.frame_hashes[i].0);
-            blob.extend_from_slice(stored);
-        }
-        Ok(blob)
-    }
-
-    /// A sealed blob: each frame compressed (or raw), then sealed.
-    fn encode_sealed(&mut self, data: &[u8], id: &ChunkId, key: &aead::Key) -> Result<Vec<u8>> {
-        let frames = frame_count(data.len());
-        let hlen = header_len_of(true, data.len());
-        let mut blob = Vec::with_capacity(hlen + data.len() / 2 + frames * aead::OVERHEAD);
-        blob.push(SEALED_VERSION);
+        let hlen = header_len_of(sealed, data.len());
+        let mut blob = Vec::with_capacity(hlen + data.len() / 2 + frames * frame_overhead(sealed));
+        blob.push(version);
         blob.extend_from_slice(&(frames as u16).to_le_bytes());
         blob.resize(hlen, 0);
         let mut parts: Vec<&[u8]> = data.chunks(FRAME).collect();
@@ -172,10 +146,20 @@ impl Encoder {
             } else {
                 (part, RAW_FLAG)
             };
-            let word = (payload.len() + aead::OVERHEAD) as u32 | flag;
-            let rec = 3 + i * SEALED_REC;
+            let word = (payload.len() + frame_overhead(sealed)) as u32 | flag;
+            let rec = 3 + i * rec_len;
             blob[rec..rec + 4].copy_from_slice(&word.to_le_bytes());
-            aead::seal_into(key, &frame_aad(id, data.len(), i, word), payload, &mut blob)?;
+            match seal {
+                // Sealed: the tag stands in for the digest.
+                Some(key) => {
+                    let aad = frame_aad(&hashed.id, data.len(), i, word);
+                    aead::seal_into(key, &aad, payload, &mut blob)?;
+                }
+                None => {
+                    blob[rec + 4..rec + FRAME_REC].copy_from_slice(&hashed.frame_hashes[i].0);
+                    blob.extend_from_slice(payload);
+                }
+            }
         }
         Ok(blob)
     }
