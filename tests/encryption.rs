@@ -23,6 +23,17 @@ fn marked_tree(root: &Path) {
     xattr::set(&file, &name, format!("value-{MARKER}").as_bytes()).expect("setfattr");
 }
 
+/// An encrypted repository holding one snapshot of a marked tree: the
+/// tree, the repository, the snapshot's id and a frozen copy of the tree.
+fn marked_encrypted() -> (Work, Repo, String, PathBuf) {
+    let work = Work::new();
+    marked_tree(&work.src);
+    let repo = Repo::new_encrypted();
+    let id = repo.ingest(&[], &[&work.src]).id;
+    let reference = work.freeze("marked");
+    (work, repo, id, reference)
+}
+
 /// Every regular file under `dir` (the repository, and a cache if given)
 /// that holds `needle`.
 fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
@@ -182,11 +193,7 @@ fn wrong_passphrase_is_refused_in_one_line_before_anything_is_written() {
 
 #[test]
 fn lost_local_catalog_is_rebuilt_from_the_packs_and_the_key() {
-    let work = Work::new();
-    marked_tree(&work.src);
-    let repo = Repo::new_encrypted();
-    let id = repo.ingest(&[], &[&work.src]).id;
-    let reference = work.freeze("marked");
+    let (work, repo, id, reference) = marked_encrypted();
     let secret = repo.secret.clone().expect("encrypted");
     fs::remove_dir_all(&secret.cache_dir).expect("lose the cache");
     let out = output_of(repo.cmd().arg("snapshots"));
@@ -208,11 +215,7 @@ fn lost_local_catalog_is_rebuilt_from_the_packs_and_the_key() {
 
 #[test]
 fn key_passwd_refuses_the_old_passphrase_and_opens_with_the_new_one() {
-    let work = Work::new();
-    marked_tree(&work.src);
-    let repo = Repo::new_encrypted();
-    let id = repo.ingest(&[], &[&work.src]).id;
-    let reference = work.freeze("marked");
+    let (work, repo, id, reference) = marked_encrypted();
     let secret = repo.secret.clone().expect("encrypted");
     let slots = |repo: &Repo| -> Vec<serde_json::Value> {
         let out = run_ok(repo.cmd().args(["key", "list", "--json"]));
