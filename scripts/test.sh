@@ -37,12 +37,14 @@ if ((${#need_install[@]} > 0)); then
 fi
 
 # The independent reader of docs/FORMAT.md (tests/format_reader.py) needs
-# BLAKE3 and zstd from Python: the `blake3` and `zstandard` modules, in a
-# virtual environment of their own under target/, where tests/format_doc.rs
-# looks for it. Debian has no python3-blake3, so both come from PyPI, for
-# the one interpreter that runs the reader.
+# BLAKE3 and zstd from Python, and for encrypted repositories
+# XChaCha20-Poly1305 and Argon2id: the `blake3`, `zstandard`, `pynacl` and
+# `argon2-cffi` modules, in a virtual environment of their own under
+# target/, where tests/format_doc.rs looks for it. Debian has no
+# python3-blake3, so all come from PyPI, for the one interpreter that runs
+# the reader.
 reader_venv=target/format-reader-venv
-if ! "$reader_venv/bin/python3" -c 'import blake3, zstandard' >/dev/null 2>&1; then
+if ! "$reader_venv/bin/python3" -c 'import blake3, zstandard, nacl.bindings, argon2.low_level' >/dev/null 2>&1; then
     if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
         echo "installing: python3-venv"
         export DEBIAN_FRONTEND=noninteractive
@@ -52,8 +54,8 @@ if ! "$reader_venv/bin/python3" -c 'import blake3, zstandard' >/dev/null 2>&1; t
     rm -rf "$reader_venv"
     python3 -m venv "$reader_venv"
     "$reader_venv/bin/python3" -m pip install --quiet --disable-pip-version-check \
-        'blake3==1.0.11' 'zstandard==0.25.0'
-    "$reader_venv/bin/python3" -c 'import blake3, zstandard'
+        'blake3==1.0.11' 'zstandard==0.25.0' 'pynacl==1.5.0' 'argon2-cffi==25.1.0'
+    "$reader_venv/bin/python3" -c 'import blake3, zstandard, nacl.bindings, argon2.low_level'
 fi
 
 if [[ ! -e /dev/fuse ]]; then

@@ -10,7 +10,7 @@ directory pages end where the document says a writer ends them. Section
 numbers (§) refer to docs/FORMAT.md.
 
 Usage:
-    format_reader.py REPO list [--json]
+    format_reader.py [--password-file FILE] REPO list [--json]
     format_reader.py REPO extract [--numeric-owner] SNAPSHOT TARGET
     format_reader.py REPO verify
     format_reader.py REPO check-catalog
@@ -19,7 +19,12 @@ Usage:
 SNAPSHOT is a snapshot's name or its id (64 hex digits, or a unique prefix of
 at least 8). TARGET must be a new or empty directory.
 
-Needs Python 3.8+ and the `blake3` and `zstandard` modules. Exit status: 0 on
+An encrypted repository (§15) is read with its passphrase from
+--password-file FILE; its catalog is not in the repository, so check-catalog
+does not apply to it.
+
+Needs Python 3.8+ and the `blake3` and `zstandard` modules, and for
+encrypted repositories `pynacl` (XChaCha20-Poly1305) and `argon2-cffi`. Exit status: 0 on
 success, 1 when the repository is damaged or something cannot be done (the
 message says what, naming the pack, chunk or path), 2 on a usage error.
 """
@@ -112,9 +117,54 @@ INDEX_MAX_CHILDREN = 128
 
 MASK64 = (1 << 64) - 1
 
+# Encrypted repositories (§15).
+PACK_FORMAT_SEALED = 2
+SEALED_VERSION = 2
+SEALED_REC = 4
+SEAL_OVERHEAD = 40
+SLOT_AAD = b"snapfs key slot v1"
+
+
+class Keys:
+    """The keys of an encrypted repository, derived from its master key."""
+
+    def __init__(self, master):
+        derive = lambda ctx: blake3.blake3(master, derive_key_context=ctx).digest()
+        self.id = derive("snapfs 2 chunk id")
+        self.blob = derive("snapfs 2 blob seal")
+        self.table = derive("snapfs 2 pack table seal")
+        self.page = derive("snapfs 2 page boundary")
+
+
+# Set when the repository is encrypted; everything below then reads sealed
+# blobs and tables, and computes ids and boundaries with keyed BLAKE3.
+KEYS = None
+
 
 def b3(data):
     return blake3.blake3(data).digest()
+
+
+def b3_id(data):
+    """§4 and §15.2: the hash of chunk ids and frame digests."""
+    if KEYS is None:
+        return b3(data)
+    return blake3.blake3(data, key=KEYS.id).digest()
+
+
+def open_sealed(key, aad, sealed, what):
+    """nonce[24] ‖ ciphertext ‖ tag[16] under XChaCha20-Poly1305 (§15)."""
+    import nacl.bindings
+    import nacl.exceptions
+
+    if len(sealed) < SEAL_OVERHEAD:
+        raise Damaged(f"{what}: sealed object shorter than its nonce and tag")
+    try:
+        return nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
+            bytes(sealed[24:]), bytes(aad), bytes(sealed[:24]), key
+        )
+    except nacl.exceptions.CryptoError:
+        raise Damaged(f"{what}: does not authenticate (damaged, or not sealed under this key)")
 
 
 def hx(h):
@@ -143,9 +193,10 @@ def kind_limit(kind):
 
 
 def chunk_id(data):
-    """§4: BLAKE3 of the concatenated BLAKE3 digests of the frames."""
+    """§4: BLAKE3 of the concatenated BLAKE3 digests of the frames (keyed
+    BLAKE3 in an encrypted repository, §15.2)."""
     frames = [data[i : i + FRAME] for i in range(0, len(data), FRAME)] or [b""]
-    return b3(b"".join(b3(f) for f in frames))
+    return b3_id(b"".join(b3_id(f) for f in frames))
 
 
 def i64(v):
@@ -156,7 +207,6 @@ def i64(v):
 
 # ---------------------------------------------------------------- chunks of zeros (§4.1)
 
-_ZERO_FRAME = b3(bytes(FRAME))
 _zero_ids = {}
 
 
@@ -164,11 +214,8 @@ def zero_id(length):
     """The id of a chunk of `length` zero bytes, from its frame structure."""
     z = _zero_ids.get(length)
     if z is None:
-        digests = [
-            _ZERO_FRAME if frame_len(length, i) == FRAME else b3(bytes(frame_len(length, i)))
-            for i in range(frame_count(length))
-        ]
-        z = b3(b"".join(digests))
+        digests = [b3_id(bytes(frame_len(length, i))) for i in range(frame_count(length))]
+        z = b3_id(b"".join(digests))
         _zero_ids[length] = z
     return z
 
@@ -194,10 +241,45 @@ def inflate(stored, want, what):
     return bytes(out)
 
 
+def decode_sealed_blob(blob, cid, raw_len, what):
+    """§15.2: a sealed blob's raw bytes; each frame opened in its place."""
+    n = frame_count(raw_len)
+    hlen = 3 + SEALED_REC * n
+    if len(blob) < hlen or blob[0] != SEALED_VERSION or struct.unpack_from("<H", blob, 1)[0] != n:
+        raise Damaged(f"{what}: damaged sealed blob header")
+    out = []
+    pos = hlen
+    for i in range(n):
+        (word,) = struct.unpack_from("<I", blob, 3 + SEALED_REC * i)
+        raw = bool(word & RAW_FLAG)
+        slen = word & ~RAW_FLAG & 0xFFFFFFFF
+        want = frame_len(raw_len, i)
+        plen = slen - SEAL_OVERHEAD
+        if plen < 0 or (raw and plen != want) or (not raw and (plen == 0 or plen > want)):
+            raise Damaged(f"{what}: frame {i} has an impossible sealed length {slen}")
+        if pos + slen > len(blob):
+            raise Damaged(f"{what}: frame {i} runs past the blob")
+        aad = b"snapfs frame" + cid + struct.pack("<QII", raw_len, i, word)
+        payload = open_sealed(KEYS.blob, aad, blob[pos : pos + slen], f"{what} frame {i}")
+        data = payload if raw else inflate(payload, want, f"{what} frame {i}")
+        if len(data) != want:
+            raise Damaged(f"{what} frame {i}: {len(data)} bytes, not {want}")
+        out.append(data)
+        pos += slen
+    if pos != len(blob):
+        raise Damaged(f"{what}: blob is {len(blob)} bytes, its header says {pos}")
+    data = b"".join(out)
+    if chunk_id(data) != cid:
+        raise Damaged(f"{what}: content is not what its id names")
+    return data
+
+
 def decode_blob(blob, cid, raw_len, kind, what):
     """The raw bytes of chunk `cid` from its blob, every check of §5 made."""
     if raw_len > kind_limit(kind):
         raise Damaged(f"{what}: raw length {raw_len} exceeds the limit {kind_limit(kind)}")
+    if KEYS is not None:
+        return decode_sealed_blob(blob, cid, raw_len, what)
     n = frame_count(raw_len)
     hlen = header_len(raw_len)
     if len(blob) < hlen or blob[0] != BLOB_VERSION or struct.unpack_from("<H", blob, 1)[0] != n:
@@ -214,7 +296,7 @@ def decode_blob(blob, cid, raw_len, kind, what):
             raise Damaged(f"{what}: frame {i} has an impossible stored length {slen}")
         frames.append((pos, slen, raw, digest, want))
         pos += slen
-    if b3(b"".join(f[3] for f in frames)) != cid:
+    if b3_id(b"".join(f[3] for f in frames)) != cid:
         raise Damaged(f"{what}: blob header does not match the chunk id")
     if pos != len(blob):
         raise Damaged(f"{what}: blob is {len(blob)} bytes, its header says {pos}")
@@ -222,7 +304,7 @@ def decode_blob(blob, cid, raw_len, kind, what):
     for i, (start, slen, raw, digest, want) in enumerate(frames):
         stored = blob[start : start + slen]
         data = stored if raw else inflate(stored, want, f"{what} frame {i}")
-        if len(data) != want or b3(data) != digest:
+        if len(data) != want or b3_id(data) != digest:
             raise Damaged(f"{what} frame {i}: content does not match its hash")
         out.append(data)
     return b"".join(out)
@@ -248,8 +330,9 @@ def parse_pack_tail(name, size, read_at):
     header = read_at(0, HEADER_LEN)
     if header[:8] != PACK_MAGIC:
         raise Damaged(f"{what}: not a pack (bad magic)")
-    if header[8] != PACK_FORMAT_PLAIN:
-        raise Damaged(f"{what}: unknown pack format {header[8]} (this reader knows format 1, plain packs)")
+    fmt = PACK_FORMAT_PLAIN if KEYS is None else PACK_FORMAT_SEALED
+    if header[8] != fmt:
+        raise Damaged(f"{what}: pack format {header[8]}, not {fmt} as this repository's packs are")
     if header[9] > 22:
         raise Damaged(f"{what}: compression level byte {header[9]} is above 22")
     if header[10:16] != bytes(6):
@@ -259,13 +342,18 @@ def parse_pack_tail(name, size, read_at):
         raise Damaged(f"{what}: footer is missing or damaged")
     table_offset, count = struct.unpack_from("<QI", footer, 0)
     check = footer[12:20]
-    if table_offset < HEADER_LEN or table_offset + ROW_LEN * count + FOOTER_LEN != size:
+    table_len = ROW_LEN * count + (0 if KEYS is None else SEAL_OVERHEAD)
+    if table_offset < HEADER_LEN or table_offset + table_len + FOOTER_LEN != size:
         raise Damaged(
             f"{what}: table ({count} rows at offset {table_offset}) does not fit the pack size {size}"
         )
-    table = read_at(table_offset, ROW_LEN * count)
+    table = read_at(table_offset, table_len)
     if b3(table)[:8] != check:
         raise Damaged(f"{what}: table checksum mismatch")
+    if KEYS is not None:
+        aad = b"snapfs pack table" + struct.pack("<I", count)
+        table = open_sealed(KEYS.table, aad, table, f"{what}: table")
+    per_frame = 36 if KEYS is None else SEALED_REC + SEAL_OVERHEAD
     rows = []
     for i in range(count):
         r = table[ROW_LEN * i : ROW_LEN * (i + 1)]
@@ -279,7 +367,7 @@ def parse_pack_tail(name, size, read_at):
             raise Damaged(f"{bad}: blob at {offset} (+{stored_len}) lies outside the blob area")
         if raw_len > kind_limit(kind):
             raise Damaged(f"{bad}: raw length {raw_len} exceeds the limit {kind_limit(kind)}")
-        hl = header_len(raw_len)
+        hl = 3 + per_frame * frame_count(raw_len)
         if stored_len < hl or stored_len > hl + raw_len:
             raise Damaged(f"{bad}: stored length {stored_len} is impossible for raw length {raw_len}")
         rows.append(Row(cid, kind, offset, stored_len, raw_len, name))
@@ -698,6 +786,8 @@ def encode_index(level, children):
 
 
 def boundary_key():
+    if KEYS is not None:
+        return KEYS.page
     return blake3.blake3(b"", derive_key_context=BOUNDARY_CONTEXT).digest()
 
 
@@ -856,6 +946,66 @@ class Repo:
         if values.get("frame", str(FRAME)) != str(FRAME):
             raise Damaged(f"config: frame {values.get('frame')!r} is not {FRAME}")
         return values
+
+    # ---- keys (§15.1)
+
+    def unlock(self, password_file):
+        """For an encrypted repository, the master key from the key slot the
+        passphrase opens; sets KEYS."""
+        global KEYS
+        enc = self.config.get("encryption", "none")
+        if enc == "none":
+            return
+        if enc != "xchacha20-poly1305":
+            raise Damaged(f"config: unknown encryption {enc!r}")
+        rid = self.config.get("id", "")
+        if len(rid) != 64 or any(c not in "0123456789abcdef" for c in rid):
+            raise Damaged("config: an encrypted repository needs an id of 64 hex digits")
+        if password_file is None:
+            raise Usage("the repository is encrypted: give --password-file FILE")
+        with open(password_file, "rb") as f:
+            passphrase = f.read()
+        if passphrase.endswith(b"\n"):
+            passphrase = passphrase[:-1]
+            if passphrase.endswith(b"\r"):
+                passphrase = passphrase[:-1]
+        import argon2.low_level as a2
+
+        keys_dir = os.path.join(self.root, b"keys")
+        slots = []
+        for fname in sorted(os.listdir(keys_dir)):
+            if fname.startswith(b"."):
+                continue
+            with open(os.path.join(keys_dir, fname), "rb") as f:
+                slot = json.loads(f.read(8192))
+            expect = {"version", "id", "created", "host", "kdf", "m_kib", "t", "p", "salt", "wrapped"}
+            if set(slot) != expect or slot["version"] != 1 or slot["kdf"] != "argon2id":
+                raise Damaged(f"key slot {show(fname)}: not a version 1 argon2id slot")
+            if fname != slot["id"].encode() + b".key":
+                raise Damaged(f"key slot {show(fname)}: its name is not its id")
+            if not (8192 <= slot["m_kib"] <= 4 << 20 and 1 <= slot["t"] <= 20 and 1 <= slot["p"] <= 16):
+                raise Damaged(f"key slot {show(fname)}: Argon2id settings out of bounds")
+            slots.append(slot)
+        slots.sort(key=lambda sl: (sl["m_kib"] * sl["t"], sl["created"], sl["id"]))
+        for slot in slots:
+            kek = a2.hash_secret_raw(
+                passphrase,
+                bytes.fromhex(slot["salt"]),
+                time_cost=slot["t"],
+                memory_cost=slot["m_kib"],
+                parallelism=slot["p"],
+                hash_len=32,
+                type=a2.Type.ID,
+                version=19,
+            )
+            aad = SLOT_AAD + bytes.fromhex(rid) + slot["id"].encode()
+            try:
+                master = open_sealed(kek, aad, bytes.fromhex(slot["wrapped"]), "key slot")
+            except Damaged:
+                continue
+            KEYS = Keys(master)
+            return
+        raise Usage("wrong passphrase: no key slot opens with it")
 
     # ---- packs (§2, §6)
 
@@ -1457,6 +1607,7 @@ def check_snapshot_rows(repo, db, sid, rec, bad):
 
 def main(argv):
     ap = argparse.ArgumentParser(prog="format_reader.py", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--password-file", help="the passphrase of an encrypted repository (§15)")
     ap.add_argument("repo")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("list", help="list the snapshots the packs hold")
@@ -1470,7 +1621,11 @@ def main(argv):
     sub.add_parser("check-pages", help="check that directory pages end where section 8.11 says")
     args = ap.parse_args(argv)
     try:
-        repo = Repo(args.repo).load(strict=args.command != "verify")
+        repo = Repo(args.repo)
+        repo.unlock(args.password_file)
+        if KEYS is not None and args.command == "check-catalog":
+            raise Usage("an encrypted repository keeps its catalog outside it (§15)")
+        repo = repo.load(strict=args.command != "verify")
         {
             "list": cmd_list,
             "extract": cmd_extract,
