@@ -622,11 +622,11 @@ fn format_reader_refuses_damaged_packs_and_unknown_formats() {
     );
     flip_byte(&pack, table_byte);
 
-    // A pack of an unknown format (the byte reserved for encrypted packs).
+    // A pack of another format than the repository's.
     flip_byte(&pack, 8);
     let err = reader_refuses(&repo.path, &["list"]);
     assert!(
-        err.contains(&pack_name(&pack)) && err.contains("unknown pack format"),
+        err.contains(&pack_name(&pack)) && err.contains("not 1 as this repository's packs are"),
         "{err}"
     );
     flip_byte(&pack, 8);
