@@ -118,6 +118,39 @@ pub fn open(key: &Key, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
 /// the object: the caller adds what it was opening. With enough capacity
 /// reserved in `out`, nothing is allocated (so a caller unwrapping a key
 /// into a `Zeroizing` buffer leaves no copy behind).
+/// Open `sealed` into `out`, which must be exactly as long as its
+/// plaintext: a reader decrypts straight into the buffer it returns. On an
+/// error `out` holds no plaintext that did not authenticate (it is zeroed).
+pub fn open_to(key: &Key, aad: &[u8], sealed: &[u8], out: &mut [u8]) -> Result<()> {
+    let body_len = sealed
+        .len()
+        .checked_sub(OVERHEAD)
+        .filter(|n| *n == out.len());
+    let Some(body_len) = body_len else {
+        return Err(Error::corrupt(format!(
+            "sealed object of {} bytes does not hold {} bytes of plaintext: it does not authenticate",
+            sealed.len(),
+            out.len()
+        )));
+    };
+    let (nonce, rest) = sealed.split_at(NONCE_LEN);
+    let (body, tag) = rest.split_at(body_len);
+    let nonce: &[u8; NONCE_LEN] = nonce.try_into().expect("split at NONCE_LEN");
+    let tag: &[u8; TAG_LEN] = tag.try_into().expect("TAG_LEN bytes remain");
+    let buf = InOutBuf::new(body, out).expect("output sized to the input");
+    if key
+        .cipher()
+        .decrypt_inout_detached(nonce.into(), aad, buf, tag.into())
+        .is_err()
+    {
+        out.fill(0);
+        return Err(Error::corrupt(
+            "sealed object does not authenticate (wrong key, or damaged)",
+        ));
+    }
+    Ok(())
+}
+
 pub fn open_into(key: &Key, aad: &[u8], sealed: &[u8], out: &mut Vec<u8>) -> Result<()> {
     let Some(body_len) = sealed.len().checked_sub(OVERHEAD) else {
         return Err(Error::corrupt(format!(

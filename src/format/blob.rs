@@ -170,6 +170,8 @@ thread_local! {
     /// costs more than decoding a small frame.
     static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
         const { std::cell::RefCell::new(None) };
+    /// A compressed sealed frame, opened: reused, at most one frame long.
+    static OPENED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The largest data chunk any repository can hold: the chunker's own upper
@@ -365,17 +367,27 @@ impl Header {
         let out = out
             .get_mut(..raw_len)
             .ok_or_else(|| bad(format!("output buffer shorter than {raw_len}")))?;
-        let opened;
-        let stored = match self.keying.seal() {
-            // The tag authenticates the frame (id, place and length word
-            // included): no digest to compute.
-            Some(seal) => {
-                opened = aead::open(&seal.blob, &frame_aad(id, self.raw_len, i, f.word), stored)
-                    .map_err(|e| bad(e.to_string()))?;
-                &opened[..]
+        if let Some(seal) = self.keying.seal() {
+            // The tag authenticates the frame (id, place, length word and
+            // the chunk's length included): no digest to compute. A raw
+            // frame opens straight into `out`; a compressed one into a
+            // buffer of this thread's, then inflates into `out`.
+            let aad = frame_aad(id, self.raw_len, i, f.word);
+            if f.raw {
+                aead::open_to(&seal.blob, &aad, stored, out).map_err(|e| bad(e.to_string()))?;
+                return Ok(raw_len);
             }
-            None => stored,
-        };
+            return OPENED.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                buf.clear();
+                aead::open_into(&seal.blob, &aad, stored, &mut buf)
+                    .map_err(|e| bad(e.to_string()))?;
+                match inflate_to(&buf, out).map_err(bad)? {
+                    n if n == raw_len => Ok(n),
+                    n => Err(bad(format!("inflates to {n} bytes, not {raw_len}"))),
+                }
+            });
+        }
         let n = if f.raw {
             if stored.len() != raw_len {
                 return Err(bad(format!("{} raw bytes, not {raw_len}", stored.len())));
@@ -383,26 +395,32 @@ impl Header {
             out.copy_from_slice(stored);
             stored.len()
         } else {
-            DECOMPRESSOR
-                .with(|d| {
-                    let mut d = d.borrow_mut();
-                    if d.is_none() {
-                        *d = Some(zstd::bulk::Decompressor::new()?);
-                    }
-                    d.as_mut()
-                        .expect("just created")
-                        .decompress_to_buffer(stored, &mut *out)
-                })
-                .map_err(|e| bad(e.to_string()))?
+            inflate_to(stored, out).map_err(bad)?
         };
         if n != raw_len {
             return Err(bad(format!("inflates to {n} bytes, not {raw_len}")));
         }
-        if self.keying.seal().is_none() && self.keying.frame_hash(&out[..n]) != f.hash {
+        if self.keying.frame_hash(&out[..n]) != f.hash {
             return Err(bad("content does not match its hash".into()));
         }
         Ok(n)
     }
+}
+
+/// Inflate one zstd frame into `out` (never more than its length); the
+/// number of bytes it made.
+fn inflate_to(stored: &[u8], out: &mut [u8]) -> std::result::Result<usize, String> {
+    DECOMPRESSOR
+        .with(|d| {
+            let mut d = d.borrow_mut();
+            if d.is_none() {
+                *d = Some(zstd::bulk::Decompressor::new()?);
+            }
+            d.as_mut()
+                .expect("just created")
+                .decompress_to_buffer(stored, out)
+        })
+        .map_err(|e| e.to_string())
 }
 
 /// Raw length of frame `i` of a chunk of `raw_len` bytes (0 past the end).
