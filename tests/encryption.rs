@@ -195,19 +195,20 @@ fn wrong_passphrase_is_refused_in_one_line_before_anything_is_written() {
 fn lost_local_catalog_is_rebuilt_from_the_packs_and_the_key() {
     let (work, repo, id, reference) = marked_encrypted();
     let secret = repo.secret.clone().expect("encrypted");
+    // The next command finds the cache gone (another machine, a cleared
+    // cache) and rebuilds it before it answers, saying so.
     fs::remove_dir_all(&secret.cache_dir).expect("lose the cache");
-    let out = output_of(repo.cmd().arg("snapshots"));
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        describe("snapshots", &out)
-    );
+    let out = run_ok(repo.cmd().args(["snapshots", "--json"]));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("rebuild-catalog"),
+        String::from_utf8_lossy(&out.stderr).contains("rebuilding it from the packs"),
         "{}",
         describe("snapshots without a catalog", &out)
     );
+    let listed = parse_json("snapshots --json", &out.stdout);
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    work.assert_restores(&repo, &id, &reference);
+    // And rebuild-catalog makes it again on demand.
+    fs::remove_dir_all(&secret.cache_dir).expect("lose the cache again");
     rebuild_catalog_ok(&repo);
     work.assert_restores(&repo, &id, &reference);
     assert_verify_read_data_ok(&repo, "after the rebuild");

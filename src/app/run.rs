@@ -120,7 +120,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 allow_delete,
                 recompress,
             };
-            let repo = Repository::open(repo)?;
+            let repo = open(repo)?;
             report::gc(&gc_cmd::gc(&repo, &opts)?, json);
             Ok(ExitCode::SUCCESS)
         }
@@ -221,7 +221,7 @@ fn key(repo: &Path, action: crate::app::cli::KeyAction) -> Result<ExitCode> {
 }
 
 fn ingest(repo: &Path, a: IngestArgs) -> Result<ExitCode> {
-    let repo = Repository::open(repo)?;
+    let repo = open(repo)?;
     let stats = ingest_cmd::ingest(&repo, &a.sources, &a.options())?;
     report::ingest(&stats, a.json);
     Ok(if stats.unreadable > 0 {
@@ -232,7 +232,7 @@ fn ingest(repo: &Path, a: IngestArgs) -> Result<ExitCode> {
 }
 
 fn snapshots(repo: &Path, json: bool) -> Result<ExitCode> {
-    let repo = Repository::open(repo)?;
+    let repo = open(repo)?;
     report::snapshots(&repo.catalog()?.snapshots()?, json);
     Ok(ExitCode::SUCCESS)
 }
@@ -244,7 +244,7 @@ fn restore(
     numeric_owner: bool,
     json: bool,
 ) -> Result<ExitCode> {
-    let repo = Repository::open(repo)?;
+    let repo = open(repo)?;
     let _lease = repo.reader_lease("restore")?;
     report::restore(
         &restore_cmd::restore(&repo, spec, target, numeric_owner)?,
@@ -254,7 +254,7 @@ fn restore(
 }
 
 fn forget(repo: &Path, a: ForgetArgs) -> Result<ExitCode> {
-    let repo = Repository::open(repo)?;
+    let repo = open(repo)?;
     let decisions = forget::forget(&repo, &a.options()?)?;
     let gc = if a.gc && !a.dry_run {
         let opts = gc_cmd::GcOptions {
@@ -270,7 +270,7 @@ fn forget(repo: &Path, a: ForgetArgs) -> Result<ExitCode> {
 }
 
 fn verify(repo: &Path, read_data: bool, subset: Option<f64>, json: bool) -> Result<ExitCode> {
-    let repo = Repository::open(repo)?;
+    let repo = open(repo)?;
     let _lease = repo.reader_lease("verify")?;
     let share = if read_data {
         1.0
@@ -284,6 +284,22 @@ fn verify(repo: &Path, read_data: bool, subset: Option<f64>, json: bool) -> Resu
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Open the repository at `path`. An encrypted one whose local catalog is
+/// missing (another machine, a cleared cache) gets it rebuilt from the
+/// packs and the key first, as `rebuild-catalog` would.
+fn open(path: &Path) -> Result<Repository> {
+    let repo = Repository::open(path)?;
+    if repo.config.encryption != crate::repo::Encryption::None && !repo.catalog_path().exists() {
+        log::warn!(
+            "{}: its local catalog ({}) is missing; rebuilding it from the packs",
+            path.display(),
+            repo.catalog_path().display()
+        );
+        rebuild::rebuild_catalog(&repo, &rebuild::RebuildOptions { force: false })?;
+    }
+    Ok(repo)
 }
 
 fn rebuild_catalog(repo: &Path, force: bool, json: bool) -> Result<ExitCode> {
@@ -309,27 +325,27 @@ fn rebuild_catalog(repo: &Path, force: bool, json: bool) -> Result<ExitCode> {
 }
 
 fn diff(repo: &Path, from: &str, to: &str, path: Option<&Path>, json: bool) -> Result<ExitCode> {
-    let repo = Repository::open(repo)?;
+    let repo = open(repo)?;
     let _lease = repo.reader_lease("diff")?;
     report::diff(&diff::diff(&repo, from, to, path)?, json);
     Ok(ExitCode::SUCCESS)
 }
 
 fn stats(repo: &Path, snapshot: Option<&str>, json: bool) -> Result<ExitCode> {
-    let repo = Repository::open(repo)?;
+    let repo = open(repo)?;
     let _lease = repo.reader_lease("stats")?;
     report::stats(&stats_cmd::stats(&repo, snapshot)?, json);
     Ok(ExitCode::SUCCESS)
 }
 
 fn log(repo: &Path, path: &Path, json: bool) -> Result<ExitCode> {
-    let repo = Repository::open(repo)?;
+    let repo = open(repo)?;
     report::log(&log_cmd::log(&repo, path)?, json);
     Ok(ExitCode::SUCCESS)
 }
 
 fn find(repo: &Path, glob: &str, snapshot: Option<&str>, json: bool) -> Result<ExitCode> {
-    let repo = Repository::open(repo)?;
+    let repo = open(repo)?;
     report::find(&find::find(&repo, glob, snapshot)?, json);
     Ok(ExitCode::SUCCESS)
 }
@@ -342,7 +358,7 @@ fn copy_to(
     snapshots: &[String],
     json: bool,
 ) -> Result<ExitCode> {
-    let repo = Repository::open(repo)?;
+    let repo = open(repo)?;
     copy::refuse_encrypted(&repo)?;
     let _lease = repo.reader_lease("copy")?;
     let stats = match copy::remote::parse_ssh_url(to) {
@@ -369,7 +385,7 @@ fn man(dir: &Path) -> Result<ExitCode> {
 }
 
 fn mount(repo_path: &Path, a: MountArgs) -> Result<ExitCode> {
-    let repo = Repository::open(repo_path)?;
+    let repo = open(repo_path)?;
     let shown = a.mountpoint.display().to_string();
     crate::mount::mount(repo, &a.mountpoint, &a.request(), || {
         use std::io::Write;
