@@ -41,23 +41,33 @@ fn v1_record(name: &str, root: ChunkId, nodes: u64) -> Vec<u8> {
     r
 }
 
+/// The fixture's format-1 repository with one more pack: a one-fifo tree
+/// and a format-1 snapshot record of it per (name, node count) given;
+/// upgraded, with the upgrade's answer.
+fn upgraded_with_records(records: &[(&str, u64)]) -> (tempfile::TempDir, Repo, serde_json::Value) {
+    let dir = tempdir();
+    let (repo, _) = unpack(&canonical(dir.path()));
+    let tree = v1_fifo_tree(&[b"p"]);
+    let (root, _, _) = honest_blob(&tree);
+    let mut rows = vec![honest_row(ChunkKind::Page, &tree)];
+    for (name, nodes) in records {
+        rows.push(honest_row(
+            ChunkKind::Snapshot,
+            &v1_record(name, root, *nodes),
+        ));
+    }
+    plant_pack(&repo.path, &craft_pack(&rows).bytes);
+    let json = upgrade(&repo);
+    (dir, repo, json)
+}
+
 #[test]
 fn upgrade_of_records_that_differ_only_in_their_node_count() {
     // Two format-1 records of one snapshot, one claiming a false node
     // count: format 2 counts nodes itself, so both become the same record.
     // The upgrade must still convert the repository, keeping the snapshot
     // once, not refuse it for ever.
-    let dir = tempdir();
-    let (repo, _) = unpack(&canonical(dir.path()));
-    let tree = v1_fifo_tree(&[b"p"]);
-    let (root, _, _) = honest_blob(&tree);
-    let pack = craft_pack(&[
-        honest_row(ChunkKind::Page, &tree),
-        honest_row(ChunkKind::Snapshot, &v1_record("crafted", root, 1)),
-        honest_row(ChunkKind::Snapshot, &v1_record("crafted", root, 999)),
-    ]);
-    plant_pack(&repo.path, &pack.bytes);
-    let json = upgrade(&repo);
+    let (_dir, repo, json) = upgraded_with_records(&[("crafted", 1), ("crafted", 999)]);
     assert_eq!(json_u64(&json, "snapshots"), 3, "{json}");
     assert_eq!(repo.snapshot_names(), ["crafted", "first", "second"]);
     assert_verify_read_data_ok(&repo, "after the upgrade");
@@ -93,18 +103,7 @@ fn upgrade_of_snapshot_names_format_2_refuses() {
     // Format 1 took names format 2 refuses (a ':' of a time, a '/', a
     // leading '.'): the upgrade mends them and says so, instead of
     // stopping with the repository left in format 1 for ever.
-    let dir = tempdir();
-    let (repo, _) = unpack(&canonical(dir.path()));
-    let tree = v1_fifo_tree(&[b"p"]);
-    let (root, _, _) = honest_blob(&tree);
-    let pack = craft_pack(&[
-        honest_row(ChunkKind::Page, &tree),
-        honest_row(ChunkKind::Snapshot, &v1_record("12:30", root, 1)),
-        honest_row(ChunkKind::Snapshot, &v1_record("../up", root, 1)),
-        honest_row(ChunkKind::Snapshot, &v1_record("latest", root, 1)),
-    ]);
-    plant_pack(&repo.path, &pack.bytes);
-    let json = upgrade(&repo);
+    let (_dir, repo, json) = upgraded_with_records(&[("12:30", 1), ("../up", 1), ("latest", 1)]);
     assert_eq!(json_u64(&json, "snapshots"), 5, "{json}");
     let renamed: Vec<(String, String)> = json["renamed"]
         .as_array()
