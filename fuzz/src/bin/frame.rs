@@ -11,7 +11,11 @@ fn main() {
         } else {
             // Named by its true hash, as an honest or a cunning peer would.
             let name = snapfs::ids::PackName(snapfs::ids::Hash::of(rest));
-            let _ = snapfs::untrusted::verify_pack(&snapfs::format::keying::Keying::plain(), &name, rest);
+            let _ = snapfs::untrusted::verify_pack(
+                &snapfs::format::keying::Keying::plain(),
+                &name,
+                rest,
+            );
         }
     });
 }

@@ -3,11 +3,13 @@
 //! Run from `fuzz/`: `cargo run --bin gen_seeds`.
 use std::path::{Path, PathBuf};
 
-use snapfs::format::blob::{Encoder, hash_chunk};
+use snapfs::format::blob::Encoder;
+use snapfs::format::keying::Keying;
 use snapfs::format::pack::{ChunkKind, PackWriter};
+use snapfs::format::page::build_dir;
 use snapfs::format::record::SnapshotRow;
 use snapfs::format::tree::{
-    Body, ChunkList, ChunkRef, Entry, Kind, Meta, encode_tree, encode_xattrs,
+    Body, ChunkList, ChunkRef, ContentRef, Entry, FileTime, Kind, Meta, encode_xattrs,
 };
 use snapfs::ids::{ChunkId, Hash, TreeHash, TreeId};
 
@@ -17,8 +19,9 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) {
 }
 
 fn blob(data: &[u8]) -> (ChunkId, Vec<u8>) {
-    let h = hash_chunk(data);
-    let b = Encoder::new(3)
+    let keying = Keying::plain();
+    let h = keying.hash_chunk(data);
+    let b = Encoder::new(3, &keying)
         .expect("zstd")
         .encode(data, &h)
         .expect("encode");
@@ -27,10 +30,12 @@ fn blob(data: &[u8]) -> (ChunkId, Vec<u8>) {
 
 fn entries() -> Vec<Entry> {
     let mut list = ChunkList::default();
-    list.push(ChunkRef {
-        id: ChunkId(Hash::of(b"a")),
-        len: 7,
-    });
+    for (name, len) in [(&b"a"[..], 7), (b"b", 9)] {
+        list.push(ChunkRef {
+            id: ChunkId(Hash::of(name)),
+            len,
+        });
+    }
     vec![
         Entry {
             name: b"dir".to_vec(),
@@ -51,13 +56,13 @@ fn entries() -> Vec<Entry> {
             kind: Kind::File,
             meta: Meta {
                 mode: 0o100644,
-                size: 7,
-                mtime_ns: -5,
+                size: 16,
+                mtime: FileTime::from_stat(-5, 7),
                 ..Meta::default()
             },
             link_key: 3,
             xattrs: vec![(b"user.k".to_vec(), b"v".to_vec())],
-            body: Body::File(list),
+            body: Body::File(ContentRef::of_list(&Keying::plain(), &list, 16)),
         },
         Entry {
             name: b"link".to_vec(),
@@ -80,9 +85,14 @@ fn entries() -> Vec<Entry> {
 
 fn main() {
     let seeds = PathBuf::from("seeds");
-    let tree = encode_tree(&entries());
+    // Directory pages: a leaf, and the empty directory.
+    let tree = build_dir(entries(), &Keying::plain()).root().bytes.clone();
     write(&seeds.join("tree"), "tree", &tree);
-    write(&seeds.join("tree"), "empty", &encode_tree(&[]));
+    write(
+        &seeds.join("tree"),
+        "empty",
+        &build_dir(Vec::new(), &Keying::plain()).root().bytes,
+    );
     write(
         &seeds.join("tree"),
         "xattrs",
@@ -102,7 +112,7 @@ fn main() {
 
     let tmp = std::env::temp_dir().join(format!("snapfs-seeds-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).expect("tmp dir");
-    let mut w = PackWriter::create(&tmp, 3).expect("pack writer");
+    let mut w = PackWriter::create(&tmp, 3, &Keying::plain()).expect("pack writer");
     let (id, b) = blob(&tree);
     w.append(id, ChunkKind::Page, tree.len() as u32, &b)
         .expect("append");

@@ -23,7 +23,9 @@ fn main() {
             offset,
             count: table.len() / 49,
         };
-        if let Ok(entries) = parse_table(table, loc, check, &snapfs::format::keying::Keying::plain()) {
+        if let Ok(entries) =
+            parse_table(table, loc, check, &snapfs::format::keying::Keying::plain())
+        {
             for e in entries {
                 assert!(e.offset >= HEADER_LEN);
                 let end = e.offset.checked_add(u64::from(e.stored_len));

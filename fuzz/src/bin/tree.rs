@@ -1,12 +1,12 @@
-//! An encoded tree (and, on the same bytes, an xattr list). What decodes
-//! must encode back to bytes that decode to the same entries.
+//! An encoded directory page (and, on the same bytes, an xattr list). What
+//! decodes must encode back to bytes that decode to the same page.
 fn main() {
     afl::fuzz!(|data: &[u8]| {
-        if let Ok(entries) = snapfs::format::tree::decode_tree(data) {
-            let again = snapfs::format::tree::encode_tree(&entries);
+        if let Ok(page) = snapfs::format::page::decode_page(data) {
+            let again = snapfs::format::page::encode_page(&page);
             assert_eq!(
-                snapfs::format::tree::decode_tree(&again).expect("re-encoded tree"),
-                entries
+                snapfs::format::page::decode_page(&again).expect("re-encoded page"),
+                page
             );
         }
         if let Ok(x) = snapfs::format::tree::decode_xattrs(data) {
