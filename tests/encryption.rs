@@ -342,3 +342,72 @@ fn forget_gc_and_recompress_keep_an_encrypted_repository_whole() {
     let again = gc(&repo, &["--recompress", "9"]);
     assert_eq!(json_u64(&again, "packs_rewritten"), 0, "{again}");
 }
+
+#[test]
+fn encrypted_init_over_the_keys_of_a_killed_init_in_place() {
+    // An init killed after its key slot but before its config leaves
+    // keys/ in the (otherwise empty) directory an administrator prepared:
+    // the next init must take the directory, and no slot of the dead
+    // init's master key may survive to open it with the wrong key.
+    let dir = tempdir();
+    let base = canonical(dir.path());
+    let path = base.join("prepared");
+    mkdir(&path);
+    mkdir(&path.join("keys"));
+    write_file(
+        &path.join("keys/0123456789abcdef.key"),
+        b"{\"left\": \"by a dead init\"}",
+    );
+    let pw = base.join("passphrase");
+    write_file(&pw, b"correct horse battery staple\n");
+    let mut repo = Repo::at(&path);
+    repo.secret = Some(Secret {
+        password_file: pw,
+        cache_dir: base.join("cache"),
+    });
+    run_ok(
+        repo.cmd()
+            .args(["init", "--encryption", "xchacha20-poly1305"]),
+    );
+    assert!(
+        !path.join("keys/0123456789abcdef.key").exists(),
+        "a dead init's slot survived"
+    );
+    let work = Work::new();
+    write_file(&work.src.join("a"), b"a");
+    let id = repo.ingest(&[], &[&work.src]).id;
+    let reference = work.freeze("a");
+    work.assert_restores(&repo, &id, &reference);
+}
+
+#[test]
+fn catalog_cache_directory_of_another_user_is_refused() {
+    // Where the cache is shared (SNAPFS_CACHE_DIR under /tmp), another
+    // user may make the repository's directory first: it must not receive
+    // the catalog, which names every file.
+    let (_work, repo, _id, _reference) = marked_encrypted();
+    let secret = repo.secret.clone().expect("encrypted");
+    let dir = catalog_in(&secret.cache_dir)
+        .parent()
+        .expect("cache directory")
+        .to_path_buf();
+    fs::remove_dir_all(&dir).expect("remove the cache");
+    mkdir(&dir);
+    lchown(&dir, 65534, 65534);
+    let out = output_of(repo.cmd().arg("snapshots"));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        describe("snapshots", &out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("belongs to another user"),
+        "{}",
+        describe("snapshots", &out)
+    );
+    assert!(
+        walk(&dir).into_iter().all(|p| p == dir),
+        "something was written into it"
+    );
+}

@@ -227,7 +227,7 @@ impl Header {
         // An encrypted repository reads sealed blobs only, and a plain one
         // plain blobs only: a plain blob planted in an encrypted repository
         // is refused, not read unauthenticated.
-        let sealed = keying.seal().is_some();
+        let sealed = keying.is_sealed();
         let (version, rec_len) = if sealed {
             (SEALED_VERSION, SEALED_REC)
         } else {
@@ -277,9 +277,11 @@ impl Header {
         }
         // A sealed header carries no digests: each frame's tag binds it to
         // the id instead.
-        let hashes: Vec<Hash> = frames.iter().map(|f| f.hash).collect();
-        if !sealed && keying.id_from_frames(&hashes) != *id {
-            return Err(bad("header does not match its id"));
+        if !sealed {
+            let hashes: Vec<Hash> = frames.iter().map(|f| f.hash).collect();
+            if keying.id_from_frames(&hashes) != *id {
+                return Err(bad("header does not match its id"));
+            }
         }
         Ok(Header {
             frames,
@@ -294,10 +296,11 @@ impl Header {
 
     /// The blob's length as the header describes it: header plus frames.
     pub fn blob_len(&self) -> usize {
-        self.frames.last().map_or(
-            header_len_of(self.keying.seal().is_some(), self.raw_len),
-            |f| f.start + f.stored_len,
-        )
+        self.frames
+            .last()
+            .map_or(header_len_of(self.keying.is_sealed(), self.raw_len), |f| {
+                f.start + f.stored_len
+            })
     }
 
     /// Offset (from the blob start) and stored length of frame `i`. A frame
@@ -456,7 +459,7 @@ pub fn decode_blob(
     // Frames that authenticate were sealed by a key holder; that the whole
     // is the content its id names is checked too where a whole chunk is
     // read (verify, copy, gc), at the cost of one hash.
-    if keying.seal().is_some() && keying.hash_chunk(&out).id != *id {
+    if keying.is_sealed() && keying.hash_chunk(&out).id != *id {
         return Err(Error::corrupt(format!(
             "chunk {id}: its content is not what its id names"
         )));

@@ -127,8 +127,9 @@ impl Keying {
         })
     }
 
-    pub fn is_keyed(&self) -> bool {
-        self.id.is_some()
+    /// Whether blobs and pack tables are sealed (an encrypted repository).
+    pub fn is_sealed(&self) -> bool {
+        self.seal.is_some()
     }
 
     /// The sealing keys; None in an unencrypted repository.

@@ -55,7 +55,7 @@ pub fn recorded_level(level: i32) -> u8 {
 
 /// The format byte of the packs of a repository of this keying.
 fn format_of(keying: &Keying) -> u8 {
-    if keying.seal().is_some() {
+    if keying.is_sealed() {
         FORMAT_SEALED
     } else {
         FORMAT_PLAIN
@@ -361,7 +361,7 @@ pub fn parse_table(
         }
         None => table,
     };
-    let sealed = keying.seal().is_some();
+    let sealed = keying.is_sealed();
     table
         .chunks_exact(TABLE_REC)
         .map(|r| {

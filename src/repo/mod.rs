@@ -124,14 +124,14 @@ pub fn group_id(name: &str) -> Result<u32> {
 
 /// Names an interrupted `init` may leave in a directory before it wrote
 /// `config`: such a directory is still "empty" for the next `init`.
-const INIT_LEFTOVERS: &[&str] = &[
-    "packs",
-    "tmp",
+const INIT_LEFTOVERS: &[&str] = &["packs", "tmp", "keys", "config.tmp"];
+
+/// The catalog's file and SQLite's files beside it.
+const CATALOG_FILES: &[&str] = &[
     "catalog.db",
     "catalog.db-wal",
     "catalog.db-shm",
     "catalog.db-journal",
-    "config.tmp",
 ];
 
 fn chmod(path: &Path, mode: u32) -> Result<()> {
@@ -184,8 +184,8 @@ impl Repository {
                 // not this repository's).
                 let dir = unlock::catalog_dir(root, &config)?;
                 let db = dir.join("catalog.db");
-                for suffix in ["", "-wal", "-shm", "-journal"] {
-                    let p = dir.join(format!("catalog.db{suffix}"));
+                for name in CATALOG_FILES {
+                    let p = dir.join(name);
                     match std::fs::remove_file(&p) {
                         Ok(()) => {}
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -206,12 +206,6 @@ impl Repository {
         group: Option<u32>,
         key: Option<(&crate::crypto::MasterKey, &str)>,
     ) -> Result<()> {
-        if root.join("config").exists() {
-            return Err(Error::invalid(format!(
-                "{} is already a snapfs repository",
-                root.display()
-            )));
-        }
         let access = Access { group };
         set_umask(access);
         match std::fs::metadata(root) {
@@ -220,6 +214,7 @@ impl Repository {
                     let name = e.at(root)?.file_name();
                     if !INIT_LEFTOVERS
                         .iter()
+                        .chain(CATALOG_FILES)
                         .any(|l| name.as_bytes() == l.as_bytes())
                     {
                         return Err(Error::NotEmpty(root.to_path_buf()));
@@ -274,7 +269,14 @@ impl Repository {
         }
         if let Some((master, pass)) = key {
             // The key slot before the config: a repository is complete
-            // once its config is there, and then must open.
+            // once its config is there, and then must open. Slots a killed
+            // init left here wrap another master key: never this one's.
+            let keys = dir.join(crate::crypto::slots::KEYS_DIR);
+            match std::fs::remove_dir_all(&keys) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).at(&keys),
+            }
             let id = config
                 .id
                 .as_ref()

@@ -7,14 +7,14 @@
 //! packs and the key whenever it is missing. Whoever can read that
 //! directory can read the names (see SECURITY.md).
 
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use crate::crypto::{MasterKey, PassphraseSource, SlotId, read_passphrase, unlock};
 use crate::error::{Error, IoContext, Result};
 use crate::format::keying::Keying;
-use crate::repo::config::{Config, Encryption};
+use crate::repo::config::{Config, Encryption, RepoId};
 
 static SOURCE: OnceLock<PassphraseSource> = OnceLock::new();
 static CACHE_DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -49,23 +49,27 @@ pub(crate) fn keying_for(root: &Path, config: &Config) -> Result<Arc<Keying>> {
     }
 }
 
+/// The id of an encrypted repository (None: unencrypted). A config read
+/// from disk always has one then; one made in code is checked here.
+fn encrypted_id<'c>(root: &Path, config: &'c Config) -> Result<Option<&'c RepoId>> {
+    match (config.encryption, &config.id) {
+        (Encryption::None, _) => Ok(None),
+        (_, Some(id)) => Ok(Some(id)),
+        (_, None) => Err(Error::invalid(format!(
+            "{}: an encrypted repository without an id",
+            root.display()
+        ))),
+    }
+}
+
 /// The master key of the encrypted repository at `root`, and the slot its
 /// passphrase opened.
 pub(crate) fn unlock_master(root: &Path, config: &Config) -> Result<(MasterKey, SlotId)> {
-    let id = match (config.encryption, &config.id) {
-        (Encryption::XChaCha20Poly1305, Some(id)) => id,
-        (Encryption::None, _) => {
-            return Err(Error::invalid(format!(
-                "{} is not encrypted: it has no key",
-                root.display()
-            )));
-        }
-        (_, None) => {
-            return Err(Error::invalid(format!(
-                "{}: an encrypted repository without an id",
-                root.display()
-            )));
-        }
+    let Some(id) = encrypted_id(root, config)? else {
+        return Err(Error::invalid(format!(
+            "{} is not encrypted: it has no key",
+            root.display()
+        )));
     };
     let pass = read_passphrase(
         &passphrase_source(),
@@ -79,15 +83,8 @@ pub(crate) fn unlock_master(root: &Path, config: &Config) -> Result<(MasterKey, 
 /// cache (`--cache-dir`, `$SNAPFS_CACHE_DIR`, `$XDG_CACHE_HOME/snapfs` or
 /// `~/.cache/snapfs`), made 0700 whatever the umask.
 pub(crate) fn catalog_dir(root: &Path, config: &Config) -> Result<PathBuf> {
-    let id = match (config.encryption, &config.id) {
-        (Encryption::None, _) => return Ok(root.to_path_buf()),
-        (_, Some(id)) => id,
-        (_, None) => {
-            return Err(Error::invalid(format!(
-                "{}: an encrypted repository without an id",
-                root.display()
-            )));
-        }
+    let Some(id) = encrypted_id(root, config)? else {
+        return Ok(root.to_path_buf());
     };
     let base = cache_base()?;
     let dir = base.join(id.to_hex());
@@ -106,6 +103,14 @@ pub(crate) fn catalog_dir(root: &Path, config: &Config) -> Result<PathBuf> {
     if !md.is_dir() {
         return Err(Error::invalid(format!(
             "{} is not a directory",
+            dir.display()
+        )));
+    }
+    // A directory of another user's (planted where the cache goes, e.g.
+    // under a shared SNAPFS_CACHE_DIR) would hand them the catalog.
+    if md.uid() != rustix::process::geteuid().as_raw() {
+        return Err(Error::invalid(format!(
+            "{} belongs to another user: it cannot hold this repository's catalog",
             dir.display()
         )));
     }

@@ -304,7 +304,7 @@ impl Shared {
                         .read_at(
                             &loc.pack,
                             loc.offset,
-                            header_len_of(self.repo.keying.seal().is_some(), raw_len),
+                            header_len_of(self.repo.keying.is_sealed(), raw_len),
                         )
                         .map_err(|e| missing_pack_is_damage(e, loc))?;
                     let h = Arc::new(Header::parse(&self.repo.keying, &bytes, &c.id, raw_len)?);
