@@ -200,6 +200,11 @@ fn corrupt_snapshot_row_is_reported_not_empty() {
 
 /// `copy --to PATH` and the error of one damaged chunk, with the target.
 fn copy_fails(repo: &Repo) -> (String, Repo, tempfile::TempDir) {
+    copy_fails_with(repo, &[])
+}
+
+/// `copy_fails` with more arguments to `copy`.
+fn copy_fails_with(repo: &Repo, args: &[&str]) -> (String, Repo, tempfile::TempDir) {
     let to = tempdir();
     let target = canonical(to.path()).join("copy");
     let out = repo
@@ -207,6 +212,7 @@ fn copy_fails(repo: &Repo) -> (String, Repo, tempfile::TempDir) {
         .arg("copy")
         .arg("--to")
         .arg(&target)
+        .args(args)
         .output()
         .expect("spawn copy");
     assert_eq!(out.status.code(), Some(1), "{}", describe("copy", &out));
@@ -215,6 +221,45 @@ fn copy_fails(repo: &Repo) -> (String, Repo, tempfile::TempDir) {
 
 fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
+}
+
+/// A copy that seals every file again under another key reads each one
+/// back first: damage stops it, naming the snapshot and the file, and the
+/// destination gets no snapshot.
+#[test]
+fn copy_to_another_key_of_a_damaged_file_names_the_snapshot_and_file() {
+    let (_dir, src) = source_tree();
+    let repo = Repo::new();
+    repo.ingest(&["--name", "nightly"], &[&src]);
+    let chunk = first_chunk_of(&repo, b"notes.txt");
+    damage_chunk(&repo, "SELECT ?", &[&chunk]);
+    let pass = tempdir();
+    let pass_file = canonical(pass.path()).join("pass");
+    write_file(&pass_file, b"destination passphrase\n");
+    let pass_file = pass_file.to_str().expect("utf-8 path");
+    let (err, target, _to) = copy_fails_with(
+        &repo,
+        &[
+            "--to-encryption",
+            "xchacha20-poly1305",
+            "--to-password-file",
+            pass_file,
+        ],
+    );
+    let file = src.join("docs/inner/notes.txt");
+    assert!(
+        err.contains("snapshot nightly") && err.contains(&format!("file {}", path_str(&file))),
+        "the error does not name the snapshot and the file:\n{err}"
+    );
+    let target = Repo::encrypted_at(
+        &target.path,
+        &canonical(pass.path()),
+        "destination passphrase",
+    );
+    assert!(
+        target.snapshots().is_empty(),
+        "the damaged snapshot was copied"
+    );
 }
 
 /// Broke: `copy` of a snapshot with a damaged directory tree said only

@@ -297,10 +297,9 @@ fn key_passwd_refuses_the_old_passphrase_and_opens_with_the_new_one() {
 }
 
 #[test]
-fn copy_of_an_encrypted_repository_is_refused_and_its_cache_untouched() {
-    // A copy moves sealed blobs as they are: until it seals them again
-    // under the other key, it must refuse, not make a target that shares
-    // the source's id (and so its catalog cache) or holds unreadable blobs.
+fn copy_of_an_encrypted_repository_over_ssh_is_refused_and_its_cache_untouched() {
+    // Over ssh the far side holds no key, so it cannot check or index what
+    // it is sent: refused before any connection, the cache untouched.
     let work = Work::new();
     write_file(&work.src.join("a"), b"a");
     let repo = Repo::new_encrypted();
@@ -308,16 +307,112 @@ fn copy_of_an_encrypted_repository_is_refused_and_its_cache_untouched() {
     let secret = repo.secret.clone().expect("encrypted");
     let catalog = catalog_in(&secret.cache_dir);
     let before = fs::read(&catalog).expect("catalog");
-    let target = canonical(work.src.parent().expect("parent")).join("copy-target");
-    let out = output_of(repo.cmd().arg("copy").arg("--to").arg(&target));
+    let out = output_of(
+        repo.cmd()
+            .args(["copy", "--to", "ssh://nobody@127.0.0.1:1/x"])
+            .env("SNAPFS_SSH", "false"),
+    );
     assert_eq!(out.status.code(), Some(1), "{}", describe("copy", &out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("encrypted"),
         "{}",
         describe("copy", &out)
     );
-    assert!(!target.join("config").exists(), "a target was made");
     assert_eq!(fs::read(&catalog).expect("catalog"), before);
+}
+
+/// Copies the repository `from` into `to` (made by the copy when it does
+/// not exist, with `extra` arguments), its passphrase given as the
+/// destination's; returns the copy's JSON.
+fn copy_into(from: &Repo, to: &Repo, extra: &[&str]) -> serde_json::Value {
+    let mut cmd = from.cmd();
+    cmd.args(["copy", "--json", "--to"])
+        .arg(&to.path)
+        .args(extra);
+    if let Some(s) = &to.secret {
+        cmd.arg("--to-password-file").arg(&s.password_file);
+    }
+    json_of("copy", &mut cmd)
+}
+
+/// The whole fixture (every kind of entry) from an encrypted repository
+/// into one with another key, from there into an unencrypted one and back
+/// into an encrypted one: each holds the same tree, rsync -aHAXc finds no
+/// difference through each mount, and a second copy sends nothing.
+#[test]
+fn copy_between_keys_encrypted_other_key_plain_and_back() {
+    let src_dir = tempdir();
+    let fixture = build_fixture(src_dir.path());
+    let a = Repo::new_encrypted();
+    a.ingest(&["--name", "fixture"], &[&fixture.root]);
+    let cache = a.secret.clone().expect("encrypted").cache_dir;
+    let dirs = tempdir();
+    let base = canonical(dirs.path());
+    let b = Repo::encrypted_at(&base.join("b"), &cache, "the other key's passphrase");
+    let c = Repo::at(&base.join("c"));
+    let d = Repo::encrypted_at(&base.join("d"), &cache, "yet another passphrase");
+    let first = copy_into(&a, &b, &[]);
+    assert_eq!(first["snapshots_copied"], serde_json::json!(["fixture"]));
+    copy_into(&b, &c, &["--to-encryption", "none"]);
+    copy_into(&c, &d, &["--to-encryption", "xchacha20-poly1305"]);
+    assert!(
+        !c.path.join("keys").exists() && c.path.join("catalog.db").is_file(),
+        "the unencrypted copy is not a plain repository"
+    );
+    for (what, r) in [("other key", &b), ("unencrypted", &c), ("back", &d)] {
+        let mount = Mount::new(r, &[]);
+        let diff = rsync_diff(&fixture.root, &mount.source_in("fixture", &fixture.root));
+        assert!(diff.is_empty(), "{what}: rsync -naHAXc reports:\n{diff}");
+        drop(mount);
+        assert_verify_read_data_ok(r, what);
+    }
+    // Other keys, other ids: no chunk id of the source is one of the copy's.
+    let ids = |r: &Repo| -> std::collections::BTreeSet<String> {
+        r.snapshots()
+            .iter()
+            .map(|s| json_str(s, "id").to_string())
+            .collect()
+    };
+    assert!(
+        ids(&a).is_disjoint(&ids(&b)),
+        "the same snapshot ids under two keys"
+    );
+    let again = copy_into(&a, &b, &[]);
+    assert_eq!(again["snapshots_copied"], serde_json::json!([]));
+    assert_eq!(again["snapshots_present"], 1);
+    assert_eq!(again["chunks_sent"], 0);
+}
+
+/// A later copy to another key reads again only what changed: the files
+/// and directories its source snapshot shares with one copied before are
+/// taken from that copy.
+#[test]
+fn copy_between_keys_sends_only_what_changed_since_the_last_copy() {
+    let work = Work::new();
+    write_random_file(&work.src.join("big"), 11, 4 << 20);
+    mkdir(&work.src.join("docs"));
+    write_file(&work.src.join("docs/a"), b"first");
+    let a = Repo::new_encrypted();
+    a.ingest(&["--name", "one"], &[&work.src]);
+    let dirs = tempdir();
+    let c = Repo::at(&canonical(dirs.path()).join("c"));
+    let first = copy_into(&a, &c, &["--to-encryption", "none"]);
+    let first_bytes = first["bytes_sent"].as_u64().expect("bytes_sent");
+    assert!(
+        first_bytes > 4 << 20,
+        "the first copy sent only {first_bytes} bytes"
+    );
+    write_file(&work.src.join("docs/a"), b"second");
+    a.ingest(&["--name", "two"], &[&work.src]);
+    let second = copy_into(&a, &c, &[]);
+    assert_eq!(second["snapshots_copied"], serde_json::json!(["two"]));
+    let read = second["bytes_read"].as_u64().expect("bytes_read");
+    assert!(
+        read < 64 << 10,
+        "the second copy read {read} bytes of the source for a 6-byte change"
+    );
+    let reference = work.freeze("two");
+    work.assert_restores(&c, "two", &reference);
 }
 
 #[test]

@@ -185,6 +185,14 @@ pub enum Command {
         /// snapfs on the far side of ssh://
         #[arg(long, default_value = "snapfs")]
         remote_snapfs: String,
+        /// File holding the passphrase of an encrypted REPO2, which has its
+        /// own key [env: SNAPFS_TO_PASSWORD_FILE, or SNAPFS_TO_PASSWORD_COMMAND]
+        #[arg(long, value_name = "FILE")]
+        to_password_file: Option<PathBuf>,
+        /// Encryption of REPO2 when this creates it: none or
+        /// xchacha20-poly1305 (default: the source's)
+        #[arg(long, value_name = "MODE")]
+        to_encryption: Option<String>,
         #[arg(long)]
         json: bool,
         snapshots: Vec<String>,

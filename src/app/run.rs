@@ -23,9 +23,9 @@ pub fn main() -> ExitCode {
     crate::repo::private_umask();
     let cli = Cli::parse();
     crate::repo::set_lock_wait(std::time::Duration::from_secs(cli.lock_wait));
-    crate::repo::set_passphrase_source(crate::crypto::PassphraseSource {
-        file: cli.password_file.clone(),
-    });
+    crate::repo::set_passphrase_source(crate::crypto::PassphraseSource::repository(
+        cli.password_file.clone(),
+    ));
     if let Some(dir) = &cli.cache_dir {
         crate::repo::set_cache_dir(dir.clone());
     }
@@ -151,9 +151,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
             to,
             ssh,
             remote_snapfs,
+            to_password_file,
+            to_encryption,
             json,
             snapshots,
-        } => copy_to(repo, &to, &ssh, &remote_snapfs, &snapshots, json),
+        } => copy_to(
+            repo,
+            &to,
+            &CopyTo {
+                ssh,
+                remote_snapfs,
+                password: crate::crypto::PassphraseSource::destination(to_password_file),
+                encryption: to_encryption,
+            },
+            &snapshots,
+            json,
+        ),
         Command::Serve { append_only } => {
             copy::remote::serve(repo, copy::remote::ServeOptions { append_only })?;
             Ok(ExitCode::SUCCESS)
@@ -175,12 +188,7 @@ fn init(
     group: Option<&str>,
     encryption: &str,
 ) -> Result<ExitCode> {
-    let encryption = crate::repo::Encryption::from_name(encryption).ok_or_else(|| {
-        crate::error::Error::invalid(format!(
-            "--encryption {encryption:?}: choose one of {}",
-            crate::repo::Encryption::NAMES.join(", ")
-        ))
-    })?;
+    let encryption = encryption_named(encryption)?;
     if encryption != crate::repo::Encryption::None && group.is_some() {
         return Err(crate::error::Error::invalid(
             "an encrypted repository cannot be shared with --group yet: its key slots and catalog are its owner's alone",
@@ -290,7 +298,12 @@ fn verify(repo: &Path, read_data: bool, subset: Option<f64>, json: bool) -> Resu
 /// missing (another machine, a cleared cache) gets it rebuilt from the
 /// packs and the key first, as `rebuild-catalog` would.
 fn open(path: &Path) -> Result<Repository> {
-    let repo = Repository::open(path)?;
+    open_from(path, &crate::repo::passphrase_source())
+}
+
+/// `open`, an encrypted repository's passphrase read from `src`.
+fn open_from(path: &Path, src: &crate::crypto::PassphraseSource) -> Result<Repository> {
+    let repo = Repository::open_from(path, src)?;
     if repo.config.encryption != crate::repo::Encryption::None && !repo.catalog_path().exists() {
         log::warn!(
             "{}: its local catalog ({}) is missing; rebuilding it from the packs",
@@ -350,29 +363,84 @@ fn find(repo: &Path, glob: &str, snapshot: Option<&str>, json: bool) -> Result<E
     Ok(ExitCode::SUCCESS)
 }
 
+/// How `copy` reaches and, if need be, creates its destination.
+struct CopyTo {
+    ssh: String,
+    remote_snapfs: String,
+    password: crate::crypto::PassphraseSource,
+    encryption: Option<String>,
+}
+
 fn copy_to(
     repo: &Path,
     to: &str,
-    ssh: &str,
-    remote_snapfs: &str,
+    how: &CopyTo,
     snapshots: &[String],
     json: bool,
 ) -> Result<ExitCode> {
+    use crate::repo::Encryption;
     let repo = open(repo)?;
-    copy::refuse_encrypted(&repo)?;
     let _lease = repo.reader_lease("copy")?;
+    let plain = repo.config.encryption == Encryption::None;
     let stats = match copy::remote::parse_ssh_url(to) {
         Some(url) => {
-            let mut t = copy::remote::RemoteTarget::connect(&url, ssh, remote_snapfs)?;
+            copy::refuse_encrypted(&repo)?;
+            let mut t = copy::remote::RemoteTarget::connect(&url, &how.ssh, &how.remote_snapfs)?;
             copy::copy(&repo, &mut t, snapshots)?
         }
         None => {
-            let mut t = copy::LocalTarget::open_or_init(Path::new(to), repo.config.clone())?;
-            copy::copy(&repo, &mut t, snapshots)?
+            let path = Path::new(to);
+            let existing = crate::repo::read_config(path).ok();
+            let encryption = match (&existing, &how.encryption) {
+                (Some(_), Some(_)) => {
+                    return Err(crate::error::Error::invalid(format!(
+                        "{to} exists already: --to-encryption only chooses how a new destination is made"
+                    )));
+                }
+                (Some(c), None) => c.encryption,
+                (None, Some(name)) => encryption_named(name)?,
+                (None, None) => repo.config.encryption,
+            };
+            if plain && encryption == Encryption::None {
+                // The same ids and blobs on both sides: stored blobs travel
+                // as they are, and only what the destination lacks.
+                let mut t = copy::LocalTarget::open_or_init(path, repo.config.clone())?;
+                copy::copy(&repo, &mut t, snapshots)?
+            } else {
+                let dst = match existing {
+                    Some(_) => open_from(path, &how.password)?,
+                    None => Repository::init_from(
+                        path,
+                        crate::repo::Config {
+                            append_only: false,
+                            id: Some(crate::repo::RepoId::random()?),
+                            encryption,
+                            ..repo.config.clone()
+                        },
+                        None,
+                        &how.password,
+                    )?,
+                };
+                if dst.config.id.is_some() && dst.config.id == repo.config.id {
+                    return Err(crate::error::Error::invalid(format!(
+                        "{to} is the repository being copied"
+                    )));
+                }
+                copy::reencode::copy_reencoded(&repo, &dst, snapshots)?
+            }
         }
     };
     report::copy(&stats, to, json);
     Ok(ExitCode::SUCCESS)
+}
+
+fn encryption_named(name: &str) -> Result<crate::repo::Encryption> {
+    crate::repo::Encryption::from_name(name).ok_or_else(|| {
+        crate::error::Error::invalid(format!(
+            "--encryption {name:?}: choose one of {}",
+            crate::repo::Encryption::NAMES.join(", ")
+        ))
+    })
 }
 
 fn man(dir: &Path) -> Result<ExitCode> {

@@ -37,11 +37,54 @@ pub const MAX_PASSPHRASE: usize = 4096;
 
 const TTY: &str = "/dev/tty";
 
-/// The passphrase options of the command line.
-#[derive(Clone, Debug, Default)]
+/// The variable naming a file that holds the passphrase of a copy's
+/// destination (`copy --to`), which has its own key.
+pub const TO_PASSWORD_FILE_ENV: &str = "SNAPFS_TO_PASSWORD_FILE";
+/// The variable holding a command that prints the destination's passphrase.
+pub const TO_PASSWORD_COMMAND_ENV: &str = "SNAPFS_TO_PASSWORD_COMMAND";
+
+/// Where one repository's passphrase comes from: an option of the command
+/// line, then two variables, then the terminal.
+#[derive(Clone, Debug)]
 pub struct PassphraseSource {
-    /// `--password-file FILE`.
+    /// The option's file (`--password-file FILE`).
     pub file: Option<PathBuf>,
+    /// The option's name, for messages.
+    option: &'static str,
+    env_file: &'static str,
+    env_command: &'static str,
+}
+
+impl Default for PassphraseSource {
+    fn default() -> Self {
+        PassphraseSource::repository(None)
+    }
+}
+
+impl PassphraseSource {
+    /// The repository a command works on: `--password-file`,
+    /// `SNAPFS_PASSWORD_FILE`, `SNAPFS_PASSWORD_COMMAND`.
+    pub fn repository(file: Option<PathBuf>) -> PassphraseSource {
+        PassphraseSource {
+            file,
+            option: "--password-file",
+            env_file: PASSWORD_FILE_ENV,
+            env_command: PASSWORD_COMMAND_ENV,
+        }
+    }
+
+    /// The destination of `copy --to`: `--to-password-file`,
+    /// `SNAPFS_TO_PASSWORD_FILE`, `SNAPFS_TO_PASSWORD_COMMAND`. Never the
+    /// source's: two repositories with one passphrase would share a secret
+    /// without anybody having said so.
+    pub fn destination(file: Option<PathBuf>) -> PassphraseSource {
+        PassphraseSource {
+            file,
+            option: "--to-password-file",
+            env_file: TO_PASSWORD_FILE_ENV,
+            env_command: TO_PASSWORD_COMMAND_ENV,
+        }
+    }
 }
 
 /// Where a second, new passphrase is read from (`key add`, `key passwd`),
@@ -86,7 +129,7 @@ pub fn read_new_passphrase(src: &PassphraseSource, prompt: &str) -> Result<Zeroi
 
 fn obtain(src: &PassphraseSource, prompt: &str, twice: bool) -> Result<Zeroizing<String>> {
     let env = |name| std::env::var_os(name);
-    match choose(src, env(PASSWORD_FILE_ENV), env(PASSWORD_COMMAND_ENV)) {
+    match choose(src, env(src.env_file), env(src.env_command)) {
         Origin::File(path) => from_file(&path),
         Origin::Command(command) => from_command(&command),
         Origin::Terminal => {
@@ -95,7 +138,11 @@ fn obtain(src: &PassphraseSource, prompt: &str, twice: bool) -> Result<Zeroizing
                 .write(true)
                 .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
                 .open(TTY)
-                .map_err(|_| no_passphrase())?;
+                .map_err(|_| no_passphrase(src))?;
+            // SAFETY: `tty` is open for the call.
+            if unsafe { libc::isatty(tty.as_raw_fd()) } != 1 {
+                return Err(no_passphrase(src));
+            }
             ask(&tty, prompt, twice)
         }
     }
@@ -128,9 +175,10 @@ fn choose(
     }
 }
 
-fn no_passphrase() -> Error {
+fn no_passphrase(src: &PassphraseSource) -> Error {
     Error::invalid(format!(
-        "no passphrase: give --password-file FILE, or set {PASSWORD_FILE_ENV} or {PASSWORD_COMMAND_ENV}"
+        "no passphrase: give {} FILE, or set {} or {}",
+        src.option, src.env_file, src.env_command
     ))
 }
 
@@ -317,7 +365,9 @@ impl<'a> Quiet<'a> {
         let mut saved: libc::termios = unsafe { std::mem::zeroed() };
         // SAFETY: `fd` is open while `tty` is borrowed.
         if unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
-            return Err(no_passphrase());
+            return Err(Error::invalid(
+                "no passphrase: none was given, and there is no terminal to ask for one",
+            ));
         }
         let mut quiet = saved;
         quiet.c_lflag &= !libc::ECHO;
@@ -359,9 +409,7 @@ mod tests {
 
     #[test]
     fn sources_are_taken_in_order_and_empty_variables_are_unset() {
-        let opt = PassphraseSource {
-            file: Some("/opt/pw".into()),
-        };
+        let opt = PassphraseSource::repository(Some("/opt/pw".into()));
         let none = PassphraseSource::default();
         let os = |s: &str| Some(OsString::from(s));
         assert_eq!(
@@ -563,6 +611,17 @@ mod tests {
         let e = ask(f.as_file(), "Passphrase: ", false)
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("no passphrase: give --password-file"), "{e}");
+        assert!(e.starts_with("no passphrase: none was given"), "{e}");
+    }
+
+    #[test]
+    fn a_copy_destination_names_its_own_option_and_variables() {
+        let e = no_passphrase(&PassphraseSource::destination(None)).to_string();
+        assert!(
+            e.contains("--to-password-file")
+                && e.contains(TO_PASSWORD_FILE_ENV)
+                && e.contains(TO_PASSWORD_COMMAND_ENV),
+            "{e}"
+        );
     }
 }

@@ -25,7 +25,7 @@ mod unlock;
 
 pub use config::{Config, Encryption, RepoId};
 pub use lock::{RepoLock, set_lock_wait};
-pub use unlock::{set_cache_dir, set_passphrase_source};
+pub use unlock::{passphrase_source, set_cache_dir, set_passphrase_source};
 
 use std::collections::HashSet;
 use std::fs::OpenOptions;
@@ -155,6 +155,17 @@ impl Repository {
     /// prepared, or a mount point) is used in place and keeps its owner,
     /// group and mode: only what it gave to all users is taken away.
     pub fn init_shared(root: &Path, config: Config, group: Option<u32>) -> Result<Repository> {
+        Repository::init_from(root, config, group, &unlock::passphrase_source())
+    }
+
+    /// `init_shared`, the passphrase of an encrypted repository read from
+    /// `src` (a copy's destination has its own).
+    pub fn init_from(
+        root: &Path,
+        config: Config,
+        group: Option<u32>,
+        src: &crate::crypto::PassphraseSource,
+    ) -> Result<Repository> {
         if root.join("config").exists() {
             return Err(Error::invalid(format!(
                 "{} is already a snapfs repository",
@@ -167,7 +178,7 @@ impl Repository {
             Encryption::None => None,
             Encryption::XChaCha20Poly1305 => {
                 let pass = crate::crypto::read_new_passphrase(
-                    &unlock::passphrase_source(),
+                    src,
                     &format!("new passphrase for {}: ", root.display()),
                 )?;
                 Some((crate::crypto::MasterKey::generate()?, pass))
@@ -378,7 +389,15 @@ impl Repository {
 
     /// Open with a config already read (`upgrade` reads an earlier format's).
     pub fn open_with(root: &Path, config: Config) -> Result<Repository> {
-        let keying = unlock::keying_for(root, &config)?;
+        let keying = unlock::keying_for(root, &config, &unlock::passphrase_source())?;
+        Repository::open_keyed(root, config, keying)
+    }
+
+    /// Open, the passphrase of an encrypted repository read from `src` (a
+    /// copy's destination has its own).
+    pub fn open_from(root: &Path, src: &crate::crypto::PassphraseSource) -> Result<Repository> {
+        let config = read_config(root)?;
+        let keying = unlock::keying_for(root, &config, src)?;
         Repository::open_keyed(root, config, keying)
     }
 
@@ -388,7 +407,7 @@ impl Repository {
         root: &Path,
     ) -> Result<(Repository, crate::crypto::MasterKey, crate::crypto::SlotId)> {
         let config = read_config(root)?;
-        let (master, slot) = unlock::unlock_master(root, &config)?;
+        let (master, slot) = unlock::unlock_master(root, &config, &unlock::passphrase_source())?;
         let keying = crate::format::keying::Keying::encrypted(&master.subkeys());
         Ok((Repository::open_keyed(root, config, keying)?, master, slot))
     }

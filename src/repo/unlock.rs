@@ -33,17 +33,21 @@ pub fn set_cache_dir(dir: PathBuf) {
     let _ = CACHE_DIR.set(dir);
 }
 
-pub(crate) fn passphrase_source() -> PassphraseSource {
+pub fn passphrase_source() -> PassphraseSource {
     SOURCE.get().cloned().unwrap_or_default()
 }
 
 /// The keying of the repository at `root`: plain, or unlocked with a
-/// passphrase (asked for once per open).
-pub(crate) fn keying_for(root: &Path, config: &Config) -> Result<Arc<Keying>> {
+/// passphrase from `src` (asked for once per open).
+pub(crate) fn keying_for(
+    root: &Path,
+    config: &Config,
+    src: &PassphraseSource,
+) -> Result<Arc<Keying>> {
     match config.encryption {
         Encryption::None => Ok(Keying::plain()),
         Encryption::XChaCha20Poly1305 => {
-            let (master, _slot) = unlock_master(root, config)?;
+            let (master, _slot) = unlock_master(root, config, src)?;
             Ok(Keying::encrypted(&master.subkeys()))
         }
     }
@@ -63,18 +67,19 @@ fn encrypted_id<'c>(root: &Path, config: &'c Config) -> Result<Option<&'c RepoId
 }
 
 /// The master key of the encrypted repository at `root`, and the slot its
-/// passphrase opened.
-pub(crate) fn unlock_master(root: &Path, config: &Config) -> Result<(MasterKey, SlotId)> {
+/// passphrase (from `src`) opened.
+pub(crate) fn unlock_master(
+    root: &Path,
+    config: &Config,
+    src: &PassphraseSource,
+) -> Result<(MasterKey, SlotId)> {
     let Some(id) = encrypted_id(root, config)? else {
         return Err(Error::invalid(format!(
             "{} is not encrypted: it has no key",
             root.display()
         )));
     };
-    let pass = read_passphrase(
-        &passphrase_source(),
-        &format!("passphrase for {}: ", root.display()),
-    )?;
+    let pass = read_passphrase(src, &format!("passphrase for {}: ", root.display()))?;
     unlock(root, &id.0, &pass)
 }
 

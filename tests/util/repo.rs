@@ -76,6 +76,24 @@ impl Repo {
         repo
     }
 
+    /// A handle on an encrypted repository at `path` that something else
+    /// makes (a copy), with `passphrase` in a file of its own (0600) and its
+    /// catalog in `cache_dir`.
+    pub(crate) fn encrypted_at(path: &Path, cache_dir: &Path, passphrase: &str) -> Repo {
+        let dir = tempdir();
+        let password_file = canonical(dir.path()).join("passphrase");
+        write_file(&password_file, format!("{passphrase}\n").as_bytes());
+        chmod(&password_file, 0o600);
+        Repo {
+            _dir: Some(dir),
+            path: path.to_path_buf(),
+            secret: Some(Secret {
+                password_file,
+                cache_dir: cache_dir.to_path_buf(),
+            }),
+        }
+    }
+
     /// A handle on a repository at `path` that this handle does not own.
     pub(crate) fn at(path: &Path) -> Repo {
         Repo {

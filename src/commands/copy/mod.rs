@@ -29,6 +29,7 @@
 //!   [`MAX_CHUNK_RAW`]), so a pack or chunk cannot make it allocate without
 //!   bound.
 
+pub(crate) mod reencode;
 pub(crate) mod remote;
 
 use std::collections::{HashMap, HashSet};
@@ -546,6 +547,9 @@ pub struct CopyStats {
     pub chunks_sent: u64,
     pub packs_sent: u64,
     pub bytes_sent: u64,
+    /// Bytes of the source's chunks read to send them (as stored, or, for
+    /// a copy to another key, the files' bytes read back).
+    pub bytes_read: u64,
     pub seconds: f64,
 }
 
@@ -662,6 +666,7 @@ impl Sender<'_> {
             .src
             .backend
             .read_at(&loc.pack, loc.offset, loc.stored_len as usize)?;
+        self.stats.bytes_read += blob.len() as u64;
         // Never replicate damage: a chunk that fails here stops the copy
         // (a local target's own check does the same, and `flush` then
         // finds which chunk it was).
@@ -848,6 +853,24 @@ fn scratch_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// The snapshots `which` names (all when empty), oldest first, each once.
+fn selected_snapshots(
+    cat: &Catalog,
+    which: &[String],
+) -> Result<Vec<crate::format::record::SnapshotRow>> {
+    let mut snaps = if which.is_empty() {
+        cat.snapshots()?
+    } else {
+        which
+            .iter()
+            .map(|r| crate::repo::refs::resolve(cat, r))
+            .collect::<Result<Vec<_>>>()?
+    };
+    snaps.sort_by_key(|s| (s.started_ns, s.id.0));
+    snaps.dedup_by_key(|s| s.id);
+    Ok(snaps)
+}
+
 /// Refuse to copy from `src` before any target is made, if it is encrypted.
 pub fn refuse_encrypted(src: &Repository) -> Result<()> {
     if src.config.encryption != Encryption::None {
@@ -862,16 +885,7 @@ pub fn copy(src: &Repository, target: &mut dyn Target, which: &[String]) -> Resu
     let cat = src.catalog()?;
     let mut stats = CopyStats::default();
     let present = target.snapshots()?;
-    let mut snaps = if which.is_empty() {
-        cat.snapshots()?
-    } else {
-        which
-            .iter()
-            .map(|r| crate::repo::refs::resolve(&cat, r))
-            .collect::<Result<Vec<_>>>()?
-    };
-    snaps.sort_by_key(|s| (s.started_ns, s.id.0));
-    snaps.dedup_by_key(|s| s.id);
+    let snaps = selected_snapshots(&cat, which)?;
     let tmp = scratch_dir()?;
     let pack_limit = target.pack_limit();
     let result = (|| -> Result<()> {

@@ -370,7 +370,7 @@ impl<'a> Walker<'a> {
     }
 
     /// Record a directory's pages, those not already stored.
-    fn finish_tree(&mut self, entries: Vec<Entry>) -> Result<DirResult> {
+    pub(crate) fn finish_tree(&mut self, entries: Vec<Entry>) -> Result<DirResult> {
         let built = build_dir(entries, &self.keying);
         let mut id = None;
         for p in &built.pages {
@@ -584,7 +584,7 @@ impl<'a> Walker<'a> {
 
     /// How a file refers to its chunks; a list of several is stored (once)
     /// as a chunk of its own and recorded in the catalog.
-    fn content_id(&mut self, list: &ChunkList, size: u64) -> Result<Option<ContentRef>> {
+    pub(crate) fn content_id(&mut self, list: &ChunkList, size: u64) -> Result<Option<ContentRef>> {
         let c = ContentRef::of_list(&self.keying, list, size);
         if let Some(ContentRef::List(hash)) = &c
             && !self.cat.has_content(hash)?
@@ -645,6 +645,21 @@ impl<'a> Walker<'a> {
             meta.size = read;
         }
         Ok(Some(list))
+    }
+
+    /// Chunk and store what `r` gives, which is not a file on disk (`copy`
+    /// re-encoding another repository's file): a failure to read is an
+    /// error, not a warning. An [`Error`] carried in the `io::Error` of a
+    /// read comes back as itself, so damage keeps its message.
+    pub(crate) fn store_reader<R: Source>(&mut self, r: R) -> Result<(ChunkList, u64)> {
+        match self.store_stream(r) {
+            Ok((list, read, _)) => Ok((list, read)),
+            Err(StreamError::Store(e)) => Err(e),
+            Err(StreamError::Read(e)) => Err(match e.downcast::<Error>() {
+                Ok(inner) => inner,
+                Err(e) => Error::invalid(e.to_string()),
+            }),
+        }
     }
 
     /// Chunk and store a stream; returns its chunks and its length (holes
@@ -766,7 +781,12 @@ fn keep_atime(meta: &mut Meta, prev: Option<&Node>) {
 }
 
 /// Is a new entry exactly the previous snapshot's (so its tree can be reused)?
-fn same_entry(p: &Node, e: &Entry, content: Option<ContentRef>, subtree: Option<TreeId>) -> bool {
+pub(crate) fn same_entry(
+    p: &Node,
+    e: &Entry,
+    content: Option<ContentRef>,
+    subtree: Option<TreeId>,
+) -> bool {
     p.kind == e.kind
         && p.meta == e.meta
         && p.link_key == e.link_key
