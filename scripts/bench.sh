@@ -251,7 +251,7 @@ tools_for() {
 tool_init() {
     local tool=$1 repo=$2
     case $tool in
-        snapfs) "$SNAPFS" --repo "$repo" init ;;
+        snapfs) "$SNAPFS" --repo "$repo" init --encryption none ;;
         restic) restic --repo "$repo" init --repository-version 2 ;;
         borg-*) borg init --encryption none "$repo" ;;
         *) die "unknown tool $tool" ;;

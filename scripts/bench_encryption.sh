@@ -64,7 +64,7 @@ best() {
 init() {  # init KIND REPO
     rm -rf "$2"
     if [[ $1 == plain ]]; then
-        "$SNAPFS" --repo "$2" init >/dev/null
+        "$SNAPFS" --repo "$2" init --encryption none >/dev/null
     else
         "$SNAPFS" --repo "$2" init --encryption xchacha20-poly1305 >/dev/null
     fi

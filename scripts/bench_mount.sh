@@ -418,7 +418,7 @@ tool_init() {
     local tool=$1 repo=$2
     rm -rf "$repo"; mkdir -p "$(dirname "$repo")"
     case $tool in
-        snapfs) "$SNAPFS" --repo "$repo" init ;;
+        snapfs) "$SNAPFS" --repo "$repo" init --encryption none ;;
         restic) restic --repo "$repo" init --repository-version 2 ;;
         borg) borg init --encryption none "$repo" ;;
     esac >"$LOGS/init-$tool.log" 2>&1 || die "init $tool failed: see $LOGS/init-$tool.log"

@@ -91,7 +91,7 @@ scenario_a() {
         mkdir -p "$src/dir$d"
         (cd "$src/dir$d" && seq -f "file-%06g" 1 "$A_FILES" | xargs -n 1000 touch)
     done
-    "$SNAPFS" --repo "$repo" init >/dev/null
+    "$SNAPFS" --repo "$repo" init --encryption none >/dev/null
     ingest "$repo" day0 "$src"
     before=$(meta_bytes "$repo")
     cat_before=$(catalog_bytes "$repo")
@@ -121,7 +121,7 @@ scenario_b() {
     rm -rf --one-file-system "$SCALE_DIR/b"; mkdir -p "$src/spool"
     dir=$src/spool
     (cd "$dir" && seq -f "msg-%07g" 1 "$B_FILES" | xargs -n 1000 touch)
-    "$SNAPFS" --repo "$repo" init >/dev/null
+    "$SNAPFS" --repo "$repo" init --encryption none >/dev/null
     timeit b-first-ingest "$SNAPFS" --repo "$repo" ingest --name day0 "$src"
     first=$T_WALL
     result b "first ingest" "$T_WALL" s "peak RSS $((T_RSS / 1024)) MiB"
@@ -186,7 +186,7 @@ PERL
         touch "$SCALE_DIR/c/.made-$C_FILES"
     fi
     rm -rf "$repo"
-    "$SNAPFS" --repo "$repo" init >/dev/null
+    "$SNAPFS" --repo "$repo" init --encryption none >/dev/null
     timeit c-first-ingest "$SNAPFS" --repo "$repo" ingest --name first "$src"
     result c "first ingest of $C_FILES files" "$T_WALL" s "peak RSS $((T_RSS / 1024)) MiB; target <= 200 MiB"
     timeit c-reingest "$SNAPFS" --repo "$repo" ingest --name again "$src"

@@ -4,8 +4,11 @@
 #
 #   scripts/demo.sh [SOURCE]      (default SOURCE: /usr/share/doc)
 #
-# Uses $SNAPFS_REPO if set, else ~/.local/share/snapfs. Leaves the repository
-# in place; unmounts at the end unless DEMO_KEEP_MOUNTED=1.
+# Uses $SNAPFS_REPO if set, else ~/.local/share/snapfs. The repository is
+# encrypted; its passphrase is $SNAPFS_PASSWORD_FILE (or the command in
+# $SNAPFS_PASSWORD_COMMAND) if set, else a random one the demo keeps in
+# ~/.config/snapfs/passphrase (0600). Leaves the repository in place;
+# unmounts at the end unless DEMO_KEEP_MOUNTED=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,8 +34,18 @@ cargo build --release --quiet
 snapfs=$PWD/target/release/snapfs
 export SNAPFS_REPO=$repo
 
+if [[ -z ${SNAPFS_PASSWORD_FILE:-} && -z ${SNAPFS_PASSWORD_COMMAND:-} ]]; then
+    keydir=${XDG_CONFIG_HOME:-$HOME/.config}/snapfs
+    export SNAPFS_PASSWORD_FILE=$keydir/passphrase
+    if [[ ! -s $SNAPFS_PASSWORD_FILE ]]; then
+        (umask 077 && mkdir -p "$keydir" && head -c 33 /dev/urandom | base64 >"$SNAPFS_PASSWORD_FILE")
+        echo "== made a random passphrase in $SNAPFS_PASSWORD_FILE (keep a copy elsewhere:"
+        echo "   without it nothing in the repository can be read)"
+    fi
+fi
+
 if [[ ! -f $repo/config ]]; then
-    echo "== creating repository $repo"
+    echo "== creating encrypted repository $repo"
     "$snapfs" init
 elif grep -qx 'format = 1' "$repo/config"; then
     echo "== converting $repo, made by an earlier release, to the current format"

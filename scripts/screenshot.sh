@@ -124,7 +124,7 @@ fi
 zip_doc "$docs/Old draft.odt" application/vnd.oasis.opendocument.text "to be deleted"
 
 # ---------------------------------------------------------------- two snapshots
-"$snapfs" --repo "$repo" init >/dev/null
+"$snapfs" --repo "$repo" init --encryption none >/dev/null
 older=2026-11-23T02-00-00Z
 newer=2026-11-24T02-00-00Z
 ingest "$older"

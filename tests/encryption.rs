@@ -3,6 +3,7 @@
 //! rebuild-catalog from the packs and the key alone).
 
 use std::fs;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
 use crate::util::*;
@@ -296,6 +297,64 @@ fn key_passwd_refuses_the_old_passphrase_and_opens_with_the_new_one() {
     assert_verify_read_data_ok(&repo, "after the key changes");
 }
 
+/// A new repository is encrypted unless `--encryption none` is said; with
+/// no passphrase to be had, init says where to give one and makes nothing.
+#[test]
+fn init_encrypts_unless_told_none() {
+    let dir = tempdir();
+    let base = canonical(dir.path());
+    let pass = base.join("pass");
+    write_file(&pass, b"a passphrase\n");
+    let repo = base.join("repo");
+    run_ok(
+        snapfs()
+            .env("SNAPFS_CACHE_DIR", base.join("cache"))
+            .env("SNAPFS_PASSWORD_FILE", &pass)
+            .env("SNAPFS_TEST_KDF_MEMORY_KIB", "8192")
+            .arg("--repo")
+            .arg(&repo)
+            .arg("init"),
+    );
+    let config = fs::read_to_string(repo.join("config")).expect("config");
+    assert!(
+        config.contains("encryption = xchacha20-poly1305"),
+        "init without --encryption made:\n{config}"
+    );
+    assert!(repo.join("keys").is_dir() && !repo.join("catalog.db").exists());
+
+    let bare = base.join("bare");
+    let mut cmd = snapfs();
+    cmd.env_remove("SNAPFS_PASSWORD_FILE")
+        .env_remove("SNAPFS_PASSWORD_COMMAND")
+        .env("SNAPFS_CACHE_DIR", base.join("cache"))
+        .arg("--repo")
+        .arg(&bare)
+        .arg("init")
+        .stdin(std::process::Stdio::null());
+    // In a session of its own: no terminal to ask on, even when the tests
+    // run from one.
+    // SAFETY: setsid is async-signal-safe and touches no memory.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let out = output_of(&mut cmd);
+    assert_eq!(out.status.code(), Some(1), "{}", describe("init", &out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.trim().lines().count() == 1 && err.contains("--password-file"),
+        "{}",
+        describe("init without a passphrase", &out)
+    );
+    assert!(
+        !bare.exists(),
+        "init without a passphrase made {}",
+        bare.display()
+    );
+}
+
 #[test]
 fn copy_of_an_encrypted_repository_over_ssh_is_refused_and_its_cache_untouched() {
     // Over ssh the far side holds no key, so it cannot check or index what
@@ -504,5 +563,129 @@ fn catalog_cache_directory_of_another_user_is_refused() {
     assert!(
         walk(&dir).into_iter().all(|p| p == dir),
         "something was written into it"
+    );
+}
+
+/// The paper copy: `key export` writes the master key (0600, or refuses a
+/// standard output that is no terminal); after every key slot is lost,
+/// `key import` of it with a new passphrase opens the repository again,
+/// its data whole; a paper of another repository is refused.
+#[test]
+fn key_export_then_import_after_every_slot_is_lost() {
+    let (work, repo, id, reference) = marked_encrypted();
+    let out = output_of(repo.cmd().args(["key", "export"]));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        describe("export to a pipe", &out)
+    );
+    assert!(out.stdout.is_empty(), "the key went to a pipe");
+    let paper = work.scratch.join("paper.txt");
+    run_ok(repo.cmd().args(["key", "export", "--output"]).arg(&paper));
+    assert_eq!(mode_of(&paper) & 0o777, 0o600);
+
+    // Every slot lost: nothing opens it.
+    fs::remove_dir_all(repo.path.join("keys")).expect("remove keys/");
+    let out = output_of(repo.cmd().arg("snapshots"));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        describe("snapshots", &out)
+    );
+
+    // A paper of another repository is refused, and adds no slot.
+    let other = Repo::new_encrypted();
+    let other_paper = work.scratch.join("other-paper.txt");
+    run_ok(
+        other
+            .cmd()
+            .args(["key", "export", "--output"])
+            .arg(&other_paper),
+    );
+    let new_pass = work.scratch.join("new-pass");
+    write_file(&new_pass, b"typed back from paper\n");
+    let out = output_of(
+        repo.cmd()
+            .args(["key", "import", "--input"])
+            .arg(&other_paper)
+            .arg("--new-password-file")
+            .arg(&new_pass),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe("import", &out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another repository"),
+        "{}",
+        describe("import of another repository's paper", &out)
+    );
+
+    run_ok(
+        repo.cmd()
+            .args(["key", "import", "--input"])
+            .arg(&paper)
+            .arg("--new-password-file")
+            .arg(&new_pass),
+    );
+    let reopened = Repo::encrypted_at(
+        &repo.path,
+        &repo.secret.clone().expect("encrypted").cache_dir,
+        "typed back from paper",
+    );
+    work.assert_restores(&reopened, &id, &reference);
+    assert_verify_read_data_ok(&reopened, "after key import");
+}
+
+/// Once a passphrase is read the process is kept out of core dumps and
+/// away from other processes of its user: its /proc files belong to root
+/// (checked from the passphrase command itself, run by a process of the
+/// unprivileged user nobody; the same check on an ordinary process of that
+/// user sees nobody's id, or it proves nothing).
+#[test]
+fn process_holding_a_key_is_not_dumpable() {
+    let dir = tempdir();
+    let base = canonical(dir.path());
+    let nobody_dir = base.join("nobody");
+    mkdir(&nobody_dir);
+    lchown(&nobody_dir, 65534, 65534);
+    let seen = nobody_dir.join("owner");
+    let env = |cmd: &str| -> Vec<std::ffi::OsString> {
+        vec![
+            "env".into(),
+            format!("SNAPFS_CACHE_DIR={}", nobody_dir.join("cache").display()).into(),
+            "SNAPFS_TEST_KDF_MEMORY_KIB=8192".into(),
+            format!("SNAPFS_PASSWORD_COMMAND={cmd}").into(),
+        ]
+    };
+    let probe = format!(
+        "stat -c %u /proc/$PPID/status > {}; echo pw",
+        seen.display()
+    );
+    let control: Vec<std::ffi::OsString> = vec![
+        "sh".into(),
+        "-c".into(),
+        format!("sh -c '{}'", probe.replace("; echo pw", "")).into(),
+    ];
+    let out = as_nobody(&control.iter().map(|a| a.as_os_str()).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", describe("control", &out));
+    assert_eq!(
+        fs::read_to_string(&seen).expect("control owner").trim(),
+        "65534",
+        "an ordinary process of nobody does not show as nobody's: the check proves nothing"
+    );
+    fs::remove_file(&seen).expect("remove");
+    let mut args = env(&probe);
+    args.extend([
+        snapfs_bin().into(),
+        "--repo".into(),
+        nobody_dir.join("repo").into(),
+        "init".into(),
+    ]);
+    let out = as_nobody(&args.iter().map(|a| a.as_os_str()).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", describe("init as nobody", &out));
+    assert_eq!(
+        fs::read_to_string(&seen).expect("owner seen").trim(),
+        "0",
+        "snapfs reading a passphrase is still dumpable"
     );
 }

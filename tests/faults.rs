@@ -328,7 +328,12 @@ fn disk_full_while_writing_packs_leaves_the_repository_usable() {
     let base = canonical(dir.path());
     let fs_guard = Tmpfs::mount(&base.join("small-fs"), "40m");
     let repo_path = fs_guard.path.join("repo");
-    run_ok(snapfs().arg("--repo").arg(&repo_path).arg("init"));
+    run_ok(
+        snapfs()
+            .arg("--repo")
+            .arg(&repo_path)
+            .args(["init", "--encryption", "none"]),
+    );
     let repo = Repo::at(&repo_path);
 
     let small = base.join("small");

@@ -544,7 +544,13 @@ fn init_refuses_a_non_empty_directory_that_is_not_a_repository() {
     let dir = tempdir();
     let path = canonical(dir.path());
     write_file(&path.join("precious"), b"do not touch\n");
-    let out = run_expect(snapfs().arg("--repo").arg(&path).arg("init"), 1);
+    let out = run_expect(
+        snapfs()
+            .arg("--repo")
+            .arg(&path)
+            .args(["init", "--encryption", "none"]),
+        1,
+    );
     assert!(!out.stderr.is_empty(), "init refused without a message");
     assert_eq!(
         fs::read(path.join("precious")).expect("read"),
@@ -566,7 +572,11 @@ fn repository_is_found_through_snapfs_repo() {
     let repo_path = canonical(dir.path()).join("repo");
     let root = canonical(dir.path()).join("src");
     build_plain_tree(&root, 3, 1, 3, 1000);
-    run_ok(snapfs().env("SNAPFS_REPO", &repo_path).arg("init"));
+    run_ok(
+        snapfs()
+            .env("SNAPFS_REPO", &repo_path)
+            .args(["init", "--encryption", "none"]),
+    );
     run_ok(
         snapfs()
             .env("SNAPFS_REPO", &repo_path)
@@ -925,7 +935,12 @@ fn odd_bytes_in_repository_and_source_paths_work() {
     let dir = tempdir();
     let base = canonical(dir.path());
     let repo_path = base.join(OsStr::from_bytes(b"repo \xff with: odd bytes"));
-    run_ok(snapfs().arg("--repo").arg(&repo_path).arg("init"));
+    run_ok(
+        snapfs()
+            .arg("--repo")
+            .arg(&repo_path)
+            .args(["init", "--encryption", "none"]),
+    );
     let repo = Repo::at(&repo_path);
     let root = base.join(OsStr::from_bytes(b"source-caf\xe9"));
     build_plain_tree(&root, 96, 2, 4, 2000);
@@ -1009,7 +1024,11 @@ fn init_over_an_existing_repository_keeps_it() {
     build_plain_tree(&root, 99, 1, 3, 5000);
     let repo = Repo::new();
     let snap = repo.ingest(&[], &[&root]);
-    let out = repo.cmd().arg("init").output().expect("spawn init");
+    let out = repo
+        .cmd()
+        .args(["init", "--encryption", "none"])
+        .output()
+        .expect("spawn init");
     assert!(
         matches!(out.status.code(), Some(0) | Some(1)),
         "{}",

@@ -696,7 +696,10 @@ fn append_only_repository_refuses_forget_and_gc_without_allow_delete() {
     let work = Work::new();
     let dir = tempdir();
     let repo = Repo::at(&canonical(dir.path()).join("repo"));
-    run_ok(repo.cmd().args(["init", "--append-only"]));
+    run_ok(
+        repo.cmd()
+            .args(["init", "--append-only", "--encryption", "none"]),
+    );
     build_plain_tree(&work.src, 71, 2, 6, 300 * KIB);
     repo.ingest(&["--name", "one"], &[&work.src]);
     replace_share(&work.src, 72, 50);

@@ -579,6 +579,8 @@ fn gc_keeps_every_pack_while_a_lease_cannot_be_read() {
         "--repo".as_ref(),
         repo_path.as_os_str(),
         "init".as_ref(),
+        "--encryption".as_ref(),
+        "none".as_ref(),
     ]);
     assert!(
         init.status.success(),

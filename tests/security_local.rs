@@ -46,7 +46,11 @@ fn snapfs_with_umask(umask: &str, path: &Path, args: &[&OsStr]) {
 
 /// `snapfs init EXTRA...` under a given umask.
 fn init_with_umask(path: &Path, umask: &str, extra: &[&str]) {
-    let mut args = vec![OsStr::new("init")];
+    let mut args = vec![
+        OsStr::new("init"),
+        OsStr::new("--encryption"),
+        OsStr::new("none"),
+    ];
     args.extend(extra.iter().map(OsStr::new));
     snapfs_with_umask(umask, path, &args);
 }

@@ -70,6 +70,24 @@ pub enum KeyAction {
         #[arg(long, value_name = "FILE")]
         new_password_file: Option<PathBuf>,
     },
+    /// Print the master key as text to keep on paper: whoever holds it can
+    /// read every backup, and it opens the repository when every
+    /// passphrase is lost (`key import`)
+    Export {
+        /// Write it to FILE (created 0600) instead of the terminal
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Add a key slot from a paper copy of the master key, with a new
+    /// passphrase (no current passphrase needed)
+    Import {
+        /// Read the paper text from FILE [default: standard input]
+        #[arg(long, value_name = "FILE")]
+        input: Option<PathBuf>,
+        /// File holding the new passphrase [default: $SNAPFS_NEW_PASSWORD_FILE, else asked twice on the terminal]
+        #[arg(long, value_name = "FILE")]
+        new_password_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -89,10 +107,11 @@ pub enum Command {
         /// 2750, files 0640); without it only the owner can read anything
         #[arg(long, value_name = "GROUP")]
         group: Option<String>,
-        /// none, or xchacha20-poly1305: every object sealed under a key that
-        /// a passphrase unlocks (the catalog is then kept in the cache
-        /// directory, outside the repository)
-        #[arg(long, default_value = "none", value_name = "MODE")]
+        /// xchacha20-poly1305 (the default): every object sealed under a
+        /// key that a passphrase unlocks, the catalog kept in the cache
+        /// directory outside the repository; or none, said explicitly, for
+        /// a repository anyone who can read its files can read
+        #[arg(long, default_value = "xchacha20-poly1305", value_name = "MODE")]
         encryption: String,
     },
     /// Make a snapshot of SOURCE paths

@@ -191,7 +191,7 @@ fn init(
     let encryption = encryption_named(encryption)?;
     if encryption != crate::repo::Encryption::None && group.is_some() {
         return Err(crate::error::Error::invalid(
-            "an encrypted repository cannot be shared with --group yet: its key slots and catalog are its owner's alone",
+            "an encrypted repository cannot be shared with --group yet: its key slots and catalog are its owner's alone; give --encryption none for a shared unencrypted one",
         ));
     }
     let config = crate::repo::Config {
@@ -223,6 +223,22 @@ fn key(repo: &Path, action: crate::app::cli::KeyAction) -> Result<ExitCode> {
         KeyAction::Passwd { new_password_file } => {
             let id = key::passwd(repo, new_password_file.as_deref())?;
             println!("the passphrase is changed: key slot {id} replaces the old one");
+        }
+        KeyAction::Export { output } => {
+            key::export(repo, output.as_deref())?;
+            if let Some(path) = output {
+                eprintln!(
+                    "wrote the master key to {}: print it, keep it safe, delete the file",
+                    path.display()
+                );
+            }
+        }
+        KeyAction::Import {
+            input,
+            new_password_file,
+        } => {
+            let id = key::import(repo, input.as_deref(), new_password_file.as_deref())?;
+            println!("added key slot {id} from the paper key");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -1,5 +1,6 @@
 //! `snapfs key`: the key slots of an encrypted repository — list, add,
-//! remove, change a passphrase.
+//! remove, change a passphrase — and a paper copy of its master key
+//! (export, and import into a new slot).
 //!
 //! Every change holds the writer lock, and adding comes before removing,
 //! so a crash leaves at least one slot that opens the repository.
@@ -11,7 +12,9 @@ use serde::Serialize;
 use crate::crypto::{
     KdfParams, MasterKey, SlotId, create_slot, list_slots, read_another_passphrase, remove_slot,
 };
-use crate::error::{Error, Result};
+use std::io::IsTerminal;
+
+use crate::error::{Error, IoContext, Result};
 use crate::repo::Repository;
 
 /// One key slot as `key list` shows it.
@@ -77,4 +80,87 @@ fn new_slot(repo: &Repository, master: &MasterKey, new_file: Option<&Path>) -> R
         .ok_or_else(|| Error::invalid("the repository has no id"))?;
     let params = KdfParams::from_env_or_default()?;
     Ok(create_slot(&repo.root, &id.0, master, &new, params)?.id)
+}
+
+/// The paper copy of the master key (opening the repository proves the
+/// passphrase), written to `output` (created, 0600, never replacing a
+/// file) or else to standard output if that is a terminal: a key piped on
+/// would end up in logs and scrollback files without anyone deciding so.
+pub fn export(root: &Path, output: Option<&Path>) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let (repo, master, _) = Repository::open_with_master(root)?;
+    let id = repo
+        .config
+        .id
+        .ok_or_else(|| Error::invalid("the repository has no id"))?;
+    let text = crate::crypto::paper::export(&master, &id.0);
+    match output {
+        Some(path) => {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .at(path)?;
+            f.write_all(text.as_bytes()).at(path)?;
+            f.sync_all().at(path)
+        }
+        None => {
+            if !std::io::stdout().is_terminal() {
+                return Err(Error::invalid(
+                    "standard output is not a terminal: give --output FILE for the key",
+                ));
+            }
+            print!("{}", *text);
+            Ok(())
+        }
+    }
+}
+
+/// A new key slot from a paper copy of the master key (read from `input`,
+/// else standard input), with a new passphrase: no current passphrase is
+/// needed, which is the point. The key is proved to be the repository's by
+/// opening a pack's sealed table with it (a repository with no pack yet
+/// holds nothing to lose).
+pub fn import(root: &Path, input: Option<&Path>, new_file: Option<&Path>) -> Result<String> {
+    use std::io::Read;
+    let config = crate::repo::read_config(root)?;
+    let id = config
+        .id
+        .filter(|_| config.encryption != crate::repo::Encryption::None)
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "{} is not encrypted: it has no key",
+                root.display()
+            ))
+        })?;
+    crate::crypto::keep_out_of_dumps();
+    let mut text = zeroize::Zeroizing::new(String::new());
+    match input {
+        Some(path) => {
+            std::fs::File::open(path)
+                .at(path)?
+                .take(64 << 10)
+                .read_to_string(&mut text)
+                .at(path)?;
+        }
+        None => {
+            std::io::stdin()
+                .take(64 << 10)
+                .read_to_string(&mut text)
+                .at("<stdin>")?;
+        }
+    }
+    let master = crate::crypto::paper::import(&text, &id.0)?;
+    let repo = Repository::open_with_key(root, &master)?;
+    let _lock = repo.lock("key import")?;
+    if let Some(pack) = repo.backend.list()?.first() {
+        repo.read_pack_table(pack).map_err(|_| {
+            Error::invalid(format!(
+                "the paper key does not open pack {pack}: it is not this repository's key"
+            ))
+        })?;
+    }
+    Ok(new_slot(&repo, &master, new_file)?.to_string())
 }

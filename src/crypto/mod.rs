@@ -8,6 +8,7 @@
 //!   under passphrases: create, list, unlock, remove, change a passphrase
 //! - [`password`]: where a passphrase comes from (a file, a command, the
 //!   terminal), never from the command line
+//! - [`paper`]: the master key as text to print and type back
 //!
 //! Nothing here implements a primitive: the cipher, Argon2id and BLAKE3 come
 //! from their crates, and this module only composes them. It uses only the
@@ -16,6 +17,7 @@
 
 pub mod aead;
 pub mod keys;
+pub mod paper;
 pub mod password;
 pub mod slots;
 
@@ -45,4 +47,21 @@ pub(crate) fn random_bytes(buf: &mut [u8]) -> Result<()> {
             None => std::io::Error::other(e.to_string()),
         },
     })
+}
+
+/// From the moment a secret enters the process: no core dump of a crash
+/// holds it, and other processes of the same user can neither attach to
+/// this one nor read its memory through /proc (the process becomes
+/// "non-dumpable"; its /proc files belong to root). Called before every
+/// passphrase or key is read; the setting lasts for the process's life and
+/// passes to no program it runs.
+pub(crate) fn keep_out_of_dumps() {
+    // SAFETY: PR_SET_DUMPABLE takes plain integers and touches no memory.
+    let r = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    if r != 0 {
+        log::warn!(
+            "cannot keep this process out of core dumps: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }

@@ -96,6 +96,7 @@ pub const NEW_PASSWORD_FILE_ENV: &str = "SNAPFS_NEW_PASSWORD_FILE";
 /// the sources of the current passphrase: a new slot with the old
 /// passphrase would be no new key.
 pub fn read_another_passphrase(file: Option<&Path>, prompt: &str) -> Result<Zeroizing<String>> {
+    super::keep_out_of_dumps();
     let env = std::env::var_os(NEW_PASSWORD_FILE_ENV)
         .filter(|v| !v.is_empty())
         .map(PathBuf::from);
@@ -128,10 +129,11 @@ pub fn read_new_passphrase(src: &PassphraseSource, prompt: &str) -> Result<Zeroi
 }
 
 fn obtain(src: &PassphraseSource, prompt: &str, twice: bool) -> Result<Zeroizing<String>> {
+    super::keep_out_of_dumps();
     let env = |name| std::env::var_os(name);
     match choose(src, env(src.env_file), env(src.env_command)) {
         Origin::File(path) => from_file(&path),
-        Origin::Command(command) => from_command(&command),
+        Origin::Command(command) => from_command(&command, src.env_command),
         Origin::Terminal => {
             let tty = OpenOptions::new()
                 .read(true)
@@ -195,8 +197,8 @@ fn from_file(path: &Path) -> Result<Zeroizing<String>> {
 /// The passphrase printed by `sh -c command`. Its stdin is empty and its
 /// stderr is ours (so it can ask or explain); its output is never shown,
 /// even when it fails.
-fn from_command(command: &OsString) -> Result<Zeroizing<String>> {
-    let what = format!("the output of {PASSWORD_COMMAND_ENV}");
+fn from_command(command: &OsString, variable: &str) -> Result<Zeroizing<String>> {
+    let what = format!("the output of {variable}");
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(command)
@@ -204,7 +206,7 @@ fn from_command(command: &OsString) -> Result<Zeroizing<String>> {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .map_err(|e| Error::invalid(format!("cannot run {PASSWORD_COMMAND_ENV} with sh: {e}")))?;
+        .map_err(|e| Error::invalid(format!("cannot run {variable} with sh: {e}")))?;
     let mut out = child.stdout.take().expect("stdout is piped");
     let bytes = match read_bounded(&mut out) {
         Ok(Some(b)) => b,
@@ -404,7 +406,7 @@ mod tests {
     }
 
     fn from_cmd(cmd: &str) -> Result<String> {
-        from_command(&OsString::from(cmd)).map(|p| p.to_string())
+        from_command(&OsString::from(cmd), PASSWORD_COMMAND_ENV).map(|p| p.to_string())
     }
 
     #[test]

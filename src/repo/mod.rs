@@ -412,6 +412,15 @@ impl Repository {
         Ok((Repository::open_keyed(root, config, keying)?, master, slot))
     }
 
+    /// Open an encrypted repository with a master key typed back from paper
+    /// (`key import`), no passphrase asked. Whether the key is the
+    /// repository's is for the caller to prove.
+    pub fn open_with_key(root: &Path, master: &crate::crypto::MasterKey) -> Result<Repository> {
+        let config = read_config(root)?;
+        let keying = crate::format::keying::Keying::encrypted(&master.subkeys());
+        Repository::open_keyed(root, config, keying)
+    }
+
     /// Open with the keying already at hand (`init` just made the key).
     fn open_keyed(
         root: &Path,

@@ -104,7 +104,7 @@ impl Repo {
     }
 
     pub(crate) fn init(&self) {
-        run_ok(self.cmd().arg("init"));
+        run_ok(self.cmd().args(["init", "--encryption", "none"]));
         assert!(
             self.path.join("catalog.db").is_file(),
             "init did not create {}",
