@@ -58,6 +58,19 @@ if ! "$reader_venv/bin/python3" -c 'import blake3, zstandard, nacl.bindings, arg
     "$reader_venv/bin/python3" -c 'import blake3, zstandard, nacl.bindings, argon2.low_level'
 fi
 
+# The object-storage tests start a real three-node Garage cluster on
+# loopback. Its binary comes from crates.io (upstream's own crate); the
+# first build takes 7 to 10 minutes on two cores, later runs reuse it.
+# Only the LMDB metadata engine is built: the tests need nothing else.
+garage_version=2.5.0
+garage_bin=$(command -v garage || echo "$HOME/.cargo/bin/garage")
+if ! "$garage_bin" --version 2>/dev/null | grep -q "v$garage_version"; then
+    echo "installing: garage $garage_version (cargo install; several minutes)"
+    cargo install garage --locked --version "$garage_version" \
+        --no-default-features --features lmdb
+    "$HOME/.cargo/bin/garage" --version
+fi
+
 if [[ ! -e /dev/fuse ]]; then
     echo "error: /dev/fuse does not exist; the mount tests need FUSE" >&2
     exit 1

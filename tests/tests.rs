@@ -43,6 +43,7 @@ mod ingest;
 mod layers;
 mod maintenance;
 mod mount;
+mod object_storage;
 mod readers;
 mod rebuild;
 mod security_copy;

@@ -320,13 +320,25 @@ fn open(path: &Path) -> Result<Repository> {
 /// `open`, an encrypted repository's passphrase read from `src`.
 fn open_from(path: &Path, src: &crate::crypto::PassphraseSource) -> Result<Repository> {
     let repo = Repository::open_from(path, src)?;
-    if repo.config.encryption != crate::repo::Encryption::None && !repo.catalog_path().exists() {
+    let local_only =
+        repo.config.encryption != crate::repo::Encryption::None || repo.remote.is_some();
+    if local_only && !repo.catalog_path().exists() {
         log::warn!(
             "{}: its local catalog ({}) is missing; rebuilding it from the packs",
             path.display(),
             repo.catalog_path().display()
         );
         rebuild::rebuild_catalog(&repo, &rebuild::RebuildOptions { force: false })?;
+    } else if repo.remote.is_some() && crate::repo::bucket::behind(&repo)? {
+        // The bucket is the truth: another machine added or removed packs.
+        log::info!(
+            "{}: the bucket holds other packs than the local catalog knows; rebuilding it",
+            repo.location()
+        );
+        let r = rebuild::rebuild_catalog(&repo, &rebuild::RebuildOptions { force: true })?;
+        for p in &r.problems {
+            log::warn!("{p}");
+        }
     }
     Ok(repo)
 }
@@ -406,7 +418,7 @@ fn copy_to(
         }
         None => {
             let path = Path::new(to);
-            let existing = crate::repo::read_config(path).ok();
+            let existing = crate::repo::config_at(path)?;
             let encryption = match (&existing, &how.encryption) {
                 (Some(_), Some(_)) => {
                     return Err(crate::error::Error::invalid(format!(

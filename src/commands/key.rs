@@ -32,7 +32,7 @@ pub struct SlotRow {
 /// The key slots (opening the repository proves the passphrase).
 pub fn list(root: &Path) -> Result<Vec<SlotRow>> {
     let (_repo, _master, current) = Repository::open_with_master(root)?;
-    Ok(list_slots(root)?
+    Ok(list_slots(&_repo.root)?
         .into_iter()
         .map(|s| SlotRow {
             current: s.id == current,
@@ -48,7 +48,9 @@ pub fn list(root: &Path) -> Result<Vec<SlotRow>> {
 pub fn add(root: &Path, new_file: Option<&Path>) -> Result<String> {
     let (repo, master, _) = Repository::open_with_master(root)?;
     let _lock = repo.lock("key add")?;
-    Ok(new_slot(&repo, &master, new_file)?.to_string())
+    let id = new_slot(&repo, &master, new_file)?;
+    repo.push_keys()?;
+    Ok(id.to_string())
 }
 
 /// Remove slot `id`; never the last one that opens the repository.
@@ -58,7 +60,8 @@ pub fn remove(root: &Path, id: &str) -> Result<()> {
         .map_err(|_| Error::invalid(format!("{id:?} is not a key slot id (16 hex digits)")))?;
     let (repo, _, _) = Repository::open_with_master(root)?;
     let _lock = repo.lock("key remove")?;
-    remove_slot(root, &id)
+    remove_slot(&repo.root, &id)?;
+    repo.push_keys()
 }
 
 /// Replace the passphrase of the slot that opened the repository: a new
@@ -67,7 +70,9 @@ pub fn passwd(root: &Path, new_file: Option<&Path>) -> Result<String> {
     let (repo, master, old) = Repository::open_with_master(root)?;
     let _lock = repo.lock("key passwd")?;
     let id = new_slot(&repo, &master, new_file)?;
-    remove_slot(root, &old)?;
+    repo.push_keys()?;
+    remove_slot(&repo.root, &old)?;
+    repo.push_keys()?;
     Ok(id.to_string())
 }
 
@@ -125,7 +130,8 @@ pub fn export(root: &Path, output: Option<&Path>) -> Result<()> {
 /// holds nothing to lose).
 pub fn import(root: &Path, input: Option<&Path>, new_file: Option<&Path>) -> Result<String> {
     use std::io::Read;
-    let config = crate::repo::read_config(root)?;
+    let place = crate::repo::bucket::opened(root)?;
+    let config = crate::repo::read_config(&place.root)?;
     let id = config
         .id
         .filter(|_| config.encryption != crate::repo::Encryption::None)
@@ -162,5 +168,7 @@ pub fn import(root: &Path, input: Option<&Path>, new_file: Option<&Path>) -> Res
             ))
         })?;
     }
-    Ok(new_slot(&repo, &master, new_file)?.to_string())
+    let id = new_slot(&repo, &master, new_file)?;
+    repo.push_keys()?;
+    Ok(id.to_string())
 }

@@ -13,6 +13,7 @@
 //! instead (`unlock.rs`): the catalog holds every name in the clear.
 
 pub(crate) mod backend;
+pub(crate) mod bucket;
 pub(crate) mod catalog;
 mod config;
 pub(crate) mod history;
@@ -21,6 +22,7 @@ mod lease;
 mod lock;
 pub(crate) mod paths;
 pub(crate) mod refs;
+pub(crate) mod s3;
 mod unlock;
 
 pub use config::{Config, Encryption, RepoId};
@@ -58,6 +60,9 @@ pub struct Repository {
     /// Where the catalog is: the repository, or a local cache directory
     /// when the repository is encrypted.
     catalog_dir: PathBuf,
+    /// The bucket of a repository kept in object storage (`root` is then
+    /// its local state directory; see `bucket`).
+    pub(crate) remote: Option<Arc<s3::S3Client>>,
 }
 
 /// Modes of what a repository holds. Private by default: only the owner
@@ -166,6 +171,11 @@ impl Repository {
         group: Option<u32>,
         src: &crate::crypto::PassphraseSource,
     ) -> Result<Repository> {
+        let place = bucket::place(root)?;
+        if let Some(c) = &place.remote {
+            bucket::prepare_init(c, &place.root)?;
+        }
+        let root = place.root.as_path();
         if root.join("config").exists() {
             return Err(Error::invalid(format!(
                 "{} is already a snapfs repository",
@@ -207,7 +217,12 @@ impl Repository {
                 keying
             }
         };
-        Repository::open_keyed(root, config, keying)
+        if let Some(c) = &place.remote {
+            // Keys first: a bucket never shows a repository without them.
+            bucket::push_keys(c, root)?;
+            bucket::push_config(c, root)?;
+        }
+        Repository::open_keyed(&place, config, keying)
     }
 
     /// Make the repository's directory and what it holds (`init_shared`).
@@ -384,21 +399,23 @@ impl Repository {
     }
 
     pub fn open(root: &Path) -> Result<Repository> {
-        Repository::open_with(root, read_config(root)?)
+        Repository::open_from(root, &unlock::passphrase_source())
     }
 
-    /// Open with a config already read (`upgrade` reads an earlier format's).
+    /// Open a local repository with a config already read (`upgrade` reads
+    /// an earlier format's).
     pub fn open_with(root: &Path, config: Config) -> Result<Repository> {
         let keying = unlock::keying_for(root, &config, &unlock::passphrase_source())?;
-        Repository::open_keyed(root, config, keying)
+        Repository::open_keyed(&bucket::Place::local(root), config, keying)
     }
 
     /// Open, the passphrase of an encrypted repository read from `src` (a
     /// copy's destination has its own).
     pub fn open_from(root: &Path, src: &crate::crypto::PassphraseSource) -> Result<Repository> {
-        let config = read_config(root)?;
-        let keying = unlock::keying_for(root, &config, src)?;
-        Repository::open_keyed(root, config, keying)
+        let place = bucket::opened(root)?;
+        let config = read_config(&place.root)?;
+        let keying = unlock::keying_for(&place.root, &config, src)?;
+        Repository::open_keyed(&place, config, keying)
     }
 
     /// Open an encrypted repository, keeping its master key and the key
@@ -406,27 +423,52 @@ impl Repository {
     pub fn open_with_master(
         root: &Path,
     ) -> Result<(Repository, crate::crypto::MasterKey, crate::crypto::SlotId)> {
-        let config = read_config(root)?;
-        let (master, slot) = unlock::unlock_master(root, &config, &unlock::passphrase_source())?;
+        let place = bucket::opened(root)?;
+        let config = read_config(&place.root)?;
+        let (master, slot) =
+            unlock::unlock_master(&place.root, &config, &unlock::passphrase_source())?;
         let keying = crate::format::keying::Keying::encrypted(&master.subkeys());
-        Ok((Repository::open_keyed(root, config, keying)?, master, slot))
+        Ok((
+            Repository::open_keyed(&place, config, keying)?,
+            master,
+            slot,
+        ))
     }
 
     /// Open an encrypted repository with a master key typed back from paper
     /// (`key import`), no passphrase asked. Whether the key is the
     /// repository's is for the caller to prove.
     pub fn open_with_key(root: &Path, master: &crate::crypto::MasterKey) -> Result<Repository> {
-        let config = read_config(root)?;
+        let place = bucket::opened(root)?;
+        let config = read_config(&place.root)?;
         let keying = crate::format::keying::Keying::encrypted(&master.subkeys());
-        Repository::open_keyed(root, config, keying)
+        Repository::open_keyed(&place, config, keying)
+    }
+
+    /// After a key slot was added or removed locally: a repository in a
+    /// bucket gets the change there too.
+    pub(crate) fn push_keys(&self) -> Result<()> {
+        match &self.remote {
+            Some(c) => bucket::push_keys(c, &self.root),
+            None => Ok(()),
+        }
+    }
+
+    /// The repository as the user named it: its directory, or its bucket.
+    pub fn location(&self) -> String {
+        match &self.remote {
+            Some(c) => c.shown(""),
+            None => self.root.display().to_string(),
+        }
     }
 
     /// Open with the keying already at hand (`init` just made the key).
     fn open_keyed(
-        root: &Path,
+        place: &bucket::Place,
         config: Config,
         keying: Arc<crate::format::keying::Keying>,
     ) -> Result<Repository> {
+        let root = place.root.as_path();
         for own in ["packs", "tmp", "mounts", "catalog.db", "keys"] {
             let p = root.join(own);
             if std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
@@ -434,12 +476,17 @@ impl Repository {
             }
         }
         let catalog_dir = unlock::catalog_dir(root, &config)?;
+        let backend: Arc<dyn Backend> = match &place.remote {
+            Some(c) => Arc::new(s3::S3Packs::new(c.clone())),
+            None => Arc::new(LocalDir::new(root.join("packs"))),
+        };
         let repo = Repository {
             root: root.to_path_buf(),
             config,
-            backend: Arc::new(LocalDir::new(root.join("packs"))),
+            backend,
             keying,
             catalog_dir,
+            remote: place.remote.clone(),
         };
         set_umask(repo.access());
         repo.warn_if_open();
@@ -655,6 +702,21 @@ fn remove_dead_inits(parent: &Path, base: &str) {
 }
 
 /// The config of the repository at `root`, checked.
+/// The config of the repository at `path` (a directory or a bucket), or
+/// None if there is no repository there.
+pub(crate) fn config_at(path: &Path) -> Result<Option<Config>> {
+    let place = match bucket::opened(path) {
+        Ok(p) => p,
+        Err(Error::NotARepository(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    match read_config(&place.root) {
+        Ok(c) => Ok(Some(c)),
+        Err(Error::NotARepository(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 pub(crate) fn read_config(root: &Path) -> Result<Config> {
     let cfg_path = root.join("config");
     let text = match std::fs::read_to_string(&cfg_path) {

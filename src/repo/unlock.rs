@@ -93,7 +93,16 @@ pub(crate) fn catalog_dir(root: &Path, config: &Config) -> Result<PathBuf> {
     };
     let base = cache_base()?;
     let dir = base.join(id.to_hex());
-    for d in [&base, &dir] {
+    private_dir(&base, &dir)?;
+    Ok(dir)
+}
+
+/// `dir` under `base`, both made 0700 if missing, refused unless `dir` is
+/// a directory of this user's (one planted by another user, e.g. under a
+/// shared `SNAPFS_CACHE_DIR`, would hand them what it holds), and made
+/// 0700 whatever an earlier umask or hand made it.
+pub(crate) fn private_dir(base: &Path, dir: &Path) -> Result<()> {
+    for d in [base, dir] {
         match std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -103,29 +112,26 @@ pub(crate) fn catalog_dir(root: &Path, config: &Config) -> Result<PathBuf> {
             Err(e) => return Err(e).at(d),
         }
     }
-    // Ours alone, whatever an earlier umask or hand made it.
-    let md = std::fs::symlink_metadata(&dir).at(&dir)?;
+    let md = std::fs::symlink_metadata(dir).at(dir)?;
     if !md.is_dir() {
         return Err(Error::invalid(format!(
             "{} is not a directory",
             dir.display()
         )));
     }
-    // A directory of another user's (planted where the cache goes, e.g.
-    // under a shared SNAPFS_CACHE_DIR) would hand them the catalog.
     if md.uid() != rustix::process::geteuid().as_raw() {
         return Err(Error::invalid(format!(
-            "{} belongs to another user: it cannot hold this repository's catalog",
+            "{} belongs to another user: it cannot hold this repository's local state",
             dir.display()
         )));
     }
     if md.permissions().mode() & 0o077 != 0 {
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).at(&dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).at(dir)?;
     }
-    Ok(dir)
+    Ok(())
 }
 
-fn cache_base() -> Result<PathBuf> {
+pub(crate) fn cache_base() -> Result<PathBuf> {
     if let Some(d) = CACHE_DIR.get() {
         return Ok(d.clone());
     }

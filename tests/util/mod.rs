@@ -16,6 +16,7 @@
 //!   [`PausedReader`] holding a file open, [`Tmpfs`]
 //! - `kill`: SIGKILL at random moments ([`Killer`])
 //! - `sshd`: a real sshd on loopback ([`Sshd`])
+//! - `garage`: a real three-node Garage cluster on loopback ([`Garage`])
 //! - `catalog`: the catalog read and edited with python3's sqlite3
 //! - `craft`: packs, blobs, trees and records crafted or damaged by hand
 //!
@@ -25,6 +26,7 @@ mod catalog;
 mod compare;
 mod craft;
 mod fixture;
+mod garage;
 mod json;
 mod kill;
 mod mount;
@@ -38,6 +40,7 @@ pub(crate) use catalog::*;
 pub(crate) use compare::*;
 pub(crate) use craft::*;
 pub(crate) use fixture::*;
+pub(crate) use garage::*;
 pub(crate) use json::*;
 pub(crate) use kill::*;
 pub(crate) use mount::*;

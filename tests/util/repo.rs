@@ -20,6 +20,8 @@ pub(crate) struct Repo {
     pub(crate) path: PathBuf,
     /// An encrypted repository's passphrase file and catalog cache.
     pub(crate) secret: Option<Secret>,
+    /// More variables for every command (a bucket's endpoint and key).
+    pub(crate) env: Vec<(&'static str, String)>,
 }
 
 /// Where an encrypted test repository's passphrase and catalog are.
@@ -42,6 +44,7 @@ impl Repo {
             _dir: Some(dir),
             path,
             secret: None,
+            env: Vec::new(),
         };
         repo.init();
         repo
@@ -63,6 +66,7 @@ impl Repo {
                 password_file,
                 cache_dir: base.join("cache"),
             }),
+            env: Vec::new(),
         };
         run_ok(
             repo.cmd()
@@ -91,6 +95,35 @@ impl Repo {
                 password_file,
                 cache_dir: cache_dir.to_path_buf(),
             }),
+            env: Vec::new(),
+        }
+    }
+
+    /// A new encrypted repository in `garage`'s bucket under `prefix`,
+    /// reached through the nodes `endpoints` (in that order), with its
+    /// passphrase and local state in a temporary directory of its own.
+    pub(crate) fn new_in_bucket(garage: &Garage, prefix: &str, endpoints: &[u32]) -> Repo {
+        let repo = Repo::bucket_handle(garage, prefix, endpoints);
+        run_ok(repo.cmd().arg("init"));
+        repo
+    }
+
+    /// A handle on the repository in `garage`'s bucket under `prefix`, as
+    /// another machine would have it: its own cache, the same passphrase.
+    pub(crate) fn bucket_handle(garage: &Garage, prefix: &str, endpoints: &[u32]) -> Repo {
+        let dir = tempdir();
+        let base = canonical(dir.path());
+        let password_file = base.join("passphrase");
+        write_file(&password_file, b"correct horse battery staple\n");
+        chmod(&password_file, 0o600);
+        Repo {
+            _dir: Some(dir),
+            path: PathBuf::from(format!("s3://{BUCKET}/{prefix}")),
+            secret: Some(Secret {
+                password_file,
+                cache_dir: base.join("cache"),
+            }),
+            env: garage.env(endpoints),
         }
     }
 
@@ -100,6 +133,7 @@ impl Repo {
             _dir: None,
             path: path.to_path_buf(),
             secret: None,
+            env: Vec::new(),
         }
     }
 
@@ -120,6 +154,9 @@ impl Repo {
             cmd.env("SNAPFS_PASSWORD_FILE", &s.password_file)
                 .env("SNAPFS_CACHE_DIR", &s.cache_dir)
                 .env("SNAPFS_TEST_KDF_MEMORY_KIB", TEST_KDF_MEMORY_KIB);
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
         }
         cmd
     }

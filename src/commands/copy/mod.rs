@@ -142,7 +142,7 @@ impl LocalTarget {
         }
         // Blobs travel as they are stored: an encrypted repository's are
         // sealed under its own key, and no key reaches a receiver.
-        if crate::repo::read_config(path).is_ok_and(|c| c.encryption != Encryption::None) {
+        if crate::repo::config_at(path)?.is_some_and(|c| c.encryption != Encryption::None) {
             return Err(not_yet_encrypted(path));
         }
         let repo = match Repository::open(path) {

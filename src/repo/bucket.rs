@@ -1,0 +1,243 @@
+//! A repository in a bucket (`--repo s3://BUCKET/PREFIX`).
+//!
+//! The bucket holds what a local repository's directory holds that matters:
+//! `config`, the key slots under `keys/`, and the packs under `packs/`.
+//! Everything else lives in a local state directory of this user's, in the
+//! cache (`<cache>/s3-<hash of the endpoints, bucket and prefix>/`, 0700):
+//! the writer lock and mount leases of this machine, packs being written,
+//! the catalog of an unencrypted repository, and copies of `config` and the
+//! key slots.
+//!
+//! The bucket is the truth. Each command brings `config` and the key slots
+//! down before it opens the repository (removing local slots the bucket no
+//! longer has), and a command that changes them sends them up at once (new
+//! slots before removed ones go, so a crash never leaves the bucket without
+//! a slot that opens it; `config` last at init, so a bucket never shows a
+//! repository without its keys). The catalog is rebuilt from the bucket's
+//! packs when it is missing or when the bucket holds packs it does not
+//! know, or lacks packs it does (another machine added or removed some).
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::s3::{S3Client, S3Location, S3Settings};
+use crate::error::{Error, IoContext, Result};
+
+/// The most bytes of `config` or of one key slot read from a bucket.
+const MAX_SMALL_OBJECT: u64 = 64 << 10;
+/// The most key slots brought down (a repository has a few).
+const MAX_SLOTS: usize = 64;
+/// How long a request is retried before it fails (`SNAPFS_S3_RETRY_SECONDS`).
+const RETRY_FOR: Duration = Duration::from_secs(120);
+
+/// A repository location: a local directory, or a bucket reached through
+/// a client, with the local directory that stands in for it.
+pub(crate) struct Place {
+    /// The repository's directory, or a bucket's local state directory.
+    pub root: PathBuf,
+    pub remote: Option<Arc<S3Client>>,
+}
+
+impl Place {
+    pub(crate) fn local(root: &Path) -> Place {
+        Place {
+            root: root.to_path_buf(),
+            remote: None,
+        }
+    }
+}
+
+/// `place` of an existing repository, its config and key slots brought
+/// down from a bucket.
+pub(crate) fn opened(path: &Path) -> Result<Place> {
+    let p = place(path)?;
+    if let Some(c) = &p.remote {
+        pull(c, &p.root)?;
+    }
+    Ok(p)
+}
+
+/// Where `path` (a directory or `s3://…`) is kept.
+pub(crate) fn place(path: &Path) -> Result<Place> {
+    let Some(loc) = path.to_str().and_then(S3Location::parse) else {
+        return Ok(Place {
+            root: path.to_path_buf(),
+            remote: None,
+        });
+    };
+    let loc = loc?;
+    let env = |k: &str| std::env::var(k).ok();
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let settings = S3Settings::from_env(&env, home.as_deref(), &[])?;
+    let retry_for = std::env::var("SNAPFS_S3_RETRY_SECONDS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .map_or(RETRY_FOR, Duration::from_secs);
+    let mut ends = settings.endpoints.clone();
+    ends.sort();
+    let ident =
+        blake3::hash(format!("{}\n{}\n{}", ends.join(","), loc.bucket, loc.prefix).as_bytes());
+    let base = super::unlock::cache_base()?;
+    let root = base.join(format!("s3-{}", &ident.to_hex()[..32]));
+    super::unlock::private_dir(&base, &root)?;
+    let client = S3Client::new(loc, &settings, retry_for)?;
+    Ok(Place {
+        root,
+        remote: Some(Arc::new(client)),
+    })
+}
+
+/// Bring `config` and the key slots down into the state directory; the
+/// repository is not there if the bucket has no `config`.
+pub(crate) fn pull(client: &S3Client, root: &Path) -> Result<()> {
+    let Some(config) = client.get("config", MAX_SMALL_OBJECT)? else {
+        return Err(Error::NotARepository(PathBuf::from(client.shown(""))));
+    };
+    write_atomic(root, "config", &config)?;
+    let keys = root.join("keys");
+    let listed = client.list("keys")?;
+    if listed.is_empty() {
+        // An unencrypted repository: nothing to bring, and a local keys/
+        // of an earlier repository here must not stay.
+        if keys.exists() {
+            std::fs::remove_dir_all(&keys).at(&keys)?;
+        }
+        return Ok(());
+    }
+    super::unlock::private_dir(root, &keys)?;
+    let mut wanted = HashSet::new();
+    for (name, size) in listed.into_iter().take(MAX_SLOTS) {
+        let Some(file) = name.strip_prefix("keys/").filter(|f| slot_name(f)) else {
+            log::warn!("ignoring {} among the key slots", client.shown(&name));
+            continue;
+        };
+        if size > MAX_SMALL_OBJECT {
+            log::warn!("ignoring {}: {size} bytes", client.shown(&name));
+            continue;
+        }
+        if let Some(bytes) = client.get(&name, MAX_SMALL_OBJECT)? {
+            write_atomic(&keys, file, &bytes)?;
+            wanted.insert(file.to_string());
+        }
+    }
+    for e in std::fs::read_dir(&keys).at(&keys)? {
+        let e = e.at(&keys)?;
+        let n = e.file_name().to_string_lossy().into_owned();
+        if !wanted.contains(&n) {
+            std::fs::remove_file(e.path()).at(e.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Send the local key slots up, then remove from the bucket those the
+/// state directory no longer has.
+pub(crate) fn push_keys(client: &S3Client, root: &Path) -> Result<()> {
+    let keys = root.join("keys");
+    let mut local = HashSet::new();
+    if keys.is_dir() {
+        for e in std::fs::read_dir(&keys).at(&keys)? {
+            let e = e.at(&keys)?;
+            let n = e.file_name().to_string_lossy().into_owned();
+            if !slot_name(&n) {
+                continue;
+            }
+            let bytes = std::fs::read(e.path()).at(e.path())?;
+            client.put(&format!("keys/{n}"), &bytes)?;
+            local.insert(n);
+        }
+    }
+    for (name, _) in client.list("keys")? {
+        let file = name.strip_prefix("keys/").unwrap_or(&name);
+        if slot_name(file) && !local.contains(file) {
+            client.delete(&name)?;
+        }
+    }
+    Ok(())
+}
+
+/// Send the local `config` up (init writes it last).
+pub(crate) fn push_config(client: &S3Client, root: &Path) -> Result<()> {
+    let path = root.join("config");
+    let bytes = std::fs::read(&path).at(&path)?;
+    client.put("config", &bytes)
+}
+
+/// Prepare the state directory for a new repository in the bucket, which
+/// must not hold one: whatever an earlier repository left there locally is
+/// not this one's.
+pub(crate) fn prepare_init(client: &S3Client, root: &Path) -> Result<()> {
+    if client.head("config")?.is_some() {
+        return Err(Error::invalid(format!(
+            "{} is already a snapfs repository",
+            client.shown("")
+        )));
+    }
+    for e in std::fs::read_dir(root).at(root)? {
+        let p = e.at(root)?.path();
+        let r = if p.is_dir() && !p.is_symlink() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        r.at(&p)?;
+    }
+    Ok(())
+}
+
+/// A key slot's file name: 16 hex digits and `.key`.
+fn slot_name(n: &str) -> bool {
+    n.strip_suffix(".key")
+        .is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Write `name` in `dir` whole or not at all (0600).
+fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let dest = dir.join(name);
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .at(&tmp)?;
+    f.write_all(bytes).at(&tmp)?;
+    f.sync_all().at(&tmp)?;
+    std::fs::rename(&tmp, &dest).at(&dest)
+}
+
+/// Whether the catalog of a repository in a bucket misses packs the bucket
+/// has, or knows packs it no longer has: another machine wrote or removed
+/// some, and the catalog is rebuilt from the bucket.
+pub(crate) fn behind(repo: &super::Repository) -> Result<bool> {
+    let cat = repo.catalog()?;
+    let mut known: HashSet<_> = cat.packs()?.into_iter().map(|p| p.1).collect();
+    known.extend(cat.doomed_packs()?.into_iter().map(|d| d.0));
+    let stored: HashSet<_> = repo.backend.list()?.into_iter().collect();
+    Ok(known != stored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_slot_names_are_brought_down() {
+        assert!(slot_name("0123456789abcdef.key"));
+        for bad in [
+            "../x.key",
+            "0123456789abcdef.key.tmp",
+            "x.key",
+            ".key",
+            "0123456789abcdeg.key",
+        ] {
+            assert!(!slot_name(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! A real three-node Garage cluster on loopback (127.0.0.1, .2 and .3,
+//! replication factor 3, one node per address), with a bucket and a key
+//! made for the test; stopped and removed on drop.
+//!
+//! Each test gets a cluster of its own on ports nobody uses, so tests run
+//! in parallel without sharing a bucket. Garage needs a quorum of two
+//! nodes for reads and writes, so one node may be killed
+//! ([`Garage::kill_node`]) and the cluster keeps answering through the
+//! other endpoints.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use super::*;
+
+const KEY_ID: &str = "GKsnapfstest000000000001";
+const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+pub(crate) const BUCKET: &str = "snapfs-test";
+
+pub(crate) struct Garage {
+    nodes: Vec<Option<Child>>,
+    /// The S3 port, the same on every node's address.
+    pub(crate) s3_port: u16,
+    dir: TempDir,
+}
+
+/// The garage binary: on PATH, or where `cargo install` puts it.
+fn garage_bin() -> PathBuf {
+    let in_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("garage"))
+            .find(|p| p.is_file())
+    });
+    let cargo = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/garage"));
+    in_path.or(cargo.filter(|p| p.is_file())).expect(
+        "this test needs the garage binary (scripts/test.sh installs it with cargo install garage)",
+    )
+}
+
+/// A port free on all three loopback addresses.
+fn port_free_everywhere() -> u16 {
+    loop {
+        let p = free_port();
+        let free =
+            (1..=3).all(|i| std::net::TcpListener::bind((format!("127.0.0.{i}"), p)).is_ok());
+        if free {
+            return p;
+        }
+    }
+}
+
+impl Garage {
+    pub(crate) fn start() -> Garage {
+        let bin = garage_bin();
+        let dir = tempdir();
+        let base = canonical(dir.path());
+        let rpc_port = port_free_everywhere();
+        let s3_port = loop {
+            let p = port_free_everywhere();
+            if p != rpc_port {
+                break p;
+            }
+        };
+        let secret = "7f".repeat(32);
+        let mut nodes = Vec::new();
+        for i in 1..=3 {
+            let n = base.join(format!("n{i}"));
+            mkdir(&n);
+            write_file(
+                &base.join(format!("n{i}.toml")),
+                format!(
+                    "metadata_dir = \"{n}/meta\"\n\
+                     data_dir = \"{n}/data\"\n\
+                     db_engine = \"lmdb\"\n\
+                     replication_factor = 3\n\
+                     compression_level = \"none\"\n\
+                     consistency_mode = \"consistent\"\n\
+                     rpc_secret = \"{secret}\"\n\
+                     rpc_bind_addr = \"127.0.0.{i}:{rpc_port}\"\n\
+                     rpc_public_addr = \"127.0.0.{i}:{rpc_port}\"\n\
+                     [s3_api]\n\
+                     api_bind_addr = \"127.0.0.{i}:{s3_port}\"\n\
+                     s3_region = \"garage\"\n",
+                    n = n.display()
+                )
+                .as_bytes(),
+            );
+            let log = fs::File::create(base.join(format!("n{i}.log"))).expect("log");
+            let child = Command::new(&bin)
+                .arg("-c")
+                .arg(base.join(format!("n{i}.toml")))
+                .arg("server")
+                .env("RUST_LOG", "garage=warn")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log)
+                .spawn()
+                .expect("start garage");
+            nodes.push(Some(child));
+        }
+        let g = Garage {
+            nodes,
+            s3_port,
+            dir,
+        };
+        let up = eventually(Duration::from_secs(30), || {
+            (1..=3)
+                .all(|i| std::net::TcpStream::connect((format!("127.0.0.{i}"), rpc_port)).is_ok())
+        });
+        assert!(up, "garage did not start:\n{}", g.logs());
+        let id = |i: u32| -> String {
+            let out = g.cli(i, &["node", "id", "-q"]);
+            out.trim().to_string()
+        };
+        let ids: Vec<String> = (1..=3).map(id).collect();
+        for other in &ids[1..] {
+            g.cli(1, &["node", "connect", other]);
+        }
+        for full in &ids {
+            let short = full.split('@').next().expect("node id");
+            g.cli(1, &["layout", "assign", "-z", "dc1", "-c", "1G", short]);
+        }
+        g.cli(1, &["layout", "apply", "--version", "1"]);
+        let healthy = eventually(Duration::from_secs(60), || {
+            g.try_cli(1, &["status"])
+                .is_some_and(|s| s.contains("HEALTHY") || s.contains("Healthy"))
+                && g.try_cli(1, &["bucket", "create", BUCKET]).is_some()
+        });
+        assert!(
+            healthy,
+            "the garage cluster did not become healthy:\n{}",
+            g.logs()
+        );
+        g.cli(1, &["key", "import", "--yes", "-n", "test", KEY_ID, SECRET]);
+        g.cli(
+            1,
+            &[
+                "bucket", "allow", "--read", "--write", "--owner", BUCKET, "--key", KEY_ID,
+            ],
+        );
+        g
+    }
+
+    fn config(&self, i: u32) -> PathBuf {
+        canonical(self.dir.path()).join(format!("n{i}.toml"))
+    }
+
+    fn try_cli(&self, i: u32, args: &[&str]) -> Option<String> {
+        let out = Command::new(garage_bin())
+            .arg("-c")
+            .arg(self.config(i))
+            .args(args)
+            .env("RUST_LOG", "garage=warn")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run garage");
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn cli(&self, i: u32, args: &[&str]) -> String {
+        self.try_cli(i, args)
+            .unwrap_or_else(|| panic!("garage {args:?} failed:\n{}", self.logs()))
+    }
+
+    fn logs(&self) -> String {
+        (1..=3)
+            .map(|i| {
+                let p = canonical(self.dir.path()).join(format!("n{i}.log"));
+                format!(
+                    "--- node {i} ---\n{}",
+                    fs::read_to_string(&p).unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+
+    /// The endpoint of node `i` (1 to 3).
+    pub(crate) fn endpoint(&self, i: u32) -> String {
+        format!("http://127.0.0.{i}:{}", self.s3_port)
+    }
+
+    /// `AWS_*` variables that reach the cluster through `endpoints`.
+    pub(crate) fn env(&self, endpoints: &[u32]) -> Vec<(&'static str, String)> {
+        let list: Vec<String> = endpoints.iter().map(|i| self.endpoint(*i)).collect();
+        vec![
+            ("AWS_ACCESS_KEY_ID", KEY_ID.to_string()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET.to_string()),
+            ("AWS_REGION", "garage".to_string()),
+            ("AWS_ENDPOINT_URL", list.join(",")),
+        ]
+    }
+
+    /// Stop node `i` at once (SIGKILL), as a crash would.
+    pub(crate) fn kill_node(&mut self, i: u32) {
+        if let Some(mut c) = self.nodes[(i - 1) as usize].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The nodes' data and metadata directories: every byte the cluster
+    /// stores is in a file under them (blocks are kept uncompressed, so a
+    /// check that nothing readable is stored can fail).
+    pub(crate) fn data_dirs(&self) -> Vec<PathBuf> {
+        (1..=3)
+            .map(|i| canonical(self.dir.path()).join(format!("n{i}")))
+            .collect()
+    }
+}
+
+impl Drop for Garage {
+    fn drop(&mut self) {
+        for c in self.nodes.iter_mut().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
