@@ -61,13 +61,14 @@ fi
 # The object-storage tests start a real three-node Garage cluster on
 # loopback. Its binary comes from crates.io (upstream's own crate); the
 # first build takes 7 to 10 minutes on two cores, later runs reuse it.
-# Only the LMDB metadata engine is built: the tests need nothing else.
+# Only the LMDB metadata engine is built (with the C libraries Garage
+# bundles): the tests need nothing else.
 garage_version=2.5.0
 garage_bin=$(command -v garage || echo "$HOME/.cargo/bin/garage")
 if ! "$garage_bin" --version 2>/dev/null | grep -q "v$garage_version"; then
     echo "installing: garage $garage_version (cargo install; several minutes)"
     cargo install garage --locked --version "$garage_version" \
-        --no-default-features --features lmdb
+        --no-default-features --features lmdb,bundled-libs
     "$HOME/.cargo/bin/garage" --version
 fi
 

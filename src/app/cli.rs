@@ -45,6 +45,12 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 
+    /// An endpoint of the object storage of an s3:// repository; repeat it
+    /// for several nodes of one cluster, tried in turn when one stops
+    /// answering [default: $AWS_ENDPOINT_URL, comma-separated]
+    #[arg(long, global = true, value_name = "URL")]
+    pub s3_endpoint: Vec<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }

@@ -29,6 +29,7 @@ pub fn main() -> ExitCode {
     if let Some(dir) = &cli.cache_dir {
         crate::repo::set_cache_dir(dir.clone());
     }
+    crate::repo::bucket::set_endpoints(cli.s3_endpoint.clone());
     // The FUSE library warns of things that are normal for us (requests we
     // leave unanswered on purpose, a mount already gone when it unmounts):
     // its words only when asked for more.

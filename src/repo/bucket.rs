@@ -34,6 +34,14 @@ const MAX_SLOTS: usize = 64;
 /// How long a request is retried before it fails (`SNAPFS_S3_RETRY_SECONDS`).
 const RETRY_FOR: Duration = Duration::from_secs(120);
 
+static ENDPOINTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+/// The endpoints given on the command line (`--s3-endpoint`), which come
+/// before `AWS_ENDPOINT_URL`; set once, before any repository is opened.
+pub fn set_endpoints(list: Vec<String>) {
+    let _ = ENDPOINTS.set(list);
+}
+
 /// A repository location: a local directory, or a bucket reached through
 /// a client, with the local directory that stands in for it.
 pub(crate) struct Place {
@@ -72,7 +80,8 @@ pub(crate) fn place(path: &Path) -> Result<Place> {
     let loc = loc?;
     let env = |k: &str| std::env::var(k).ok();
     let home = std::env::var_os("HOME").map(PathBuf::from);
-    let settings = S3Settings::from_env(&env, home.as_deref(), &[])?;
+    let given = ENDPOINTS.get().map(Vec::as_slice).unwrap_or(&[]);
+    let settings = S3Settings::from_env(&env, home.as_deref(), given)?;
     let retry_for = std::env::var("SNAPFS_S3_RETRY_SECONDS")
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
