@@ -689,3 +689,64 @@ fn process_holding_a_key_is_not_dumpable() {
         "snapfs reading a passphrase is still dumpable"
     );
 }
+
+/// The `id = ` line of the repository's config.
+fn config_id(repo: &Path) -> String {
+    fs::read_to_string(repo.join("config"))
+        .expect("config")
+        .lines()
+        .find_map(|l| l.strip_prefix("id = "))
+        .expect("an id")
+        .to_string()
+}
+
+/// A repository's id is in the clear in its config, so a repository that
+/// someone else made (a copy source handed over with its passphrase, a
+/// disk) can carry the id of one's own. Its catalog cache was then the
+/// same directory: opening the stranger listed one's own snapshots and
+/// file names as its own, and what was done in it went into one's own
+/// catalog, which then named packs one's repository does not have.
+#[test]
+fn repository_with_a_copied_id_does_not_share_the_catalog_cache() {
+    let (work, a, a_snap, reference) = marked_encrypted();
+    let cache = a.secret.clone().expect("encrypted").cache_dir;
+    let b = Repo::encrypted_at(&work.scratch.join("b"), &cache, "the stranger's passphrase");
+    run_ok(b.cmd().arg("init"));
+    // Its maker gives it A's id: the key from its paper copy, wrapped in
+    // a slot bound to that id.
+    let paper = work.scratch.join("b-paper");
+    run_ok(b.cmd().args(["key", "export", "--output"]).arg(&paper));
+    let (a_id, b_id) = (config_id(&a.path), config_id(&b.path));
+    let master =
+        snapfs::crypto::paper::import(&fs::read_to_string(&paper).expect("paper"), &unhex(&b_id))
+            .expect("b's paper");
+    let config = fs::read_to_string(b.path.join("config")).expect("config");
+    fs::write(b.path.join("config"), config.replace(&b_id, &a_id)).expect("relabel");
+    fs::remove_dir_all(b.path.join("keys")).expect("remove keys/");
+    snapfs::crypto::create_slot(
+        &b.path,
+        &unhex(&a_id),
+        &master,
+        "the stranger's passphrase",
+        snapfs::crypto::KdfParams::new(64 << 10, 1, 1).expect("params"),
+    )
+    .expect("slot for a's id");
+
+    let out = run_ok(b.cmd().args(["snapshots", "--json"]));
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains(&a_snap),
+        "the stranger shows a's snapshot: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(b.snapshots().is_empty(), "{:?}", b.snapshots());
+    let other = work.scratch.join("other");
+    mkdir(&other);
+    write_file(&other.join("f"), b"the stranger's file\n");
+    b.ingest(&[], &[&other]);
+    assert_eq!(b.snapshots().len(), 1);
+
+    // A's catalog is A's alone.
+    assert_eq!(a.snapshots().len(), 1, "{:?}", a.snapshots());
+    work.assert_restores(&a, &a_snap, &reference);
+    assert_verify_read_data_ok(&a, "after the stranger was used");
+}

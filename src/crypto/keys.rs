@@ -93,7 +93,7 @@ pub struct Subkeys {
     pub chunker: Key,
     /// BLAKE3 key of catalog page boundaries.
     pub page: Key,
-    /// Key of a local cache.
+    /// Key that names the catalog's local cache directory (`Keying::cache_tag`).
     pub cache: Key,
 }
 

@@ -47,6 +47,9 @@ pub struct Keying {
     zero_frame: Hash,
     /// Ids of zero chunks already computed, by length (see `zero_id`).
     zero_ids: RwLock<HashMap<u32, ChunkId>>,
+    /// Which key this is, for naming the local cache of the catalog
+    /// ([`Keying::cache_tag`]); None: unencrypted.
+    cache_tag: Option<[u8; 8]>,
 }
 
 /// BLAKE3 of one whole frame of zeros (pinned by a test), so that the id of
@@ -72,6 +75,7 @@ static PLAIN: LazyLock<Arc<Keying>> = LazyLock::new(|| {
         seal: None,
         zero_frame: Hash(ZERO_FRAME_HASH),
         zero_ids: RwLock::default(),
+        cache_tag: None,
     })
 });
 
@@ -89,7 +93,8 @@ impl Keying {
 
     /// The keying of an encrypted repository, from its derived subkeys.
     pub fn encrypted(keys: &Subkeys) -> Arc<Keying> {
-        Keying::keyed(
+        let tag = blake3::keyed_hash(keys.cache.as_bytes(), b"snapfs catalog directory");
+        let mut keying = Keying::keyed(
             *keys.id.as_bytes(),
             *keys.page.as_bytes(),
             *keys.chunker.as_bytes(),
@@ -97,7 +102,19 @@ impl Keying {
                 blob: keys.blob.clone(),
                 table: keys.table.clone(),
             }),
-        )
+        );
+        Arc::get_mut(&mut keying).expect("just made").cache_tag =
+            Some(tag.as_bytes()[..8].try_into().expect("8 bytes"));
+        keying
+    }
+
+    /// Eight bytes that tell this key from others (keyed BLAKE3 under the
+    /// cache subkey, so they say nothing of the key), for the name of the
+    /// catalog's local cache directory: a repository's id is in the clear
+    /// in its config, and a repository under another key that copies it
+    /// must not find that id's catalog. None: unencrypted.
+    pub fn cache_tag(&self) -> Option<[u8; 8]> {
+        self.cache_tag
     }
 
     /// A keying from its parts: `id` for chunk ids, `boundary` for page
@@ -124,6 +141,7 @@ impl Keying {
             seal,
             zero_frame: Hash(*blake3::keyed_hash(&id, &ZEROS).as_bytes()),
             zero_ids: RwLock::default(),
+            cache_tag: None,
         })
     }
 

@@ -203,7 +203,7 @@ impl Repository {
                 // The catalog, in its cache directory: a new one (any
                 // catalog there of an earlier repository with this id is
                 // not this repository's).
-                let dir = unlock::catalog_dir(root, &config)?;
+                let dir = unlock::catalog_dir(root, &config, &keying)?;
                 let db = dir.join("catalog.db");
                 for name in CATALOG_FILES {
                     let p = dir.join(name);
@@ -475,7 +475,7 @@ impl Repository {
                 return Err(not_own_dir(&p));
             }
         }
-        let catalog_dir = unlock::catalog_dir(root, &config)?;
+        let catalog_dir = unlock::catalog_dir(root, &config, &keying)?;
         let backend: Arc<dyn Backend> = match &place.remote {
             Some(c) => Arc::new(s3::S3Packs::new(c.clone())),
             None => Arc::new(LocalDir::new(root.join("packs"))),

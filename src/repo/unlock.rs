@@ -87,12 +87,25 @@ pub(crate) fn unlock_master(
 /// repository itself when unencrypted, else its own directory under the
 /// cache (`--cache-dir`, `$SNAPFS_CACHE_DIR`, `$XDG_CACHE_HOME/snapfs` or
 /// `~/.cache/snapfs`), made 0700 whatever the umask.
-pub(crate) fn catalog_dir(root: &Path, config: &Config) -> Result<PathBuf> {
+///
+/// That directory is named after the repository's id *and* its key
+/// (`<id>-<tag>`, [`Keying::cache_tag`]): the id alone is whatever the
+/// config says, and a repository made by someone else with the id of one
+/// of ours would otherwise be shown our catalog as its own, and write into
+/// it.
+pub(crate) fn catalog_dir(root: &Path, config: &Config, keying: &Keying) -> Result<PathBuf> {
     let Some(id) = encrypted_id(root, config)? else {
         return Ok(root.to_path_buf());
     };
+    let Some(tag) = keying.cache_tag() else {
+        return Err(Error::invalid(format!(
+            "{}: an encrypted repository opened without its key",
+            root.display()
+        )));
+    };
     let base = cache_base()?;
-    let dir = base.join(id.to_hex());
+    let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+    let dir = base.join(format!("{}-{hex}", id.to_hex()));
     private_dir(&base, &dir)?;
     Ok(dir)
 }
