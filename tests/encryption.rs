@@ -750,3 +750,47 @@ fn repository_with_a_copied_id_does_not_share_the_catalog_cache() {
     work.assert_restores(&a, &a_snap, &reference);
     assert_verify_read_data_ok(&a, "after the stranger was used");
 }
+
+/// A cache directory another user owns or can write (a shared
+/// SNAPFS_CACHE_DIR such as /tmp/snapfs made by someone else, a link to
+/// theirs, or one under a directory of theirs) took the repository's own
+/// directory and then its catalog, which names every file: its owner can
+/// rename the repository's directory away and put one of theirs in its
+/// place between the check and the write (a rebuild gives all the time
+/// needed). Refused, naming the directory, before anything is written.
+#[test]
+fn catalog_cache_base_another_user_controls_is_refused() {
+    let (work, repo, _id, _reference) = marked_encrypted();
+    let theirs = work.scratch.join("theirs");
+    mkdir(&theirs);
+    lchown(&theirs, 65534, 65534);
+    let open = work.scratch.join("open");
+    mkdir(&open);
+    chmod(&open, 0o777);
+    let link = work.scratch.join("link");
+    std::os::unix::fs::symlink(&theirs, &link).expect("symlink");
+    for (base, named) in [
+        (theirs.clone(), theirs.clone()),
+        (theirs.join("sub"), theirs.clone()),
+        (link.clone(), theirs.clone()),
+        (open.join("cache"), open.clone()),
+    ] {
+        let out = output_of(repo.cmd().env("SNAPFS_CACHE_DIR", &base).arg("snapshots"));
+        let what = format!("snapshots with the cache in {}", base.display());
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&what, &out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&named.display().to_string()) && err.contains("other users"),
+            "{}",
+            describe(&what, &out)
+        );
+        assert_eq!(err.lines().count(), 1, "{}", describe(&what, &out));
+    }
+    for d in [&theirs, &open] {
+        assert!(
+            walk(d).into_iter().all(|p| p == *d),
+            "something was written into {}",
+            d.display()
+        );
+    }
+}

@@ -90,7 +90,7 @@ pub(crate) fn place(path: &Path) -> Result<Place> {
     ends.sort();
     let ident =
         blake3::hash(format!("{}\n{}\n{}", ends.join(","), loc.bucket, loc.prefix).as_bytes());
-    let base = super::unlock::cache_base()?;
+    let base = super::unlock::private_base(&super::unlock::cache_base()?)?;
     let root = base.join(format!("s3-{}", &ident.to_hex()[..32]));
     super::unlock::private_dir(&base, &root)?;
     let client = S3Client::new(loc, &settings, retry_for)?;

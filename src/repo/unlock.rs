@@ -103,27 +103,24 @@ pub(crate) fn catalog_dir(root: &Path, config: &Config, keying: &Keying) -> Resu
             root.display()
         )));
     };
-    let base = cache_base()?;
+    let base = private_base(&cache_base()?)?;
     let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
     let dir = base.join(format!("{}-{hex}", id.to_hex()));
     private_dir(&base, &dir)?;
     Ok(dir)
 }
 
-/// `dir` under `base`, both made 0700 if missing, refused unless `dir` is
-/// a directory of this user's (one planted by another user, e.g. under a
-/// shared `SNAPFS_CACHE_DIR`, would hand them what it holds), and made
-/// 0700 whatever an earlier umask or hand made it.
+/// `dir`, a directory right under `base` (a resolved [`private_base`] or
+/// a directory made by this function), made 0700 if missing and refused
+/// unless it is a directory of this user's (one planted by another user
+/// would hand them what it holds); made 0700 whatever an earlier umask or
+/// hand made it.
 pub(crate) fn private_dir(base: &Path, dir: &Path) -> Result<()> {
-    for d in [base, dir] {
-        match std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(d)
-        {
-            Ok(()) => {}
-            Err(e) => return Err(e).at(d),
-        }
+    debug_assert_eq!(dir.parent(), Some(base));
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).at(dir),
     }
     let md = std::fs::symlink_metadata(dir).at(dir)?;
     if !md.is_dir() {
@@ -142,6 +139,56 @@ pub(crate) fn private_dir(base: &Path, dir: &Path) -> Result<()> {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).at(dir)?;
     }
     Ok(())
+}
+
+/// The cache directory `base`, its links resolved, made (0700) where it is
+/// missing, once it is known that no other user can change what it holds:
+/// it and every directory above it belong to this user or root, and none
+/// lets others write in it without the sticky bit. Otherwise its owner (of
+/// a shared `SNAPFS_CACHE_DIR` such as `/tmp/snapfs`, or of a directory
+/// above it) could rename the repository's directory away and put one of
+/// theirs in its place, between the check of its owner and the writing of
+/// the catalog, and read every file name. The resolved path is what is
+/// used from then on, so a link replaced later changes nothing.
+pub(crate) fn private_base(base: &Path) -> Result<PathBuf> {
+    let mut existing = base;
+    let mut missing = Vec::new();
+    while !existing.exists() {
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                missing.push(name.to_os_string());
+                existing = if parent.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    parent
+                };
+            }
+            _ => break,
+        }
+    }
+    let mut resolved = std::fs::canonicalize(existing).at(existing)?;
+    let me = rustix::process::geteuid().as_raw();
+    for d in resolved.ancestors() {
+        let md = std::fs::metadata(d).at(d)?;
+        let others_write = md.mode() & 0o002 != 0 && md.mode() & 0o1000 == 0;
+        if (md.uid() != me && md.uid() != 0) || others_write {
+            return Err(Error::invalid(format!(
+                "{} belongs to another user or lets other users write in it: the catalog of an \
+                 encrypted repository, which names every file, cannot be kept under it (give \
+                 --cache-dir a directory of your own)",
+                d.display()
+            )));
+        }
+    }
+    for name in missing.iter().rev() {
+        resolved.push(name);
+        match std::fs::DirBuilder::new().mode(0o700).create(&resolved) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).at(&resolved),
+        }
+    }
+    Ok(resolved)
 }
 
 pub(crate) fn cache_base() -> Result<PathBuf> {
