@@ -794,3 +794,64 @@ fn catalog_cache_base_another_user_controls_is_refused() {
         );
     }
 }
+
+/// `key import` proved the paper key against whichever pack was listed
+/// first: one damaged pack, or a file planted in `packs/` by whoever can
+/// write the storage, made the right key "not this repository's key" and
+/// left every passphrase lost for good. A key is the repository's once any
+/// pack's sealed table opens with it; one that opens none is refused.
+#[test]
+fn key_import_is_not_stopped_by_a_damaged_or_planted_pack() {
+    let (work, repo, id, reference) = marked_encrypted();
+    let paper = work.scratch.join("paper.txt");
+    run_ok(repo.cmd().args(["key", "export", "--output"]).arg(&paper));
+    fs::remove_dir_all(repo.path.join("keys")).expect("remove keys/");
+    // Enough of them that one is listed first, whatever the order.
+    for i in 0..300u32 {
+        plant_pack(&repo.path, format!("not a pack {i}").as_bytes());
+    }
+    let new_pass = work.scratch.join("new-pass");
+    write_file(&new_pass, b"typed back from paper\n");
+    let import = |paper: &Path| {
+        output_of(
+            repo.cmd()
+                .args(["key", "import", "--input"])
+                .arg(paper)
+                .arg("--new-password-file")
+                .arg(&new_pass),
+        )
+    };
+    let out = import(&paper);
+    assert_eq!(out.status.code(), Some(0), "{}", describe("import", &out));
+    let reopened = Repo::encrypted_at(
+        &repo.path,
+        &repo.secret.clone().expect("encrypted").cache_dir,
+        "typed back from paper",
+    );
+    work.assert_restores(&reopened, &id, &reference);
+
+    // A key that opens no pack is still refused: the right paper for this
+    // id, but the packs are another key's.
+    let other = Repo::new_encrypted();
+    other.ingest(&[], &[&work.src]);
+    fs::remove_dir_all(repo.path.join("packs")).expect("remove packs");
+    run_ok(
+        std::process::Command::new("cp")
+            .arg("-a")
+            .arg(other.path.join("packs"))
+            .arg(&repo.path),
+    );
+    fs::remove_dir_all(repo.path.join("keys")).expect("remove keys/");
+    let out = import(&paper);
+    assert_eq!(out.status.code(), Some(1), "{}", describe("import", &out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not this repository's key"),
+        "{}",
+        describe("import against another key's packs", &out)
+    );
+    let keys = repo.path.join("keys");
+    assert!(
+        !keys.exists() || fs::read_dir(&keys).expect("keys/").next().is_none(),
+        "a refused import wrote a slot"
+    );
+}

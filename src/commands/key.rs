@@ -161,14 +161,35 @@ pub fn import(root: &Path, input: Option<&Path>, new_file: Option<&Path>) -> Res
     let master = crate::crypto::paper::import(&text, &id.0)?;
     let repo = Repository::open_with_key(root, &master)?;
     let _lock = repo.lock("key import")?;
-    if let Some(pack) = repo.backend.list()?.first() {
-        repo.read_pack_table(pack).map_err(|_| {
-            Error::invalid(format!(
-                "the paper key does not open pack {pack}: it is not this repository's key"
-            ))
-        })?;
-    }
+    prove_key(&repo)?;
     let id = new_slot(&repo, &master, new_file)?;
     repo.push_keys()?;
     Ok(id.to_string())
+}
+
+/// That the key `repo` was opened with is its own: some pack's sealed
+/// table opens with it. Any pack will do, not the first listed: one
+/// damaged pack, or a file planted in `packs/`, must not make the right
+/// key look wrong when it is the last way to the data.
+fn prove_key(repo: &Repository) -> Result<()> {
+    let packs = repo.backend.list()?;
+    let mut first_error = None;
+    for pack in &packs {
+        match repo.read_pack_table(pack) {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                first_error.get_or_insert_with(|| format!("pack {pack}: {}", e.detail()));
+            }
+        }
+    }
+    match first_error {
+        // No pack yet: nothing to lose, nothing to prove it against.
+        None => Ok(()),
+        Some(first) => Err(Error::invalid(format!(
+            "the paper key opens none of the {} packs of {}: it is not this repository's key, \
+             or every pack is damaged (the first: {first})",
+            packs.len(),
+            repo.location()
+        ))),
+    }
 }
