@@ -855,3 +855,28 @@ fn key_import_is_not_stopped_by_a_damaged_or_planted_pack() {
         "a refused import wrote a slot"
     );
 }
+
+/// A failing SNAPFS_TO_PASSWORD_COMMAND was reported as a failure of
+/// SNAPFS_PASSWORD_COMMAND, the source's, which may not even be set: the
+/// error must name the variable whose command failed.
+#[test]
+fn failing_destination_password_command_is_named_as_such() {
+    let (work, repo, _id, _reference) = marked_encrypted();
+    let to = work.scratch.join("to");
+    let out = output_of(
+        repo.cmd()
+            .env("SNAPFS_TO_PASSWORD_COMMAND", "exit 3")
+            .arg("copy")
+            .arg("--to")
+            .arg(&to),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe("copy", &out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("SNAPFS_TO_PASSWORD_COMMAND failed")
+            && !err.contains("SNAPFS_PASSWORD_COMMAND"),
+        "{}",
+        describe("copy", &out)
+    );
+    assert!(!to.exists(), "the destination was made");
+}

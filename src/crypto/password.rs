@@ -194,9 +194,10 @@ fn from_file(path: &Path) -> Result<Zeroizing<String>> {
     }
 }
 
-/// The passphrase printed by `sh -c command`. Its stdin is empty and its
-/// stderr is ours (so it can ask or explain); its output is never shown,
-/// even when it fails.
+/// The passphrase printed by `sh -c command`, the value of `variable`
+/// (named in every error: the source's and a copy destination's are two).
+/// Its stdin is empty and its stderr is ours (so it can ask or explain);
+/// its output is never shown, even when it fails.
 fn from_command(command: &OsString, variable: &str) -> Result<Zeroizing<String>> {
     let what = format!("the output of {variable}");
     let mut child = Command::new("sh")
@@ -223,10 +224,10 @@ fn from_command(command: &OsString, variable: &str) -> Result<Zeroizing<String>>
     drop(out);
     let status = child
         .wait()
-        .map_err(|e| Error::invalid(format!("waiting for {PASSWORD_COMMAND_ENV}: {e}")))?;
+        .map_err(|e| Error::invalid(format!("waiting for {variable}: {e}")))?;
     if !status.success() {
         return Err(Error::invalid(format!(
-            "{PASSWORD_COMMAND_ENV} failed ({status}); its output is not shown"
+            "{variable} failed ({status}); its output is not shown"
         )));
     }
     passphrase_of(&bytes, &what)
