@@ -37,9 +37,10 @@ use crate::ids::TreeId;
 use crate::repo::Repository;
 use crate::repo::catalog::{Catalog, Node};
 
-/// Contents already re-encoded in this run, by the source's reference
-/// (hard links, copies of one file, files shared by the snapshots copied).
-/// Bounded: forgetting costs only reading a file again.
+/// Contents (and directories) already re-encoded in this run, by the
+/// source's reference (hard links, copies of one file, files and trees
+/// shared by the snapshots copied). Bounded: forgetting costs only reading
+/// a file or a directory again.
 const CONTENT_MEMO_MAX: usize = 1 << 20;
 
 /// Two rows describe the same snapshot: a re-encoded copy keeps the times,
@@ -106,6 +107,7 @@ pub fn copy_reencoded(src: &Repository, dst: &Repository, which: &[String]) -> R
             src,
             src_cat: &src_cat,
             memo: HashMap::new(),
+            dirs: HashMap::new(),
             read: 0,
         };
         let mut links_memo = Default::default();
@@ -182,6 +184,11 @@ struct Copier<'a> {
     src_cat: &'a Catalog,
     /// Source content → the destination's (see [`CONTENT_MEMO_MAX`]).
     memo: HashMap<ContentRef, Option<ContentRef>>,
+    /// Source directories already re-encoded in this run, by their tree's
+    /// hash: a directory that appears in several places (or several
+    /// snapshots) is done once, and a forged tree that names one
+    /// directory many times over costs no more than its distinct ones.
+    dirs: HashMap<crate::ids::TreeHash, DirResult>,
     /// Bytes of files read back out of the source.
     read: u64,
 }
@@ -196,7 +203,37 @@ impl Copier<'_> {
         path: &str,
     ) -> Result<DirResult> {
         let src_hash = self.src_cat.tree_hash(tree)?;
+        if let Some(d) = self.dirs.get(&src_hash) {
+            return Ok(DirResult {
+                hash: d.hash,
+                id: d.id,
+                nodes: d.nodes,
+            });
+        }
         let _level = crate::format::tree::descend(|| format!("tree {src_hash}"))?;
+        let d = self.dir_uncached(w, tree, src_hash, pair, path)?;
+        if self.dirs.len() >= CONTENT_MEMO_MAX {
+            self.dirs.clear();
+        }
+        self.dirs.insert(
+            src_hash,
+            DirResult {
+                hash: d.hash,
+                id: d.id,
+                nodes: d.nodes,
+            },
+        );
+        Ok(d)
+    }
+
+    fn dir_uncached(
+        &mut self,
+        w: &mut Walker,
+        tree: TreeId,
+        src_hash: crate::ids::TreeHash,
+        pair: Option<&Pair>,
+        path: &str,
+    ) -> Result<DirResult> {
         let dst_cat = w.cat;
         // The same directory as in the paired snapshot: its copy is this
         // one's, everything beneath it included.
