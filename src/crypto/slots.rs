@@ -361,7 +361,18 @@ pub fn unlock(root: &Path, repo_id: &[u8], passphrase: &str) -> Result<(MasterKe
         }
     }
     in_trying_order(&mut slots);
+    // All the slots tried for one passphrase cost at most what the dearest
+    // slot allowed costs alone: slots planted with the highest settings
+    // would otherwise make a mistyped passphrase take hours. A repository's
+    // own slots are far below it, and are tried first.
+    let mut spent = 0u64;
+    let mut skipped = 0usize;
     for s in &slots {
+        spent = spent.saturating_add(cost(&s.info));
+        if spent > MAX_UNLOCK_WORK && !std::ptr::eq(s, &slots[0]) {
+            skipped += 1;
+            continue;
+        }
         match s.open(repo_id, passphrase) {
             Ok(Some(master)) => return Ok((master, s.info.id.clone())),
             Ok(None) => {}
@@ -382,8 +393,19 @@ pub fn unlock(root: &Path, repo_id: &[u8], passphrase: &str) -> Result<(MasterKe
     if !bad.is_empty() {
         msg.push_str(&format!(" (and some cannot be read: {})", bad.join("; ")));
     }
+    if skipped > 0 {
+        msg.push_str(&format!(
+            " ({skipped} slot(s) with the dearest settings were not tried: together they cost \
+             more than one unlock may)"
+        ));
+    }
     Err(Error::invalid(msg))
 }
+
+/// The most Argon2 work (memory in KiB times passes) one unlock spends
+/// over all slots: that of a single slot with the highest settings a slot
+/// may have.
+const MAX_UNLOCK_WORK: u64 = KdfParams::MAX_M_KIB as u64 * KdfParams::MAX_T as u64;
 
 /// Cheapest first: a hostile slot may claim the most memory and passes
 /// allowed, and the oldest date, but it is then tried last, so the
@@ -704,6 +726,30 @@ mod tests {
         in_trying_order(&mut slots);
         let order: Vec<&SlotId> = slots.iter().map(|s| &s.info.id).collect();
         assert_eq!(order, [&cheap.id, &dear.id]);
+    }
+
+    /// Planted slots with the dearest settings are not all tried for a
+    /// mistyped passphrase: the total is capped at one such slot's price,
+    /// so after the repository's own cheap slot they are skipped (and
+    /// said to be), instead of hours of Argon2 at 4 GiB each.
+    #[test]
+    fn planted_dear_slots_do_not_make_a_wrong_passphrase_take_hours() {
+        let (dir, master) = repo();
+        add(dir.path(), &master, "mine");
+        for _ in 0..3 {
+            let dear = add(dir.path(), &master, "planted");
+            let path = slot_path(dir.path(), &dear.id);
+            let mut v = read_json(&path);
+            v["m_kib"] = json!(KdfParams::MAX_M_KIB);
+            v["t"] = json!(KdfParams::MAX_T);
+            write_json(&path, &v);
+        }
+        let t0 = std::time::Instant::now();
+        let e = unlock(dir.path(), REPO, "typo").unwrap_err();
+        assert!(is_wrong_passphrase(&e, dir.path()), "{e}");
+        assert!(e.to_string().contains("3 slot(s)"), "{e}");
+        assert!(t0.elapsed().as_secs() < 60, "took {:?}", t0.elapsed());
+        assert!(unlock(dir.path(), REPO, "mine").is_ok());
     }
 
     fn same(a: &MasterKey, b: &MasterKey) -> bool {
