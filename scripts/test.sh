@@ -65,7 +65,7 @@ fi
 # bundles): the tests need nothing else.
 garage_version=2.5.0
 garage_bin=$(command -v garage || echo "$HOME/.cargo/bin/garage")
-if ! "$garage_bin" --version 2>/dev/null | grep -q "v$garage_version"; then
+if ! "$garage_bin" --version 2>/dev/null | grep -qF "$garage_version"; then
     echo "installing: garage $garage_version (cargo install; several minutes)"
     cargo install garage --locked --version "$garage_version" \
         --no-default-features --features lmdb,bundled-libs
