@@ -161,3 +161,38 @@ fn encrypted_bucket_stores_no_readable_name_or_content() {
         "an unencrypted repository does not show the marker either: the check proves nothing"
     );
 }
+
+/// `copy --to s3://…` from a local repository: an unencrypted one moves its
+/// stored blobs as they are, an encrypted one is sealed again under the
+/// bucket repository's own key; both restore the same tree from the bucket.
+#[test]
+fn copy_into_a_bucket_from_plain_and_encrypted_repositories() {
+    let garage = Garage::start();
+    let work = Work::new();
+    write_random_file(&work.src.join("data"), 21, 1 << 20);
+    write_file(&work.src.join("note"), b"a note");
+    let reference = work.freeze("copied");
+    let plain = Repo::new();
+    plain.ingest(&["--name", "plain-one"], &[&work.src]);
+    let sealed = Repo::new_encrypted();
+    sealed.ingest(&["--name", "sealed-one"], &[&work.src]);
+    for (what, from, prefix, extra) in [
+        ("plain", &plain, "copy-plain", vec!["--to-encryption", "none"]),
+        ("encrypted", &sealed, "copy-sealed", vec![]),
+    ] {
+        let to = Repo::bucket_handle(&garage, prefix, &[1, 2]);
+        let mut cmd = from.cmd();
+        cmd.args(["copy", "--json", "--to"])
+            .arg(&to.path)
+            .args(&extra)
+            .arg("--to-password-file")
+            .arg(&to.secret.clone().expect("passphrase").password_file);
+        for (k, v) in &to.env {
+            cmd.env(k, v);
+        }
+        let copied = json_of("copy", &mut cmd);
+        assert_eq!(copied["snapshots_copied"].as_array().map(Vec::len), Some(1), "{what}: {copied}");
+        let name = format!("{what}-one").replace("encrypted", "sealed");
+        work.assert_restores(&to, &name, &reference);
+    }
+}
