@@ -177,7 +177,12 @@ fn copy_into_a_bucket_from_plain_and_encrypted_repositories() {
     let sealed = Repo::new_encrypted();
     sealed.ingest(&["--name", "sealed-one"], &[&work.src]);
     for (what, from, prefix, extra) in [
-        ("plain", &plain, "copy-plain", vec!["--to-encryption", "none"]),
+        (
+            "plain",
+            &plain,
+            "copy-plain",
+            vec!["--to-encryption", "none"],
+        ),
         ("encrypted", &sealed, "copy-sealed", vec![]),
     ] {
         let to = Repo::bucket_handle(&garage, prefix, &[1, 2]);
@@ -191,8 +196,54 @@ fn copy_into_a_bucket_from_plain_and_encrypted_repositories() {
             cmd.env(k, v);
         }
         let copied = json_of("copy", &mut cmd);
-        assert_eq!(copied["snapshots_copied"].as_array().map(Vec::len), Some(1), "{what}: {copied}");
+        assert_eq!(
+            copied["snapshots_copied"].as_array().map(Vec::len),
+            Some(1),
+            "{what}: {copied}"
+        );
         let name = format!("{what}-one").replace("encrypted", "sealed");
         work.assert_restores(&to, &name, &reference);
     }
+}
+
+/// `--limit-upload` and `--limit-download` hold transfers to the bucket
+/// to the rate asked for (after a burst of one second's worth): 3 MiB of
+/// incompressible data at 512 KiB/s cannot take less than about 5 s either
+/// way, and the data arrives whole.
+#[test]
+fn upload_and_download_limits_hold_transfers_to_the_rate() {
+    let garage = Garage::start();
+    let work = Work::new();
+    write_random_file(&work.src.join("data"), 33, 3 << 20);
+    let repo = Repo::new_in_bucket(&garage, "limited", &[1]);
+    let t0 = Instant::now();
+    run_ok(
+        repo.ingest_cmd(&["--name", "slow"], &[&work.src])
+            .args(["--limit-upload", "512"]),
+    );
+    let up = t0.elapsed();
+    assert!(
+        up >= Duration::from_secs(4),
+        "3 MiB went up in {up:?} at 512 KiB/s"
+    );
+    let reference = work.freeze("slow");
+    let out = tempdir();
+    let target = canonical(out.path()).join("restored");
+    let t0 = Instant::now();
+    let restored = output_of(
+        repo.cmd()
+            .args(["--limit-download", "512", "restore", "slow"])
+            .arg(&target),
+    );
+    let down = t0.elapsed();
+    assert!(
+        restored.status.success(),
+        "{}",
+        describe("restore", &restored)
+    );
+    assert!(
+        down >= Duration::from_secs(4),
+        "3 MiB came down in {down:?} at 512 KiB/s"
+    );
+    assert_same_tree(&reference, &restored_path(&target, &work.src));
 }

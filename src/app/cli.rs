@@ -51,6 +51,15 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "URL")]
     pub s3_endpoint: Vec<String>,
 
+    /// Send at most this many KiB per second to object storage (a shared
+    /// link keeps room for others) [default: no limit]
+    #[arg(long, global = true, value_name = "KIB_PER_S")]
+    pub limit_upload: Option<u64>,
+
+    /// Receive at most this many KiB per second from object storage
+    #[arg(long, global = true, value_name = "KIB_PER_S")]
+    pub limit_download: Option<u64>,
+
     #[command(subcommand)]
     pub command: Command,
 }

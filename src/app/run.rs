@@ -30,6 +30,10 @@ pub fn main() -> ExitCode {
         crate::repo::set_cache_dir(dir.clone());
     }
     crate::repo::bucket::set_endpoints(cli.s3_endpoint.clone());
+    crate::repo::bucket::set_limits(
+        cli.limit_upload.unwrap_or(0).saturating_mul(1024),
+        cli.limit_download.unwrap_or(0).saturating_mul(1024),
+    );
     // The FUSE library warns of things that are normal for us (requests we
     // leave unanswered on purpose, a mount already gone when it unmounts):
     // its words only when asked for more.

@@ -35,11 +35,17 @@ const MAX_SLOTS: usize = 64;
 const RETRY_FOR: Duration = Duration::from_secs(120);
 
 static ENDPOINTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+static LIMITS: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
 
 /// The endpoints given on the command line (`--s3-endpoint`), which come
 /// before `AWS_ENDPOINT_URL`; set once, before any repository is opened.
 pub fn set_endpoints(list: Vec<String>) {
     let _ = ENDPOINTS.set(list);
+}
+
+/// `--limit-upload` and `--limit-download`, in bytes per second (0: none).
+pub fn set_limits(upload: u64, download: u64) {
+    let _ = LIMITS.set((upload, download));
 }
 
 /// A repository location: a local directory, or a bucket reached through
@@ -81,7 +87,8 @@ pub(crate) fn place(path: &Path) -> Result<Place> {
     let env = |k: &str| std::env::var(k).ok();
     let home = std::env::var_os("HOME").map(PathBuf::from);
     let given = ENDPOINTS.get().map(Vec::as_slice).unwrap_or(&[]);
-    let settings = S3Settings::from_env(&env, home.as_deref(), given)?;
+    let mut settings = S3Settings::from_env(&env, home.as_deref(), given)?;
+    (settings.limit_upload, settings.limit_download) = LIMITS.get().copied().unwrap_or((0, 0));
     let retry_for = std::env::var("SNAPFS_S3_RETRY_SECONDS")
         .ok()
         .and_then(|s| s.parse::<u64>().ok())

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 
 use super::settings::{S3Location, S3Settings};
+use super::throttle::Throttle;
 use crate::error::{Error, Result};
 
 /// How long a presigned request stays valid: far longer than one request
@@ -46,6 +47,8 @@ pub struct S3Client {
     /// The endpoint requests go to now (index into `buckets`).
     current: AtomicUsize,
     retry_for: Duration,
+    upload: Throttle,
+    download: Throttle,
 }
 
 /// What one attempt came to.
@@ -105,6 +108,8 @@ impl S3Client {
             agent,
             current: AtomicUsize::new(0),
             retry_for,
+            upload: Throttle::new(settings.limit_upload),
+            download: Throttle::new(settings.limit_download),
         })
     }
 
@@ -181,6 +186,7 @@ impl S3Client {
     /// Store `body` under `name` (replacing any object of that name).
     pub fn put(&self, name: &str, body: &[u8]) -> Result<()> {
         let key = self.location.key(name);
+        self.upload.take(body.len() as u64);
         self.run(name, "PUT", |b| {
             let url = b.put_object(Some(&self.credentials), &key).sign(SIGNED_FOR);
             match self.agent.put(url.as_str()).send(body) {
@@ -202,7 +208,10 @@ impl S3Client {
             match self.agent.get(url.as_str()).call() {
                 Ok(mut r) => match r.status().as_u16() {
                     200 => match read_bounded(r.body_mut().as_reader(), limit) {
-                        Ok(Some(v)) => Attempt::Done(Some(v)),
+                        Ok(Some(v)) => {
+                            self.download.take(v.len() as u64);
+                            Attempt::Done(Some(v))
+                        }
                         Ok(None) => Attempt::Fail(Error::corrupt(format!(
                             "{} is larger than {limit} bytes",
                             self.shown(name)
@@ -242,6 +251,7 @@ impl S3Client {
                         let got = read_bounded(r.body_mut().as_reader(), len as u64);
                         match got {
                             Ok(Some(v)) if v.len() == len && (code == 206 || offset == 0) => {
+                                self.download.take(v.len() as u64);
                                 Attempt::Done(v)
                             }
                             Ok(Some(v)) => Attempt::Fail(Error::corrupt(format!(

@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod settings;
+pub mod throttle;
 
 use std::path::Path;
 

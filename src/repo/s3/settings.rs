@@ -94,6 +94,9 @@ pub struct S3Settings {
     pub key: AccessKey,
     /// PEM file of the CAs to trust instead of the system's.
     pub ca_file: Option<PathBuf>,
+    /// Bytes per second sent and received at most (0: no limit).
+    pub limit_upload: u64,
+    pub limit_download: u64,
 }
 
 /// The environment, as a function (tests pass a map).
@@ -199,6 +202,8 @@ impl S3Settings {
             path_style,
             key,
             ca_file: var(env, "AWS_CA_BUNDLE").map(PathBuf::from),
+            limit_upload: 0,
+            limit_download: 0,
         })
     }
 }
