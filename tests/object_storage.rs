@@ -247,3 +247,39 @@ fn upload_and_download_limits_hold_transfers_to_the_rate() {
     );
     assert_same_tree(&reference, &restored_path(&target, &work.src));
 }
+
+/// https through a TLS proxy whose certificate only the CA given in
+/// `AWS_CA_BUNDLE` vouches for: with it every command works; without it
+/// the connection is refused with one line, and nothing is sent in clear.
+#[test]
+fn https_endpoint_is_trusted_only_through_the_given_ca() {
+    let garage = Garage::start();
+    let proxy = TlsProxy::start(garage.s3_port);
+    let work = Work::new();
+    write_random_file(&work.src.join("data"), 41, 256 << 10);
+    let mut repo = Repo::bucket_handle(&garage, "tls", &[1]);
+    for (k, v) in repo.env.iter_mut() {
+        if *k == "AWS_ENDPOINT_URL" {
+            *v = format!("https://127.0.0.1:{}", proxy.port);
+        }
+    }
+    let untrusted = output_of(repo.cmd().env("SNAPFS_S3_RETRY_SECONDS", "2").arg("init"));
+    assert_eq!(
+        untrusted.status.code(),
+        Some(1),
+        "{}",
+        describe("init", &untrusted)
+    );
+    let err = String::from_utf8_lossy(&untrusted.stderr).to_lowercase();
+    assert!(
+        err.trim().lines().count() == 1 && err.contains("cert"),
+        "{}",
+        describe("init through an untrusted certificate", &untrusted)
+    );
+    repo.env
+        .push(("AWS_CA_BUNDLE", proxy.ca.display().to_string()));
+    run_ok(repo.cmd().arg("init"));
+    repo.ingest(&["--name", "over-tls"], &[&work.src]);
+    let reference = work.freeze("tls");
+    work.assert_restores(&repo, "over-tls", &reference);
+}

@@ -222,3 +222,117 @@ impl Drop for Garage {
         }
     }
 }
+
+/// A TLS front for one node of the cluster (stunnel4), with a CA of its
+/// own made for the test: what snapfs must be given (`AWS_CA_BUNDLE`) to
+/// trust it. Stopped on drop.
+pub(crate) struct TlsProxy {
+    child: Option<Child>,
+    pub(crate) port: u16,
+    pub(crate) ca: PathBuf,
+    _dir: TempDir,
+}
+
+impl TlsProxy {
+    /// `https://127.0.0.1:PORT` in front of `http://127.0.0.1:target`.
+    pub(crate) fn start(target: u16) -> TlsProxy {
+        require_tool("stunnel4");
+        require_tool("openssl");
+        let dir = tempdir();
+        let d = canonical(dir.path());
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&d)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run openssl");
+            assert!(out.status.success(), "{}", describe("openssl", &out));
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=snapfs test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ]);
+        write_file(&d.join("ext"), b"subjectAltName=IP:127.0.0.1\n");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext",
+            "-out",
+            "server.pem",
+        ]);
+        let port = free_port();
+        write_file(
+            &d.join("stunnel.conf"),
+            format!(
+                "foreground = yes\npid =\n[s3]\naccept = 127.0.0.1:{port}\n\
+                 connect = 127.0.0.1:{target}\ncert = {}\nkey = {}\n",
+                d.join("server.pem").display(),
+                d.join("server.key").display()
+            )
+            .as_bytes(),
+        );
+        let log = fs::File::create(d.join("stunnel.log")).expect("log");
+        let mut child = Command::new("stunnel4")
+            .arg(d.join("stunnel.conf"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start stunnel4");
+        if let Err(status) = wait_listening(&mut child, port, Duration::from_secs(20)) {
+            panic!(
+                "stunnel4 did not listen ({status:?}):\n{}",
+                fs::read_to_string(d.join("stunnel.log")).unwrap_or_default()
+            );
+        }
+        TlsProxy {
+            child: Some(child),
+            port,
+            ca: d.join("ca.pem"),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for TlsProxy {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
