@@ -283,3 +283,48 @@ fn https_endpoint_is_trusted_only_through_the_given_ca() {
     let reference = work.freeze("tls");
     work.assert_restores(&repo, "over-tls", &reference);
 }
+
+/// A backup into a bucket killed (SIGKILL) after its first pack arrived
+/// resumes without sending that pack again: the next ingest finds it in
+/// the bucket, indexes it and stores only the rest.
+#[test]
+fn killed_ingest_into_a_bucket_resumes_without_sending_again() {
+    let garage = Garage::start();
+    let work = Work::new();
+    write_random_file(&work.src.join("big"), 51, 64 << 20);
+    let repo = Repo::new_in_bucket(&garage, "resume", &[1, 2, 3]);
+    // Bytes node 1 stores (not `dir_bytes`: the cluster's files come and
+    // go while it writes).
+    let stored = || -> u64 {
+        walk(&garage.data_dirs()[0])
+            .iter()
+            .filter_map(|p| fs::symlink_metadata(p).ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+            .sum()
+    };
+    let before = stored();
+    let mut child = repo
+        .ingest_cmd(&["--name", "resumed"], &[&work.src])
+        .args(["--limit-upload", "8192"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn ingest");
+    let arrived = eventually(Duration::from_secs(60), || stored() >= before + (30 << 20));
+    let _ = child.kill();
+    let status = child.wait().expect("wait");
+    assert!(arrived, "no pack arrived in the bucket");
+    assert!(
+        !status.success(),
+        "the ingest finished before it was killed"
+    );
+    let again = repo.ingest(&["--name", "resumed"], &[&work.src]);
+    let added = again.json["added_bytes"].as_u64().expect("added_bytes");
+    assert!(
+        added < 48 << 20,
+        "the resumed ingest stored {added} bytes of 64 MiB, a pack of which was in the bucket"
+    );
+    let reference = work.freeze("resumed");
+    work.assert_restores(&repo, "resumed", &reference);
+}

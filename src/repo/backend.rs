@@ -21,6 +21,11 @@ pub trait Backend: Send + Sync {
     /// Every stored pack.
     fn list(&self) -> Result<Vec<PackName>>;
     fn delete(&self, name: &PackName) -> Result<()>;
+    /// How many packs may be stored at once: one where storing is a local
+    /// rename, more where each waits on a network round trip.
+    fn parallel_puts(&self) -> usize {
+        1
+    }
 }
 
 /// Packs as files `packs/<first two hex digits>/<hex>.pack`.

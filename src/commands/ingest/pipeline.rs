@@ -38,7 +38,8 @@ enum ToWriter {
     Seal(Sender<Vec<SealedPack>>),
 }
 
-/// Chunks handed over but not yet appended to a pack; a flush waits for zero.
+/// Work handed over and not yet done (chunks not yet appended to a pack,
+/// packs not yet stored); a flush waits for zero.
 #[derive(Default)]
 struct InFlight {
     count: Mutex<usize>,
@@ -234,21 +235,31 @@ fn writer_loop(
 ) {
     let level = crate::format::pack::recorded_level(opts.level);
     let (tmp_dir, pack_size) = (&opts.tmp_dir, opts.pack_size);
-    // Packs are made durable on a thread of their own, so writing the next
-    // pack goes on during an fsync. A flush waits for that thread to drain.
-    let (sync_tx, sync_rx) = bounded::<ToSyncer>(2);
+    // Packs are made durable and stored on threads of their own, so writing
+    // the next pack goes on during an fsync or an upload: one for a local
+    // directory (a rename), several for object storage (a PUT waits on the
+    // network). A flush waits until none is left in flight. Each thread
+    // holds at most one pack, so memory stays bounded.
+    let uploaders = backend.parallel_puts().max(1);
+    let (sync_tx, sync_rx) = bounded::<crate::format::pack::Unsynced>(uploaders);
     let sealed: Arc<Mutex<Vec<SealedPack>>> = Arc::default();
-    let syncer = {
-        let sealed = sealed.clone();
-        let err = err.clone();
-        std::thread::Builder::new()
-            .name("pack-sync".into())
-            .spawn(move || {
-                let mut failed = false;
-                for msg in sync_rx {
-                    match msg {
-                        ToSyncer::Pack(u) if failed => u.abandon(),
-                        ToSyncer::Pack(u) => {
+    let packs_in_flight = Arc::new(InFlight::default());
+    let failed_put = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let syncers: Vec<JoinHandle<()>> = (0..uploaders)
+        .map(|i| {
+            let sealed = sealed.clone();
+            let err = err.clone();
+            let rx = sync_rx.clone();
+            let backend = backend.clone();
+            let packs = packs_in_flight.clone();
+            let failed = failed_put.clone();
+            std::thread::Builder::new()
+                .name(format!("pack-sync-{i}"))
+                .spawn(move || {
+                    for u in rx {
+                        if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                            u.abandon();
+                        } else {
                             let res = u.sync().and_then(|s| {
                                 backend.put(&s.name, &s.path)?;
                                 Ok(s)
@@ -256,26 +267,27 @@ fn writer_loop(
                             match res {
                                 Ok(s) => sealed.lock().expect("sealed list lock").push(s),
                                 Err(e) => {
-                                    failed = true;
+                                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
                                     record(&err, e);
                                 }
                             }
                         }
-                        ToSyncer::Drained(ack) => {
-                            let _ = ack.send(());
-                        }
+                        packs.done();
                     }
-                }
-            })
-            .expect("spawn pack sync thread")
-    };
+                })
+                .expect("spawn pack sync thread")
+        })
+        .collect();
+    drop(sync_rx);
     let mut current: Option<PackWriter> = None;
     let mut failed = false;
     let hand_over = |w: PackWriter| -> Result<()> {
         let u = w.seal_unsynced()?;
-        sync_tx
-            .send(ToSyncer::Pack(u))
-            .map_err(|_| Error::invalid("pack sync thread stopped"))
+        packs_in_flight.add();
+        sync_tx.send(u).map_err(|_| {
+            packs_in_flight.done();
+            Error::invalid("pack sync thread stopped")
+        })
     };
     for msg in rx {
         match msg {
@@ -316,10 +328,7 @@ fn writer_loop(
                     failed = true;
                     record(&err, e);
                 }
-                let (ack, done) = bounded(1);
-                if sync_tx.send(ToSyncer::Drained(ack)).is_ok() {
-                    let _ = done.recv();
-                }
+                packs_in_flight.wait_zero();
                 let _ = reply.send(std::mem::take(
                     &mut *sealed.lock().expect("sealed list lock"),
                 ));
@@ -330,11 +339,7 @@ fn writer_loop(
         w.abandon();
     }
     drop(sync_tx);
-    let _ = syncer.join();
-}
-
-enum ToSyncer {
-    Pack(crate::format::pack::Unsynced),
-    /// Answered once every pack sent before it is durable (or failed).
-    Drained(Sender<()>),
+    for t in syncers {
+        let _ = t.join();
+    }
 }

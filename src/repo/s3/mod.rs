@@ -81,4 +81,10 @@ impl Backend for S3Packs {
     fn delete(&self, name: &PackName) -> Result<()> {
         self.client.delete(&Self::name_of(name))
     }
+
+    /// Four uploads at once: enough to hide a round trip's latency behind
+    /// the others, with at most four packs (128 MiB) in memory.
+    fn parallel_puts(&self) -> usize {
+        4
+    }
 }
