@@ -328,3 +328,38 @@ fn killed_ingest_into_a_bucket_resumes_without_sending_again() {
     let reference = work.freeze("resumed");
     work.assert_restores(&repo, "resumed", &reference);
 }
+
+/// forget and gc in a bucket: the forgotten snapshot's own data leaves the
+/// bucket (gc deletes its packs there), the other snapshot restores and
+/// verifies whole, and a second machine's catalog follows.
+#[test]
+fn forget_and_gc_in_a_bucket_free_space_and_keep_the_rest() {
+    let garage = Garage::start();
+    let work = Work::new();
+    write_random_file(&work.src.join("keep"), 61, 2 << 20);
+    let repo = Repo::new_in_bucket(&garage, "gc", &[1, 2, 3]);
+    repo.ingest(&["--name", "first"], &[&work.src]);
+    write_random_file(&work.src.join("drop"), 62, 8 << 20);
+    repo.ingest(&["--name", "second"], &[&work.src]);
+    fs::remove_file(work.src.join("drop")).expect("rm");
+    repo.ingest(&["--name", "third"], &[&work.src]);
+    let reference = work.freeze("third");
+    forget(&repo, &["second"]);
+    let gc = gc(&repo, &[]);
+    let freed = gc["bytes_freed"].as_u64().expect("bytes_freed");
+    assert!(
+        freed >= 6 << 20,
+        "gc freed {freed} bytes of an 8 MiB file: {gc}"
+    );
+    assert_eq!(gc["packs_waiting"], 0, "{gc}");
+    assert_verify_read_data_ok(&repo, "after gc in a bucket");
+    work.assert_restores(&repo, "third", &reference);
+    let other = Repo::bucket_handle(&garage, "gc", &[2]);
+    let names: Vec<String> = other
+        .snapshots()
+        .iter()
+        .map(|s| json_str(s, "name").to_string())
+        .collect();
+    assert_eq!(names, vec!["first", "third"]);
+    assert_verify_read_data_ok(&other, "another machine after gc");
+}
