@@ -18,22 +18,7 @@ fn bucket_repository_round_trips_the_fixture() {
     let fixture = build_fixture(src_dir.path());
     let repo = Repo::new_in_bucket(&garage, "host1", &[1, 2, 3]);
     let id = repo.ingest(&["--name", "fixture"], &[&fixture.root]).id;
-    let mount = Mount::new(&repo, &[]);
-    let diff = rsync_diff(&fixture.root, &mount.source_in("fixture", &fixture.root));
-    assert!(
-        diff.is_empty(),
-        "rsync -naHAXc SOURCE/ MOUNT/ reports:\n{diff}"
-    );
-    drop(mount);
-    let out = tempdir();
-    let target = canonical(out.path()).join("restored");
-    let restored = repo.restore(&id, &target);
-    assert!(
-        restored.status.success(),
-        "{}",
-        describe("restore", &restored)
-    );
-    assert_same_tree(&fixture.root, &restored_path(&target, &fixture.root));
+    assert_fixture_round_trips(&repo, &fixture.root, "fixture", &id);
     assert_verify_read_data_ok(&repo, "a repository in a bucket");
 }
 

@@ -95,6 +95,28 @@ pub(crate) fn assert_restores_as(
 }
 
 /// The itemized differences rsync sees (empty when the trees are the same).
+/// The fixture tree ingested as snapshot `snapshot` (whose id is `id`)
+/// comes back whole both ways a user gets files back: through the mount
+/// (rsync -naHAXc finds no difference) and through `restore`.
+pub(crate) fn assert_fixture_round_trips(repo: &Repo, root: &Path, snapshot: &str, id: &str) {
+    let mount = Mount::new(repo, &[]);
+    let diff = rsync_diff(root, &mount.source_in(snapshot, root));
+    assert!(
+        diff.is_empty(),
+        "rsync -naHAXc SOURCE/ MOUNT/ reports:\n{diff}"
+    );
+    drop(mount);
+    let out = tempdir();
+    let target = canonical(out.path()).join("restored");
+    let restored = repo.restore(id, &target);
+    assert!(
+        restored.status.success(),
+        "{}",
+        describe("restore", &restored)
+    );
+    assert_same_tree(root, &restored_path(&target, root));
+}
+
 pub(crate) fn rsync_diff(src: &Path, restored: &Path) -> String {
     require_tool("rsync");
     let mut a = src.as_os_str().to_os_string();

@@ -276,15 +276,7 @@ impl Copier<'_> {
                         (Some(src), Some(c)) => c.subtree.map(|dst| Pair { src, dst }),
                         _ => None,
                     };
-                    let d = self.dir(w, sub, child_pair.as_ref(), &child)?;
-                    (
-                        Body::Dir {
-                            tree: d.hash,
-                            nodes: d.nodes,
-                        },
-                        None,
-                        Some(d.id),
-                    )
+                    self.dir(w, sub, child_pair.as_ref(), &child)?.entry_parts()
                 }
                 Kind::File => {
                     let c = match n.content {

@@ -93,6 +93,20 @@ pub struct DirResult {
     pub nodes: u64,
 }
 
+impl DirResult {
+    /// The body, content and subtree of the entry that names this directory.
+    pub(crate) fn entry_parts(&self) -> (Body, Option<ContentRef>, Option<TreeId>) {
+        (
+            Body::Dir {
+                tree: self.hash,
+                nodes: self.nodes,
+            },
+            None,
+            Some(self.id),
+        )
+    }
+}
+
 pub struct WalkOptions {
     pub excludes: GlobSet,
     pub exclude_names: GlobSet,
@@ -517,14 +531,7 @@ impl<'a> Walker<'a> {
                     }
                 };
                 self.stats.dirs += 1;
-                (
-                    Body::Dir {
-                        tree: d.hash,
-                        nodes: d.nodes,
-                    },
-                    None,
-                    Some(d.id),
-                )
+                d.entry_parts()
             }
             Kind::File => {
                 self.stats.files += 1;
