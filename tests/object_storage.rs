@@ -291,12 +291,17 @@ fn killed_ingest_into_a_bucket_resumes_without_sending_again() {
     let before = stored();
     let mut child = repo
         .ingest_cmd(&["--name", "resumed"], &[&work.src])
-        .args(["--limit-upload", "8192"])
+        .args(["--limit-upload", "4096"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn ingest");
+    // At 4 MiB/s the first 32 MiB pack goes up after about 7 s and the
+    // second after about 15 s, each in one quick PUT once its turn comes:
+    // seeing most of the first one stored, and giving its PUT 3 s to end,
+    // kills the ingest between the two.
     let arrived = eventually(Duration::from_secs(60), || stored() >= before + (30 << 20));
+    std::thread::sleep(Duration::from_secs(3));
     let _ = child.kill();
     let status = child.wait().expect("wait");
     assert!(arrived, "no pack arrived in the bucket");
