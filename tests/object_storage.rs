@@ -47,6 +47,15 @@ fn second_machine_sees_the_bucket_and_deduplicates() {
         added < 64 << 10,
         "the second machine stored {added} bytes of a tree the bucket holds"
     );
+    // The first machine catches up with the second's backup by indexing
+    // what it added, not by rebuilding its catalog from the whole bucket.
+    let caught_up = output_of(first.cmd().args(["-v", "snapshots"]));
+    let said = String::from_utf8_lossy(&caught_up.stderr);
+    assert!(
+        said.contains("1 snapshot(s) another machine stored") && !said.contains("rebuild"),
+        "{}",
+        describe("snapshots on the first machine", &caught_up)
+    );
     assert_eq!(names(&first), vec!["from-first", "from-second"]);
     let reference = work.freeze("both");
     work.assert_restores(&first, "from-second", &reference);
@@ -334,7 +343,18 @@ fn forget_and_gc_in_a_bucket_free_space_and_keep_the_rest() {
     fs::remove_file(work.src.join("drop")).expect("rm");
     repo.ingest(&["--name", "third"], &[&work.src]);
     let reference = work.freeze("third");
+    // Another machine with a catalog of its own from before the forget.
+    let other = Repo::bucket_handle(&garage, "gc", &[2]);
+    let names = |r: &Repo| -> Vec<String> {
+        r.snapshots()
+            .iter()
+            .map(|s| json_str(s, "name").to_string())
+            .collect()
+    };
+    assert_eq!(names(&other), vec!["first", "second", "third"]);
     forget(&repo, &["second"]);
+    // The forget record alone (no gc yet) reaches the other machine.
+    assert_eq!(names(&other), vec!["first", "third"]);
     let gc = gc(&repo, &[]);
     let freed = gc["bytes_freed"].as_u64().expect("bytes_freed");
     assert!(
@@ -344,12 +364,7 @@ fn forget_and_gc_in_a_bucket_free_space_and_keep_the_rest() {
     assert_eq!(gc["packs_waiting"], 0, "{gc}");
     assert_verify_read_data_ok(&repo, "after gc in a bucket");
     work.assert_restores(&repo, "third", &reference);
-    let other = Repo::bucket_handle(&garage, "gc", &[2]);
-    let names: Vec<String> = other
-        .snapshots()
-        .iter()
-        .map(|s| json_str(s, "name").to_string())
-        .collect();
-    assert_eq!(names, vec!["first", "third"]);
+    // Its catalog knew packs gc deleted: it is rebuilt from the bucket.
+    assert_eq!(names(&other), vec!["first", "third"]);
     assert_verify_read_data_ok(&other, "another machine after gc");
 }

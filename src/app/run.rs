@@ -334,15 +334,23 @@ fn open_from(path: &Path, src: &crate::crypto::PassphraseSource) -> Result<Repos
             repo.catalog_path().display()
         );
         rebuild::rebuild_catalog(&repo, &rebuild::RebuildOptions { force: false })?;
-    } else if repo.remote.is_some() && crate::repo::bucket::behind(&repo)? {
+    } else if repo.remote.is_some() {
         // The bucket is the truth: another machine added or removed packs.
-        log::info!(
-            "{}: the bucket holds other packs than the local catalog knows; rebuilding it",
-            repo.location()
-        );
-        let r = rebuild::rebuild_catalog(&repo, &rebuild::RebuildOptions { force: true })?;
-        for p in &r.problems {
-            log::warn!("{p}");
+        use crate::repo::bucket::{Behind, behind, catch_up};
+        let rebuild = match behind(&repo)? {
+            Behind::No => false,
+            Behind::New(packs) => !catch_up(&repo, &packs)?,
+            Behind::Gone => true,
+        };
+        if rebuild {
+            log::info!(
+                "{}: the bucket lacks packs the local catalog knows; rebuilding it",
+                repo.location()
+            );
+            let r = rebuild::rebuild_catalog(&repo, &rebuild::RebuildOptions { force: true })?;
+            for p in &r.problems {
+                log::warn!("{p}");
+            }
         }
     }
     Ok(repo)

@@ -14,8 +14,9 @@
 //! slots before removed ones go, so a crash never leaves the bucket without
 //! a slot that opens it; `config` last at init, so a bucket never shows a
 //! repository without its keys). The catalog is rebuilt from the bucket's
-//! packs when it is missing or when the bucket holds packs it does not
-//! know, or lacks packs it does (another machine added or removed some).
+//! packs when it is missing or knows packs the bucket lacks (another
+//! machine's gc); packs another machine added are indexed, and their
+//! snapshots imported, at the next open.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -228,15 +229,80 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, &dest).at(&dest)
 }
 
-/// Whether the catalog of a repository in a bucket misses packs the bucket
-/// has, or knows packs it no longer has: another machine wrote or removed
-/// some, and the catalog is rebuilt from the bucket.
-pub(crate) fn behind(repo: &super::Repository) -> Result<bool> {
+/// How a local catalog stands against its bucket.
+pub(crate) enum Behind {
+    /// It knows exactly the packs the bucket holds.
+    No,
+    /// The bucket holds these packs besides (another machine's backups):
+    /// indexing them and importing their snapshots catches up.
+    New(Vec<crate::ids::PackName>),
+    /// The catalog knows packs the bucket no longer has (another
+    /// machine's gc): only a rebuild is sure to drop all they held.
+    Gone,
+}
+
+/// Compare the catalog of a repository in a bucket with the bucket.
+pub(crate) fn behind(repo: &super::Repository) -> Result<Behind> {
     let cat = repo.catalog()?;
     let mut known: HashSet<_> = cat.packs()?.into_iter().map(|p| p.1).collect();
     known.extend(cat.doomed_packs()?.into_iter().map(|d| d.0));
     let stored: HashSet<_> = repo.backend.list()?.into_iter().collect();
-    Ok(known != stored)
+    if !known.is_subset(&stored) {
+        return Ok(Behind::Gone);
+    }
+    let new: Vec<_> = stored.difference(&known).copied().collect();
+    Ok(if new.is_empty() {
+        Behind::No
+    } else {
+        Behind::New(new)
+    })
+}
+
+/// Index `packs` (new in the bucket) and add the snapshots recorded in
+/// them, in one transaction: the catalog catches up with another machine's
+/// backups at the cost of what they added, not of the whole repository.
+/// Returns false, changing nothing, when a new pack holds a forget record
+/// (another machine's forget: a rebuild applies it whole) or cannot be
+/// read.
+pub(crate) fn catch_up(repo: &super::Repository, packs: &[crate::ids::PackName]) -> Result<bool> {
+    use crate::format::pack::ChunkKind;
+    use crate::format::record::{Record, decode_record};
+    let cat = repo.catalog()?;
+    let tx = cat.transaction()?;
+    let mut records = Vec::new();
+    for name in packs {
+        let Ok((size, entries)) = repo.read_pack_table(name) else {
+            return Ok(false);
+        };
+        cat.add_pack(name, size, &entries)?;
+        for e in entries.iter().filter(|e| e.kind == ChunkKind::Snapshot) {
+            let loc = cat
+                .chunk_loc(&e.id)?
+                .ok_or_else(|| Error::corrupt(format!("chunk {} vanished", e.id)))?;
+            match decode_record(&repo.read_chunk(&e.id, &loc)?, e.id.0)? {
+                Record::Snapshot { row, .. } => records.push((row.started_ns, e.id)),
+                Record::Forget(_) => return Ok(false),
+            }
+        }
+    }
+    records.sort();
+    let mut importer = super::import::Importer::new(repo, &cat);
+    for (_, id) in &records {
+        importer.snapshot(id, 0)?;
+    }
+    for p in std::mem::take(&mut importer.problems) {
+        log::warn!("{p}");
+    }
+    drop(importer);
+    cat.attribute_added_bytes()?;
+    tx.commit()?;
+    log::info!(
+        "{}: indexed {} new pack(s) and {} snapshot(s) another machine stored",
+        repo.location(),
+        packs.len(),
+        records.len()
+    );
+    Ok(true)
 }
 
 #[cfg(test)]
