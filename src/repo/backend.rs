@@ -26,6 +26,11 @@ pub trait Backend: Send + Sync {
     fn parallel_puts(&self) -> usize {
         1
     }
+    /// How many reads are worth having in flight at once: as many as there
+    /// are cores for a local disk, more where each waits on the network.
+    fn parallel_reads(&self) -> usize {
+        1
+    }
 }
 
 /// Packs as files `packs/<first two hex digits>/<hex>.pack`.

@@ -166,7 +166,10 @@ pub fn restore(
     // One fixed pool for the whole restore, big files included (they are
     // cut into parts for it), and one committer that mostly waits for the
     // disk: nothing else starts threads.
-    let workers = pool_size(std::thread::available_parallelism().map_or(2, |n| n.get()));
+    // Where each read waits on a network round trip (object storage), more
+    // readers than cores keep the link busy.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let workers = pool_size(cores.max(repo.backend.parallel_reads()));
     let (tx, rx) = bounded::<Job>(workers * 4);
     let shared = Shared::default();
     let whole = matches!(located, Located::Root(_));

@@ -87,4 +87,10 @@ impl Backend for S3Packs {
     fn parallel_puts(&self) -> usize {
         4
     }
+
+    /// Sixteen readers: a restore of many small files is one ranged GET
+    /// each, and its time is the round trips', not the bytes'.
+    fn parallel_reads(&self) -> usize {
+        16
+    }
 }
