@@ -328,9 +328,17 @@ impl SnapshotFs {
                 drop(lease);
             })
             .expect("spawn lease thread");
-        let prefetch = (opts.prefetch_threads > 0).then(|| {
+        // Where each frame read waits on a network round trip (object
+        // storage), more readers than cores keep a sequential reader fed.
+        let prefetch_threads = if opts.prefetch_threads > 0 {
+            opts.prefetch_threads
+                .max(shared.repo.backend.parallel_reads())
+        } else {
+            0
+        };
+        let prefetch = (prefetch_threads > 0).then(|| {
             let (tx, rx) = bounded::<Job>(256);
-            for i in 0..opts.prefetch_threads {
+            for i in 0..prefetch_threads {
                 let rx = rx.clone();
                 let queue = tx.clone();
                 let shared = shared.clone();
