@@ -247,6 +247,13 @@ impl S3Client {
                 Ok(mut r) => match r.status().as_u16() {
                     // 200: a server that ignores ranges sends it all; only
                     // a read of a whole object of exactly `len` is right.
+                    206 if !range_is(r.headers(), offset, last) => {
+                        Attempt::Fail(Error::corrupt(format!(
+                            "{}: asked for bytes {offset}-{last}, the server sent {}",
+                            self.shown(name),
+                            content_range(r.headers()).unwrap_or("another range")
+                        )))
+                    }
                     code @ (200 | 206) => {
                         let got = read_bounded(r.body_mut().as_reader(), len as u64);
                         match got {
@@ -319,6 +326,9 @@ impl S3Client {
         let prefix = self.location.key(&format!("{dir}/"));
         let mut out = Vec::new();
         let mut token: Option<String> = None;
+        // Tokens already followed: a server that hands one out again would
+        // have the listing go round for ever.
+        let mut seen = std::collections::HashSet::new();
         loop {
             let page = self.run(dir, "LIST", |b| {
                 let mut action = b.list_objects_v2(Some(&self.credentials));
@@ -364,7 +374,15 @@ impl S3Client {
                 out.push((name, c.size.unwrap_or(0)));
             }
             match parsed.next_continuation_token {
-                Some(t) if !t.is_empty() && Some(&t) != token.as_ref() => token = Some(t),
+                Some(t) if !t.is_empty() => {
+                    if !seen.insert(t.clone()) {
+                        return Err(Error::corrupt(format!(
+                            "a listing of {} repeats a continuation token (the server goes round in circles)",
+                            self.shown(dir)
+                        )));
+                    }
+                    token = Some(t);
+                }
                 _ => break,
             }
         }
@@ -433,6 +451,27 @@ fn transport<T>(e: ureq::Error) -> Attempt<T> {
         },
         other => Attempt::Fail(Error::invalid(format!("S3 request: {other}"))),
     }
+}
+
+/// The `Content-Range` of an answer, if it has a printable one.
+fn content_range(h: &ureq::http::HeaderMap) -> Option<&str> {
+    h.get("content-range")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 100)
+}
+
+/// Whether a 206 answer's `Content-Range` is `bytes FIRST-LAST/…`, the
+/// range asked for; a 206 without one is taken at its word (its length is
+/// still checked).
+fn range_is(h: &ureq::http::HeaderMap, first: u64, last: u64) -> bool {
+    if h.get("content-range").is_none() {
+        return true;
+    }
+    content_range(h)
+        .and_then(|v| v.strip_prefix("bytes "))
+        .and_then(|v| v.split_once('/'))
+        .and_then(|(r, _)| r.split_once('-'))
+        .is_some_and(|(a, b)| a.parse() == Ok(first) && b.parse() == Ok(last))
 }
 
 /// Up to `limit` bytes of `r`; None if it holds more.
@@ -530,6 +569,100 @@ mod tests {
             let d = jitter(Duration::from_millis(800));
             assert!(d >= Duration::from_millis(400) && d <= Duration::from_millis(800));
         }
+    }
+
+    /// A server on loopback that answers every request with `answer(method
+    /// and target)`, a whole HTTP answer, and closes the connection.
+    fn hostile_server(answer: impl Fn(&str) -> String + Send + 'static) -> S3Client {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let text = String::from_utf8_lossy(&head).into_owned();
+                let line = text.lines().next().unwrap_or("").to_string();
+                let _ = std::io::Write::write_all(&mut conn, answer(&line).as_bytes());
+            }
+        });
+        let settings = S3Settings {
+            endpoints: vec![format!("http://127.0.0.1:{port}")],
+            region: "test".into(),
+            path_style: true,
+            key: super::super::settings::AccessKey {
+                id: "id".into(),
+                secret: zeroize::Zeroizing::new("secret".into()),
+                token: None,
+            },
+            ca_file: None,
+            limit_upload: 0,
+            limit_download: 0,
+        };
+        let location = S3Location {
+            bucket: "bucket".into(),
+            prefix: "p".into(),
+        };
+        S3Client::new(location, &settings, Duration::from_secs(2)).unwrap()
+    }
+
+    fn http(status: &str, headers: &str, body: &str) -> String {
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n{headers}\r\n{body}",
+            body.len()
+        )
+    }
+
+    #[test]
+    fn s3_listing_whose_continuation_tokens_go_round_is_an_error() {
+        let pages = std::sync::atomic::AtomicUsize::new(0);
+        let client = hostile_server(move |_| {
+            // Tokens a, b, a, b, …: never the one just followed, yet endless.
+            let n = pages.fetch_add(1, Ordering::Relaxed);
+            let token = if n % 2 == 0 { "a" } else { "b" };
+            let body = format!(
+                "<?xml version=\"1.0\"?><ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Name>bucket</Name><Prefix>p/keys/</Prefix>\
+                 <KeyCount>1</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>true</IsTruncated>\
+                 <Contents><Key>p/keys/{n:016x}.key</Key><Size>1</Size></Contents>\
+                 <NextContinuationToken>{token}</NextContinuationToken></ListBucketResult>"
+            );
+            http("200 OK", "", &body)
+        });
+        let err = client.list("keys").unwrap_err().to_string();
+        assert!(
+            err.contains("s3://bucket/p/keys") && err.contains("continuation token"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn s3_partial_answer_of_another_range_is_an_error() {
+        let client = hostile_server(|_| {
+            http(
+                "206 Partial Content",
+                "content-range: bytes 0-3/100\r\n",
+                "abcd",
+            )
+        });
+        let err = client.get_range("packs/x", 50, 4).unwrap_err().to_string();
+        assert!(
+            err.contains("s3://bucket/p/packs/x")
+                && err.contains("bytes 50-53")
+                && err.contains("0-3/100"),
+            "{err}"
+        );
+        assert!(!err.contains("X-Amz-Signature"), "{err}");
+        let right = hostile_server(|_| {
+            http(
+                "206 Partial Content",
+                "content-range: bytes 50-53/100\r\n",
+                "abcd",
+            )
+        });
+        assert_eq!(right.get_range("packs/x", 50, 4).unwrap(), b"abcd");
     }
 
     #[test]
