@@ -622,7 +622,7 @@ mod tests {
         let client = hostile_server(move |_| {
             // Tokens a, b, a, b, …: never the one just followed, yet endless.
             let n = pages.fetch_add(1, Ordering::Relaxed);
-            let token = if n % 2 == 0 { "a" } else { "b" };
+            let token = if n.is_multiple_of(2) { "a" } else { "b" };
             let body = format!(
                 "<?xml version=\"1.0\"?><ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Name>bucket</Name><Prefix>p/keys/</Prefix>\
                  <KeyCount>1</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>true</IsTruncated>\
