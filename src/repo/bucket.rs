@@ -125,13 +125,26 @@ pub(crate) fn pull(client: &S3Client, root: &Path) -> Result<()> {
         }
         return Ok(());
     }
+    let mut slots = Vec::new();
+    for (name, size) in listed {
+        match name.strip_prefix("keys/").filter(|f| slot_name(f)) {
+            Some(file) => slots.push((file.to_string(), name, size)),
+            None => log::warn!("ignoring {} among the key slots", client.shown(&name)),
+        }
+    }
+    // Slots left out here would be taken as removed, and the next key
+    // change would delete them from the bucket: all or none.
+    if slots.len() > MAX_SLOTS {
+        return Err(Error::corrupt(format!(
+            "{} holds {} key slots, more than the {MAX_SLOTS} a repository may have",
+            client.shown("keys/"),
+            slots.len()
+        )));
+    }
     super::unlock::private_dir(root, &keys)?;
     let mut wanted = HashSet::new();
-    for (name, size) in listed.into_iter().take(MAX_SLOTS) {
-        let Some(file) = name.strip_prefix("keys/").filter(|f| slot_name(f)) else {
-            log::warn!("ignoring {} among the key slots", client.shown(&name));
-            continue;
-        };
+    for (file, name, size) in slots {
+        let file = file.as_str();
         if size > MAX_SMALL_OBJECT {
             log::warn!("ignoring {}: {size} bytes", client.shown(&name));
             continue;
@@ -308,6 +321,61 @@ pub(crate) fn catch_up(repo: &super::Repository, packs: &[crate::ids::PackName])
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A listing of `keys/` naming `junk` objects that are not slots, then
+    /// `slots` slot objects of one byte each, and a `config`.
+    fn bucket_with(junk: usize, slots: usize) -> S3Client {
+        use crate::repo::s3::client::tests::{hostile_server, http};
+        hostile_server(move |line| {
+            if line.contains("list-type=2") {
+                let mut body = String::from(
+                    "<?xml version=\"1.0\"?><ListBucketResult \
+                     xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Name>bucket</Name>\
+                     <IsTruncated>false</IsTruncated>",
+                );
+                for i in 0..junk {
+                    body +=
+                        &format!("<Contents><Key>p/keys/a{i:04}</Key><Size>1</Size></Contents>");
+                }
+                for i in 0..slots {
+                    body += &format!(
+                        "<Contents><Key>p/keys/{i:016x}.key</Key><Size>1</Size></Contents>"
+                    );
+                }
+                http("200 OK", "", &(body + "</ListBucketResult>"))
+            } else {
+                http("200 OK", "", "x")
+            }
+        })
+    }
+
+    #[test]
+    fn bucket_slots_behind_other_objects_are_all_brought_down() {
+        let dir = tempfile::tempdir().unwrap();
+        pull(&bucket_with(100, 3), dir.path()).unwrap();
+        let mut got: Vec<_> = std::fs::read_dir(dir.path().join("keys"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            (0..3).map(|i| format!("{i:016x}.key")).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn bucket_with_too_many_slots_is_one_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = pull(&bucket_with(0, MAX_SLOTS + 1), dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("s3://bucket/p/keys/") && err.contains("key slots"),
+            "{err}"
+        );
+        assert!(!dir.path().join("keys").exists());
+    }
 
     #[test]
     fn only_slot_names_are_brought_down() {

@@ -549,7 +549,7 @@ fn trusted_cas(file: Option<&std::path::Path>) -> Result<Option<ureq::tls::RootC
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -573,7 +573,7 @@ mod tests {
 
     /// A server on loopback that answers every request with `answer(method
     /// and target)`, a whole HTTP answer, and closes the connection.
-    fn hostile_server(answer: impl Fn(&str) -> String + Send + 'static) -> S3Client {
+    pub(crate) fn hostile_server(answer: impl Fn(&str) -> String + Send + 'static) -> S3Client {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         std::thread::spawn(move || {
@@ -609,7 +609,7 @@ mod tests {
         S3Client::new(location, &settings, Duration::from_secs(2)).unwrap()
     }
 
-    fn http(status: &str, headers: &str, body: &str) -> String {
+    pub(crate) fn http(status: &str, headers: &str, body: &str) -> String {
         format!(
             "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n{headers}\r\n{body}",
             body.len()
