@@ -495,6 +495,19 @@ fn error_text(body: &[u8]) -> String {
         (Some(c), None) => c,
         _ => text.lines().next().unwrap_or("").to_string(),
     };
+    // Some servers echo the request's URL, whose query holds the
+    // signature and the key's id: never shown.
+    let raw = raw
+        .split(char::is_whitespace)
+        .map(|word| match word.to_ascii_lowercase().find("x-amz-") {
+            Some(at) => {
+                let keep = word[..at].rfind('?').unwrap_or(at);
+                format!("{}…", &word[..keep])
+            }
+            None => word.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
     raw.chars()
         .filter(|c| !c.is_control())
         .take(300)
@@ -561,6 +574,10 @@ pub(crate) mod tests {
         );
         assert_eq!(error_text(b"plain failure\nsecond"), "plain failure");
         assert!(error_text(&[b'x'; 5000]).len() <= 300);
+        let echoed = b"<Error><Code>Bad</Code><Message>no /b/p/config?X-Amz-Algorithm=AWS4&X-Amz-Credential=id%2F1&X-Amz-Signature=b1035fb6 here</Message></Error>";
+        assert_eq!(error_text(echoed), "Bad: no /b/p/config… here");
+        let bare = b"<Error><Code>Bad</Code><Message>x-amz-signature=b1035fb6</Message></Error>";
+        assert_eq!(error_text(bare), "Bad: …");
     }
 
     #[test]
