@@ -114,6 +114,12 @@ pub(crate) fn pull(client: &S3Client, root: &Path) -> Result<()> {
     let Some(config) = client.get("config", MAX_SMALL_OBJECT)? else {
         return Err(Error::NotARepository(PathBuf::from(client.shown(""))));
     };
+    // Checked here, so that a damaged one is named as the bucket's object
+    // rather than as the local copy.
+    let shown = PathBuf::from(client.shown("config"));
+    let text = std::str::from_utf8(&config)
+        .map_err(|_| Error::corrupt(format!("{} is not text", shown.display())))?;
+    super::config::Config::parse(text, &shown)?;
     write_atomic(root, "config", &config)?;
     let keys = root.join("keys");
     let listed = client.list("keys")?;
@@ -326,6 +332,7 @@ mod tests {
     /// `slots` slot objects of one byte each, and a `config`.
     fn bucket_with(junk: usize, slots: usize) -> S3Client {
         use crate::repo::s3::client::tests::{hostile_server, http};
+        let config = super::super::config::Config::default().render();
         hostile_server(move |line| {
             if line.contains("list-type=2") {
                 let mut body = String::from(
@@ -343,6 +350,8 @@ mod tests {
                     );
                 }
                 http("200 OK", "", &(body + "</ListBucketResult>"))
+            } else if line.contains("/config") {
+                http("200 OK", "", &config)
             } else {
                 http("200 OK", "", "x")
             }
@@ -362,6 +371,22 @@ mod tests {
             got,
             (0..3).map(|i| format!("{i:016x}.key")).collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn bucket_config_that_is_damaged_is_named_as_the_object() {
+        use crate::repo::s3::client::tests::{hostile_server, http};
+        for body in ["\u{0}\u{ff}garbage", "version = 99\nnonsense\n"] {
+            let client = hostile_server(move |_| http("200 OK", "", body));
+            let dir = tempfile::tempdir().unwrap();
+            let err = pull(&client, dir.path()).unwrap_err().to_string();
+            assert!(
+                err.contains("s3://bucket/p/config")
+                    && !err.contains(&*dir.path().to_string_lossy()),
+                "{err}"
+            );
+            assert!(!dir.path().join("config").exists());
+        }
     }
 
     #[test]
