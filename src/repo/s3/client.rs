@@ -113,9 +113,22 @@ impl S3Client {
         })
     }
 
-    /// `s3://bucket/key` of `name`, for messages.
+    /// `s3://bucket/key` of `name`, for messages; control characters of a
+    /// key a listing named are escaped (it goes to a terminal).
     pub fn shown(&self, name: &str) -> String {
-        format!("s3://{}/{}", self.location.bucket, self.location.key(name))
+        let key: String = self
+            .location
+            .key(name)
+            .chars()
+            .flat_map(|c| {
+                let escaped = c.is_control().then(|| c.escape_default());
+                escaped
+                    .into_iter()
+                    .flatten()
+                    .chain((!c.is_control()).then_some(c))
+            })
+            .collect();
+        format!("s3://{}/{key}", self.location.bucket)
     }
 
     fn io_error(&self, name: &str, msg: String) -> Error {
@@ -631,6 +644,15 @@ pub(crate) mod tests {
             "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n{headers}\r\n{body}",
             body.len()
         )
+    }
+
+    #[test]
+    fn s3_object_names_are_shown_without_control_characters() {
+        let client = hostile_server(|_| http("500 Internal Server Error", "", ""));
+        assert_eq!(
+            client.shown("keys/\u{1b}[2Jx\n"),
+            "s3://bucket/p/keys/\\u{1b}[2Jx\\n"
+        );
     }
 
     #[test]
