@@ -32,6 +32,10 @@ const MAX_ERROR_BODY: u64 = 4096;
 /// The most bytes of one listing page (1000 keys of about 100 bytes, with
 /// the XML around them, is under 400 KiB).
 const MAX_LIST_PAGE: u64 = 8 << 20;
+/// The most objects one listing may name: four million packs are 128 TiB
+/// of data; a server that keeps naming more (fresh continuation tokens for
+/// ever) is stopped here instead of filling memory.
+const MAX_LISTED: usize = 4_000_000;
 /// Backoff between attempts: from this, doubling, up to `MAX_DELAY`.
 const FIRST_DELAY: Duration = Duration::from_millis(100);
 const MAX_DELAY: Duration = Duration::from_secs(10);
@@ -385,6 +389,13 @@ impl S3Client {
                     })?;
                 debug_assert!(base.is_empty() || prefix.starts_with(&base));
                 out.push((name, c.size.unwrap_or(0)));
+                if out.len() > MAX_LISTED {
+                    return Err(Error::corrupt(format!(
+                        "a listing of {} names more than {MAX_LISTED} objects (a repository \
+                         holds far fewer; the server's answer is not to be believed)",
+                        self.shown(dir)
+                    )));
+                }
             }
             match parsed.next_continuation_token {
                 Some(t) if !t.is_empty() => {
@@ -675,6 +686,27 @@ pub(crate) mod tests {
             err.contains("s3://bucket/p/keys") && err.contains("continuation token"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn s3_listing_that_never_ends_is_stopped_at_its_cap() {
+        let pages = std::sync::atomic::AtomicUsize::new(0);
+        let client = hostile_server(move |_| {
+            // A thousand new names and a fresh token on every page.
+            let n = pages.fetch_add(1, Ordering::Relaxed);
+            let keys: String = (0..1000)
+                .map(|i| {
+                    format!("<Contents><Key>p/packs/{n:08x}{i:04x}</Key><Size>1</Size></Contents>")
+                })
+                .collect();
+            let body = format!(
+                "<?xml version=\"1.0\"?><ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Name>bucket</Name>\
+                 <IsTruncated>true</IsTruncated>{keys}<NextContinuationToken>t{n}</NextContinuationToken></ListBucketResult>"
+            );
+            http("200 OK", "", &body)
+        });
+        let err = client.list("packs").unwrap_err().to_string();
+        assert!(err.contains("more than 4000000 objects"), "{err}");
     }
 
     #[test]
