@@ -111,21 +111,22 @@ pub fn copy_reencoded(src: &Repository, dst: &Repository, which: &[String]) -> R
             read: 0,
         };
         let mut links_memo = Default::default();
+        // Read once: the destination's list grows by the rows added here.
+        let mut present = cat.snapshots()?;
+        let src_all = src_cat.snapshots()?;
         for s in snaps {
             let s = s.decoded()?.clone();
-            let present = cat.snapshots()?;
             if present.iter().any(|d| same_snapshot(d, &s)) {
                 stats.snapshots_present += 1;
                 continue;
             }
             // The newest earlier source snapshot the destination has.
-            let pair = src_cat
-                .snapshots()?
-                .into_iter()
+            let pair = src_all
+                .iter()
                 .filter(|p| p.started_ns <= s.started_ns && p.id != s.id)
                 .rev()
                 .find_map(|p| {
-                    present.iter().find(|d| same_snapshot(d, &p)).map(|d| Pair {
+                    present.iter().find(|d| same_snapshot(d, p)).map(|d| Pair {
                         src: p.root_tree,
                         dst: d.root_tree,
                     })
@@ -162,8 +163,9 @@ pub fn copy_reencoded(src: &Repository, dst: &Repository, which: &[String]) -> R
                 }
             }
             w.checkpoint()?;
-            stats.snapshots_copied.push(row.name);
             stats.bytes_sent += row.added_bytes;
+            stats.snapshots_copied.push(row.name.clone());
+            present.push(SnapshotRow { id, ..row });
         }
         stats.bytes_read = copier.read;
         Ok(())
@@ -204,25 +206,14 @@ impl Copier<'_> {
     ) -> Result<DirResult> {
         let src_hash = self.src_cat.tree_hash(tree)?;
         if let Some(d) = self.dirs.get(&src_hash) {
-            return Ok(DirResult {
-                hash: d.hash,
-                id: d.id,
-                nodes: d.nodes,
-            });
+            return Ok(*d);
         }
         let _level = crate::format::tree::descend(|| format!("tree {src_hash}"))?;
         let d = self.dir_uncached(w, tree, src_hash, pair, path)?;
         if self.dirs.len() >= CONTENT_MEMO_MAX {
             self.dirs.clear();
         }
-        self.dirs.insert(
-            src_hash,
-            DirResult {
-                hash: d.hash,
-                id: d.id,
-                nodes: d.nodes,
-            },
-        );
+        self.dirs.insert(src_hash, d);
         Ok(d)
     }
 

@@ -87,6 +87,7 @@ fn insert(map: &mut BTreeMap<Vec<u8>, Plan>, parts: &[Vec<u8>], leaf: Plan) {
 /// An entry found by the walk, with the catalog rows of its content or tree.
 type Walked = (Entry, Option<ContentRef>, Option<TreeId>);
 
+#[derive(Clone, Copy)]
 pub struct DirResult {
     pub hash: TreeHash,
     pub id: TreeId,
