@@ -29,8 +29,8 @@ pub fn main() -> ExitCode {
     if let Some(dir) = &cli.cache_dir {
         crate::repo::set_cache_dir(dir.clone());
     }
-    crate::repo::bucket::set_endpoints(cli.s3_endpoint.clone());
-    crate::repo::bucket::set_limits(
+    crate::repo::store::set_endpoints(cli.s3_endpoint.clone());
+    crate::repo::store::set_limits(
         cli.limit_upload.unwrap_or(0).saturating_mul(1024),
         cli.limit_download.unwrap_or(0).saturating_mul(1024),
     );

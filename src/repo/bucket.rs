@@ -23,38 +23,21 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use super::s3::{S3Client, S3Location, S3Settings};
+use super::store::ObjectStore;
 use crate::error::{Error, IoContext, Result};
 
-/// The most bytes of `config` or of one key slot read from a bucket.
+/// The most bytes of `config` or of one key slot read from a store.
 const MAX_SMALL_OBJECT: u64 = 64 << 10;
 /// The most key slots brought down (a repository has a few).
 const MAX_SLOTS: usize = 64;
-/// How long a request is retried before it fails (`SNAPFS_S3_RETRY_SECONDS`).
-const RETRY_FOR: Duration = Duration::from_secs(120);
-
-static ENDPOINTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-static LIMITS: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
-
-/// The endpoints given on the command line (`--s3-endpoint`), which come
-/// before `AWS_ENDPOINT_URL`; set once, before any repository is opened.
-pub fn set_endpoints(list: Vec<String>) {
-    let _ = ENDPOINTS.set(list);
-}
-
-/// `--limit-upload` and `--limit-download`, in bytes per second (0: none).
-pub fn set_limits(upload: u64, download: u64) {
-    let _ = LIMITS.set((upload, download));
-}
 
 /// A repository location: a local directory, or a bucket reached through
 /// a client, with the local directory that stands in for it.
 pub(crate) struct Place {
     /// The repository's directory, or a bucket's local state directory.
     pub root: PathBuf,
-    pub remote: Option<Arc<S3Client>>,
+    pub remote: Option<Arc<dyn ObjectStore>>,
 }
 
 impl Place {
@@ -71,46 +54,28 @@ impl Place {
 pub(crate) fn opened(path: &Path) -> Result<Place> {
     let p = place(path)?;
     if let Some(c) = &p.remote {
-        pull(c, &p.root)?;
+        pull(c.as_ref(), &p.root)?;
     }
     Ok(p)
 }
 
 /// Where `path` (a directory or `s3://…`) is kept.
 pub(crate) fn place(path: &Path) -> Result<Place> {
-    let Some(loc) = path.to_str().and_then(S3Location::parse) else {
-        return Ok(Place {
-            root: path.to_path_buf(),
-            remote: None,
-        });
+    let Some(store) = super::store::remote(path)? else {
+        return Ok(Place::local(path));
     };
-    let loc = loc?;
-    let env = |k: &str| std::env::var(k).ok();
-    let home = std::env::var_os("HOME").map(PathBuf::from);
-    let given = ENDPOINTS.get().map(Vec::as_slice).unwrap_or(&[]);
-    let mut settings = S3Settings::from_env(&env, home.as_deref(), given)?;
-    (settings.limit_upload, settings.limit_download) = LIMITS.get().copied().unwrap_or((0, 0));
-    let retry_for = std::env::var("SNAPFS_S3_RETRY_SECONDS")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .map_or(RETRY_FOR, Duration::from_secs);
-    let mut ends = settings.endpoints.clone();
-    ends.sort();
-    let ident =
-        blake3::hash(format!("{}\n{}\n{}", ends.join(","), loc.bucket, loc.prefix).as_bytes());
     let base = super::unlock::private_base(&super::unlock::cache_base()?)?;
-    let root = base.join(format!("s3-{}", &ident.to_hex()[..32]));
+    let root = base.join(store.state_name());
     super::unlock::private_dir(&base, &root)?;
-    let client = S3Client::new(loc, &settings, retry_for)?;
     Ok(Place {
         root,
-        remote: Some(Arc::new(client)),
+        remote: Some(store),
     })
 }
 
 /// Bring `config` and the key slots down into the state directory; the
 /// repository is not there if the bucket has no `config`.
-pub(crate) fn pull(client: &S3Client, root: &Path) -> Result<()> {
+pub(crate) fn pull(client: &dyn ObjectStore, root: &Path) -> Result<()> {
     let Some(config) = client.get("config", MAX_SMALL_OBJECT)? else {
         return Err(Error::NotARepository(PathBuf::from(client.shown(""))));
     };
@@ -172,7 +137,7 @@ pub(crate) fn pull(client: &S3Client, root: &Path) -> Result<()> {
 
 /// Send the local key slots up, then remove from the bucket those the
 /// state directory no longer has.
-pub(crate) fn push_keys(client: &S3Client, root: &Path) -> Result<()> {
+pub(crate) fn push_keys(client: &dyn ObjectStore, root: &Path) -> Result<()> {
     let keys = root.join("keys");
     let mut local = HashSet::new();
     if keys.is_dir() {
@@ -197,7 +162,7 @@ pub(crate) fn push_keys(client: &S3Client, root: &Path) -> Result<()> {
 }
 
 /// Send the local `config` up (init writes it last).
-pub(crate) fn push_config(client: &S3Client, root: &Path) -> Result<()> {
+pub(crate) fn push_config(client: &dyn ObjectStore, root: &Path) -> Result<()> {
     let path = root.join("config");
     let bytes = std::fs::read(&path).at(&path)?;
     client.put("config", &bytes)
@@ -206,7 +171,7 @@ pub(crate) fn push_config(client: &S3Client, root: &Path) -> Result<()> {
 /// Prepare the state directory for a new repository in the bucket, which
 /// must not hold one: whatever an earlier repository left there locally is
 /// not this one's.
-pub(crate) fn prepare_init(client: &S3Client, root: &Path) -> Result<()> {
+pub(crate) fn prepare_init(client: &dyn ObjectStore, root: &Path) -> Result<()> {
     if client.head("config")?.is_some() {
         return Err(Error::invalid(format!(
             "{} is already a snapfs repository",
@@ -330,7 +295,7 @@ mod tests {
 
     /// A listing of `keys/` naming `junk` objects that are not slots, then
     /// `slots` slot objects of one byte each, and a `config`.
-    fn bucket_with(junk: usize, slots: usize) -> S3Client {
+    fn bucket_with(junk: usize, slots: usize) -> crate::repo::s3::S3Client {
         use crate::repo::s3::client::tests::{hostile_server, http};
         let config = super::super::config::Config::default().render();
         hostile_server(move |line| {

@@ -23,6 +23,7 @@ mod lock;
 pub(crate) mod paths;
 pub(crate) mod refs;
 pub(crate) mod s3;
+pub(crate) mod store;
 mod unlock;
 
 pub use config::{Config, Encryption, RepoId};
@@ -62,7 +63,7 @@ pub struct Repository {
     catalog_dir: PathBuf,
     /// The bucket of a repository kept in object storage (`root` is then
     /// its local state directory; see `bucket`).
-    pub(crate) remote: Option<Arc<s3::S3Client>>,
+    pub(crate) remote: Option<Arc<dyn store::ObjectStore>>,
 }
 
 /// Modes of what a repository holds. Private by default: only the owner
@@ -173,7 +174,7 @@ impl Repository {
     ) -> Result<Repository> {
         let place = bucket::place(root)?;
         if let Some(c) = &place.remote {
-            bucket::prepare_init(c, &place.root)?;
+            bucket::prepare_init(c.as_ref(), &place.root)?;
         }
         let root = place.root.as_path();
         if root.join("config").exists() {
@@ -219,8 +220,8 @@ impl Repository {
         };
         if let Some(c) = &place.remote {
             // Keys first: a bucket never shows a repository without them.
-            bucket::push_keys(c, root)?;
-            bucket::push_config(c, root)?;
+            bucket::push_keys(c.as_ref(), root)?;
+            bucket::push_config(c.as_ref(), root)?;
         }
         Repository::open_keyed(&place, config, keying)
     }
@@ -449,7 +450,7 @@ impl Repository {
     /// bucket gets the change there too.
     pub(crate) fn push_keys(&self) -> Result<()> {
         match &self.remote {
-            Some(c) => bucket::push_keys(c, &self.root),
+            Some(c) => bucket::push_keys(c.as_ref(), &self.root),
             None => Ok(()),
         }
     }
@@ -477,7 +478,7 @@ impl Repository {
         }
         let catalog_dir = unlock::catalog_dir(root, &config, &keying)?;
         let backend: Arc<dyn Backend> = match &place.remote {
-            Some(c) => Arc::new(s3::S3Packs::new(c.clone())),
+            Some(c) => Arc::new(store::StorePacks::new(c.clone())),
             None => Arc::new(LocalDir::new(root.join("packs"))),
         };
         let repo = Repository {

@@ -117,6 +117,11 @@ impl S3Client {
         })
     }
 
+    /// The endpoints requests may go to, in the order they are tried.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
     /// `s3://bucket/key` of `name`, for messages; control characters of a
     /// key a listing named are escaped (it goes to a terminal).
     pub fn shown(&self, name: &str) -> String {
