@@ -355,6 +355,12 @@ fn forget_and_gc_in_a_bucket_free_space_and_keep_the_rest() {
     forget(&repo, &["second"]);
     // The forget record alone (no gc yet) reaches the other machine.
     assert_eq!(names(&other), vec!["first", "third"]);
+    // The first gc only marks what it took out of use; the next one,
+    // after the grace period, deletes it.
+    let marked = gc(&repo, &[]);
+    assert_eq!(marked["bytes_freed"], 0, "{marked}");
+    assert!(marked["packs_waiting"].as_u64() > Some(0), "{marked}");
+    std::thread::sleep(PAST_GRACE);
     let gc = gc(&repo, &[]);
     let freed = gc["bytes_freed"].as_u64().expect("bytes_freed");
     assert!(
@@ -364,7 +370,122 @@ fn forget_and_gc_in_a_bucket_free_space_and_keep_the_rest() {
     assert_eq!(gc["packs_waiting"], 0, "{gc}");
     assert_verify_read_data_ok(&repo, "after gc in a bucket");
     work.assert_restores(&repo, "third", &reference);
-    // Its catalog knew packs gc deleted: it is rebuilt from the bucket.
+    // Its catalog knew packs gc deleted: it follows the bucket.
     assert_eq!(names(&other), vec!["first", "third"]);
     assert_verify_read_data_ok(&other, "another machine after gc");
+}
+
+/// Another machine's mount that opened before gc marked a pack keeps gc
+/// from deleting it, however old the mark; the forgotten snapshot's file
+/// still reads whole through that mount, and once the mount ends the next
+/// gc frees the space.
+#[test]
+fn gc_in_a_bucket_waits_for_a_mount_another_machine_holds() {
+    let garage = Garage::start();
+    let work = Work::new();
+    write_random_file(&work.src.join("keep"), 71, 1 << 20);
+    let repo = Repo::new_in_bucket(&garage, "mounted", &[1, 2, 3]);
+    repo.ingest(&["--name", "first"], &[&work.src]);
+    write_random_file(&work.src.join("drop"), 72, 6 << 20);
+    repo.ingest(&["--name", "second"], &[&work.src]);
+    let dropped = fs::read(work.src.join("drop")).expect("read drop");
+    let other = Repo::bucket_handle(&garage, "mounted", &[2]);
+    let mount = Mount::new(&other, &[]);
+    forget(&repo, &["second"]);
+    let marked = gc(&repo, &[]);
+    assert_eq!(marked["bytes_freed"], 0, "{marked}");
+    std::thread::sleep(PAST_GRACE);
+    let held = gc(&repo, &[]);
+    assert_eq!(held["bytes_freed"], 0, "deleted under a mount: {held}");
+    assert!(held["packs_waiting"].as_u64() > Some(0), "{held}");
+    let through = fs::read(mount.source_in("second", &work.src).join("drop"))
+        .expect("read the forgotten snapshot's file through the other mount");
+    assert!(through == dropped, "the file read back differs");
+    mount.finish();
+    let freed = gc(&repo, &[]);
+    assert!(
+        freed["bytes_freed"].as_u64() >= Some(5 << 20),
+        "the mount ended and nothing was freed: {freed}"
+    );
+    assert_eq!(freed["packs_waiting"], 0, "{freed}");
+    assert_verify_read_data_ok(&repo, "after the mount ended and gc ran");
+}
+
+/// While another machine writes into the bucket (a slow ingest), gc
+/// deletes nothing, however old the marks: that writer may deduplicate
+/// against any pack. It says who it waits for.
+#[test]
+fn gc_in_a_bucket_deletes_nothing_while_another_machine_writes() {
+    let garage = Garage::start();
+    let work = Work::new();
+    write_random_file(&work.src.join("drop"), 81, 4 << 20);
+    let repo = Repo::new_in_bucket(&garage, "writing", &[1, 2, 3]);
+    repo.ingest(&["--name", "old"], &[&work.src]);
+    forget(&repo, &["old"]);
+    let marked = gc(&repo, &[]);
+    assert_eq!(marked["bytes_freed"], 0, "{marked}");
+    std::thread::sleep(PAST_GRACE);
+    let slow = Work::new();
+    write_random_file(&slow.src.join("big"), 82, 12 << 20);
+    let other = Repo::bucket_handle(&garage, "writing", &[2]);
+    let mut child = other
+        .ingest_cmd(&["--name", "slow"], &[&slow.src])
+        .args(["--limit-upload", "1024"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn ingest");
+    // Its lease is written as it opens the repository.
+    std::thread::sleep(Duration::from_secs(2));
+    let out = output_of(repo.cmd().args(["gc", "--json"]));
+    let held: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", describe("gc", &out)));
+    assert_eq!(held["bytes_freed"], 0, "deleted under a writer: {held}");
+    assert!(
+        stderr_of(&out).contains("ingest (writing"),
+        "{}",
+        describe("gc while another machine writes", &out)
+    );
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "the slow ingest failed");
+    let freed = gc(&repo, &[]);
+    assert!(
+        freed["bytes_freed"].as_u64() >= Some(3 << 20),
+        "the writer ended and nothing was freed: {freed}"
+    );
+    let reference = slow.freeze("slow");
+    slow.assert_restores(&repo, "slow", &reference);
+}
+
+/// A backup another machine stores after gc marked a pack, and that
+/// deduplicates against that pack (its catalog still reads from it), keeps
+/// the pack: gc checks again, against the snapshots in the bucket, before
+/// it deletes anything, and unmarks it.
+#[test]
+fn gc_in_a_bucket_keeps_a_marked_pack_a_later_backup_uses() {
+    let garage = Garage::start();
+    let work = Work::new();
+    write_random_file(&work.src.join("shared"), 91, 3 << 20);
+    let repo = Repo::new_in_bucket(&garage, "rescue", &[1, 2, 3]);
+    repo.ingest(&["--name", "gone"], &[&work.src]);
+    let other = Repo::bucket_handle(&garage, "rescue", &[2]);
+    assert_eq!(other.snapshots().len(), 1);
+    forget(&repo, &["gone"]);
+    let marked = gc(&repo, &[]);
+    assert_eq!(marked["bytes_freed"], 0, "{marked}");
+    // The other machine's catalog still has the file's chunks, in the
+    // marked pack only: its backup of the same file stores nothing new.
+    let again = other.ingest(&["--name", "later"], &[&work.src]);
+    let added = again.json["added_bytes"].as_u64().expect("added_bytes");
+    assert!(added < 64 << 10, "stored {added} bytes again");
+    std::thread::sleep(PAST_GRACE);
+    let kept = gc(&repo, &[]);
+    assert_eq!(
+        kept["bytes_freed"], 0,
+        "a pack a snapshot uses was deleted: {kept}"
+    );
+    assert_eq!(kept["packs_waiting"], 0, "{kept}");
+    let reference = work.freeze("later");
+    work.assert_restores(&repo, "later", &reference);
+    assert_verify_read_data_ok(&other, "the later backup after gc");
 }

@@ -339,7 +339,7 @@ fn open_from(path: &Path, src: &crate::crypto::PassphraseSource) -> Result<Repos
         use crate::repo::bucket::{Behind, behind, catch_up};
         let rebuild = match behind(&repo)? {
             Behind::No => false,
-            Behind::New(packs) => !catch_up(&repo, &packs)?,
+            Behind::New { new, marked } => !catch_up(&repo, &new, &marked)?,
             Behind::Gone => true,
         };
         if rebuild {

@@ -108,7 +108,7 @@ pub fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcStats> {
         }
         let rewrite = |i: usize| {
             let p = &usage[i];
-            p.live_chunks > 0 && (unused_share(p) > opts.max_unused || below[i])
+            p.live_chunks > 0 && (unused_share(p, &repo.keying) > opts.max_unused || below[i])
         };
         let rewrite_bytes: u64 = (0..usage.len())
             .filter(|&i| rewrite(i))
@@ -131,6 +131,24 @@ pub fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcStats> {
                 .map(|i| read_level(repo, &usage[i].name).unwrap_or(0))
                 .min()
                 .unwrap_or(0),
+        };
+        // In a store other hosts share, packs are marked before the packs
+        // that take over their chunks are stored: a host that sees a
+        // rewritten pack sees the mark too, and reads the chunks from the
+        // new pack from then on (`bucket::index_new`).
+        let marked: Vec<_> = match &repo.remote {
+            Some(store) if !opts.dry_run => {
+                let times = crate::repo::store_lease::Times::from_env()?;
+                let mut marked = Vec::new();
+                for (i, p) in usage.iter().enumerate() {
+                    if p.live_chunks == 0 || rewrite(i) {
+                        crate::repo::store_lease::mark(store.as_ref(), &times, &p.name)?;
+                        marked.push(p.name);
+                    }
+                }
+                marked
+            }
+            _ => Vec::new(),
         };
         for (i, p) in usage.iter().enumerate() {
             if p.live_chunks == 0 {
@@ -204,6 +222,12 @@ pub fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcStats> {
                 cat.move_chunk(&e.id, id, e.offset, e.stored_len)?;
             }
         }
+        if let Some(store) = &repo.remote {
+            // Kept after all (damaged, or rewritten into itself).
+            for name in marked.iter().filter(|m| !doomed.iter().any(|d| d.1 == **m)) {
+                crate::repo::store_lease::unmark(store.as_ref(), name)?;
+            }
+        }
         for (id, name) in doomed {
             cat.doom_pack(id, &name)?;
         }
@@ -219,7 +243,10 @@ pub fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcStats> {
     }
     tx.commit()?;
     cat.checkpoint();
-    let (freed, waiting) = delete_doomed(repo, &cat)?;
+    let (freed, waiting) = match &repo.remote {
+        Some(_) => delete_marked(repo, &cat)?,
+        None => delete_doomed(repo, &cat)?,
+    };
     stats.bytes_freed = freed;
     stats.packs_waiting = waiting;
     stats.seconds = t0.elapsed().as_secs_f64();
@@ -304,12 +331,15 @@ fn prepare(
 }
 
 /// The share of a pack that no chunk uses, not counting the pack's own
-/// header and table (which any rewrite would have too).
-fn unused_share(p: &crate::repo::catalog::PackUsage) -> f64 {
+/// header and table as a pack of just its live chunks would have them
+/// (sealed tables included: a pack gc just wrote must not look wasteful,
+/// or every gc writes it again).
+fn unused_share(p: &crate::repo::catalog::PackUsage, keying: &Keying) -> f64 {
+    let table = crate::format::pack::table_len(keying, p.live_chunks).unwrap_or(u64::MAX);
     let overhead = crate::format::pack::HEADER_LEN
-        + crate::format::pack::FOOTER_LEN as u64
-        + 49 * p.live_chunks;
-    let needed = (p.live_bytes + overhead).min(p.size);
+        .saturating_add(crate::format::pack::FOOTER_LEN as u64)
+        .saturating_add(table);
+    let needed = p.live_bytes.saturating_add(overhead).min(p.size);
     1.0 - needed as f64 / p.size.max(1) as f64
 }
 
@@ -345,4 +375,179 @@ pub fn delete_doomed(repo: &Repository, cat: &crate::repo::catalog::Catalog) -> 
         cat.forget_doomed(&name)?;
     }
     Ok((freed, waiting))
+}
+
+/// The second phase of gc in a store that several hosts share (see
+/// `repo::store_lease`): mark the packs this catalog took out of use, then
+/// delete the marked packs that no live lease and no snapshot still needs.
+/// Returns (bytes freed, packs still waiting).
+fn delete_marked(repo: &Repository, cat: &crate::repo::catalog::Catalog) -> Result<(u64, u64)> {
+    use crate::repo::store_lease::{self, Found, Times};
+    let store = repo.remote.as_ref().expect("a repository in a store");
+    let store = store.as_ref();
+    let times = Times::from_env()?;
+    cat.stamp_doomed(crate::time::now_ns())?;
+    let mut marks: std::collections::HashMap<_, _> =
+        store_lease::marks(store)?.into_iter().collect();
+    for (name, _) in cat.doomed_packs()? {
+        if let std::collections::hash_map::Entry::Vacant(e) = marks.entry(name) {
+            store_lease::mark(store, &times, &name)?;
+            e.insert(Some(crate::time::now_ns()));
+        }
+    }
+    let now = crate::time::now_ns();
+    let own = repo.store_lease.as_ref().map(|l| l.name().to_string());
+    let mut readers = Vec::new();
+    let mut writers = Vec::new();
+    for (name, found) in store_lease::leases(store, &times, own.as_deref(), now)? {
+        match found {
+            Found::Live(r) if r.writer => writers.push(r.who()),
+            Found::Live(r) => readers.push(r),
+            Found::Expired => {
+                if let Err(e) = store.delete(&name) {
+                    log::debug!("removing the expired lease {}: {e}", store.shown(&name));
+                }
+            }
+            Found::Unreadable(why) => {
+                log::warn!("{why}: no pack is deleted while it is there");
+                writers.push(why);
+            }
+        }
+    }
+    let waiting_all = marks.len() as u64;
+    if let Some(w) = writers.first() {
+        log::warn!(
+            "{waiting_all} pack(s) taken out of use wait: {w}{} may still deduplicate against them",
+            if writers.len() > 1 { " and others" } else { "" }
+        );
+        return Ok((0, waiting_all));
+    }
+    let grace = i64::try_from(times.grace.as_nanos()).unwrap_or(i64::MAX);
+    let ready: Vec<_> = marks
+        .iter()
+        .filter_map(|(name, t)| {
+            let t = (*t)?;
+            (now >= t.saturating_add(grace)
+                && !readers.iter().any(|r| store_lease::blocks(r, t, &times)))
+            .then_some(*name)
+        })
+        .collect();
+    let mut waiting = waiting_all - ready.len() as u64;
+    if ready.is_empty() {
+        return Ok((0, waiting));
+    }
+    // Check again, against the store as it is now, that nothing needs
+    // them: index them again, catch up with the snapshots other hosts
+    // stored (which may have deduplicated against them), and see which
+    // chunks any snapshot reaches.
+    let tx = cat.transaction()?;
+    let live: std::collections::HashSet<_> = cat.packs()?.into_iter().map(|p| p.1).collect();
+    let mut readded = Vec::new();
+    let mut gone = Vec::new();
+    for name in &ready {
+        if live.contains(name) {
+            readded.push(*name);
+            continue;
+        }
+        match repo.read_pack_table(name) {
+            Ok((size, entries)) => {
+                cat.forget_doomed(name)?;
+                cat.add_pack(name, size, &entries)?;
+                readded.push(*name);
+            }
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                gone.push(*name);
+            }
+            Err(e) => {
+                log::warn!("pack {name} is kept for now: {e}");
+                waiting += 1;
+            }
+        }
+    }
+    use crate::repo::bucket::{Behind, behind, index_new};
+    let caught_up = match behind(repo)? {
+        Behind::No => true,
+        Behind::New { new, .. } => index_new(repo, cat, &new, &[])?,
+        Behind::Gone => false,
+    };
+    if !caught_up {
+        log::warn!(
+            "the catalog cannot catch up with what other hosts did meanwhile: packs taken out of use are deleted at a later gc"
+        );
+        return Ok((0, waiting_all));
+    }
+    cat.mark_live()?;
+    cat.delete_dead()?;
+    let usage: std::collections::HashMap<_, _> =
+        cat.pack_usage()?.into_iter().map(|u| (u.name, u)).collect();
+    let mut delete = Vec::new();
+    let mut kept = Vec::new();
+    for name in &readded {
+        match usage.get(name) {
+            Some(u) if u.live_chunks > 0 => kept.push(*name),
+            Some(u) => {
+                cat.doom_pack(u.id, name)?;
+                delete.push(*name);
+            }
+            None => delete.push(*name),
+        }
+    }
+    tx.commit()?;
+    // A writer or an early reader that came meanwhile stops the deletes;
+    // after that, only for as long as a command that comes later waits
+    // before it trusts a pack marked this long ago (`Times::fence`).
+    let listed = std::time::Instant::now();
+    let blocked = store_lease::leases(store, &times, own.as_deref(), crate::time::now_ns())?
+        .into_iter()
+        .any(|(_, f)| match f {
+            Found::Live(r) => r.writer || readers_block(&r, &marks, &delete, &times),
+            Found::Expired => false,
+            Found::Unreadable(_) => true,
+        });
+    let mut freed = 0;
+    let mut left = 0;
+    for name in &delete {
+        if blocked || listed.elapsed() > times.delete_window() {
+            left += 1;
+            continue;
+        }
+        match repo.backend.size(name) {
+            Ok(size) => {
+                repo.backend.delete(name)?;
+                freed += size;
+            }
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        store_lease::unmark(store, name)?;
+        cat.forget_doomed(name)?;
+    }
+    for name in gone.iter().chain(&kept) {
+        store_lease::unmark(store, name)?;
+        cat.forget_doomed(name)?;
+    }
+    if !kept.is_empty() {
+        log::warn!(
+            "{} pack(s) taken out of use are kept: snapshots stored since use them",
+            kept.len()
+        );
+    }
+    Ok((freed, waiting + left))
+}
+
+/// Whether a live reader's lease keeps any of `delete` (with their mark
+/// times in `marks`) from going.
+fn readers_block(
+    r: &crate::repo::store_lease::LeaseRecord,
+    marks: &std::collections::HashMap<crate::ids::PackName, Option<i64>>,
+    delete: &[crate::ids::PackName],
+    times: &crate::repo::store_lease::Times,
+) -> bool {
+    delete.iter().any(|p| {
+        marks
+            .get(p)
+            .copied()
+            .flatten()
+            .is_none_or(|t| crate::repo::store_lease::blocks(r, t, times))
+    })
 }

@@ -272,7 +272,11 @@ fn build(
     let tx = cat.transaction()?;
     let old = previous.map(|p| &p.cat);
 
-    let listed = repo.backend.list()?;
+    let mut listed = repo.backend.list()?;
+    // Packs a gc marked in a store come last: a chunk is located in one of
+    // them only where no pack that stays holds it.
+    let marked = repo.marked_packs()?;
+    listed.sort_by_key(|p| marked.contains(p));
     let mut unreadable: HashMap<PackName, String> = HashMap::new();
     for name in &listed {
         match repo.read_pack_table(name) {

@@ -635,7 +635,7 @@ fn fsync_dir(dir: &Path) -> Result<()> {
 
 /// This host's name, for telling slots apart: without control characters
 /// (it is shown in listings) and at most [`MAX_HOST`] bytes.
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer and its length match.
     let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };

@@ -63,7 +63,7 @@ fn format_of(keying: &Keying) -> u8 {
 }
 
 /// Bytes of a table of `count` rows as stored.
-fn table_len(keying: &Keying, count: u64) -> Option<u64> {
+pub(crate) fn table_len(keying: &Keying, count: u64) -> Option<u64> {
     let rows = count.checked_mul(TABLE_REC as u64)?;
     match keying.seal() {
         Some(_) => rows.checked_add(crate::crypto::aead::OVERHEAD as u64),

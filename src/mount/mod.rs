@@ -77,6 +77,10 @@ pub fn mount(
     ready: impl FnOnce(),
 ) -> Result<()> {
     preflight(mountpoint)?;
+    // The lease in a store ends with this function, not whenever the last
+    // reader thread lets go of the repository: gc elsewhere waits for it.
+    let mut repo = repo;
+    let _store_lease = repo.store_lease.take();
     // Block the stop signals before any thread starts (threads inherit the
     // mask); one thread waits for them and unmounts.
     // SAFETY: plain signal-mask calls on a zeroed, initialized sigset.

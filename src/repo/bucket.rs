@@ -213,52 +213,96 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, &dest).at(&dest)
 }
 
-/// How a local catalog stands against its bucket.
+/// How a local catalog stands against its store.
 pub(crate) enum Behind {
-    /// It knows exactly the packs the bucket holds.
+    /// It knows exactly the packs in use there.
     No,
-    /// The bucket holds these packs besides (another machine's backups):
-    /// indexing them and importing their snapshots catches up.
-    New(Vec<crate::ids::PackName>),
-    /// The catalog knows packs the bucket no longer has (another
+    /// The store holds `new` packs besides (another machine's backups):
+    /// indexing them and importing their snapshots catches up. `marked`:
+    /// packs the catalog reads from that another machine's gc took out of
+    /// use (see `store_lease`), to be read from no more.
+    New {
+        new: Vec<crate::ids::PackName>,
+        marked: Vec<crate::ids::PackName>,
+    },
+    /// The catalog knows packs the store no longer has (another
     /// machine's gc): only a rebuild is sure to drop all they held.
     Gone,
 }
 
-/// Compare the catalog of a repository in a bucket with the bucket.
+/// Compare the catalog of a repository in a store with the store. Packs
+/// that a gc marked are not new, however the catalog stands: chunks are
+/// never found in them again.
 pub(crate) fn behind(repo: &super::Repository) -> Result<Behind> {
     let cat = repo.catalog()?;
-    let mut known: HashSet<_> = cat.packs()?.into_iter().map(|p| p.1).collect();
+    let live: HashSet<_> = cat.packs()?.into_iter().map(|p| p.1).collect();
+    let mut known = live.clone();
     known.extend(cat.doomed_packs()?.into_iter().map(|d| d.0));
     let stored: HashSet<_> = repo.backend.list()?.into_iter().collect();
     if !known.is_subset(&stored) {
         return Ok(Behind::Gone);
     }
-    let new: Vec<_> = stored.difference(&known).copied().collect();
-    Ok(if new.is_empty() {
+    let marked = repo.marked_packs()?;
+    let new: Vec<_> = stored
+        .difference(&known)
+        .filter(|p| !marked.contains(p))
+        .copied()
+        .collect();
+    let marked: Vec<_> = live.intersection(&marked).copied().collect();
+    Ok(if new.is_empty() && marked.is_empty() {
         Behind::No
     } else {
-        Behind::New(new)
+        Behind::New { new, marked }
     })
 }
 
-/// Index `packs` (new in the bucket) and add the snapshots recorded in
-/// them, in one transaction: the catalog catches up with another machine's
-/// backups at the cost of what they added, not of the whole repository.
-/// Returns false, changing nothing, when a new pack holds a forget record
-/// (another machine's forget: a rebuild applies it whole) or cannot be
-/// read.
-pub(crate) fn catch_up(repo: &super::Repository, packs: &[crate::ids::PackName]) -> Result<bool> {
-    use crate::format::pack::ChunkKind;
-    use crate::format::record::{Record, decode_record};
+/// `index_new` in a transaction of its own.
+pub(crate) fn catch_up(
+    repo: &super::Repository,
+    new: &[crate::ids::PackName],
+    marked: &[crate::ids::PackName],
+) -> Result<bool> {
     let cat = repo.catalog()?;
     let tx = cat.transaction()?;
+    if !index_new(repo, &cat, new, marked)? {
+        return Ok(false);
+    }
+    tx.commit()?;
+    Ok(true)
+}
+
+/// Index `new` packs (new in the store) and add the snapshots recorded in
+/// them, inside the caller's transaction: the catalog catches up with
+/// another machine's backups at the cost of what they added, not of the
+/// whole repository. Chunks the catalog locates in `marked` packs are
+/// located in new packs that hold them too (a gc elsewhere copied them
+/// there), and a marked pack that then holds none of the catalog's chunks
+/// leaves it. Returns false, leaving the rest undone, when a new pack
+/// holds a forget record (another machine's forget: a rebuild applies it
+/// whole), cannot be read, or a new snapshot needs what this catalog does
+/// not have.
+pub(crate) fn index_new(
+    repo: &super::Repository,
+    cat: &super::catalog::Catalog,
+    new: &[crate::ids::PackName],
+    marked: &[crate::ids::PackName],
+) -> Result<bool> {
+    use crate::format::pack::ChunkKind;
+    use crate::format::record::{Record, decode_record};
+    let marked_ids: Vec<_> = cat
+        .packs()?
+        .into_iter()
+        .filter(|p| marked.contains(&p.1))
+        .map(|p| (p.0, p.1))
+        .collect();
+    let from: Vec<_> = marked_ids.iter().map(|p| p.0).collect();
     let mut records = Vec::new();
-    for name in packs {
+    for name in new {
         let Ok((size, entries)) = repo.read_pack_table(name) else {
             return Ok(false);
         };
-        cat.add_pack(name, size, &entries)?;
+        let id = cat.add_pack(name, size, &entries)?;
+        cat.move_out_of(&from, id, &entries)?;
         for e in entries.iter().filter(|e| e.kind == ChunkKind::Snapshot) {
             let loc = cat
                 .chunk_loc(&e.id)?
@@ -270,22 +314,85 @@ pub(crate) fn catch_up(repo: &super::Repository, packs: &[crate::ids::PackName])
         }
     }
     records.sort();
-    let mut importer = super::import::Importer::new(repo, &cat);
+    let mut importer = super::import::Importer::new(repo, cat);
     for (_, id) in &records {
         importer.snapshot(id, 0)?;
     }
-    for p in std::mem::take(&mut importer.problems) {
-        log::warn!("{p}");
-    }
+    let problems = std::mem::take(&mut importer.problems);
     drop(importer);
+    if !problems.is_empty() {
+        // Something a new snapshot needs is not where this catalog looks
+        // (in a pack a gc marked, say): a rebuild reads every pack.
+        for p in &problems {
+            log::info!("catching up: {p}");
+        }
+        return Ok(false);
+    }
     cat.attribute_added_bytes()?;
-    tx.commit()?;
+    let held = cat.chunks_held(&from)?;
+    let mut left = 0;
+    let mut kept = Vec::new();
+    for (id, name) in &marked_ids {
+        if held.get(id).copied().unwrap_or(0) == 0 {
+            // Its gc deletes it; this catalog only stops knowing it.
+            cat.doom_pack(*id, name)?;
+            cat.forget_doomed(name)?;
+            left += 1;
+        } else {
+            kept.push(*name);
+        }
+    }
+    if !kept.is_empty() && !still_there(repo, &kept)? {
+        return Ok(false);
+    }
+    if !new.is_empty() || left > 0 {
+        log::info!(
+            "{}: indexed {} new pack(s) and {} snapshot(s) another machine stored; {left} pack(s) a gc took out of use left the catalog",
+            repo.location(),
+            new.len(),
+            records.len()
+        );
+    }
+    Ok(true)
+}
+
+/// Whether marked packs this catalog still reads from (it knows no other
+/// pack that holds some of their chunks) may be trusted: those whose mark
+/// is young enough that no gc deletes them yet, or, after waiting out any
+/// gc's delete window, still there. False: a gc deleted one, and only a
+/// rebuild finds where their chunks are now, if anywhere.
+fn still_there(repo: &super::Repository, kept: &[crate::ids::PackName]) -> Result<bool> {
+    let store = repo.remote.as_ref().expect("a repository in a store");
+    let times = super::store_lease::Times::from_env()?;
+    let now = crate::time::now_ns();
+    let marks: std::collections::HashMap<_, _> = super::store_lease::marks(store.as_ref())?
+        .into_iter()
+        .collect();
+    let due: Vec<_> = kept
+        .iter()
+        .filter(|p| {
+            marks
+                .get(*p)
+                .copied()
+                .flatten()
+                .is_some_and(|t| times.due(t, now))
+        })
+        .collect();
+    if due.is_empty() {
+        return Ok(true);
+    }
     log::info!(
-        "{}: indexed {} new pack(s) and {} snapshot(s) another machine stored",
+        "{}: {} pack(s) this catalog reads from may be being deleted by a gc elsewhere; waiting {} s to be sure",
         repo.location(),
-        packs.len(),
-        records.len()
+        due.len(),
+        times.fence().as_secs()
     );
+    std::thread::sleep(times.fence());
+    for p in due {
+        if repo.backend.size(p).is_err() {
+            return Ok(false);
+        }
+    }
     Ok(true)
 }
 

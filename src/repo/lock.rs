@@ -49,6 +49,19 @@ impl Repository {
     /// The lock file is the owner's alone (0600, never through a symlink):
     /// a user who could open it could hold the lock and stop every backup.
     pub fn lock(&self, what: &str) -> Result<RepoLock> {
+        if let Some(store) = &self.remote {
+            // Another host's gc must know a writer is at work before it
+            // writes anything (see `store_lease`).
+            match &self.store_lease {
+                Some(l) => l.set_writer(what)?,
+                None => {
+                    return Err(Error::invalid(format!(
+                        "{what}: no lease could be written in {}, and a writer needs one",
+                        store.shown("leases/")
+                    )));
+                }
+            }
+        }
         let path = self.root.join("lock");
         let file = OpenOptions::new()
             .create(true)

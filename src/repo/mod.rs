@@ -24,6 +24,7 @@ pub(crate) mod paths;
 pub(crate) mod refs;
 pub(crate) mod s3;
 pub(crate) mod store;
+pub(crate) mod store_lease;
 mod unlock;
 
 pub use config::{Config, Encryption, RepoId};
@@ -64,6 +65,11 @@ pub struct Repository {
     /// The bucket of a repository kept in object storage (`root` is then
     /// its local state directory; see `bucket`).
     pub(crate) remote: Option<Arc<dyn store::ObjectStore>>,
+    /// This command's lease in the store of a remote repository, which
+    /// keeps another host's gc from deleting packs it uses
+    /// (`store_lease`); None for a local repository, or where no lease
+    /// could be written (a reader then reads without one, and says so).
+    pub(crate) store_lease: Option<store_lease::StoreLease>,
 }
 
 /// Modes of what a repository holds. Private by default: only the owner
@@ -481,6 +487,25 @@ impl Repository {
             Some(c) => Arc::new(store::StorePacks::new(c.clone())),
             None => Arc::new(LocalDir::new(root.join("packs"))),
         };
+        // Taken before the catalog is brought in step with the store, so
+        // its time is no later than what the catalog knows.
+        let store_lease = match &place.remote {
+            Some(store) => {
+                let times = store_lease::Times::from_env()?;
+                let since = crate::time::now_ns();
+                match store_lease::StoreLease::take(store.clone(), times, "open", since) {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        log::warn!(
+                            "cannot write a lease in {} ({e}); a gc elsewhere could delete packs this command reads",
+                            store.shown("leases/")
+                        );
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         let repo = Repository {
             root: root.to_path_buf(),
             config,
@@ -488,6 +513,7 @@ impl Repository {
             keying,
             catalog_dir,
             remote: place.remote.clone(),
+            store_lease,
         };
         set_umask(repo.access());
         repo.warn_if_open();
@@ -600,6 +626,8 @@ impl Repository {
     pub fn adopt_orphan_packs(&self, cat: &Catalog) -> Result<usize> {
         let mut known: HashSet<_> = cat.packs()?.into_iter().map(|p| p.1).collect();
         known.extend(cat.doomed_packs()?.into_iter().map(|d| d.0));
+        // A pack a gc marked in a store is nobody's orphan.
+        known.extend(self.marked_packs()?);
         let mut adopted = 0;
         for name in self.backend.list()? {
             if known.contains(&name) {
@@ -614,6 +642,18 @@ impl Repository {
             }
         }
         Ok(adopted)
+    }
+
+    /// Packs of a repository in a store that a gc took out of use and will
+    /// delete (`store_lease`); none for a local repository.
+    pub(crate) fn marked_packs(&self) -> Result<HashSet<crate::ids::PackName>> {
+        match &self.remote {
+            Some(store) => Ok(store_lease::marks(store.as_ref())?
+                .into_iter()
+                .map(|m| m.0)
+                .collect()),
+            None => Ok(HashSet::new()),
+        }
     }
 
     /// A pack's size and its own table of chunks.

@@ -123,7 +123,11 @@ impl Repo {
                 password_file,
                 cache_dir: base.join("cache"),
             }),
-            env: garage.env(endpoints),
+            env: garage
+                .env(endpoints)
+                .into_iter()
+                .chain(SHORT_LEASES.iter().map(|(k, v)| (*k, v.to_string())))
+                .collect(),
         }
     }
 
@@ -333,3 +337,15 @@ pub(crate) fn rebuild_catalog_ok(repo: &Repo) -> Value {
         repo.cmd().args(["rebuild-catalog", "--json"]),
     )
 }
+
+/// Leases and gc marks in a bucket on a test's time scale: leases live 3 s
+/// (renewed every second), clocks are taken to agree, and gc deletes a
+/// marked pack 4 s after marking it at the earliest.
+pub(crate) const SHORT_LEASES: [(&str, &str); 3] = [
+    ("SNAPFS_LEASE_SECONDS", "3"),
+    ("SNAPFS_CLOCK_SKEW_SECONDS", "0"),
+    ("SNAPFS_GC_GRACE_SECONDS", "4"),
+];
+
+/// How long a test waits for a mark to become old enough to act on.
+pub(crate) const PAST_GRACE: std::time::Duration = std::time::Duration::from_millis(4500);

@@ -5,7 +5,7 @@
 use rusqlite::params;
 
 use super::During;
-use super::{Catalog, Folded, blob_hash};
+use super::{Catalog, Folded, blob_hash, get_u64};
 use crate::error::{Error, Result};
 use crate::format::pack::{ChunkKind, PackEntry};
 use crate::format::page::Page;
@@ -339,6 +339,58 @@ impl Catalog {
             Ok(())
         })()
         .during(|| format!("forget_doomed (pack {name})"))
+    }
+
+    /// Point the chunks that `entries` (of pack `to`) hold at `to` where
+    /// they are now located in one of `from` (packs another host's gc took
+    /// out of use): a chunk is read from a pack that stays wherever one
+    /// holds it.
+    pub fn move_out_of(&self, from: &[PackId], to: PackId, entries: &[PackEntry]) -> Result<()> {
+        if from.is_empty() {
+            return Ok(());
+        }
+        (|| -> Result<()> {
+            let list = from
+                .iter()
+                .map(|p| p.0.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            let mut st = self.conn.prepare(&format!(
+                "UPDATE chunks SET pack = ?1, offset = ?2, stored_len = ?3
+                 WHERE id = ?4 AND pack IN ({list})"
+            ))?;
+            for e in entries {
+                st.execute(params![to.0, e.offset as i64, e.stored_len, &e.id.0.0[..]])?;
+            }
+            Ok(())
+        })()
+        .during(|| "move_out_of".to_string())
+    }
+
+    /// How many chunks each of `packs` still holds for this catalog (one
+    /// scan of the chunk index).
+    pub fn chunks_held(&self, packs: &[PackId]) -> Result<std::collections::HashMap<PackId, u64>> {
+        (|| -> Result<std::collections::HashMap<PackId, u64>> {
+            let mut out = std::collections::HashMap::new();
+            if packs.is_empty() {
+                return Ok(out);
+            }
+            let list = packs
+                .iter()
+                .map(|p| p.0.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            let mut st = self.conn.prepare(&format!(
+                "SELECT pack, count(*) FROM chunks WHERE pack IN ({list}) GROUP BY pack"
+            ))?;
+            let rows = st.query_map([], |r| Ok((PackId(r.get(0)?), get_u64(r, 1)?)))?;
+            for r in rows {
+                let (p, n) = r?;
+                out.insert(p, n);
+            }
+            Ok(out)
+        })()
+        .during(|| "chunks_held".to_string())
     }
 
     pub fn add_tombstone(&self, chunk: &ChunkId) -> Result<()> {
