@@ -489,3 +489,47 @@ fn gc_in_a_bucket_keeps_a_marked_pack_a_later_backup_uses() {
     work.assert_restores(&repo, "later", &reference);
     assert_verify_read_data_ok(&other, "the later backup after gc");
 }
+
+/// A key slot one machine adds while another changes its passphrase stays
+/// in the bucket: `key passwd` removes there only the slot it replaced, not
+/// every slot it did not know of when it brought the slots down.
+#[test]
+fn key_slot_added_elsewhere_survives_a_concurrent_passwd() {
+    let garage = Garage::start();
+    let repo = Repo::new_in_bucket(&garage, "keys", &[1, 2, 3]);
+    let other = Repo::bucket_handle(&garage, "keys", &[2]);
+    let secret = repo.secret.clone().expect("encrypted");
+    let fifo = secret.password_file.with_file_name("replacement-fifo");
+    let made = tool("mkfifo", &["-m".as_ref(), "600".as_ref(), fifo.as_os_str()]);
+    assert!(made.status.success(), "{}", describe("mkfifo", &made));
+    // The passwd opens the repository (slots brought down), then waits for
+    // its new passphrase on the FIFO.
+    let child = other
+        .cmd()
+        .args(["key", "passwd", "--new-password-file"])
+        .arg(&fifo)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn key passwd");
+    std::thread::sleep(Duration::from_secs(2));
+    let added = secret.password_file.with_file_name("added");
+    write_file(&added, b"a passphrase added meanwhile\n");
+    run_ok(
+        repo.cmd()
+            .args(["key", "add", "--new-password-file"])
+            .arg(&added),
+    );
+    fs::write(&fifo, b"the replacement passphrase\n").expect("write the FIFO");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{}", describe("key passwd", &out));
+    let third = Repo::bucket_handle(&garage, "keys", &[3]);
+    let third_secret = third.secret.clone().expect("encrypted");
+    write_file(
+        &third_secret.password_file,
+        b"a passphrase added meanwhile\n",
+    );
+    run_ok(third.cmd().arg("snapshots"));
+    write_file(&third_secret.password_file, b"the replacement passphrase\n");
+    run_ok(third.cmd().arg("snapshots"));
+}

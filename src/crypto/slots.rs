@@ -73,7 +73,7 @@ impl SlotId {
         &self.0
     }
 
-    fn file_name(&self) -> String {
+    pub(crate) fn file_name(&self) -> String {
         format!("{}.{SLOT_EXT}", self.0)
     }
 

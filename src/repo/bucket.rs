@@ -135,11 +135,13 @@ pub(crate) fn pull(client: &dyn ObjectStore, root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Send the local key slots up, then remove from the bucket those the
-/// state directory no longer has.
-pub(crate) fn push_keys(client: &dyn ObjectStore, root: &Path) -> Result<()> {
+/// Send the local key slots up, then remove from the store the slots
+/// this command removed (`removed`, file names). Only those: a slot
+/// another host added since this one brought the slots down is not this
+/// host's to remove. Refused, before anything is removed, where the store
+/// would be left with no other slot.
+pub(crate) fn push_keys(store: &dyn ObjectStore, root: &Path, removed: &[String]) -> Result<()> {
     let keys = root.join("keys");
-    let mut local = HashSet::new();
     if keys.is_dir() {
         for e in std::fs::read_dir(&keys).at(&keys)? {
             let e = e.at(&keys)?;
@@ -148,14 +150,27 @@ pub(crate) fn push_keys(client: &dyn ObjectStore, root: &Path) -> Result<()> {
                 continue;
             }
             let bytes = std::fs::read(e.path()).at(e.path())?;
-            client.put(&format!("keys/{n}"), &bytes)?;
-            local.insert(n);
+            store.put(&format!("keys/{n}"), &bytes)?;
         }
     }
-    for (name, _) in client.list("keys")? {
-        let file = name.strip_prefix("keys/").unwrap_or(&name);
-        if slot_name(file) && !local.contains(file) {
-            client.delete(&name)?;
+    if removed.is_empty() {
+        return Ok(());
+    }
+    let stored: Vec<String> = store
+        .list("keys")?
+        .into_iter()
+        .filter_map(|(name, _)| name.strip_prefix("keys/").map(str::to_string))
+        .filter(|f| slot_name(f))
+        .collect();
+    if !stored.iter().any(|f| !removed.contains(f)) {
+        return Err(Error::invalid(format!(
+            "{} would be left with no key slot (another host removed the others meanwhile?); nothing was removed there",
+            store.shown("keys/")
+        )));
+    }
+    for f in removed {
+        if slot_name(f) {
+            store.delete(&format!("keys/{f}"))?;
         }
     }
     Ok(())

@@ -226,7 +226,7 @@ impl Repository {
         };
         if let Some(c) = &place.remote {
             // Keys first: a bucket never shows a repository without them.
-            bucket::push_keys(c.as_ref(), root)?;
+            bucket::push_keys(c.as_ref(), root, &[])?;
             bucket::push_config(c.as_ref(), root)?;
         }
         Repository::open_keyed(&place, config, keying)
@@ -452,11 +452,14 @@ impl Repository {
         Repository::open_keyed(&place, config, keying)
     }
 
-    /// After a key slot was added or removed locally: a repository in a
-    /// bucket gets the change there too.
-    pub(crate) fn push_keys(&self) -> Result<()> {
+    /// After a key slot was added (or `removed`) locally: a repository in
+    /// a store gets the change there too.
+    pub(crate) fn push_keys(&self, removed: &[crate::crypto::SlotId]) -> Result<()> {
         match &self.remote {
-            Some(c) => bucket::push_keys(c.as_ref(), &self.root),
+            Some(c) => {
+                let files: Vec<String> = removed.iter().map(|id| id.file_name()).collect();
+                bucket::push_keys(c.as_ref(), &self.root, &files)
+            }
             None => Ok(()),
         }
     }
