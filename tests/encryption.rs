@@ -862,3 +862,39 @@ fn failing_destination_password_command_is_named_as_such() {
     );
     assert!(!to.exists(), "the destination was made");
 }
+
+/// A copy of an encrypted repository made with `cp -a` (same id, same
+/// key) keeps a cache catalog of its own: before, both copies shared one,
+/// so a backup into the copy deduplicated against packs only the original
+/// had, and the copy's snapshot lost that data.
+#[test]
+fn copied_encrypted_repository_keeps_a_catalog_of_its_own() {
+    let work = Work::new();
+    write_random_file(&work.src.join("first"), 11, 256 << 10);
+    let repo = Repo::new_encrypted();
+    repo.ingest(&["--name", "one"], &[&work.src]);
+    let twin_path = repo.path.with_file_name("twin");
+    let out = tool(
+        "cp",
+        &["-a".as_ref(), repo.path.as_os_str(), twin_path.as_os_str()],
+    );
+    assert!(out.status.success(), "{}", describe("cp -a", &out));
+    let twin = repo.copy_at(&twin_path);
+    write_random_file(&work.src.join("second"), 12, 512 << 10);
+    repo.ingest(&["--name", "two"], &[&work.src]);
+    assert_eq!(
+        twin.snapshots().len(),
+        1,
+        "the copy shows the original's snapshot"
+    );
+    let stored = twin.ingest(&["--name", "two"], &[&work.src]);
+    let added = stored.json["added_bytes"].as_u64().expect("added_bytes");
+    assert!(
+        added >= 512 << 10,
+        "the copy stored only {added} bytes of a new 512 KiB file"
+    );
+    let reference = work.freeze("two");
+    work.assert_restores(&twin, "two", &reference);
+    assert_verify_read_data_ok(&twin, "the copy");
+    assert_verify_read_data_ok(&repo, "the original");
+}

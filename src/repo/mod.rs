@@ -210,7 +210,7 @@ impl Repository {
                 // The catalog, in its cache directory: a new one (any
                 // catalog there of an earlier repository with this id is
                 // not this repository's).
-                let dir = unlock::catalog_dir(root, &config, &keying)?;
+                let dir = unlock::catalog_dir(root, &config, &keying, place.remote.is_some())?;
                 let db = dir.join("catalog.db");
                 for name in CATALOG_FILES {
                     let p = dir.join(name);
@@ -485,7 +485,7 @@ impl Repository {
                 return Err(not_own_dir(&p));
             }
         }
-        let catalog_dir = unlock::catalog_dir(root, &config, &keying)?;
+        let catalog_dir = unlock::catalog_dir(root, &config, &keying, place.remote.is_some())?;
         let backend: Arc<dyn Backend> = match &place.remote {
             Some(c) => Arc::new(store::StorePacks::new(c.clone())),
             None => Arc::new(LocalDir::new(root.join("packs"))),

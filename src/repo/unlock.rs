@@ -89,11 +89,16 @@ pub(crate) fn unlock_master(
 /// `~/.cache/snapfs`), made 0700 whatever the umask.
 ///
 /// That directory is named after the repository's id *and* its key
-/// (`<id>-<tag>`, [`Keying::cache_tag`]): the id alone is whatever the
+/// (`<id>-<tag>-<copy>`, [`Keying::cache_tag`], `copy_tag`): the id alone is whatever the
 /// config says, and a repository made by someone else with the id of one
 /// of ours would otherwise be shown our catalog as its own, and write into
 /// it.
-pub(crate) fn catalog_dir(root: &Path, config: &Config, keying: &Keying) -> Result<PathBuf> {
+pub(crate) fn catalog_dir(
+    root: &Path,
+    config: &Config,
+    keying: &Keying,
+    remote: bool,
+) -> Result<PathBuf> {
     let Some(id) = encrypted_id(root, config)? else {
         return Ok(root.to_path_buf());
     };
@@ -105,9 +110,42 @@ pub(crate) fn catalog_dir(root: &Path, config: &Config, keying: &Keying) -> Resu
     };
     let base = private_base(&cache_base()?)?;
     let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
-    let dir = base.join(format!("{}-{hex}", id.to_hex()));
+    // A store's state directory is this machine's alone: no copies.
+    let name = if remote {
+        format!("{}-{hex}", id.to_hex())
+    } else {
+        format!("{}-{hex}-{}", id.to_hex(), copy_tag(root)?)
+    };
+    let dir = base.join(name);
     private_dir(&base, &dir)?;
     Ok(dir)
+}
+
+/// Which copy of a repository `root` is: its `config` file's inode number
+/// and birth time. `cp -a` or rsync of a repository makes a second copy
+/// with the same id and key, which goes its own way from then on; sharing
+/// one cache catalog, each would believe it holds the other's packs (and
+/// deduplicate against data it does not have). A copy moved whole keeps
+/// its tag; one rewritten (an upgrade rewrites `config`) gets its catalog
+/// rebuilt once.
+fn copy_tag(root: &Path) -> Result<String> {
+    use rustix::fs::{AtFlags, CWD, StatxFlags};
+    let config = root.join("config");
+    let st = rustix::fs::statx(
+        CWD,
+        &config,
+        AtFlags::SYMLINK_NOFOLLOW,
+        StatxFlags::INO | StatxFlags::BTIME,
+    )
+    .map_err(std::io::Error::from)
+    .at(&config)?;
+    let born = if st.stx_mask & StatxFlags::BTIME.bits() != 0 {
+        (st.stx_btime.tv_sec, st.stx_btime.tv_nsec)
+    } else {
+        (0, 0)
+    };
+    let h = blake3::hash(format!("{}:{}:{}", st.stx_ino, born.0, born.1).as_bytes());
+    Ok(h.to_hex()[..8].to_string())
 }
 
 /// `dir`, a directory right under `base` (a resolved [`private_base`] or

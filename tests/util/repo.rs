@@ -131,6 +131,17 @@ impl Repo {
         }
     }
 
+    /// A handle on a copy of this repository at `path` (made with `cp -a`,
+    /// say): the same passphrase, cache and environment.
+    pub(crate) fn copy_at(&self, path: &Path) -> Repo {
+        Repo {
+            _dir: None,
+            path: path.to_path_buf(),
+            secret: self.secret.clone(),
+            env: self.env.clone(),
+        }
+    }
+
     /// A handle on a repository at `path` that this handle does not own.
     pub(crate) fn at(path: &Path) -> Repo {
         Repo {
