@@ -60,6 +60,20 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "KIB_PER_S")]
     pub limit_download: Option<u64>,
 
+    /// Program that reaches ssh:// repositories and copy targets
+    /// (e.g. "ssh -i key")
+    #[arg(long, global = true, env = "SNAPFS_SSH", default_value = "ssh")]
+    pub ssh: String,
+
+    /// snapfs on the far side of ssh://
+    #[arg(
+        long,
+        global = true,
+        env = "SNAPFS_REMOTE_SNAPFS",
+        default_value = "snapfs"
+    )]
+    pub remote_snapfs: String,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -213,12 +227,6 @@ pub enum Command {
     Copy {
         #[arg(long = "to", value_name = "REPO2")]
         to: String,
-        /// Program to reach ssh:// targets (e.g. "ssh -i key") [env: SNAPFS_SSH]
-        #[arg(long, env = "SNAPFS_SSH", default_value = "ssh")]
-        ssh: String,
-        /// snapfs on the far side of ssh://
-        #[arg(long, default_value = "snapfs")]
-        remote_snapfs: String,
         /// File holding the passphrase of an encrypted REPO2, which has its
         /// own key [env: SNAPFS_TO_PASSWORD_FILE, or SNAPFS_TO_PASSWORD_COMMAND]
         #[arg(long, value_name = "FILE")]
@@ -231,11 +239,13 @@ pub enum Command {
         json: bool,
         snapshots: Vec<String>,
     },
-    /// The far end of `copy --to ssh://...` (speaks on stdin/stdout)
+    /// The far end of `copy --to ssh://...` and of `--repo ssh://...`
+    /// (speaks on stdin/stdout; holds no key)
     #[command(hide = true)]
     Serve {
-        /// Never create the repository (serve never replaces or removes
-        /// anything anyway), for a forced command in authorized_keys
+        /// For a forced command in authorized_keys: a copy never creates
+        /// the repository; a client of the repository deletes nothing but
+        /// leases, replaces no key slot and marks no pack for deletion
         #[arg(long)]
         append_only: bool,
     },

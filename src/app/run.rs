@@ -30,6 +30,7 @@ pub fn main() -> ExitCode {
         crate::repo::set_cache_dir(dir.clone());
     }
     crate::repo::store::set_endpoints(cli.s3_endpoint.clone());
+    crate::repo::ssh::set_programs(cli.ssh.clone(), cli.remote_snapfs.clone());
     crate::repo::store::set_limits(
         cli.limit_upload.unwrap_or(0).saturating_mul(1024),
         cli.limit_download.unwrap_or(0).saturating_mul(1024),
@@ -154,8 +155,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => find(repo, &glob, snapshot.as_deref(), json),
         Command::Copy {
             to,
-            ssh,
-            remote_snapfs,
             to_password_file,
             to_encryption,
             json,
@@ -164,8 +163,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             repo,
             &to,
             &CopyTo {
-                ssh,
-                remote_snapfs,
+                ssh: cli.ssh,
+                remote_snapfs: cli.remote_snapfs,
                 password: crate::crypto::PassphraseSource::destination(to_password_file),
                 encryption: to_encryption,
             },
@@ -423,13 +422,20 @@ fn copy_to(
     let repo = open(repo)?;
     let _lease = repo.reader_lease("copy")?;
     let plain = repo.config.encryption == Encryption::None;
+    let asked = how
+        .encryption
+        .as_deref()
+        .map(encryption_named)
+        .transpose()?;
     let stats = match copy::remote::parse_ssh_url(to) {
-        Some(url) => {
-            copy::refuse_encrypted(&repo)?;
+        // Plain to plain: stored blobs travel as they are, and the far
+        // side indexes them (the copy protocol). Anything encrypted goes
+        // through the far side as a keyless store, sealed here.
+        Some(url) if plain && asked.is_none_or(|e| e == Encryption::None) => {
             let mut t = copy::remote::RemoteTarget::connect(&url, &how.ssh, &how.remote_snapfs)?;
             copy::copy(&repo, &mut t, snapshots)?
         }
-        None => {
+        _ => {
             let path = Path::new(to);
             let existing = crate::repo::config_at(path)?;
             let encryption = match (&existing, &how.encryption) {
@@ -439,7 +445,7 @@ fn copy_to(
                     )));
                 }
                 (Some(c), None) => c.encryption,
-                (None, Some(name)) => encryption_named(name)?,
+                (None, Some(_)) => asked.expect("given"),
                 (None, None) => repo.config.encryption,
             };
             if plain && encryption == Encryption::None {

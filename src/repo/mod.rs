@@ -23,6 +23,7 @@ mod lock;
 pub(crate) mod paths;
 pub(crate) mod refs;
 pub(crate) mod s3;
+pub mod ssh;
 pub(crate) mod store;
 pub(crate) mod store_lease;
 mod unlock;

@@ -1,4 +1,5 @@
-//! Repositories kept as named objects somewhere else (a bucket today): the
+//! Repositories kept as named objects somewhere else (a bucket, or a
+//! directory behind `snapfs serve` over ssh): the
 //! few operations snapfs needs of such a store, and packs kept in one.
 //!
 //! A store holds what a local repository's directory holds that matters —
@@ -64,13 +65,17 @@ pub fn set_limits(upload: u64, download: u64) {
     let _ = LIMITS.set((upload, download));
 }
 
-/// The store `path` names (`s3://…`), or None for a local directory.
+/// The store `path` names (`s3://…`, `ssh://…`), or None for a local
+/// directory.
 pub(crate) fn remote(path: &Path) -> Result<Option<Arc<dyn ObjectStore>>> {
     let Some(text) = path.to_str() else {
         return Ok(None);
     };
     if let Some(loc) = S3Location::parse(text) {
         return Ok(Some(Arc::new(s3_client(loc?)?)));
+    }
+    if let Some(store) = super::ssh::SshStore::parse(text) {
+        return Ok(Some(Arc::new(store?)));
     }
     Ok(None)
 }

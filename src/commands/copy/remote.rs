@@ -4,10 +4,16 @@
 //! everything a local target does: durable packs, verified and indexed at
 //! once, a snapshot only once all its data is there.
 //!
+//! `serve` is also the far side of a repository reached over ssh
+//! (`--repo ssh://…`, an encrypted copy): hello version 2 opens a store
+//! session instead, in which only the store requests of
+//! [`crate::repo::ssh::wire`] are understood, answered by a keyless
+//! [`DirStore`].
+//!
 //! ```text
 //! frame    length u32 LE | payload
 //! request  op u8 | body            response  0 | body   or   1 | error text
-//! ops      0 hello(version)  1 snapshots  2 missing_chunks(ids)  3 has_trees(hashes)
+//! ops      0 hello(version: 1 copy, 2 store)  1 snapshots  2 missing_chunks(ids)  3 has_trees(hashes)
 //!          4 put_pack(name, bytes)  5 commit(record id, added bytes)
 //! ```
 //!
@@ -27,7 +33,7 @@
 //! [`LocalTarget`](crate::commands::copy::LocalTarget).
 
 use std::collections::HashSet;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
@@ -36,6 +42,10 @@ use crate::error::{Error, Result};
 use crate::format::codec::{Decoder, Encoder};
 use crate::ids::{ChunkId, Hash, PackName, TreeHash};
 use crate::repo::Config;
+use crate::repo::ssh::serve::DirStore;
+use crate::repo::ssh::wire::{
+    STORE_PROTOCOL, SshUrl, decode_store_request, peer_text, read_frame, shell_quote, write_frame,
+};
 
 const PROTOCOL: u64 = 1;
 
@@ -52,52 +62,9 @@ const MAX_ANSWER: usize = 64 << 20;
 const OLD_PACK_LIMIT: u64 = (1 << 30) - 64;
 /// Bytes of a put_pack frame besides the pack: op, name, length varint.
 const PUT_OVERHEAD: u64 = 1 + 32 + 10;
-/// Characters of a remote error message shown.
-const MAX_ERROR_TEXT: usize = 2000;
-
-fn write_frame(w: &mut impl Write, parts: &[&[u8]]) -> std::io::Result<()> {
-    let len: usize = parts.iter().map(|p| p.len()).sum();
-    let len = u32::try_from(len)
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "frame over 4 GiB"))?;
-    w.write_all(&len.to_le_bytes())?;
-    for p in parts {
-        w.write_all(p)?;
-    }
-    w.flush()
-}
-
-/// One frame of at most `limit` bytes, or None at a clean end of stream.
-/// The bytes are read as they arrive, so a peer that claims a large frame
-/// and sends little makes us allocate little.
-fn read_frame(r: &mut impl Read, limit: usize) -> std::io::Result<Option<Vec<u8>>> {
-    let mut len = [0u8; 4];
-    let mut got = 0;
-    while got < len.len() {
-        match r.read(&mut len[got..]) {
-            Ok(0) if got == 0 => return Ok(None),
-            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    let n = u32::from_le_bytes(len) as usize;
-    if n > limit {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("the peer announced a frame of {n} bytes; at most {limit} are accepted here"),
-        ));
-    }
-    let mut buf = Vec::with_capacity(n.min(64 << 10));
-    r.take(n as u64).read_to_end(&mut buf)?;
-    if buf.len() != n {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            format!("the peer ended a frame after {} of {n} bytes", buf.len()),
-        ));
-    }
-    Ok(Some(buf))
-}
+/// Bytes of a store put frame besides the object: op, name with its
+/// length, length varint.
+const STORE_PUT_OVERHEAD: u64 = 1 + 2 + crate::repo::ssh::wire::MAX_NAME as u64 + 10;
 
 fn hashes(e: &mut Encoder, hs: impl ExactSizeIterator<Item = Hash>) {
     e.u64(hs.len() as u64);
@@ -214,102 +181,7 @@ pub fn decode_request(frame: &[u8]) -> Result<Request<'_>> {
     Ok(req)
 }
 
-/// An error text from the peer, made safe to print: bounded in length,
-/// control characters (terminal escapes) shown escaped.
-fn peer_text(b: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&b[..b.len().min(MAX_ERROR_TEXT * 4)]);
-    let mut out = String::new();
-    for (i, c) in text.chars().enumerate() {
-        if i >= MAX_ERROR_TEXT {
-            out.push_str("...");
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// An ssh destination as typed: `ssh://[user@]host[:port]/path`. Anything
-/// that starts with `ssh://` is one, and is checked when connecting (see
-/// [`SshUrl::dest`]), so that a malformed URL is an error and never taken
-/// for a local path.
-pub struct SshUrl {
-    text: String,
-}
-
-/// The parts of a checked ssh destination.
-#[derive(Debug, PartialEq, Eq)]
-pub struct SshDest {
-    /// `[user@]host`, as given to ssh after `--`.
-    pub login: String,
-    pub port: Option<u16>,
-    pub path: String,
-}
-
-pub fn parse_ssh_url(s: &str) -> Option<SshUrl> {
-    s.starts_with("ssh://").then(|| SshUrl {
-        text: s.to_string(),
-    })
-}
-
-impl SshUrl {
-    /// Check and split the URL. A host or user starting with `-` would be
-    /// read by ssh as an option (`ssh://-oProxyCommand=...` runs a command
-    /// here), so it is refused, as are empty parts, port 0, and blanks or
-    /// control characters in `user@host`.
-    pub fn dest(&self) -> Result<SshDest> {
-        let bad = |why: &str| {
-            Error::invalid(format!(
-                "{:?} is not a usable ssh://[user@]host[:port]/path destination: {why}",
-                self.text
-            ))
-        };
-        let rest = self
-            .text
-            .strip_prefix("ssh://")
-            .ok_or_else(|| bad("it does not start with ssh://"))?;
-        let (hostport, path) = rest.split_once('/').ok_or_else(|| bad("it has no /path"))?;
-        let (login, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) => {
-                let port: u16 = p.parse().map_err(|_| bad("the port is not a number"))?;
-                if port == 0 {
-                    return Err(bad("port 0"));
-                }
-                (h, Some(port))
-            }
-            None => (hostport, None),
-        };
-        let (user, host) = match login.rsplit_once('@') {
-            Some((u, h)) => (Some(u), h),
-            None => (None, login),
-        };
-        if host.is_empty() {
-            return Err(bad("no host"));
-        }
-        if host.starts_with('-') || user.is_some_and(|u| u.starts_with('-')) {
-            return Err(bad("a host or user may not start with '-'"));
-        }
-        if user.is_some_and(str::is_empty) {
-            return Err(bad("an empty user"));
-        }
-        if login.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(bad("blanks or control characters in user@host"));
-        }
-        Ok(SshDest {
-            login: login.to_string(),
-            port,
-            path: format!("/{path}"),
-        })
-    }
-}
-
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
+pub use crate::repo::ssh::wire::parse_ssh_url;
 
 pub struct RemoteTarget {
     child: Child,
@@ -466,32 +338,50 @@ impl Target for RemoteTarget {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ServeOptions {
     /// Refuse anything that could destroy or replace history, whatever the
-    /// client sends: no repository is created, no file replaced (see
-    /// [`ReceiveOptions`]). For a forced command in `authorized_keys`.
+    /// client sends: in a copy session no repository is created and no
+    /// file replaced (see [`ReceiveOptions`]); in a store session nothing
+    /// is deleted but leases, no key slot replaced, no doom notice taken.
+    /// For a forced command in `authorized_keys`.
     pub append_only: bool,
 }
 
-/// `snapfs serve`: the far end of a copy, on stdin/stdout.
+/// What a connection's hello opened.
+enum Session {
+    /// Nothing yet: only hello is understood.
+    None,
+    /// Hello 1: the far end of a copy, into a repository opened here.
+    Copy(Box<LocalTarget>),
+    /// Hello 2: the repository's objects, kept without a key.
+    Store(DirStore),
+}
+
+impl Session {
+    /// The largest request frame this session takes.
+    fn frame_limit(&self) -> usize {
+        let pack = match self {
+            Session::None => return MAX_REQUEST,
+            Session::Copy(t) => t.pack_limit().saturating_add(PUT_OVERHEAD),
+            Session::Store(s) => s.pack_limit().saturating_add(STORE_PUT_OVERHEAD),
+        };
+        usize::try_from(pack).unwrap_or(usize::MAX).max(MAX_REQUEST)
+    }
+}
+
+/// `snapfs serve`: the far end of a copy, or of a repository reached over
+/// ssh, on stdin/stdout.
 pub fn serve(repo_path: &Path, opts: ServeOptions) -> Result<()> {
     let mut input = BufReader::new(std::io::stdin().lock());
     let mut output = BufWriter::new(std::io::stdout().lock());
-    let mut target: Option<LocalTarget> = None;
+    let mut session = Session::None;
     loop {
-        let limit = match &target {
-            Some(t) => usize::try_from(t.pack_limit().saturating_add(PUT_OVERHEAD))
-                .unwrap_or(usize::MAX)
-                .max(MAX_REQUEST),
-            None => MAX_REQUEST,
-        };
-        let Some(frame) = read_frame(&mut input, limit).map_err(|e| Error::Io {
+        let Some(frame) = read_frame(&mut input, session.frame_limit()).map_err(|e| Error::Io {
             path: "<stdin>".into(),
             source: e,
         })?
         else {
             return Ok(());
         };
-        let answer =
-            decode_request(&frame).and_then(|req| answer(repo_path, opts, &mut target, req));
+        let answer = answer(repo_path, opts, &mut session, &frame);
         let (status, body) = match answer {
             Ok(body) => (0u8, body),
             Err(err) => (1u8, err.to_string().into_bytes()),
@@ -503,133 +393,78 @@ pub fn serve(repo_path: &Path, opts: ServeOptions) -> Result<()> {
     }
 }
 
-/// The body of the answer to one request.
+/// The body of the answer to one request frame.
 fn answer(
     repo_path: &Path,
     opts: ServeOptions,
-    target: &mut Option<LocalTarget>,
-    req: Request,
+    session: &mut Session,
+    frame: &[u8],
 ) -> Result<Vec<u8>> {
-    let mut e = Encoder::new();
-    if let Request::Hello { version } = req {
-        if version != PROTOCOL {
-            return Err(Error::invalid(format!(
-                "protocol {version} not understood here (this snapfs speaks {PROTOCOL}); use matching versions"
-            )));
+    match session {
+        Session::None => {
+            let Request::Hello { version } = decode_request(frame)? else {
+                return Err(Error::invalid("hello expected first"));
+            };
+            let mut e = Encoder::new();
+            match version {
+                PROTOCOL => {
+                    let t = LocalTarget::open(
+                        repo_path,
+                        Config::default(),
+                        ReceiveOptions {
+                            append_only: opts.append_only,
+                        },
+                    )?;
+                    e.u64(t.pack_limit());
+                    *session = Session::Copy(Box::new(t));
+                }
+                STORE_PROTOCOL => {
+                    let s = DirStore::open(repo_path, opts.append_only, super::pack_limit)?;
+                    e.u64(s.pack_limit());
+                    *session = Session::Store(s);
+                }
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "protocol {version} not understood here (this snapfs speaks {PROTOCOL} and {STORE_PROTOCOL}); use matching versions"
+                    )));
+                }
+            }
+            Ok(e.buf)
         }
-        if target.is_some() {
-            return Err(Error::invalid("hello was already received"));
+        Session::Store(s) => {
+            if frame.first() == Some(&Request::HELLO) {
+                return Err(Error::invalid("hello was already received"));
+            }
+            s.answer(decode_store_request(frame)?)
         }
-        let t = LocalTarget::open(
-            repo_path,
-            Config::default(),
-            ReceiveOptions {
-                append_only: opts.append_only,
-            },
-        )?;
-        e.u64(t.pack_limit());
-        *target = Some(t);
-        return Ok(e.buf);
+        Session::Copy(t) => {
+            let mut e = Encoder::new();
+            match decode_request(frame)? {
+                Request::Hello { .. } => return Err(Error::invalid("hello was already received")),
+                Request::Snapshots => {
+                    let list: Vec<Hash> = t.snapshots()?.into_iter().collect();
+                    hashes(&mut e, list.into_iter());
+                }
+                Request::MissingChunks(ids) => {
+                    e.buf = t.missing_chunks(&ids)?.into_iter().map(u8::from).collect();
+                }
+                Request::HasTrees(hs) => {
+                    e.buf = t.has_trees(&hs)?.into_iter().map(u8::from).collect();
+                }
+                Request::PutPack { name, bytes } => t.put_pack(&name, bytes)?,
+                Request::Commit {
+                    record,
+                    added_bytes,
+                } => t.commit_snapshot(&record, added_bytes)?,
+            }
+            Ok(e.buf)
+        }
     }
-    let t = target
-        .as_mut()
-        .ok_or_else(|| Error::invalid("hello expected first"))?;
-    match req {
-        Request::Hello { .. } => return Err(Error::invalid("hello was already received")),
-        Request::Snapshots => {
-            let list: Vec<Hash> = t.snapshots()?.into_iter().collect();
-            hashes(&mut e, list.into_iter());
-        }
-        Request::MissingChunks(ids) => {
-            e.buf = t.missing_chunks(&ids)?.into_iter().map(u8::from).collect();
-        }
-        Request::HasTrees(hs) => {
-            e.buf = t.has_trees(&hs)?.into_iter().map(u8::from).collect();
-        }
-        Request::PutPack { name, bytes } => t.put_pack(&name, bytes)?,
-        Request::Commit {
-            record,
-            added_bytes,
-        } => t.commit_snapshot(&record, added_bytes)?,
-    }
-    Ok(e.buf)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn dest(s: &str) -> Result<SshDest> {
-        parse_ssh_url(s).expect("an ssh:// URL").dest()
-    }
-
-    #[test]
-    fn ssh_urls_parse() {
-        assert_eq!(
-            dest("ssh://backup@nas:2222/srv/snapfs").unwrap(),
-            SshDest {
-                login: "backup@nas".into(),
-                port: Some(2222),
-                path: "/srv/snapfs".into()
-            }
-        );
-        assert_eq!(
-            dest("ssh://nas/x").unwrap(),
-            SshDest {
-                login: "nas".into(),
-                port: None,
-                path: "/x".into()
-            }
-        );
-        assert!(parse_ssh_url("/local/path").is_none());
-        assert_eq!(shell_quote("a'b"), r"'a'\''b'");
-    }
-
-    #[test]
-    fn ssh_urls_that_ssh_would_misread_are_refused() {
-        for bad in [
-            "ssh:///x",
-            "ssh://nas",
-            "ssh://-oProxyCommand=touch%20x/path",
-            "ssh://-oProxyCommand=x@nas/path",
-            "ssh://user@-oProxyCommand=x/path",
-            "ssh://@nas/path",
-            "ssh://nas:0/path",
-            "ssh://nas:99999/path",
-            "ssh://nas:/path",
-            "ssh://na s/path",
-            "ssh://nas\n/path",
-        ] {
-            assert!(dest(bad).is_err(), "{bad:?} accepted");
-        }
-    }
-
-    #[test]
-    fn frames_round_trip() {
-        let mut buf = Vec::new();
-        write_frame(&mut buf, &[b"hel", b"lo"]).unwrap();
-        write_frame(&mut buf, &[]).unwrap();
-        let mut r = &buf[..];
-        assert_eq!(read_frame(&mut r, 5).unwrap().unwrap(), b"hello");
-        assert_eq!(read_frame(&mut r, 5).unwrap().unwrap(), b"");
-        assert!(read_frame(&mut r, 5).unwrap().is_none());
-        // Over the limit, cut short, or a torn length: errors, not frames.
-        let mut r = &buf[..];
-        assert!(read_frame(&mut r, 4).is_err());
-        let mut r = &buf[..7];
-        assert!(read_frame(&mut r, 5).is_err());
-        let mut r = &buf[..2];
-        assert!(read_frame(&mut r, 5).is_err());
-    }
-
-    #[test]
-    fn a_claimed_length_allocates_only_what_arrives() {
-        let mut claim = (1u32 << 30).to_le_bytes().to_vec();
-        claim.extend_from_slice(b"tiny");
-        let mut r = &claim[..];
-        let err = read_frame(&mut r, usize::MAX).unwrap_err();
-        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
-    }
 
     #[test]
     fn requests_round_trip() {
@@ -724,13 +559,5 @@ mod tests {
             }
         }
         assert!(decoded > 0, "no frame decoded at all: the seeds are wrong");
-    }
-
-    #[test]
-    fn peer_error_text_is_bounded_and_cannot_drive_the_terminal() {
-        let t = peer_text(b"bad\x1b[2Jthing\n");
-        assert!(!t.contains('\x1b') && !t.contains('\n'), "{t:?}");
-        let long = vec![b'x'; 1 << 20];
-        assert!(peer_text(&long).len() < MAX_ERROR_TEXT + 10);
     }
 }
