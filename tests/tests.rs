@@ -23,6 +23,8 @@
 //! - `security_*`: what a hostile local user, repository or copy peer tries:
 //!   `security_local` (repository privacy, locks, the mount), `security_restore`,
 //!   `security_format` (damaged and crafted bytes), `security_copy` (the receiver)
+//! - `ssh_store`: repositories at ssh://, the keyless `serve` behind them,
+//!   hostile clients and servers
 //!
 //! A helper used by one file lives in that file; one used by two moves to
 //! `util/`.
@@ -51,4 +53,5 @@ mod security_format;
 mod security_local;
 mod security_restore;
 mod sparse;
+mod ssh_store;
 mod upgrade;

@@ -111,19 +111,54 @@ impl Sshd {
         format!("ssh://root@127.0.0.1:{}{}", self.port, path.display())
     }
 
+    /// The ssh command line that reaches this sshd.
+    fn ssh_program(&self) -> String {
+        format!(
+            "ssh -i {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+             -o BatchMode=yes -o LogLevel=ERROR",
+            self.key.display()
+        )
+    }
+
     /// The `--ssh` program and `--remote-snapfs` options for a copy to this
     /// sshd.
     pub(crate) fn options(&self) -> Vec<String> {
         vec![
             "--ssh".to_string(),
-            format!(
-                "ssh -i {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
-                 -o BatchMode=yes -o LogLevel=ERROR",
-                self.key.display()
-            ),
+            self.ssh_program(),
             "--remote-snapfs".to_string(),
             snapfs_bin().to_string(),
         ]
+    }
+
+    /// The same as variables (`SNAPFS_SSH`, `SNAPFS_REMOTE_SNAPFS`), for
+    /// every command on an `ssh://` repository; `remote` stands in for
+    /// snapfs on the far side.
+    pub(crate) fn env(&self, remote: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("SNAPFS_SSH", self.ssh_program()),
+            ("SNAPFS_REMOTE_SNAPFS", remote.to_string()),
+        ]
+    }
+
+    /// A handle on the encrypted repository at `ssh://…/far` through this
+    /// sshd, with a passphrase and local state of its own.
+    pub(crate) fn repo_handle(&self, far: &Path) -> Repo {
+        let url = self.url(far);
+        let mut repo = Repo::encrypted_at(
+            Path::new(&url),
+            Path::new("unset"),
+            "correct horse battery staple",
+        );
+        // The cache beside the passphrase, in the handle's own directory.
+        let secret = repo.secret.as_mut().expect("encrypted");
+        secret.cache_dir = secret
+            .password_file
+            .parent()
+            .expect("in a directory")
+            .join("cache");
+        repo.env = self.env(snapfs_bin());
+        repo
     }
 }
 
