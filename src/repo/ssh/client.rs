@@ -10,7 +10,12 @@
 //!
 //! Connections are opened when needed, up to four (`SNAPFS_SSH_CONNECTIONS`)
 //! and kept for the command's life: a restore or a mount reads many ranges,
-//! each a round trip, and one pipe would serialise them all.
+//! each a round trip, and one pipe would serialise them all. Restoring
+//! 3000 files of 6 KB over a link of 20 ms round trips took 64 s with one
+//! connection, 34 s with two, 18 s with four and 11 s with eight; on
+//! loopback, where a round trip costs nothing, each connection only adds
+//! its ssh handshake (1.5 s with one, 3.7 s with four, on two busy cores).
+//! Four keeps most of the gain for a few sessions on the far machine.
 
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
