@@ -258,6 +258,35 @@ fn encrypted_copy_to_ssh_sends_only_once() {
     work.assert_restores(&dst, "copied", &reference);
 }
 
+/// A plain repository copied into an existing encrypted one over ssh is
+/// sealed under the far repository's key on the way (before, the far side
+/// refused it as a repository the copy protocol cannot write into).
+#[test]
+fn plain_copy_into_an_encrypted_ssh_repository_is_sealed_on_the_way() {
+    let sshd = Sshd::start();
+    let base = tempdir();
+    let far = canonical(base.path()).join("far");
+    let work = Work::new();
+    write_random_file(&work.src.join("data"), 13, 256 << 10);
+    let src = Repo::new();
+    src.ingest(&["--name", "plain"], &[&work.src]);
+    let dst = sshd.repo_handle(&far);
+    run_ok(dst.cmd().arg("init"));
+    let mut cmd = src.cmd();
+    cmd.args(["copy", "--json", "--to", &sshd.url(&far)])
+        .args(sshd.options())
+        .arg("--to-password-file")
+        .arg(&dst.secret.as_ref().expect("encrypted").password_file);
+    let copied = json_of("plain copy into an encrypted far repository", &mut cmd);
+    assert_eq!(
+        copied["snapshots_copied"].as_array().map(Vec::len),
+        Some(1),
+        "{copied}"
+    );
+    let reference = work.freeze("plain");
+    work.assert_restores(&dst, "plain", &reference);
+}
+
 /// A pack changed on the far side is found by the key holder: the read
 /// fails naming the pack, and no wrong byte is restored.
 #[test]

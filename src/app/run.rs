@@ -411,6 +411,21 @@ struct CopyTo {
     encryption: Option<String>,
 }
 
+/// Whether the repository at ssh URL `to` exists and is encrypted (a
+/// plain copy then seals what it sends, through the far side as a store).
+/// A far side that cannot say (an older snapfs, no repository there yet)
+/// is not.
+fn encrypted_far_side(to: &str) -> bool {
+    match crate::repo::config_at(Path::new(to)) {
+        Ok(Some(c)) => c.encryption != crate::repo::Encryption::None,
+        Ok(None) => false,
+        Err(e) => {
+            log::debug!("{to}: {e}; copying with the copy protocol");
+            false
+        }
+    }
+}
+
 fn copy_to(
     repo: &Path,
     to: &str,
@@ -431,7 +446,9 @@ fn copy_to(
         // Plain to plain: stored blobs travel as they are, and the far
         // side indexes them (the copy protocol). Anything encrypted goes
         // through the far side as a keyless store, sealed here.
-        Some(url) if plain && asked.is_none_or(|e| e == Encryption::None) => {
+        Some(url)
+            if plain && asked.is_none_or(|e| e == Encryption::None) && !encrypted_far_side(to) =>
+        {
             let mut t = copy::remote::RemoteTarget::connect(&url, &how.ssh, &how.remote_snapfs)?;
             copy::copy(&repo, &mut t, snapshots)?
         }

@@ -84,7 +84,8 @@ pub(crate) fn pull(client: &dyn ObjectStore, root: &Path) -> Result<()> {
     let shown = PathBuf::from(client.shown("config"));
     let text = std::str::from_utf8(&config)
         .map_err(|_| Error::corrupt(format!("{} is not text", shown.display())))?;
-    super::config::Config::parse(text, &shown)?;
+    let fresh = super::config::Config::parse(text, &shown)?;
+    pin(&fresh, root, &shown)?;
     write_atomic(root, "config", &config)?;
     let keys = root.join("keys");
     let listed = client.list("keys")?;
@@ -131,6 +132,42 @@ pub(crate) fn pull(client: &dyn ObjectStore, root: &Path) -> Result<()> {
         if !wanted.contains(&n) {
             std::fs::remove_file(e.path()).at(e.path())?;
         }
+    }
+    Ok(())
+}
+
+/// Refuse a store's `config` that names another repository, or the same
+/// one unencrypted or in another format, than the copy this machine kept
+/// from before: whoever holds the store could otherwise turn encryption
+/// off (and hide the key slots), and this machine's next backup would go
+/// up in the clear.
+fn pin(fresh: &super::config::Config, root: &Path, shown: &Path) -> Result<()> {
+    let kept = root.join("config");
+    let text = match std::fs::read_to_string(&kept) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).at(&kept),
+    };
+    let Ok(known) = super::config::Config::parse(&text, &kept) else {
+        // A damaged local copy pins nothing; it is replaced.
+        return Ok(());
+    };
+    let describe = |c: &super::config::Config| {
+        format!(
+            "id {}, {}, format {}",
+            c.id.map_or_else(|| "none".to_string(), |i| i.to_hex()[..16].to_string()),
+            c.encryption.name(),
+            c.format
+        )
+    };
+    if known.id != fresh.id || known.encryption != fresh.encryption || known.format > fresh.format {
+        return Err(Error::invalid(format!(
+            "{} is not the repository this machine knew there ({} before, {} now): refused,              since whoever holds the store could have swapped it. If it was made again on              purpose, remove {} to forget the old one",
+            shown.display(),
+            describe(&known),
+            describe(fresh),
+            root.display()
+        )));
     }
     Ok(())
 }
@@ -487,6 +524,53 @@ mod tests {
             "{err}"
         );
         assert!(!dir.path().join("keys").exists());
+    }
+
+    /// A store that swaps its config for an unencrypted one (and lists no
+    /// key slots) is refused: this machine's next backup would otherwise
+    /// go up in the clear.
+    #[test]
+    fn store_that_turns_encryption_off_is_refused() {
+        use super::super::config::{Config, Encryption, RepoId};
+        let dir = tempfile::tempdir().unwrap();
+        let known = Config {
+            id: Some(RepoId([7; 32])),
+            encryption: Encryption::XChaCha20Poly1305,
+            ..Config::default()
+        };
+        std::fs::write(dir.path().join("config"), known.render()).unwrap();
+        let plain = Config {
+            id: Some(RepoId([7; 32])),
+            ..Config::default()
+        };
+        let swapped = bucket_serving(plain.render());
+        let err = pull(&swapped, dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("not the repository this machine knew"),
+            "{err}"
+        );
+        let kept = std::fs::read_to_string(dir.path().join("config")).unwrap();
+        assert_eq!(kept, known.render(), "the local copy was replaced");
+        // The same repository again is fine.
+        pull(&bucket_serving(known.render()), dir.path()).unwrap();
+    }
+
+    /// A store serving `config` and no key slots.
+    fn bucket_serving(config: String) -> crate::repo::s3::S3Client {
+        use crate::repo::s3::client::tests::{hostile_server, http};
+        hostile_server(move |line| {
+            if line.contains("list-type=2") {
+                http(
+                    "200 OK",
+                    "",
+                    "<?xml version=\"1.0\"?><ListBucketResult \
+                     xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Name>bucket</Name>\
+                     <IsTruncated>false</IsTruncated></ListBucketResult>",
+                )
+            } else {
+                http("200 OK", "", &config)
+            }
+        })
     }
 
     #[test]

@@ -582,7 +582,7 @@ impl Origin {
 /// have to be opened and sealed again under the other key.
 fn not_yet_encrypted(root: &Path) -> Error {
     Error::invalid(format!(
-        "{} is encrypted: copy and serve do not handle encrypted repositories yet",
+        "{} is encrypted: the copy protocol moves stored blobs as they are, and cannot take them into or out of an encrypted repository (a copy through `--repo ssh://` or `copy --to ssh://` seals them again)",
         root.display()
     ))
 }
