@@ -19,8 +19,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
+use ureq::unversioned::transport::Connector;
 
 use super::settings::{S3Location, S3Settings};
+use super::socket::QuickAckConnector;
 use super::throttle::Throttle;
 use crate::error::{Error, Result};
 
@@ -36,6 +38,10 @@ const MAX_LIST_PAGE: u64 = 8 << 20;
 /// of data; a server that keeps naming more (fresh continuation tokens for
 /// ever) is stopped here instead of filling memory.
 const MAX_LISTED: usize = 4_000_000;
+/// The longest a read may wait for a single byte: a server (or a network)
+/// that stalls in the middle of an answer fails the attempt, which is then
+/// tried again, instead of holding the request until the global timeout.
+const IDLE_READ: Duration = Duration::from_secs(30);
 /// Backoff between attempts: from this, doubling, up to `MAX_DELAY`.
 const FIRST_DELAY: Duration = Duration::from_millis(100);
 const MAX_DELAY: Duration = Duration::from_secs(10);
@@ -96,14 +102,23 @@ impl S3Client {
         if let Some(ca) = trusted_cas(settings.ca_file.as_deref())? {
             tls = tls.root_certs(ca);
         }
-        let agent = ureq::Agent::config_builder()
+        let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(5)))
+            .timeout_per_read(Some(IDLE_READ))
             .timeout_global(Some(Duration::from_secs(300)))
             .tls_config(tls.build())
             .user_agent(concat!("snapfs/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .new_agent();
+            .build();
+        // ureq's own chain, with our TCP connections (see `socket`).
+        let connector = ()
+            .chain(QuickAckConnector)
+            .chain(ureq::unversioned::transport::RustlsConnector::default());
+        let agent = ureq::Agent::with_parts(
+            config,
+            connector,
+            ureq::unversioned::resolver::DefaultResolver::default(),
+        );
         Ok(S3Client {
             location,
             buckets,

@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod settings;
+mod socket;
 pub mod throttle;
 
 pub use client::S3Client;
