@@ -15,6 +15,7 @@
 pub(crate) mod backend;
 pub(crate) mod bucket;
 pub(crate) mod catalog;
+pub(crate) mod coalesce;
 mod config;
 pub(crate) mod history;
 pub(crate) mod import;

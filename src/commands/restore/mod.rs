@@ -70,7 +70,7 @@ use fsops::{
     apply_meta_at, apply_meta_fd, io_at, join, make_dir, open_dir, open_target, remove_leftovers,
     replace, tmp_name,
 };
-use write::{BIG_FILE, Dest, DirFd, Job, Shared};
+use write::{BIG_FILE, Dest, DirFd, GROUP_BYTES, GROUP_FILES, Job, SMALL_FILE, Shared};
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RestoreStats {
@@ -185,6 +185,9 @@ pub fn restore(
         links: Vec::new(),
         dirs: 0,
         leftovers: removed,
+        merge: crate::repo::coalesce::Span::of(repo).is_some(),
+        group: Vec::new(),
+        group_bytes: 0,
     };
     // Bounded too: a committer that falls behind slows the workers down
     // instead of holding descriptors without limit.
@@ -223,6 +226,7 @@ pub fn restore(
                 }
             }
         })();
+        let r = r.and_then(|()| planner.send_group());
         // Closing the channel lets the workers finish and the scope end.
         planner.tx = None;
         r
@@ -341,6 +345,12 @@ struct Planner<'a> {
     links: Vec<(RelPath, RelPath)>,
     dirs: u64,
     leftovers: usize,
+    /// Whether small files go to workers in groups whose reads are merged
+    /// (a repository in a bucket; see `repo::coalesce`).
+    merge: bool,
+    /// The group being gathered, and its bytes.
+    group: Vec<(Dest, Node)>,
+    group_bytes: u64,
 }
 
 impl Planner<'_> {
@@ -438,6 +448,14 @@ impl Planner<'_> {
                         Err((dest, node)) => return self.send(Job::Write { dest, node }),
                     }
                 }
+                if self.merge && n.meta.size < SMALL_FILE {
+                    self.group_bytes += n.meta.size;
+                    self.group.push((dest, n));
+                    if self.group.len() >= GROUP_FILES || self.group_bytes >= GROUP_BYTES {
+                        self.send_group()?;
+                    }
+                    return Ok(());
+                }
                 self.send(Job::Write { dest, node: n })
             }
             Kind::Symlink => {
@@ -485,6 +503,16 @@ impl Planner<'_> {
             return Err(e);
         }
         replace(dir, tmp, name, shown)
+    }
+
+    /// Hand the small files gathered so far to a worker.
+    fn send_group(&mut self) -> Result<()> {
+        self.group_bytes = 0;
+        let group = std::mem::take(&mut self.group);
+        match group.len() {
+            0 => Ok(()),
+            _ => self.send(Job::Files(group)),
+        }
     }
 
     fn send(&self, job: Job) -> Result<()> {

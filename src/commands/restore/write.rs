@@ -26,6 +26,7 @@ use crate::format::tree::{ContentRef, FileTime};
 use crate::ids::ChunkId;
 use crate::repo::Repository;
 use crate::repo::catalog::{Catalog, ChunkLoc, Node};
+use crate::repo::coalesce::{self, Span};
 
 /// A directory of the target, shared by the jobs of the files inside it.
 pub type DirFd = Arc<OwnedFd>;
@@ -34,6 +35,14 @@ pub type DirFd = Arc<OwnedFd>;
 pub const BIG_FILE: u64 = 8 << 20;
 /// Chunks per part of a big file (about 4 MiB each at the average chunk).
 const PART_CHUNKS: usize = 4;
+/// Files smaller than this go to workers in groups (`Job::Files`) where
+/// reads are merged: a small file is one chunk, and its neighbours in the
+/// directory are usually its neighbours in the pack.
+pub const SMALL_FILE: u64 = 1 << 20;
+/// A group holds at most this many files ...
+pub const GROUP_FILES: usize = 128;
+/// ... or this many bytes (one merged read's worth).
+pub const GROUP_BYTES: u64 = 4 << 20;
 /// A batch is flushed when it holds this many files ...
 const BATCH_FILES: usize = 512;
 /// ... or this many bytes.
@@ -51,6 +60,9 @@ pub struct Dest {
 pub enum Job {
     /// Write a whole file.
     Write { dest: Dest, node: Node },
+    /// Write several small files whose chunks are read in merged runs
+    /// (object storage, see `repo::coalesce`).
+    Files(Vec<(Dest, Node)>),
     /// A file with the snapshot's size and mtime is already there: keep it
     /// if its bytes hash to the snapshot's chunks, else write it.
     Verify { dest: Dest, node: Node },
@@ -142,12 +154,13 @@ fn create_tmp(dir: BorrowedFd, shown: &Path) -> Result<(Vec<u8>, File)> {
     Ok((tmp, File::from(fd)))
 }
 
+/// Write chunk `id` at `at`: from `fetched` if a merged read brought it
+/// (decoded and verified), else read now.
 fn write_chunk(
     repo: &Repository,
     f: &File,
-    id: &ChunkId,
-    loc: &ChunkLoc,
-    at: u64,
+    (id, loc, at): (&ChunkId, &ChunkLoc, u64),
+    fetched: Option<Vec<u8>>,
     shown: &Path,
 ) -> Result<u64> {
     // A chunk of zeros stays a hole: nothing to read, decode or write (the
@@ -155,11 +168,39 @@ fn write_chunk(
     if repo.keying.is_zero_chunk(id, loc.raw_len, loc.stored_len) {
         return Ok(u64::from(loc.raw_len));
     }
-    let data = repo
-        .read_chunk(id, loc)
-        .map_err(|e| Error::corrupt(format!("{}: {e}", shown.display())))?;
+    let data = match fetched {
+        Some(d) => d,
+        None => repo
+            .read_chunk(id, loc)
+            .map_err(|e| Error::corrupt(format!("{}: {e}", shown.display())))?,
+    };
     write_sparse(f, &data, at).at(shown)?;
     Ok(data.len() as u64)
+}
+
+/// The chunks of `work` (those that are not holes) read in merged runs:
+/// one entry per item of `work`, None where the chunk is to be read alone.
+fn fetch_merged(
+    repo: &Repository,
+    work: &[(ChunkId, ChunkLoc, u64)],
+    span: Option<Span>,
+) -> Vec<Option<Vec<u8>>> {
+    let Some(span) = span else {
+        return Vec::new();
+    };
+    let mut index = Vec::new();
+    let mut wanted = Vec::new();
+    for (k, (id, loc, _)) in work.iter().enumerate() {
+        if !repo.keying.is_zero_chunk(id, loc.raw_len, loc.stored_len) {
+            index.push(k);
+            wanted.push((*id, loc.clone()));
+        }
+    }
+    let mut out: Vec<Option<Vec<u8>>> = vec![None; work.len()];
+    for (i, data) in coalesce::read_chunks(repo, &wanted, span) {
+        out[index[i]] = Some(data);
+    }
+    out
 }
 
 /// Write only the frames that hold a non-zero byte: the rest stays a hole.
@@ -266,6 +307,7 @@ pub fn worker(
     shared: &Shared,
     progress: &crate::commands::progress::Progress,
 ) {
+    let span = Span::of(repo);
     let cat = match repo
         .catalog()
         .and_then(|c| c.hold_read_snapshot().map(|()| c))
@@ -286,13 +328,23 @@ pub fn worker(
         }
         let r = match job {
             Job::Write { dest, node } => chunk_work_of(&cat, &node, &dest.shown).and_then(|work| {
-                write_whole(repo, dest, &node, &work, &mut batch, shared, progress)
+                write_whole(
+                    repo,
+                    dest,
+                    &node,
+                    &work,
+                    Vec::new(),
+                    &mut batch,
+                    shared,
+                    progress,
+                )
             }),
+            Job::Files(files) => write_files(repo, &cat, files, span, &mut batch, shared, progress),
             Job::Verify { dest, node } => {
                 verify_or_write(repo, &cat, dest, &node, &mut batch, shared, progress)
             }
             Job::Part { file, start, end } => {
-                write_part(repo, &file, start, end, &mut batch, shared, progress)
+                write_part(repo, &file, start, end, span, &mut batch, shared, progress)
             }
         };
         if let Err(e) = r {
@@ -331,19 +383,53 @@ fn chunk_work_of(
     }
 }
 
+/// A group of small files: every chunk they need read in merged runs
+/// first, then each file written as `write_whole` does.
+fn write_files(
+    repo: &Repository,
+    cat: &Catalog,
+    files: Vec<(Dest, Node)>,
+    span: Option<Span>,
+    batch: &mut Batch,
+    shared: &Shared,
+    progress: &crate::commands::progress::Progress,
+) -> Result<()> {
+    let mut works = Vec::with_capacity(files.len());
+    let mut all = Vec::new();
+    for (dest, node) in files {
+        let work = chunk_work_of(cat, &node, &dest.shown)?;
+        all.extend(work.iter().cloned());
+        works.push((dest, node, work));
+    }
+    let mut fetched = fetch_merged(repo, &all, span).into_iter();
+    for (dest, node, work) in works {
+        if shared.stopped() {
+            return Ok(());
+        }
+        let mine: Vec<_> = fetched.by_ref().take(work.len()).collect();
+        write_whole(repo, dest, &node, &work, mine, batch, shared, progress)?;
+    }
+    Ok(())
+}
+
+/// Write a file from its chunks; `fetched` holds those already read (one
+/// entry per chunk, or empty).
+#[allow(clippy::too_many_arguments)]
 fn write_whole(
     repo: &Repository,
     dest: Dest,
     node: &Node,
     work: &[(ChunkId, ChunkLoc, u64)],
+    mut fetched: Vec<Option<Vec<u8>>>,
     batch: &mut Batch,
     shared: &Shared,
     progress: &crate::commands::progress::Progress,
 ) -> Result<()> {
     let (tmp, f) = create_tmp(dest.dir.as_fd(), &dest.shown)?;
     let written = (|| -> Result<u64> {
-        for (id, loc, at) in work {
-            write_chunk(repo, &f, id, loc, *at, &dest.shown)?;
+        for (k, (id, loc, at)) in work.iter().enumerate() {
+            let data = fetched.get_mut(k).and_then(Option::take);
+            write_chunk(repo, &f, (id, loc, *at), data, &dest.shown)?;
         }
         let size = total(work);
         f.set_len(size).at(&dest.shown)?;
@@ -393,7 +479,7 @@ fn verify_or_write(
         shared.skipped.fetch_add(1, Ordering::Relaxed);
         return Ok(());
     }
-    write_whole(repo, dest, node, &work, batch, shared, progress)
+    write_whole(repo, dest, node, &work, Vec::new(), batch, shared, progress)
 }
 
 /// Whether an existing file may be kept in place of writing it again: only
@@ -511,19 +597,24 @@ pub fn plan_big(
         .collect()))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn write_part(
     repo: &Repository,
     big: &Arc<BigFile>,
     start: usize,
     end: usize,
+    span: Option<Span>,
     batch: &mut Batch,
     shared: &Shared,
     progress: &crate::commands::progress::Progress,
 ) -> Result<()> {
     let mut result = Ok(());
     if !big.failed.load(Ordering::SeqCst) {
-        for (id, loc, at) in big.work.get(start..end).unwrap_or_default() {
-            match write_chunk(repo, &big.file, id, loc, *at, &big.dest.shown) {
+        let work = big.work.get(start..end).unwrap_or_default();
+        let mut fetched = fetch_merged(repo, work, span);
+        for (k, (id, loc, at)) in work.iter().enumerate() {
+            let data = fetched.get_mut(k).and_then(Option::take);
+            match write_chunk(repo, &big.file, (id, loc, *at), data, &big.dest.shown) {
                 Ok(n) => progress.bytes(n),
                 Err(e) => {
                     big.failed.store(true, Ordering::SeqCst);
