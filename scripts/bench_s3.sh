@@ -13,7 +13,8 @@
 # Environment: S3_DIR (scratch, default /var/tmp/snapfs-s3), S3_TREE
 # (default /usr/share/man), S3_BIG_MIB (default 512), S3_BUILD=0 to skip
 # the build, S3_SECOND=0 to skip the second machine's first command (the
-# slowest step, for quicker runs of the read measures). Needs the garage
+# slowest step, for quicker runs of the read measures), S3_MOUNT_ARGS for
+# the bucket's mount (e.g. "--disk-cache-size 0"). Needs the garage
 # binary (scripts/test.sh installs it).
 set -euo pipefail
 
@@ -117,7 +118,9 @@ for kind in local bucket; do
     timed "$kind-restore" "$SNAPFS" --repo "$repo" restore tree "$S3_DIR/restored"; R[$kind/restore]=$T_WALL
     rm -rf "$S3_DIR/restored"
     log "$kind: mount"
-    "$SNAPFS" --repo "$repo" mount "$mnt" >"$LOGS/$kind-mount.log" 2>&1 &
+    margs=()
+    [[ $kind == bucket ]] && read -ra margs <<<"${S3_MOUNT_ARGS:-}"
+    "$SNAPFS" --repo "$repo" mount "${margs[@]}" "$mnt" >"$LOGS/$kind-mount.log" 2>&1 &
     for _ in $(seq 100); do mountpoint -q "$mnt" && break; sleep 0.1; done
     mountpoint -q "$mnt" || die "the mount did not come up"
     f=$(find -L "$mnt/big" -name data.bin -print -quit)

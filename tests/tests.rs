@@ -46,6 +46,7 @@ mod layers;
 mod maintenance;
 mod mount;
 mod object_storage;
+mod object_storage_reads;
 mod readers;
 mod rebuild;
 mod security_copy;

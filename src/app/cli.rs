@@ -434,6 +434,11 @@ pub struct MountArgs {
     /// Memory for decoded file data, e.g. 256M, 1G
     #[arg(long, default_value = "256M", value_parser = parse_size)]
     pub cache_size: u64,
+    /// Disk for pack bytes read from a repository in a bucket, kept in its
+    /// local state directory so they are read once, e.g. 1G (the default
+    /// there); 0 turns it off. Not for a local repository
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub disk_cache_size: Option<u64>,
     /// Threads serving requests (more than cores: a copy out of the
     /// mount waits less for a free one)
     #[arg(long, default_value_t = 16)]
@@ -465,6 +470,7 @@ impl MountArgs {
             },
             allow_other: self.allow_other,
             cache_bytes: self.cache_size as usize,
+            disk_cache: self.disk_cache_size,
             threads: self.threads,
             idle_expiry: std::time::Duration::from_secs(self.idle_expiry),
             always_xattrs: matches!(self.xattrs, XattrStyle::Always),

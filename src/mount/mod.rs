@@ -23,6 +23,9 @@ pub struct MountRequest {
     pub names: crate::mount::snapshot_fs::Names,
     pub allow_other: bool,
     pub cache_bytes: usize,
+    /// Bytes of disk for pack bytes read from a bucket (`repo::disk_cache`);
+    /// None: `DEFAULT_DISK_CACHE` for a bucket.
+    pub disk_cache: Option<u64>,
     pub threads: usize,
     /// See `MountOptions::idle_expiry`.
     pub idle_expiry: Duration,
@@ -68,6 +71,31 @@ fn preflight(mountpoint: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The disk cache of a mount of a repository in a bucket, unless told.
+pub const DEFAULT_DISK_CACHE: u64 = 1 << 30;
+
+/// `repo` reading through a disk cache of the size asked for (or the
+/// default) if it is kept in a bucket. A local repository's packs are on
+/// disk already: asking for a cache there is refused.
+fn with_disk_cache(mut repo: Repository, asked: Option<u64>) -> Result<Repository> {
+    let size = match (asked, repo.remote.is_some()) {
+        (Some(n), false) if n > 0 => {
+            return Err(Error::invalid(
+                "--disk-cache-size is for a repository in a bucket: a local repository's packs are read from its disk already",
+            ));
+        }
+        (_, false) => return Ok(repo),
+        (asked, true) => asked.unwrap_or(DEFAULT_DISK_CACHE),
+    };
+    if size > 0
+        && let Some(c) =
+            crate::repo::disk_cache::DiskCache::open(repo.backend.clone(), &repo.root, size)?
+    {
+        repo.backend = std::sync::Arc::new(c);
+    }
+    Ok(repo)
+}
+
 /// Serve the repository at `mountpoint` until unmounted or SIGINT/SIGTERM.
 /// `ready` is called once the mount is usable.
 pub fn mount(
@@ -81,6 +109,7 @@ pub fn mount(
     // reader thread lets go of the repository: gc elsewhere waits for it.
     let mut repo = repo;
     let _store_lease = repo.store_lease.take();
+    let repo = with_disk_cache(repo, req.disk_cache)?;
     // Block the stop signals before any thread starts (threads inherit the
     // mask); one thread waits for them and unmounts.
     // SAFETY: plain signal-mask calls on a zeroed, initialized sigset.

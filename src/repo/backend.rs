@@ -31,6 +31,12 @@ pub trait Backend: Send + Sync {
     fn parallel_reads(&self) -> usize {
         1
     }
+    /// Bytes read from `offset..offset + len` failed their check: drop any
+    /// copy kept of them. True if there was one, so that reading again may
+    /// give other bytes (see `disk_cache`).
+    fn forget(&self, _name: &PackName, _offset: u64, _len: usize) -> bool {
+        false
+    }
 }
 
 /// Packs as files `packs/<first two hex digits>/<hex>.pack`.

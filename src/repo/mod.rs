@@ -17,6 +17,7 @@ pub(crate) mod bucket;
 pub(crate) mod catalog;
 pub(crate) mod coalesce;
 mod config;
+pub(crate) mod disk_cache;
 pub(crate) mod history;
 pub(crate) mod import;
 mod lease;

@@ -133,6 +133,20 @@ impl FrameCache {
         result
     }
 
+    /// Claim for decoding every frame of `keys` that nobody holds or
+    /// decodes: readers of a claimed frame wait for it as for one being
+    /// loaded by `get_or_load`. Claimed frames are released as they are
+    /// put, and the rest when the claim is dropped.
+    pub fn claim(&self, keys: impl IntoIterator<Item = FrameKey>) -> Claim<'_> {
+        let mut loading = self.loading.lock().expect("loading lock");
+        let lru = self.lru.lock().expect("frame cache lock");
+        let keys = keys
+            .into_iter()
+            .filter(|k| !lru.frames.contains(k) && loading.insert(*k))
+            .collect();
+        Claim { cache: self, keys }
+    }
+
     /// True if nobody holds or decodes this frame: worth prefetching.
     pub fn absent(&self, key: &FrameKey) -> bool {
         !self.contains(key) && !self.loading.lock().expect("loading lock").contains(key)
@@ -150,9 +164,56 @@ impl FrameCache {
         self.headers.lock().expect("header cache lock").put(key, h);
     }
 
+    pub fn forget_header(&self, key: &HeaderKey) {
+        self.headers.lock().expect("header cache lock").pop(key);
+    }
+
     #[cfg(test)]
     pub fn bytes(&self) -> usize {
         self.lru.lock().expect("frame cache lock").bytes
+    }
+}
+
+/// Frames claimed for decoding (see `FrameCache::claim`).
+pub struct Claim<'a> {
+    cache: &'a FrameCache,
+    keys: HashSet<FrameKey>,
+}
+
+impl Claim<'_> {
+    pub fn holds(&self, key: &FrameKey) -> bool {
+        self.keys.contains(key)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// A claimed frame, decoded: in the cache, and its readers woken.
+    pub fn put(&mut self, key: FrameKey, frame: Frame) {
+        if self.keys.remove(&key) {
+            self.cache.insert(key, Arc::new(frame));
+            self.cache
+                .loading
+                .lock()
+                .expect("loading lock")
+                .remove(&key);
+            self.cache.loaded.notify_all();
+        }
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if self.keys.is_empty() {
+            return;
+        }
+        let mut loading = self.cache.loading.lock().expect("loading lock");
+        for k in &self.keys {
+            loading.remove(k);
+        }
+        drop(loading);
+        self.cache.loaded.notify_all();
     }
 }
 
@@ -184,6 +245,27 @@ mod tests {
             )))
             .is_err()
         );
+    }
+
+    #[test]
+    fn claimed_frames_are_loaded_by_their_claim_alone_and_released() {
+        let c = FrameCache::new(1 << 20);
+        let id = ChunkId(Hash::of(b"c"));
+        c.get_or_load((id, 0), || Ok(Frame::heap(vec![1u8; 10])))
+            .unwrap();
+        let mut claim = c.claim((0..3).map(|i| (id, i)));
+        assert!(!claim.holds(&(id, 0)), "a cached frame is not claimed");
+        assert!(claim.holds(&(id, 1)) && claim.holds(&(id, 2)));
+        assert!(!c.absent(&(id, 1)) && !c.absent(&(id, 2)));
+        assert!(c.claim([(id, 1)]).is_empty(), "claimed once only");
+        claim.put((id, 1), Frame::heap(vec![2u8; 10]));
+        assert_eq!(c.get(&(id, 1)).unwrap()[0], 2);
+        drop(claim);
+        assert!(c.absent(&(id, 2)), "an unput claim is released on drop");
+        let v = c
+            .get_or_load((id, 2), || Ok(Frame::heap(vec![3u8; 10])))
+            .unwrap();
+        assert_eq!(v[0], 3);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use super::files::{CachedName, HELD_FRESH, OpenFile};
 use super::frame::Frame;
 use super::{Attr, InvalidateSlot, Shared, SnapshotFs, inode};
 use crate::error::{Error, Result};
-use crate::format::blob::{FRAME, Header, header_len_of};
+use crate::format::blob::FRAME;
 use crate::format::tree::ContentRef;
 use crate::format::tree::{ChunkList, Kind};
 use crate::ids::{SnapshotId, TreeId};
@@ -72,7 +72,7 @@ pub(super) enum Job {
 /// A pack the catalog points to that is not there is damage (EIO to a
 /// reader), not a name that does not exist (ENOENT would tell `cp` the file
 /// vanished, and tools treat that as harmless).
-fn missing_pack_is_damage(e: Error, loc: &ChunkLoc) -> Error {
+pub(super) fn missing_pack_is_damage(e: Error, loc: &ChunkLoc) -> Error {
     match e {
         Error::Io { path, source } if source.kind() == std::io::ErrorKind::NotFound => {
             Error::corrupt(format!(
@@ -247,7 +247,12 @@ impl Shared {
                 if reached != u64::MAX && reached >= f.frame_end(ci, fi) {
                     return;
                 }
-                let _ = self.frame(&f, ci, fi);
+                match self.merge {
+                    Some(span) => self.frame_run(&f, ci, fi, span),
+                    None => {
+                        let _ = self.frame(&f, ci, fi);
+                    }
+                }
             }
             Job::Siblings {
                 snap,
@@ -284,34 +289,17 @@ impl Shared {
     }
 
     /// Decoded frame `fi` of chunk `ci` of an open file, verified.
-    fn frame(&self, f: &OpenFile, ci: usize, fi: u32) -> Result<Arc<Frame>> {
+    pub(super) fn frame(&self, f: &OpenFile, ci: usize, fi: u32) -> Result<Arc<Frame>> {
         let c = f.chunks.get(ci);
         let key = (c.id, fi);
-        self.frames.get_or_load(key, || {
+        let loc = &f.locs[ci];
+        let load = || {
             let raw_len = c.len as usize;
             let frame_len = (raw_len - fi as usize * FRAME).min(FRAME);
-            let loc = &f.locs[ci];
             if self.repo.keying.is_zero_chunk(&c.id, c.len, loc.stored_len) {
                 return Ok(Frame::heap(vec![0u8; frame_len]));
             }
-            let header_key = (c.id, loc.pack, loc.offset, c.len);
-            let header = match self.frames.header(&header_key) {
-                Some(h) => h,
-                None => {
-                    let bytes = self
-                        .repo
-                        .backend
-                        .read_at(
-                            &loc.pack,
-                            loc.offset,
-                            header_len_of(self.repo.keying.is_sealed(), raw_len),
-                        )
-                        .map_err(|e| missing_pack_is_damage(e, loc))?;
-                    let h = Arc::new(Header::parse(&self.repo.keying, &bytes, &c.id, raw_len)?);
-                    self.frames.put_header(header_key, h.clone());
-                    h
-                }
-            };
+            let header = self.header(f, ci)?;
             let (start, len) = header.frame_range(fi as usize);
             if start + len > loc.stored_len as usize {
                 return Err(Error::corrupt(format!(
@@ -319,22 +307,36 @@ impl Shared {
                     c.id
                 )));
             }
-            let stored = self
-                .repo
-                .backend
-                .read_at(&loc.pack, loc.offset + start as u64, len)
-                .map_err(|e| missing_pack_is_damage(e, loc))?;
-            if frame_len == FRAME
-                && let Some(mut slot) = self.frames.slot()
-            {
-                let n = header.decode_frame_to(fi as usize, &stored, &c.id, slot.bytes_mut())?;
-                return Ok(Frame::slot(slot, n));
+            self.read_checked(loc, loc.offset + start as u64, len, |stored| {
+                if frame_len == FRAME
+                    && let Some(mut slot) = self.frames.slot()
+                {
+                    let n = header.decode_frame_to(fi as usize, stored, &c.id, slot.bytes_mut())?;
+                    return Ok(Frame::slot(slot, n));
+                }
+                Ok(Frame::heap(header.decode_frame(
+                    fi as usize,
+                    stored,
+                    &c.id,
+                )?))
+            })
+        };
+        self.frames.get_or_load(key, || match load() {
+            // A header from a cached copy that passed its own check but
+            // misplaces the frames: drop both and read from the store.
+            Err(Error::Corrupt(why)) => {
+                if !self
+                    .repo
+                    .backend
+                    .forget(&loc.pack, loc.offset, loc.stored_len as usize)
+                {
+                    return Err(Error::Corrupt(why));
+                }
+                self.frames
+                    .forget_header(&(c.id, loc.pack, loc.offset, c.len));
+                load()
             }
-            Ok(Frame::heap(header.decode_frame(
-                fi as usize,
-                &stored,
-                &c.id,
-            )?))
+            r => r,
         })
     }
 }
@@ -543,7 +545,14 @@ impl SnapshotFs {
             {
                 return;
             }
-            pos = f.frame_end(ci, fi);
+            pos = match self.shared.merge {
+                // The job reads on to the end of its run.
+                Some(span) if !self.shared.zero_chunk(f, ci) => {
+                    let last = f.run_end(ci, span, |k| self.shared.zero_chunk(f, k));
+                    f.starts[last] + u64::from(f.chunks.get(last).len)
+                }
+                _ => f.frame_end(ci, fi),
+            };
         }
     }
 

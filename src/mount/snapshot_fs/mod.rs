@@ -15,6 +15,7 @@ mod files;
 mod frame;
 mod history_view;
 pub(crate) mod inode;
+mod runs;
 
 use data::Job;
 use files::{Files, Invalidate};
@@ -34,6 +35,7 @@ use crate::format::tree::{FileTime, Kind, Meta, decode_xattrs};
 use crate::ids::{SnapshotId, TreeId};
 use crate::repo::Repository;
 use crate::repo::catalog::{Catalog, Node};
+use crate::repo::coalesce::Span;
 use cache::FrameCache;
 
 /// What the kernel needs to know of a node.
@@ -140,6 +142,9 @@ struct Shared {
     trim: Sender<()>,
     /// The catalog file the mount started with (`Repository::catalog_file`).
     catalog_file: (u64, u64),
+    /// How read-ahead merges reads of adjacent frames (see `runs`); None
+    /// for a local repository, whose reads are a `pread` each.
+    merge: Option<Span>,
 }
 
 /// Where the FUSE adapter puts the `Invalidate` for its session.
@@ -290,6 +295,7 @@ impl SnapshotFs {
         let first = Catalog::open_read(&repo.catalog_path())?;
         let catalog_file = repo.catalog_file()?;
         let (trim, trim_wanted) = bounded::<()>(1);
+        let merge = Span::of(&repo);
         let shared = Arc::new(Shared {
             repo,
             pool: Mutex::new(vec![first]),
@@ -299,6 +305,7 @@ impl SnapshotFs {
             invalidate: OnceLock::new(),
             trim,
             catalog_file,
+            merge,
         });
         let lease = shared.repo.reader_lease("mount")?;
         let leased = shared.clone();
@@ -380,7 +387,14 @@ impl SnapshotFs {
                 NonZeroUsize::new(DIR_CACHE).expect("non-zero"),
             )),
             prefetch,
-            readahead: opts.readahead,
+            // Merged reads are a run each: far enough ahead that every
+            // read-ahead thread has one.
+            readahead: match merge {
+                Some(span) => opts
+                    .readahead
+                    .max(span.max_len * prefetch_threads as u64 / 2),
+                None => opts.readahead,
+            },
             started_ns: crate::time::now_ns(),
             lease: Some((stop_lease, lease_thread)),
         })
