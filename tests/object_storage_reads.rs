@@ -201,3 +201,21 @@ fn mount_disk_cache_tampered_block_is_fetched_again_from_the_bucket() {
     );
     assert!(!stderr.contains("ERROR"), "reported as damage:\n{stderr}");
 }
+
+#[test]
+fn mount_disk_cache_is_refused_for_a_local_repository() {
+    let repo = Repo::new();
+    let dir = tempdir();
+    let out = output_of(
+        repo.cmd()
+            .args(["mount", "--disk-cache-size", "1G"])
+            .arg(dir.path()),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe("mount", &out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--disk-cache-size is for a repository in a bucket"),
+        "{}",
+        describe("mount --disk-cache-size of a local repository", &out)
+    );
+}

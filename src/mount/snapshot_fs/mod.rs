@@ -387,8 +387,9 @@ impl SnapshotFs {
                 NonZeroUsize::new(DIR_CACHE).expect("non-zero"),
             )),
             prefetch,
-            // Merged reads are a run each: far enough ahead that every
-            // read-ahead thread has one.
+            // A job reads a whole run: far enough ahead for half the
+            // read-ahead threads to hold a full-size run each (many runs
+            // are shorter, ending with a pack or a chunk stored elsewhere).
             readahead: match merge {
                 Some(span) => opts
                     .readahead
