@@ -139,9 +139,17 @@ pub fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcStats> {
         let marked: Vec<_> = match &repo.remote {
             Some(store) if !opts.dry_run => {
                 let times = crate::repo::store_lease::Times::from_env()?;
+                // A mark already there keeps its (earlier) time: marking
+                // again must not put off its deletion at every gc.
+                let already: std::collections::HashSet<_> =
+                    crate::repo::store_lease::marks(store.as_ref())?
+                        .into_iter()
+                        .filter(|m| m.1.is_some())
+                        .map(|m| m.0)
+                        .collect();
                 let mut marked = Vec::new();
                 for (i, p) in usage.iter().enumerate() {
-                    if p.live_chunks == 0 || rewrite(i) {
+                    if (p.live_chunks == 0 || rewrite(i)) && !already.contains(&p.name) {
                         crate::repo::store_lease::mark(store.as_ref(), &times, &p.name)?;
                         marked.push(p.name);
                     }
@@ -423,11 +431,13 @@ fn delete_marked(repo: &Repository, cat: &crate::repo::catalog::Catalog) -> Resu
         return Ok((0, waiting_all));
     }
     let grace = i64::try_from(times.grace.as_nanos()).unwrap_or(i64::MAX);
+    let seen = store_lease::first_seen(&repo.root, &marks, now)?;
     let ready: Vec<_> = marks
         .iter()
         .filter_map(|(name, t)| {
             let t = (*t)?;
-            (now >= t.saturating_add(grace)
+            let since = seen.get(name).copied().unwrap_or(now).max(t);
+            (now >= since.saturating_add(grace)
                 && !readers.iter().any(|r| store_lease::blocks(r, t, &times)))
             .then_some(*name)
         })
@@ -443,16 +453,20 @@ fn delete_marked(repo: &Repository, cat: &crate::repo::catalog::Catalog) -> Resu
     let tx = cat.transaction()?;
     let live: std::collections::HashSet<_> = cat.packs()?.into_iter().map(|p| p.1).collect();
     let mut readded = Vec::new();
+    let mut revive = Vec::new();
     let mut gone = Vec::new();
     for name in &ready {
         if live.contains(name) {
             readded.push(*name);
             continue;
         }
-        match repo.read_pack_table(name) {
-            Ok((size, entries)) => {
+        match repo.backend.size(name) {
+            Ok(_) => {
+                // Indexed again with the new packs below, and any snapshot
+                // or forget record in it imported: a pack marked by
+                // mistake or by a hostile client may hold one.
                 cat.forget_doomed(name)?;
-                cat.add_pack(name, size, &entries)?;
+                revive.push(*name);
                 readded.push(*name);
             }
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
@@ -466,8 +480,12 @@ fn delete_marked(repo: &Repository, cat: &crate::repo::catalog::Catalog) -> Resu
     }
     use crate::repo::bucket::{Behind, behind, index_new};
     let caught_up = match behind(repo)? {
-        Behind::No => true,
-        Behind::New { new, .. } => index_new(repo, cat, &new, &[])?,
+        Behind::No => revive.is_empty() || index_new(repo, cat, &revive, &[])?,
+        Behind::New { mut new, .. } => {
+            new.retain(|p| !revive.contains(p));
+            new.extend(&revive);
+            index_new(repo, cat, &new, &[])?
+        }
         Behind::Gone => false,
     };
     if !caught_up {
@@ -512,6 +530,11 @@ fn delete_marked(repo: &Repository, cat: &crate::repo::catalog::Catalog) -> Resu
             continue;
         }
         match repo.backend.size(name) {
+            // The window is checked again right before the delete itself.
+            Ok(_) if listed.elapsed() > times.delete_window() => {
+                left += 1;
+                continue;
+            }
             Ok(size) => {
                 repo.backend.delete(name)?;
                 freed += size;

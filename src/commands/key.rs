@@ -49,7 +49,7 @@ pub fn add(root: &Path, new_file: Option<&Path>) -> Result<String> {
     let (repo, master, _) = Repository::open_with_master(root)?;
     let _lock = repo.lock("key add")?;
     let id = new_slot(&repo, &master, new_file)?;
-    repo.push_keys(&[])?;
+    repo.push_keys(std::slice::from_ref(&id), &[])?;
     Ok(id.to_string())
 }
 
@@ -61,7 +61,7 @@ pub fn remove(root: &Path, id: &str) -> Result<()> {
     let (repo, _, _) = Repository::open_with_master(root)?;
     let _lock = repo.lock("key remove")?;
     remove_slot(&repo.root, &id)?;
-    repo.push_keys(&[id])
+    repo.push_keys(&[], &[id])
 }
 
 /// Replace the passphrase of the slot that opened the repository: a new
@@ -70,9 +70,9 @@ pub fn passwd(root: &Path, new_file: Option<&Path>) -> Result<String> {
     let (repo, master, old) = Repository::open_with_master(root)?;
     let _lock = repo.lock("key passwd")?;
     let id = new_slot(&repo, &master, new_file)?;
-    repo.push_keys(&[])?;
+    repo.push_keys(std::slice::from_ref(&id), &[])?;
     remove_slot(&repo.root, &old)?;
-    repo.push_keys(&[old])?;
+    repo.push_keys(&[], &[old])?;
     Ok(id.to_string())
 }
 
@@ -163,7 +163,7 @@ pub fn import(root: &Path, input: Option<&Path>, new_file: Option<&Path>) -> Res
     let _lock = repo.lock("key import")?;
     prove_key(&repo)?;
     let id = new_slot(&repo, &master, new_file)?;
-    repo.push_keys(&[])?;
+    repo.push_keys(std::slice::from_ref(&id), &[])?;
     Ok(id.to_string())
 }
 

@@ -172,18 +172,24 @@ fn pin(fresh: &super::config::Config, root: &Path, shown: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Send the local key slots up, then remove from the store the slots
-/// this command removed (`removed`, file names). Only those: a slot
-/// another host added since this one brought the slots down is not this
-/// host's to remove. Refused, before anything is removed, where the store
-/// would be left with no other slot.
-pub(crate) fn push_keys(store: &dyn ObjectStore, root: &Path, removed: &[String]) -> Result<()> {
+/// Send up the key slots this command made (`added`, file names; None:
+/// every local slot, at init), then remove from the store the slots it
+/// removed (`removed`). Only those: a slot another host added since this
+/// one brought the slots down is not this host's to remove, and one it
+/// removed meanwhile is not this host's to bring back. Refused, before
+/// anything is removed, where the store would be left with no other slot.
+pub(crate) fn push_keys(
+    store: &dyn ObjectStore,
+    root: &Path,
+    added: Option<&[String]>,
+    removed: &[String],
+) -> Result<()> {
     let keys = root.join("keys");
     if keys.is_dir() {
         for e in std::fs::read_dir(&keys).at(&keys)? {
             let e = e.at(&keys)?;
             let n = e.file_name().to_string_lossy().into_owned();
-            if !slot_name(&n) {
+            if !slot_name(&n) || added.is_some_and(|a| !a.contains(&n)) {
                 continue;
             }
             let bytes = std::fs::read(e.path()).at(e.path())?;
@@ -205,10 +211,28 @@ pub(crate) fn push_keys(store: &dyn ObjectStore, root: &Path, removed: &[String]
             store.shown("keys/")
         )));
     }
-    for f in removed {
-        if slot_name(f) {
-            store.delete(&format!("keys/{f}"))?;
+    let mut taken = Vec::new();
+    for f in removed.iter().filter(|f| slot_name(f)) {
+        let name = format!("keys/{f}");
+        if let Some(bytes) = store.get(&name, MAX_SMALL_OBJECT)? {
+            taken.push((name.clone(), bytes));
         }
+        store.delete(&name)?;
+    }
+    // Two hosts removing two different slots at once could each have seen
+    // the other's: if none is left, the removed ones go back.
+    let left = store
+        .list("keys")?
+        .into_iter()
+        .any(|(name, _)| name.strip_prefix("keys/").is_some_and(slot_name));
+    if !left {
+        for (name, bytes) in &taken {
+            store.put(name, bytes)?;
+        }
+        return Err(Error::invalid(format!(
+            "{} was left with no key slot (another host removed the others meanwhile); the removed slot is back there",
+            store.shown("keys/")
+        )));
     }
     Ok(())
 }
@@ -249,7 +273,7 @@ fn slot_name(n: &str) -> bool {
 }
 
 /// Write `name` in `dir` whole or not at all (0600).
-fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
     let dest = dir.join(name);
     let _ = std::fs::remove_file(&tmp);
@@ -295,11 +319,12 @@ pub(crate) fn behind(repo: &super::Repository) -> Result<Behind> {
         return Ok(Behind::Gone);
     }
     let marked = repo.marked_packs()?;
-    let new: Vec<_> = stored
-        .difference(&known)
-        .filter(|p| !marked.contains(p))
-        .copied()
-        .collect();
+    // Marked packs the catalog does not know are new too: a mark says
+    // where chunks are not to be found, never which snapshots exist (a
+    // planted mark must not hide a backup). They come last, so a chunk is
+    // located in one only where no other pack holds it.
+    let mut new: Vec<_> = stored.difference(&known).copied().collect();
+    new.sort_by_key(|p| marked.contains(p));
     let marked: Vec<_> = live.intersection(&marked).copied().collect();
     Ok(if new.is_empty() && marked.is_empty() {
         Behind::No
@@ -349,10 +374,16 @@ pub(crate) fn index_new(
         .collect();
     let from: Vec<_> = marked_ids.iter().map(|p| p.0).collect();
     let mut records = Vec::new();
+    // A marked pack may hold the record of a snapshot this catalog saw
+    // forgotten (gc moved the rest away): such a record stays forgotten.
+    // The forget records this catalog keeps are read when first needed.
+    let marked_now = repo.marked_packs()?;
+    let mut forgotten: Option<HashSet<crate::ids::Hash>> = None;
     for name in new {
         let Ok((size, entries)) = repo.read_pack_table(name) else {
             return Ok(false);
         };
+        let suspect = marked_now.contains(name);
         let id = cat.add_pack(name, size, &entries)?;
         cat.move_out_of(&from, id, &entries)?;
         for e in entries.iter().filter(|e| e.kind == ChunkKind::Snapshot) {
@@ -360,7 +391,11 @@ pub(crate) fn index_new(
                 .chunk_loc(&e.id)?
                 .ok_or_else(|| Error::corrupt(format!("chunk {} vanished", e.id)))?;
             match decode_record(&repo.read_chunk(&e.id, &loc)?, e.id.0)? {
+                Record::Snapshot { .. }
+                    if suspect && forgotten_here(repo, cat, &mut forgotten)?.contains(&e.id.0) => {}
                 Record::Snapshot { row, .. } => records.push((row.started_ns, e.id)),
+                // Already applied here: nothing to do.
+                Record::Forget(_) if cat.is_tombstone(&e.id)? => {}
                 Record::Forget(_) => return Ok(false),
             }
         }
@@ -406,6 +441,29 @@ pub(crate) fn index_new(
         );
     }
     Ok(true)
+}
+
+/// The snapshots the forget records this catalog keeps (its tombstones)
+/// name, read once.
+fn forgotten_here<'a>(
+    repo: &super::Repository,
+    cat: &super::catalog::Catalog,
+    known: &'a mut Option<HashSet<crate::ids::Hash>>,
+) -> Result<&'a HashSet<crate::ids::Hash>> {
+    use crate::format::record::{Record, decode_record};
+    if known.is_none() {
+        let mut set = HashSet::new();
+        for f in cat.tombstones()? {
+            let Some(loc) = cat.chunk_loc(&f)? else {
+                continue;
+            };
+            if let Ok(Record::Forget(hs)) = decode_record(&repo.read_chunk(&f, &loc)?, f.0) {
+                set.extend(hs);
+            }
+        }
+        *known = Some(set);
+    }
+    Ok(known.as_ref().expect("just filled"))
 }
 
 /// Whether marked packs this catalog still reads from (it knows no other

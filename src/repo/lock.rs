@@ -15,6 +15,8 @@ use crate::error::{Error, IoContext, Result};
 /// Held while a command writes packs; released on drop (or process death).
 pub struct RepoLock {
     _file: File,
+    /// A lease in a store says "writing" for as long as this lives.
+    _writing: Option<super::store_lease::Writing>,
 }
 
 /// How long `lock` waits for another writer, in milliseconds (`--lock-wait`).
@@ -49,11 +51,12 @@ impl Repository {
     /// The lock file is the owner's alone (0600, never through a symlink):
     /// a user who could open it could hold the lock and stop every backup.
     pub fn lock(&self, what: &str) -> Result<RepoLock> {
+        let mut writing = None;
         if let Some(store) = &self.remote {
             // Another host's gc must know a writer is at work before it
             // writes anything (see `store_lease`).
             match &self.store_lease {
-                Some(l) => l.set_writer(what)?,
+                Some(l) => writing = Some(l.writing(what)?),
                 None => {
                     return Err(Error::invalid(format!(
                         "{what}: no lease could be written in {}, and a writer needs one",
@@ -134,6 +137,9 @@ impl Repository {
                 }
             }
         }
-        Ok(RepoLock { _file: file })
+        Ok(RepoLock {
+            _file: file,
+            _writing: writing,
+        })
     }
 }

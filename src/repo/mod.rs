@@ -229,7 +229,7 @@ impl Repository {
         };
         if let Some(c) = &place.remote {
             // Keys first: a bucket never shows a repository without them.
-            bucket::push_keys(c.as_ref(), root, &[])?;
+            bucket::push_keys(c.as_ref(), root, None, &[])?;
             bucket::push_config(c.as_ref(), root)?;
         }
         Repository::open_keyed(&place, config, keying)
@@ -455,13 +455,19 @@ impl Repository {
         Repository::open_keyed(&place, config, keying)
     }
 
-    /// After a key slot was added (or `removed`) locally: a repository in
+    /// After key slots were `added` or `removed` locally: a repository in
     /// a store gets the change there too.
-    pub(crate) fn push_keys(&self, removed: &[crate::crypto::SlotId]) -> Result<()> {
+    pub(crate) fn push_keys(
+        &self,
+        added: &[crate::crypto::SlotId],
+        removed: &[crate::crypto::SlotId],
+    ) -> Result<()> {
         match &self.remote {
             Some(c) => {
-                let files: Vec<String> = removed.iter().map(|id| id.file_name()).collect();
-                bucket::push_keys(c.as_ref(), &self.root, &files)
+                let names = |ids: &[crate::crypto::SlotId]| -> Vec<String> {
+                    ids.iter().map(|id| id.file_name()).collect()
+                };
+                bucket::push_keys(c.as_ref(), &self.root, Some(&names(added)), &names(removed))
             }
             None => Ok(()),
         }
@@ -630,6 +636,25 @@ impl Repository {
     /// ingest killed after a pack was stored but before its catalog commit.
     /// Their chunks are then reused instead of being written again.
     pub fn adopt_orphan_packs(&self, cat: &Catalog) -> Result<usize> {
+        if self.remote.is_some() {
+            // In a store, a pack this catalog does not know may hold another
+            // host's snapshot: it is caught up with (records imported), never
+            // merely indexed, or gc would take that snapshot's data for dead.
+            return match bucket::behind(self)? {
+                bucket::Behind::New { new, marked } => {
+                    if bucket::index_new(self, cat, &new, &marked)? {
+                        Ok(new.len())
+                    } else {
+                        log::info!(
+                            "{}: the catalog cannot catch up with the store now; new packs are left for the next command",
+                            self.location()
+                        );
+                        Ok(0)
+                    }
+                }
+                _ => Ok(0),
+            };
+        }
         let mut known: HashSet<_> = cat.packs()?.into_iter().map(|p| p.1).collect();
         known.extend(cat.doomed_packs()?.into_iter().map(|d| d.0));
         // A pack a gc marked in a store is nobody's orphan.
@@ -650,13 +675,21 @@ impl Repository {
         Ok(adopted)
     }
 
+    /// Before a writer commits (stores a snapshot record): its lease in a
+    /// store, if any, never lapsed (`StoreLease::check_unbroken`).
+    pub(crate) fn check_lease_unbroken(&self) -> Result<()> {
+        match &self.store_lease {
+            Some(l) => l.check_unbroken(),
+            None => Ok(()),
+        }
+    }
+
     /// Packs of a repository in a store that a gc took out of use and will
     /// delete (`store_lease`); none for a local repository.
     pub(crate) fn marked_packs(&self) -> Result<HashSet<crate::ids::PackName>> {
         match &self.remote {
-            Some(store) => Ok(store_lease::marks(store.as_ref())?
+            Some(store) => Ok(store_lease::marked_names(store.as_ref())?
                 .into_iter()
-                .map(|m| m.0)
                 .collect()),
             None => Ok(HashSet::new()),
         }

@@ -57,9 +57,16 @@ impl Times {
         let secs = |name: &str, default: u64| -> Result<Duration> {
             match std::env::var(name) {
                 Err(_) => Ok(Duration::from_secs(default)),
-                Ok(s) => s.parse::<u64>().map(Duration::from_secs).map_err(|_| {
-                    Error::invalid(format!("{name}={s:?}: expected a number of seconds"))
-                }),
+                Ok(s) => s
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|&n| n <= 10 * 365 * 24 * 3600)
+                    .map(Duration::from_secs)
+                    .ok_or_else(|| {
+                        Error::invalid(format!(
+                            "{name}={s:?}: expected a number of seconds, at most ten years"
+                        ))
+                    }),
             }
         };
         let t = Times {
@@ -196,6 +203,24 @@ struct Shared {
 struct State {
     record: LeaseRecord,
     ended: bool,
+    /// `boot_ns` of the last write that went through (0: none yet).
+    written: i64,
+    /// The longest gap between two writes that went through.
+    longest_gap: i64,
+}
+
+/// Nanoseconds since boot, suspended time included (CLOCK_BOOTTIME): a
+/// lease's holder asleep for an hour has not renewed it for an hour.
+fn boot_ns() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec)
 }
 
 impl Shared {
@@ -206,7 +231,15 @@ impl Shared {
             return Ok(());
         }
         state.record.expires_ns = crate::time::now_ns().saturating_add(ns(self.times.ttl));
-        self.store.put(&self.name, state.record.render().as_bytes())
+        // Counted from before the write: it was in force from then on.
+        let at = boot_ns();
+        self.store
+            .put(&self.name, state.record.render().as_bytes())?;
+        if state.written != 0 {
+            state.longest_gap = state.longest_gap.max(at.saturating_sub(state.written));
+        }
+        state.written = at;
+        Ok(())
     }
 }
 
@@ -245,6 +278,8 @@ impl StoreLease {
                     expires_ns: 0,
                 },
                 ended: false,
+                written: 0,
+                longest_gap: 0,
             }),
         });
         shared.write(&mut shared.state.lock().expect("lease state lock"))?;
@@ -272,22 +307,77 @@ impl StoreLease {
         Ok(StoreLease { shared })
     }
 
-    /// Say that this holder writes (before it writes anything): while it
-    /// lives, gc deletes no pack, since it may deduplicate against any.
-    pub(crate) fn set_writer(&self, what: &str) -> Result<()> {
-        let mut state = self.shared.state.lock().expect("lease state lock");
-        let holder = holder_name(what);
-        if state.record.writer && state.record.holder == holder {
-            return Ok(());
+    /// Say that this holder writes (before it writes anything), until the
+    /// returned guard goes: while it writes, gc deletes no pack, since it
+    /// may deduplicate against any.
+    pub(crate) fn writing(&self, what: &str) -> Result<Writing> {
+        self.set(true, holder_name(what))?;
+        Ok(Writing {
+            shared: self.shared.clone(),
+        })
+    }
+
+    fn set(&self, writer: bool, holder: String) -> Result<()> {
+        set_role(&self.shared, writer, holder)
+    }
+
+    /// Refuse to commit a writer's work if its lease may have lapsed at
+    /// any moment (a machine suspended mid-backup, a store unreachable for
+    /// a lease's life): a gc elsewhere may then have taken it for a dead
+    /// holder's and deleted packs this writer deduplicated against.
+    pub(crate) fn check_unbroken(&self) -> Result<()> {
+        let state = self.shared.state.lock().expect("lease state lock");
+        let gap = state
+            .longest_gap
+            .max(boot_ns().saturating_sub(state.written));
+        if gap >= ns(self.shared.times.ttl) {
+            return Err(Error::invalid(format!(
+                "this command's lease in {} went {} s without renewal (longer than its {} s life: \
+                 the machine slept, or the store could not be reached); a gc elsewhere may have \
+                 deleted packs it relies on, so nothing was committed: run it again",
+                self.shared.store.shown("leases/"),
+                gap / 1_000_000_000,
+                self.shared.times.ttl.as_secs()
+            )));
         }
-        state.record.writer = true;
-        state.record.holder = holder;
-        self.shared.write(&mut state)
+        Ok(())
     }
 
     /// The lease's object name, so gc can tell its own lease apart.
     pub(crate) fn name(&self) -> &str {
         &self.shared.name
+    }
+}
+
+fn set_role(shared: &Shared, writer: bool, holder: String) -> Result<()> {
+    let mut state = shared.state.lock().expect("lease state lock");
+    if state.record.writer == writer && state.record.holder == holder {
+        return Ok(());
+    }
+    state.record.writer = writer;
+    state.record.holder = holder;
+    shared.write(&mut state)
+}
+
+/// A lease that says "writing" (see `StoreLease::writing`); back to
+/// reading when dropped.
+pub(crate) struct Writing {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        let holder = self
+            .shared
+            .state
+            .lock()
+            .expect("lease state lock")
+            .record
+            .holder
+            .clone();
+        if let Err(e) = set_role(&self.shared, false, holder) {
+            log::debug!("{}: {e}", self.shared.store.shown(&self.shared.name));
+        }
     }
 }
 
@@ -370,7 +460,7 @@ fn parse_mark(bytes: &[u8]) -> Option<i64> {
 /// `Times::mark_write_bound`: a reader that synced before the mark could be
 /// seen must hold a lease older than the mark's time plus that bound.
 pub(crate) fn mark(store: &dyn ObjectStore, times: &Times, pack: &PackName) -> Result<()> {
-    loop {
+    for _ in 0..5 {
         let t0 = std::time::Instant::now();
         store.put(
             &mark_name(pack),
@@ -380,11 +470,33 @@ pub(crate) fn mark(store: &dyn ObjectStore, times: &Times, pack: &PackName) -> R
             return Ok(());
         }
     }
+    log::warn!(
+        "{}: every write took longer than {} s; a reader that synced meanwhile could be taken for a later one",
+        store.shown(&mark_name(pack)),
+        times.mark_write_bound().as_secs()
+    );
+    Ok(())
 }
 
 /// Remove `pack`'s mark (after the pack was deleted, or kept after all).
 pub(crate) fn unmark(store: &dyn ObjectStore, pack: &PackName) -> Result<()> {
     store.delete(&mark_name(pack))
+}
+
+/// Every marked pack, by name only (one listing, no reads).
+pub(crate) fn marked_names(store: &dyn ObjectStore) -> Result<Vec<PackName>> {
+    Ok(store
+        .list("doomed")?
+        .into_iter()
+        .filter_map(|(name, _)| {
+            let pack = name
+                .strip_prefix("doomed/")?
+                .strip_suffix(".doom")?
+                .parse::<PackName>()
+                .ok()?;
+            (mark_name(&pack) == name).then_some(pack)
+        })
+        .collect())
 }
 
 /// Every marked pack, with its mark's time (None where the mark cannot be
@@ -419,6 +531,41 @@ pub(crate) fn marks(store: &dyn ObjectStore) -> Result<Vec<(PackName, Option<i64
         out.push((pack, time));
     }
     Ok(out)
+}
+
+/// When this machine first saw each of `marks` (recorded in `root`, the
+/// store's local state directory): grace is counted from the later of
+/// that and the time a mark says, so a mark written with a time long past
+/// (by a hostile client, or a host whose clock is wrong) does not make a
+/// pack deletable at once.
+pub(crate) fn first_seen(
+    root: &std::path::Path,
+    marks: &std::collections::HashMap<PackName, Option<i64>>,
+    now_ns: i64,
+) -> Result<std::collections::HashMap<PackName, i64>> {
+    let path = root.join("marks-seen");
+    let mut seen = std::collections::HashMap::new();
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        for line in text.lines() {
+            let Some((hex, t)) = line.split_once(' ') else {
+                continue;
+            };
+            if let (Ok(p), Ok(t)) = (hex.parse::<PackName>(), t.parse::<i64>())
+                && marks.contains_key(&p)
+            {
+                seen.insert(p, t);
+            }
+        }
+    }
+    for p in marks.keys() {
+        seen.entry(*p).or_insert(now_ns);
+    }
+    let mut text = String::new();
+    for (p, t) in &seen {
+        text.push_str(&format!("{} {t}\n", p.0.to_hex()));
+    }
+    super::bucket::write_atomic(root, "marks-seen", text.as_bytes())?;
+    Ok(seen)
 }
 
 /// Whether a live lease keeps a pack marked at `doomed_ns` from being

@@ -146,6 +146,7 @@ pub fn copy_reencoded(src: &Repository, dst: &Repository, which: &[String]) -> R
                 root.nodes,
                 &[s.files, s.dirs, s.size, s.read_bytes, s.warnings],
             );
+            dst.check_lease_unbroken()?;
             row.hash = w.put_chunk(ChunkKind::Snapshot, &record)?.0;
             w.checkpoint()?;
             row.added_bytes = w.stats.added_bytes - added_before;

@@ -319,6 +319,7 @@ pub fn ingest(repo: &Repository, sources: &[PathBuf], opts: &IngestOptions) -> R
                 w.stats.warnings.len() as u64,
             ],
         );
+        repo.check_lease_unbroken()?;
         row.hash = w.put_chunk(ChunkKind::Snapshot, &record)?.0;
         w.checkpoint()?;
         let s = &*w.stats;

@@ -393,6 +393,27 @@ impl Catalog {
         .during(|| "chunks_held".to_string())
     }
 
+    /// The forget records this catalog keeps.
+    pub fn tombstones(&self) -> Result<Vec<ChunkId>> {
+        (|| -> Result<Vec<ChunkId>> {
+            let mut st = self.conn.prepare("SELECT chunk FROM tombstones")?;
+            let rows = st.query_map([], |r| Ok(ChunkId(blob_hash(r.get(0)?)?)))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })()
+        .during(|| "tombstones".to_string())
+    }
+
+    /// Whether `chunk` is a forget record this catalog keeps.
+    pub fn is_tombstone(&self, chunk: &ChunkId) -> Result<bool> {
+        (|| -> Result<bool> {
+            let mut st = self
+                .conn
+                .prepare_cached("SELECT 1 FROM tombstones WHERE chunk = ?1")?;
+            Ok(st.exists([&chunk.0.0[..]])?)
+        })()
+        .during(|| "is_tombstone".to_string())
+    }
+
     pub fn add_tombstone(&self, chunk: &ChunkId) -> Result<()> {
         (|| -> Result<()> {
             self.conn.execute(
