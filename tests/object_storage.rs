@@ -4,6 +4,7 @@
 //! and a node that dies is passed over.
 
 use std::fs;
+use std::os::unix::io::AsRawFd;
 use std::time::{Duration, Instant};
 
 use crate::util::*;
@@ -480,8 +481,10 @@ fn gc_in_a_bucket_keeps_a_marked_pack_a_later_backup_uses() {
     assert!(added < 64 << 10, "stored {added} bytes again");
     std::thread::sleep(PAST_GRACE);
     let kept = gc(&repo, &[]);
-    assert_eq!(
-        kept["bytes_freed"], 0,
+    // The forgotten snapshot's own metadata may go; the file's data,
+    // which the later backup uses, stays.
+    assert!(
+        kept["bytes_freed"].as_u64() < Some(64 << 10),
         "a pack a snapshot uses was deleted: {kept}"
     );
     assert_eq!(kept["packs_waiting"], 0, "{kept}");
@@ -532,4 +535,203 @@ fn key_slot_added_elsewhere_survives_a_concurrent_passwd() {
     run_ok(third.cmd().arg("snapshots"));
     write_file(&third_secret.password_file, b"the replacement passphrase\n");
     run_ok(third.cmd().arg("snapshots"));
+}
+
+/// B's committed snapshot.
+#[test]
+fn another_machines_backup_committed_while_gc_waits_for_the_lock_is_never_deleted() {
+    let garage = Garage::start();
+    let work = Work::new();
+    write_random_file(&work.src.join("base"), 1, 1 << 20);
+    let a = Repo::new_in_bucket(&garage, "adopt", &[1, 2, 3]);
+    a.ingest(&["--name", "base"], &[&work.src]);
+    let b = Repo::bucket_handle(&garage, "adopt", &[2]);
+    assert_eq!(names(&b), vec!["base"]);
+
+    // Hold A's local writer lock (as a local command would).
+    let lf = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(lock_file_of(&a))
+        .unwrap();
+    assert_eq!(
+        // SAFETY: flock on a descriptor we own.
+        unsafe { libc::flock(lf.as_raw_fd(), libc::LOCK_EX) },
+        0
+    );
+    let mut a_ingest = a
+        .ingest_cmd(&["--name", "a2"], &[&work.src])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+
+    let other = Work::new();
+    write_random_file(&other.src.join("victim"), 2, 4 << 20);
+    b.ingest(&["--name", "victim"], &[&other.src]);
+    let reference = other.freeze("victim");
+    drop(lf);
+    assert!(a_ingest.wait().unwrap().success());
+
+    assert!(names(&a).contains(&"victim".to_string()), "{:?}", names(&a));
+    gc(&a, &[]);
+    std::thread::sleep(PAST_GRACE);
+    gc(&a, &[]);
+    let c = Repo::bucket_handle(&garage, "adopt", &[3]);
+    assert!(names(&c).contains(&"victim".to_string()), "{:?}", names(&c));
+    other.assert_restores_of(&b, "victim", &other.src, &reference);
+}
+
+/// gc marks them again with a fresh time, and the space never comes back.
+#[test]
+fn hosts_alternating_forget_and_gc_free_space() {
+    let garage = Garage::start();
+    let work = Work::new();
+    let a = Repo::new_in_bucket(&garage, "remark", &[1, 2, 3]);
+    write_file(&work.src.join("keep"), b"keep");
+    for i in 0..4u64 {
+        let f = work.src.join(format!("f{i}"));
+        write_random_file(&f, 100 + i, 3 << 20);
+        a.ingest(&["--name", &format!("s{i}")], &[&work.src]);
+        fs::remove_file(&f).unwrap();
+    }
+    a.ingest(&["--name", "last"], &[&work.src]);
+    let b = Repo::bucket_handle(&garage, "remark", &[2]);
+    assert_eq!(names(&b).len(), 5);
+    let mut freed_total = 0;
+    for (i, host) in [&a, &b, &a, &b].into_iter().enumerate() {
+        forget(host, &[&format!("s{i}")]);
+        let g = gc(host, &[]);
+        eprintln!("round {i}: {g}");
+        freed_total += g["bytes_freed"].as_u64().unwrap();
+        std::thread::sleep(PAST_GRACE);
+    }
+    eprintln!("freed in total: {freed_total}");
+    assert!(
+        freed_total > 0,
+        "4 forgotten 3 MiB files, gc past grace each time, nothing freed"
+    );
+}
+
+/// commits a snapshot that needs the deleted pack.
+#[test]
+fn suspended_writer_whose_lease_lapsed_commits_nothing() {
+    let garage = Garage::start();
+    let work = Work::new();
+    write_random_file(&work.src.join("x"), 7, 3 << 20);
+    let a = Repo::new_in_bucket(&garage, "suspend", &[1, 2, 3]);
+    a.ingest(&["--name", "old"], &[&work.src]);
+    let b = Repo::bucket_handle(&garage, "suspend", &[2]);
+    assert_eq!(names(&b), vec!["old"]);
+    let bwork = Work::new();
+    fs::copy(work.src.join("x"), bwork.src.join("a_x")).unwrap();
+    write_random_file(&bwork.src.join("b_y"), 8, 12 << 20);
+    let reference = bwork.freeze("later");
+    forget(&a, &["old"]);
+    let g1 = gc(&a, &[]);
+    assert_eq!(g1["bytes_freed"], 0, "{g1}");
+    let child = b
+        .ingest_cmd(&["--name", "later"], &[&bwork.src])
+        .args(["--limit-upload", "1024"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let pid = child.id() as i32;
+    // SAFETY: signals to our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    std::thread::sleep(Duration::from_secs(8));
+    let g2 = gc(&a, &[]);
+    eprintln!("gc while the writer sleeps: {g2}");
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        !out.status.success(),
+        "{}",
+        describe("the suspended ingest", &out)
+    );
+    assert!(
+        stderr_of(&out).contains("without renewal"),
+        "{}",
+        describe("ingest", &out)
+    );
+    let c = Repo::bucket_handle(&garage, "suspend", &[3]);
+    assert!(!names(&c).contains(&"later".to_string()));
+    assert_verify_read_data_ok(&c, "after the suspended writer gave up");
+    b.ingest(&["--name", "later"], &[&bwork.src]);
+    bwork.assert_restores(&c, "later", &reference);
+}
+
+/// add sends up every slot file it brought down.
+#[test]
+fn key_slot_removed_elsewhere_is_not_brought_back_by_a_concurrent_add() {
+    let garage = Garage::start();
+    let repo = Repo::new_in_bucket(&garage, "revoke", &[1, 2, 3]);
+    let secret = repo.secret.clone().expect("encrypted");
+    let leaked = secret.password_file.with_file_name("leaked");
+    write_file(&leaked, b"the leaked passphrase\n");
+    let added = output_of(
+        repo.cmd()
+            .args(["key", "add", "--new-password-file"])
+            .arg(&leaked),
+    );
+    let said = String::from_utf8_lossy(&added.stdout).to_string();
+    let leaked_id = said.trim().rsplit(' ').next().unwrap().to_string();
+    let other = Repo::bucket_handle(&garage, "revoke", &[2]);
+    let fifo = other
+        .secret
+        .clone()
+        .unwrap()
+        .password_file
+        .with_file_name("fifo");
+    let made = tool("mkfifo", &["-m".as_ref(), "600".as_ref(), fifo.as_os_str()]);
+    assert!(made.status.success());
+    let child = other
+        .cmd()
+        .args(["key", "add", "--new-password-file"])
+        .arg(&fifo)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    run_ok(repo.cmd().args(["key", "remove", &leaked_id]));
+    fs::write(&fifo, b"another passphrase\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let third = Repo::bucket_handle(&garage, "revoke", &[3]);
+    write_file(
+        &third.secret.clone().unwrap().password_file,
+        b"the leaked passphrase\n",
+    );
+    let opened = output_of(third.cmd().arg("snapshots"));
+    assert!(
+        !opened.status.success(),
+        "the revoked passphrase opens the repository again: {}",
+        describe("snapshots", &opened)
+    );
+    write_file(
+        &third.secret.clone().unwrap().password_file,
+        b"another passphrase\n",
+    );
+    run_ok(third.cmd().arg("snapshots"));
+}
+
+fn names(r: &Repo) -> Vec<String> {
+    r.snapshots()
+        .iter()
+        .map(|s| json_str(s, "name").to_string())
+        .collect()
+}
+
+/// The writer lock file in a bucket repository's local state directory.
+fn lock_file_of(r: &Repo) -> std::path::PathBuf {
+    let cache = r.secret.clone().expect("secret").cache_dir;
+    walk(&cache)
+        .into_iter()
+        .find(|p| p.file_name().is_some_and(|n| n == "lock"))
+        .expect("a lock file in the state directory")
 }

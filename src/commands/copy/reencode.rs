@@ -140,13 +140,16 @@ pub fn copy_reencoded(src: &Repository, dst: &Repository, which: &[String]) -> R
                 root_tree: root.id,
                 ..s.clone()
             };
+            // Everything the snapshot needs is stored first; then, before its
+            // record goes, the lease must not have lapsed meanwhile.
+            w.checkpoint()?;
+            dst.check_lease_unbroken()?;
             let record = crate::format::record::encode_record(
                 &row,
                 &root.hash,
                 root.nodes,
                 &[s.files, s.dirs, s.size, s.read_bytes, s.warnings],
             );
-            dst.check_lease_unbroken()?;
             row.hash = w.put_chunk(ChunkKind::Snapshot, &record)?.0;
             w.checkpoint()?;
             row.added_bytes = w.stats.added_bytes - added_before;

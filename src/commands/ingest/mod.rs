@@ -307,6 +307,10 @@ pub fn ingest(repo: &Repository, sources: &[PathBuf], opts: &IngestOptions) -> R
             owners: crate::commands::owners::names_of(&w.uids, &w.gids),
             ..SnapshotRow::new(name.clone(), started_ns, root.id)
         };
+        // Everything the snapshot needs is stored first; then, before its
+        // record goes, the lease must not have lapsed meanwhile.
+        w.checkpoint()?;
+        repo.check_lease_unbroken()?;
         let record = crate::format::record::encode_record(
             &row,
             &root.hash,
@@ -319,7 +323,6 @@ pub fn ingest(repo: &Repository, sources: &[PathBuf], opts: &IngestOptions) -> R
                 w.stats.warnings.len() as u64,
             ],
         );
-        repo.check_lease_unbroken()?;
         row.hash = w.put_chunk(ChunkKind::Snapshot, &record)?.0;
         w.checkpoint()?;
         let s = &*w.stats;
