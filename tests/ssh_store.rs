@@ -350,6 +350,11 @@ struct StoreSession {
 
 impl StoreSession {
     fn start(dir: &Path, extra: &[&str]) -> StoreSession {
+        StoreSession::open(dir, extra).expect("a store session opens")
+    }
+
+    /// A store session, or the server's refusal of one.
+    fn open(dir: &Path, extra: &[&str]) -> Result<StoreSession, String> {
         let mut child = snapfs()
             .arg("--repo")
             .arg(dir)
@@ -366,8 +371,8 @@ impl StoreSession {
         let mut hello = Encoder::new();
         hello.u8(0);
         hello.u64(2);
-        s.call(&hello.buf).expect("a store session opens");
-        s
+        s.call(&hello.buf)?;
+        Ok(s)
     }
 
     fn call(&mut self, payload: &[u8]) -> Result<Vec<u8>, String> {
@@ -586,6 +591,75 @@ fn append_only_serve_refuses_deleting_packs_and_keys_replacing_slots_and_doom_no
     let lease = format!("leases/{}.lease", "ab".repeat(16));
     s.put(&lease, b"lease").expect("a lease");
     s.delete(&lease).expect("a lease deleted");
+}
+
+/// Hello 2 opened a keyless store on any served directory, a plain copy
+/// target too: an append-only client planted a pack whose chunk did not
+/// match its id (the copy protocol checks chunk ids; the store only the
+/// pack's hash), and any other client deleted every indexed pack.
+#[test]
+fn store_session_on_a_plain_copy_target_is_refused() {
+    let repo = Repo::new();
+    let work = Work::new();
+    write_random_file(&work.src.join("data"), 9, 100 << 10);
+    repo.ingest(&[], &[&work.src]);
+    let packs = far_packs(&repo.path);
+    assert!(!packs.is_empty());
+    for extra in [&["--append-only"][..], &[][..]] {
+        let err = match StoreSession::open(&repo.path, extra) {
+            Ok(mut s) => {
+                let name = name_in(&repo.path, &packs[0]);
+                let _ = s.delete(&name);
+                panic!("a store session opened on a plain repository ({extra:?})");
+            }
+            Err(e) => e,
+        };
+        assert!(
+            err.contains("copy sessions") && err.contains("catalog"),
+            "{err}"
+        );
+    }
+    assert_eq!(far_packs(&repo.path), packs);
+    assert_verify_read_data_ok(&repo, "after refused store sessions");
+}
+
+/// The other way: a copy session (hello 1) on a directory kept as a store
+/// (a config, no catalog) would have made the far side index, and hold a
+/// catalog of, a repository whose catalog lives with its clients.
+#[test]
+fn copy_session_on_a_store_repository_is_refused() {
+    let (repo, packs, _) = served_repository();
+    let store_made = tempdir();
+    let plain_store = canonical(store_made.path()).join("far");
+    mkdir(&plain_store);
+    write_file(&plain_store.join("config"), b"format = 2\n");
+    for dir in [&repo.path, &plain_store] {
+        for extra in [&["--append-only"][..], &[][..]] {
+            let mut child = snapfs()
+                .arg("--repo")
+                .arg(dir)
+                .arg("serve")
+                .args(extra)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn serve");
+            let mut s = StoreSession {
+                to: child.stdin.take(),
+                from: child.stdout.take().expect("stdout"),
+                child,
+            };
+            let mut hello = Encoder::new();
+            hello.u8(0);
+            hello.u64(1);
+            let err = s.call(&hello.buf).expect_err("a copy session opened");
+            assert!(err.contains("store sessions"), "{err}");
+        }
+    }
+    assert!(!plain_store.join("catalog.db").exists());
+    assert!(!plain_store.join("packs").exists());
+    assert_eq!(far_packs(&repo.path), packs);
 }
 
 #[test]

@@ -8,7 +8,9 @@
 //! (`--repo ssh://…`, an encrypted copy): hello version 2 opens a store
 //! session instead, in which only the store requests of
 //! [`crate::repo::ssh::wire`] are understood, answered by a keyless
-//! [`DirStore`].
+//! [`DirStore`]. A directory takes one kind of session only: a plain
+//! repository indexed here (with its `catalog.db`) copy sessions, a
+//! repository kept as a store (a `config` and no catalog) store sessions.
 //!
 //! ```text
 //! frame    length u32 LE | payload
@@ -367,6 +369,47 @@ impl Session {
     }
 }
 
+/// What a served directory is, and so which session it takes.
+#[derive(Debug, PartialEq, Eq)]
+enum DirKind {
+    /// A plain repository this machine indexes (`catalog.db` beside its
+    /// objects): copy sessions only. A store session would let a client
+    /// plant packs the catalog never checked, or delete indexed ones.
+    Local,
+    /// A `config` and no catalog: an encrypted repository, or one made
+    /// through `--repo ssh://`, whose catalog lives with its clients.
+    /// Store sessions only.
+    Store,
+    /// Neither (missing or not yet a repository): either session may
+    /// make it.
+    New,
+}
+
+fn kind_of(root: &Path) -> Result<DirKind> {
+    let present = |name: &str| {
+        let p = root.join(name);
+        match std::fs::symlink_metadata(&p) {
+            Ok(_) => Ok(true),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(Error::Io { path: p, source: e }),
+        }
+    };
+    Ok(if present("catalog.db")? {
+        DirKind::Local
+    } else if present("config")? {
+        DirKind::Store
+    } else {
+        DirKind::New
+    })
+}
+
 /// `snapfs serve`: the far end of a copy, or of a repository reached over
 /// ssh, on stdin/stdout.
 pub fn serve(repo_path: &Path, opts: ServeOptions) -> Result<()> {
@@ -408,6 +451,18 @@ fn answer(
             let mut e = Encoder::new();
             match version {
                 PROTOCOL => {
+                    if kind_of(repo_path)? == DirKind::Store {
+                        return Err(Error::invalid(format!(
+                            "{} is a repository kept as an object store (a config and no catalog: \
+                             encrypted, or made through `--repo ssh://`); it takes store sessions \
+                             (`--repo ssh://…`, or a copy sealed through one), not a copy session \
+                             into a repository indexed here. (If it is a plain repository of this \
+                             machine whose catalog.db was lost, run `snapfs --repo {} rebuild-catalog` \
+                             here first.)",
+                            repo_path.display(),
+                            repo_path.display()
+                        )));
+                    }
                     let t = LocalTarget::open(
                         repo_path,
                         Config::default(),
@@ -419,6 +474,14 @@ fn answer(
                     *session = Session::Copy(Box::new(t));
                 }
                 STORE_PROTOCOL => {
+                    if kind_of(repo_path)? == DirKind::Local {
+                        return Err(Error::invalid(format!(
+                            "{} is a plain repository indexed on this machine (it has a catalog); \
+                             it takes copy sessions (`snapfs copy --to ssh://…`), whose packs are \
+                             checked chunk by chunk, not a store session (`--repo ssh://…`)",
+                            repo_path.display()
+                        )));
+                    }
                     let s = DirStore::open(repo_path, opts.append_only, super::pack_limit)?;
                     e.u64(s.pack_limit());
                     *session = Session::Store(s);
