@@ -543,6 +543,34 @@ fn keyless_serve_refuses_oversize_objects_and_a_second_config() {
     panic!("70 key slots accepted");
 }
 
+/// Sixteen append-only sessions adding slots in lockstep each counted 63
+/// and all added one: 65 slots, and then every client refused to open the
+/// repository ("holds 65 key slots, more than the 64").
+#[test]
+fn concurrent_slot_puts_never_pass_the_slot_limit() {
+    let (repo, _, _) = served_repository();
+    let sessions = 16;
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(sessions));
+    let threads: Vec<_> = (0..sessions)
+        .map(|k| {
+            let dir = repo.path.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let mut s = StoreSession::start(&dir, &["--append-only"]);
+                for i in 0..8u32 {
+                    barrier.wait();
+                    let _ = s.put(&format!("keys/{k:02x}{i:014x}.key"), b"slot");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("a session thread");
+    }
+    let n = fs::read_dir(repo.path.join("keys")).expect("keys").count();
+    assert_eq!(n, 64, "{n} key slots");
+}
+
 #[test]
 fn keyless_serve_never_follows_a_symlink_inside_the_repository() {
     let (repo, _, _) = served_repository();

@@ -6,7 +6,7 @@
 //! and has a pack's header and footer; `config` is created once and parses;
 //! sizes are bounded (key slots and `config` 64 KiB, leases and doom
 //! notices 4 KiB, packs the limit announced at hello); at most 64 key
-//! slots. Files are reached from the directory by `openat` without
+//! slots, counted and added under an exclusive `flock` on `keys/`. Files are reached from the directory by `openat` without
 //! following a symlink, written whole (temporary file, fsync, rename,
 //! fsync of the directory) and private (0600, directories 0700).
 //! Whether a pack's blobs are sound, and whose they are, only a key holder
@@ -18,7 +18,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
+use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
 use super::wire::{
@@ -351,7 +351,6 @@ impl DirStore {
                 format!("{} bytes; at most {limit} are accepted for it", bytes.len()),
             ));
         }
-        let mut no_replace = false;
         match kind {
             ObjectKind::Pack(n) => {
                 let actual = Hash::of(bytes);
@@ -388,6 +387,15 @@ impl DirStore {
                     }
                     Some(_) => {}
                     None => {
+                        // Count and add under one lock on `keys/`: sessions
+                        // adding slots at once would each count 63 and all
+                        // add one. (flock: released when `keys` is closed,
+                        // also if this process dies.)
+                        let (keys, _) = self
+                            .parent(name, true)?
+                            .expect("parent() creates what is missing");
+                        rustix::fs::flock(&keys, FlockOperation::LockExclusive)
+                            .map_err(|e| self.io("keys", e))?;
                         let slots = self.list("keys", "")?.entries.len();
                         if slots >= MAX_SLOTS {
                             return Err(self.err(
@@ -395,7 +403,9 @@ impl DirStore {
                                 format!("the repository holds {slots} key slots already, the most it may have"),
                             ));
                         }
-                        no_replace = self.append_only;
+                        let written = self.write(name, bytes, self.append_only);
+                        drop(keys);
+                        return written;
                     }
                 }
             }
@@ -409,7 +419,7 @@ impl DirStore {
                 }
             }
         }
-        self.write(name, bytes, no_replace)
+        self.write(name, bytes, false)
     }
 
     /// A pack's header and footer, as far as they can be read without a
