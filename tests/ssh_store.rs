@@ -690,6 +690,66 @@ fn copy_session_on_a_store_repository_is_refused() {
     assert_eq!(far_packs(&repo.path), packs);
 }
 
+/// An append-only store session created the repository it was pointed
+/// at, with a `config` of the client's choosing: `pack_size =
+/// 4294967296` made every later session accept 4 GiB frames.
+#[test]
+fn append_only_store_session_creates_no_repository_or_config() {
+    let base = tempdir();
+    let missing = canonical(base.path()).join("missing");
+    let empty = canonical(base.path()).join("empty");
+    mkdir(&empty);
+    let config = b"format = 2\npack_size = 4294967296\n";
+    for dir in [&missing, &empty] {
+        let mut s = StoreSession::start(dir, &["--append-only"]);
+        let err = s.put("config", config).expect_err("a config made");
+        assert!(err.contains("append-only"), "{err}");
+        s.put("keys/00000000000000aa.key", b"slot")
+            .expect_err("a slot put where no repository is");
+        let lease = format!("leases/{}.lease", "ab".repeat(16));
+        s.put(&lease, b"lease")
+            .expect_err("a lease put where no repository is");
+    }
+    assert!(!missing.exists(), "the repository directory was made");
+    assert_eq!(fs::read_dir(&empty).expect("empty").count(), 0);
+}
+
+/// The pack limit a store session announces (and the frames it reads) is
+/// bounded whatever `config` says.
+#[test]
+fn store_pack_limit_is_bounded_whatever_the_config_says() {
+    let base = tempdir();
+    let dir = canonical(base.path()).join("far");
+    let mut s = StoreSession::start(&dir, &[]);
+    s.put("config", b"format = 2\npack_size = 4294967296\n")
+        .expect("a config of the largest pack size");
+    drop(s);
+    let mut child = snapfs()
+        .arg("--repo")
+        .arg(&dir)
+        .arg("serve")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn serve");
+    let mut s = StoreSession {
+        to: child.stdin.take(),
+        from: child.stdout.take().expect("stdout"),
+        child,
+    };
+    let mut hello = Encoder::new();
+    hello.u8(0);
+    hello.u64(2);
+    let answer = s.call(&hello.buf).expect("hello");
+    let mut d = snapfs::format::codec::Decoder::new(&answer);
+    let limit = d.u64().expect("a pack limit");
+    assert!(
+        limit <= 512 << 20,
+        "a pack limit of {limit} bytes announced"
+    );
+}
+
 #[test]
 fn keyless_serve_creates_a_new_repository_private_whatever_the_umask() {
     let base = tempdir();

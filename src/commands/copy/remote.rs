@@ -44,7 +44,7 @@ use crate::error::{Error, Result};
 use crate::format::codec::{Decoder, Encoder};
 use crate::ids::{ChunkId, Hash, PackName, TreeHash};
 use crate::repo::Config;
-use crate::repo::ssh::serve::DirStore;
+use crate::repo::ssh::serve::{DirStore, MAX_PACK_LIMIT};
 use crate::repo::ssh::wire::{
     STORE_PROTOCOL, SshUrl, decode_store_request, peer_text, read_frame, shell_quote, write_frame,
 };
@@ -362,11 +362,17 @@ impl Session {
     fn frame_limit(&self) -> usize {
         let pack = match self {
             Session::None => return MAX_REQUEST,
-            Session::Copy(t) => t.pack_limit().saturating_add(PUT_OVERHEAD),
+            Session::Copy(t) => copy_pack_limit(t).saturating_add(PUT_OVERHEAD),
             Session::Store(s) => s.pack_limit().saturating_add(STORE_PUT_OVERHEAD),
         };
         usize::try_from(pack).unwrap_or(usize::MAX).max(MAX_REQUEST)
     }
+}
+
+/// The largest pack a copy session takes: its repository's, never more
+/// than a store session's bound, whatever the repository's `config` says.
+fn copy_pack_limit(t: &LocalTarget) -> u64 {
+    t.pack_limit().min(MAX_PACK_LIMIT)
 }
 
 /// What a served directory is, and so which session it takes.
@@ -470,7 +476,7 @@ fn answer(
                             append_only: opts.append_only,
                         },
                     )?;
-                    e.u64(t.pack_limit());
+                    e.u64(copy_pack_limit(&t));
                     *session = Session::Copy(Box::new(t));
                 }
                 STORE_PROTOCOL => {

@@ -5,7 +5,9 @@
 //! repository's object names ([`check_name`]); a pack hashes to its name
 //! and has a pack's header and footer; `config` is created once and parses;
 //! sizes are bounded (key slots and `config` 64 KiB, leases and doom
-//! notices 4 KiB, packs the limit announced at hello); at most 64 key
+//! notices 4 KiB, packs the limit announced at hello, never more than
+//! [`MAX_PACK_LIMIT`]); append-only, nothing is created where no `config`
+//! is; at most 64 key
 //! slots, counted and added under an exclusive `flock` on `keys/`. Files are reached from the directory by `openat` without
 //! following a symlink, written whole (temporary file, fsync, rename,
 //! fsync of the directory) and private (0600, directories 0700).
@@ -33,6 +35,12 @@ use crate::repo::{Config, Encryption};
 /// Bytes of one row of a pack's table (docs/FORMAT.md, "Packs").
 const TABLE_ROW: u64 = 49;
 
+/// The largest pack a store session takes or range it reads, whatever
+/// `config` says: the copy limit of the default 32 MiB packs is under
+/// 200 MiB, and a `config` of `pack_size = 4294967296` (which the parser
+/// allows) must not make the server read 4 GiB frames into memory.
+pub const MAX_PACK_LIMIT: u64 = 512 << 20;
+
 /// A repository directory served as a keyless object store.
 pub struct DirStore {
     root: PathBuf,
@@ -57,12 +65,12 @@ impl DirStore {
         let mut s = DirStore {
             root: root.to_path_buf(),
             append_only,
-            pack_limit: pack_limit(&Config::default()),
+            pack_limit: pack_limit(&Config::default()).min(MAX_PACK_LIMIT),
             encryption: None,
         };
         if let Some(bytes) = s.read_whole("config", super::wire::MAX_SMALL_OBJECT)? {
             let c = parse_config(&bytes)?;
-            s.pack_limit = pack_limit(&c);
+            s.pack_limit = pack_limit(&c).min(MAX_PACK_LIMIT);
             s.encryption = Some(c.encryption);
         }
         Ok(s)
@@ -344,6 +352,15 @@ impl DirStore {
 
     fn put(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
         let kind = check_name(name)?;
+        if self.append_only && self.encryption.is_none() {
+            // No repository yet: an append-only client makes none (nor
+            // the directory, nor a config of its choosing).
+            return Err(self.err(
+                name,
+                "no repository here (no config), and an append-only server does not create one; \
+                 create it on this machine first",
+            ));
+        }
         let limit = self.limit_of(kind);
         if bytes.len() as u64 > limit {
             return Err(self.err(
