@@ -618,7 +618,36 @@ fn append_only_serve_refuses_deleting_packs_and_keys_replacing_slots_and_doom_no
     assert!(s.put(&doom, b"doomed").is_err(), "a doom notice taken");
     let lease = format!("leases/{}.lease", "ab".repeat(16));
     s.put(&lease, b"lease").expect("a lease");
-    s.delete(&lease).expect("a lease deleted");
+}
+
+/// An append-only client replaced or deleted another host's lease, which
+/// lets gc delete packs under that host's running writer.
+#[test]
+fn append_only_serve_keeps_other_holders_leases() {
+    let (repo, _, _) = served_repository();
+    let lease = format!("leases/{}.lease", "ab".repeat(16));
+    let held = |host: &str, pid: u32, expires: u64| {
+        format!(
+            "snapfs-lease 1\nhost {host}\npid {pid}\nholder backup\nwriter 1\nsince_ns 1\nexpires_ns {expires}\n"
+        )
+        .into_bytes()
+    };
+    let mut s = StoreSession::start(&repo.path, &["--append-only"]);
+    s.put(&lease, &held("web1", 42, 100)).expect("a new lease");
+    s.put(&lease, &held("web1", 42, 200))
+        .expect("its holder renewing it");
+    let err = s
+        .put(&lease, &held("web2", 42, 300))
+        .expect_err("another host's lease replaced");
+    assert!(err.contains("holder"), "{err}");
+    s.put(&lease, &held("web1", 7, 300))
+        .expect_err("another process's lease replaced");
+    let err = s.delete(&lease).expect_err("a lease deleted");
+    assert!(err.contains("append-only"), "{err}");
+    assert_eq!(
+        fs::read(repo.path.join(&lease)).expect("the lease"),
+        held("web1", 42, 200)
+    );
 }
 
 /// Hello 2 opened a keyless store on any served directory, a plain copy

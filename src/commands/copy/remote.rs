@@ -342,7 +342,8 @@ pub struct ServeOptions {
     /// Refuse anything that could destroy or replace history, whatever the
     /// client sends: in a copy session no repository is created and no
     /// file replaced (see [`ReceiveOptions`]); in a store session nothing
-    /// is deleted but leases, no key slot replaced, no doom notice taken.
+    /// is deleted (not even a lease), no key slot replaced, no lease replaced but
+    /// by its holder, no doom notice taken.
     /// For a forced command in `authorized_keys`.
     pub append_only: bool,
 }

@@ -426,6 +426,20 @@ impl DirStore {
                     }
                 }
             }
+            ObjectKind::Lease if self.append_only => {
+                // A lease may be renewed by its holder, never replaced by
+                // another: that would let gc delete under a running writer.
+                let old = self.read_whole(name, super::wire::MAX_NOTE)?;
+                if let Some(old) = old
+                    && (holder_of(&old).is_none() || holder_of(&old) != holder_of(bytes))
+                {
+                    return Err(self.err(
+                        name,
+                        "an append-only server replaces a lease only with one of the same \
+                         host and pid (its holder renewing it)",
+                    ));
+                }
+            }
             ObjectKind::Lease => {}
             ObjectKind::Doom => {
                 if self.append_only {
@@ -491,8 +505,11 @@ impl DirStore {
         if kind == ObjectKind::Config {
             return Err(self.err(name, "the config is never deleted through serve"));
         }
-        if self.append_only && kind != ObjectKind::Lease {
-            return Err(self.err(name, "an append-only server deletes nothing but leases"));
+        if self.append_only {
+            // Not even a lease: another host's, gone, would let gc delete
+            // under its running writer. An append-only client's own lease
+            // expires instead.
+            return Err(self.err(name, "an append-only server deletes nothing"));
         }
         let Some((dir, file)) = self.parent(name, false)? else {
             return Ok(());
@@ -541,6 +558,20 @@ impl DirStore {
         }
         rustix::fs::fsync(&dir).map_err(|e| self.io(name, e))
     }
+}
+
+/// A lease's `host` and `pid` lines: who holds it.
+fn holder_of(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let mut host = None;
+    let mut pid = None;
+    for line in bytes.split(|b| *b == b'\n') {
+        if line.starts_with(b"host ") && host.is_none() {
+            host = Some(line);
+        } else if line.starts_with(b"pid ") && pid.is_none() {
+            pid = Some(line);
+        }
+    }
+    Some((host?, pid?))
 }
 
 fn parse_config(bytes: &[u8]) -> Result<Config> {
