@@ -571,6 +571,51 @@ fn concurrent_slot_puts_never_pass_the_slot_limit() {
     assert_eq!(n, 64, "{n} key slots");
 }
 
+/// Temporary files of killed puts stayed for ever; and refusals named
+/// objects by the server's absolute paths.
+#[test]
+fn stale_temporary_files_are_removed_and_errors_name_no_server_path() {
+    let (repo, packs, _) = served_repository();
+    let fan = packs[0]
+        .parent()
+        .expect("a fan-out directory")
+        .to_path_buf();
+    let hours_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 3600);
+    let old = [fan.join(".tmp-killed"), repo.path.join("keys/.tmp-killed")];
+    for p in &old {
+        write_file(p, b"half a put");
+        fs::File::options()
+            .write(true)
+            .open(p)
+            .and_then(|f| f.set_modified(hours_ago))
+            .expect("age a file");
+    }
+    let fresh = fan.join(".tmp-running");
+    write_file(&fresh, b"a put under way");
+    let mut s = StoreSession::start(&repo.path, &[]);
+    let lease = format!("leases/{}.lease", "ab".repeat(16));
+    s.put(&lease, b"lease").expect("a lease");
+    for p in &old {
+        assert!(!p.exists(), "{} stayed", p.display());
+    }
+    assert!(fresh.exists(), "a put under way lost its file");
+    let name = name_in(&repo.path, &packs[0]);
+    let mut bad = fs::read(&packs[0]).expect("pack");
+    bad[40] ^= 1;
+    let err = s
+        .put(&name, &bad)
+        .expect_err("a pack not matching its name");
+    assert!(
+        err.contains(&name) && !err.contains(&*repo.path.to_string_lossy()),
+        "{err}"
+    );
+    let err = s
+        .get(&format!("leases/{}.lease", "cd".repeat(16)))
+        .map(|_| String::new())
+        .unwrap_or_else(|e| e);
+    assert!(!err.contains(&*repo.path.to_string_lossy()), "{err}");
+}
+
 #[test]
 fn keyless_serve_never_follows_a_symlink_inside_the_repository() {
     let (repo, _, _) = served_repository();

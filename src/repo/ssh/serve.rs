@@ -11,6 +11,9 @@
 //! slots, counted and added under an exclusive `flock` on `keys/`. Files are reached from the directory by `openat` without
 //! following a symlink, written whole (temporary file, fsync, rename,
 //! fsync of the directory) and private (0600, directories 0700).
+//! Temporary files a killed put left are removed, an hour on, when a
+//! session first writes. Errors name objects by their names in the
+//! repository, never by this machine's paths.
 //! Whether a pack's blobs are sound, and whose they are, only a key holder
 //! can tell.
 
@@ -49,6 +52,17 @@ pub struct DirStore {
     /// The encryption `config` names, once there is one: packs must be of
     /// its kind.
     encryption: Option<Encryption>,
+    /// Whether this session looked for temporary files of killed puts.
+    swept: bool,
+}
+
+/// A temporary file of a put older than this is a killed session's.
+const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// How an object is named to the client: by its name in the repository,
+/// never by this machine's path to it.
+fn shown(name: &str) -> PathBuf {
+    PathBuf::from(if name.is_empty() { "." } else { name })
 }
 
 fn errno_io(e: Errno) -> std::io::Error {
@@ -67,6 +81,7 @@ impl DirStore {
             append_only,
             pack_limit: pack_limit(&Config::default()).min(MAX_PACK_LIMIT),
             encryption: None,
+            swept: false,
         };
         if let Some(bytes) = s.read_whole("config", super::wire::MAX_SMALL_OBJECT)? {
             let c = parse_config(&bytes)?;
@@ -82,11 +97,7 @@ impl DirStore {
     }
 
     fn err(&self, name: &str, msg: impl Into<String>) -> Error {
-        Error::invalid(format!(
-            "{}: {}",
-            self.root.join(name).display(),
-            msg.into()
-        ))
+        Error::invalid(format!("{}: {}", shown(name).display(), msg.into()))
     }
 
     fn io(&self, name: &str, e: Errno) -> Error {
@@ -97,7 +108,7 @@ impl DirStore {
             e => errno_io(e),
         };
         Error::Io {
-            path: self.root.join(name),
+            path: shown(name),
             source,
         }
     }
@@ -113,7 +124,7 @@ impl DirStore {
                     .mode(0o700)
                     .create(&self.root)
                     .map_err(|e| Error::Io {
-                        path: self.root.clone(),
+                        path: shown(""),
                         source: e,
                     })?;
                 rustix::fs::open(&self.root, flags, Mode::empty())
@@ -190,7 +201,7 @@ impl DirStore {
         f.take(limit + 1)
             .read_to_end(&mut buf)
             .map_err(|e| Error::Io {
-                path: self.root.join(name),
+                path: shown(name),
                 source: e,
             })?;
         if buf.len() as u64 > limit {
@@ -241,7 +252,7 @@ impl DirStore {
                 e.buf = vec![0; len as usize];
                 f.read_exact_at(&mut e.buf, offset)
                     .map_err(|err| Error::Io {
-                        path: self.root.join(name),
+                        path: shown(name),
                         source: err,
                     })?;
             }
@@ -361,6 +372,10 @@ impl DirStore {
                  create it on this machine first",
             ));
         }
+        if !self.swept {
+            self.swept = true;
+            self.sweep_stale_tmp();
+        }
         let limit = self.limit_of(kind);
         if bytes.len() as u64 > limit {
             return Err(self.err(
@@ -453,6 +468,59 @@ impl DirStore {
         self.write(name, bytes, false)
     }
 
+    /// Remove the temporary files (`.tmp-*`) killed puts left, once they
+    /// are older than [`STALE_TMP`]: regular files of this user, in the
+    /// directories puts write to. Best effort: what cannot be removed
+    /// stays.
+    fn sweep_stale_tmp(&self) {
+        let Ok(Some(root)) = self.root_fd(false) else {
+            return;
+        };
+        let mut dirs: Vec<(String, OwnedFd)> = Vec::new();
+        for d in ["keys", "leases", "doomed", "packs"] {
+            let Ok(fd) = open_dir(&root, d) else {
+                continue;
+            };
+            if d == "packs" {
+                for sub in entries(&fd).unwrap_or_default() {
+                    if sub.len() == 2
+                        && let Ok(sfd) = open_dir(&fd, &sub)
+                    {
+                        dirs.push((format!("packs/{sub}"), sfd));
+                    }
+                }
+            }
+            dirs.push((d.to_string(), fd));
+        }
+        dirs.push((String::new(), root));
+        let me = rustix::process::geteuid().as_raw();
+        let Some(before) = std::time::SystemTime::now()
+            .checked_sub(STALE_TMP)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        else {
+            return;
+        };
+        for (dir, fd) in dirs {
+            for f in entries(&fd).unwrap_or_default() {
+                if !f.starts_with(".tmp-") {
+                    continue;
+                }
+                let Ok(st) = rustix::fs::statat(&fd, f.as_str(), AtFlags::SYMLINK_NOFOLLOW) else {
+                    continue;
+                };
+                if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+                    && st.st_uid == me
+                    && u64::try_from(st.st_mtime).is_ok_and(|t| t < before.as_secs())
+                {
+                    match rustix::fs::unlinkat(&fd, f.as_str(), AtFlags::empty()) {
+                        Ok(()) => log::info!("removed {dir}/{f}, left by a killed put"),
+                        Err(e) => log::debug!("removing {dir}/{f}: {e}"),
+                    }
+                }
+            }
+        }
+    }
+
     /// A pack's header and footer, as far as they can be read without a
     /// key: the magic, a known format (the repository's, once `config`
     /// says which), and a table that fits the pack's size.
@@ -537,7 +605,7 @@ impl DirStore {
         let written = f.write_all(bytes).and_then(|()| f.sync_all());
         let renamed = written
             .map_err(|e| Error::Io {
-                path: self.root.join(name),
+                path: shown(name),
                 source: e,
             })
             .and_then(|()| {
