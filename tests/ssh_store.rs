@@ -916,3 +916,32 @@ fn hostile_far_side_answers_give_a_clear_error_never_a_panic_or_hang() {
     let err = against_script(&sshd, "exit 3");
     assert!(err.contains("closed the connection"), "{err}");
 }
+
+/// The far side's stderr reached the terminal as it was: escape sequences
+/// retitled the window, cleared the screen, and bidi overrides could make
+/// its text read as something else.
+#[test]
+fn far_side_stderr_is_escaped_bounded_and_marked_remote() {
+    let sshd = Sshd::start();
+    let err = against_script(
+        &sshd,
+        "printf '\\033]0;owned\\007\\033[2Jfake: all good \\342\\200\\256evil\\n' >&2; exit 3",
+    );
+    assert!(
+        err.contains("remote: ") && err.contains("fake: all good"),
+        "{err}"
+    );
+    assert!(
+        !err.contains('\u{1b}') && !err.contains('\u{7}') && !err.contains('\u{202e}'),
+        "{err:?}"
+    );
+    // Endless stderr: bounded.
+    let err = against_script(&sshd, "yes spam >&2 & exec sleep 60");
+    assert!(err.contains("remote: spam"), "{err}");
+    assert!(
+        err.len() < 100 << 10,
+        "{} bytes of stderr shown: {}",
+        err.len(),
+        &err[err.len() - 600..]
+    );
+}

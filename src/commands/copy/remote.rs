@@ -46,7 +46,8 @@ use crate::ids::{ChunkId, Hash, PackName, TreeHash};
 use crate::repo::Config;
 use crate::repo::ssh::serve::{DirStore, MAX_PACK_LIMIT};
 use crate::repo::ssh::wire::{
-    STORE_PROTOCOL, SshUrl, decode_store_request, peer_text, read_frame, shell_quote, write_frame,
+    STORE_PROTOCOL, SshUrl, decode_store_request, forward_stderr, peer_text, read_frame,
+    shell_quote, write_frame,
 };
 
 const PROTOCOL: u64 = 1;
@@ -215,9 +216,10 @@ impl RemoteTarget {
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| Error::invalid(format!("cannot run {}: {e}", words[0])))?;
+        forward_stderr(child.stderr.take().expect("piped stderr"));
         let to = BufWriter::new(child.stdin.take().expect("piped stdin"));
         let from = BufReader::new(child.stdout.take().expect("piped stdout"));
         let mut t = RemoteTarget {

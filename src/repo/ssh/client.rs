@@ -26,7 +26,8 @@ use std::time::Duration;
 
 use super::wire::{
     HELLO, LIST_PAGE, ListPage, MAX_NAME, ObjectKind, STORE_PROTOCOL, SshDest, StoreRequest,
-    check_name, parse_ssh_url, peer_text, read_frame, shell_quote, small_limit, write_frame,
+    check_name, forward_stderr, parse_ssh_url, peer_text, read_frame, shell_quote, small_limit,
+    write_frame,
 };
 use crate::error::{Error, Result};
 use crate::format::codec::{Decoder, Encoder};
@@ -189,9 +190,10 @@ impl SshStore {
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", words[0]))?;
+        forward_stderr(child.stderr.take().expect("piped stderr"));
         let stdin = child.stdin.take().expect("piped stdin");
         let stdout = child.stdout.take().expect("piped stdout");
         let mut conn = Conn {

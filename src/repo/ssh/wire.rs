@@ -83,13 +83,69 @@ pub fn peer_text(b: &[u8]) -> String {
             out.push_str("...");
             break;
         }
-        if c.is_control() {
+        if c.is_control() || is_bidi_or_format(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
         }
     }
     out
+}
+
+/// Characters that reorder or hide text on a terminal (bidirectional
+/// embeddings, overrides, isolates and marks): escaped like control
+/// characters, so that a peer's text reads as what it is.
+fn is_bidi_or_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}'
+    )
+}
+
+/// The most bytes of the far side's stderr shown, in all (all connections
+/// of this process together).
+const MAX_REMOTE_STDERR: usize = 64 << 10;
+static REMOTE_STDERR_SHOWN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// The most bytes of one line of it read at once (a longer line is shown
+/// in pieces).
+const MAX_REMOTE_LINE: u64 = 4 << 10;
+
+/// Show what the far side (ssh, or snapfs there) writes on stderr: line by
+/// line behind `remote: `, escaped by [`peer_text`], at most
+/// [`MAX_REMOTE_STDERR`] bytes in all, over every connection (the rest
+/// is read and dropped). A
+/// thread of its own, ending when the pipe closes.
+pub fn forward_stderr(stderr: std::process::ChildStderr) {
+    let spawned = std::thread::Builder::new()
+        .name("remote-stderr".into())
+        .spawn(move || {
+            use std::io::BufRead;
+            let mut from = std::io::BufReader::new(stderr);
+            use std::sync::atomic::Ordering;
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match (&mut from)
+                    .take(MAX_REMOTE_LINE)
+                    .read_until(b'\n', &mut line)
+                {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                let text = peer_text(line.strip_suffix(b"\n").unwrap_or(&line));
+                let shown = format!("remote: {text}\n");
+                let before = REMOTE_STDERR_SHOWN.fetch_add(shown.len(), Ordering::Relaxed);
+                if before < MAX_REMOTE_STDERR {
+                    eprint!("{shown}");
+                    if before + shown.len() >= MAX_REMOTE_STDERR {
+                        eprintln!("remote: (more dropped)");
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::debug!("cannot start a thread for the far side's stderr: {e}");
+    }
 }
 
 /// An ssh destination as typed: `ssh://[user@]host[:port]/path`. Anything
