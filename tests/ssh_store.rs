@@ -287,6 +287,49 @@ fn plain_copy_into_an_encrypted_ssh_repository_is_sealed_on_the_way() {
     work.assert_restores(&dst, "plain", &reference);
 }
 
+/// A far side that hides the encrypted repository this machine knew there
+/// (or swaps in a plain one) gets no plain copy: before, the copy took the
+/// copy protocol and sent every blob in the clear.
+#[test]
+fn plain_copy_to_a_far_side_that_hid_its_encrypted_repository_is_refused() {
+    let sshd = Sshd::start();
+    let base = tempdir();
+    let far = canonical(base.path()).join("far");
+    let work = Work::new();
+    write_file(&work.src.join("secret"), b"TOP-SECRET-PLAINTEXT-MARKER");
+    let src = Repo::new();
+    src.ingest(&["--name", "plain"], &[&work.src]);
+    let dst = sshd.repo_handle(&far);
+    run_ok(dst.cmd().arg("init"));
+    let hidden = canonical(base.path()).join("hidden");
+    fs::rename(&far, &hidden).expect("hide the far repository");
+    let mut cmd = src.cmd();
+    cmd.args(["copy", "--to", &sshd.url(&far)])
+        .args(sshd.options())
+        .arg("--to-password-file")
+        .arg(&dst.secret.as_ref().expect("encrypted").password_file);
+    // The copy runs with the destination's cache, where its pin is.
+    for (k, v) in &dst.env {
+        cmd.env(k, v);
+    }
+    cmd.env(
+        "SNAPFS_CACHE_DIR",
+        &dst.secret.as_ref().expect("encrypted").cache_dir,
+    );
+    let out = output_of(&mut cmd);
+    assert!(!out.status.success(), "{}", describe("copy", &out));
+    assert!(
+        stderr_of(&out).contains("no longer holds"),
+        "{}",
+        describe("copy", &out)
+    );
+    let made = if far.exists() { walk(&far) } else { Vec::new() };
+    let leaked = made.iter().filter(|p| p.is_file()).any(|p| {
+        fs::read(p).is_ok_and(|b| b.windows(27).any(|w| w == b"TOP-SECRET-PLAINTEXT-MARKER"))
+    });
+    assert!(!leaked, "plain bytes reached the far side");
+}
+
 /// A pack changed on the far side is found by the key holder: the read
 /// fails naming the pack, and no wrong byte is restored.
 #[test]

@@ -411,19 +411,28 @@ struct CopyTo {
     encryption: Option<String>,
 }
 
-/// Whether the repository at ssh URL `to` exists and is encrypted (a
-/// plain copy then seals what it sends, through the far side as a store).
-/// A far side that cannot say (an older snapfs, no repository there yet)
-/// is not.
-fn encrypted_far_side(to: &str) -> bool {
-    match crate::repo::config_at(Path::new(to)) {
-        Ok(Some(c)) => c.encryption != crate::repo::Encryption::None,
-        Ok(None) => false,
+/// Whether the repository at ssh URL `to` is kept there as a store: this
+/// machine has used it as one before (then the store path, whose pinned
+/// config refuses a far side that hid or swapped it, rather than sending
+/// plain blobs to a place that held an encrypted repository), or the far
+/// side opens a store session on it and it holds a repository. A far side
+/// that refuses a store session (a plain repository it indexes itself, or
+/// an older snapfs), or holds no repository yet, takes the copy protocol.
+fn far_side_is_a_store(to: &str) -> Result<bool> {
+    if crate::repo::bucket::place(Path::new(to))?
+        .root
+        .join("config")
+        .exists()
+    {
+        return Ok(true);
+    }
+    Ok(match crate::repo::config_at(Path::new(to)) {
+        Ok(found) => found.is_some(),
         Err(e) => {
             log::debug!("{to}: {e}; copying with the copy protocol");
             false
         }
-    }
+    })
 }
 
 fn copy_to(
@@ -447,7 +456,9 @@ fn copy_to(
         // side indexes them (the copy protocol). Anything encrypted goes
         // through the far side as a keyless store, sealed here.
         Some(url)
-            if plain && asked.is_none_or(|e| e == Encryption::None) && !encrypted_far_side(to) =>
+            if plain
+                && asked.is_none_or(|e| e == Encryption::None)
+                && !far_side_is_a_store(to)? =>
         {
             let mut t = copy::remote::RemoteTarget::connect(&url, &how.ssh, &how.remote_snapfs)?;
             copy::copy(&repo, &mut t, snapshots)?

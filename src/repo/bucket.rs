@@ -77,6 +77,16 @@ pub(crate) fn place(path: &Path) -> Result<Place> {
 /// repository is not there if the bucket has no `config`.
 pub(crate) fn pull(client: &dyn ObjectStore, root: &Path) -> Result<()> {
     let Some(config) = client.get("config", MAX_SMALL_OBJECT)? else {
+        if root.join("config").exists() {
+            // This machine knew a repository there: one that vanished is
+            // as suspect as one swapped (see `pin`).
+            return Err(Error::invalid(format!(
+                "{} no longer holds the repository this machine knew there; if it was removed on \
+                 purpose, remove {} to forget it",
+                client.shown("config"),
+                root.display()
+            )));
+        }
         return Err(Error::NotARepository(PathBuf::from(client.shown(""))));
     };
     // Checked here, so that a damaged one is named as the bucket's object
