@@ -170,12 +170,29 @@ fn pin(fresh: &super::config::Config, root: &Path, shown: &Path) -> Result<()> {
             c.format
         )
     };
-    if known.id != fresh.id || known.encryption != fresh.encryption || known.format > fresh.format {
+    // Only `upgrade` changes a config, and only its format: chunk sizes,
+    // pack size and compression changed by the store would let its holder
+    // learn file sizes more finely or make this machine build huge packs.
+    let same_settings = known.chunker == fresh.chunker
+        && known.pack_size == fresh.pack_size
+        && known.compression == fresh.compression;
+    if known.id != fresh.id
+        || known.encryption != fresh.encryption
+        || known.format > fresh.format
+        || !same_settings
+    {
         return Err(Error::invalid(format!(
-            "{} is not the repository this machine knew there ({} before, {} now): refused,              since whoever holds the store could have swapped it. If it was made again on              purpose, remove {} to forget the old one",
+            "{} is not the repository this machine knew there ({} before, {} now{}): refused, \
+             since whoever holds the store could have swapped it. If it was made again on \
+             purpose, remove {} to forget the old one",
             shown.display(),
             describe(&known),
             describe(fresh),
+            if same_settings {
+                ""
+            } else {
+                ", with other chunk or pack settings"
+            },
             root.display()
         )));
     }
@@ -619,6 +636,16 @@ mod tests {
         );
         let kept = std::fs::read_to_string(dir.path().join("config")).unwrap();
         assert_eq!(kept, known.render(), "the local copy was replaced");
+        // So is the same repository with other pack settings (a finer
+        // chunking would tell the store's holder file sizes more finely).
+        let resized = Config {
+            pack_size: known.pack_size / 2,
+            ..known.clone()
+        };
+        let err = pull(&bucket_serving(resized.render()), dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("other chunk or pack settings"), "{err}");
         // The same repository again is fine.
         pull(&bucket_serving(known.render()), dir.path()).unwrap();
     }

@@ -514,6 +514,48 @@ impl ListPage {
     }
 }
 
+/// For decoder tests: random frames and `seeds` mutated (bits flipped,
+/// bytes replaced, cut, inserted), from a fixed xorshift `seed`; calls
+/// `each` with every one and returns how many it accepted (a decoder test
+/// that accepts none has wrong seeds).
+#[cfg(test)]
+pub(crate) fn mutated_frames(
+    seed: u64,
+    seeds: &[Vec<u8>],
+    mut each: impl FnMut(&[u8]) -> bool,
+) -> usize {
+    let mut state = seed;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut accepted = 0;
+    for round in 0..6000 {
+        let mut frame: Vec<u8> = if round % 3 == 0 {
+            let len = (next() % 200) as usize;
+            (0..len).map(|_| next() as u8).collect()
+        } else {
+            seeds[(next() % seeds.len() as u64) as usize].clone()
+        };
+        for _ in 0..(next() % 4) {
+            if frame.is_empty() {
+                break;
+            }
+            let at = (next() as usize) % frame.len();
+            match next() % 4 {
+                0 => frame[at] ^= 1 << (next() % 8),
+                1 => frame[at] = 0xff,
+                2 => frame.truncate(at),
+                _ => frame.insert(at, next() as u8),
+            }
+        }
+        accepted += usize::from(each(&frame));
+    }
+    accepted
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -710,39 +752,11 @@ mod tests {
     /// never a panic. (A stand-in for a fuzzer.)
     #[test]
     fn store_request_decoder_survives_random_and_mutated_frames() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
         let seeds = seeds();
-        let mut decoded = 0;
-        for round in 0..6000 {
-            let mut frame = if round % 3 == 0 {
-                let len = (next() % 200) as usize;
-                (0..len).map(|_| next() as u8).collect()
-            } else {
-                seeds[(next() % seeds.len() as u64) as usize].clone()
-            };
-            for _ in 0..(next() % 4) {
-                if frame.is_empty() {
-                    break;
-                }
-                let at = (next() as usize) % frame.len();
-                match next() % 4 {
-                    0 => frame[at] ^= 1 << (next() % 8),
-                    1 => frame[at] = 0xff,
-                    2 => frame.truncate(at),
-                    _ => frame.insert(at, next() as u8),
-                }
-            }
-            if decode_store_request(&frame).is_ok() {
-                decoded += 1;
-            }
-            let _ = ListPage::decode(&frame, "packs", "");
-        }
+        let decoded = mutated_frames(0x2545_f491_4f6c_dd1d, &seeds, |frame| {
+            let _ = ListPage::decode(frame, "packs", "");
+            decode_store_request(frame).is_ok()
+        });
         assert!(decoded > 0, "no frame decoded at all: the seeds are wrong");
     }
 
