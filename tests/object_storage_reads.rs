@@ -191,7 +191,7 @@ fn mount_disk_cache_tampered_block_is_fetched_again_from_the_bucket() {
     let garage = Garage::start();
     let work = Work::new();
     let repo = bucket_with_two_dirs(&garage, "tampered", &work);
-    let mut mount = Mount::new(&repo, &["--cache-size", "1M", "--disk-cache-size", "64M"]);
+    let mut mount = Mount::new(&repo, &["--cache-size", "0", "--disk-cache-size", "64M"]);
     let mounted = mount.source_in("reads", &work.src);
     assert_reads_match(&work.src.join("a"), &mounted.join("a"), "first read");
     let blocks = blocks_in(&read_cache_of(&repo));
@@ -199,6 +199,13 @@ fn mount_disk_cache_tampered_block_is_fetched_again_from_the_bucket() {
     for (p, len) in &blocks {
         fs::write(p, vec![0x5a; *len as usize]).expect("tamper");
     }
+    // The first directory again: its blocks are all in the disk cache
+    // (the memory cache is kept out of the way), then the second.
+    assert_reads_match(
+        &work.src.join("a"),
+        &mounted.join("a"),
+        "a after the cache was tampered with",
+    );
     let (src_b, mounted_b) = (work.src.join("b"), mounted.join("b"));
     assert_reads_match(&src_b, &mounted_b, "after the cache was tampered with");
     mount.assert_alive();

@@ -330,6 +330,38 @@ fn plain_copy_to_a_far_side_that_hid_its_encrypted_repository_is_refused() {
     assert!(!leaked, "plain bytes reached the far side");
 }
 
+/// A junk object named like a pack that appears in the repository (the far
+/// side's damage, or a client that may only add objects) is named in a
+/// warning and left out: before, every later command rebuilt the whole
+/// catalog from the far side because of it.
+#[test]
+fn junk_pack_on_the_far_side_is_left_out_not_a_rebuild_at_every_command() {
+    let sshd = Sshd::start();
+    let base = tempdir();
+    let far = canonical(base.path()).join("far");
+    let work = Work::new();
+    write_random_file(&work.src.join("data"), 17, 64 << 10);
+    let repo = sshd.repo_handle(&far);
+    run_ok(repo.cmd().arg("init"));
+    repo.ingest(&["--name", "kept"], &[&work.src]);
+    let junk = b"SNAPFS-PACK junk that only looks like a pack".to_vec();
+    let hex = blake3::hash(&junk).to_hex();
+    let dir = far.join("packs").join(&hex[..2]);
+    fs::create_dir_all(&dir).expect("mkdir");
+    fs::write(dir.join(format!("{hex}.pack")), &junk).expect("plant");
+    for round in 0..2 {
+        let out = run_ok(repo.cmd().args(["-v", "snapshots"]));
+        let said = stderr_of(&out);
+        assert!(!said.contains("rebuilding"), "round {round}: {said}");
+        assert!(
+            said.contains(&format!("ignoring pack {hex}")),
+            "round {round}: {said}"
+        );
+    }
+    let reference = work.freeze("kept");
+    work.assert_restores(&repo, "kept", &reference);
+}
+
 /// A pack changed on the far side is found by the key holder: the read
 /// fails naming the pack, and no wrong byte is restored.
 #[test]

@@ -343,7 +343,7 @@ fn open_from(path: &Path, src: &crate::crypto::PassphraseSource) -> Result<Repos
         };
         if rebuild {
             log::info!(
-                "{}: the bucket lacks packs the local catalog knows; rebuilding it",
+                "{}: the local catalog cannot follow the store by catching up (packs it knows are gone, another machine forgot snapshots, or a new snapshot needs what it lacks); rebuilding it",
                 repo.location()
             );
             let r = rebuild::rebuild_catalog(&repo, &rebuild::RebuildOptions { force: true })?;

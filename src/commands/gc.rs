@@ -480,11 +480,11 @@ fn delete_marked(repo: &Repository, cat: &crate::repo::catalog::Catalog) -> Resu
     }
     use crate::repo::bucket::{Behind, behind, index_new};
     let caught_up = match behind(repo)? {
-        Behind::No => revive.is_empty() || index_new(repo, cat, &revive, &[])?,
+        Behind::No => revive.is_empty() || index_new(repo, cat, &revive, &[], true)?,
         Behind::New { mut new, .. } => {
             new.retain(|p| !revive.contains(p));
             new.extend(&revive);
-            index_new(repo, cat, &new, &[])?
+            index_new(repo, cat, &new, &[], true)?
         }
         Behind::Gone => false,
     };

@@ -368,7 +368,7 @@ pub(crate) fn catch_up(
 ) -> Result<bool> {
     let cat = repo.catalog()?;
     let tx = cat.transaction()?;
-    if !index_new(repo, &cat, new, marked)? {
+    if !index_new(repo, &cat, new, marked, false)? {
         return Ok(false);
     }
     tx.commit()?;
@@ -383,13 +383,15 @@ pub(crate) fn catch_up(
 /// there), and a marked pack that then holds none of the catalog's chunks
 /// leaves it. Returns false, leaving the rest undone, when a new pack
 /// holds a forget record (another machine's forget: a rebuild applies it
-/// whole), cannot be read, or a new snapshot needs what this catalog does
-/// not have.
+/// whole) or a new snapshot needs what this catalog does not have. A new
+/// pack that cannot be read is named in a warning and left out, unless
+/// `strict` (gc, before it deletes anything: then it returns false).
 pub(crate) fn index_new(
     repo: &super::Repository,
     cat: &super::catalog::Catalog,
     new: &[crate::ids::PackName],
     marked: &[crate::ids::PackName],
+    strict: bool,
 ) -> Result<bool> {
     use crate::format::pack::ChunkKind;
     use crate::format::record::{Record, decode_record};
@@ -407,8 +409,16 @@ pub(crate) fn index_new(
     let marked_now = repo.marked_packs()?;
     let mut forgotten: Option<HashSet<crate::ids::Hash>> = None;
     for name in new {
-        let Ok((size, entries)) = repo.read_pack_table(name) else {
-            return Ok(false);
+        let (size, entries) = match repo.read_pack_table(name) {
+            Ok(t) => t,
+            // A rebuild could not read it either: it is named and left out
+            // (junk planted by a client that may only add objects must not
+            // make every command rebuild the catalog).
+            Err(e) if !strict => {
+                log::warn!("ignoring pack {name} in {}: {e}", repo.location());
+                continue;
+            }
+            Err(_) => return Ok(false),
         };
         let suspect = marked_now.contains(name);
         let id = cat.add_pack(name, size, &entries)?;

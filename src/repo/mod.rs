@@ -642,7 +642,7 @@ impl Repository {
             // merely indexed, or gc would take that snapshot's data for dead.
             return match bucket::behind(self)? {
                 bucket::Behind::New { new, marked } => {
-                    if bucket::index_new(self, cat, &new, &marked)? {
+                    if bucket::index_new(self, cat, &new, &marked, false)? {
                         Ok(new.len())
                     } else {
                         log::info!(
