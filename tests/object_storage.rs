@@ -290,14 +290,7 @@ fn killed_ingest_into_a_bucket_resumes_without_sending_again() {
     let repo = Repo::new_in_bucket(&garage, "resume", &[1, 2, 3]);
     // Bytes node 1 stores (not `dir_bytes`: the cluster's files come and
     // go while it writes).
-    let stored = || -> u64 {
-        walk(&garage.data_dirs()[0])
-            .iter()
-            .filter_map(|p| fs::symlink_metadata(p).ok())
-            .filter(|m| m.is_file())
-            .map(|m| m.len())
-            .sum()
-    };
+    let stored = || -> u64 { bytes_under(&garage.data_dirs()[0]) };
     let before = stored();
     let mut child = repo
         .ingest_cmd(&["--name", "resumed"], &[&work.src])
@@ -734,4 +727,20 @@ fn lock_file_of(r: &Repo) -> std::path::PathBuf {
         .into_iter()
         .find(|p| p.file_name().is_some_and(|n| n == "lock"))
         .expect("a lock file in the state directory")
+}
+
+/// Bytes of the files under `dir`, counting none that vanish while it is
+/// read (a cluster's files come and go as it writes; `walk` insists).
+fn bytes_under(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| match fs::symlink_metadata(e.path()) {
+            Ok(m) if m.is_dir() => bytes_under(&e.path()),
+            Ok(m) if m.is_file() => m.len(),
+            _ => 0,
+        })
+        .sum()
 }
