@@ -31,6 +31,7 @@ use crate::ids::{Hash, PackName};
 use crate::repo::Repository;
 use crate::repo::backend::fsync_dir;
 use crate::repo::catalog::{Catalog, ChunkLoc};
+use crate::repo::coalesce::Prefetched;
 use crate::repo::import::{Importer, SnapshotDamage};
 
 /// Names of files a rebuild builds its catalog in (then renamed into place).
@@ -278,12 +279,22 @@ fn build(
     let marked = repo.marked_packs()?;
     listed.sort_by_key(|p| marked.contains(p));
     let mut unreadable: HashMap<PackName, String> = HashMap::new();
-    for name in &listed {
-        match repo.read_pack_table(name) {
+    // From a store, the metadata chunks are read ahead, many at a time.
+    let mut metadata = Vec::new();
+    for (name, table) in listed.iter().zip(repo.read_pack_tables(&listed)) {
+        match table {
             Ok((size, entries)) => {
                 stats.chunks += entries.len() as u64;
                 cat.add_pack(name, size, &entries)?;
                 stats.packs += 1;
+                if repo.remote.is_some() {
+                    metadata.extend(
+                        entries
+                            .iter()
+                            .filter(|e| e.kind != ChunkKind::Data)
+                            .map(|e| (*name, e.clone())),
+                    );
+                }
             }
             Err(e) => {
                 let kept = match old {
@@ -331,16 +342,22 @@ fn build(
         }
     }
 
+    let prefetched = Prefetched::metadata(repo, metadata.iter().map(|(p, e)| (*p, e)));
+    drop(metadata);
+
     // Snapshot records, minus the forgotten ones.
     let mut records = Vec::new();
     let mut forgotten: HashSet<Hash> = HashSet::new();
     let mut failed: HashMap<Hash, String> = HashMap::new();
     for id in cat.chunk_ids_of_kind(ChunkKind::Snapshot)? {
-        let read = cat
-            .chunk_loc(&id)?
-            .ok_or_else(|| Error::corrupt(format!("chunk {id} vanished")))
-            .and_then(|loc| repo.read_chunk(&id, &loc))
-            .and_then(|b| decode_record(&b, id.0));
+        let read = match prefetched.take(&id) {
+            Some(b) => Ok(b),
+            None => cat
+                .chunk_loc(&id)?
+                .ok_or_else(|| Error::corrupt(format!("chunk {id} vanished")))
+                .and_then(|loc| repo.read_chunk(&id, &loc)),
+        }
+        .and_then(|b| decode_record(&b, id.0));
         match read {
             Ok(Record::Snapshot { row, .. }) => {
                 records.push((row.started_ns, row.name.clone(), id))
@@ -356,7 +373,7 @@ fn build(
         }
     }
     records.sort();
-    let mut importer = Importer::new(repo, &cat);
+    let mut importer = Importer::new(repo, &cat).with_prefetched(prefetched);
     if let Some(old) = old {
         importer = importer.with_fallback(old);
     }
@@ -507,13 +524,7 @@ fn salvage(repo: &Repository, old: &Catalog, name: &PackName) -> Option<(u64, Ve
                 .offset
                 .checked_add(u64::from(e.stored_len))
                 .is_some_and(|end| end <= size);
-            let loc = ChunkLoc {
-                pack: *name,
-                offset: e.offset,
-                stored_len: e.stored_len,
-                raw_len: e.raw_len,
-            };
-            inside && repo.read_chunk(&e.id, &loc).is_ok()
+            inside && repo.read_chunk(&e.id, &ChunkLoc::in_pack(*name, e)).is_ok()
         })
         .collect();
     Some((size, kept))

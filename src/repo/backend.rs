@@ -37,6 +37,13 @@ pub trait Backend: Send + Sync {
     fn forget(&self, _name: &PackName, _offset: u64, _len: usize) -> bool {
         false
     }
+    /// The size the last listing gave for `name`, where a listing carries
+    /// sizes and asking again would cost a round trip. Packs never change
+    /// under their name, so it stays true while the pack is there; whether
+    /// it is still there is for `size` to say.
+    fn listed_size(&self, _name: &PackName) -> Option<u64> {
+        None
+    }
 }
 
 /// Packs as files `packs/<first two hex digits>/<hex>.pack`.

@@ -408,8 +408,9 @@ pub(crate) fn index_new(
     // The forget records this catalog keeps are read when first needed.
     let marked_now = repo.marked_packs()?;
     let mut forgotten: Option<HashSet<crate::ids::Hash>> = None;
-    for name in new {
-        let (size, entries) = match repo.read_pack_table(name) {
+    let mut metadata = Vec::new();
+    for (name, table) in new.iter().zip(repo.read_pack_tables(new)) {
+        let (size, entries) = match table {
             Ok(t) => t,
             // A rebuild could not read it either: it is named and left out
             // (junk planted by a client that may only add objects must not
@@ -420,25 +421,42 @@ pub(crate) fn index_new(
             }
             Err(_) => return Ok(false),
         };
-        let suspect = marked_now.contains(name);
         let id = cat.add_pack(name, size, &entries)?;
         cat.move_out_of(&from, id, &entries)?;
-        for e in entries.iter().filter(|e| e.kind == ChunkKind::Snapshot) {
-            let loc = cat
-                .chunk_loc(&e.id)?
-                .ok_or_else(|| Error::corrupt(format!("chunk {} vanished", e.id)))?;
-            match decode_record(&repo.read_chunk(&e.id, &loc)?, e.id.0)? {
-                Record::Snapshot { .. }
-                    if suspect && forgotten_here(repo, cat, &mut forgotten)?.contains(&e.id.0) => {}
-                Record::Snapshot { row, .. } => records.push((row.started_ns, e.id)),
-                // Already applied here: nothing to do.
-                Record::Forget(_) if cat.is_tombstone(&e.id)? => {}
-                Record::Forget(_) => return Ok(false),
+        metadata.extend(
+            entries
+                .into_iter()
+                .filter(|e| e.kind != ChunkKind::Data)
+                .map(|e| (*name, e)),
+        );
+    }
+    let prefetched =
+        super::coalesce::Prefetched::metadata(repo, metadata.iter().map(|(p, e)| (*p, e)));
+    for (name, e) in metadata
+        .iter()
+        .filter(|(_, e)| e.kind == ChunkKind::Snapshot)
+    {
+        let suspect = marked_now.contains(name);
+        let bytes = match prefetched.take(&e.id) {
+            Some(b) => b,
+            None => {
+                let loc = cat
+                    .chunk_loc(&e.id)?
+                    .ok_or_else(|| Error::corrupt(format!("chunk {} vanished", e.id)))?;
+                repo.read_chunk(&e.id, &loc)?
             }
+        };
+        match decode_record(&bytes, e.id.0)? {
+            Record::Snapshot { .. }
+                if suspect && forgotten_here(repo, cat, &mut forgotten)?.contains(&e.id.0) => {}
+            Record::Snapshot { row, .. } => records.push((row.started_ns, e.id)),
+            // Already applied here: nothing to do.
+            Record::Forget(_) if cat.is_tombstone(&e.id)? => {}
+            Record::Forget(_) => return Ok(false),
         }
     }
     records.sort();
-    let mut importer = super::import::Importer::new(repo, cat);
+    let mut importer = super::import::Importer::new(repo, cat).with_prefetched(prefetched);
     for (_, id) in &records {
         importer.snapshot(id, 0)?;
     }

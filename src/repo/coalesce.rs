@@ -97,40 +97,161 @@ pub fn read_chunks(
     wanted: &[(ChunkId, ChunkLoc)],
     span: Span,
 ) -> HashMap<usize, Vec<u8>> {
-    let ranges: Vec<(PackName, u64, u64)> = wanted
+    // One chunk alone gains nothing here: the caller reads it.
+    let runs: Vec<Run> = plan(&ranges_of(wanted), span)
+        .into_iter()
+        .filter(|r| r.members.len() >= 2)
+        .collect();
+    runs.iter()
+        .flat_map(|r| read_run(repo, wanted, r))
+        .collect()
+}
+
+/// Like [`read_chunks`], single chunks included, with the runs shared out
+/// among as many threads as the backend wants reads in flight: for reading
+/// many metadata chunks at once (a catalog made from a store's packs).
+pub fn read_chunks_parallel(
+    repo: &Repository,
+    wanted: &[(ChunkId, ChunkLoc)],
+    span: Span,
+) -> HashMap<usize, Vec<u8>> {
+    let runs = plan(&ranges_of(wanted), span);
+    in_parallel(&runs, repo.backend.parallel_reads(), |r| {
+        read_run(repo, wanted, r)
+    })
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+fn ranges_of(wanted: &[(ChunkId, ChunkLoc)]) -> Vec<(PackName, u64, u64)> {
+    wanted
         .iter()
         .map(|(_, l)| (l.pack, l.offset, u64::from(l.stored_len)))
-        .collect();
-    let mut out = HashMap::with_capacity(wanted.len());
-    for run in plan(&ranges, span) {
-        // One chunk alone gains nothing here: the caller reads it.
-        if run.members.len() < 2 {
-            continue;
-        }
-        let Ok(bytes) = repo
-            .backend
-            .read_at(&run.pack, run.offset, run.len as usize)
-        else {
+        .collect()
+}
+
+/// One run read and its members decoded; empty if the read failed.
+fn read_run(repo: &Repository, wanted: &[(ChunkId, ChunkLoc)], run: &Run) -> Vec<(usize, Vec<u8>)> {
+    let Ok(bytes) = repo
+        .backend
+        .read_at(&run.pack, run.offset, run.len as usize)
+    else {
+        return Vec::new();
+    };
+    log::debug!(
+        "read {} chunks of pack {} in one request ({} bytes)",
+        run.members.len(),
+        run.pack,
+        run.len
+    );
+    let mut out = Vec::with_capacity(run.members.len());
+    for &i in &run.members {
+        let (id, loc) = &wanted[i];
+        let at = (loc.offset - run.offset) as usize;
+        let Some(slice) = bytes.get(at..at + loc.stored_len as usize) else {
             continue;
         };
-        log::debug!(
-            "read {} chunks of pack {} in one request ({} bytes)",
-            run.members.len(),
-            run.pack,
-            run.len
-        );
-        for i in run.members {
-            let (id, loc) = &wanted[i];
-            let at = (loc.offset - run.offset) as usize;
-            let Some(slice) = bytes.get(at..at + loc.stored_len as usize) else {
-                continue;
-            };
-            if let Ok(data) = blob::decode_blob(&repo.keying, slice, id, loc.raw_len as usize) {
-                out.insert(i, data);
-            }
+        if let Ok(data) = blob::decode_blob(&repo.keying, slice, id, loc.raw_len as usize) {
+            out.push((i, data));
         }
     }
     out
+}
+
+/// `f` of every item, in the items' order, worked through by up to
+/// `threads` threads taking the next item as they finish one.
+pub fn in_parallel<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let threads = threads.clamp(1, items.len().max(1));
+    if threads == 1 {
+        return items.iter().map(f).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut out: Vec<(usize, R)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(item) = items.get(i) else {
+                            return done;
+                        };
+                        done.push((i, f(item)));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| match w.join() {
+                Ok(done) => done,
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect()
+    });
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, r)| r).collect()
+}
+
+/// The most bytes of metadata read ahead at once ([`Prefetched`]).
+const PREFETCH_BUDGET: u64 = 256 << 20;
+
+/// Metadata chunks (directory pages, chunk lists, records) read ahead of
+/// their use from a store, where each read on its own would cost a round
+/// trip: a catalog made from a bucket's packs reads them all, and reading
+/// them one at a time made it a matter of minutes. Each is handed out once
+/// ([`Prefetched::take`]), so memory falls as they are used; beyond
+/// [`PREFETCH_BUDGET`] chunks are left to be read one by one. Empty for a
+/// local repository.
+#[derive(Default)]
+pub struct Prefetched(std::cell::RefCell<HashMap<ChunkId, Vec<u8>>>);
+
+impl Prefetched {
+    /// The metadata chunks among `entries` (a pack and a row of its
+    /// table), read in merged runs by parallel threads.
+    pub fn metadata<'a>(
+        repo: &Repository,
+        entries: impl IntoIterator<Item = (PackName, &'a crate::format::pack::PackEntry)>,
+    ) -> Prefetched {
+        let Some(span) = Span::of(repo) else {
+            return Prefetched::default();
+        };
+        let mut seen = std::collections::HashSet::new();
+        let mut wanted = Vec::new();
+        let mut bytes = 0u64;
+        for (pack, e) in entries {
+            if e.kind == crate::format::pack::ChunkKind::Data || !seen.insert(e.id) {
+                continue;
+            }
+            let (id, loc) = (e.id, ChunkLoc::in_pack(pack, e));
+            bytes = bytes.saturating_add(u64::from(loc.raw_len));
+            if bytes > PREFETCH_BUDGET {
+                break;
+            }
+            wanted.push((id, loc));
+        }
+        let got = read_chunks_parallel(repo, &wanted, span);
+        log::debug!(
+            "read {} of {} metadata chunks ahead",
+            got.len(),
+            wanted.len()
+        );
+        Prefetched(std::cell::RefCell::new(
+            got.into_iter()
+                .map(|(i, data)| (wanted[i].0, data))
+                .collect(),
+        ))
+    }
+
+    /// `id`'s bytes if they were read ahead (verified), once.
+    pub fn take(&self, id: &ChunkId) -> Option<Vec<u8>> {
+        self.0.borrow_mut().remove(id)
+    }
 }
 
 #[cfg(test)]

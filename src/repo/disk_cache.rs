@@ -390,6 +390,10 @@ impl Backend for DiskCache {
         self.inner.parallel_reads()
     }
 
+    fn listed_size(&self, name: &PackName) -> Option<u64> {
+        self.inner.listed_size(name)
+    }
+
     /// Drop the cached blocks under a range whose bytes failed to verify.
     fn forget(&self, name: &PackName, offset: u64, len: usize) -> bool {
         let bs = self.block();

@@ -49,6 +49,8 @@ pub struct Importer<'a> {
     /// Pages taken from `fallback` in this run, and whether their bytes
     /// are the very page: a later directory sharing one is told too.
     from_fallback: HashMap<TreeHash, bool>,
+    /// Metadata chunks read ahead from a store.
+    prefetched: crate::repo::coalesce::Prefetched,
 }
 
 /// Directories beneath one tree (paths relative to it, "" for itself)
@@ -121,7 +123,14 @@ impl<'a> Importer<'a> {
             damaged_pages: Default::default(),
             links: HashMap::new(),
             from_fallback: HashMap::new(),
+            prefetched: Default::default(),
         }
+    }
+
+    /// Take metadata chunks from `p` before reading them from the packs.
+    pub fn with_prefetched(mut self, p: crate::repo::coalesce::Prefetched) -> Self {
+        self.prefetched = p;
+        self
     }
 
     /// Take trees the packs cannot yield from the rows of `old` (see
@@ -132,6 +141,9 @@ impl<'a> Importer<'a> {
     }
 
     fn read(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        if let Some(bytes) = self.prefetched.take(id) {
+            return Ok(bytes);
+        }
         let loc = self
             .cat
             .chunk_loc(id)?

@@ -56,6 +56,10 @@ use crate::repo::catalog::{Catalog, ChunkLoc};
 /// pages, `docs/FORMAT.md`). Format 1 is converted by `snapfs upgrade`.
 pub const FORMAT: u32 = 2;
 
+/// Bytes of a pack's tail read at once from a store to find its table: a
+/// table of about 1,300 chunks, more than most packs hold.
+const TABLE_TAIL: u64 = 64 << 10;
+
 pub struct Repository {
     pub root: PathBuf,
     pub config: Config,
@@ -695,23 +699,60 @@ impl Repository {
         }
     }
 
-    /// A pack's size and its own table of chunks.
+    /// A pack's size and its own table of chunks. From a store, the size
+    /// comes from the listing when it gave one, and the footer and table
+    /// from one read of the pack's tail when the table fits in it: one
+    /// request instead of three.
     pub fn read_pack_table(
         &self,
         name: &crate::ids::PackName,
     ) -> Result<(u64, Vec<pack::PackEntry>)> {
-        let size = self.backend.size(name)?;
-        if size < pack::HEADER_LEN + pack::FOOTER_LEN as u64 {
+        let size = match self.backend.listed_size(name) {
+            Some(s) => s,
+            None => self.backend.size(name)?,
+        };
+        let min = pack::HEADER_LEN + pack::FOOTER_LEN as u64;
+        if size < min {
             return Err(Error::corrupt(format!("pack {name} is truncated")));
         }
-        let footer =
+        // Bytes of the tail read at once: just the footer from a local
+        // disk, where a second read costs nothing.
+        let tail_len = if self.remote.is_some() {
+            (size - pack::HEADER_LEN).min(TABLE_TAIL)
+        } else {
+            pack::FOOTER_LEN as u64
+        };
+        let tail_at = size - tail_len;
+        let tail = self.backend.read_at(name, tail_at, tail_len as usize)?;
+        let footer = tail
+            .get(tail.len().saturating_sub(pack::FOOTER_LEN)..)
+            .filter(|f| f.len() == pack::FOOTER_LEN)
+            .ok_or_else(|| Error::corrupt(format!("pack {name}: its tail reads short")))?;
+        let (offset, count, check) = pack::parse_footer(footer, size, &self.keying)?;
+        let table_end = size - pack::FOOTER_LEN as u64;
+        let table = if offset >= tail_at {
+            // parse_footer checked offset ≤ table_end < size.
+            let from = (offset - tail_at) as usize;
+            let to = (table_end - tail_at) as usize;
+            tail.get(from..to)
+                .ok_or_else(|| Error::corrupt(format!("pack {name}: its tail reads short")))?
+                .to_vec()
+        } else {
             self.backend
-                .read_at(name, size - pack::FOOTER_LEN as u64, pack::FOOTER_LEN)?;
-        let (offset, count, check) = pack::parse_footer(&footer, size, &self.keying)?;
-        let table =
-            self.backend
-                .read_at(name, offset, (size - offset) as usize - pack::FOOTER_LEN)?;
+                .read_at(name, offset, (table_end - offset) as usize)?
+        };
         Ok((size, pack::parse_table(&table, count, check, &self.keying)?))
+    }
+
+    /// The tables of `names`, in their order, read by as many threads as
+    /// the backend wants reads in flight (one at a time from a local disk).
+    pub fn read_pack_tables(
+        &self,
+        names: &[crate::ids::PackName],
+    ) -> Vec<Result<(u64, Vec<pack::PackEntry>)>> {
+        crate::repo::coalesce::in_parallel(names, self.backend.parallel_reads(), |n| {
+            self.read_pack_table(n)
+        })
     }
 
     /// Store one small metadata chunk in a pack of its own, durably, and index

@@ -139,11 +139,16 @@ impl ObjectStore for S3Client {
 /// of a local repository's `packs/` directory.
 pub struct StorePacks {
     store: Arc<dyn ObjectStore>,
+    /// Sizes from the last listing (`Backend::listed_size`).
+    listed: std::sync::Mutex<std::collections::HashMap<PackName, u64>>,
 }
 
 impl StorePacks {
     pub fn new(store: Arc<dyn ObjectStore>) -> StorePacks {
-        StorePacks { store }
+        StorePacks {
+            store,
+            listed: Default::default(),
+        }
     }
 
     pub(crate) fn name_of(pack: &PackName) -> String {
@@ -184,13 +189,26 @@ impl Backend for StorePacks {
     /// under `packs/` is named in a warning and skipped.
     fn list(&self) -> Result<Vec<PackName>> {
         let mut out = Vec::new();
-        for (key, _) in self.store.list("packs")? {
+        let mut sizes = std::collections::HashMap::new();
+        for (key, size) in self.store.list("packs")? {
             match Self::pack_of(&key) {
-                Some(n) => out.push(n),
+                Some(n) => {
+                    out.push(n);
+                    sizes.insert(n, size);
+                }
                 None => log::warn!("ignoring {} in the pack prefix", self.store.shown(&key)),
             }
         }
+        *self.listed.lock().unwrap_or_else(|e| e.into_inner()) = sizes;
         Ok(out)
+    }
+
+    fn listed_size(&self, name: &PackName) -> Option<u64> {
+        self.listed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .copied()
     }
 
     fn delete(&self, name: &PackName) -> Result<()> {

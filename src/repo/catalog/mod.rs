@@ -84,6 +84,18 @@ pub struct ChunkLoc {
     pub raw_len: u32,
 }
 
+impl ChunkLoc {
+    /// Where a pack's table row says its chunk is.
+    pub fn in_pack(pack: PackName, e: &crate::format::pack::PackEntry) -> ChunkLoc {
+        ChunkLoc {
+            pack,
+            offset: e.offset,
+            stored_len: e.stored_len,
+            raw_len: e.raw_len,
+        }
+    }
+}
+
 /// One directory entry, as the mount and restore see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Node {
