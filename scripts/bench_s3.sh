@@ -2,9 +2,10 @@
 # A repository in a bucket of a real three-node Garage cluster on loopback
 # (replication factor 3, one node per 127.0.0.x) against the same
 # repository on the local disk, same data, same run: first ingest of a tree
-# and of a big file, a no-change re-ingest, restore of the tree, `cat` of
-# the file through the mount, and a second machine's first command (its
-# catalog made from the bucket). Both repositories are encrypted, as new
+# and of a big file, a no-change re-ingest, restore of the tree, the mount
+# (from the mount command to the first `ls`, `find` over the tree, `cat`
+# of the file), and a second machine's first command (its catalog made
+# from the bucket). Both repositories are encrypted, as new
 # ones are. A benchmark, not a test.
 #
 #   scripts/bench_s3.sh
@@ -103,6 +104,7 @@ timed() {
     timeit "$@"
     [[ $T_RC == 0 ]] || die "$1 failed ($T_RC): see $LOGS/$1.log"
 }
+ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", (b - a) / 1e6 }'; }
 row() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$(awk -v a="$3" -v b="$2" 'BEGIN { printf "%.2f", a / b }')" >>"$TSV"; }
 declare -A R
 for kind in local bucket; do
@@ -120,14 +122,26 @@ for kind in local bucket; do
     log "$kind: mount"
     margs=()
     [[ $kind == bucket ]] && read -ra margs <<<"${S3_MOUNT_ARGS:-}"
+    drop_caches
+    t0=$(date +%s%N)
     "$SNAPFS" --repo "$repo" mount "${margs[@]}" "$mnt" >"$LOGS/$kind-mount.log" 2>&1 &
-    for _ in $(seq 100); do mountpoint -q "$mnt" && break; sleep 0.1; done
-    mountpoint -q "$mnt" || die "the mount did not come up"
+    mpid=$!
+    # The first `ls`: from the mount command to the snapshot list.
+    until mountpoint -q "$mnt" && ls "$mnt" >/dev/null 2>&1; do
+        kill -0 "$mpid" 2>/dev/null || die "the mount did not come up: see $LOGS/$kind-mount.log"
+        sleep 0.005
+    done
+    ls "$mnt/tree" >/dev/null
+    t1=$(date +%s%N)
+    R[$kind/ls]=$(ms "$t0" "$t1")
+    drop_caches
+    t0=$(date +%s%N); find "$mnt/tree/" >/dev/null; t1=$(date +%s%N)
+    R[$kind/find]=$(ms "$t0" "$t1")
     f=$(find -L "$mnt/big" -name data.bin -print -quit)
     drop_caches
     t0=$(date +%s%N); cat "$f" >/dev/null; t1=$(date +%s%N)
     R[$kind/cat]=$(awk -v a="$t0" -v b="$t1" -v n=$((S3_BIG_MIB << 20)) 'BEGIN { printf "%.0f", n / ((b - a) / 1e9) / 1e6 }')
-    fusermount3 -u "$mnt"; wait "$!" 2>/dev/null || true
+    fusermount3 -u "$mnt"; wait "$mpid" 2>/dev/null || true
     if [[ ${S3_SECOND:-1} == 0 ]]; then R[$kind/second]=1; continue; fi
     log "$kind: a second machine's first command"
     export SNAPFS_CACHE_DIR=$S3_DIR/cache-$kind-second
@@ -146,6 +160,8 @@ row "first ingest, $S3_TREE (s)" "${R[local/tree]}" "${R[bucket/tree]}"
 row "first ingest, $S3_BIG_MIB MiB file (s)" "${R[local/big]}" "${R[bucket/big]}"
 row "no-change re-ingest (s)" "${R[local/again]}" "${R[bucket/again]}"
 row "restore of the tree (s)" "${R[local/restore]}" "${R[bucket/restore]}"
+row "mount to the first ls, cold (ms)" "${R[local/ls]}" "${R[bucket/ls]}"
+row "find over the mounted tree, cold (ms)" "${R[local/find]}" "${R[bucket/find]}"
 row "cat of the file through the mount (MB/s)" "${R[local/cat]}" "${R[bucket/cat]}"
 row "second machine: catalog from the packs (s)" "${R[local/second]}" "${R[bucket/second]}"
 column -t -s $'\t' "$TSV"
