@@ -64,6 +64,7 @@ data_dir = "$n/data"
 db_engine = "lmdb"
 replication_factor = 3
 consistency_mode = "consistent"
+compression_level = "none"
 rpc_secret = "$secret"
 rpc_bind_addr = "127.0.0.$i:$rpc"
 rpc_public_addr = "127.0.0.$i:$rpc"

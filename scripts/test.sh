@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 need_install=()
 for pair in fusermount3:fuse3 rsync:rsync getfattr:attr setfacl:acl setpriv:util-linux flock:util-linux \
     findmnt:mount python3:python3 systemd-analyze:systemd \
-    smbd:samba smbclient:smbclient stunnel4:stunnel4 openssl:openssl; do
+    smbd:samba smbclient:smbclient stunnel4:stunnel4 openssl:openssl \
+    faketime:faketime curl:curl; do
     cmd=${pair%%:*}
     pkg=${pair#*:}
     if ! command -v "$cmd" >/dev/null 2>&1; then

@@ -744,3 +744,54 @@ fn bytes_under(dir: &std::path::Path) -> u64 {
         })
         .sum()
 }
+
+/// A machine whose clock is two minutes off the store's (libfaketime; ten would
+/// fail every request: the signatures of S3 requests carry the time)
+/// reads, with a warning naming the difference, but writes nothing: its
+/// leases would look expired, or its gc would take live leases for dead
+/// ones. Behind: ingest and forget are refused; ahead: gc is refused and
+/// deletes nothing. The true clock then works as before.
+#[test]
+fn host_whose_clock_is_off_the_stores_reads_but_writes_nothing() {
+    let garage = Garage::start();
+    let work = Work::new();
+    write_random_file(&work.src.join("f"), 91, 2 << 20);
+    let repo = Repo::new_in_bucket(&garage, "clock", &[1, 2, 3]);
+    repo.ingest(&["--name", "kept"], &[&work.src]);
+    let listed = output_of(&mut with_clock_off(
+        &repo.cmd().args(["snapshots"]),
+        "-120s",
+    ));
+    assert!(
+        listed.status.success()
+            && stdout_of(&listed).contains("kept")
+            && stderr_of(&listed).contains("clock is 120 s behind"),
+        "{}",
+        describe("snapshots with the clock 2 minutes behind", &listed)
+    );
+    for (offset, args, said) in [
+        ("-120s", vec!["ingest", "--name", "late"], "behind"),
+        ("-120s", vec!["forget", "kept"], "behind"),
+        ("+120s", vec!["gc"], "ahead of"),
+    ] {
+        let mut cmd = repo.cmd();
+        cmd.args(&args);
+        if args[0] == "ingest" {
+            cmd.arg(&work.src);
+        }
+        let out = output_of(&mut with_clock_off(&cmd, offset));
+        assert!(
+            !out.status.success() && stderr_of(&out).contains(&format!("clock is 120 s {said}")),
+            "{}",
+            describe(&format!("{args:?} with the clock at {offset}"), &out)
+        );
+    }
+    let names: Vec<String> = repo
+        .snapshots()
+        .iter()
+        .map(|s| json_str(s, "name").to_string())
+        .collect();
+    assert_eq!(names, ["kept"]);
+    forget(&repo, &["kept"]);
+    assert_eq!(repo.snapshots().len(), 0);
+}

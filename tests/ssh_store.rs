@@ -362,6 +362,36 @@ fn junk_pack_on_the_far_side_is_left_out_not_a_rebuild_at_every_command() {
     work.assert_restores(&repo, "kept", &reference);
 }
 
+/// Over ssh the far side tells its clock too: a machine whose clock is
+/// ten minutes behind it (more than half the default skew of five)
+/// reads, with a warning, and writes nothing.
+#[test]
+fn machine_whose_clock_is_off_the_far_sides_reads_but_writes_nothing() {
+    let sshd = Sshd::start();
+    let base = tempdir();
+    let far = canonical(base.path()).join("far");
+    let work = Work::new();
+    write_random_file(&work.src.join("data"), 18, 64 << 10);
+    let repo = sshd.repo_handle(&far);
+    run_ok(repo.cmd().arg("init"));
+    repo.ingest(&["--name", "kept"], &[&work.src]);
+    let read = output_of(&mut with_clock_off(&repo.cmd().arg("snapshots"), "-600s"));
+    assert!(
+        read.status.success() && stderr_of(&read).contains("clock is 600 s behind"),
+        "{}",
+        describe("snapshots with the clock behind", &read)
+    );
+    let mut ingest = repo.cmd();
+    ingest.args(["ingest", "--name", "late"]).arg(&work.src);
+    let refused = output_of(&mut with_clock_off(&ingest, "-600s"));
+    assert!(
+        !refused.status.success() && stderr_of(&refused).contains("clock is 600 s behind"),
+        "{}",
+        describe("ingest with the clock behind", &refused)
+    );
+    assert_eq!(repo.snapshots().len(), 1);
+}
+
 /// A pack changed on the far side is found by the key holder: the read
 /// fails naming the pack, and no wrong byte is restored.
 #[test]

@@ -45,6 +45,10 @@ pub trait ObjectStore: Send + Sync {
     fn parallel_puts(&self) -> usize;
     /// How many reads are worth having in flight at once.
     fn parallel_reads(&self) -> usize;
+    /// How many seconds the store's clock is ahead of this machine's
+    /// (negative: behind), where the store tells its time: the hosts that
+    /// share it compare their clocks through it (`store_lease`).
+    fn clock_offset(&self) -> Result<Option<i64>>;
 }
 
 /// How long a request to a bucket is retried before it fails
@@ -132,6 +136,9 @@ impl ObjectStore for S3Client {
     /// each, and its time is the round trips', not the bytes'.
     fn parallel_reads(&self) -> usize {
         16
+    }
+    fn clock_offset(&self) -> Result<Option<i64>> {
+        S3Client::clock_offset(self)
     }
 }
 

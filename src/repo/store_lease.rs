@@ -29,7 +29,10 @@
 //! Times are each host's own clock. Comparisons between hosts allow
 //! [`Times::skew`] (`SNAPFS_CLOCK_SKEW_SECONDS`, 5 minutes): clocks that far
 //! apart lose nothing; clocks further apart than that could let gc delete a
-//! pack a reader synced before the mark still reads.
+//! pack a reader synced before the mark still reads. So each host compares
+//! its clock with the store's when it takes its lease: one further than
+//! half the skew from it reads (with a warning) but may not write — any two
+//! hosts that write are then within the skew of each other.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -198,6 +201,27 @@ struct Shared {
     name: String,
     times: Times,
     state: Mutex<State>,
+    /// How far the store's clock is ahead of this machine's, in seconds,
+    /// if the store tells.
+    clock_offset: Option<i64>,
+}
+
+/// What is wrong with this machine's clock, if it is further from the
+/// store's than half the skew hosts may have between them (each host
+/// within half of it of the store: any two within all of it), with a
+/// second's leeway for the precision of a `Date` header.
+fn clock_problem(store: &dyn ObjectStore, offset: Option<i64>, times: &Times) -> Option<String> {
+    let off = offset?;
+    let allowed = times.skew.as_secs() / 2 + 1;
+    (off.unsigned_abs() > allowed).then(|| {
+        format!(
+            "this machine's clock is {} s {} the clock of {}: more than the {allowed} s a host              sharing it may be off (half of SNAPFS_CLOCK_SKEW_SECONDS, {} s), so other hosts would              misjudge its leases and its own gc theirs; set the clock right (NTP)",
+            off.unsigned_abs(),
+            if off > 0 { "behind" } else { "ahead of" },
+            store.shown(""),
+            times.skew.as_secs()
+        )
+    })
 }
 
 struct State {
@@ -261,6 +285,13 @@ impl StoreLease {
         what: &str,
         since_ns: i64,
     ) -> Result<StoreLease> {
+        let clock_offset = store.clock_offset().unwrap_or_else(|e| {
+            log::debug!("the clock of {}: {e}", store.shown(""));
+            None
+        });
+        if let Some(why) = clock_problem(store.as_ref(), clock_offset, &times) {
+            log::warn!("{why}; reading goes on, writing is refused");
+        }
         let host = crate::crypto::slots::hostname();
         let token =
             blake3::hash(format!("{}-{host}", crate::format::pack::unique_token()).as_bytes());
@@ -268,6 +299,7 @@ impl StoreLease {
             name: format!("leases/{}.lease", &token.to_hex()[..32]),
             store,
             times,
+            clock_offset,
             state: Mutex::new(State {
                 record: LeaseRecord {
                     host: host.replace(' ', "_"),
@@ -310,7 +342,12 @@ impl StoreLease {
     /// Say that this holder writes (before it writes anything), until the
     /// returned guard goes: while it writes, gc deletes no pack, since it
     /// may deduplicate against any.
+    /// Refused while this machine's clock is too far from the store's.
     pub(crate) fn writing(&self, what: &str) -> Result<Writing> {
+        let s = &self.shared;
+        if let Some(why) = clock_problem(s.store.as_ref(), s.clock_offset, &s.times) {
+            return Err(Error::invalid(format!("{what}: {why}")));
+        }
         self.set(true, holder_name(what))?;
         Ok(Writing {
             shared: self.shared.clone(),

@@ -118,6 +118,27 @@ pub(crate) fn as_nobody(args: &[&OsStr]) -> Output {
         .expect("spawn setpriv")
 }
 
+/// `cmd` run under libfaketime with its clock moved by `offset` (`-600s`,
+/// `+10m`): a machine whose clock is off. Monotonic clocks stay true.
+pub(crate) fn with_clock_off(cmd: &Command, offset: &str) -> Command {
+    require_tool("faketime");
+    let mut off = Command::new("faketime");
+    off.args(["-f", offset])
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => off.env(k, v),
+            None => off.env_remove(k),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        off.current_dir(dir);
+    }
+    off.env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    off
+}
+
 /// Waits up to `limit` for `child` to exit.
 pub(crate) fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + limit;

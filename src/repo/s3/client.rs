@@ -359,6 +359,35 @@ impl S3Client {
         })
     }
 
+    /// How many seconds the server's clock is ahead of this machine's, by
+    /// the `Date` of its answer to a HEAD of `config` against this
+    /// machine's time halfway through that request (one second's
+    /// precision); None if the answer carries no date it can read.
+    pub fn clock_offset(&self) -> Result<Option<i64>> {
+        let key = self.location.key("config");
+        self.run("config", "HEAD", |b| {
+            let url = b
+                .head_object(Some(&self.credentials), &key)
+                .sign(SIGNED_FOR);
+            let t0 = crate::time::now_ns();
+            match self.agent.head(url.as_str()).call() {
+                Ok(mut r) => match r.status().as_u16() {
+                    200 | 404 => {
+                        let mid = t0 + (crate::time::now_ns() - t0) / 2;
+                        let date = r
+                            .headers()
+                            .get("date")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(crate::time::parse_http_date);
+                        Attempt::Done(date.map(|d| d - mid.div_euclid(1_000_000_000)))
+                    }
+                    code => self.answer("config", "HEAD", code, &mut r),
+                },
+                Err(e) => transport(e),
+            }
+        })
+    }
+
     /// Every object under `dir/` of the repository's prefix: names relative
     /// to the prefix, with sizes. Names that do not lie under `dir/` (a
     /// server's mistake) are refused.
@@ -478,8 +507,14 @@ impl S3Client {
                 self.shown(name)
             ))),
             _ => Attempt::Fail(Error::invalid(format!(
-                "{what} {}: the server answered {code} {text}",
-                self.shown(name)
+                "{what} {}: the server answered {code} {text}{}",
+                self.shown(name),
+                // Signatures carry the time: a clock far off fails them all.
+                if text.contains("RequestTimeTooSkewed") || text.contains("Date is too old") {
+                    " (this machine's clock is far off the server's: set it right)"
+                } else {
+                    ""
+                }
             ))),
         }
     }

@@ -353,6 +353,26 @@ impl super::super::store::ObjectStore for SshStore {
         }
         Ok(())
     }
+    /// From the far side's clock, halfway through the request. A far side
+    /// too old to know the request is no reason to fail a command: its
+    /// clock is then not known.
+    fn clock_offset(&self) -> Result<Option<i64>> {
+        let t0 = crate::time::now_ns();
+        let answer = match self.call("", &StoreRequest::Clock, 16) {
+            Ok(a) => a,
+            Err(e) => {
+                log::debug!("the far side's clock: {e}");
+                return Ok(None);
+            }
+        };
+        let mid = t0 + (crate::time::now_ns() - t0) / 2;
+        let far = <[u8; 8]>::try_from(answer.as_slice())
+            .map(i64::from_le_bytes)
+            .map_err(|_| self.fail("", "a clock answer that is not 8 bytes"))?;
+        Ok(Some(
+            far.div_euclid(1_000_000_000) - mid.div_euclid(1_000_000_000),
+        ))
+    }
     /// Two: one pack crosses while the far side fsyncs the last; more
     /// only queue on the same link.
     fn parallel_puts(&self) -> usize {

@@ -271,6 +271,7 @@ impl DirStore {
             }
             StoreRequest::Put { name, bytes } => self.put(name, bytes)?,
             StoreRequest::Delete { name } => self.delete(name)?,
+            StoreRequest::Clock => e.buf = crate::time::now_ns().to_le_bytes().to_vec(),
         }
         Ok(e.buf)
     }

@@ -314,7 +314,7 @@ pub fn small_limit(kind: ObjectKind) -> Option<u64> {
     }
 }
 
-/// A store request (the protocol's ops 6 to 11), decoded.
+/// A store request (the protocol's ops 6 to 12), decoded.
 #[derive(Debug, PartialEq, Eq)]
 pub enum StoreRequest<'a> {
     /// The whole object, refused if it is longer than `limit`.
@@ -344,6 +344,9 @@ pub enum StoreRequest<'a> {
     Delete {
         name: &'a str,
     },
+    /// The far side's clock (nanoseconds since the epoch, i64): the hosts
+    /// that share a store compare their clocks with it (`store_lease`).
+    Clock,
 }
 
 pub const HELLO: u8 = 0;
@@ -357,6 +360,7 @@ impl StoreRequest<'_> {
     pub const LIST: u8 = 9;
     pub const PUT: u8 = 10;
     pub const DELETE: u8 = 11;
+    pub const CLOCK: u8 = 12;
 
     /// The frame payload of this request. A put's bytes are left out (the
     /// caller writes them after this prefix, without copying them).
@@ -392,6 +396,7 @@ impl StoreRequest<'_> {
                 e.u8(Self::DELETE);
                 e.bytes(name.as_bytes());
             }
+            StoreRequest::Clock => e.u8(Self::CLOCK),
         }
         e.buf
     }
@@ -448,6 +453,7 @@ pub fn decode_store_request(frame: &[u8]) -> Result<StoreRequest<'_>> {
         StoreRequest::DELETE => StoreRequest::Delete {
             name: name(&mut d)?,
         },
+        StoreRequest::CLOCK => StoreRequest::Clock,
         _ => return Err(Error::invalid(format!("unknown store request {op}"))),
     };
     if !d.is_empty() {
@@ -719,6 +725,7 @@ mod tests {
                 bytes: &body,
             },
             StoreRequest::Delete { name: "doomed/x" },
+            StoreRequest::Clock,
         ];
         reqs.iter()
             .map(|r| {
@@ -744,7 +751,7 @@ mod tests {
         e.u8(StoreRequest::HEAD);
         e.bytes(b"\xff\xfe");
         assert!(decode_store_request(&e.buf).is_err(), "non-UTF-8 accepted");
-        assert!(decode_store_request(&[12]).is_err());
+        assert!(decode_store_request(&[13]).is_err());
         assert!(decode_store_request(&[]).is_err());
     }
 
