@@ -758,10 +758,7 @@ fn host_whose_clock_is_off_the_stores_reads_but_writes_nothing() {
     write_random_file(&work.src.join("f"), 91, 2 << 20);
     let repo = Repo::new_in_bucket(&garage, "clock", &[1, 2, 3]);
     repo.ingest(&["--name", "kept"], &[&work.src]);
-    let listed = output_of(&mut with_clock_off(
-        &repo.cmd().args(["snapshots"]),
-        "-120s",
-    ));
+    let listed = output_of(&mut with_clock_off(repo.cmd().args(["snapshots"]), "-120s"));
     assert!(
         listed.status.success()
             && stdout_of(&listed).contains("kept")

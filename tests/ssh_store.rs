@@ -375,7 +375,7 @@ fn machine_whose_clock_is_off_the_far_sides_reads_but_writes_nothing() {
     let repo = sshd.repo_handle(&far);
     run_ok(repo.cmd().arg("init"));
     repo.ingest(&["--name", "kept"], &[&work.src]);
-    let read = output_of(&mut with_clock_off(&repo.cmd().arg("snapshots"), "-600s"));
+    let read = output_of(&mut with_clock_off(repo.cmd().arg("snapshots"), "-600s"));
     assert!(
         read.status.success() && stderr_of(&read).contains("clock is 600 s behind"),
         "{}",
