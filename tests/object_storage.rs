@@ -792,3 +792,59 @@ fn host_whose_clock_is_off_the_stores_reads_but_writes_nothing() {
     forget(&repo, &["kept"]);
     assert_eq!(repo.snapshots().len(), 0);
 }
+
+/// A machine that syncs after a gc elsewhere marked a pack, but before
+/// that gc stored the pack that takes over its live chunks, still reads
+/// those chunks from the marked pack. Its lease then counts as synced
+/// before the mark, so the next gc keeps the pack while it reads (before,
+/// the lease looked synced after the mark and the pack went from under
+/// the mount). The gc's upload is slowed so the mount starts in between.
+#[test]
+fn reader_synced_between_a_mark_and_its_replacement_keeps_the_marked_pack() {
+    let garage = Garage::start();
+    let work = Work::new();
+    write_random_file(&work.src.join("keep"), 95, 1 << 20);
+    write_random_file(&work.src.join("drop"), 96, 6 << 20);
+    let repo = Repo::new_in_bucket(&garage, "between", &[1, 2, 3]);
+    repo.ingest(&["--name", "both"], &[&work.src]);
+    fs::remove_file(work.src.join("drop")).expect("rm drop");
+    repo.ingest(&["--name", "kept"], &[&work.src]);
+    let kept = fs::read(work.src.join("keep")).expect("read keep");
+    forget(&repo, &["both"]);
+    // The pack of both files is three quarters unused: gc marks it, then
+    // stores its live chunk (1 MiB) in a new pack at 128 KiB/s.
+    let slow_gc = repo
+        .cmd()
+        .args(["gc", "--json", "--limit-upload", "128"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn gc");
+    let other = Repo::bucket_handle(&garage, "between", &[2]);
+    assert!(
+        eventually(Duration::from_secs(5), || !garage
+            .keys_under("between/doomed/")
+            .is_empty()),
+        "gc marked nothing"
+    );
+    // Later than a mark's write could take (a second here): a lease synced
+    // this late is not taken for one that predates the mark.
+    std::thread::sleep(Duration::from_secs(2));
+    let mount = Mount::new(&other, &[]);
+    let out = slow_gc.wait_with_output().expect("wait for gc");
+    assert!(out.status.success(), "{}", describe("the slow gc", &out));
+    std::thread::sleep(PAST_GRACE);
+    let held = gc(&repo, &[]);
+    assert_eq!(held["bytes_freed"], 0, "deleted under a mount: {held}");
+    assert!(held["packs_waiting"].as_u64() > Some(0), "{held}");
+    let through = fs::read(mount.source_in("kept", &work.src).join("keep"))
+        .expect("read keep through the mount that synced in between");
+    assert!(through == kept, "the file read back differs");
+    mount.finish();
+    let freed = gc(&repo, &[]);
+    assert!(
+        freed["bytes_freed"].as_u64() >= Some(5 << 20),
+        "the mount ended and nothing was freed: {freed}"
+    );
+    assert_verify_read_data_ok(&repo, "after the mount ended and gc ran");
+}

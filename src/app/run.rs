@@ -338,7 +338,11 @@ fn open_from(path: &Path, src: &crate::crypto::PassphraseSource) -> Result<Repos
         use crate::repo::bucket::{Behind, behind, catch_up};
         let rebuild = match behind(&repo)? {
             Behind::No => false,
-            Behind::New { new, marked } => !catch_up(&repo, &new, &marked)?,
+            Behind::New {
+                new,
+                marked,
+                doomed,
+            } => !catch_up(&repo, &new, &marked, &doomed)?,
             Behind::Gone => true,
         };
         if rebuild {

@@ -480,11 +480,19 @@ fn delete_marked(repo: &Repository, cat: &crate::repo::catalog::Catalog) -> Resu
     }
     use crate::repo::bucket::{Behind, behind, index_new};
     let caught_up = match behind(repo)? {
-        Behind::No => revive.is_empty() || index_new(repo, cat, &revive, &[], true)?,
-        Behind::New { mut new, .. } => {
+        Behind::No => {
+            let doomed = revive.iter().copied().collect();
+            revive.is_empty() || index_new(repo, cat, &revive, &[], &doomed, true)?
+        }
+        Behind::New {
+            mut new,
+            mut doomed,
+            ..
+        } => {
             new.retain(|p| !revive.contains(p));
             new.extend(&revive);
-            index_new(repo, cat, &new, &[], true)?
+            doomed.extend(&revive);
+            index_new(repo, cat, &new, &[], &doomed, true)?
         }
         Behind::Gone => false,
     };

@@ -396,6 +396,22 @@ fn build(
     stats.damaged_snapshots = std::mem::take(&mut importer.damage);
     drop(importer);
 
+    if !marked.is_empty() {
+        // Marked packs that still hold chunks nothing else does: this
+        // command's lease keeps them from a gc while it reads.
+        let ids: Vec<_> = cat
+            .packs()?
+            .into_iter()
+            .filter(|p| marked.contains(&p.1))
+            .collect();
+        let held = cat.chunks_held(&ids.iter().map(|p| p.0).collect::<Vec<_>>())?;
+        let used: Vec<PackName> = ids
+            .iter()
+            .filter(|p| held.get(&p.0).copied().unwrap_or(0) > 0)
+            .map(|p| p.1)
+            .collect();
+        crate::repo::bucket::hold_marked(repo, &used)?;
+    }
     cat.attribute_added_bytes()?;
     let mut memo = HashMap::new();
     let mut held = HashMap::new();

@@ -327,6 +327,8 @@ pub(crate) enum Behind {
     New {
         new: Vec<crate::ids::PackName>,
         marked: Vec<crate::ids::PackName>,
+        /// Every pack marked in the store (the listing `behind` made).
+        doomed: HashSet<crate::ids::PackName>,
     },
     /// The catalog knows packs the store no longer has (another
     /// machine's gc): only a rebuild is sure to drop all they held.
@@ -352,11 +354,16 @@ pub(crate) fn behind(repo: &super::Repository) -> Result<Behind> {
     // located in one only where no other pack holds it.
     let mut new: Vec<_> = stored.difference(&known).copied().collect();
     new.sort_by_key(|p| marked.contains(p));
-    let marked: Vec<_> = live.intersection(&marked).copied().collect();
+    let doomed = marked;
+    let marked: Vec<_> = live.intersection(&doomed).copied().collect();
     Ok(if new.is_empty() && marked.is_empty() {
         Behind::No
     } else {
-        Behind::New { new, marked }
+        Behind::New {
+            new,
+            marked,
+            doomed,
+        }
     })
 }
 
@@ -365,10 +372,11 @@ pub(crate) fn catch_up(
     repo: &super::Repository,
     new: &[crate::ids::PackName],
     marked: &[crate::ids::PackName],
+    doomed: &HashSet<crate::ids::PackName>,
 ) -> Result<bool> {
     let cat = repo.catalog()?;
     let tx = cat.transaction()?;
-    if !index_new(repo, &cat, new, marked, false)? {
+    if !index_new(repo, &cat, new, marked, doomed, false)? {
         return Ok(false);
     }
     tx.commit()?;
@@ -386,11 +394,13 @@ pub(crate) fn catch_up(
 /// whole) or a new snapshot needs what this catalog does not have. A new
 /// pack that cannot be read is named in a warning and left out, unless
 /// `strict` (gc, before it deletes anything: then it returns false).
+/// `doomed`: every pack marked in the store, as last listed.
 pub(crate) fn index_new(
     repo: &super::Repository,
     cat: &super::catalog::Catalog,
     new: &[crate::ids::PackName],
     marked: &[crate::ids::PackName],
+    doomed: &HashSet<crate::ids::PackName>,
     strict: bool,
 ) -> Result<bool> {
     use crate::format::pack::ChunkKind;
@@ -406,7 +416,6 @@ pub(crate) fn index_new(
     // A marked pack may hold the record of a snapshot this catalog saw
     // forgotten (gc moved the rest away): such a record stays forgotten.
     // The forget records this catalog keeps are read when first needed.
-    let marked_now = repo.marked_packs()?;
     let mut forgotten: Option<HashSet<crate::ids::Hash>> = None;
     let mut metadata = Vec::new();
     for (name, table) in new.iter().zip(repo.read_pack_tables(new)) {
@@ -436,7 +445,7 @@ pub(crate) fn index_new(
         .iter()
         .filter(|(_, e)| e.kind == ChunkKind::Snapshot)
     {
-        let suspect = marked_now.contains(name);
+        let suspect = doomed.contains(name);
         let bytes = match prefetched.take(&e.id) {
             Some(b) => b,
             None => {
@@ -525,23 +534,17 @@ fn forgotten_here<'a>(
 /// pack that holds some of their chunks) may be trusted: those whose mark
 /// is young enough that no gc deletes them yet, or, after waiting out any
 /// gc's delete window, still there. False: a gc deleted one, and only a
-/// rebuild finds where their chunks are now, if anywhere.
+/// rebuild finds where their chunks are now, if anywhere. This command's
+/// lease then counts as synced before their marks, so no gc deletes them
+/// while it reads ([`hold_marked`]).
 fn still_there(repo: &super::Repository, kept: &[crate::ids::PackName]) -> Result<bool> {
-    let store = repo.remote.as_ref().expect("a repository in a store");
     let times = super::store_lease::Times::from_env()?;
     let now = crate::time::now_ns();
-    let marks: std::collections::HashMap<_, _> = super::store_lease::marks(store.as_ref())?
-        .into_iter()
-        .collect();
-    let due: Vec<_> = kept
+    let marks = hold_marked(repo, kept)?;
+    let due: Vec<_> = marks
         .iter()
-        .filter(|p| {
-            marks
-                .get(*p)
-                .copied()
-                .flatten()
-                .is_some_and(|t| times.due(t, now))
-        })
+        .filter(|(_, t)| t.is_some_and(|t| times.due(t, now)))
+        .map(|(p, _)| p)
         .collect();
     if due.is_empty() {
         return Ok(true);
@@ -559,6 +562,29 @@ fn still_there(repo: &super::Repository, kept: &[crate::ids::PackName]) -> Resul
         }
     }
     Ok(true)
+}
+
+/// The marks of `packs`, marked packs this catalog still reads from, with
+/// this command's lease set to count as synced before the earliest: a
+/// catalog that synced after a gc marked them, but before that gc stored
+/// the packs that take over their chunks, would otherwise look like one
+/// that moved off them.
+pub(crate) fn hold_marked(
+    repo: &super::Repository,
+    packs: &[crate::ids::PackName],
+) -> Result<Vec<(crate::ids::PackName, Option<i64>)>> {
+    if packs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let store = repo.remote.as_ref().expect("a repository in a store");
+    let marks = super::store_lease::mark_times(store.as_ref(), packs, |_| None)?;
+    if let (Some(lease), Some(earliest)) = (
+        &repo.store_lease,
+        marks.iter().filter_map(|(_, t)| *t).min(),
+    ) {
+        lease.reads_marked_since(earliest)?;
+    }
+    Ok(marks)
 }
 
 #[cfg(test)]

@@ -645,8 +645,12 @@ impl Repository {
             // host's snapshot: it is caught up with (records imported), never
             // merely indexed, or gc would take that snapshot's data for dead.
             return match bucket::behind(self)? {
-                bucket::Behind::New { new, marked } => {
-                    if bucket::index_new(self, cat, &new, &marked, false)? {
+                bucket::Behind::New {
+                    new,
+                    marked,
+                    doomed,
+                } => {
+                    if bucket::index_new(self, cat, &new, &marked, &doomed, false)? {
                         Ok(new.len())
                     } else {
                         log::info!(

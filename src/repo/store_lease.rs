@@ -43,6 +43,13 @@ use crate::ids::PackName;
 
 /// The most bytes of one lease or mark read.
 const MAX_OBJECT: u64 = 4 << 10;
+/// The most leases gc reads: one per running command, so far more than
+/// any set of hosts holds at once. More is a client flooding the store:
+/// gc then deletes nothing (it cannot tell whose leases are real).
+const MAX_LEASES: usize = 10_000;
+/// The most doom marks read at once (one per pack out of use: a million
+/// packs are 32 TiB). More is a client flooding the store: refused.
+const MAX_MARKS: usize = 1_000_000;
 
 /// How long leases live and marks wait, from the environment.
 #[derive(Clone, Copy, Debug)]
@@ -380,6 +387,20 @@ impl StoreLease {
         Ok(())
     }
 
+    /// Say that this holder reads from packs marked at `doomed_ns` (its
+    /// catalog still finds chunks only there): its lease then counts as
+    /// synced before that mark, so no gc deletes them while it lives. A
+    /// catalog synced after a gc marked packs but before that gc stored
+    /// the packs that take over their chunks is such a catalog.
+    pub(crate) fn reads_marked_since(&self, doomed_ns: i64) -> Result<()> {
+        let mut state = self.shared.state.lock().expect("lease state lock");
+        if state.record.since_ns <= doomed_ns {
+            return Ok(());
+        }
+        state.record.since_ns = doomed_ns;
+        self.shared.write(&mut state)
+    }
+
     /// The lease's object name, so gc can tell its own lease apart.
     pub(crate) fn name(&self) -> &str {
         &self.shared.name
@@ -443,36 +464,49 @@ pub(crate) enum Found {
     Unreadable(String),
 }
 
-/// Every lease in `store` but `own`, judged at `now_ns`.
+/// Every lease in `store` but `own`, judged at `now_ns`, read by parallel
+/// requests. A store with more than [`MAX_LEASES`] gives one unreadable
+/// entry that says so instead.
 pub(crate) fn leases(
     store: &dyn ObjectStore,
     times: &Times,
     own: Option<&str>,
     now_ns: i64,
 ) -> Result<Vec<(String, Found)>> {
-    let mut out = Vec::new();
-    for (name, size) in store.list("leases")? {
-        if Some(name.as_str()) == own {
-            continue;
+    let listed: Vec<(String, u64)> = store
+        .list("leases")?
+        .into_iter()
+        .filter(|(name, _)| Some(name.as_str()) != own)
+        .collect();
+    if listed.len() > MAX_LEASES {
+        let why = format!(
+            "{} holds {} leases, more than {MAX_LEASES}: a client may be flooding it; remove the stale ones",
+            store.shown("leases/"),
+            listed.len()
+        );
+        return Ok(vec![(String::new(), Found::Unreadable(why))]);
+    }
+    let found = super::coalesce::in_parallel(&listed, store.parallel_reads(), |(name, size)| {
+        let shown = store.shown(name);
+        if *size > MAX_OBJECT {
+            return Some(Found::Unreadable(format!("{shown}: {size} bytes")));
         }
-        let shown = store.shown(&name);
-        if size > MAX_OBJECT {
-            out.push((name, Found::Unreadable(format!("{shown}: {size} bytes"))));
-            continue;
-        }
-        let found = match store.get(&name, MAX_OBJECT) {
+        match store.get(name, MAX_OBJECT) {
             // Gone meanwhile: its holder ended.
-            Ok(None) => continue,
-            Ok(Some(bytes)) => match LeaseRecord::parse(&bytes) {
+            Ok(None) => None,
+            Ok(Some(bytes)) => Some(match LeaseRecord::parse(&bytes) {
                 Some(r) if r.expires_ns.saturating_add(ns(times.skew)) < now_ns => Found::Expired,
                 Some(r) => Found::Live(r),
                 None => Found::Unreadable(format!("{shown} is not a lease")),
-            },
-            Err(e) => Found::Unreadable(format!("{shown}: {e}")),
-        };
-        out.push((name, found));
-    }
-    Ok(out)
+            }),
+            Err(e) => Some(Found::Unreadable(format!("{shown}: {e}"))),
+        }
+    });
+    Ok(listed
+        .into_iter()
+        .zip(found)
+        .filter_map(|((name, _), f)| f.map(|f| (name, f)))
+        .collect())
 }
 
 /// A doom mark's object name.
@@ -538,34 +572,58 @@ pub(crate) fn marked_names(store: &dyn ObjectStore) -> Result<Vec<PackName>> {
 
 /// Every marked pack, with its mark's time (None where the mark cannot be
 /// read: such a pack counts as marked, and is never deleted, until a gc
-/// marks it again).
+/// marks it again). The marks are read by parallel requests; more than
+/// [`MAX_MARKS`] are refused.
 pub(crate) fn marks(store: &dyn ObjectStore) -> Result<Vec<(PackName, Option<i64>)>> {
-    let mut out = Vec::new();
+    let mut listed = Vec::new();
     for (name, size) in store.list("doomed")? {
-        let Some(pack) = name
+        match name
             .strip_prefix("doomed/")
             .and_then(|f| f.strip_suffix(".doom"))
             .and_then(|h| h.parse::<PackName>().ok())
             .filter(|p| mark_name(p) == name)
-        else {
-            log::warn!("ignoring {} among the doom marks", store.shown(&name));
-            continue;
-        };
-        let time = if size > MAX_OBJECT {
-            None
-        } else {
-            store
-                .get(&name, MAX_OBJECT)?
-                .as_deref()
-                .and_then(parse_mark)
-        };
+        {
+            Some(pack) => listed.push((pack, size)),
+            None => log::warn!("ignoring {} among the doom marks", store.shown(&name)),
+        }
+    }
+    if listed.len() > MAX_MARKS {
+        return Err(Error::invalid(format!(
+            "{} holds {} doom marks, more than {MAX_MARKS}: a client may be flooding it",
+            store.shown("doomed/"),
+            listed.len()
+        )));
+    }
+    let packs: Vec<PackName> = listed.iter().map(|(p, _)| *p).collect();
+    let sizes: std::collections::HashMap<PackName, u64> = listed.into_iter().collect();
+    mark_times(store, &packs, |p| sizes.get(p).copied())
+}
+
+/// The marks of `packs` (their times, as `marks` gives them), read by
+/// parallel requests; `size` gives a mark's size where a listing told it.
+/// A pack whose mark is gone meanwhile is left out.
+pub(crate) fn mark_times(
+    store: &dyn ObjectStore,
+    packs: &[PackName],
+    size: impl Fn(&PackName) -> Option<u64> + Sync,
+) -> Result<Vec<(PackName, Option<i64>)>> {
+    let read = super::coalesce::in_parallel(packs, store.parallel_reads(), |p| {
+        let name = mark_name(p);
+        if size(p).is_some_and(|s| s > MAX_OBJECT) {
+            return Ok(Some(None));
+        }
+        Ok::<_, Error>(store.get(&name, MAX_OBJECT)?.map(|b| parse_mark(&b)))
+    });
+    let mut out = Vec::with_capacity(packs.len());
+    for (p, r) in packs.iter().zip(read) {
+        let Some(time) = r? else { continue };
         if time.is_none() {
             log::warn!(
                 "{} cannot be read; its pack is kept until a gc marks it again",
-                store.shown(&name)
+                store.shown(&mark_name(p))
             );
         }
-        out.push((pack, time));
+        out.push((*p, time));
     }
     Ok(out)
 }

@@ -204,6 +204,57 @@ impl Garage {
         }
     }
 
+    /// An S3 request made with curl (SigV4), as another client holding the
+    /// bucket's key would make it: `method` on `key` (inside the bucket),
+    /// with `body` for a PUT. Returns the status and the answer's body.
+    pub(crate) fn curl(&self, method: &str, key: &str, body: Option<&[u8]>) -> (u16, Vec<u8>) {
+        use std::io::Write;
+        require_tool("curl");
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "-X", method, "-w", "\n%{http_code}"])
+            .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
+            .args(["--aws-sigv4", "aws:amz:garage:s3"])
+            .args(["--user", &format!("{KEY_ID}:{SECRET}")])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if body.is_some() {
+            cmd.args(["--data-binary", "@-"]);
+        }
+        cmd.arg(format!("{}/{BUCKET}/{key}", self.endpoint(1)));
+        let mut child = cmd.spawn().expect("spawn curl");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(body.unwrap_or_default())
+            .expect("write to curl");
+        drop(stdin);
+        let out = child.wait_with_output().expect("wait for curl");
+        assert!(out.status.success(), "{}", describe("curl", &out));
+        let at = out
+            .stdout
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .expect("curl wrote the status");
+        let code = String::from_utf8_lossy(&out.stdout[at + 1..])
+            .trim()
+            .parse()
+            .expect("a status code");
+        (code, out.stdout[..at].to_vec())
+    }
+
+    /// The keys of the objects under `prefix` (ListObjectsV2 through curl;
+    /// one page, enough for a test's bucket).
+    pub(crate) fn keys_under(&self, prefix: &str) -> Vec<String> {
+        let q = format!("?list-type=2&prefix={}", prefix.replace('/', "%2F"));
+        let (code, body) = self.curl("GET", &q, None);
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(code, 200, "listing {prefix}: {text}");
+        text.split("<Key>")
+            .skip(1)
+            .filter_map(|k| k.split_once("</Key>").map(|(k, _)| k.to_string()))
+            .collect()
+    }
+
     /// The nodes' data and metadata directories: every byte the cluster
     /// stores is in a file under them (blocks are kept uncompressed, so a
     /// check that nothing readable is stored can fail).
