@@ -848,3 +848,53 @@ fn reader_synced_between_a_mark_and_its_replacement_keeps_the_marked_pack() {
     );
     assert_verify_read_data_ok(&repo, "after the mount ended and gc ran");
 }
+
+/// A client that may only add objects (a stolen backup credential) plants
+/// doom marks dated long ago on every pack of another machine's backup,
+/// before this machine has seen them. The backup is still listed and
+/// restored (a mark never hides a snapshot), a gc deletes nothing at
+/// once (grace counts from when this machine first saw a mark, not from
+/// the time a mark claims), and a gc after the grace finds the packs in
+/// use, keeps them and takes the marks away.
+#[test]
+fn planted_doom_marks_neither_hide_nor_delete_a_backup() {
+    let garage = Garage::start();
+    let work = Work::new();
+    write_random_file(&work.src.join("f"), 97, 3 << 20);
+    let first = Repo::new_in_bucket(&garage, "planted", &[1, 2, 3]);
+    let other = Repo::bucket_handle(&garage, "planted", &[2]);
+    other.ingest(&["--name", "theirs"], &[&work.src]);
+    let reference = work.freeze("theirs");
+    let packs: Vec<String> = garage
+        .keys_under("planted/packs/")
+        .iter()
+        .filter_map(|k| k.rsplit('/').next()?.strip_suffix(".pack").map(String::from))
+        .collect();
+    assert!(!packs.is_empty(), "no pack in the bucket");
+    for hex in &packs {
+        let (code, body) = garage.curl(
+            "PUT",
+            &format!("planted/doomed/{hex}.doom"),
+            Some(b"snapfs-doomed 1\ndoomed_ns 0\n"),
+        );
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    }
+    let names: Vec<String> = first
+        .snapshots()
+        .iter()
+        .map(|s| json_str(s, "name").to_string())
+        .collect();
+    assert_eq!(names, ["theirs"], "a planted mark hid a backup");
+    let at_once = gc(&first, &[]);
+    assert_eq!(at_once["bytes_freed"], 0, "{at_once}");
+    std::thread::sleep(PAST_GRACE);
+    let later = gc(&first, &[]);
+    assert_eq!(later["bytes_freed"], 0, "{later}");
+    assert!(
+        garage.keys_under("planted/doomed/").is_empty(),
+        "marks on packs in use were left: {:?}",
+        garage.keys_under("planted/doomed/")
+    );
+    work.assert_restores(&first, "theirs", &reference);
+    assert_verify_read_data_ok(&first, "after marks were planted on every pack");
+}
