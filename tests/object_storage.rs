@@ -868,7 +868,12 @@ fn planted_doom_marks_neither_hide_nor_delete_a_backup() {
     let packs: Vec<String> = garage
         .keys_under("planted/packs/")
         .iter()
-        .filter_map(|k| k.rsplit('/').next()?.strip_suffix(".pack").map(String::from))
+        .filter_map(|k| {
+            k.rsplit('/')
+                .next()?
+                .strip_suffix(".pack")
+                .map(String::from)
+        })
         .collect();
     assert!(!packs.is_empty(), "no pack in the bucket");
     for hex in &packs {

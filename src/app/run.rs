@@ -324,6 +324,8 @@ fn open(path: &Path) -> Result<Repository> {
 /// `open`, an encrypted repository's passphrase read from `src`.
 fn open_from(path: &Path, src: &crate::crypto::PassphraseSource) -> Result<Repository> {
     let repo = Repository::open_from(path, src)?;
+    // Listings started as the store was opened: for this catch-up only.
+    let ahead = repo.take_ahead();
     let local_only =
         repo.config.encryption != crate::repo::Encryption::None || repo.remote.is_some();
     if local_only && !repo.catalog_path().exists() {
@@ -335,8 +337,12 @@ fn open_from(path: &Path, src: &crate::crypto::PassphraseSource) -> Result<Repos
         rebuild::rebuild_catalog(&repo, &rebuild::RebuildOptions { force: false })?;
     } else if repo.remote.is_some() {
         // The bucket is the truth: another machine added or removed packs.
-        use crate::repo::bucket::{Behind, behind, catch_up};
-        let rebuild = match behind(&repo)? {
+        use crate::repo::bucket::{Behind, behind_as_listed, catch_up};
+        let listed = match ahead {
+            Some(a) => Some(a.join()?),
+            None => None,
+        };
+        let rebuild = match behind_as_listed(&repo, listed)? {
             Behind::No => false,
             Behind::New {
                 new,

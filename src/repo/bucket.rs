@@ -73,10 +73,76 @@ pub(crate) fn place(path: &Path) -> Result<Place> {
     })
 }
 
+/// The listings of a store's packs and doom marks, started as a command
+/// opens the repository, so that their round trips pass while the key is
+/// derived rather than after it. Only the catch-up at the start of a
+/// command may use them (`Repository::take_ahead`): they are as fresh as
+/// the lease's `since_ns`, which is taken before they start.
+pub(crate) struct ListAhead {
+    pub since_ns: i64,
+    /// The backend the listing of packs went through: it keeps the sizes
+    /// listed, and becomes the repository's.
+    pub packs: Arc<super::store::StorePacks>,
+    listing: std::thread::JoinHandle<Result<Listed>>,
+}
+
+/// Packs in a store and the packs marked there, as listed.
+pub(crate) type Listed = (Vec<crate::ids::PackName>, HashSet<crate::ids::PackName>);
+
+impl ListAhead {
+    fn start(store: Arc<dyn ObjectStore>) -> ListAhead {
+        let since_ns = crate::time::now_ns();
+        let packs = Arc::new(super::store::StorePacks::new(store.clone()));
+        let p = packs.clone();
+        let listing = std::thread::spawn(move || -> Result<Listed> {
+            use super::backend::Backend;
+            std::thread::scope(|s| {
+                let marked = s.spawn(|| super::store_lease::marked_names(store.as_ref()));
+                let listed = p.list()?;
+                let marked = marked
+                    .join()
+                    .map_err(|_| Error::invalid("the listing of doom marks panicked"))??;
+                Ok((listed, marked.into_iter().collect()))
+            })
+        });
+        ListAhead {
+            since_ns,
+            packs,
+            listing,
+        }
+    }
+
+    pub(crate) fn join(self) -> Result<Listed> {
+        self.listing
+            .join()
+            .map_err(|_| Error::invalid("the listing of packs panicked"))?
+    }
+}
+
+/// `opened`, with the listings a catch-up needs started at once.
+pub(crate) fn opened_listing_ahead(path: &Path) -> Result<(Place, Option<ListAhead>)> {
+    let p = place(path)?;
+    let Some(c) = &p.remote else {
+        return Ok((p, None));
+    };
+    let ahead = ListAhead::start(c.clone());
+    pull(c.as_ref(), &p.root)?;
+    Ok((p, Some(ahead)))
+}
+
 /// Bring `config` and the key slots down into the state directory; the
 /// repository is not there if the bucket has no `config`.
 pub(crate) fn pull(client: &dyn ObjectStore, root: &Path) -> Result<()> {
-    let Some(config) = client.get("config", MAX_SMALL_OBJECT)? else {
+    // The slots are listed while `config` is read: two round trips at once.
+    let (config, listed) = std::thread::scope(|s| {
+        let listed = s.spawn(|| client.list("keys"));
+        let config = client.get("config", MAX_SMALL_OBJECT);
+        let listed = listed
+            .join()
+            .unwrap_or_else(|_| Err(Error::invalid("the listing of key slots panicked")));
+        (config, listed)
+    });
+    let Some(config) = config? else {
         if root.join("config").exists() {
             // This machine knew a repository there: one that vanished is
             // as suspect as one swapped (see `pin`).
@@ -98,7 +164,7 @@ pub(crate) fn pull(client: &dyn ObjectStore, root: &Path) -> Result<()> {
     pin(&fresh, root, &shown)?;
     write_atomic(root, "config", &config)?;
     let keys = root.join("keys");
-    let listed = client.list("keys")?;
+    let listed = listed?;
     if listed.is_empty() {
         // An unencrypted repository: nothing to bring, and a local keys/
         // of an earlier repository here must not stay.
@@ -125,15 +191,29 @@ pub(crate) fn pull(client: &dyn ObjectStore, root: &Path) -> Result<()> {
     }
     super::unlock::private_dir(root, &keys)?;
     let mut wanted = HashSet::new();
+    let mut fetch = Vec::new();
     for (file, name, size) in slots {
-        let file = file.as_str();
         if size > MAX_SMALL_OBJECT {
             log::warn!("ignoring {}: {size} bytes", client.shown(&name));
             continue;
         }
-        if let Some(bytes) = client.get(&name, MAX_SMALL_OBJECT)? {
-            write_atomic(&keys, file, &bytes)?;
-            wanted.insert(file.to_string());
+        // A slot never changes under its name (a new passphrase makes a
+        // new slot): a copy of the listed size here is that slot, and
+        // reading it again would only cost a round trip.
+        let here = std::fs::symlink_metadata(keys.join(&file));
+        if here.is_ok_and(|m| m.is_file() && m.len() == size) {
+            wanted.insert(file);
+        } else {
+            fetch.push((file, name));
+        }
+    }
+    let fetched = super::coalesce::in_parallel(&fetch, client.parallel_reads(), |(_, name)| {
+        client.get(name, MAX_SMALL_OBJECT)
+    });
+    for ((file, _), bytes) in fetch.into_iter().zip(fetched) {
+        if let Some(bytes) = bytes? {
+            write_atomic(&keys, &file, &bytes)?;
+            wanted.insert(file);
         }
     }
     for e in std::fs::read_dir(&keys).at(&keys)? {
@@ -339,15 +419,23 @@ pub(crate) enum Behind {
 /// that a gc marked are not new, however the catalog stands: chunks are
 /// never found in them again.
 pub(crate) fn behind(repo: &super::Repository) -> Result<Behind> {
+    behind_as_listed(repo, None)
+}
+
+/// `behind`, against `listed` where the listings were made already.
+pub(crate) fn behind_as_listed(repo: &super::Repository, listed: Option<Listed>) -> Result<Behind> {
     let cat = repo.catalog()?;
     let live: HashSet<_> = cat.packs()?.into_iter().map(|p| p.1).collect();
     let mut known = live.clone();
     known.extend(cat.doomed_packs()?.into_iter().map(|d| d.0));
-    let stored: HashSet<_> = repo.backend.list()?.into_iter().collect();
+    let (stored, marked) = match listed {
+        Some(l) => l,
+        None => (repo.backend.list()?, repo.marked_packs()?),
+    };
+    let stored: HashSet<_> = stored.into_iter().collect();
     if !known.is_subset(&stored) {
         return Ok(Behind::Gone);
     }
-    let marked = repo.marked_packs()?;
     // Marked packs the catalog does not know are new too: a mark says
     // where chunks are not to be found, never which snapshots exist (a
     // planted mark must not hide a backup). They come last, so a chunk is

@@ -77,6 +77,9 @@ pub struct Repository {
     /// (`store_lease`); None for a local repository, or where no lease
     /// could be written (a reader then reads without one, and says so).
     pub(crate) store_lease: Option<store_lease::StoreLease>,
+    /// Listings of a store started as it was opened, for the catch-up at
+    /// the start of the command (`bucket::ListAhead`).
+    ahead: std::sync::Mutex<Option<bucket::ListAhead>>,
 }
 
 /// Modes of what a repository holds. Private by default: only the owner
@@ -426,10 +429,10 @@ impl Repository {
     /// Open, the passphrase of an encrypted repository read from `src` (a
     /// copy's destination has its own).
     pub fn open_from(root: &Path, src: &crate::crypto::PassphraseSource) -> Result<Repository> {
-        let place = bucket::opened(root)?;
+        let (place, ahead) = bucket::opened_listing_ahead(root)?;
         let config = read_config(&place.root)?;
         let keying = unlock::keying_for(&place.root, &config, src)?;
-        Repository::open_keyed(&place, config, keying)
+        Repository::open_keyed_ahead(&place, config, keying, ahead)
     }
 
     /// Open an encrypted repository, keeping its master key and the key
@@ -491,6 +494,16 @@ impl Repository {
         config: Config,
         keying: Arc<crate::format::keying::Keying>,
     ) -> Result<Repository> {
+        Repository::open_keyed_ahead(place, config, keying, None)
+    }
+
+    /// `open_keyed`, with the listings `ahead` started as it was opened.
+    fn open_keyed_ahead(
+        place: &bucket::Place,
+        config: Config,
+        keying: Arc<crate::format::keying::Keying>,
+        ahead: Option<bucket::ListAhead>,
+    ) -> Result<Repository> {
         let root = place.root.as_path();
         for own in ["packs", "tmp", "mounts", "catalog.db", "keys"] {
             let p = root.join(own);
@@ -499,16 +512,20 @@ impl Repository {
             }
         }
         let catalog_dir = unlock::catalog_dir(root, &config, &keying, place.remote.is_some())?;
-        let backend: Arc<dyn Backend> = match &place.remote {
-            Some(c) => Arc::new(store::StorePacks::new(c.clone())),
-            None => Arc::new(LocalDir::new(root.join("packs"))),
+        let backend: Arc<dyn Backend> = match (&place.remote, &ahead) {
+            (Some(_), Some(a)) => a.packs.clone(),
+            (Some(c), None) => Arc::new(store::StorePacks::new(c.clone())),
+            (None, _) => Arc::new(LocalDir::new(root.join("packs"))),
         };
         // Taken before the catalog is brought in step with the store, so
         // its time is no later than what the catalog knows.
         let store_lease = match &place.remote {
             Some(store) => {
                 let times = store_lease::Times::from_env()?;
-                let since = crate::time::now_ns();
+                // No later than the listings started ahead.
+                let since = ahead
+                    .as_ref()
+                    .map_or_else(crate::time::now_ns, |a| a.since_ns);
                 match store_lease::StoreLease::take(store.clone(), times, "open", since) {
                     Ok(l) => Some(l),
                     Err(e) => {
@@ -530,6 +547,7 @@ impl Repository {
             catalog_dir,
             remote: place.remote.clone(),
             store_lease,
+            ahead: std::sync::Mutex::new(ahead),
         };
         set_umask(repo.access());
         repo.warn_if_open();
@@ -681,6 +699,13 @@ impl Repository {
             }
         }
         Ok(adopted)
+    }
+
+    /// The listings started as the repository was opened, once: for the
+    /// catch-up at the start of a command, and no later use (they grow
+    /// stale).
+    pub(crate) fn take_ahead(&self) -> Option<bucket::ListAhead> {
+        self.ahead.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// Before a writer commits (stores a snapshot record): its lease in a
