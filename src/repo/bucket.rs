@@ -430,7 +430,15 @@ pub(crate) fn behind_as_listed(repo: &super::Repository, listed: Option<Listed>)
     known.extend(cat.doomed_packs()?.into_iter().map(|d| d.0));
     let (stored, marked) = match listed {
         Some(l) => l,
-        None => (repo.backend.list()?, repo.marked_packs()?),
+        // Both at once: each is a round trip.
+        None => std::thread::scope(|s| -> Result<Listed> {
+            let marked = s.spawn(|| repo.marked_packs());
+            let stored = repo.backend.list();
+            let marked = marked
+                .join()
+                .unwrap_or_else(|_| Err(Error::invalid("the listing of doom marks panicked")));
+            Ok((stored?, marked?))
+        })?,
     };
     let stored: HashSet<_> = stored.into_iter().collect();
     if !known.is_subset(&stored) {
