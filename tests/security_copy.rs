@@ -8,10 +8,8 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 use std::time::{Duration, Instant};
 
 use snapfs::format::blob::{self as store};
@@ -23,54 +21,26 @@ use crate::util::*;
 
 // ---------------------------------------------------------------- a hostile client
 
-/// `snapfs --repo R serve`, driven over its stdin/stdout.
-struct Serve {
-    child: Child,
-    to: Option<ChildStdin>,
-    from: ChildStdout,
+/// `snapfs --repo R serve` in a copy session, driven over its
+/// stdin/stdout.
+struct Serve(ServeProcess);
+
+impl std::ops::Deref for Serve {
+    type Target = ServeProcess;
+    fn deref(&self) -> &ServeProcess {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Serve {
+    fn deref_mut(&mut self) -> &mut ServeProcess {
+        &mut self.0
+    }
 }
 
 impl Serve {
     fn start(repo: &Path, extra: &[&str]) -> Serve {
-        let mut child = snapfs()
-            .arg("--repo")
-            .arg(repo)
-            .arg("serve")
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn snapfs serve");
-        let to = child.stdin.take();
-        let from = child.stdout.take().expect("piped stdout");
-        Serve { child, to, from }
-    }
-
-    fn send_raw(&mut self, bytes: &[u8]) {
-        let to = self.to.as_mut().expect("stdin open");
-        to.write_all(bytes).expect("write to serve");
-        to.flush().expect("flush to serve");
-    }
-
-    /// One request; Ok(answer body) or Err(error text). Panics if serve
-    /// hangs up instead of answering.
-    fn call(&mut self, payload: &[u8]) -> Result<Vec<u8>, String> {
-        let mut frame = (payload.len() as u32).to_le_bytes().to_vec();
-        frame.extend_from_slice(payload);
-        self.send_raw(&frame);
-        let mut len = [0u8; 4];
-        if let Err(e) = self.from.read_exact(&mut len) {
-            let stderr = self.finish();
-            panic!("serve hung up instead of answering ({e}); its stderr:\n{stderr}");
-        }
-        let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
-        self.from.read_exact(&mut body).expect("read answer");
-        match body.first() {
-            Some(0) => Ok(body[1..].to_vec()),
-            Some(1) => Err(String::from_utf8_lossy(&body[1..]).into_owned()),
-            other => panic!("serve answered with status {other:?}"),
-        }
+        Serve(ServeProcess::start(repo, extra))
     }
 
     fn hello(&mut self) -> Result<Vec<u8>, String> {
@@ -94,24 +64,6 @@ impl Serve {
         e.hash(&record.0);
         e.u64(0);
         self.call(&e.buf).map(|_| ())
-    }
-
-    /// Close its input, wait for it, and return what it said on stderr.
-    fn finish(&mut self) -> String {
-        drop(self.to.take());
-        let _ = self.child.wait();
-        let mut s = String::new();
-        if let Some(mut err) = self.child.stderr.take() {
-            let _ = err.read_to_string(&mut s);
-        }
-        s
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

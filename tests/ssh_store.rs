@@ -8,10 +8,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use snapfs::format::codec::Encoder;
@@ -447,11 +447,7 @@ fn pack_tampered_on_the_far_side_fails_the_key_holders_read_naming_it() {
 // ---------------------------------------------------------------- a hostile client
 
 /// `snapfs --repo DIR serve` in a store session, spoken to directly.
-struct StoreSession {
-    child: Child,
-    to: Option<ChildStdin>,
-    from: ChildStdout,
-}
+struct StoreSession(ServeProcess);
 
 impl StoreSession {
     fn start(dir: &Path, extra: &[&str]) -> StoreSession {
@@ -460,19 +456,7 @@ impl StoreSession {
 
     /// A store session, or the server's refusal of one.
     fn open(dir: &Path, extra: &[&str]) -> Result<StoreSession, String> {
-        let mut child = snapfs()
-            .arg("--repo")
-            .arg(dir)
-            .arg("serve")
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn snapfs serve");
-        let to = child.stdin.take();
-        let from = child.stdout.take().expect("piped stdout");
-        let mut s = StoreSession { child, to, from };
+        let mut s = StoreSession(ServeProcess::start(dir, extra));
         let mut hello = Encoder::new();
         hello.u8(0);
         hello.u64(2);
@@ -481,22 +465,7 @@ impl StoreSession {
     }
 
     fn call(&mut self, payload: &[u8]) -> Result<Vec<u8>, String> {
-        let to = self.to.as_mut().expect("stdin open");
-        to.write_all(&(payload.len() as u32).to_le_bytes())
-            .and_then(|()| to.write_all(payload))
-            .and_then(|()| to.flush())
-            .expect("write to serve");
-        let mut len = [0u8; 4];
-        self.from
-            .read_exact(&mut len)
-            .expect("serve answers instead of hanging up");
-        let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
-        self.from.read_exact(&mut body).expect("read answer");
-        match body.first() {
-            Some(0) => Ok(body[1..].to_vec()),
-            Some(1) => Err(String::from_utf8_lossy(&body[1..]).into_owned()),
-            other => panic!("serve answered with status {other:?}"),
-        }
+        self.0.call(payload)
     }
 
     fn put(&mut self, name: &str, bytes: &[u8]) -> Result<(), String> {
@@ -520,14 +489,6 @@ impl StoreSession {
         e.u8(11);
         e.bytes(name.as_bytes());
         self.call(&e.buf).map(|_| ())
-    }
-}
-
-impl Drop for StoreSession {
-    fn drop(&mut self) {
-        drop(self.to.take());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -842,21 +803,7 @@ fn copy_session_on_a_store_repository_is_refused() {
     write_file(&plain_store.join("config"), b"format = 2\n");
     for dir in [&repo.path, &plain_store] {
         for extra in [&["--append-only"][..], &[][..]] {
-            let mut child = snapfs()
-                .arg("--repo")
-                .arg(dir)
-                .arg("serve")
-                .args(extra)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn serve");
-            let mut s = StoreSession {
-                to: child.stdin.take(),
-                from: child.stdout.take().expect("stdout"),
-                child,
-            };
+            let mut s = ServeProcess::start(dir, extra);
             let mut hello = Encoder::new();
             hello.u8(0);
             hello.u64(1);
@@ -903,20 +850,7 @@ fn store_pack_limit_is_bounded_whatever_the_config_says() {
     s.put("config", b"format = 2\npack_size = 4294967296\n")
         .expect("a config of the largest pack size");
     drop(s);
-    let mut child = snapfs()
-        .arg("--repo")
-        .arg(&dir)
-        .arg("serve")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn serve");
-    let mut s = StoreSession {
-        to: child.stdin.take(),
-        from: child.stdout.take().expect("stdout"),
-        child,
-    };
+    let mut s = ServeProcess::start(&dir, &[]);
     let mut hello = Encoder::new();
     hello.u8(0);
     hello.u64(2);
@@ -933,21 +867,12 @@ fn store_pack_limit_is_bounded_whatever_the_config_says() {
 fn keyless_serve_creates_a_new_repository_private_whatever_the_umask() {
     let base = tempdir();
     let dir = canonical(base.path()).join("new").join("far");
-    let mut child = Command::new("sh")
-        .arg("-c")
+    let mut sh = Command::new("sh");
+    sh.arg("-c")
         .arg("umask 0; exec \"$0\" --repo \"$1\" serve")
         .arg(snapfs_bin())
-        .arg(&dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn serve");
-    let mut s = StoreSession {
-        to: child.stdin.take(),
-        from: child.stdout.take().expect("stdout"),
-        child,
-    };
+        .arg(&dir);
+    let mut s = StoreSession(ServeProcess::spawn(sh));
     let mut hello = Encoder::new();
     hello.u8(0);
     hello.u64(2);

@@ -16,6 +16,8 @@
 //!   [`PausedReader`] holding a file open, [`Tmpfs`]
 //! - `kill`: SIGKILL at random moments ([`Killer`])
 //! - `sshd`: a real sshd on loopback ([`Sshd`])
+//! - `serve`: `snapfs serve` spoken to directly by a test playing its
+//!   client ([`ServeProcess`])
 //! - `garage`: a real three-node Garage cluster on loopback ([`Garage`])
 //! - `catalog`: the catalog read and edited with python3's sqlite3
 //! - `craft`: packs, blobs, trees and records crafted or damaged by hand
@@ -32,6 +34,7 @@ mod kill;
 mod mount;
 mod process;
 mod repo;
+mod serve;
 mod sshd;
 mod tree;
 mod work;
@@ -46,6 +49,7 @@ pub(crate) use kill::*;
 pub(crate) use mount::*;
 pub(crate) use process::*;
 pub(crate) use repo::*;
+pub(crate) use serve::*;
 pub(crate) use sshd::*;
 pub(crate) use tree::*;
 pub(crate) use work::*;
