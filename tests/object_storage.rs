@@ -35,12 +35,6 @@ fn second_machine_sees_the_bucket_and_deduplicates() {
     let first = Repo::new_in_bucket(&garage, "shared", &[1]);
     first.ingest(&["--name", "from-first"], &[&work.src]);
     let second = Repo::bucket_handle(&garage, "shared", &[2]);
-    let names = |r: &Repo| -> Vec<String> {
-        r.snapshots()
-            .iter()
-            .map(|s| json_str(s, "name").to_string())
-            .collect()
-    };
     assert_eq!(names(&second), vec!["from-first"]);
     let again = second.ingest(&["--name", "from-second"], &[&work.src]);
     let added = again.json["added_bytes"].as_u64().expect("added_bytes");
@@ -339,21 +333,13 @@ fn forget_and_gc_in_a_bucket_free_space_and_keep_the_rest() {
     let reference = work.freeze("third");
     // Another machine with a catalog of its own from before the forget.
     let other = Repo::bucket_handle(&garage, "gc", &[2]);
-    let names = |r: &Repo| -> Vec<String> {
-        r.snapshots()
-            .iter()
-            .map(|s| json_str(s, "name").to_string())
-            .collect()
-    };
     assert_eq!(names(&other), vec!["first", "second", "third"]);
     forget(&repo, &["second"]);
     // The forget record alone (no gc yet) reaches the other machine.
     assert_eq!(names(&other), vec!["first", "third"]);
     // The first gc only marks what it took out of use; the next one,
     // after the grace period, deletes it.
-    let marked = gc(&repo, &[]);
-    assert_eq!(marked["bytes_freed"], 0, "{marked}");
-    assert!(marked["packs_waiting"].as_u64() > Some(0), "{marked}");
+    forget_and_mark(&repo, &[]);
     std::thread::sleep(PAST_GRACE);
     let gc = gc(&repo, &[]);
     let freed = gc["bytes_freed"].as_u64().expect("bytes_freed");
@@ -385,9 +371,7 @@ fn gc_in_a_bucket_waits_for_a_mount_another_machine_holds() {
     let dropped = fs::read(work.src.join("drop")).expect("read drop");
     let other = Repo::bucket_handle(&garage, "mounted", &[2]);
     let mount = Mount::new(&other, &[]);
-    forget(&repo, &["second"]);
-    let marked = gc(&repo, &[]);
-    assert_eq!(marked["bytes_freed"], 0, "{marked}");
+    forget_and_mark(&repo, &["second"]);
     std::thread::sleep(PAST_GRACE);
     let held = gc(&repo, &[]);
     assert_eq!(held["bytes_freed"], 0, "deleted under a mount: {held}");
@@ -415,9 +399,7 @@ fn gc_in_a_bucket_deletes_nothing_while_another_machine_writes() {
     write_random_file(&work.src.join("drop"), 81, 4 << 20);
     let repo = Repo::new_in_bucket(&garage, "writing", &[1, 2, 3]);
     repo.ingest(&["--name", "old"], &[&work.src]);
-    forget(&repo, &["old"]);
-    let marked = gc(&repo, &[]);
-    assert_eq!(marked["bytes_freed"], 0, "{marked}");
+    forget_and_mark(&repo, &["old"]);
     std::thread::sleep(PAST_GRACE);
     let slow = Work::new();
     write_random_file(&slow.src.join("big"), 82, 12 << 20);
@@ -464,9 +446,7 @@ fn gc_in_a_bucket_keeps_a_marked_pack_a_later_backup_uses() {
     repo.ingest(&["--name", "gone"], &[&work.src]);
     let other = Repo::bucket_handle(&garage, "rescue", &[2]);
     assert_eq!(other.snapshots().len(), 1);
-    forget(&repo, &["gone"]);
-    let marked = gc(&repo, &[]);
-    assert_eq!(marked["bytes_freed"], 0, "{marked}");
+    forget_and_mark(&repo, &["gone"]);
     // The other machine's catalog still has the file's chunks, in the
     // marked pack only: its backup of the same file stores nothing new.
     let again = other.ingest(&["--name", "later"], &[&work.src]);
@@ -713,6 +693,17 @@ fn key_slot_removed_elsewhere_is_not_brought_back_by_a_concurrent_add() {
     run_ok(third.cmd().arg("snapshots"));
 }
 
+/// Forget `snapshots` (none: only gc) and run the first gc, which only
+/// marks what it took out of use: it frees nothing, and says packs wait.
+fn forget_and_mark(repo: &Repo, snapshots: &[&str]) {
+    if !snapshots.is_empty() {
+        forget(repo, snapshots);
+    }
+    let marked = gc(repo, &[]);
+    assert_eq!(marked["bytes_freed"], 0, "the first gc deleted: {marked}");
+    assert!(marked["packs_waiting"].as_u64() > Some(0), "{marked}");
+}
+
 fn names(r: &Repo) -> Vec<String> {
     r.snapshots()
         .iter()
@@ -783,12 +774,7 @@ fn host_whose_clock_is_off_the_stores_reads_but_writes_nothing() {
             describe(&format!("{args:?} with the clock at {offset}"), &out)
         );
     }
-    let names: Vec<String> = repo
-        .snapshots()
-        .iter()
-        .map(|s| json_str(s, "name").to_string())
-        .collect();
-    assert_eq!(names, ["kept"]);
+    assert_eq!(names(&repo), ["kept"]);
     forget(&repo, &["kept"]);
     assert_eq!(repo.snapshots().len(), 0);
 }
@@ -884,12 +870,7 @@ fn planted_doom_marks_neither_hide_nor_delete_a_backup() {
         );
         assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
     }
-    let names: Vec<String> = first
-        .snapshots()
-        .iter()
-        .map(|s| json_str(s, "name").to_string())
-        .collect();
-    assert_eq!(names, ["theirs"], "a planted mark hid a backup");
+    assert_eq!(names(&first), ["theirs"], "a planted mark hid a backup");
     let at_once = gc(&first, &[]);
     assert_eq!(at_once["bytes_freed"], 0, "{at_once}");
     std::thread::sleep(PAST_GRACE);
