@@ -114,7 +114,9 @@ for kind in local bucket; do
     log "$kind: ingest"
     "$SNAPFS" --repo "$repo" init >/dev/null
     timed "$kind-tree" "$SNAPFS" --repo "$repo" ingest --name tree "$S3_TREE"; R[$kind/tree]=$T_WALL
+    R[$kind/tree_cpu]=$T_CPU R[$kind/tree_other]=$T_OTHER
     timed "$kind-big" "$SNAPFS" --repo "$repo" ingest --name big "$SRC/big"; R[$kind/big]=$T_WALL
+    R[$kind/big_cpu]=$T_CPU R[$kind/big_other]=$T_OTHER
     timed "$kind-again" "$SNAPFS" --repo "$repo" ingest --name again "$S3_TREE"; R[$kind/again]=$T_WALL
     log "$kind: restore"
     rm -rf "$S3_DIR/restored"
@@ -158,7 +160,11 @@ trap - EXIT
 stop_cluster
 
 row "first ingest, $S3_TREE (s)" "${R[local/tree]}" "${R[bucket/tree]}"
+row "  its CPU: snapfs (s)" "${R[local/tree_cpu]}" "${R[bucket/tree_cpu]}"
+row "  its CPU: everything else, the cluster (s)" "${R[local/tree_other]}" "${R[bucket/tree_other]}"
 row "first ingest, $S3_BIG_MIB MiB file (s)" "${R[local/big]}" "${R[bucket/big]}"
+row "  its CPU: snapfs (s)" "${R[local/big_cpu]}" "${R[bucket/big_cpu]}"
+row "  its CPU: everything else, the cluster (s)" "${R[local/big_other]}" "${R[bucket/big_other]}"
 row "no-change re-ingest (s)" "${R[local/again]}" "${R[bucket/again]}"
 row "restore of the tree (s)" "${R[local/restore]}" "${R[bucket/restore]}"
 row "mount to the first ls, cold (ms)" "${R[local/ls]}" "${R[bucket/ls]}"
