@@ -106,7 +106,7 @@ timed() {
     [[ $T_RC == 0 ]] || die "$1 failed ($T_RC): see $LOGS/$1.log"
 }
 ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", (b - a) / 1e6 }'; }
-row() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$(awk -v a="$3" -v b="$2" 'BEGIN { printf "%.2f", a / b }')" >>"$TSV"; }
+row() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$(awk -v a="$3" -v b="$2" 'BEGIN { if (b + 0 == 0) print "-"; else printf "%.2f", a / b }')" >>"$TSV"; }
 declare -A R
 for kind in local bucket; do
     if [[ $kind == local ]]; then repo=$S3_DIR/repo; else repo=s3://bench/host1; fi
