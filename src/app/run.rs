@@ -334,7 +334,10 @@ fn open_from(path: &Path, src: &crate::crypto::PassphraseSource) -> Result<Repos
             path.display(),
             repo.catalog_path().display()
         );
-        rebuild::rebuild_catalog(&repo, &rebuild::RebuildOptions { force: false })?;
+        let r = rebuild::rebuild_catalog(&repo, &rebuild::RebuildOptions { force: false })?;
+        if r.replaced {
+            repo.set_synced_at_open();
+        }
     } else if repo.remote.is_some() {
         // The bucket is the truth: another machine added or removed packs.
         use crate::repo::bucket::{Behind, behind_as_listed, catch_up};
@@ -361,6 +364,7 @@ fn open_from(path: &Path, src: &crate::crypto::PassphraseSource) -> Result<Repos
                 log::warn!("{p}");
             }
         }
+        repo.set_synced_at_open();
     }
     Ok(repo)
 }

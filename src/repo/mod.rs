@@ -80,6 +80,9 @@ pub struct Repository {
     /// Listings of a store started as it was opened, for the catch-up at
     /// the start of the command (`bucket::ListAhead`).
     ahead: std::sync::Mutex<Option<bucket::ListAhead>>,
+    /// Whether the catalog of a repository in a store was brought in step
+    /// with the store as this command opened it (`set_synced_at_open`).
+    synced: std::sync::atomic::AtomicBool,
 }
 
 /// Modes of what a repository holds. Private by default: only the owner
@@ -548,6 +551,7 @@ impl Repository {
             remote: place.remote.clone(),
             store_lease,
             ahead: std::sync::Mutex::new(ahead),
+            synced: std::sync::atomic::AtomicBool::new(false),
         };
         set_umask(repo.access());
         repo.warn_if_open();
@@ -706,6 +710,18 @@ impl Repository {
     /// stale).
     pub(crate) fn take_ahead(&self) -> Option<bucket::ListAhead> {
         self.ahead.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Say that the catalog was just brought in step with the store.
+    pub(crate) fn set_synced_at_open(&self) {
+        self.synced
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether this command brought the catalog of a repository in a store
+    /// in step with it as it opened it.
+    pub(crate) fn synced_at_open(&self) -> bool {
+        self.remote.is_some() && self.synced.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Before a writer commits (stores a snapshot record): its lease in a

@@ -252,7 +252,14 @@ pub fn ingest(repo: &Repository, sources: &[PathBuf], opts: &IngestOptions) -> R
     // Committed at the end (and at the walk's checkpoints, which commit
     // and begin again on the same connection); rolled back if dropped.
     let tx = cat.transaction()?;
-    let adopted = repo.adopt_orphan_packs(&cat)?;
+    // In a store, the catch-up as the command opened the repository
+    // indexed every pack there, a killed ingest's included: listing the
+    // store again would only cost its round trips.
+    let adopted = if repo.synced_at_open() {
+        0
+    } else {
+        repo.adopt_orphan_packs(&cat)?
+    };
     if adopted > 0 {
         log::info!("indexed {adopted} pack(s) left by an interrupted command");
     }
