@@ -23,6 +23,9 @@
 //! - `security_*`: what a hostile local user, repository or copy peer tries:
 //!   `security_local` (repository privacy, locks, the mount), `security_restore`,
 //!   `security_format` (damaged and crafted bytes), `security_copy` (the receiver)
+//! - `object_storage*`: repositories in a bucket of a real Garage cluster;
+//!   `object_storage_faults`: over a link that drops, refuses and delays
+//!   requests (a fault-injecting proxy), nodes killed mid-transfer
 //! - `ssh_store`: repositories at ssh://, the keyless `serve` behind them,
 //!   hostile clients and servers
 //!
@@ -46,6 +49,7 @@ mod layers;
 mod maintenance;
 mod mount;
 mod object_storage;
+mod object_storage_faults;
 mod object_storage_reads;
 mod readers;
 mod rebuild;

@@ -361,6 +361,11 @@ pub(crate) fn prepare_init(client: &dyn ObjectStore, root: &Path) -> Result<()> 
             client.shown("")
         )));
     }
+    clear(root)
+}
+
+/// Remove everything in the state directory `root`.
+fn clear(root: &Path) -> Result<()> {
     for e in std::fs::read_dir(root).at(root)? {
         let p = e.at(root)?.path();
         let r = if p.is_dir() && !p.is_symlink() {
@@ -371,6 +376,23 @@ pub(crate) fn prepare_init(client: &dyn ObjectStore, root: &Path) -> Result<()> 
         r.at(&p)?;
     }
     Ok(())
+}
+
+/// After an init whose config never reached the store (a missing bucket,
+/// credentials that may not write, a link that failed): remove what it
+/// made on this machine (the state in `root`, the catalog in `catalog`,
+/// a directory made for this repository alone), so that nothing here
+/// stands for a repository the store does not hold. A later command
+/// would take it for one the store lost.
+pub(crate) fn undo_init(root: &Path, catalog: Option<&Path>) {
+    if let Err(e) = clear(root) {
+        log::warn!("after the failed init: {e}");
+    }
+    if let Some(dir) = catalog
+        && let Err(e) = std::fs::remove_dir_all(dir)
+    {
+        log::warn!("after the failed init: {}: {e}", dir.display());
+    }
 }
 
 /// A key slot's file name: 16 hex digits and `.key`.

@@ -216,6 +216,8 @@ impl Repository {
         };
         let key = key.as_ref().map(|(m, p)| (m, p.as_str()));
         Repository::init_dir(root, &config, group, key)?;
+        // Where the catalog went, when not in `root`.
+        let mut catalog_dir = None;
         let keying = match key {
             None => crate::format::keying::Keying::plain(),
             Some((master, _)) => {
@@ -234,13 +236,18 @@ impl Repository {
                     }
                 }
                 create_catalog(&db, Access { group: None })?;
+                catalog_dir = Some(dir);
                 keying
             }
         };
         if let Some(c) = &place.remote {
             // Keys first: a bucket never shows a repository without them.
-            bucket::push_keys(c.as_ref(), root, None, &[])?;
-            bucket::push_config(c.as_ref(), root)?;
+            let pushed = bucket::push_keys(c.as_ref(), root, None, &[])
+                .and_then(|()| bucket::push_config(c.as_ref(), root));
+            if let Err(e) = pushed {
+                bucket::undo_init(root, catalog_dir.as_deref());
+                return Err(e);
+            }
         }
         Repository::open_keyed(&place, config, keying)
     }

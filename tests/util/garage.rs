@@ -55,7 +55,6 @@ fn port_free_everywhere() -> u16 {
 
 impl Garage {
     pub(crate) fn start() -> Garage {
-        let bin = garage_bin();
         let dir = tempdir();
         let base = canonical(dir.path());
         let rpc_port = port_free_everywhere();
@@ -89,18 +88,7 @@ impl Garage {
                 )
                 .as_bytes(),
             );
-            let log = fs::File::create(base.join(format!("n{i}.log"))).expect("log");
-            let child = Command::new(&bin)
-                .arg("-c")
-                .arg(base.join(format!("n{i}.toml")))
-                .arg("server")
-                .env("RUST_LOG", "garage=warn")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("log"))
-                .stderr(log)
-                .spawn()
-                .expect("start garage");
-            nodes.push(Some(child));
+            nodes.push(Some(spawn_node(&base, i)));
         }
         let g = Garage {
             nodes,
@@ -185,6 +173,11 @@ impl Garage {
         format!("http://127.0.0.{i}:{}", self.s3_port)
     }
 
+    /// The S3 address of node `i` (1 to 3), for a proxy in front of it.
+    pub(crate) fn s3_addr(&self, i: u32) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, i as u8], self.s3_port))
+    }
+
     /// `AWS_*` variables that reach the cluster through `endpoints`.
     pub(crate) fn env(&self, endpoints: &[u32]) -> Vec<(&'static str, String)> {
         let list: Vec<String> = endpoints.iter().map(|i| self.endpoint(*i)).collect();
@@ -263,6 +256,26 @@ impl Garage {
             .map(|i| canonical(self.dir.path()).join(format!("n{i}")))
             .collect()
     }
+}
+
+/// Starts node `i` of the cluster under `base` (its configuration
+/// `n{i}.toml`), logging to `n{i}.log` (appended to).
+fn spawn_node(base: &std::path::Path, i: u32) -> Child {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(base.join(format!("n{i}.log")))
+        .expect("log");
+    Command::new(garage_bin())
+        .arg("-c")
+        .arg(base.join(format!("n{i}.toml")))
+        .arg("server")
+        .env("RUST_LOG", "garage=warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start garage")
 }
 
 impl Drop for Garage {

@@ -19,6 +19,9 @@
 //! - `serve`: `snapfs serve` spoken to directly by a test playing its
 //!   client ([`ServeProcess`])
 //! - `garage`: a real three-node Garage cluster on loopback ([`Garage`])
+//! - `fault_proxy`: an HTTP proxy in front of one S3 endpoint that drops
+//!   connections, answers 503 or 403, or delays, by a seeded policy
+//!   ([`FaultProxy`])
 //! - `catalog`: the catalog read and edited with python3's sqlite3
 //! - `craft`: packs, blobs, trees and records crafted or damaged by hand
 //!
@@ -27,6 +30,7 @@
 mod catalog;
 mod compare;
 mod craft;
+mod fault_proxy;
 mod fixture;
 mod garage;
 mod json;
@@ -42,6 +46,7 @@ mod work;
 pub(crate) use catalog::*;
 pub(crate) use compare::*;
 pub(crate) use craft::*;
+pub(crate) use fault_proxy::*;
 pub(crate) use fixture::*;
 pub(crate) use garage::*;
 pub(crate) use json::*;

@@ -262,7 +262,17 @@ impl S3Client {
                             moved: false,
                         },
                     },
-                    404 => Attempt::Done(None),
+                    404 => {
+                        // No such object, unless the bucket itself is
+                        // missing: that is said, not taken for an empty
+                        // repository.
+                        let text = error_text_of(&mut r);
+                        if text.starts_with("NoSuchBucket") {
+                            self.judge(name, "GET", 404, text)
+                        } else {
+                            Attempt::Done(None)
+                        }
+                    }
                     code => self.answer(name, "GET", code, &mut r),
                 },
                 Err(e) => transport(e),
@@ -492,11 +502,13 @@ impl S3Client {
         code: u16,
         r: &mut ureq::http::Response<ureq::Body>,
     ) -> Attempt<T> {
-        let body = read_bounded(r.body_mut().as_reader(), MAX_ERROR_BODY)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        let text = error_text(&body);
+        let text = error_text_of(r);
+        self.judge(name, what, code, text)
+    }
+
+    /// What an answer `code` whose error text is `text` comes to (see
+    /// [`S3Client::answer`]).
+    fn judge<T>(&self, name: &str, what: &str, code: u16, text: String) -> Attempt<T> {
         match code {
             408 | 429 | 500..=599 => Attempt::Again {
                 why: format!("{code} {text}"),
@@ -562,6 +574,16 @@ fn read_bounded(r: impl Read, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
     let mut out = Vec::new();
     r.take(limit.saturating_add(1)).read_to_end(&mut out)?;
     Ok((out.len() as u64 <= limit).then_some(out))
+}
+
+/// The error text of an answer's body (see [`error_text`]), read up to
+/// [`MAX_ERROR_BODY`].
+fn error_text_of(r: &mut ureq::http::Response<ureq::Body>) -> String {
+    let body = read_bounded(r.body_mut().as_reader(), MAX_ERROR_BODY)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    error_text(&body)
 }
 
 /// `Code: Message` of an S3 XML error, or the first line of any other

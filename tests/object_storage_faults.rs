@@ -1,0 +1,257 @@
+//! A repository in a bucket over a link that fails: requests dropped,
+//! answered 503 or 403 by a proxy in front of a node ([`FaultProxy`]), a
+//! bucket that is not there, an endpoint nobody listens on, a node killed
+//! in the middle of a transfer, two machines writing at once. Every
+//! command either gets through by retrying, or fails with one line that
+//! names what failed, and never leaves the repository worse than it was.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+/// A handle on the repository under `prefix` whose every request goes
+/// through `proxy` (in front of node 1).
+fn through(garage: &Garage, prefix: &str, proxy: &FaultProxy) -> Repo {
+    let mut repo = Repo::bucket_handle(garage, prefix, &[1]);
+    set_env(&mut repo, "AWS_ENDPOINT_URL", &proxy.endpoint());
+    repo
+}
+
+/// Sets (or replaces) `key` in the environment of `repo`'s commands.
+fn set_env(repo: &mut Repo, key: &'static str, value: &str) {
+    repo.env.retain(|(k, _)| *k != key);
+    repo.env.push((key, value.to_string()));
+}
+
+/// Every regular file under `root`, relative to it.
+fn files_under(root: &Path) -> Vec<PathBuf> {
+    walk(root)
+        .into_iter()
+        .filter(|p| fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
+        .map(|p| p.strip_prefix(root).expect("under root").to_path_buf())
+        .collect()
+}
+
+/// A tree of a few MiB: one big file and a directory of small ones.
+fn write_tree(src: &Path, seed: u64) {
+    write_random_file(&src.join("big"), seed, 4 << 20);
+    let small = src.join("small");
+    mkdir(&small);
+    for i in 0..40u64 {
+        write_random_file(&small.join(format!("f{i:02}")), seed + 1 + i, 300 + i * 97);
+    }
+}
+
+/// Asserts a command failed (exit 1) with a single line on stderr that
+/// holds every one of `words` (besides the warning that test key slots
+/// are made cheap, which only the test suite's setting prints).
+fn assert_one_line_failure(what: &str, out: &Output, words: &[&str]) {
+    assert_failure_line(what, out, words, None);
+}
+
+/// The same, where warnings holding `warned` may come before the error
+/// line (a lease that could not be renewed meanwhile, say).
+fn assert_failure_line(what: &str, out: &Output, words: &[&str], warned: Option<&str>) {
+    let err = stderr_of(out);
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.contains("SNAPFS_TEST_KDF_MEMORY_KIB"))
+        .filter(|l| !warned.is_some_and(|w| l.starts_with("[WARN ]") && l.contains(w)))
+        .collect();
+    assert!(
+        out.status.code() == Some(1)
+            && lines.len() == 1
+            && words.iter().all(|w| lines[0].contains(w)),
+        "{what} should fail with one line naming {words:?}\n{}",
+        describe(what, out)
+    );
+}
+
+/// The regular files under `dir` (a cache directory: nothing there after
+/// a command that failed before it could do anything).
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    if !dir.exists() {
+        return Vec::new();
+    }
+    walk(dir)
+        .into_iter()
+        .filter(|p| fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
+        .collect()
+}
+
+/// Every command of a backup's life goes through a link that answers 15%
+/// of requests `503 SlowDown`, drops 10% of connections (before the
+/// request reaches the node, after the node answered, or half way
+/// through the answer) and delays 10% by 50 ms: init, ingest, the mount
+/// (every file read back through it), restore and verify of every byte
+/// all succeed by retrying, and give back exactly what was stored. The
+/// proxy's counts show each kind of fault was really injected.
+#[test]
+fn faulty_link_is_ridden_out_by_retries() {
+    let garage = Garage::start();
+    let lossy = Policy {
+        drop_pct: 10,
+        slow_down_pct: 15,
+        delay_pct: 10,
+        delay: Duration::from_millis(50),
+        ..Policy::default()
+    };
+    let proxy = FaultProxy::start(garage.s3_addr(1), test_seed(), lossy);
+    let work = Work::new();
+    write_tree(&work.src, 1);
+    let repo = through(&garage, "lossy", &proxy);
+    run_ok(repo.cmd().arg("init"));
+    repo.ingest(&["--name", "lossy"], &[&work.src]);
+    let mut mount = Mount::new(&repo, &["--cache-size", "0"]);
+    let mounted = mount.source_in("lossy", &work.src);
+    for rel in files_under(&work.src) {
+        let got = fs::read(mounted.join(&rel))
+            .unwrap_or_else(|e| panic!("read {} through the mount: {e}", rel.display()));
+        let want = fs::read(work.src.join(&rel)).expect("read source");
+        assert!(got == want, "{} differs through the mount", rel.display());
+    }
+    mount.assert_alive();
+    mount.finish();
+    work.assert_restores(&repo, "lossy", &work.src);
+    assert_verify_read_data_ok(&repo, "after every command went through a faulty link");
+    let done = proxy.injected();
+    eprintln!("injected: {done:?}");
+    assert!(
+        done.dropped > 0 && done.slowed_down > 0 && done.delayed > 0 && done.relayed > 0,
+        "the proxy did not inject every kind of fault: {done:?}"
+    );
+}
+
+/// A bucket that does not exist, an endpoint nobody listens on, and a
+/// link that answers every upload `503` past the retry budget: init and
+/// snapshots fail within a few seconds with one line that names the
+/// bucket, the endpoint or the failure, and leave no file behind in the
+/// cache directory. (An init into a missing bucket, or one whose uploads
+/// failed, used to leave the repository's key, config and catalog there,
+/// and the next command then said the bucket had lost the repository
+/// this machine knew.)
+#[test]
+fn missing_bucket_and_unreachable_endpoint_are_one_clear_line() {
+    let garage = Garage::start();
+    let mut missing = Repo::bucket_handle(&garage, "nothing", &[1]);
+    missing.path = PathBuf::from("s3://no-such-bucket-here/nothing");
+    let mut closed = Repo::bucket_handle(&garage, "nothing", &[1]);
+    let port = free_port();
+    set_env(
+        &mut closed,
+        "AWS_ENDPOINT_URL",
+        &format!("http://127.0.0.1:{port}"),
+    );
+    set_env(&mut closed, "SNAPFS_S3_RETRY_SECONDS", "2");
+    let refusing = FaultProxy::start(
+        garage.s3_addr(1),
+        test_seed(),
+        Policy {
+            slow_down_pct: 100,
+            only_method: Some("PUT"),
+            ..Policy::default()
+        },
+    );
+    let mut busy = through(&garage, "busy", &refusing);
+    set_env(&mut busy, "SNAPFS_S3_RETRY_SECONDS", "2");
+    let endpoint = format!("127.0.0.1:{port}");
+    // What each case is, and what init's and snapshots' lines must name.
+    let cases: [(&str, &Repo, &[&str], &[&str]); 3] = [
+        (
+            "a missing bucket",
+            &missing,
+            &["no-such-bucket-here", "NoSuchBucket"],
+            &["no-such-bucket-here", "NoSuchBucket"],
+        ),
+        (
+            "an unreachable endpoint",
+            &closed,
+            &[&endpoint, "s3://snapfs-test/nothing/"],
+            &[&endpoint, "s3://snapfs-test/nothing/"],
+        ),
+        (
+            "uploads answered 503",
+            &busy,
+            &["s3://snapfs-test/busy/", "503 SlowDown"],
+            &["s3://snapfs-test/busy"],
+        ),
+    ];
+    for (what, repo, init_names, snapshots_names) in cases {
+        let cache = repo.secret.clone().expect("a bucket handle").cache_dir;
+        for (args, named) in [("init", init_names), ("snapshots", snapshots_names)] {
+            let t0 = Instant::now();
+            let out = output_of(repo.cmd().arg(args));
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "{args} with {what} took {:?}",
+                t0.elapsed()
+            );
+            assert_one_line_failure(&format!("{args} with {what}"), &out, named);
+            let left = files_in(&cache);
+            assert!(left.is_empty(), "{args} with {what} left {left:?}");
+        }
+    }
+    assert!(
+        refusing.injected().slowed_down > 0,
+        "the refusing proxy saw no upload"
+    );
+}
+
+/// Halfway through an ingest (its lease written, its pack waiting for
+/// `--limit-upload`), the link starts answering every upload `503` and
+/// keeps at it past the retry budget (3 s here): the ingest fails with
+/// one error line naming the object in the bucket and the 503 (after
+/// warnings that its lease could not be renewed meanwhile), and commits
+/// nothing: with the link healthy again, this machine and another (whose
+/// catalog comes from the bucket alone) list only the snapshot from
+/// before, a new ingest succeeds, both snapshots restore, and verify
+/// reads every byte clean.
+#[test]
+fn uploads_refused_past_the_retry_budget_commit_nothing() {
+    let garage = Garage::start();
+    let proxy = FaultProxy::start(garage.s3_addr(1), test_seed(), Policy::healthy());
+    let work = Work::new();
+    write_tree(&work.src, 20);
+    let mut repo = through(&garage, "budget", &proxy);
+    set_env(&mut repo, "SNAPFS_S3_RETRY_SECONDS", "3");
+    run_ok(repo.cmd().arg("init"));
+    repo.ingest(&["--name", "before"], &[&work.src]);
+    let before = work.freeze("before");
+    write_random_file(&work.src.join("more"), 30, 3 << 20);
+    let child = repo
+        .ingest_cmd(&["--name", "refused"], &[&work.src])
+        .args(["--limit-upload", "512"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn ingest");
+    let started = eventually(Duration::from_secs(20), || {
+        !garage.keys_under("budget/leases/").is_empty()
+    });
+    proxy.set(Policy {
+        slow_down_pct: 100,
+        only_method: Some("PUT"),
+        ..Policy::default()
+    });
+    let out = child.wait_with_output().expect("wait for ingest");
+    assert!(started, "the ingest wrote no lease");
+    assert_failure_line(
+        "an ingest whose uploads are refused",
+        &out,
+        &["s3://snapfs-test/budget/", "503"],
+        Some("cannot renew the lease"),
+    );
+    assert!(proxy.injected().slowed_down > 0, "no upload was refused");
+    proxy.set(Policy::healthy());
+    assert_eq!(repo.snapshot_names(), ["before"], "on this machine");
+    let other = Repo::bucket_handle(&garage, "budget", &[2]);
+    assert_eq!(other.snapshot_names(), ["before"], "on another machine");
+    repo.ingest(&["--name", "after"], &[&work.src]);
+    let after = work.freeze("after");
+    work.assert_restores(&other, "before", &before);
+    work.assert_restores(&other, "after", &after);
+    assert_verify_read_data_ok(&repo, "after an ingest failed past its retry budget");
+}
