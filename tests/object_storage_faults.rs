@@ -255,3 +255,66 @@ fn uploads_refused_past_the_retry_budget_commit_nothing() {
     work.assert_restores(&other, "after", &after);
     assert_verify_read_data_ok(&repo, "after an ingest failed past its retry budget");
 }
+
+/// Credentials that may read and write but not delete (the proxy answers
+/// every DELETE `403 AccessDenied`, which Garage's keys cannot express),
+/// as the README advises for the machines that back up: init, two
+/// ingests and a restore succeed (the lease a command cannot remove as it
+/// ends is left to expire; that is no failure), forget and a gc that only
+/// marks succeed, and the gc that must delete a pack fails with one line
+/// saying access was denied. Nothing is lost: verify is clean, the kept
+/// snapshot restores, and gc on a machine whose credentials may delete
+/// then frees the space.
+#[test]
+fn credentials_that_cannot_delete_back_up_and_gc_fails_clearly() {
+    let garage = Garage::start();
+    let proxy = FaultProxy::start(
+        garage.s3_addr(1),
+        test_seed(),
+        Policy {
+            deny_delete: true,
+            ..Policy::default()
+        },
+    );
+    let work = Work::new();
+    write_random_file(&work.src.join("keep"), 40, 1 << 20);
+    write_random_file(&work.src.join("drop"), 41, 3 << 20);
+    let repo = through(&garage, "nodelete", &proxy);
+    run_ok(repo.cmd().arg("init"));
+    repo.ingest(&["--name", "first"], &[&work.src]);
+    fs::remove_file(work.src.join("drop")).expect("rm drop");
+    write_file(&work.src.join("note"), b"written for the second backup");
+    repo.ingest(&["--name", "second"], &[&work.src]);
+    let second = work.freeze("second");
+    work.assert_restores(&repo, "second", &second);
+    assert!(
+        proxy.injected().denied_deletes >= 3,
+        "the commands removed no lease of theirs: {:?}",
+        proxy.injected()
+    );
+    forget(&repo, &["first"]);
+    let marked = gc(&repo, &[]);
+    assert_eq!(marked["bytes_freed"], 0, "{marked}");
+    std::thread::sleep(PAST_GRACE);
+    let denied = output_of(repo.cmd().args(["gc", "--json"]));
+    assert_one_line_failure(
+        "gc with credentials that cannot delete",
+        &denied,
+        &["DELETE s3://snapfs-test/nodelete/", "access denied"],
+    );
+    assert_verify_read_data_ok(&repo, "after gc was refused a delete");
+    work.assert_restores(&repo, "second", &second);
+    assert_eq!(repo.snapshot_names(), ["second"]);
+    // The machine that runs gc, with credentials that may delete: the
+    // first gc there sees the marks, the next one past the grace acts.
+    let admin = Repo::bucket_handle(&garage, "nodelete", &[1, 2, 3]);
+    gc(&admin, &[]);
+    std::thread::sleep(PAST_GRACE);
+    let freed = gc(&admin, &[]);
+    assert!(
+        freed["bytes_freed"].as_u64() >= Some(2 << 20),
+        "a gc that may delete freed too little of a 3 MiB file: {freed}"
+    );
+    assert_verify_read_data_ok(&admin, "after a gc that may delete");
+    work.assert_restores(&admin, "second", &second);
+}
