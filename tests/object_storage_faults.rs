@@ -318,3 +318,133 @@ fn credentials_that_cannot_delete_back_up_and_gc_fails_clearly() {
     assert_verify_read_data_ok(&admin, "after a gc that may delete");
     work.assert_restores(&admin, "second", &second);
 }
+
+/// Bytes of the files under `dir`, counting none that vanish while it is
+/// read (a copy in progress, a cluster's files).
+fn bytes_under(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| match fs::symlink_metadata(e.path()) {
+            Ok(m) if m.is_dir() => bytes_under(&e.path()),
+            Ok(m) if m.is_file() => m.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Asserts `copy` holds the same files as `src` (`diff -r`) with the same
+/// metadata ([`assert_same_tree`]).
+fn assert_copied(src: &Path, copy: &Path, when: &str) {
+    let diff = output_of(
+        std::process::Command::new("diff")
+            .arg("-r")
+            .arg(src)
+            .arg(copy),
+    );
+    assert!(
+        diff.status.success(),
+        "{when}: {}",
+        describe("diff -r", &diff)
+    );
+    assert_same_tree(src, copy);
+}
+
+/// The node the client talks to (node 1, first of the endpoints 1, 2, 3)
+/// is killed (SIGKILL) in the middle of an ingest slowed to last several
+/// seconds, and, once back, again in the middle of a `cp -a` out of a
+/// mount slowed by `--limit-download`: both move to the next node and
+/// finish right (the snapshot restores identical, the copy equals the
+/// source), and verify reads every byte clean with the node down. With
+/// the node started again (its data short of what was written while it
+/// was down) and first again, a new command still restores and verifies
+/// the same.
+#[test]
+fn node_killed_mid_transfer_is_passed_over_and_comes_back() {
+    let mut garage = Garage::start();
+    let work = Work::new();
+    write_tree(&work.src, 50);
+    let mut repo = Repo::bucket_handle(&garage, "killed", &[1, 2, 3]);
+    // Leases of the usual life: a write the cluster holds up for a few
+    // seconds as it notices a node died must not lapse one.
+    repo.env
+        .retain(|(k, _)| !SHORT_LEASES.iter().any(|(s, _)| s == k));
+    run_ok(repo.cmd().arg("init"));
+
+    let child = repo
+        .ingest_cmd(&["--name", "during"], &[&work.src])
+        .args(["--limit-upload", "512"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn ingest");
+    let started = eventually(Duration::from_secs(20), || {
+        !garage.keys_under("killed/leases/").is_empty()
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    garage.kill_node(1);
+    let out = child.wait_with_output().expect("wait for ingest");
+    assert!(started, "the ingest wrote no lease");
+    assert!(
+        out.status.success(),
+        "{}",
+        describe("the ingest whose node was killed", &out)
+    );
+    assert!(
+        stderr_of(&out).contains("does not answer"),
+        "the ingest never moved off the killed node (did it end first?)\n{}",
+        describe("ingest", &out)
+    );
+    work.assert_restores(&repo, "during", &work.src);
+    assert_verify_read_data_ok(&repo, "with the node killed during the ingest down");
+
+    garage.restart_node(1);
+    let mount = Mount::new(&repo, &["--limit-download", "1024", "--cache-size", "0"]);
+    let copy = work.scratch.join("copy");
+    let mut cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(mount.source_in("during", &work.src))
+        .arg(&copy)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn cp -a");
+    let copying = eventually(Duration::from_secs(20), || bytes_under(&copy) >= 1 << 20);
+    garage.kill_node(1);
+    let copied = wait_timeout(&mut cp, Duration::from_secs(120));
+    if copied.is_none() {
+        let _ = cp.kill();
+        let _ = cp.wait();
+    }
+    let mut cp_said = String::new();
+    if let Some(mut e) = cp.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut cp_said);
+    }
+    assert!(copying, "the copy out of the mount did not get going");
+    assert!(
+        copied.is_some_and(|s| s.success()),
+        "cp -a out of the mount: {copied:?}: {cp_said}\n--- mount ---\n{}",
+        mount.stderr_text()
+    );
+    assert!(
+        bytes_under(&copy) >= 4 << 20,
+        "the copy holds only {} bytes",
+        bytes_under(&copy)
+    );
+    assert_copied(
+        &work.src,
+        &copy,
+        "a copy out of the mount while its node was killed",
+    );
+    let said = mount.finish();
+    assert!(
+        said.contains("does not answer"),
+        "the mount never moved off the killed node (did the copy end first?)\n{said}"
+    );
+    assert_verify_read_data_ok(&repo, "with the node killed during the copy down");
+
+    garage.restart_node(1);
+    work.assert_restores(&repo, "during", &work.src);
+    assert_verify_read_data_ok(&repo, "with the killed node back and first again");
+}

@@ -6,7 +6,7 @@
 //! in parallel without sharing a bucket. Garage needs a quorum of two
 //! nodes for reads and writes, so one node may be killed
 //! ([`Garage::kill_node`]) and the cluster keeps answering through the
-//! other endpoints.
+//! other endpoints, then started again ([`Garage::restart_node`]).
 
 use std::fs;
 use std::path::PathBuf;
@@ -25,6 +25,10 @@ pub(crate) struct Garage {
     nodes: Vec<Option<Child>>,
     /// The S3 port, the same on every node's address.
     pub(crate) s3_port: u16,
+    /// The RPC port, likewise.
+    rpc_port: u16,
+    /// Each node's full id (`KEY@ADDRESS`), to connect to it.
+    ids: Vec<String>,
     dir: TempDir,
 }
 
@@ -90,9 +94,11 @@ impl Garage {
             );
             nodes.push(Some(spawn_node(&base, i)));
         }
-        let g = Garage {
+        let mut g = Garage {
             nodes,
             s3_port,
+            rpc_port,
+            ids: Vec::new(),
             dir,
         };
         let up = eventually(Duration::from_secs(30), || {
@@ -113,6 +119,7 @@ impl Garage {
             g.cli(1, &["layout", "assign", "-z", "dc1", "-c", "1G", short]);
         }
         g.cli(1, &["layout", "apply", "--version", "1"]);
+        g.ids = ids;
         let healthy = eventually(Duration::from_secs(60), || {
             g.try_cli(1, &["status"])
                 .is_some_and(|s| s.contains("HEALTHY") || s.contains("Healthy"))
@@ -195,6 +202,54 @@ impl Garage {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Start node `i` again after [`Garage::kill_node`]: the same binary,
+    /// configuration and data, its log appended to. Returns once its RPC
+    /// port answers, it is connected to the other running nodes (it does
+    /// not wait for them to find it) and `garage status` on it lists every
+    /// running node as healthy.
+    pub(crate) fn restart_node(&mut self, i: u32) {
+        assert!(
+            self.nodes[(i - 1) as usize].is_none(),
+            "node {i} is running"
+        );
+        let base = canonical(self.dir.path());
+        self.nodes[(i - 1) as usize] = Some(spawn_node(&base, i));
+        let rpc = (format!("127.0.0.{i}"), self.rpc_port);
+        let up = eventually(Duration::from_secs(30), || {
+            std::net::TcpStream::connect(rpc.clone()).is_ok()
+        });
+        assert!(up, "garage node {i} did not start again:\n{}", self.logs());
+        // It does not wait for the others to find it again: it asks them.
+        for (j, id) in self.ids.clone().iter().enumerate() {
+            if j as u32 + 1 != i && self.nodes[j].is_some() {
+                let connected = eventually(Duration::from_secs(30), || {
+                    self.try_cli(i, &["node", "connect", id]).is_some()
+                });
+                assert!(
+                    connected,
+                    "node {i} cannot reach node {}:\n{}",
+                    j + 1,
+                    self.logs()
+                );
+            }
+        }
+        // Every running node listed healthy (addresses are only shown for
+        // those; the failed ones come after).
+        let running = self.nodes.iter().flatten().count();
+        let healthy = eventually(Duration::from_secs(60), || {
+            self.try_cli(i, &["status"]).is_some_and(|s| {
+                let healthy = s.split("FAILED").next().unwrap_or("");
+                healthy.matches("127.0.0.").count() == running
+            })
+        });
+        assert!(
+            healthy,
+            "the cluster is not healthy again after node {i} restarted:\n{}\n{}",
+            self.try_cli(i, &["status"]).unwrap_or_default(),
+            self.logs()
+        );
     }
 
     /// An S3 request made with curl (SigV4), as another client holding the
