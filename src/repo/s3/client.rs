@@ -818,6 +818,24 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn s3_get_of_a_missing_bucket_is_an_error_not_a_missing_object() {
+        let xml = |code: &str| {
+            format!(
+                "<?xml version=\"1.0\"?><Error><Code>{code}</Code><Message>not here</Message></Error>"
+            )
+        };
+        let (no_bucket, no_key) = (xml("NoSuchBucket"), xml("NoSuchKey"));
+        let client = hostile_server(move |_| http("404 Not Found", "", &no_bucket));
+        let err = client.get("config", 4096).unwrap_err().to_string();
+        assert!(
+            err.contains("s3://bucket/p/config") && err.contains("NoSuchBucket"),
+            "{err}"
+        );
+        let client = hostile_server(move |_| http("404 Not Found", "", &no_key));
+        assert_eq!(client.get("config", 4096).unwrap(), None);
+    }
+
+    #[test]
     fn bounded_reads_refuse_more_than_the_limit() {
         assert_eq!(read_bounded(&b"abc"[..], 3).unwrap(), Some(b"abc".to_vec()));
         assert_eq!(read_bounded(&b"abcd"[..], 3).unwrap(), None);
