@@ -286,6 +286,17 @@ fn copy_chunked(r: &mut impl BufRead, w: &mut impl Write) -> io::Result<()> {
     }
 }
 
+/// Whether the server has not closed `up` (nothing waits to be read on
+/// a connection between answers, so a readable one has reached its end).
+fn still_open(up: &TcpStream) -> bool {
+    if up.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let mut b = [0u8; 1];
+    let open = matches!(up.peek(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+    up.set_nonblocking(false).is_ok() && open
+}
+
 /// An answer the proxy makes itself, with an S3 XML error body.
 fn s3_error(status: &str, code: &str, message: &str) -> Vec<u8> {
     let body = format!(
@@ -373,6 +384,10 @@ impl Shared {
                     thread::sleep(d);
                 }
                 _ => {}
+            }
+            // The server may have closed an idle connection meanwhile.
+            if upstream.as_ref().is_some_and(|(up, _)| !still_open(up)) {
+                upstream = None;
             }
             if upstream.is_none() {
                 let up = TcpStream::connect_timeout(&self.upstream, Duration::from_secs(5))?;
