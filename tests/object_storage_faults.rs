@@ -118,7 +118,6 @@ fn faulty_link_is_ridden_out_by_retries() {
     work.assert_restores(&repo, "lossy", &work.src);
     assert_verify_read_data_ok(&repo, "after every command went through a faulty link");
     let done = proxy.injected();
-    eprintln!("injected: {done:?}");
     assert!(
         done.dropped > 0 && done.slowed_down > 0 && done.delayed > 0 && done.relayed > 0,
         "the proxy did not inject every kind of fault: {done:?}"
