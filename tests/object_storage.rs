@@ -884,3 +884,121 @@ fn planted_doom_marks_neither_hide_nor_delete_a_backup() {
     work.assert_restores(&first, "theirs", &reference);
     assert_verify_read_data_ok(&first, "after marks were planted on every pack");
 }
+
+/// A gc on one machine deletes a marked pack while an ingest on another
+/// waits for its passphrase, having listed the store as it started. The
+/// ingest must not deduplicate against the deleted pack: before, its
+/// stale listing showed the pack there, its mark was gone (a gc removes a
+/// mark after the pack), and the new backup's data pointed into nothing.
+#[test]
+fn ingest_waiting_for_its_key_never_deduplicates_against_a_pack_a_gc_deleted_meanwhile() {
+    let garage = Garage::start();
+    let work = Work::new();
+    write_random_file(&work.src.join("keep"), 95, 1 << 20);
+    write_random_file(&work.src.join("drop"), 96, 6 << 20);
+    let dropped = fs::read(work.src.join("drop")).expect("read drop");
+    let a = Repo::new_in_bucket(&garage, "stale", &[1]);
+    a.ingest(&["--name", "both"], &[&work.src]);
+    let b = Repo::bucket_handle(&garage, "stale", &[2]);
+    b.snapshots();
+    fs::remove_file(work.src.join("drop")).expect("rm drop");
+    a.ingest(&["--name", "kept"], &[&work.src]);
+    forget_and_mark(&a, &["both"]);
+    b.snapshots();
+    std::thread::sleep(PAST_GRACE);
+    // The dropped file again, elsewhere: its chunks are in the marked pack.
+    let again = Work::new();
+    fs::write(again.src.join("again"), &dropped).expect("write again");
+    let mut cmd = b.ingest_cmd(&["--name", "again"], &[&again.src]);
+    b.passphrase_late(&mut cmd, 6);
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn ingest");
+    std::thread::sleep(Duration::from_secs(2));
+    let freed = gc(&a, &[]);
+    assert!(
+        freed["bytes_freed"].as_u64() >= Some(5 << 20),
+        "the gc deleted nothing while the ingest waited: {freed}"
+    );
+    let out = child.wait_with_output().expect("wait for ingest");
+    assert!(
+        out.status.success(),
+        "{}",
+        describe("the late ingest", &out)
+    );
+    again.assert_restores(&b, "again", &again.src);
+    assert_verify_read_data_ok(&a, "after the late ingest");
+}
+
+/// A mount on a machine that synced after a gc elsewhere marked a pack
+/// and stored what replaces its live chunks reads nothing from that pack:
+/// it must not hold it. Before, every chunk row the catalog had there
+/// (the dead ones too) counted as read, its lease counted from before the
+/// mark, and no gc could delete the pack while the mount lived.
+#[test]
+fn mount_synced_after_a_gc_replaced_a_pack_does_not_hold_it() {
+    let garage = Garage::start();
+    let work = Work::new();
+    write_random_file(&work.src.join("keep"), 95, 1 << 20);
+    write_random_file(&work.src.join("drop"), 96, 6 << 20);
+    let a = Repo::new_in_bucket(&garage, "hold", &[1]);
+    a.ingest(&["--name", "both"], &[&work.src]);
+    let b = Repo::bucket_handle(&garage, "hold", &[2]);
+    b.snapshots();
+    fs::remove_file(work.src.join("drop")).expect("rm drop");
+    a.ingest(&["--name", "kept"], &[&work.src]);
+    forget_and_mark(&a, &["both"]);
+    // Well after the mark's write could take.
+    std::thread::sleep(Duration::from_secs(2));
+    let mount = Mount::new(&b, &[]);
+    std::thread::sleep(PAST_GRACE);
+    let freed = gc(&a, &[]);
+    assert!(
+        freed["bytes_freed"].as_u64() >= Some(5 << 20),
+        "a mount that reads nothing from the marked pack kept it: {freed}"
+    );
+    let kept = fs::read(work.src.join("keep")).expect("read keep");
+    let through = fs::read(mount.source_in("kept", &work.src).join("keep")).expect("read keep");
+    assert!(through == kept, "the file read through the mount differs");
+    mount.finish();
+    assert_verify_read_data_ok(&a, "after the gc under the mount");
+}
+
+/// A command that opens the repository while an ingest on the same
+/// machine stores a backup does not rebuild the catalog: the listing made
+/// as it started lacks the packs the ingest stored while it waited for
+/// its key, which it once took for packs a gc deleted.
+#[test]
+fn reader_opening_during_a_local_ingest_does_not_rebuild_the_catalog() {
+    let garage = Garage::start();
+    let work = Work::new();
+    write_random_file(&work.src.join("seed"), 1, 1 << 20);
+    let a = Repo::new_in_bucket(&garage, "local", &[1]);
+    a.ingest(&["--name", "first"], &[&work.src]);
+    let mut cmd = a.cmd();
+    cmd.args(["snapshots", "--json"]).env("RUST_LOG", "info");
+    a.passphrase_late(&mut cmd, 6);
+    let reader = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn snapshots");
+    std::thread::sleep(Duration::from_secs(1));
+    let more = Work::new();
+    write_random_file(&more.src.join("more"), 2, 2 << 20);
+    let started = Instant::now();
+    a.ingest(&["--name", "second"], &[&more.src]);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the ingest took longer than the reader waited for its key: the test proves nothing"
+    );
+    let out = reader.wait_with_output().expect("wait for snapshots");
+    assert!(
+        out.status.success() && !stderr_of(&out).contains("rebuilding"),
+        "{}",
+        describe("snapshots opened during the ingest", &out)
+    );
+    assert_eq!(names(&a), ["first", "second"]);
+}

@@ -345,7 +345,15 @@ fn open_from(path: &Path, src: &crate::crypto::PassphraseSource) -> Result<Repos
             Some(a) => Some(a.join()?),
             None => None,
         };
-        let rebuild = match behind_as_listed(&repo, listed)? {
+        let listed_ahead = listed.is_some();
+        let behind = match behind_as_listed(&repo, listed)? {
+            // Listed while the key was derived: another command here may
+            // have stored packs since (the catalog knows them, the listing
+            // not). Only a listing made now can say packs are gone.
+            Behind::Gone if listed_ahead => behind_as_listed(&repo, None)?,
+            b => b,
+        };
+        let rebuild = match behind {
             Behind::No => false,
             Behind::New {
                 new,

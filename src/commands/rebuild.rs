@@ -273,11 +273,24 @@ fn build(
     let tx = cat.transaction()?;
     let old = previous.map(|p| &p.cat);
 
+    // Marks first: a gc deletes a pack before it removes its mark, so a
+    // pack listed after its mark was not is not being deleted.
+    let marked = repo.marked_packs()?;
     let mut listed = repo.backend.list()?;
     // Packs a gc marked in a store come last: a chunk is located in one of
     // them only where no pack that stays holds it.
-    let marked = repo.marked_packs()?;
     listed.sort_by_key(|p| marked.contains(p));
+    // Held from before they are read.
+    let marks = if marked.is_empty() {
+        Default::default()
+    } else {
+        let reads: Vec<_> = listed
+            .iter()
+            .filter(|p| marked.contains(p))
+            .copied()
+            .collect();
+        crate::repo::bucket::hold_marked(repo, &reads)?
+    };
     let mut unreadable: HashMap<PackName, String> = HashMap::new();
     // From a store, the metadata chunks are read ahead, many at a time.
     let mut metadata = Vec::new();
@@ -403,14 +416,25 @@ fn build(
             .packs()?
             .into_iter()
             .filter(|p| marked.contains(&p.1))
+            .map(|p| (p.0, p.1))
             .collect();
-        let held = cat.chunks_held(&ids.iter().map(|p| p.0).collect::<Vec<_>>())?;
-        let used: Vec<PackName> = ids
-            .iter()
-            .filter(|p| held.get(&p.0).copied().unwrap_or(0) > 0)
-            .map(|p| p.1)
-            .collect();
-        crate::repo::bucket::hold_marked(repo, &used)?;
+        let pack_ids: Vec<_> = ids.iter().map(|p| p.0).collect();
+        let holding = |held: &HashMap<crate::ids::PackId, u64>| -> Vec<PackName> {
+            ids.iter()
+                .filter(|p| held.get(&p.0).copied().unwrap_or(0) > 0)
+                .map(|p| p.1)
+                .collect()
+        };
+        // Any chunk located there may be deduplicated against; only those
+        // a snapshot reaches are read.
+        let used = holding(&cat.chunks_held(&pack_ids)?);
+        let kept = holding(&cat.reached_chunks_held(&pack_ids)?);
+        if !crate::repo::bucket::settle_marked(repo, &kept, &used, &marks)? {
+            return Err(Error::invalid(format!(
+                "a gc elsewhere deleted packs of {} while the catalog was rebuilt from them; run the command again",
+                repo.location()
+            )));
+        }
     }
     cat.attribute_added_bytes()?;
     let mut memo = HashMap::new();

@@ -76,10 +76,19 @@ pub(crate) fn place(path: &Path) -> Result<Place> {
 /// The listings of a store's packs and doom marks, started as a command
 /// opens the repository, so that their round trips pass while the key is
 /// derived rather than after it. Only the catch-up at the start of a
-/// command may use them (`Repository::take_ahead`): they are as fresh as
-/// the lease's `since_ns`, which is taken before they start.
+/// command may use them (`Repository::take_ahead`).
+///
+/// The command's lease is written first and the listings start only once
+/// it is in the store: a gc that has not seen the lease may be deleting
+/// packs (marked ones, due) while they are listed, and only a listing made
+/// after the lease lets the catch-up tell such packs apart (it waits out
+/// any such gc's delete window before it trusts a due pack, see
+/// `still_there`). Marks are listed before packs: a gc deletes a pack
+/// before it removes its mark, so a pack listed without a mark was not
+/// being deleted.
 pub(crate) struct ListAhead {
-    pub since_ns: i64,
+    /// The command's lease, once written (or why it could not be).
+    lease: std::sync::mpsc::Receiver<Result<super::store_lease::StoreLease>>,
     /// The backend the listing of packs went through: it keeps the sizes
     /// listed, and becomes the repository's.
     pub packs: Arc<super::store::StorePacks>,
@@ -90,26 +99,37 @@ pub(crate) struct ListAhead {
 pub(crate) type Listed = (Vec<crate::ids::PackName>, HashSet<crate::ids::PackName>);
 
 impl ListAhead {
-    fn start(store: Arc<dyn ObjectStore>) -> ListAhead {
-        let since_ns = crate::time::now_ns();
+    fn start(store: Arc<dyn ObjectStore>, times: super::store_lease::Times) -> ListAhead {
         let packs = Arc::new(super::store::StorePacks::new(store.clone()));
         let p = packs.clone();
+        let (tx, lease) = std::sync::mpsc::sync_channel(1);
         let listing = std::thread::spawn(move || -> Result<Listed> {
             use super::backend::Backend;
-            std::thread::scope(|s| {
-                let marked = s.spawn(|| super::store_lease::marked_names(store.as_ref()));
-                let listed = p.list()?;
-                let marked = marked
-                    .join()
-                    .map_err(|_| Error::invalid("the listing of doom marks panicked"))??;
-                Ok((listed, marked.into_iter().collect()))
-            })
+            let since = crate::time::now_ns();
+            let _ = tx.send(super::store_lease::StoreLease::take(
+                store.clone(),
+                times,
+                "open",
+                since,
+            ));
+            // A lease nobody received goes (is removed) with the channel.
+            drop(tx);
+            let marked = super::store_lease::marked_names(store.as_ref())?;
+            let listed = p.list()?;
+            Ok((listed, marked.into_iter().collect()))
         });
         ListAhead {
-            since_ns,
+            lease,
             packs,
             listing,
         }
+    }
+
+    /// The command's lease, as written before the listings started.
+    pub(crate) fn lease(&self) -> Result<super::store_lease::StoreLease> {
+        self.lease
+            .recv()
+            .map_err(|_| Error::invalid("the thread writing the lease ended without one"))?
     }
 
     pub(crate) fn join(self) -> Result<Listed> {
@@ -119,14 +139,17 @@ impl ListAhead {
     }
 }
 
-/// `opened`, with the listings a catch-up needs started at once.
+/// `opened`, then the command's lease taken and the listings a catch-up
+/// needs started while the caller goes on (derives the key).
 pub(crate) fn opened_listing_ahead(path: &Path) -> Result<(Place, Option<ListAhead>)> {
     let p = place(path)?;
     let Some(c) = &p.remote else {
         return Ok((p, None));
     };
-    let ahead = ListAhead::start(c.clone());
+    let times = super::store_lease::Times::from_env()?;
+    // Nothing is written where no repository is.
     pull(c.as_ref(), &p.root)?;
+    let ahead = ListAhead::start(c.clone(), times);
     Ok((p, Some(ahead)))
 }
 
@@ -164,7 +187,13 @@ pub(crate) fn pull(client: &dyn ObjectStore, root: &Path) -> Result<()> {
     pin(&fresh, root, &shown)?;
     write_atomic(root, "config", &config)?;
     let keys = root.join("keys");
-    let listed = listed?;
+    let listed = match listed? {
+        // Listed before `config` was read: during another machine's
+        // `init` (slots first, `config` last) the listing can predate the
+        // slots that `config` now needs. Listed again, after it.
+        l if l.is_empty() && fresh.encryption != super::Encryption::None => client.list("keys")?,
+        l => l,
+    };
     if listed.is_empty() {
         // An unencrypted repository: nothing to bring, and a local keys/
         // of an earlier repository here must not stay.
@@ -403,9 +432,12 @@ fn slot_name(n: &str) -> bool {
 
 /// Write `name` in `dir` whole or not at all (0600).
 pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp"));
+    // A name of this write's own: two commands may write the same file.
+    let tmp = dir.join(format!(
+        ".{name}.{}.tmp",
+        &crate::format::pack::unique_token()[..16]
+    ));
     let dest = dir.join(name);
-    let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -413,9 +445,15 @@ pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)
         .at(&tmp)?;
-    f.write_all(bytes).at(&tmp)?;
-    f.sync_all().at(&tmp)?;
-    std::fs::rename(&tmp, &dest).at(&dest)
+    let done = f
+        .write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .at(&tmp)
+        .and_then(|()| std::fs::rename(&tmp, &dest).at(&dest));
+    if done.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    done
 }
 
 /// How a local catalog stands against its store.
@@ -452,15 +490,12 @@ pub(crate) fn behind_as_listed(repo: &super::Repository, listed: Option<Listed>)
     known.extend(cat.doomed_packs()?.into_iter().map(|d| d.0));
     let (stored, marked) = match listed {
         Some(l) => l,
-        // Both at once: each is a round trip.
-        None => std::thread::scope(|s| -> Result<Listed> {
-            let marked = s.spawn(|| repo.marked_packs());
-            let stored = repo.backend.list();
-            let marked = marked
-                .join()
-                .unwrap_or_else(|_| Err(Error::invalid("the listing of doom marks panicked")));
-            Ok((stored?, marked?))
-        })?,
+        // Marks first: a gc deletes a pack before it removes its mark, so
+        // a pack listed after its mark was not is not being deleted.
+        None => {
+            let marked = repo.marked_packs()?;
+            (repo.backend.list()?, marked)
+        }
     };
     let stored: HashSet<_> = stored.into_iter().collect();
     if !known.is_subset(&stored) {
@@ -530,6 +565,11 @@ pub(crate) fn index_new(
         .map(|p| (p.0, p.1))
         .collect();
     let from: Vec<_> = marked_ids.iter().map(|p| p.0).collect();
+    // Held from before anything is read: packs the catalog reads from,
+    // and new ones, may be marked.
+    let mut reads: Vec<_> = marked.to_vec();
+    reads.extend(new.iter().filter(|p| doomed.contains(p)));
+    let marks = hold_marked(repo, &reads)?;
     let mut records = Vec::new();
     // A marked pack may hold the record of a snapshot this catalog saw
     // forgotten (gc moved the rest away): such a record stays forgotten.
@@ -565,15 +605,32 @@ pub(crate) fn index_new(
     {
         let suspect = doomed.contains(name);
         let bytes = match prefetched.take(&e.id) {
-            Some(b) => b,
+            Some(b) => Ok(b),
             None => {
                 let loc = cat
                     .chunk_loc(&e.id)?
                     .ok_or_else(|| Error::corrupt(format!("chunk {} vanished", e.id)))?;
-                repo.read_chunk(&e.id, &loc)?
+                repo.read_chunk(&e.id, &loc)
             }
         };
-        match decode_record(&bytes, e.id.0)? {
+        let record = match bytes.and_then(|b| decode_record(&b, e.id.0)) {
+            Ok(r) => r,
+            // Bytes a pack's table calls a snapshot record but that are
+            // none (planted by a client that may only add objects): named
+            // and left out, as an unreadable pack is, or (gc) no catching
+            // up. A record that could not be read (a failing link) stops
+            // the command: it must not be taken for no snapshot.
+            Err(e @ Error::Corrupt(_)) if !strict => {
+                log::warn!(
+                    "ignoring a snapshot record in pack {name} in {}: {e}",
+                    repo.location()
+                );
+                continue;
+            }
+            Err(Error::Corrupt(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        match record {
             Record::Snapshot { .. }
                 if suspect && forgotten_here(repo, cat, &mut forgotten)?.contains(&e.id.0) => {}
             Record::Snapshot { row, .. } => records.push((row.started_ns, e.id)),
@@ -598,10 +655,27 @@ pub(crate) fn index_new(
         return Ok(false);
     }
     cat.attribute_added_bytes()?;
-    let held = cat.chunks_held(&from)?;
+    // Every marked pack the catalog now knows: those it read from, and
+    // new ones it indexed.
+    let marked_now: Vec<_> = cat
+        .packs()?
+        .into_iter()
+        .filter(|p| doomed.contains(&p.1))
+        .map(|p| (p.0, p.1))
+        .collect();
+    let ids: Vec<_> = marked_now.iter().map(|p| p.0).collect();
+    let mut held = cat.chunks_held(&ids)?;
+    if held.values().any(|&n| n > 0) {
+        // Rows no snapshot reaches (a forget here, or a gc elsewhere, left
+        // them) must not keep a marked pack: the catalog drops them, as a
+        // gc here would, and never deduplicates against them again.
+        cat.mark_live()?;
+        cat.delete_dead()?;
+        held = cat.chunks_held(&ids)?;
+    }
     let mut left = 0;
     let mut kept = Vec::new();
-    for (id, name) in &marked_ids {
+    for (id, name) in &marked_now {
         if held.get(id).copied().unwrap_or(0) == 0 {
             // Its gc deletes it; this catalog only stops knowing it.
             cat.doom_pack(*id, name)?;
@@ -611,7 +685,7 @@ pub(crate) fn index_new(
             kept.push(*name);
         }
     }
-    if !kept.is_empty() && !still_there(repo, &kept)? {
+    if !settle_marked(repo, &kept, &kept, &marks)? {
         return Ok(false);
     }
     if !new.is_empty() || left > 0 {
@@ -648,21 +722,70 @@ fn forgotten_here<'a>(
     Ok(known.as_ref().expect("just filled"))
 }
 
-/// Whether marked packs this catalog still reads from (it knows no other
-/// pack that holds some of their chunks) may be trusted: those whose mark
-/// is young enough that no gc deletes them yet, or, after waiting out any
-/// gc's delete window, still there. False: a gc deleted one, and only a
-/// rebuild finds where their chunks are now, if anywhere. This command's
-/// lease then counts as synced before their marks, so no gc deletes them
-/// while it reads ([`hold_marked`]).
-fn still_there(repo: &super::Repository, kept: &[crate::ids::PackName]) -> Result<bool> {
+/// The marks of marked packs a command may read from: their times, None
+/// where a mark cannot be read. A pack whose mark vanished is not there.
+pub(crate) type Marks = std::collections::HashMap<crate::ids::PackName, Option<i64>>;
+
+/// Before a command reads anything from marked `packs`: their marks, with
+/// this command's lease set to count as synced before the earliest, so no
+/// gc deletes them while it reads. A catalog that synced after a gc
+/// marked them, but before that gc stored the packs that take over their
+/// chunks, would otherwise look like one that moved off them.
+pub(crate) fn hold_marked(
+    repo: &super::Repository,
+    packs: &[crate::ids::PackName],
+) -> Result<Marks> {
+    if packs.is_empty() {
+        return Ok(Marks::new());
+    }
+    let store = repo.remote.as_ref().expect("a repository in a store");
+    let marks: Marks = super::store_lease::mark_times(store.as_ref(), packs, |_| None)?
+        .into_iter()
+        .collect();
+    hold(repo, marks.values().filter_map(|t| *t).min());
+    Ok(marks)
+}
+
+/// Once the catalog is caught up: `kept`, the marked packs it still reads
+/// from (of those `hold_marked` gave `marks` of), keep this command's
+/// lease low, and no other mark does. Whether the marked packs it locates
+/// any chunk in (`used`, `kept` among them) may be trusted: those whose
+/// mark is young enough that no gc deletes them yet, or, after waiting out
+/// any gc's delete window, still there. False: a gc deleted one, and only
+/// a rebuild finds where their chunks are now, if anywhere.
+pub(crate) fn settle_marked(
+    repo: &super::Repository,
+    kept: &[crate::ids::PackName],
+    used: &[crate::ids::PackName],
+    marks: &Marks,
+) -> Result<bool> {
+    hold(
+        repo,
+        kept.iter()
+            .filter_map(|p| marks.get(p).copied().flatten())
+            .min(),
+    );
+    if used.is_empty() {
+        return Ok(true);
+    }
+    // A gc removes a mark only after it deleted the pack, or decided to
+    // keep it: a pack whose mark went is looked for now.
+    for p in used.iter().filter(|p| !marks.contains_key(p)) {
+        if !pack_present(repo, p)? {
+            return Ok(false);
+        }
+    }
     let times = super::store_lease::Times::from_env()?;
     let now = crate::time::now_ns();
-    let marks = hold_marked(repo, kept)?;
-    let due: Vec<_> = marks
+    let due: Vec<_> = used
         .iter()
-        .filter(|(_, t)| t.is_some_and(|t| times.due(t, now)))
-        .map(|(p, _)| p)
+        .filter(|p| {
+            marks
+                .get(p)
+                .copied()
+                .flatten()
+                .is_some_and(|t| times.due(t, now))
+        })
         .collect();
     if due.is_empty() {
         return Ok(true);
@@ -675,34 +798,35 @@ fn still_there(repo: &super::Repository, kept: &[crate::ids::PackName]) -> Resul
     );
     std::thread::sleep(times.fence());
     for p in due {
-        if repo.backend.size(p).is_err() {
+        if !pack_present(repo, p)? {
             return Ok(false);
         }
     }
     Ok(true)
 }
 
-/// The marks of `packs`, marked packs this catalog still reads from, with
-/// this command's lease set to count as synced before the earliest: a
-/// catalog that synced after a gc marked them, but before that gc stored
-/// the packs that take over their chunks, would otherwise look like one
-/// that moved off them.
-pub(crate) fn hold_marked(
-    repo: &super::Repository,
-    packs: &[crate::ids::PackName],
-) -> Result<Vec<(crate::ids::PackName, Option<i64>)>> {
-    if packs.is_empty() {
-        return Ok(Vec::new());
+/// Whether a pack is in the store now (asked, not as listed).
+fn pack_present(repo: &super::Repository, p: &crate::ids::PackName) -> Result<bool> {
+    match repo.backend.size(p) {
+        Ok(_) => Ok(true),
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
     }
-    let store = repo.remote.as_ref().expect("a repository in a store");
-    let marks = super::store_lease::mark_times(store.as_ref(), packs, |_| None)?;
-    if let (Some(lease), Some(earliest)) = (
-        &repo.store_lease,
-        marks.iter().filter_map(|(_, t)| *t).min(),
-    ) {
-        lease.reads_marked_since(earliest)?;
+}
+
+/// Hold this command's lease before `earliest`, or not at all (None). A
+/// lease that cannot be written is a warning: its reads fail with errors
+/// if a gc deletes what it reads, and the command's writes are guarded by
+/// its lease as a writer.
+fn hold(repo: &super::Repository, earliest: Option<i64>) {
+    if let Some(lease) = &repo.store_lease
+        && let Err(e) = lease.hold_since(earliest)
+    {
+        log::warn!(
+            "cannot update this command's lease in {} ({e}); a gc elsewhere could delete packs it reads",
+            repo.location()
+        );
     }
-    Ok(marks)
 }
 
 #[cfg(test)]

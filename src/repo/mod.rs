@@ -531,12 +531,17 @@ impl Repository {
         // its time is no later than what the catalog knows.
         let store_lease = match &place.remote {
             Some(store) => {
-                let times = store_lease::Times::from_env()?;
-                // No later than the listings started ahead.
-                let since = ahead
-                    .as_ref()
-                    .map_or_else(crate::time::now_ns, |a| a.since_ns);
-                match store_lease::StoreLease::take(store.clone(), times, "open", since) {
+                let taken = match &ahead {
+                    // Written before the listings started ahead.
+                    Some(a) => a.lease(),
+                    None => store_lease::StoreLease::take(
+                        store.clone(),
+                        store_lease::Times::from_env()?,
+                        "open",
+                        crate::time::now_ns(),
+                    ),
+                };
+                match taken {
                     Ok(l) => Some(l),
                     Err(e) => {
                         log::warn!(
@@ -689,7 +694,15 @@ impl Repository {
                         Ok(0)
                     }
                 }
-                _ => Ok(0),
+                bucket::Behind::No => Ok(0),
+                // A writer must not deduplicate against packs that are
+                // gone: it stops, and the next command rebuilds.
+                bucket::Behind::Gone => Err(Error::invalid(format!(
+                    "packs the catalog of {} uses are gone from the store (a gc elsewhere \
+                     deleted them): nothing was written; run the command again, which rebuilds \
+                     the catalog",
+                    self.location()
+                ))),
             };
         }
         let mut known: HashSet<_> = cat.packs()?.into_iter().map(|p| p.1).collect();

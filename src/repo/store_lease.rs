@@ -222,7 +222,9 @@ fn clock_problem(store: &dyn ObjectStore, offset: Option<i64>, times: &Times) ->
     let allowed = times.skew.as_secs() / 2 + 1;
     (off.unsigned_abs() > allowed).then(|| {
         format!(
-            "this machine's clock is {} s {} the clock of {}: more than the {allowed} s a host              sharing it may be off (half of SNAPFS_CLOCK_SKEW_SECONDS, {} s), so other hosts would              misjudge its leases and its own gc theirs; set the clock right (NTP)",
+            "this machine's clock is {} s {} the clock of {}: more than the {allowed} s a host \
+             sharing it may be off (half of SNAPFS_CLOCK_SKEW_SECONDS, {} s), so other hosts would \
+             misjudge its leases and its own gc theirs; set the clock right (NTP)",
             off.unsigned_abs(),
             if off > 0 { "behind" } else { "ahead of" },
             store.shown(""),
@@ -233,6 +235,8 @@ fn clock_problem(store: &dyn ObjectStore, offset: Option<i64>, times: &Times) ->
 
 struct State {
     record: LeaseRecord,
+    /// When the lease was taken: its `since` unless held lower.
+    synced_ns: i64,
     ended: bool,
     /// `boot_ns` of the last write that went through (0: none yet).
     written: i64,
@@ -316,6 +320,7 @@ impl StoreLease {
                     since_ns,
                     expires_ns: 0,
                 },
+                synced_ns: since_ns,
                 ended: false,
                 written: 0,
                 longest_gap: 0,
@@ -387,17 +392,21 @@ impl StoreLease {
         Ok(())
     }
 
-    /// Say that this holder reads from packs marked at `doomed_ns` (its
-    /// catalog still finds chunks only there): its lease then counts as
-    /// synced before that mark, so no gc deletes them while it lives. A
-    /// catalog synced after a gc marked packs but before that gc stored
-    /// the packs that take over their chunks is such a catalog.
-    pub(crate) fn reads_marked_since(&self, doomed_ns: i64) -> Result<()> {
+    /// Say that this holder reads from packs marked at `earliest` and
+    /// later (its catalog still finds chunks only there): its lease then
+    /// counts as synced before that mark, so no gc deletes them while it
+    /// lives. A catalog synced after a gc marked packs but before that gc
+    /// stored the packs that take over their chunks is such a catalog.
+    /// None: it reads from no marked pack, and the lease counts from when
+    /// it was taken again (a lease held low for good would keep every gc
+    /// from deleting what it marks later).
+    pub(crate) fn hold_since(&self, earliest: Option<i64>) -> Result<()> {
         let mut state = self.shared.state.lock().expect("lease state lock");
-        if state.record.since_ns <= doomed_ns {
+        let since = earliest.map_or(state.synced_ns, |t| t.min(state.synced_ns));
+        if state.record.since_ns == since {
             return Ok(());
         }
-        state.record.since_ns = doomed_ns;
+        state.record.since_ns = since;
         self.shared.write(&mut state)
     }
 

@@ -176,6 +176,20 @@ impl Repo {
         cmd
     }
 
+    /// `cmd` gets the passphrase `secs` seconds late, as from a person at
+    /// a prompt: what a command does while it waits for the key shows.
+    pub(crate) fn passphrase_late(&self, cmd: &mut Command, secs: u32) {
+        let pw = &self
+            .secret
+            .as_ref()
+            .expect("an encrypted repository")
+            .password_file;
+        cmd.env_remove("SNAPFS_PASSWORD_FILE").env(
+            "SNAPFS_PASSWORD_COMMAND",
+            format!("sleep {secs}; cat '{}'", pw.display()),
+        );
+    }
+
     /// `snapfs --repo PATH ingest --json EXTRA... SOURCES...` as a command.
     pub(crate) fn ingest_cmd<S: AsRef<OsStr>>(&self, extra: &[&str], sources: &[S]) -> Command {
         let mut cmd = self.cmd();

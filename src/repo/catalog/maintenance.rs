@@ -370,6 +370,30 @@ impl Catalog {
     /// How many chunks each of `packs` still holds for this catalog (one
     /// scan of the chunk index).
     pub fn chunks_held(&self, packs: &[PackId]) -> Result<std::collections::HashMap<PackId, u64>> {
+        self.count_held(packs, "")
+            .during(|| "chunks_held".to_string())
+    }
+
+    /// How many chunks some snapshot reaches each of `packs` holds: rows
+    /// no snapshot reaches (left by a forget) do not count. Runs
+    /// `mark_live`.
+    pub fn reached_chunks_held(
+        &self,
+        packs: &[PackId],
+    ) -> Result<std::collections::HashMap<PackId, u64>> {
+        if packs.is_empty() {
+            return Ok(Default::default());
+        }
+        self.mark_live()?;
+        self.count_held(packs, "JOIN temp.live_chunks l ON l.id = chunks.id")
+            .during(|| "reached_chunks_held".to_string())
+    }
+
+    fn count_held(
+        &self,
+        packs: &[PackId],
+        join: &str,
+    ) -> Result<std::collections::HashMap<PackId, u64>> {
         (|| -> Result<std::collections::HashMap<PackId, u64>> {
             let mut out = std::collections::HashMap::new();
             if packs.is_empty() {
@@ -381,7 +405,7 @@ impl Catalog {
                 .collect::<Vec<_>>()
                 .join(",");
             let mut st = self.conn.prepare(&format!(
-                "SELECT pack, count(*) FROM chunks WHERE pack IN ({list}) GROUP BY pack"
+                "SELECT pack, count(*) FROM chunks {join} WHERE pack IN ({list}) GROUP BY pack"
             ))?;
             let rows = st.query_map([], |r| Ok((PackId(r.get(0)?), get_u64(r, 1)?)))?;
             for r in rows {
@@ -390,7 +414,6 @@ impl Catalog {
             }
             Ok(out)
         })()
-        .during(|| "chunks_held".to_string())
     }
 
     /// The forget records this catalog keeps.
