@@ -294,7 +294,7 @@ fn build(
     let mut unreadable: HashMap<PackName, String> = HashMap::new();
     // From a store, the metadata chunks are read ahead, many at a time.
     let mut metadata = Vec::new();
-    for (name, table) in listed.iter().zip(repo.read_pack_tables(&listed)) {
+    for (name, table) in repo.pack_tables(&listed) {
         match table {
             Ok((size, entries)) => {
                 stats.chunks += entries.len() as u64;

@@ -576,7 +576,7 @@ pub(crate) fn index_new(
     // The forget records this catalog keeps are read when first needed.
     let mut forgotten: Option<HashSet<crate::ids::Hash>> = None;
     let mut metadata = Vec::new();
-    for (name, table) in new.iter().zip(repo.read_pack_tables(new)) {
+    for (name, table) in repo.pack_tables(new) {
         let (size, entries) = match table {
             Ok(t) => t,
             // A rebuild could not read it either: it is named and left out

@@ -810,13 +810,26 @@ impl Repository {
     }
 
     /// The tables of `names`, in their order, read by as many threads as
-    /// the backend wants reads in flight (one at a time from a local disk).
-    pub fn read_pack_tables(
-        &self,
-        names: &[crate::ids::PackName],
-    ) -> Vec<Result<(u64, Vec<pack::PackEntry>)>> {
-        crate::repo::coalesce::in_parallel(names, self.backend.parallel_reads(), |n| {
-            self.read_pack_table(n)
+    /// the backend wants reads in flight (one at a time from a local disk),
+    /// a few such rounds at a time: memory holds the tables of one batch,
+    /// never those of a whole repository (a table may have millions of
+    /// rows).
+    pub fn pack_tables<'a>(
+        &'a self,
+        names: &'a [crate::ids::PackName],
+    ) -> impl Iterator<
+        Item = (
+            &'a crate::ids::PackName,
+            Result<(u64, Vec<pack::PackEntry>)>,
+        ),
+    > + 'a {
+        let threads = self.backend.parallel_reads().max(1);
+        names.chunks(4 * threads).flat_map(move |batch| {
+            batch
+                .iter()
+                .zip(crate::repo::coalesce::in_parallel(batch, threads, |n| {
+                    self.read_pack_table(n)
+                }))
         })
     }
 
