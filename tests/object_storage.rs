@@ -411,8 +411,12 @@ fn gc_in_a_bucket_deletes_nothing_while_another_machine_writes() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn ingest");
-    // Its lease is written as it opens the repository.
-    std::thread::sleep(Duration::from_secs(2));
+    // Its lease says "writing" once it holds the writer lock.
+    assert!(
+        eventually(Duration::from_secs(20), || garage
+            .has_writer_lease("writing/")),
+        "the other machine's ingest never said it writes"
+    );
     let out = output_of(repo.cmd().args(["gc", "--json"]));
     let held: serde_json::Value =
         serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", describe("gc", &out)));
@@ -433,10 +437,10 @@ fn gc_in_a_bucket_deletes_nothing_while_another_machine_writes() {
     slow.assert_restores(&repo, "slow", &reference);
 }
 
-/// A backup another machine stores after gc marked a pack, and that
-/// deduplicates against that pack (its catalog still reads from it), keeps
-/// the pack: gc checks again, against the snapshots in the bucket, before
-/// it deletes anything, and unmarks it.
+/// A backup another machine is storing while gc marks a pack, and that
+/// deduplicates against that pack (its catalog synced before the forget),
+/// keeps the pack: gc checks again, against the snapshots in the bucket,
+/// before it deletes anything, and unmarks it.
 #[test]
 fn gc_in_a_bucket_keeps_a_marked_pack_a_later_backup_uses() {
     let garage = Garage::start();
@@ -446,23 +450,51 @@ fn gc_in_a_bucket_keeps_a_marked_pack_a_later_backup_uses() {
     repo.ingest(&["--name", "gone"], &[&work.src]);
     let other = Repo::bucket_handle(&garage, "rescue", &[2]);
     assert_eq!(other.snapshots().len(), 1);
+    // The other machine backs up the same file and a big new one, slowly.
+    let later = Work::new();
+    fs::copy(work.src.join("shared"), later.src.join("shared")).expect("copy shared");
+    write_random_file(&later.src.join("big"), 92, 6 << 20);
+    let child = other
+        .ingest_cmd(&["--name", "later"], &[&later.src])
+        .args(["--limit-upload", "1024"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn ingest");
+    assert!(
+        eventually(Duration::from_secs(20), || garage
+            .has_writer_lease("rescue/")),
+        "the other machine's ingest never said it writes"
+    );
     forget_and_mark(&repo, &["gone"]);
-    // The other machine's catalog still has the file's chunks, in the
-    // marked pack only: its backup of the same file stores nothing new.
-    let again = other.ingest(&["--name", "later"], &[&work.src]);
+    let out = child.wait_with_output().expect("wait for ingest");
+    assert!(
+        out.status.success(),
+        "{}",
+        describe("the slow ingest", &out)
+    );
+    let again = Ingested::from_output(&out);
+    // Its catalog still had the file's chunks, in the marked pack only.
     let added = again.json["added_bytes"].as_u64().expect("added_bytes");
-    assert!(added < 64 << 10, "stored {added} bytes again");
+    assert!(
+        added < (6 << 20) + (64 << 10),
+        "stored {added} bytes: the shared file again"
+    );
+    // The first gc after the writer ended starts counting the grace.
+    let first = gc(&repo, &[]);
     std::thread::sleep(PAST_GRACE);
     let kept = gc(&repo, &[]);
     // The forgotten snapshot's own metadata may go; the file's data,
     // which the later backup uses, stays.
+    let freed =
+        first["bytes_freed"].as_u64().unwrap_or(0) + kept["bytes_freed"].as_u64().unwrap_or(0);
     assert!(
-        kept["bytes_freed"].as_u64() < Some(64 << 10),
-        "a pack a snapshot uses was deleted: {kept}"
+        freed < 64 << 10,
+        "a pack a snapshot uses was deleted: {first} {kept}"
     );
     assert_eq!(kept["packs_waiting"], 0, "{kept}");
-    let reference = work.freeze("later");
-    work.assert_restores(&repo, "later", &reference);
+    let reference = later.freeze("later");
+    later.assert_restores(&repo, "later", &reference);
     assert_verify_read_data_ok(&other, "the later backup after gc");
 }
 
@@ -1001,4 +1033,98 @@ fn reader_opening_during_a_local_ingest_does_not_rebuild_the_catalog() {
         describe("snapshots opened during the ingest", &out)
     );
     assert_eq!(names(&a), ["first", "second"]);
+}
+
+/// A client that may only add objects plants a junk pack and a doom mark
+/// for it too big to be a mark. Every command on every machine used to
+/// fail on the mark ("larger than 4096 bytes"), and nothing snapfs could
+/// do would take it away. A mark that cannot be read counts as marked at
+/// no known time: the pack is never deleted for it, and nothing fails.
+#[test]
+fn oversized_planted_doom_mark_does_not_stop_every_command() {
+    let garage = Garage::start();
+    let work = Work::new();
+    write_random_file(&work.src.join("f"), 97, 1 << 20);
+    let a = Repo::new_in_bucket(&garage, "big", &[1]);
+    a.ingest(&["--name", "first"], &[&work.src]);
+    let junk = "ab".repeat(32);
+    let (code, _) = garage.curl(
+        "PUT",
+        &format!("big/packs/ab/{junk}.pack"),
+        Some(b"not a pack at all"),
+    );
+    assert_eq!(code, 200);
+    let (code, _) = garage.curl(
+        "PUT",
+        &format!("big/doomed/{junk}.doom"),
+        Some(&vec![b'x'; 5000]),
+    );
+    assert_eq!(code, 200);
+    let fresh = Repo::bucket_handle(&garage, "big", &[2]);
+    for (who, r) in [("the first machine", &a), ("a new machine", &fresh)] {
+        for args in [&["snapshots"][..], &["gc", "--json"][..]] {
+            let out = output_of(r.cmd().args(args));
+            assert!(
+                out.status.success(),
+                "{}",
+                describe(&format!("{args:?} on {who}"), &out)
+            );
+        }
+        assert_eq!(names(r), ["first"]);
+    }
+    work.assert_restores(&fresh, "first", &work.src);
+}
+
+/// A client that may only add objects plants a mark dated 1970 on a pack
+/// in use. Every reader that reads the pack then holds its lease before
+/// that time, which keeps every gc from deleting anything while it runs;
+/// and gc never took the mark away (it only looked again at marks old
+/// enough to act on). Now a gc takes away, at once, marks on packs its
+/// caught-up catalog finds in use, and a mount opened afterwards holds
+/// nothing back.
+#[test]
+fn ancient_planted_mark_on_a_pack_in_use_is_taken_away_by_the_next_gc() {
+    let garage = Garage::start();
+    let work = Work::new();
+    write_random_file(&work.src.join("keep"), 95, 1 << 20);
+    write_random_file(&work.src.join("drop"), 96, 6 << 20);
+    let a = Repo::new_in_bucket(&garage, "ancient", &[1]);
+    a.ingest(&["--name", "both"], &[&work.src]);
+    let before = garage.keys_under("ancient/packs/");
+    fs::remove_file(work.src.join("drop")).expect("rm drop");
+    a.ingest(&["--name", "kept"], &[&work.src]);
+    let b = Repo::bucket_handle(&garage, "ancient", &[2]);
+    b.snapshots();
+    // A pack of the second backup (its record, say) stays in use.
+    let in_use = garage
+        .keys_under("ancient/packs/")
+        .into_iter()
+        .find(|k| !before.contains(k))
+        .expect("a pack of the second backup");
+    let hex = in_use
+        .rsplit('/')
+        .next()
+        .and_then(|f| f.strip_suffix(".pack"))
+        .expect("a pack name");
+    let planted = format!("ancient/doomed/{hex}.doom");
+    let (code, _) = garage.curl("PUT", &planted, Some(b"snapfs-doomed 1\ndoomed_ns 0\n"));
+    assert_eq!(code, 200);
+    forget_and_mark(&a, &["both"]);
+    assert!(
+        !garage.keys_under("ancient/doomed/").contains(&planted),
+        "the planted mark on a pack in use was left"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let mount = Mount::new(&b, &[]);
+    std::thread::sleep(PAST_GRACE);
+    let freed = gc(&a, &[]);
+    assert!(
+        freed["bytes_freed"].as_u64() >= Some(5 << 20),
+        "a mount opened after the planted mark went kept every pack: {freed}"
+    );
+    let kept = fs::read(work.src.join("keep")).expect("read keep");
+    let through = fs::read(mount.source_in("kept", &work.src).join("keep")).expect("read keep");
+    assert!(through == kept, "the file read through the mount differs");
+    mount.finish();
+    assert_verify_read_data_ok(&a, "after a planted mark was taken away");
 }

@@ -443,7 +443,19 @@ fn delete_marked(repo: &Repository, cat: &crate::repo::catalog::Catalog) -> Resu
         })
         .collect();
     let mut waiting = waiting_all - ready.len() as u64;
-    if ready.is_empty() {
+    let live: std::collections::HashSet<_> = cat.packs()?.into_iter().map(|p| p.1).collect();
+    // Marks on packs this catalog uses, not yet ready: checked too, and
+    // taken away where a snapshot reaches the pack (keeping a pack is
+    // always safe). A mark planted on a pack in use, with a time long
+    // past, would otherwise stay, and every reader that reads the pack
+    // would hold its lease before that time, keeping every gc from
+    // deleting anything while it runs.
+    let recheck: Vec<_> = marks
+        .keys()
+        .filter(|p| live.contains(*p) && !ready.contains(*p))
+        .copied()
+        .collect();
+    if ready.is_empty() && recheck.is_empty() {
         return Ok((0, waiting));
     }
     // Check again, against the store as it is now, that nothing needs
@@ -451,7 +463,6 @@ fn delete_marked(repo: &Repository, cat: &crate::repo::catalog::Catalog) -> Resu
     // stored (which may have deduplicated against them), and see which
     // chunks any snapshot reaches.
     let tx = cat.transaction()?;
-    let live: std::collections::HashSet<_> = cat.packs()?.into_iter().map(|p| p.1).collect();
     let mut readded = Vec::new();
     let mut revive = Vec::new();
     let mut gone = Vec::new();
@@ -482,7 +493,7 @@ fn delete_marked(repo: &Repository, cat: &crate::repo::catalog::Catalog) -> Resu
     let caught_up = match behind(repo)? {
         Behind::No => {
             let doomed = revive.iter().copied().collect();
-            revive.is_empty() || index_new(repo, cat, &revive, &[], &doomed, true)?
+            revive.is_empty() || index_new(repo, cat, &revive, &[], &doomed, true, true)?
         }
         Behind::New {
             mut new,
@@ -492,7 +503,7 @@ fn delete_marked(repo: &Repository, cat: &crate::repo::catalog::Catalog) -> Resu
             new.retain(|p| !revive.contains(p));
             new.extend(&revive);
             doomed.extend(&revive);
-            index_new(repo, cat, &new, &[], &doomed, true)?
+            index_new(repo, cat, &new, &[], &doomed, true, true)?
         }
         Behind::Gone => false,
     };
@@ -518,6 +529,11 @@ fn delete_marked(repo: &Repository, cat: &crate::repo::catalog::Catalog) -> Resu
             None => delete.push(*name),
         }
     }
+    kept.extend(
+        recheck
+            .iter()
+            .filter(|p| usage.get(*p).is_some_and(|u| u.live_chunks > 0)),
+    );
     tx.commit()?;
     // A writer or an early reader that came meanwhile stops the deletes;
     // after that, only for as long as a command that comes later waits

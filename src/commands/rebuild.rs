@@ -425,11 +425,11 @@ fn build(
                 .map(|p| p.1)
                 .collect()
         };
-        // Any chunk located there may be deduplicated against; only those
-        // a snapshot reaches are read.
-        let used = holding(&cat.chunks_held(&pack_ids)?);
+        // Only chunks a snapshot reaches stay located there: nothing
+        // deduplicates against the others (a gc may be deleting them).
         let kept = holding(&cat.reached_chunks_held(&pack_ids)?);
-        if !crate::repo::bucket::settle_marked(repo, &kept, &used, &marks)? {
+        cat.drop_unreached_in(&pack_ids)?;
+        if !crate::repo::bucket::settle_marked(repo, &kept, &marks)? {
             return Err(Error::invalid(format!(
                 "a gc elsewhere deleted packs of {} while the catalog was rebuilt from them; run the command again",
                 repo.location()

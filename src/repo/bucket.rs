@@ -527,9 +527,11 @@ pub(crate) fn catch_up(
     marked: &[crate::ids::PackName],
     doomed: &HashSet<crate::ids::PackName>,
 ) -> Result<bool> {
+    // Held until the transaction is committed.
+    let quiet = repo.lock_if_free()?;
     let cat = repo.catalog()?;
     let tx = cat.transaction()?;
-    if !index_new(repo, &cat, new, marked, doomed, false)? {
+    if !index_new(repo, &cat, new, marked, doomed, false, quiet.is_some())? {
         return Ok(false);
     }
     tx.commit()?;
@@ -547,7 +549,8 @@ pub(crate) fn catch_up(
 /// whole) or a new snapshot needs what this catalog does not have. A new
 /// pack that cannot be read is named in a warning and left out, unless
 /// `strict` (gc, before it deletes anything: then it returns false).
-/// `doomed`: every pack marked in the store, as last listed.
+/// `doomed`: every pack marked in the store, as last listed. `quiet`: the
+/// caller holds the writer lock (no ingest here is half done).
 pub(crate) fn index_new(
     repo: &super::Repository,
     cat: &super::catalog::Catalog,
@@ -555,6 +558,27 @@ pub(crate) fn index_new(
     marked: &[crate::ids::PackName],
     doomed: &HashSet<crate::ids::PackName>,
     strict: bool,
+    quiet: bool,
+) -> Result<bool> {
+    let done = index_new_held(repo, cat, new, marked, doomed, strict, quiet);
+    if !matches!(done, Ok(true)) {
+        // Its work is undone: a rebuild follows (it holds what it reads
+        // anew), or the command writes (its lease holds every pack), so
+        // the lease need not stay held low for the rest of the command.
+        hold(repo, None);
+    }
+    done
+}
+
+/// `index_new`, its lease held low from the start.
+fn index_new_held(
+    repo: &super::Repository,
+    cat: &super::catalog::Catalog,
+    new: &[crate::ids::PackName],
+    marked: &[crate::ids::PackName],
+    doomed: &HashSet<crate::ids::PackName>,
+    strict: bool,
+    quiet: bool,
 ) -> Result<bool> {
     use crate::format::pack::ChunkKind;
     use crate::format::record::{Record, decode_record};
@@ -668,10 +692,15 @@ pub(crate) fn index_new(
     if held.values().any(|&n| n > 0) {
         // Rows no snapshot reaches (a forget here, or a gc elsewhere, left
         // them) must not keep a marked pack: the catalog drops them, as a
-        // gc here would, and never deduplicates against them again.
-        cat.mark_live()?;
-        cat.delete_dead()?;
-        held = cat.chunks_held(&ids)?;
+        // gc here would, and never deduplicates against them again. Only
+        // while no other writer here is at work (`quiet`): the trees an
+        // ingest committed before its snapshot is recorded are reached by
+        // nothing yet. Otherwise every row counts (the packs are held).
+        if quiet {
+            cat.mark_live()?;
+            cat.delete_dead()?;
+            held = cat.chunks_held(&ids)?;
+        }
     }
     let mut left = 0;
     let mut kept = Vec::new();
@@ -685,7 +714,7 @@ pub(crate) fn index_new(
             kept.push(*name);
         }
     }
-    if !settle_marked(repo, &kept, &kept, &marks)? {
+    if !settle_marked(repo, &kept, &marks)? {
         return Ok(false);
     }
     if !new.is_empty() || left > 0 {
@@ -746,17 +775,16 @@ pub(crate) fn hold_marked(
     Ok(marks)
 }
 
-/// Once the catalog is caught up: `kept`, the marked packs it still reads
-/// from (of those `hold_marked` gave `marks` of), keep this command's
-/// lease low, and no other mark does. Whether the marked packs it locates
-/// any chunk in (`used`, `kept` among them) may be trusted: those whose
-/// mark is young enough that no gc deletes them yet, or, after waiting out
-/// any gc's delete window, still there. False: a gc deleted one, and only
-/// a rebuild finds where their chunks are now, if anywhere.
+/// Once the catalog is caught up: `kept`, the marked packs it still
+/// locates chunks in (of those `hold_marked` gave `marks` of), keep this
+/// command's lease low, and no other mark does. Whether they may be
+/// trusted: those whose mark is young enough that no gc deletes them yet,
+/// or, after waiting out any gc's delete window, still there. False: a gc
+/// deleted one, and only a rebuild finds where their chunks are now, if
+/// anywhere.
 pub(crate) fn settle_marked(
     repo: &super::Repository,
     kept: &[crate::ids::PackName],
-    used: &[crate::ids::PackName],
     marks: &Marks,
 ) -> Result<bool> {
     hold(
@@ -765,19 +793,19 @@ pub(crate) fn settle_marked(
             .filter_map(|p| marks.get(p).copied().flatten())
             .min(),
     );
-    if used.is_empty() {
+    if kept.is_empty() {
         return Ok(true);
     }
     // A gc removes a mark only after it deleted the pack, or decided to
     // keep it: a pack whose mark went is looked for now.
-    for p in used.iter().filter(|p| !marks.contains_key(p)) {
+    for p in kept.iter().filter(|p| !marks.contains_key(p)) {
         if !pack_present(repo, p)? {
             return Ok(false);
         }
     }
     let times = super::store_lease::Times::from_env()?;
     let now = crate::time::now_ns();
-    let due: Vec<_> = used
+    let due: Vec<_> = kept
         .iter()
         .filter(|p| {
             marks

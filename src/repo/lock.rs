@@ -43,7 +43,43 @@ fn lock_holder(file: &File) -> String {
     }
 }
 
+/// Take the lock on `fd` if it is free, without waiting.
+fn flock_now(fd: std::os::unix::io::RawFd) -> bool {
+    // SAFETY: flock on a descriptor the caller owns.
+    unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
 impl Repository {
+    /// The writer lock file, opened (0600, never through a symlink).
+    fn lock_file(&self) -> Result<(File, std::path::PathBuf)> {
+        let path = self.root.join("lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .at(&path)?;
+        // An older release made it 0644: close it to others now.
+        if file.metadata().at(&path)?.permissions().mode() & 0o077 != 0 {
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .at(&path)?;
+        }
+        Ok((file, path))
+    }
+
+    /// The writer lock if nobody holds it now (this process included),
+    /// taken without waiting and without a word to anyone: for a short
+    /// change to the catalog that no writer may be in the middle of (a
+    /// catch-up dropping rows no snapshot reaches, which an ingest's
+    /// committed but not yet recorded trees would look like).
+    pub(crate) fn lock_if_free(&self) -> Result<Option<File>> {
+        let (file, _) = self.lock_file()?;
+        Ok(flock_now(file.as_raw_fd()).then_some(file))
+    }
+
     /// Take the writer lock, waiting (and saying so, naming the holder) if
     /// another writer holds it, for at most `--lock-wait`. Leftovers of a
     /// killed writer are removed once the lock is ours.
@@ -65,26 +101,9 @@ impl Repository {
                 }
             }
         }
-        let path = self.root.join("lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-            .at(&path)?;
-        // An older release made it 0644: close it to others now.
-        if file.metadata().at(&path)?.permissions().mode() & 0o077 != 0 {
-            file.set_permissions(std::fs::Permissions::from_mode(0o600))
-                .at(&path)?;
-        }
+        let (file, path) = self.lock_file()?;
         let fd = file.as_raw_fd();
-        let try_lock = || {
-            // SAFETY: flock on a descriptor we own.
-            unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) == 0 }
-        };
+        let try_lock = || flock_now(fd);
         if !try_lock() {
             let wait = Duration::from_millis(LOCK_WAIT_MS.load(Ordering::Relaxed));
             let holder = lock_holder(&file);

@@ -684,7 +684,7 @@ impl Repository {
                     marked,
                     doomed,
                 } => {
-                    if bucket::index_new(self, cat, &new, &marked, &doomed, false)? {
+                    if bucket::index_new(self, cat, &new, &marked, &doomed, false, true)? {
                         Ok(new.len())
                     } else {
                         log::info!(

@@ -565,25 +565,12 @@ pub(crate) fn unmark(store: &dyn ObjectStore, pack: &PackName) -> Result<()> {
 
 /// Every marked pack, by name only (one listing, no reads).
 pub(crate) fn marked_names(store: &dyn ObjectStore) -> Result<Vec<PackName>> {
-    Ok(store
-        .list("doomed")?
-        .into_iter()
-        .filter_map(|(name, _)| {
-            let pack = name
-                .strip_prefix("doomed/")?
-                .strip_suffix(".doom")?
-                .parse::<PackName>()
-                .ok()?;
-            (mark_name(&pack) == name).then_some(pack)
-        })
-        .collect())
+    Ok(listed_marks(store)?.into_iter().map(|(p, _)| p).collect())
 }
 
-/// Every marked pack, with its mark's time (None where the mark cannot be
-/// read: such a pack counts as marked, and is never deleted, until a gc
-/// marks it again). The marks are read by parallel requests; more than
-/// [`MAX_MARKS`] are refused.
-pub(crate) fn marks(store: &dyn ObjectStore) -> Result<Vec<(PackName, Option<i64>)>> {
+/// Every mark as listed, with its size; more than [`MAX_MARKS`] are
+/// refused, and objects not named like a mark are named in a warning.
+fn listed_marks(store: &dyn ObjectStore) -> Result<Vec<(PackName, u64)>> {
     let mut listed = Vec::new();
     for (name, size) in store.list("doomed")? {
         match name
@@ -603,6 +590,15 @@ pub(crate) fn marks(store: &dyn ObjectStore) -> Result<Vec<(PackName, Option<i64
             listed.len()
         )));
     }
+    Ok(listed)
+}
+
+/// Every marked pack, with its mark's time (None where the mark cannot be
+/// read: such a pack counts as marked, and is never deleted, until a gc
+/// marks it again). The marks are read by parallel requests; more than
+/// [`MAX_MARKS`] are refused.
+pub(crate) fn marks(store: &dyn ObjectStore) -> Result<Vec<(PackName, Option<i64>)>> {
+    let listed = listed_marks(store)?;
     let packs: Vec<PackName> = listed.iter().map(|(p, _)| *p).collect();
     let sizes: std::collections::HashMap<PackName, u64> = listed.into_iter().collect();
     mark_times(store, &packs, |p| sizes.get(p).copied())
@@ -621,7 +617,13 @@ pub(crate) fn mark_times(
         if size(p).is_some_and(|s| s > MAX_OBJECT) {
             return Ok(Some(None));
         }
-        Ok::<_, Error>(store.get(&name, MAX_OBJECT)?.map(|b| parse_mark(&b)))
+        match store.get(&name, MAX_OBJECT) {
+            Ok(got) => Ok(got.map(|b| parse_mark(&b))),
+            // Too big, say (planted): unreadable, as one that does not
+            // parse; only a failing link stops the command.
+            Err(Error::Corrupt(_)) => Ok(Some(None)),
+            Err(e) => Err(e),
+        }
     });
     let mut out = Vec::with_capacity(packs.len());
     for (p, r) in packs.iter().zip(read) {

@@ -290,6 +290,17 @@ impl Garage {
         (code, out.stdout[..at].to_vec())
     }
 
+    /// Whether some lease under `prefix` says its holder is writing: a
+    /// command on another machine got as far as writing.
+    pub(crate) fn has_writer_lease(&self, prefix: &str) -> bool {
+        self.keys_under(&format!("{prefix}leases/"))
+            .iter()
+            .any(|k| {
+                let (code, body) = self.curl("GET", k, None);
+                code == 200 && String::from_utf8_lossy(&body).contains("\nwriter 1\n")
+            })
+    }
+
     /// The keys of the objects under `prefix` (ListObjectsV2 through curl;
     /// one page, enough for a test's bucket).
     pub(crate) fn keys_under(&self, prefix: &str) -> Vec<String> {

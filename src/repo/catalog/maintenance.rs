@@ -389,6 +389,31 @@ impl Catalog {
             .during(|| "reached_chunks_held".to_string())
     }
 
+    /// Drop the chunk rows of `packs` no snapshot reaches (after
+    /// `reached_chunks_held`, which fills what is reached): a rebuilt
+    /// catalog then never deduplicates against chunks of packs a gc
+    /// elsewhere took out of use.
+    pub fn drop_unreached_in(&self, packs: &[PackId]) -> Result<u64> {
+        if packs.is_empty() {
+            return Ok(0);
+        }
+        (|| -> Result<u64> {
+            let list = packs
+                .iter()
+                .map(|p| p.0.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            Ok(self.conn.execute(
+                &format!(
+                    "DELETE FROM chunks WHERE pack IN ({list})
+                     AND id NOT IN (SELECT id FROM temp.live_chunks)"
+                ),
+                [],
+            )? as u64)
+        })()
+        .during(|| "drop_unreached_in".to_string())
+    }
+
     fn count_held(
         &self,
         packs: &[PackId],
