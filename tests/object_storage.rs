@@ -736,6 +736,27 @@ fn forget_and_mark(repo: &Repo, snapshots: &[&str]) {
     assert!(marked["packs_waiting"].as_u64() > Some(0), "{marked}");
 }
 
+/// A repository in the bucket under `prefix` with two backups of one
+/// source: "both" (a file `keep` of 1 MiB and `drop` of 6 MiB), then
+/// "kept" (`keep` alone); `between` runs after the first. Forgetting
+/// "both" leaves most of its pack unused.
+fn both_then_kept(
+    garage: &Garage,
+    prefix: &str,
+    endpoints: &[u32],
+    between: impl FnOnce(&Work, &Repo),
+) -> (Work, Repo) {
+    let work = Work::new();
+    write_random_file(&work.src.join("keep"), 95, 1 << 20);
+    write_random_file(&work.src.join("drop"), 96, 6 << 20);
+    let repo = Repo::new_in_bucket(garage, prefix, endpoints);
+    repo.ingest(&["--name", "both"], &[&work.src]);
+    between(&work, &repo);
+    fs::remove_file(work.src.join("drop")).expect("rm drop");
+    repo.ingest(&["--name", "kept"], &[&work.src]);
+    (work, repo)
+}
+
 fn names(r: &Repo) -> Vec<String> {
     r.snapshots()
         .iter()
@@ -820,13 +841,7 @@ fn host_whose_clock_is_off_the_stores_reads_but_writes_nothing() {
 #[test]
 fn reader_synced_between_a_mark_and_its_replacement_keeps_the_marked_pack() {
     let garage = Garage::start();
-    let work = Work::new();
-    write_random_file(&work.src.join("keep"), 95, 1 << 20);
-    write_random_file(&work.src.join("drop"), 96, 6 << 20);
-    let repo = Repo::new_in_bucket(&garage, "between", &[1, 2, 3]);
-    repo.ingest(&["--name", "both"], &[&work.src]);
-    fs::remove_file(work.src.join("drop")).expect("rm drop");
-    repo.ingest(&["--name", "kept"], &[&work.src]);
+    let (work, repo) = both_then_kept(&garage, "between", &[1, 2, 3], |_, _| {});
     let kept = fs::read(work.src.join("keep")).expect("read keep");
     forget(&repo, &["both"]);
     // The pack of both files is three quarters unused: gc marks it, then
@@ -925,16 +940,12 @@ fn planted_doom_marks_neither_hide_nor_delete_a_backup() {
 #[test]
 fn ingest_waiting_for_its_key_never_deduplicates_against_a_pack_a_gc_deleted_meanwhile() {
     let garage = Garage::start();
-    let work = Work::new();
-    write_random_file(&work.src.join("keep"), 95, 1 << 20);
-    write_random_file(&work.src.join("drop"), 96, 6 << 20);
-    let dropped = fs::read(work.src.join("drop")).expect("read drop");
-    let a = Repo::new_in_bucket(&garage, "stale", &[1]);
-    a.ingest(&["--name", "both"], &[&work.src]);
     let b = Repo::bucket_handle(&garage, "stale", &[2]);
-    b.snapshots();
-    fs::remove_file(work.src.join("drop")).expect("rm drop");
-    a.ingest(&["--name", "kept"], &[&work.src]);
+    let mut dropped = Vec::new();
+    let (_work, a) = both_then_kept(&garage, "stale", &[1], |work, _| {
+        dropped = fs::read(work.src.join("drop")).expect("read drop");
+        b.snapshots();
+    });
     forget_and_mark(&a, &["both"]);
     b.snapshots();
     std::thread::sleep(PAST_GRACE);
@@ -972,15 +983,10 @@ fn ingest_waiting_for_its_key_never_deduplicates_against_a_pack_a_gc_deleted_mea
 #[test]
 fn mount_synced_after_a_gc_replaced_a_pack_does_not_hold_it() {
     let garage = Garage::start();
-    let work = Work::new();
-    write_random_file(&work.src.join("keep"), 95, 1 << 20);
-    write_random_file(&work.src.join("drop"), 96, 6 << 20);
-    let a = Repo::new_in_bucket(&garage, "hold", &[1]);
-    a.ingest(&["--name", "both"], &[&work.src]);
     let b = Repo::bucket_handle(&garage, "hold", &[2]);
-    b.snapshots();
-    fs::remove_file(work.src.join("drop")).expect("rm drop");
-    a.ingest(&["--name", "kept"], &[&work.src]);
+    let (work, a) = both_then_kept(&garage, "hold", &[1], |_, _| {
+        b.snapshots();
+    });
     forget_and_mark(&a, &["both"]);
     // Well after the mark's write could take.
     std::thread::sleep(Duration::from_secs(2));
@@ -1085,14 +1091,10 @@ fn oversized_planted_doom_mark_does_not_stop_every_command() {
 #[test]
 fn ancient_planted_mark_on_a_pack_in_use_is_taken_away_by_the_next_gc() {
     let garage = Garage::start();
-    let work = Work::new();
-    write_random_file(&work.src.join("keep"), 95, 1 << 20);
-    write_random_file(&work.src.join("drop"), 96, 6 << 20);
-    let a = Repo::new_in_bucket(&garage, "ancient", &[1]);
-    a.ingest(&["--name", "both"], &[&work.src]);
-    let before = garage.keys_under("ancient/packs/");
-    fs::remove_file(work.src.join("drop")).expect("rm drop");
-    a.ingest(&["--name", "kept"], &[&work.src]);
+    let mut before = Vec::new();
+    let (work, a) = both_then_kept(&garage, "ancient", &[1], |_, _| {
+        before = garage.keys_under("ancient/packs/");
+    });
     let b = Repo::bucket_handle(&garage, "ancient", &[2]);
     b.snapshots();
     // A pack of the second backup (its record, say) stays in use.

@@ -412,12 +412,7 @@ fn build(
     if !marked.is_empty() {
         // Marked packs that still hold chunks nothing else does: this
         // command's lease keeps them from a gc while it reads.
-        let ids: Vec<_> = cat
-            .packs()?
-            .into_iter()
-            .filter(|p| marked.contains(&p.1))
-            .map(|p| (p.0, p.1))
-            .collect();
+        let ids = crate::repo::bucket::packs_among(&cat, |p| marked.contains(p))?;
         let pack_ids: Vec<_> = ids.iter().map(|p| p.0).collect();
         let holding = |held: &HashMap<crate::ids::PackId, u64>| -> Vec<PackName> {
             ids.iter()

@@ -582,12 +582,7 @@ fn index_new_held(
 ) -> Result<bool> {
     use crate::format::pack::ChunkKind;
     use crate::format::record::{Record, decode_record};
-    let marked_ids: Vec<_> = cat
-        .packs()?
-        .into_iter()
-        .filter(|p| marked.contains(&p.1))
-        .map(|p| (p.0, p.1))
-        .collect();
+    let marked_ids = packs_among(cat, |p| marked.contains(p))?;
     let from: Vec<_> = marked_ids.iter().map(|p| p.0).collect();
     // Held from before anything is read: packs the catalog reads from,
     // and new ones, may be marked.
@@ -681,12 +676,7 @@ fn index_new_held(
     cat.attribute_added_bytes()?;
     // Every marked pack the catalog now knows: those it read from, and
     // new ones it indexed.
-    let marked_now: Vec<_> = cat
-        .packs()?
-        .into_iter()
-        .filter(|p| doomed.contains(&p.1))
-        .map(|p| (p.0, p.1))
-        .collect();
+    let marked_now = packs_among(cat, |p| doomed.contains(p))?;
     let ids: Vec<_> = marked_now.iter().map(|p| p.0).collect();
     let mut held = cat.chunks_held(&ids)?;
     if held.values().any(|&n| n > 0) {
@@ -831,6 +821,19 @@ pub(crate) fn settle_marked(
         }
     }
     Ok(true)
+}
+
+/// The catalog's packs whose names `which` picks, with their ids.
+pub(crate) fn packs_among(
+    cat: &super::catalog::Catalog,
+    which: impl Fn(&crate::ids::PackName) -> bool,
+) -> Result<Vec<(crate::ids::PackId, crate::ids::PackName)>> {
+    Ok(cat
+        .packs()?
+        .into_iter()
+        .filter(|p| which(&p.1))
+        .map(|p| (p.0, p.1))
+        .collect())
 }
 
 /// Whether a pack is in the store now (asked, not as listed).
