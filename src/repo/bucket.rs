@@ -605,7 +605,13 @@ fn index_new_held(
                 log::warn!("ignoring pack {name} in {}: {e}", repo.location());
                 continue;
             }
-            Err(_) => return Ok(false),
+            Err(e) => {
+                log::warn!(
+                    "pack {name} in {} cannot be read ({e}): nothing is deleted while it is there",
+                    repo.location()
+                );
+                return Ok(false);
+            }
         };
         let id = cat.add_pack(name, size, &entries)?;
         cat.move_out_of(&from, id, &entries)?;
@@ -646,7 +652,13 @@ fn index_new_held(
                 );
                 continue;
             }
-            Err(Error::Corrupt(_)) => return Ok(false),
+            Err(e @ Error::Corrupt(_)) => {
+                log::warn!(
+                    "a snapshot record in pack {name} in {} cannot be read ({e}): nothing is deleted while it is there",
+                    repo.location()
+                );
+                return Ok(false);
+            }
             Err(e) => return Err(e),
         };
         match record {
