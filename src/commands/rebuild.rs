@@ -273,10 +273,10 @@ fn build(
     let tx = cat.transaction()?;
     let old = previous.map(|p| &p.cat);
 
-    // Marks first: a gc deletes a pack before it removes its mark, so a
-    // pack listed after its mark was not is not being deleted.
-    let marked = repo.marked_packs()?;
-    let mut listed = repo.backend.list()?;
+    let (mut listed, marked) = crate::repo::bucket::list_between_marks(
+        || Ok(repo.marked_packs()?.into_iter().collect()),
+        || repo.backend.list(),
+    )?;
     // Packs a gc marked in a store come last: a chunk is located in one of
     // them only where no pack that stays holds it.
     listed.sort_by_key(|p| marked.contains(p));

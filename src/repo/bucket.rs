@@ -83,9 +83,8 @@ pub(crate) fn place(path: &Path) -> Result<Place> {
 /// packs (marked ones, due) while they are listed, and only a listing made
 /// after the lease lets the catch-up tell such packs apart (it waits out
 /// any such gc's delete window before it trusts a due pack, see
-/// `still_there`). Marks are listed before packs: a gc deletes a pack
-/// before it removes its mark, so a pack listed without a mark was not
-/// being deleted.
+/// `settle_marked`). Packs are listed between two listings of marks
+/// (`list_between_marks`).
 pub(crate) struct ListAhead {
     /// The command's lease, once written (or why it could not be).
     lease: std::sync::mpsc::Receiver<Result<super::store_lease::StoreLease>>,
@@ -114,9 +113,10 @@ impl ListAhead {
             ));
             // A lease nobody received goes (is removed) with the channel.
             drop(tx);
-            let marked = super::store_lease::marked_names(store.as_ref())?;
-            let listed = p.list()?;
-            Ok((listed, marked.into_iter().collect()))
+            list_between_marks(
+                || super::store_lease::marked_names(store.as_ref()),
+                || p.list(),
+            )
         });
         ListAhead {
             lease,
@@ -137,6 +137,24 @@ impl ListAhead {
             .join()
             .map_err(|_| Error::invalid("the listing of packs panicked"))?
     }
+}
+
+/// A store's packs, listed between two listings of its doom marks (both
+/// kept). Marks before packs: a gc deletes a pack before it removes its
+/// mark, so a pack listed without a mark in the first listing was not
+/// being deleted. Marks after packs too: a gc marks packs before it
+/// stores the packs that take over their chunks, so a replacement listed
+/// here comes with the marks of the packs it replaces, and the catalog
+/// moves its chunks over instead of reading from (and holding) a pack
+/// its gc wants gone.
+pub(crate) fn list_between_marks(
+    marks: impl Fn() -> Result<Vec<crate::ids::PackName>>,
+    packs: impl FnOnce() -> Result<Vec<crate::ids::PackName>>,
+) -> Result<Listed> {
+    let mut marked: HashSet<_> = marks()?.into_iter().collect();
+    let listed = packs()?;
+    marked.extend(marks()?);
+    Ok((listed, marked))
 }
 
 /// `opened`, then the command's lease taken and the listings a catch-up
@@ -490,12 +508,10 @@ pub(crate) fn behind_as_listed(repo: &super::Repository, listed: Option<Listed>)
     known.extend(cat.doomed_packs()?.into_iter().map(|d| d.0));
     let (stored, marked) = match listed {
         Some(l) => l,
-        // Marks first: a gc deletes a pack before it removes its mark, so
-        // a pack listed after its mark was not is not being deleted.
-        None => {
-            let marked = repo.marked_packs()?;
-            (repo.backend.list()?, marked)
-        }
+        None => list_between_marks(
+            || Ok(repo.marked_packs()?.into_iter().collect()),
+            || repo.backend.list(),
+        )?,
     };
     let stored: HashSet<_> = stored.into_iter().collect();
     if !known.is_subset(&stored) {
@@ -582,11 +598,14 @@ fn index_new_held(
 ) -> Result<bool> {
     use crate::format::pack::ChunkKind;
     use crate::format::record::{Record, decode_record};
-    let marked_ids = packs_among(cat, |p| marked.contains(p))?;
+    // Every marked pack the catalog knows: chunks located there move to
+    // the new packs that hold them too (a gc elsewhere copied them there;
+    // gc here passes no `marked`, only `doomed`).
+    let marked_ids = packs_among(cat, |p| marked.contains(p) || doomed.contains(p))?;
     let from: Vec<_> = marked_ids.iter().map(|p| p.0).collect();
     // Held from before anything is read: packs the catalog reads from,
     // and new ones, may be marked.
-    let mut reads: Vec<_> = marked.to_vec();
+    let mut reads: Vec<_> = marked_ids.iter().map(|p| p.1).collect();
     reads.extend(new.iter().filter(|p| doomed.contains(p)));
     let marks = hold_marked(repo, &reads)?;
     let mut records = Vec::new();

@@ -687,11 +687,15 @@ impl Repository {
                     if bucket::index_new(self, cat, &new, &marked, &doomed, false, true)? {
                         Ok(new.len())
                     } else {
-                        log::info!(
-                            "{}: the catalog cannot catch up with the store now; new packs are left for the next command",
+                        // Half of it may be done in the caller's
+                        // transaction: nothing of it must be committed.
+                        Err(Error::invalid(format!(
+                            "the catalog of {} cannot catch up with what another machine did \
+                             meanwhile (it forgot snapshots, or a new snapshot needs what this \
+                             catalog lacks): nothing was written; run the command again, which \
+                             rebuilds the catalog",
                             self.location()
-                        );
-                        Ok(0)
+                        )))
                     }
                 }
                 bucket::Behind::No => Ok(0),

@@ -390,9 +390,11 @@ impl Catalog {
     }
 
     /// Drop the chunk rows of `packs` no snapshot reaches (after
-    /// `reached_chunks_held`, which fills what is reached): a rebuilt
-    /// catalog then never deduplicates against chunks of packs a gc
-    /// elsewhere took out of use.
+    /// `reached_chunks_held`, which fills what is reached), and the page
+    /// and content rows no snapshot reaches (a snapshot whose import
+    /// failed half way leaves some), which could name those chunks: a
+    /// rebuilt catalog then never deduplicates against chunks of packs a
+    /// gc elsewhere took out of use.
     pub fn drop_unreached_in(&self, packs: &[PackId]) -> Result<u64> {
         if packs.is_empty() {
             return Ok(0);
@@ -403,6 +405,10 @@ impl Catalog {
                 .map(|p| p.0.to_string())
                 .collect::<Vec<_>>()
                 .join(",");
+            self.conn.execute_batch(
+                "DELETE FROM pages WHERE id NOT IN (SELECT id FROM temp.live_pages);
+                 DELETE FROM contents WHERE hash NOT IN (SELECT hash FROM temp.live_contents);",
+            )?;
             Ok(self.conn.execute(
                 &format!(
                     "DELETE FROM chunks WHERE pack IN ({list})
