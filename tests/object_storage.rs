@@ -773,22 +773,6 @@ fn lock_file_of(r: &Repo) -> std::path::PathBuf {
         .expect("a lock file in the state directory")
 }
 
-/// Bytes of the files under `dir`, counting none that vanish while it is
-/// read (a cluster's files come and go as it writes; `walk` insists).
-fn bytes_under(dir: &std::path::Path) -> u64 {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .filter_map(Result::ok)
-        .map(|e| match fs::symlink_metadata(e.path()) {
-            Ok(m) if m.is_dir() => bytes_under(&e.path()),
-            Ok(m) if m.is_file() => m.len(),
-            _ => 0,
-        })
-        .sum()
-}
-
 /// A machine whose clock is two minutes off the store's (libfaketime; ten would
 /// fail every request: the signatures of S3 requests carry the time)
 /// reads, with a warning naming the difference, but writes nothing: its

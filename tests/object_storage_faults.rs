@@ -318,22 +318,6 @@ fn credentials_that_cannot_delete_back_up_and_gc_fails_clearly() {
     work.assert_restores(&admin, "second", &second);
 }
 
-/// Bytes of the files under `dir`, counting none that vanish while it is
-/// read (a copy in progress, a cluster's files).
-fn bytes_under(dir: &Path) -> u64 {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .filter_map(Result::ok)
-        .map(|e| match fs::symlink_metadata(e.path()) {
-            Ok(m) if m.is_dir() => bytes_under(&e.path()),
-            Ok(m) if m.is_file() => m.len(),
-            _ => 0,
-        })
-        .sum()
-}
-
 /// Asserts `copy` holds the same files as `src` (`diff -r`) with the same
 /// metadata ([`assert_same_tree`]).
 fn assert_copied(src: &Path, copy: &Path, when: &str) {

@@ -325,3 +325,19 @@ pub(crate) fn dir_bytes(dir: &Path) -> u64 {
     }
     total
 }
+
+/// Bytes of the files under `dir`, counting none that vanish while it is
+/// read (a copy in progress, a cluster's files come and go as it writes).
+pub(crate) fn bytes_under(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| match fs::symlink_metadata(e.path()) {
+            Ok(m) if m.is_dir() => bytes_under(&e.path()),
+            Ok(m) if m.is_file() => m.len(),
+            _ => 0,
+        })
+        .sum()
+}
