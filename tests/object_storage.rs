@@ -286,13 +286,7 @@ fn killed_ingest_into_a_bucket_resumes_without_sending_again() {
     // go while it writes).
     let stored = || -> u64 { bytes_under(&garage.data_dirs()[0]) };
     let before = stored();
-    let mut child = repo
-        .ingest_cmd(&["--name", "resumed"], &[&work.src])
-        .args(["--limit-upload", "4096"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn ingest");
+    let mut child = repo.spawn_slow_ingest("resumed", &work.src, 4096);
     // At 4 MiB/s the first 32 MiB pack goes up after about 7 s and the
     // second after about 15 s, each in one quick PUT once its turn comes:
     // seeing most of the first one stored, and giving its PUT 3 s to end,
@@ -404,13 +398,7 @@ fn gc_in_a_bucket_deletes_nothing_while_another_machine_writes() {
     let slow = Work::new();
     write_random_file(&slow.src.join("big"), 82, 12 << 20);
     let other = Repo::bucket_handle(&garage, "writing", &[2]);
-    let mut child = other
-        .ingest_cmd(&["--name", "slow"], &[&slow.src])
-        .args(["--limit-upload", "1024"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn ingest");
+    let mut child = other.spawn_slow_ingest("slow", &slow.src, 1024);
     // Its lease says "writing" once it holds the writer lock.
     assert!(
         eventually(Duration::from_secs(20), || garage
@@ -454,13 +442,7 @@ fn gc_in_a_bucket_keeps_a_marked_pack_a_later_backup_uses() {
     let later = Work::new();
     fs::copy(work.src.join("shared"), later.src.join("shared")).expect("copy shared");
     write_random_file(&later.src.join("big"), 92, 6 << 20);
-    let child = other
-        .ingest_cmd(&["--name", "later"], &[&later.src])
-        .args(["--limit-upload", "1024"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn ingest");
+    let child = other.spawn_slow_ingest("later", &later.src, 1024);
     assert!(
         eventually(Duration::from_secs(20), || garage
             .has_writer_lease("rescue/")),
@@ -636,13 +618,7 @@ fn suspended_writer_whose_lease_lapsed_commits_nothing() {
     forget(&a, &["old"]);
     let g1 = gc(&a, &[]);
     assert_eq!(g1["bytes_freed"], 0, "{g1}");
-    let child = b
-        .ingest_cmd(&["--name", "later"], &[&bwork.src])
-        .args(["--limit-upload", "1024"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = b.spawn_slow_ingest("later", &bwork.src, 1024);
     std::thread::sleep(Duration::from_millis(2500));
     let pid = child.id() as i32;
     // SAFETY: signals to our own child.

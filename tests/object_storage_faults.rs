@@ -26,15 +26,6 @@ fn set_env(repo: &mut Repo, key: &'static str, value: &str) {
     repo.env.push((key, value.to_string()));
 }
 
-/// Every regular file under `root`, relative to it.
-fn files_under(root: &Path) -> Vec<PathBuf> {
-    walk(root)
-        .into_iter()
-        .filter(|p| fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
-        .map(|p| p.strip_prefix(root).expect("under root").to_path_buf())
-        .collect()
-}
-
 /// A tree of a few MiB: one big file and a directory of small ones.
 fn write_tree(src: &Path, seed: u64) {
     write_random_file(&src.join("big"), seed, 4 << 20);
@@ -220,13 +211,7 @@ fn uploads_refused_past_the_retry_budget_commit_nothing() {
     repo.ingest(&["--name", "before"], &[&work.src]);
     let before = work.freeze("before");
     write_random_file(&work.src.join("more"), 30, 3 << 20);
-    let child = repo
-        .ingest_cmd(&["--name", "refused"], &[&work.src])
-        .args(["--limit-upload", "512"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn ingest");
+    let child = repo.spawn_slow_ingest("refused", &work.src, 512);
     let started = eventually(Duration::from_secs(20), || {
         !garage.keys_under("budget/leases/").is_empty()
     });
@@ -356,13 +341,7 @@ fn node_killed_mid_transfer_is_passed_over_and_comes_back() {
         .retain(|(k, _)| !SHORT_LEASES.iter().any(|(s, _)| s == k));
     run_ok(repo.cmd().arg("init"));
 
-    let child = repo
-        .ingest_cmd(&["--name", "during"], &[&work.src])
-        .args(["--limit-upload", "512"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn ingest");
+    let child = repo.spawn_slow_ingest("during", &work.src, 512);
     let started = eventually(Duration::from_secs(20), || {
         !garage.keys_under("killed/leases/").is_empty()
     });
@@ -432,23 +411,12 @@ fn node_killed_mid_transfer_is_passed_over_and_comes_back() {
     assert_verify_read_data_ok(&repo, "with the killed node back and first again");
 }
 
-/// Starts `repo`'s ingest of `src` as snapshot `name`, slowed so that it
-/// lasts a few seconds.
-fn slow_ingest(repo: &Repo, src: &Path, name: &str) -> std::process::Child {
-    repo.ingest_cmd(&["--name", name], &[src])
-        .args(["--limit-upload", "1024"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn ingest")
-}
-
 /// Runs `repo`'s ingest and another's at the same time (the second starts
 /// while the first runs) and asserts both succeed.
 fn ingest_at_once(jobs: [(&Repo, &Path, &str); 2]) {
     let [(ra, sa, na), (rb, sb, nb)] = jobs;
-    let mut a = slow_ingest(ra, sa, na);
-    let b = slow_ingest(rb, sb, nb);
+    let mut a = ra.spawn_slow_ingest(na, sa, 1024);
+    let b = rb.spawn_slow_ingest(nb, sb, 1024);
     let overlapped = a.try_wait().expect("try_wait").is_none();
     for (name, child) in [(na, a), (nb, b)] {
         let out = child.wait_with_output().expect("wait for ingest");

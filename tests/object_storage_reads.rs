@@ -19,15 +19,6 @@ fn write_tree(src: &Path) {
     }
 }
 
-/// Every regular file under `root`, relative to it.
-fn files_under(root: &Path) -> Vec<PathBuf> {
-    walk(root)
-        .into_iter()
-        .filter(|p| fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
-        .map(|p| p.strip_prefix(root).expect("under root").to_path_buf())
-        .collect()
-}
-
 /// Read every file of `src` through `mounted` (where the snapshot shows
 /// it) and compare, after asking the kernel to drop what it cached of it.
 fn assert_reads_match(src: &Path, mounted: &Path, when: &str) {

@@ -355,11 +355,7 @@ fn open_from(path: &Path, src: &crate::crypto::PassphraseSource) -> Result<Repos
         };
         let rebuild = match behind {
             Behind::No => false,
-            Behind::New {
-                new,
-                marked,
-                doomed,
-            } => !catch_up(&repo, &new, &marked, &doomed)?,
+            Behind::New { new, doomed, .. } => !catch_up(&repo, &new, &doomed)?,
             Behind::Gone => true,
         };
         if rebuild {

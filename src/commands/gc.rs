@@ -493,7 +493,7 @@ fn delete_marked(repo: &Repository, cat: &crate::repo::catalog::Catalog) -> Resu
     let caught_up = match behind(repo)? {
         Behind::No => {
             let doomed = revive.iter().copied().collect();
-            revive.is_empty() || index_new(repo, cat, &revive, &[], &doomed, true, true)?
+            revive.is_empty() || index_new(repo, cat, &revive, &doomed, true, true)?
         }
         Behind::New {
             mut new,
@@ -503,7 +503,7 @@ fn delete_marked(repo: &Repository, cat: &crate::repo::catalog::Catalog) -> Resu
             new.retain(|p| !revive.contains(p));
             new.extend(&revive);
             doomed.extend(&revive);
-            index_new(repo, cat, &new, &[], &doomed, true, true)?
+            index_new(repo, cat, &new, &doomed, true, true)?
         }
         Behind::Gone => false,
     };

@@ -478,13 +478,13 @@ pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
 pub(crate) enum Behind {
     /// It knows exactly the packs in use there.
     No,
-    /// The store holds `new` packs besides (another machine's backups):
-    /// indexing them and importing their snapshots catches up. `marked`:
-    /// packs the catalog reads from that another machine's gc took out of
-    /// use (see `store_lease`), to be read from no more.
+    /// The store holds `new` packs besides (another machine's backups),
+    /// or packs the catalog reads from are marked there (another
+    /// machine's gc took them out of use, see `store_lease`, so they are
+    /// to be read from no more): indexing the new packs and importing
+    /// their snapshots catches up.
     New {
         new: Vec<crate::ids::PackName>,
-        marked: Vec<crate::ids::PackName>,
         /// Every pack marked in the store (the listing `behind` made).
         doomed: HashSet<crate::ids::PackName>,
     },
@@ -506,7 +506,7 @@ pub(crate) fn behind_as_listed(repo: &super::Repository, listed: Option<Listed>)
     let live: HashSet<_> = cat.packs()?.into_iter().map(|p| p.1).collect();
     let mut known = live.clone();
     known.extend(cat.doomed_packs()?.into_iter().map(|d| d.0));
-    let (stored, marked) = match listed {
+    let (stored, doomed) = match listed {
         Some(l) => l,
         None => list_between_marks(
             || Ok(repo.marked_packs()?.into_iter().collect()),
@@ -522,17 +522,11 @@ pub(crate) fn behind_as_listed(repo: &super::Repository, listed: Option<Listed>)
     // planted mark must not hide a backup). They come last, so a chunk is
     // located in one only where no other pack holds it.
     let mut new: Vec<_> = stored.difference(&known).copied().collect();
-    new.sort_by_key(|p| marked.contains(p));
-    let doomed = marked;
-    let marked: Vec<_> = live.intersection(&doomed).copied().collect();
-    Ok(if new.is_empty() && marked.is_empty() {
+    new.sort_by_key(|p| doomed.contains(p));
+    Ok(if new.is_empty() && live.is_disjoint(&doomed) {
         Behind::No
     } else {
-        Behind::New {
-            new,
-            marked,
-            doomed,
-        }
+        Behind::New { new, doomed }
     })
 }
 
@@ -540,14 +534,13 @@ pub(crate) fn behind_as_listed(repo: &super::Repository, listed: Option<Listed>)
 pub(crate) fn catch_up(
     repo: &super::Repository,
     new: &[crate::ids::PackName],
-    marked: &[crate::ids::PackName],
     doomed: &HashSet<crate::ids::PackName>,
 ) -> Result<bool> {
     // Held until the transaction is committed.
     let quiet = repo.lock_if_free()?;
     let cat = repo.catalog()?;
     let tx = cat.transaction()?;
-    if !index_new(repo, &cat, new, marked, doomed, false, quiet.is_some())? {
+    if !index_new(repo, &cat, new, doomed, false, quiet.is_some())? {
         return Ok(false);
     }
     tx.commit()?;
@@ -557,26 +550,25 @@ pub(crate) fn catch_up(
 /// Index `new` packs (new in the store) and add the snapshots recorded in
 /// them, inside the caller's transaction: the catalog catches up with
 /// another machine's backups at the cost of what they added, not of the
-/// whole repository. Chunks the catalog locates in `marked` packs are
-/// located in new packs that hold them too (a gc elsewhere copied them
-/// there), and a marked pack that then holds none of the catalog's chunks
-/// leaves it. Returns false, leaving the rest undone, when a new pack
+/// whole repository. Chunks the catalog locates in packs marked in the
+/// store (`doomed`: every mark, as last listed) are located in new packs
+/// that hold them too (a gc elsewhere copied them there), and a marked
+/// pack that then holds none of the catalog's chunks leaves it. Returns false, leaving the rest undone, when a new pack
 /// holds a forget record (another machine's forget: a rebuild applies it
 /// whole) or a new snapshot needs what this catalog does not have. A new
 /// pack that cannot be read is named in a warning and left out, unless
 /// `strict` (gc, before it deletes anything: then it returns false).
-/// `doomed`: every pack marked in the store, as last listed. `quiet`: the
-/// caller holds the writer lock (no ingest here is half done).
+/// `quiet`: the caller holds the writer lock (no ingest here is half
+/// done).
 pub(crate) fn index_new(
     repo: &super::Repository,
     cat: &super::catalog::Catalog,
     new: &[crate::ids::PackName],
-    marked: &[crate::ids::PackName],
     doomed: &HashSet<crate::ids::PackName>,
     strict: bool,
     quiet: bool,
 ) -> Result<bool> {
-    let done = index_new_held(repo, cat, new, marked, doomed, strict, quiet);
+    let done = index_new_held(repo, cat, new, doomed, strict, quiet);
     if !matches!(done, Ok(true)) {
         // Its work is undone: a rebuild follows (it holds what it reads
         // anew), or the command writes (its lease holds every pack), so
@@ -591,7 +583,6 @@ fn index_new_held(
     repo: &super::Repository,
     cat: &super::catalog::Catalog,
     new: &[crate::ids::PackName],
-    marked: &[crate::ids::PackName],
     doomed: &HashSet<crate::ids::PackName>,
     strict: bool,
     quiet: bool,
@@ -599,9 +590,8 @@ fn index_new_held(
     use crate::format::pack::ChunkKind;
     use crate::format::record::{Record, decode_record};
     // Every marked pack the catalog knows: chunks located there move to
-    // the new packs that hold them too (a gc elsewhere copied them there;
-    // gc here passes no `marked`, only `doomed`).
-    let marked_ids = packs_among(cat, |p| marked.contains(p) || doomed.contains(p))?;
+    // the new packs that hold them too (a gc elsewhere copied them there).
+    let marked_ids = packs_among(cat, |p| doomed.contains(p))?;
     let from: Vec<_> = marked_ids.iter().map(|p| p.0).collect();
     // Held from before anything is read: packs the catalog reads from,
     // and new ones, may be marked.

@@ -679,12 +679,8 @@ impl Repository {
             // host's snapshot: it is caught up with (records imported), never
             // merely indexed, or gc would take that snapshot's data for dead.
             return match bucket::behind(self)? {
-                bucket::Behind::New {
-                    new,
-                    marked,
-                    doomed,
-                } => {
-                    if bucket::index_new(self, cat, &new, &marked, &doomed, false, true)? {
+                bucket::Behind::New { new, doomed, .. } => {
+                    if bucket::index_new(self, cat, &new, &doomed, false, true)? {
                         Ok(new.len())
                     } else {
                         // Half of it may be done in the caller's

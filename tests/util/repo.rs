@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 use serde_json::Value;
 use tempfile::TempDir;
@@ -198,6 +198,18 @@ impl Repo {
             cmd.arg(s.as_ref());
         }
         cmd
+    }
+
+    /// Starts an ingest of `src` as snapshot `name` with uploads held to
+    /// `kib` KiB/s, so that it lasts long enough for something to happen
+    /// meanwhile; its output is piped.
+    pub(crate) fn spawn_slow_ingest(&self, name: &str, src: &Path, kib: u32) -> Child {
+        self.ingest_cmd(&["--name", name], &[src])
+            .args(["--limit-upload", &kib.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ingest")
     }
 
     /// Ingests `sources`, expecting success, and returns the JSON summary.

@@ -341,3 +341,12 @@ pub(crate) fn bytes_under(dir: &Path) -> u64 {
         })
         .sum()
 }
+
+/// Every regular file under `root`, relative to it.
+pub(crate) fn files_under(root: &Path) -> Vec<PathBuf> {
+    walk(root)
+        .into_iter()
+        .filter(|p| fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
+        .map(|p| p.strip_prefix(root).expect("under root").to_path_buf())
+        .collect()
+}

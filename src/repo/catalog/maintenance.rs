@@ -350,11 +350,7 @@ impl Catalog {
             return Ok(());
         }
         (|| -> Result<()> {
-            let list = from
-                .iter()
-                .map(|p| p.0.to_string())
-                .collect::<Vec<_>>()
-                .join(",");
+            let list = sql_ids(from);
             let mut st = self.conn.prepare(&format!(
                 "UPDATE chunks SET pack = ?1, offset = ?2, stored_len = ?3
                  WHERE id = ?4 AND pack IN ({list})"
@@ -400,11 +396,7 @@ impl Catalog {
             return Ok(0);
         }
         (|| -> Result<u64> {
-            let list = packs
-                .iter()
-                .map(|p| p.0.to_string())
-                .collect::<Vec<_>>()
-                .join(",");
+            let list = sql_ids(packs);
             self.conn.execute_batch(
                 "DELETE FROM pages WHERE id NOT IN (SELECT id FROM temp.live_pages);
                  DELETE FROM contents WHERE hash NOT IN (SELECT hash FROM temp.live_contents);",
@@ -425,26 +417,20 @@ impl Catalog {
         packs: &[PackId],
         join: &str,
     ) -> Result<std::collections::HashMap<PackId, u64>> {
-        (|| -> Result<std::collections::HashMap<PackId, u64>> {
-            let mut out = std::collections::HashMap::new();
-            if packs.is_empty() {
-                return Ok(out);
-            }
-            let list = packs
-                .iter()
-                .map(|p| p.0.to_string())
-                .collect::<Vec<_>>()
-                .join(",");
-            let mut st = self.conn.prepare(&format!(
-                "SELECT pack, count(*) FROM chunks {join} WHERE pack IN ({list}) GROUP BY pack"
-            ))?;
-            let rows = st.query_map([], |r| Ok((PackId(r.get(0)?), get_u64(r, 1)?)))?;
-            for r in rows {
-                let (p, n) = r?;
-                out.insert(p, n);
-            }
-            Ok(out)
-        })()
+        let mut out = std::collections::HashMap::new();
+        if packs.is_empty() {
+            return Ok(out);
+        }
+        let mut st = self.conn.prepare(&format!(
+            "SELECT pack, count(*) FROM chunks {join} WHERE pack IN ({}) GROUP BY pack",
+            sql_ids(packs)
+        ))?;
+        let rows = st.query_map([], |r| Ok((PackId(r.get(0)?), get_u64(r, 1)?)))?;
+        for r in rows {
+            let (p, n) = r?;
+            out.insert(p, n);
+        }
+        Ok(out)
     }
 
     /// The forget records this catalog keeps.
@@ -852,6 +838,16 @@ impl Catalog {
         })()
         .during(|| "chunks_without_pack".to_string())
     }
+}
+
+/// `packs` as a list for SQL's `IN (…)`: integers only, so nothing can be
+/// smuggled into the statement.
+fn sql_ids(packs: &[PackId]) -> String {
+    packs
+        .iter()
+        .map(|p| p.0.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[cfg(test)]
